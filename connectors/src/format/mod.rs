@@ -1,0 +1,231 @@
+//! Record formats: the bytes of record keys and values  <->  Arrow columns.
+//!
+//! Decoding is batched: a source hands a whole fetch of values to [`Decoder::decode`] and gets
+//! one `RecordBatch` back, plus the records that failed (which go to the dead-letter topic).
+//! Encoding is batched too: one call turns a `RecordBatch` into one byte value per row.
+
+mod delimited;
+mod json;
+mod json_keys;
+mod kafka;
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use bytes::Bytes;
+
+use crate::{ConnectorError, Result};
+
+/// The serialization formats Rill reads and writes (ksqlDB's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum FormatKind {
+    /// A JSON object per record (or a bare JSON value when unwrapped).
+    Json,
+    /// Comma (or other delimiter) separated values, no header.
+    Delimited,
+    /// Kafka's primitive serializers: big-endian INT/BIGINT/DOUBLE, UTF-8 STRING, raw BYTES.
+    Kafka,
+    /// No data at all (a stream without key columns).
+    None,
+}
+
+impl FormatKind {
+    /// Parses a ksqlDB format name, case-insensitively.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name.to_ascii_uppercase().as_str() {
+            "JSON" => Ok(Self::Json),
+            "DELIMITED" => Ok(Self::Delimited),
+            "KAFKA" => Ok(Self::Kafka),
+            "NONE" => Ok(Self::None),
+            "AVRO" | "PROTOBUF" | "PROTOBUF_NOSR" | "JSON_SR" => Err(ConnectorError::Unsupported(
+                format!("The {} format needs a schema registry, which Rill does not support yet", name.to_ascii_uppercase()),
+            )),
+            other => Err(ConnectorError::Unsupported(format!("Unknown format: {other}"))),
+        }
+    }
+
+    /// The ksqlDB name of the format.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Json => "JSON",
+            Self::Delimited => "DELIMITED",
+            Self::Kafka => "KAFKA",
+            Self::None => "NONE",
+        }
+    }
+}
+
+/// A format with its options.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Format {
+    /// Which format.
+    pub kind: FormatKind,
+    /// For single-column schemas: whether the value is wrapped in an object (JSON) / record.
+    pub wrap_single_value: bool,
+    /// Field delimiter for DELIMITED.
+    pub delimiter: u8,
+}
+
+impl Format {
+    /// A format with default options.
+    pub fn new(kind: FormatKind) -> Self {
+        Self { kind, wrap_single_value: true, delimiter: b',' }
+    }
+}
+
+/// The result of decoding a set of record values.
+pub struct Decoded {
+    /// One row per successfully decoded record, in input order.
+    pub batch: RecordBatch,
+    /// Indices (into the input) of the rows in `batch`; `None` when every record decoded.
+    pub good: Option<Vec<u32>>,
+    /// Records that failed: input index and a message saying why.
+    pub errors: Vec<(usize, String)>,
+}
+
+/// Turns record bytes into Arrow columns, a batch at a time.
+pub trait Decoder: Send {
+    /// Decodes one byte value per record into rows of the decoder's schema.
+    fn decode(&mut self, values: &[&[u8]]) -> Result<Decoded>;
+}
+
+/// Turns Arrow rows into record bytes, a batch at a time.
+pub trait Encoder: Send {
+    /// Appends one value per row of `batch` to `out` (`None` for a null value).
+    fn encode(&mut self, batch: &RecordBatch, out: &mut Vec<Option<Bytes>>) -> Result<()>;
+}
+
+/// A decoder for `schema` in `format`.
+pub fn decoder(format: &Format, schema: SchemaRef) -> Result<Box<dyn Decoder>> {
+    match format.kind {
+        FormatKind::Json => Ok(Box::new(json::JsonDecoder::try_new(schema, format.wrap_single_value)?)),
+        FormatKind::Delimited => Ok(Box::new(delimited::DelimitedDecoder::new(schema, format.delimiter))),
+        FormatKind::Kafka => Ok(Box::new(kafka::KafkaDecoder::try_new(schema)?)),
+        FormatKind::None => {
+            if !schema.fields().is_empty() {
+                return Err(ConnectorError::Unsupported(
+                    "The 'NONE' format can only be used when no columns are defined".into(),
+                ));
+            }
+            Ok(Box::new(NoneCodec))
+        }
+    }
+}
+
+/// An encoder for rows of `schema` in `format`.
+pub fn encoder(format: &Format, schema: SchemaRef) -> Result<Box<dyn Encoder>> {
+    match format.kind {
+        FormatKind::Json => Ok(Box::new(json::JsonEncoder::new(schema, format.wrap_single_value))),
+        FormatKind::Delimited => Ok(Box::new(delimited::DelimitedEncoder::new(format.delimiter))),
+        FormatKind::Kafka => Ok(Box::new(kafka::KafkaEncoder::try_new(schema)?)),
+        FormatKind::None => Ok(Box::new(NoneCodec)),
+    }
+}
+
+/// Checks that `format` can carry `schema` (for CREATE statements).
+pub fn check_schema(format: &Format, schema: &Schema, what: &str) -> Result<()> {
+    match format.kind {
+        FormatKind::Kafka => kafka::check(schema, what),
+        FormatKind::None if !schema.fields().is_empty() => Err(ConnectorError::Unsupported(format!(
+            "The 'NONE' format can only be used when no columns are defined. Got: {}",
+            schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+        _ => Ok(()),
+    }
+}
+
+struct NoneCodec;
+
+impl Decoder for NoneCodec {
+    fn decode(&mut self, values: &[&[u8]]) -> Result<Decoded> {
+        let batch = RecordBatch::try_new_with_options(
+            Arc::new(Schema::empty()),
+            vec![],
+            &RecordBatchOptions::new().with_row_count(Some(values.len())),
+        )?;
+        Ok(Decoded { batch, good: None, errors: vec![] })
+    }
+}
+
+impl Encoder for NoneCodec {
+    fn encode(&mut self, batch: &RecordBatch, out: &mut Vec<Option<Bytes>>) -> Result<()> {
+        out.extend(std::iter::repeat_n(None, batch.num_rows()));
+        Ok(())
+    }
+}
+
+/// ksqlDB writes temporal values as numbers: TIMESTAMP as epoch millis, DATE as epoch days,
+/// TIME as millis of the day. Casts such columns (also nested ones) to those numbers.
+pub(crate) fn temporal_to_numbers(batch: &RecordBatch) -> Result<RecordBatch> {
+    if !batch.schema().fields().iter().any(|f| needs_numeric(f.data_type())) {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        let target = numeric_type(field.data_type());
+        if &target == field.data_type() {
+            columns.push(column.clone());
+        } else {
+            columns.push(cast(column, &target)?);
+        }
+        fields.push(Field::new(field.name(), target, true));
+    }
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
+}
+
+fn needs_numeric(dt: &DataType) -> bool {
+    &numeric_type(dt) != dt
+}
+
+fn numeric_type(dt: &DataType) -> DataType {
+    match dt {
+        DataType::Timestamp(_, _) => DataType::Int64,
+        DataType::Date32 => DataType::Int32,
+        DataType::Time32(_) | DataType::Time64(_) => DataType::Int64,
+        DataType::List(f) => DataType::List(Arc::new(Field::new(f.name(), numeric_type(f.data_type()), true))),
+        DataType::Struct(fs) => DataType::Struct(
+            fs.iter().map(|f| Arc::new(Field::new(f.name(), numeric_type(f.data_type()), true))).collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// The Arrow type ksqlDB's TIMESTAMP maps to.
+pub fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, None)
+}
+
+/// Decodes record by record after a batched decode failed, so that the bad records can be
+/// reported and the good ones kept.
+pub(crate) fn decode_one_by_one(
+    values: &[&[u8]],
+    schema: &SchemaRef,
+    mut one: impl FnMut(&[u8]) -> std::result::Result<RecordBatch, String>,
+) -> Result<Decoded> {
+    let mut good = Vec::new();
+    let mut batches = Vec::new();
+    let mut errors = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        match one(v) {
+            Ok(b) if b.num_rows() == 1 => {
+                good.push(i as u32);
+                batches.push(b);
+            }
+            Ok(b) => errors.push((i, format!("expected one row, decoded {}", b.num_rows()))),
+            Err(e) => errors.push((i, e)),
+        }
+    }
+    let batch = if batches.is_empty() {
+        RecordBatch::new_empty(schema.clone())
+    } else {
+        arrow::compute::concat_batches(schema, &batches)?
+    };
+    Ok(Decoded { batch, good: Some(good), errors })
+}

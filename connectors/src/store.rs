@@ -1,0 +1,107 @@
+//! The topic-store trait: the one seam between the dataflow and where topics live.
+//!
+//! [`EmbeddedStore`] implements it over Rill's own log (`rill-log`). An external Kafka store will
+//! implement the same trait; the engine never names the concrete store.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+pub use rill_log::{AppendInfo, CleanupPolicy, Durability, Fetch, Log, Record, TopicConfig};
+
+use crate::Result;
+
+/// What the engine needs from a home for topics.
+#[async_trait]
+pub trait TopicStore: Send + Sync + 'static {
+    /// Creates `name` unless it exists; returns whether it was created.
+    fn create_topic(&self, name: &str, config: TopicConfig) -> Result<bool>;
+    /// Deletes a topic and its data.
+    fn delete_topic(&self, name: &str) -> Result<()>;
+    /// Names of all topics, sorted.
+    fn topic_names(&self) -> Vec<String>;
+    /// The configuration of a topic (partition count among it).
+    fn topic_config(&self, name: &str) -> Result<TopicConfig>;
+    /// The partition a record with this key goes to (Kafka's default partitioner).
+    fn partition_for_key(&self, topic: &str, key: Option<&[u8]>) -> Result<u32>;
+    /// Appends records to one partition; returns once they are durable under the topic's policy.
+    async fn append(&self, topic: &str, partition: u32, records: &[Record]) -> Result<AppendInfo>;
+    /// Reads whole batches starting at `offset`, up to about `max_bytes`; never blocks.
+    fn read(&self, topic: &str, partition: u32, offset: u64, max_bytes: usize) -> Result<Fetch>;
+    /// Resolves once the partition holds a record at `offset` (its end offset is past it).
+    async fn wait_for(&self, topic: &str, partition: u32, offset: u64) -> Result<()>;
+    /// The first offset still stored.
+    fn start_offset(&self, topic: &str, partition: u32) -> Result<u64>;
+    /// The offset the next appended record will get.
+    fn end_offset(&self, topic: &str, partition: u32) -> Result<u64>;
+    /// Durably records a consumer group's next offsets.
+    fn commit_offsets(&self, group: &str, offsets: &[(String, u32, u64)]) -> Result<()>;
+    /// A consumer group's committed next offset for a partition.
+    fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>>;
+}
+
+/// The default store: topics in Rill's embedded log under the data directory.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    log: Arc<Log>,
+}
+
+impl EmbeddedStore {
+    /// Opens (and recovers) the log under `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        Ok(Self { log: Log::open(dir)? })
+    }
+
+    /// The underlying log, for maintenance and benchmarks.
+    pub fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+
+    /// Starts periodic retention and compaction on the tokio runtime.
+    pub fn spawn_maintenance(&self, every: Duration) {
+        let _ = self.log.spawn_maintenance(every);
+    }
+}
+
+#[async_trait]
+impl TopicStore for EmbeddedStore {
+    fn create_topic(&self, name: &str, config: TopicConfig) -> Result<bool> {
+        Ok(self.log.create_topic_if_not_exists(name, config)?)
+    }
+    fn delete_topic(&self, name: &str) -> Result<()> {
+        Ok(self.log.delete_topic(name)?)
+    }
+    fn topic_names(&self) -> Vec<String> {
+        let mut names = self.log.topic_names();
+        names.sort();
+        names
+    }
+    fn topic_config(&self, name: &str) -> Result<TopicConfig> {
+        Ok(self.log.topic_config(name)?)
+    }
+    fn partition_for_key(&self, topic: &str, key: Option<&[u8]>) -> Result<u32> {
+        Ok(self.log.partition_for_key(topic, key)?)
+    }
+    async fn append(&self, topic: &str, partition: u32, records: &[Record]) -> Result<AppendInfo> {
+        Ok(self.log.append(topic, partition, records).await?)
+    }
+    fn read(&self, topic: &str, partition: u32, offset: u64, max_bytes: usize) -> Result<Fetch> {
+        Ok(self.log.read(topic, partition, offset, max_bytes)?)
+    }
+    async fn wait_for(&self, topic: &str, partition: u32, offset: u64) -> Result<()> {
+        Ok(self.log.wait_for(topic, partition, offset).await?)
+    }
+    fn start_offset(&self, topic: &str, partition: u32) -> Result<u64> {
+        Ok(self.log.start_offset(topic, partition)?)
+    }
+    fn end_offset(&self, topic: &str, partition: u32) -> Result<u64> {
+        Ok(self.log.end_offset(topic, partition)?)
+    }
+    fn commit_offsets(&self, group: &str, offsets: &[(String, u32, u64)]) -> Result<()> {
+        Ok(self.log.commit_offsets(group, offsets)?)
+    }
+    fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>> {
+        Ok(self.log.committed_offset(group, topic, partition)?)
+    }
+}

@@ -1,0 +1,111 @@
+//! The push trait every dataflow operator implements.
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+
+use crate::message::{Barrier, Message, Watermark};
+use crate::Result;
+
+/// What an operator keeps between batches, for `EXPLAIN` and `DESCRIBE EXTENDED`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StateInfo {
+    /// Whether the state stays bounded on unbounded input (by windows, retention or TTL).
+    pub bounded: bool,
+    /// Approximate bytes held now.
+    pub bytes: usize,
+    /// A short description ("none", "windows until watermark + grace", ...).
+    pub description: String,
+}
+
+impl StateInfo {
+    /// The state of an operator that keeps none.
+    pub fn stateless() -> Self {
+        Self { bounded: true, bytes: 0, description: "none".into() }
+    }
+}
+
+/// A dataflow operator. The runtime calls it from one task, in message order:
+///
+/// * [`process_batch`](Operator::process_batch) for every data batch (rows in `input_schema`
+///   of the plan that built it); it may emit any number of messages to `out`.
+/// * [`handle_watermark`](Operator::handle_watermark) when event time advances; operators with
+///   time-based state emit what the watermark completes, then forward the watermark.
+/// * [`handle_checkpoint`](Operator::handle_checkpoint) when a barrier passes: everything
+///   before it has been processed; the operator persists its state, then forwards the barrier.
+/// * [`on_close`](Operator::on_close) at the end of a bounded input: flush everything.
+///
+/// Defaults forward control messages unchanged, which is right for stateless operators.
+/// Errors are for failures of the whole operator; a bad row is the source's business (it is
+/// dead-lettered before it reaches operators).
+pub trait Operator: Send {
+    /// Name for `EXPLAIN` and errors.
+    fn name(&self) -> &str;
+
+    /// The schema of the batches this operator emits.
+    fn output_schema(&self) -> SchemaRef;
+
+    /// Processes one batch.
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()>;
+
+    /// Event time advanced to `watermark`.
+    fn handle_watermark(&mut self, watermark: Watermark, out: &mut Vec<Message>) -> Result<()> {
+        out.push(Message::Watermark(watermark));
+        Ok(())
+    }
+
+    /// A checkpoint barrier arrived.
+    fn handle_checkpoint(&mut self, barrier: Barrier, out: &mut Vec<Message>) -> Result<()> {
+        out.push(Message::Barrier(barrier));
+        Ok(())
+    }
+
+    /// The input ended.
+    fn on_close(&mut self, out: &mut Vec<Message>) -> Result<()> {
+        out.push(Message::End);
+        Ok(())
+    }
+
+    /// The operator's state, for `EXPLAIN`.
+    fn state_info(&self) -> StateInfo {
+        StateInfo::stateless()
+    }
+}
+
+/// Operators run one after another inside one task.
+pub struct Chain {
+    ops: Vec<Box<dyn Operator>>,
+    scratch: Vec<Message>,
+}
+
+impl Chain {
+    /// A chain of operators, first to last.
+    pub fn new(ops: Vec<Box<dyn Operator>>) -> Self {
+        Self { ops, scratch: Vec::new() }
+    }
+
+    /// Pushes `msg` through every operator; returns what the last one emitted.
+    pub fn push(&mut self, msg: Message, out: &mut Vec<Message>) -> Result<()> {
+        let mut input = vec![msg];
+        for op in &mut self.ops {
+            let mut next = std::mem::take(&mut self.scratch);
+            for m in input.drain(..) {
+                match m {
+                    Message::Data(b) => op.process_batch(b, &mut next)?,
+                    Message::Watermark(w) => op.handle_watermark(w, &mut next)?,
+                    Message::Barrier(b) => op.handle_checkpoint(b, &mut next)?,
+                    Message::End => op.on_close(&mut next)?,
+                }
+            }
+            self.scratch = input;
+            input = next;
+        }
+        out.append(&mut input);
+        self.scratch = input;
+        Ok(())
+    }
+
+    /// The operators, for `EXPLAIN`.
+    pub fn operators(&self) -> &[Box<dyn Operator>] {
+        &self.ops
+    }
+}

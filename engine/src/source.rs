@@ -1,0 +1,257 @@
+//! Reading a source: fetched records → Arrow batches with key, value and pseudo columns.
+//!
+//! The row schema of a source, as SQL sees it, is
+//! `key columns…, value columns…, ROWTIME, ROWPARTITION, ROWOFFSET`.
+//! Records that fail to decode become [`DeadLetter`]s and never reach operators.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, UInt32Array};
+use arrow::compute::{cast, take};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use bytes::Bytes;
+use rill_connectors::format::{self, Decoder, Format};
+use rill_connectors::store::Fetch;
+
+use crate::{EngineError, Result};
+
+/// Name of the record-timestamp pseudo column.
+pub const ROWTIME: &str = "ROWTIME";
+/// Name of the partition pseudo column.
+pub const ROWPARTITION: &str = "ROWPARTITION";
+/// Name of the offset pseudo column.
+pub const ROWOFFSET: &str = "ROWOFFSET";
+
+/// Where a source's event time comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EventTime {
+    /// The record's timestamp.
+    RecordTimestamp,
+    /// A column (index into the decoded key+value columns) of type BIGINT or TIMESTAMP.
+    Column(usize),
+}
+
+/// A source as the engine reads it.
+#[derive(Clone, Debug)]
+pub struct SourceSpec {
+    /// The topic.
+    pub topic: String,
+    /// Format of record keys.
+    pub key_format: Format,
+    /// Format of record values.
+    pub value_format: Format,
+    /// Key columns.
+    pub key_schema: SchemaRef,
+    /// Value columns.
+    pub value_schema: SchemaRef,
+    /// Event time.
+    pub event_time: EventTime,
+    /// Tables keep tombstones (null values); streams skip them.
+    pub keep_tombstones: bool,
+}
+
+impl SourceSpec {
+    /// The schema of the batches the reader produces.
+    pub fn row_schema(&self) -> SchemaRef {
+        let mut fields: Vec<Field> = Vec::new();
+        for f in self.key_schema.fields().iter().chain(self.value_schema.fields()) {
+            fields.push(f.as_ref().clone().with_nullable(true));
+        }
+        fields.push(Field::new(ROWTIME, DataType::Int64, true));
+        fields.push(Field::new(ROWPARTITION, DataType::Int32, true));
+        fields.push(Field::new(ROWOFFSET, DataType::Int64, true));
+        Arc::new(Schema::new(fields))
+    }
+}
+
+/// A record that could not be read, with why.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeadLetter {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: u32,
+    /// Source offset.
+    pub offset: u64,
+    /// What went wrong.
+    pub error: String,
+    /// The record key, as (lossy) UTF-8.
+    pub key: Option<String>,
+    /// The record value, as (lossy) UTF-8.
+    pub value: Option<String>,
+}
+
+/// What one fetch turned into.
+pub struct ReadBatch {
+    /// The decoded rows (absent when no record survived).
+    pub batch: Option<RecordBatch>,
+    /// Records that failed.
+    pub dead: Vec<DeadLetter>,
+    /// The largest event time seen in this fetch.
+    pub max_event_time: Option<i64>,
+    /// Offset after the last record of the fetch.
+    pub next_offset: u64,
+}
+
+/// Decodes fetched records for one partition.
+pub struct SourceReader {
+    spec: SourceSpec,
+    partition: u32,
+    schema: SchemaRef,
+    key_decoder: Box<dyn Decoder>,
+    value_decoder: Box<dyn Decoder>,
+}
+
+impl SourceReader {
+    /// A reader for one partition of `spec`.
+    pub fn try_new(spec: SourceSpec, partition: u32) -> Result<Self> {
+        let key_decoder = format::decoder(&spec.key_format, spec.key_schema.clone())?;
+        let value_decoder = format::decoder(&spec.value_format, spec.value_schema.clone())?;
+        let schema = spec.row_schema();
+        Ok(Self { spec, partition, schema, key_decoder, value_decoder })
+    }
+
+    /// The schema of produced batches.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Decodes every record of `fetch`.
+    pub fn read(&mut self, fetch: &Fetch) -> Result<ReadBatch> {
+        let mut offsets = Vec::new();
+        let mut timestamps = Vec::new();
+        let mut keys: Vec<Option<&[u8]>> = Vec::new();
+        let mut values: Vec<&[u8]> = Vec::new();
+        let mut dead = Vec::new();
+        for r in fetch.records() {
+            match r.value {
+                Some(v) => {
+                    offsets.push(r.offset as i64);
+                    timestamps.push(r.timestamp);
+                    keys.push(r.key);
+                    values.push(v);
+                }
+                None if self.spec.keep_tombstones => {
+                    // Table tombstones are handled by table operators (later issue); keep the key.
+                    offsets.push(r.offset as i64);
+                    timestamps.push(r.timestamp);
+                    keys.push(r.key);
+                    values.push(b"");
+                }
+                None => {}
+            }
+        }
+        let next_offset = fetch.next_offset();
+        let n = offsets.len();
+        if n == 0 {
+            return Ok(ReadBatch { batch: None, dead, max_event_time: None, next_offset });
+        }
+        // Decode keys (nulls stay null) and values.
+        let (key_cols, key_good, key_errors) = self.decode_keys(&keys)?;
+        let decoded = self.value_decoder.decode(&values)?;
+        let mut bad = vec![false; n];
+        for (i, e) in key_errors.iter().chain(decoded.errors.iter()) {
+            if !bad[*i] {
+                bad[*i] = true;
+                dead.push(DeadLetter {
+                    topic: self.spec.topic.clone(),
+                    partition: self.partition,
+                    offset: offsets[*i] as u64,
+                    error: e.clone(),
+                    key: keys[*i].map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: Some(String::from_utf8_lossy(values[*i]).into_owned()),
+                });
+            }
+        }
+        // Row i of the decoded value batch corresponds to input index value_rows[i].
+        let value_rows: Vec<u32> = decoded.good.clone().unwrap_or_else(|| (0..n as u32).collect());
+        let key_rows: Vec<u32> = key_good.unwrap_or_else(|| (0..n as u32).collect());
+        let mut key_pos = vec![u32::MAX; n];
+        for (pos, i) in key_rows.iter().enumerate() {
+            key_pos[*i as usize] = pos as u32;
+        }
+        // Keep inputs good in both.
+        let mut keep_value_rows = Vec::with_capacity(value_rows.len());
+        let mut keep_inputs = Vec::with_capacity(value_rows.len());
+        for (pos, i) in value_rows.iter().enumerate() {
+            if !bad[*i as usize] {
+                keep_value_rows.push(pos as u32);
+                keep_inputs.push(*i);
+            }
+        }
+        if keep_inputs.is_empty() {
+            return Ok(ReadBatch { batch: None, dead, max_event_time: None, next_offset });
+        }
+        let all = keep_inputs.len() == n;
+        let take_idx = |idx: Vec<u32>| UInt32Array::from(idx);
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+        let key_take = take_idx(keep_inputs.iter().map(|i| key_pos[*i as usize]).collect());
+        for c in &key_cols {
+            columns.push(if all && key_rows.len() == n { c.clone() } else { take(c.as_ref(), &key_take, None)? });
+        }
+        let value_take = take_idx(keep_value_rows);
+        for c in decoded.batch.columns() {
+            columns.push(if all { c.clone() } else { take(c.as_ref(), &value_take, None)? });
+        }
+        let pick = |v: &[i64]| -> Int64Array {
+            if all {
+                Int64Array::from(v.to_vec())
+            } else {
+                keep_inputs.iter().map(|i| v[*i as usize]).collect()
+            }
+        };
+        let offs = pick(&offsets);
+        let mut rowtime = pick(&timestamps);
+        if let EventTime::Column(c) = self.spec.event_time {
+            let col = &columns[c];
+            let t = match col.data_type() {
+                DataType::Int64 => col.clone(),
+                _ => cast(col, &DataType::Int64)?,
+            };
+            rowtime = t.as_primitive::<arrow::datatypes::Int64Type>().clone();
+        }
+        let max_event_time = arrow::compute::max(&rowtime);
+        columns.push(Arc::new(rowtime));
+        columns.push(Arc::new(Int32Array::from(vec![self.partition as i32; keep_inputs.len()])));
+        columns.push(Arc::new(offs));
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(|e| EngineError::Internal(format!("source batch: {e}")))?;
+        Ok(ReadBatch { batch: Some(batch), dead, max_event_time, next_offset })
+    }
+
+    /// Decodes keys; returns one array per key column with one row per input, the decoded
+    /// inputs (None = all) and the failures.
+    #[allow(clippy::type_complexity)]
+    fn decode_keys(&mut self, keys: &[Option<&[u8]>]) -> Result<(Vec<ArrayRef>, Option<Vec<u32>>, Vec<(usize, String)>)> {
+        let n = keys.len();
+        if self.spec.key_schema.fields().is_empty() {
+            return Ok((vec![], None, vec![]));
+        }
+        let present: Vec<usize> = (0..n).filter(|i| keys[*i].is_some()).collect();
+        let bytes: Vec<&[u8]> = present.iter().filter_map(|i| keys[*i]).collect();
+        let decoded = self.key_decoder.decode(&bytes)?;
+        let errors: Vec<(usize, String)> = decoded.errors.iter().map(|(j, e)| (present[*j], e.clone())).collect();
+        // Map decoded rows back to inputs; inputs without a key (or with a bad one) get null.
+        let rows: Vec<u32> = decoded.good.clone().unwrap_or_else(|| (0..bytes.len() as u32).collect());
+        let mut idx: Vec<Option<u32>> = vec![None; n];
+        for (pos, j) in rows.iter().enumerate() {
+            idx[present[*j as usize]] = Some(pos as u32);
+        }
+        let take_idx = UInt32Array::from(idx);
+        let mut cols = Vec::new();
+        for c in decoded.batch.columns() {
+            cols.push(take(c.as_ref(), &take_idx, None)?);
+        }
+        Ok((cols, None, errors))
+    }
+}
+
+/// Serializes a dead letter as the JSON value written to the dead-letter topic.
+pub fn dead_letter_value(query: &str, d: &DeadLetter) -> Bytes {
+    let mut v = serde_json::to_value(d).unwrap_or(serde_json::Value::Null);
+    if let serde_json::Value::Object(m) = &mut v {
+        m.insert("query".into(), serde_json::Value::String(query.to_string()));
+    }
+    Bytes::from(v.to_string())
+}
+

@@ -1,0 +1,115 @@
+//! `rill`: the Rill server and its commands.
+
+mod rest;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rill_connectors::{EmbeddedStore, TopicStore};
+use rill_sql::KsqlEngine;
+
+#[derive(Parser)]
+#[command(name = "rill", version, about = "Rill: streaming SQL on an embedded log")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the server (REST API) on the embedded log.
+    Server {
+        /// Where topics, the catalog and offsets live.
+        #[arg(long, default_value = "./rill-data")]
+        data_dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8088")]
+        listen: SocketAddr,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// The embedded log: append and tail-read throughput, ack latency, vs a plain file.
+    Log {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Scratch directory (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Server { data_dir, listen } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(serve(data_dir, listen))
+        }
+        Command::Bench { what: Bench::Log { json, dir } } => {
+            let tmp;
+            let dir = match dir {
+                Some(d) => d,
+                None => {
+                    tmp = tempfile::tempdir()?;
+                    tmp.path().to_path_buf()
+                }
+            };
+            let report = rill_log::bench::run(&dir, &rill_log::bench::BenchOptions::default())?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(data_dir: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let store = EmbeddedStore::open(&data_dir).with_context(|| format!("opening the log in {}", data_dir.display()))?;
+    store.spawn_maintenance(std::time::Duration::from_secs(60));
+    let store: Arc<dyn TopicStore> = Arc::new(store);
+    let engine = KsqlEngine::open(store).await.context("replaying the command topic")?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    // Tests and scripts read the bound address (useful with port 0) from this line.
+    println!("rill listening on http://{}", listener.local_addr()?);
+    let app = rest::router(rest::AppState::new(engine.clone()));
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!("shutting down: stopping queries and committing offsets");
+    engine.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

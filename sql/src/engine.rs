@@ -1,0 +1,912 @@
+//! Executing statements.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use rill_connectors::format::{self, Format, FormatKind};
+use rill_connectors::store::{Record, TopicConfig, TopicStore};
+use rill_engine::operator::Chain;
+use rill_engine::operators::CalcOperator;
+use rill_engine::runtime::{self, ChainFactory, Output, QuerySpec, RunningQuery, StartFrom};
+use rill_engine::sink::{Sink, SinkSpec};
+use sqlparser::ast as sp;
+use tokio::sync::{mpsc, Mutex};
+
+use crate::ast::*;
+use crate::catalog::{Catalog, Column, QueryDef, SourceDef};
+use crate::error::{Result, SqlError};
+use crate::parser;
+use crate::planner::{self, StatelessPlan};
+use crate::results::*;
+use crate::types::SqlType;
+
+/// The internal topic holding every accepted statement, replayed at start.
+pub const COMMAND_TOPIC: &str = "_rill_commands";
+
+/// Session properties (`SET`, REST `streamsProperties`).
+pub type Properties = BTreeMap<String, String>;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Command {
+    statement: String,
+    #[serde(default)]
+    properties: Properties,
+}
+
+/// A failed statement: which one, and why.
+#[derive(Debug)]
+pub struct StatementError {
+    /// The statement's text (the whole request when it did not parse).
+    pub statement: String,
+    /// Why.
+    pub error: SqlError,
+}
+
+/// Executes statements against a topic store.
+pub struct KsqlEngine {
+    store: Arc<dyn TopicStore>,
+    ctx: SessionContext,
+    catalog: Mutex<Catalog>,
+}
+
+impl KsqlEngine {
+    /// Opens an engine over `store`, replaying the command topic.
+    pub async fn open(store: Arc<dyn TopicStore>) -> Result<Arc<Self>> {
+        let config = SessionConfig::new().set_bool("datafusion.sql_parser.enable_ident_normalization", false);
+        let ctx = SessionContext::new_with_config(config);
+        crate::functions::register(&ctx)?;
+        store.create_topic(COMMAND_TOPIC, TopicConfig { partitions: 1, ..TopicConfig::default() })?;
+        let engine = Arc::new(Self { store, ctx, catalog: Mutex::new(Catalog::default()) });
+        engine.replay().await?;
+        Ok(engine)
+    }
+
+    /// The topic store.
+    pub fn store(&self) -> &Arc<dyn TopicStore> {
+        &self.store
+    }
+
+    async fn replay(&self) -> Result<()> {
+        let mut offset = self.store.start_offset(COMMAND_TOPIC, 0)?;
+        let end = self.store.end_offset(COMMAND_TOPIC, 0)?;
+        let mut commands = Vec::new();
+        while offset < end {
+            let fetch = self.store.read(COMMAND_TOPIC, 0, offset, 1 << 20)?;
+            for r in fetch.records() {
+                let cmd: Command = match r.value.map(serde_json::from_slice) {
+                    Some(Ok(c)) => c,
+                    _ => {
+                        tracing::warn!(offset = r.offset, "skipping unreadable command");
+                        continue;
+                    }
+                };
+                commands.push((r.offset, cmd));
+            }
+            if fetch.next_offset() <= offset {
+                break;
+            }
+            offset = fetch.next_offset();
+        }
+        let mut catalog = self.catalog.lock().await;
+        for (seq, cmd) in commands {
+            let parsed = match parser::parse(&cmd.statement) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(seq, "command no longer parses: {e}");
+                    continue;
+                }
+            };
+            for p in parsed {
+                if let Err(e) = self.execute_one(&mut catalog, p, &mut cmd.properties.clone(), Some(seq)).await {
+                    tracing::error!(seq, statement = %cmd.statement, "replaying command failed: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Executes `sql` (one or more statements). Stops at the first failing statement.
+    pub async fn execute(
+        &self,
+        sql: &str,
+        properties: &Properties,
+    ) -> std::result::Result<Vec<StatementResult>, (Vec<StatementResult>, StatementError)> {
+        let parsed = parser::parse(sql)
+            .map_err(|error| (vec![], StatementError { statement: sql.trim().to_string(), error }))?;
+        let mut props = properties.clone();
+        let mut results = Vec::new();
+        for p in parsed {
+            let text = p.text.clone();
+            let mut catalog = self.catalog.lock().await;
+            match self.execute_one(&mut catalog, p, &mut props, None).await {
+                Ok(r) => results.push(r),
+                Err(error) => return Err((results, StatementError { statement: text, error })),
+            }
+        }
+        Ok(results)
+    }
+
+    /// Stops every query (graceful shutdown: offsets are committed).
+    pub async fn shutdown(&self) {
+        let catalog = self.catalog.lock().await;
+        for q in catalog.queries.values() {
+            q.running.stop().await;
+        }
+    }
+
+    /// Waits until every persistent query has read its sources to the end (or failed).
+    pub async fn wait_until_idle(&self) {
+        loop {
+            let queries: Vec<Arc<RunningQuery>> =
+                self.catalog.lock().await.queries.values().map(|q| q.running.clone()).collect();
+            if queries.iter().all(|q| q.caught_up(self.store.as_ref())) {
+                // A query's output may be another's input: check again after all settled.
+                let again: Vec<Arc<RunningQuery>> =
+                    self.catalog.lock().await.queries.values().map(|q| q.running.clone()).collect();
+                if again.iter().all(|q| q.caught_up(self.store.as_ref())) {
+                    return;
+                }
+            }
+            let notified: Vec<_> = queries.iter().map(|q| q.stats.clone()).collect();
+            let waits = notified.iter().map(|s| Box::pin(s.progress.notified()));
+            let any = futures::future::select_all(waits);
+            // The timeout only guards against a missed wake-up between the check and the wait.
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(5), any).await;
+        }
+    }
+
+    /// A source definition by name.
+    pub async fn source(&self, name: &str) -> Option<SourceDef> {
+        self.catalog.lock().await.sources.get(name).cloned()
+    }
+
+    /// All sources.
+    pub async fn sources(&self) -> Vec<SourceDef> {
+        self.catalog.lock().await.sources.values().cloned().collect()
+    }
+
+    async fn execute_one(
+        &self,
+        catalog: &mut Catalog,
+        p: ParsedStatement,
+        props: &mut Properties,
+        replay: Option<u64>,
+    ) -> Result<StatementResult> {
+        let text = p.text.clone();
+        match p.statement {
+            Statement::CreateSource { or_replace, kind, read_only, if_not_exists, name, columns, props: with, query } => {
+                if let Some(existing) = catalog.sources.get(&name) {
+                    if if_not_exists {
+                        return Ok(self.status(&text, format!("Cannot add {} '{}': A {} with the same name already exists", kind.name().to_lowercase(), name, existing.kind.name().to_lowercase()), None));
+                    }
+                    if !or_replace {
+                        return Err(SqlError::AlreadyExists(format!(
+                            "Cannot add {} '{}': A {} with the same name already exists",
+                            kind.name().to_lowercase(),
+                            name,
+                            existing.kind.name().to_lowercase()
+                        )));
+                    }
+                }
+                match query {
+                    None => {
+                        let def = self.define_source(kind, read_only, &name, columns, &with, &text)?;
+                        let sequence = self.record(&text, props, replay)?;
+                        catalog.sources.insert(name, def);
+                        Ok(StatementResult::CommandStatus {
+                            statement: text,
+                            message: format!("{} created", if kind == SourceKind::Stream { "Stream" } else { "Table" }),
+                            query_id: None,
+                            sequence,
+                        })
+                    }
+                    Some(select) => self.create_as_select(catalog, kind, &name, &with, *select, &text, props, replay).await,
+                }
+            }
+            Statement::InsertSelect { target, query } => {
+                let Some(sink) = catalog.sources.get(&target).cloned() else {
+                    return Err(SqlError::NotFound(format!("{target} does not exist.")));
+                };
+                let plan = planner::plan_select(&self.ctx, catalog, &query).await?;
+                check_insert_schema(&plan, &sink)?;
+                let sequence = self.peek_sequence(replay)?;
+                let id = format!("INSERTQUERY_{sequence}");
+                self.start_persistent(catalog, &id, plan, &sink, &text, props)?;
+                self.record(&text, props, replay)?;
+                Ok(StatementResult::CommandStatus { statement: text, message: format!("Created query with ID {id}"), query_id: Some(id), sequence })
+            }
+            Statement::InsertValues { target, columns, values } => {
+                let Some(sink) = catalog.sources.get(&target).cloned() else {
+                    return Err(SqlError::NotFound(format!("Cannot insert values into an unknown stream/table: {target}")));
+                };
+                self.insert_values(&sink, columns, values).await?;
+                Ok(StatementResult::Nothing)
+            }
+            Statement::Select(select) => {
+                if select.emit.is_none() {
+                    return Err(SqlError::Unsupported(
+                        "Pull queries are not supported yet: add EMIT CHANGES for a push query".into(),
+                    ));
+                }
+                let plan = planner::plan_select(&self.ctx, catalog, &select).await?;
+                let start = start_from(props, StartFrom::Latest);
+                let (tx, rx) = mpsc::channel(16);
+                let id = format!("transient_{}_{}", plan.source.name, rand_suffix());
+                let columns = plan.columns.clone();
+                let spec = QuerySpec {
+                    id: id.clone(),
+                    source: plan.source.source_spec(),
+                    chain: calc_factory(&plan),
+                    output: Output::Channel(tx),
+                    start,
+                    commit_group: None,
+                };
+                let handle = Arc::new(runtime::start(self.store.clone(), spec)?);
+                Ok(StatementResult::Push(PushQuery { id, columns, rows: rx, limit: select.limit, handle }))
+            }
+            Statement::Show { what, .. } => Ok(match what {
+                ShowWhat::Streams | ShowWhat::Tables => {
+                    let kind = if what == ShowWhat::Streams { SourceKind::Stream } else { SourceKind::Table };
+                    let sources = catalog.sources.values().filter(|s| s.kind == kind).map(|s| self.info(catalog, s)).collect();
+                    StatementResult::Sources { statement: text, kind: kind.name(), sources }
+                }
+                ShowWhat::Topics => StatementResult::Topics {
+                    statement: text,
+                    topics: self
+                        .store
+                        .topic_names()
+                        .into_iter()
+                        .filter(|t| !t.starts_with('_'))
+                        .map(|t| TopicInfo { partitions: self.store.topic_config(&t).map(|c| c.partitions).unwrap_or(0), name: t })
+                        .collect(),
+                },
+                ShowWhat::Queries => StatementResult::Queries {
+                    statement: text,
+                    queries: catalog.queries.values().map(query_info).collect(),
+                },
+                ShowWhat::Properties => StatementResult::Properties {
+                    statement: text,
+                    properties: props.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                },
+            }),
+            Statement::Describe { name, extended } => {
+                let Some(s) = catalog.sources.get(&name) else {
+                    return Err(SqlError::NotFound(format!("Could not find STREAM/TABLE '{name}' in the Metastore")));
+                };
+                Ok(StatementResult::Description { statement: text, source: Box::new(self.info(catalog, s)), extended })
+            }
+            Statement::DescribeAll { kind, .. } => {
+                let sources = catalog.sources.values().filter(|s| s.kind == kind).map(|s| self.info(catalog, s)).collect();
+                Ok(StatementResult::Sources { statement: text, kind: kind.name(), sources })
+            }
+            Statement::Drop { kind, if_exists, name, delete_topic } => {
+                let Some(source) = catalog.sources.get(&name).cloned() else {
+                    if if_exists {
+                        return Ok(self.status(&text, format!("Source `{name}` does not exist."), None));
+                    }
+                    return Err(SqlError::NotFound(format!("Source {name} does not exist.")));
+                };
+                if source.kind != kind {
+                    return Err(SqlError::plan(format!(
+                        "Incompatible data source type is {}, but statement was DROP {}",
+                        source.kind.name(),
+                        kind.name()
+                    )));
+                }
+                let readers: Vec<String> = catalog.queries.values().filter(|q| q.sources.contains(&name)).map(|q| q.id.clone()).collect();
+                let writers: Vec<String> = catalog.queries.values().filter(|q| q.sink == name).map(|q| q.id.clone()).collect();
+                if !readers.is_empty() || !writers.is_empty() {
+                    return Err(SqlError::plan(format!(
+                        "Cannot drop {name}.\nThe following queries read from this source: [{}].\nThe following queries write into this source: [{}].\nYou need to terminate them before dropping {name}.",
+                        readers.join(", "),
+                        writers.join(", ")
+                    )));
+                }
+                let sequence = self.record(&text, props, replay)?;
+                catalog.sources.remove(&name);
+                if delete_topic {
+                    let _ = self.store.delete_topic(&source.topic);
+                }
+                Ok(StatementResult::CommandStatus {
+                    statement: text,
+                    message: format!("Source `{name}` (topic: {}) was dropped.", source.topic),
+                    query_id: None,
+                    sequence,
+                })
+            }
+            Statement::Terminate { id } => {
+                let ids: Vec<String> = match &id {
+                    Some(id) => {
+                        if !catalog.queries.contains_key(id) {
+                            return Err(SqlError::NotFound(format!("Unknown queryId: {id}")));
+                        }
+                        vec![id.clone()]
+                    }
+                    None => catalog.queries.keys().cloned().collect(),
+                };
+                let sequence = self.record(&text, props, replay)?;
+                for id in &ids {
+                    if let Some(q) = catalog.queries.remove(id) {
+                        q.running.stop().await;
+                        if let Some(s) = catalog.sources.get_mut(&q.sink) {
+                            s.written_by.retain(|w| w != id);
+                        }
+                    }
+                }
+                Ok(StatementResult::CommandStatus { statement: text, message: "Query terminated.".into(), query_id: None, sequence })
+            }
+            Statement::Print { topic, from_beginning, limit } => self.print(&topic, from_beginning, limit),
+            Statement::Set { name, value } => {
+                props.insert(name, value);
+                Ok(StatementResult::Nothing)
+            }
+            Statement::Unset { name } => {
+                props.remove(&name);
+                Ok(StatementResult::Nothing)
+            }
+            Statement::Explain { .. } => Err(SqlError::Unsupported("EXPLAIN is not supported yet".into())),
+        }
+    }
+
+    fn status(&self, text: &str, message: String, query_id: Option<String>) -> StatementResult {
+        let sequence = self.store.end_offset(COMMAND_TOPIC, 0).unwrap_or(0);
+        StatementResult::CommandStatus { statement: text.to_string(), message, query_id, sequence }
+    }
+
+    /// The sequence number the next recorded command will get.
+    fn peek_sequence(&self, replay: Option<u64>) -> Result<u64> {
+        match replay {
+            Some(s) => Ok(s),
+            None => Ok(self.store.end_offset(COMMAND_TOPIC, 0)?),
+        }
+    }
+
+    /// Appends an accepted statement to the command topic (unless replaying it).
+    fn record(&self, text: &str, props: &Properties, replay: Option<u64>) -> Result<u64> {
+        if let Some(seq) = replay {
+            return Ok(seq);
+        }
+        let cmd = Command { statement: text.to_string(), properties: props.clone() };
+        let value = serde_json::to_vec(&cmd).map_err(|e| SqlError::Internal(e.to_string()))?;
+        let record = Record { timestamp: now_ms(), key: None, value: Some(value.into()), headers: vec![] };
+        let store = self.store.clone();
+        // Appends are async; the catalog lock is held by the caller, so block in place.
+        let info = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(store.append(COMMAND_TOPIC, 0, &[record]))
+        })?;
+        Ok(info.base_offset)
+    }
+
+    fn define_source(
+        &self,
+        kind: SourceKind,
+        read_only: bool,
+        name: &str,
+        columns: Vec<ColumnDef>,
+        with: &Props,
+        text: &str,
+    ) -> Result<SourceDef> {
+        let topic = with
+            .get("KAFKA_TOPIC")
+            .map(|v| v.as_text())
+            .ok_or_else(|| SqlError::plan(format!("Missing required property \"KAFKA_TOPIC\" for \"CREATE {}\"", kind.name())))?;
+        let (key_format, value_format) = formats(with, None)?;
+        let mut seen = std::collections::HashSet::new();
+        for c in &columns {
+            if !seen.insert(c.name.clone()) {
+                return Err(SqlError::plan(format!("Duplicate column names: {}", c.name)));
+            }
+            if kind == SourceKind::Stream && c.primary_key {
+                return Err(SqlError::plan(format!(
+                    "Line: {}, Col: {}: Column `{}` is a 'PRIMARY KEY' column: please use 'KEY' for streams.\nTables have PRIMARY KEYs, which are unique and NON NULL.\nStreams have KEYs, which have no uniqueness or NULL constraints.",
+                    c.position.line, c.position.column, c.name
+                )));
+            }
+            if kind == SourceKind::Table && c.key && !c.primary_key {
+                return Err(SqlError::plan(format!(
+                    "Line: {}, Col: {}: Column `{}` is a 'KEY' column: please use 'PRIMARY KEY' for tables.\nTables have PRIMARY KEYs, which are unique and NON NULL.\nStreams have KEYs, which have no uniqueness or NULL constraints.",
+                    c.position.line, c.position.column, c.name
+                )));
+            }
+            if c.header.is_some() {
+                return Err(SqlError::Unsupported("HEADER columns are not supported yet".into()));
+            }
+        }
+        if kind == SourceKind::Table && !columns.iter().any(|c| c.key) {
+            return Err(SqlError::plan("Tables require a PRIMARY KEY. Please define the PRIMARY KEY."));
+        }
+        let cols: Vec<Column> = columns
+            .iter()
+            .filter(|c| c.key)
+            .chain(columns.iter().filter(|c| !c.key))
+            .map(|c| Column { name: c.name.clone(), sql_type: c.sql_type.clone(), key: c.key })
+            .collect();
+        let timestamp = with.get("TIMESTAMP").map(|v| v.as_text().to_uppercase());
+        if let Some(ts) = &timestamp {
+            match cols.iter().find(|c| &c.name == ts) {
+                None => return Err(SqlError::plan(format!("The TIMESTAMP column set in the WITH clause does not exist in the schema: '{ts}'"))),
+                Some(c) if !matches!(c.sql_type, SqlType::Bigint | SqlType::Timestamp) => {
+                    return Err(SqlError::Unsupported(format!(
+                        "TIMESTAMP column {ts} must be BIGINT or TIMESTAMP (string timestamps with TIMESTAMP_FORMAT are not supported yet)"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        let def = SourceDef {
+            name: name.to_string(),
+            kind,
+            read_only,
+            columns: cols,
+            topic: topic.clone(),
+            key_format,
+            value_format,
+            timestamp,
+            timestamp_format: with.get("TIMESTAMP_FORMAT").map(|v| v.as_text()),
+            partitions: 1,
+            statement: text.to_string(),
+            written_by: vec![],
+        };
+        format::check_schema(&def.key_format, &def.key_schema(), "key")?;
+        format::check_schema(&def.value_format, &def.value_schema(), "value")?;
+        let partitions = self.ensure_topic(&topic, with.get("PARTITIONS"))?;
+        Ok(SourceDef { partitions, ..def })
+    }
+
+    /// Creates the topic if PARTITIONS says how; returns its partition count.
+    fn ensure_topic(&self, topic: &str, partitions: Option<&PropValue>) -> Result<u32> {
+        let wanted: Option<u32> = match partitions {
+            Some(v) => Some(v.as_text().parse().map_err(|_| SqlError::plan("PARTITIONS must be a positive number"))?),
+            None => None,
+        };
+        match self.store.topic_config(topic) {
+            Ok(cfg) => Ok(cfg.partitions),
+            Err(_) => match wanted {
+                Some(n) if n > 0 => {
+                    self.store.create_topic(topic, TopicConfig { partitions: n, ..TopicConfig::default() })?;
+                    Ok(n)
+                }
+                _ => Err(SqlError::plan(format!(
+                    "Topic '{topic}' does not exist. If you want to create a new topic for the stream/table please re-run the statement providing the required 'PARTITIONS' configuration in the WITH clause (and optionally 'REPLICAS'). For example: CREATE STREAM FOO (ID INT, VALUE STRING) WITH (KAFKA_TOPIC='{topic}', PARTITIONS=2, REPLICAS=1, FORMAT='JSON');"
+                ))),
+            },
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_as_select(
+        &self,
+        catalog: &mut Catalog,
+        kind: SourceKind,
+        name: &str,
+        with: &Props,
+        select: Select,
+        text: &str,
+        props: &Properties,
+        replay: Option<u64>,
+    ) -> Result<StatementResult> {
+        if kind == SourceKind::Table {
+            return Err(SqlError::Unsupported("CREATE TABLE AS SELECT is not supported yet".into()));
+        }
+        let plan = planner::plan_select(&self.ctx, catalog, &select).await?;
+        if plan.source.kind == SourceKind::Table {
+            return Err(SqlError::Unsupported("Streams over tables are not supported yet".into()));
+        }
+        let source_keys: Vec<&Column> = plan.source.key_columns().collect();
+        if !source_keys.is_empty() && !plan.columns.iter().any(|c| c.key) {
+            let keys: Vec<&str> = source_keys.iter().map(|c| c.name.as_str()).collect();
+            return Err(SqlError::plan(format!(
+                "Key missing from projection (ie, SELECT). See https://cnfl.io/2LV7ouS.\nThe query used to build `{name}` must include the key column{} {} in its projection (eg, SELECT {}...).",
+                if keys.len() > 1 { "s" } else { "" },
+                keys.join(", "),
+                keys.join(", ")
+            )));
+        }
+        let topic = with.get("KAFKA_TOPIC").map(|v| v.as_text()).unwrap_or_else(|| name.to_string());
+        let (key_format, value_format) = formats(with, Some((&plan.source.key_format, &plan.source.value_format)))?;
+        let columns: Vec<Column> = plan
+            .columns
+            .iter()
+            .filter(|c| c.key)
+            .chain(plan.columns.iter().filter(|c| !c.key))
+            .map(|c| Column { name: c.name.clone(), sql_type: c.sql_type.clone(), key: c.key })
+            .collect();
+        let partitions = match with.get("PARTITIONS") {
+            Some(p) => Some(p.clone()),
+            None => Some(PropValue::Number(plan.source.partitions.to_string())),
+        };
+        let mut sink = SourceDef {
+            name: name.to_string(),
+            kind,
+            read_only: false,
+            columns,
+            topic: topic.clone(),
+            key_format,
+            value_format,
+            timestamp: None,
+            timestamp_format: None,
+            partitions: 1,
+            statement: text.to_string(),
+            written_by: vec![],
+        };
+        format::check_schema(&sink.key_format, &sink.key_schema(), "key")?;
+        format::check_schema(&sink.value_format, &sink.value_schema(), "value")?;
+        sink.partitions = self.ensure_topic(&topic, partitions.as_ref())?;
+        let sequence = self.peek_sequence(replay)?;
+        let id = format!("CSAS_{name}_{sequence}");
+        catalog.sources.insert(name.to_string(), sink.clone());
+        if let Err(e) = self.start_persistent(catalog, &id, plan, &sink, text, props) {
+            catalog.sources.remove(name);
+            return Err(e);
+        }
+        self.record(text, props, replay)?;
+        Ok(StatementResult::CommandStatus { statement: text.to_string(), message: format!("Created query with ID {id}"), query_id: Some(id), sequence })
+    }
+
+    fn start_persistent(
+        &self,
+        catalog: &mut Catalog,
+        id: &str,
+        plan: StatelessPlan,
+        sink: &SourceDef,
+        text: &str,
+        props: &Properties,
+    ) -> Result<()> {
+        let input_schema = plan.schema.clone();
+        let index = |name: &str| input_schema.index_of(name).map_err(|e| SqlError::Internal(e.to_string()));
+        let key_columns = sink.key_columns().map(|c| index(&c.name)).collect::<Result<Vec<_>>>()?;
+        let value_columns = sink.value_columns().map(|c| index(&c.name)).collect::<Result<Vec<_>>>()?;
+        let sink_spec = SinkSpec {
+            topic: sink.topic.clone(),
+            key_format: sink.key_format.clone(),
+            value_format: sink.value_format.clone(),
+            key_columns,
+            value_columns,
+            timestamp_column: input_schema.fields().len() - 1,
+            input_schema: input_schema.clone(),
+        };
+        let spec = QuerySpec {
+            id: id.to_string(),
+            source: plan.source.source_spec(),
+            chain: calc_factory(&plan),
+            output: Output::Topic(sink_spec),
+            start: start_from(props, StartFrom::Latest),
+            commit_group: Some(format!("rill-query-{id}")),
+        };
+        let running = Arc::new(runtime::start(self.store.clone(), spec)?);
+        // Pin the start position so a restart resumes exactly here even if nothing was read.
+        let group = format!("rill-query-{id}");
+        let positions = running.stats.positions.lock().clone();
+        let offsets: Vec<(String, u32, u64)> =
+            positions.iter().enumerate().map(|(p, o)| (plan.source.topic.clone(), p as u32, *o)).collect();
+        self.store.commit_offsets(&group, &offsets)?;
+        if let Some(s) = catalog.sources.get_mut(&sink.name) {
+            s.written_by.push(id.to_string());
+        }
+        catalog.queries.insert(
+            id.to_string(),
+            QueryDef {
+                id: id.to_string(),
+                statement: text.to_string(),
+                sink: sink.name.clone(),
+                sink_topic: sink.topic.clone(),
+                sources: vec![plan.source.name.clone()],
+                running,
+            },
+        );
+        Ok(())
+    }
+
+    async fn insert_values(&self, sink: &SourceDef, columns: Option<Vec<String>>, values: Vec<sp::Expr>) -> Result<()> {
+        if sink.read_only {
+            return Err(SqlError::plan(format!("Cannot insert values into read-only {}: {}", sink.kind.name().to_lowercase(), sink.name)));
+        }
+        let all: Vec<String> = sink.columns.iter().map(|c| c.name.clone()).collect();
+        let columns = columns.unwrap_or(all);
+        if columns.len() != values.len() {
+            return Err(SqlError::plan(format!(
+                "Expected number columns and values to match: {}, {}",
+                columns.len(),
+                values.len()
+            )));
+        }
+        for c in &columns {
+            if c != "ROWTIME" && !sink.columns.iter().any(|s| &s.name == c) {
+                return Err(SqlError::plan(format!("Column name {c} does not exist.")));
+            }
+        }
+        // Evaluate the literals with DataFusion: SELECT v1 AS c1, ...
+        let mut query = *sqlparser::parser::Parser::new(&parser::KsqlDialect)
+            .try_with_sql("SELECT NULL")
+            .and_then(|mut p| p.parse_query())
+            .map_err(|e| SqlError::Internal(e.to_string()))?;
+        if let sp::SetExpr::Select(select) = query.body.as_mut() {
+            select.projection = values
+                .into_iter()
+                .zip(&columns)
+                .map(|(e, c)| sp::SelectItem::ExprWithAlias { expr: e, alias: sp::Ident::with_quote('"', c) })
+                .collect();
+        }
+        let plan = self.ctx.state().statement_to_plan(DfStatement::Statement(Box::new(sp::Statement::Query(Box::new(query))))).await?;
+        let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
+        let row = batches.first().ok_or_else(|| SqlError::Internal("VALUES produced no row".into()))?;
+        let mut fields = Vec::new();
+        let mut arrays: Vec<ArrayRef> = Vec::new();
+        for c in &sink.columns {
+            let dt = c.sql_type.to_arrow();
+            let array = match columns.iter().position(|n| n == &c.name) {
+                Some(i) => cast_value(row.column(i), &dt, &c.name)?,
+                None => arrow::array::new_null_array(&dt, 1),
+            };
+            fields.push(Field::new(&c.name, dt, true));
+            arrays.push(array);
+        }
+        let ts = match columns.iter().position(|n| n == "ROWTIME") {
+            Some(i) => cast_value(row.column(i), &DataType::Int64, "ROWTIME")?,
+            None => Arc::new(Int64Array::from(vec![now_ms()])),
+        };
+        fields.push(Field::new(planner::HIDDEN_TS, DataType::Int64, true));
+        arrays.push(ts);
+        let schema = Arc::new(Schema::new(fields));
+        let batch = RecordBatch::try_new(schema.clone(), arrays)?;
+        let nkeys = sink.key_columns().count();
+        let spec = SinkSpec {
+            topic: sink.topic.clone(),
+            key_format: sink.key_format.clone(),
+            value_format: sink.value_format.clone(),
+            key_columns: (0..nkeys).collect(),
+            value_columns: (nkeys..sink.columns.len()).collect(),
+            timestamp_column: sink.columns.len(),
+            input_schema: schema,
+        };
+        Sink::try_new(spec, self.store.clone())?.write(&batch).await?;
+        Ok(())
+    }
+
+    /// Inserts rows given as JSON objects (the `/inserts-stream` endpoint); field names match
+    /// columns case-insensitively, `ROWTIME` sets the record timestamp. Returns one result per row.
+    pub async fn insert_json(&self, target: &str, rows: &[&[u8]]) -> Result<Vec<std::result::Result<(), String>>> {
+        let sink = self
+            .source(target)
+            .await
+            .ok_or_else(|| SqlError::NotFound(format!("Cannot insert values into an unknown stream/table: {target}")))?;
+        if sink.read_only {
+            return Err(SqlError::plan(format!("Cannot insert values into read-only {}: {}", sink.kind.name().to_lowercase(), sink.name)));
+        }
+        let mut fields: Vec<Field> = sink.columns.iter().map(|c| Field::new(&c.name, c.sql_type.to_arrow(), true)).collect();
+        fields.push(Field::new("ROWTIME", DataType::Int64, true));
+        let schema = Arc::new(Schema::new(fields));
+        let mut decoder = format::decoder(&Format::new(FormatKind::Json), schema.clone())?;
+        let decoded = decoder.decode(rows)?;
+        let mut results: Vec<std::result::Result<(), String>> = vec![Ok(()); rows.len()];
+        for (i, e) in &decoded.errors {
+            results[*i] = Err(e.clone());
+        }
+        let mut batch = decoded.batch;
+        // Rows without ROWTIME get the current time.
+        let ts = batch.column(sink.columns.len()).clone();
+        let now = now_ms();
+        let filled: Int64Array = ts
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .map(|a| a.iter().map(|v| Some(v.unwrap_or(now))).collect())
+            .unwrap_or_else(|| Int64Array::from(vec![now; batch.num_rows()]));
+        let mut columns = batch.columns().to_vec();
+        columns[sink.columns.len()] = Arc::new(filled);
+        batch = RecordBatch::try_new(schema.clone(), columns)?;
+        let nkeys = sink.key_columns().count();
+        let spec = SinkSpec {
+            topic: sink.topic.clone(),
+            key_format: sink.key_format.clone(),
+            value_format: sink.value_format.clone(),
+            key_columns: (0..nkeys).collect(),
+            value_columns: (nkeys..sink.columns.len()).collect(),
+            timestamp_column: sink.columns.len(),
+            input_schema: schema,
+        };
+        Sink::try_new(spec, self.store.clone())?.write(&batch).await?;
+        Ok(results)
+    }
+
+    fn print(&self, topic: &str, from_beginning: bool, limit: Option<u64>) -> Result<StatementResult> {
+        let cfg = self
+            .store
+            .topic_config(topic)
+            .map_err(|_| SqlError::NotFound(format!("Could not find topic '{topic}', or the KSQL user does not have permissions to list the topic. Topic names are case-sensitive.")))?;
+        let (tx, rx) = mpsc::channel(64);
+        let store = self.store.clone();
+        let topic_name = topic.to_string();
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            let mut offsets = Vec::new();
+            for p in 0..cfg.partitions {
+                let o = if from_beginning { store.start_offset(&topic_name, p) } else { store.end_offset(&topic_name, p) };
+                offsets.push(o.unwrap_or(0));
+            }
+            loop {
+                let mut progressed = false;
+                for p in 0..cfg.partitions {
+                    let Ok(fetch) = store.read(&topic_name, p, offsets[p as usize], 1 << 20) else { return };
+                    for r in fetch.records() {
+                        let line = format!(
+                            "rowtime: {}, key: {}, value: {}, partition: {}",
+                            r.timestamp,
+                            r.key.map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_else(|| "<null>".into()),
+                            r.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_else(|| "<null>".into()),
+                            p
+                        );
+                        if tx.send(line).await.is_err() {
+                            return;
+                        }
+                        sent += 1;
+                        if limit.is_some_and(|l| sent >= l) {
+                            return;
+                        }
+                    }
+                    if fetch.next_offset() > offsets[p as usize] {
+                        offsets[p as usize] = fetch.next_offset();
+                        progressed = true;
+                    }
+                }
+                if !progressed {
+                    let waits = (0..cfg.partitions).map(|p| {
+                        let store = store.clone();
+                        let t = topic_name.clone();
+                        let o = offsets[p as usize];
+                        Box::pin(async move { store.wait_for(&t, p, o).await })
+                    });
+                    tokio::select! {
+                        _ = futures::future::select_all(waits) => {}
+                        _ = tx.closed() => return,
+                    }
+                }
+            }
+        });
+        Ok(StatementResult::Print { topic: topic.to_string(), rows: rx })
+    }
+
+    fn info(&self, catalog: &Catalog, s: &SourceDef) -> SourceInfo {
+        let read_queries = catalog.queries.values().filter(|q| q.sources.contains(&s.name)).map(query_info).collect();
+        let write_queries: Vec<QueryInfo> = catalog.queries.values().filter(|q| q.sink == s.name).map(query_info).collect();
+        let (mut processed, mut dead, mut last_error) = (0u64, 0u64, None);
+        for q in catalog.queries.values().filter(|q| q.sources.contains(&s.name) || q.sink == s.name) {
+            processed += q.running.stats.records_in.load(Ordering::Relaxed);
+            dead += q.running.stats.dead_letters.load(Ordering::Relaxed);
+            if let Some(e) = q.running.stats.last_error.lock().clone() {
+                last_error = Some(e);
+            }
+        }
+        SourceInfo {
+            name: s.name.clone(),
+            kind: s.kind.name(),
+            topic: s.topic.clone(),
+            key_format: s.key_format.kind.name().to_string(),
+            value_format: s.value_format.kind.name().to_string(),
+            windowed: false,
+            columns: s.columns.clone(),
+            timestamp: s.timestamp.clone(),
+            partitions: s.partitions,
+            statement: s.statement.clone(),
+            read_queries,
+            write_queries,
+            statistics: format!("messages-processed: {processed}"),
+            error_stats: match last_error {
+                Some(e) => format!("dead-letters: {dead} (last error: {e}; see topic {})", runtime::DEAD_LETTER_TOPIC),
+                None => format!("dead-letters: {dead}"),
+            },
+        }
+    }
+}
+
+fn query_info(q: &QueryDef) -> QueryInfo {
+    QueryInfo {
+        id: q.id.clone(),
+        statement: q.statement.clone(),
+        sinks: vec![q.sink.clone()],
+        sink_topics: vec![q.sink_topic.clone()],
+        state: if q.running.failed() { "ERROR" } else { "RUNNING" },
+    }
+}
+
+fn calc_factory(plan: &StatelessPlan) -> ChainFactory {
+    let filter = plan.filter.clone();
+    let projection = plan.projection.clone();
+    let schema = plan.schema.clone();
+    Arc::new(move || {
+        let calc = CalcOperator::try_new(filter.clone(), projection.clone(), schema.clone())?;
+        Ok(Chain::new(vec![Box::new(calc)]))
+    })
+}
+
+fn check_insert_schema(plan: &StatelessPlan, sink: &SourceDef) -> Result<()> {
+    let ours: Vec<(&str, &SqlType, bool)> = plan.columns.iter().map(|c| (c.name.as_str(), &c.sql_type, c.key)).collect();
+    let theirs: Vec<(&str, &SqlType, bool)> = sink.columns.iter().map(|c| (c.name.as_str(), &c.sql_type, c.key)).collect();
+    let mut a = ours.clone();
+    let mut b = theirs.clone();
+    a.sort_by_key(|c| (!c.2, c.0));
+    b.sort_by_key(|c| (!c.2, c.0));
+    if a != b {
+        let render = |cols: &[(&str, &SqlType, bool)]| {
+            cols.iter().map(|(n, t, k)| format!("`{n}` {t}{}", if *k { " KEY" } else { "" })).collect::<Vec<_>>().join(", ")
+        };
+        return Err(SqlError::plan(format!(
+            "Incompatible schema between results and sink.\nResult schema is {}\nSink schema is {}",
+            render(&ours),
+            render(&theirs)
+        )));
+    }
+    Ok(())
+}
+
+fn cast_value(a: &ArrayRef, dt: &DataType, column: &str) -> Result<ArrayRef> {
+    if a.data_type() == dt {
+        return Ok(a.clone());
+    }
+    arrow::compute::cast(a, dt).map_err(|e| SqlError::plan(format!("Expected type {} for column {column}: {e}", SqlType::from_arrow(dt).map(|t| t.to_string()).unwrap_or_default())))
+}
+
+fn formats(with: &Props, inherit: Option<(&Format, &Format)>) -> Result<(Format, Format)> {
+    let get = |k: &str| with.get(k).map(|v| v.as_text());
+    let both = get("FORMAT");
+    let parse = |s: String| FormatKind::parse(&s).map_err(SqlError::from);
+    let value_kind = match get("VALUE_FORMAT").or(both.clone()) {
+        Some(v) => parse(v)?,
+        None => match inherit {
+            Some((_, v)) => v.kind,
+            None => return Err(SqlError::plan("Statement is missing the 'VALUE_FORMAT' property from the WITH clause. Either provide one or set a default via the 'ksql.persistence.default.format.value' config.")),
+        },
+    };
+    let key_kind = match get("KEY_FORMAT").or(both) {
+        Some(v) => parse(v)?,
+        None => match inherit {
+            Some((k, _)) => k.kind,
+            None => FormatKind::Kafka,
+        },
+    };
+    let mut value = Format::new(value_kind);
+    let mut key = Format::new(key_kind);
+    if let Some(PropValue::Bool(b)) = with.get("WRAP_SINGLE_VALUE") {
+        value.wrap_single_value = *b;
+    } else if let Some((_, v)) = inherit {
+        if v.kind == value_kind {
+            value.wrap_single_value = v.wrap_single_value;
+        }
+    }
+    for (prop, f) in [("VALUE_DELIMITER", &mut value), ("KEY_DELIMITER", &mut key)] {
+        if let Some(d) = get(prop) {
+            f.delimiter = match d.to_uppercase().as_str() {
+                "TAB" => b'\t',
+                "SPACE" => b' ',
+                s if s.len() == 1 => s.as_bytes()[0],
+                _ => return Err(SqlError::plan(format!("Invalid delimiter '{d}': use a single character, TAB or SPACE"))),
+            };
+        }
+    }
+    // ksqlDB keys are unwrapped single values.
+    key.wrap_single_value = false;
+    Ok((key, value))
+}
+
+fn start_from(props: &Properties, default: StartFrom) -> StartFrom {
+    match props.get("auto.offset.reset").or_else(|| props.get("ksql.streams.auto.offset.reset")).map(|s| s.to_lowercase()) {
+        Some(s) if s == "earliest" => StartFrom::Earliest,
+        Some(s) if s == "latest" => StartFrom::Latest,
+        _ => default,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_i64(now_ms());
+    h.finish() % 10_000_000_000
+}

@@ -1,0 +1,30 @@
+//! ksqlDB function names that DataFusion spells differently, registered as aliases of
+//! DataFusion's own implementations.
+
+use datafusion::execution::FunctionRegistry;
+use datafusion::prelude::SessionContext;
+
+use crate::Result;
+
+/// (ksqlDB name, DataFusion function) pairs with identical semantics.
+const SCALAR_ALIASES: &[(&str, &str)] = &[
+    ("ucase", "upper"),
+    ("lcase", "lower"),
+    ("len", "character_length"),
+    ("ifnull", "nvl"),
+    ("ceil", "ceil"),
+];
+
+/// Registers ksqlDB's names for DataFusion functions.
+pub fn register(ctx: &SessionContext) -> Result<()> {
+    let state = ctx.state();
+    for (alias, target) in SCALAR_ALIASES {
+        if alias == target {
+            continue;
+        }
+        if let Ok(udf) = state.udf(target) {
+            ctx.register_udf(udf.as_ref().clone().with_aliases([*alias]));
+        }
+    }
+    Ok(())
+}

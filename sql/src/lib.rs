@@ -1,0 +1,22 @@
+//! Rill's SQL layer: the ksqlDB dialect, planned with DataFusion, run on the engine.
+//!
+//! ```text
+//!  text ──parser──► ast::Statement ──planner (DataFusion SqlToRel)──► LogicalPlan
+//!       ──► operators (rill-engine) ──► running query
+//! ```
+//! [`KsqlEngine`] executes statements: it keeps the [`catalog`], records every accepted
+//! statement in the command topic (replayed at start, so a restart restores everything), and
+//! starts persistent and push queries.
+
+pub mod ast;
+pub mod catalog;
+pub mod engine;
+pub mod error;
+pub mod functions;
+pub mod parser;
+pub mod planner;
+pub mod results;
+pub mod types;
+
+pub use engine::KsqlEngine;
+pub use error::{Result, SqlError};

@@ -1,0 +1,779 @@
+//! Parsing Rill's ksqlDB dialect.
+//!
+//! sqlparser tokenizes (keeping positions) and parses expressions and queries. This module:
+//! * upper-cases unquoted identifiers, as ksqlDB does (quoted ones, in backticks, keep case);
+//! * parses the statement shapes ksqlDB adds (`CREATE STREAM`, `PRINT`, `TERMINATE`, ...);
+//! * lifts the streaming clauses out of a SELECT (`WINDOW`, `WITHIN`, `PARTITION BY`, `EMIT`,
+//!   `LIMIT`) so that the rest is standard SQL for sqlparser and DataFusion.
+
+use sqlparser::ast as sp;
+use sqlparser::dialect::Dialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace};
+
+use crate::ast::*;
+use crate::error::{Position, Result, SqlError};
+use crate::types::SqlType;
+
+/// ksqlDB's lexical rules: backticks (and double quotes) delimit identifiers.
+#[derive(Debug, Default)]
+pub struct KsqlDialect;
+
+impl Dialect for KsqlDialect {
+    fn is_identifier_start(&self, ch: char) -> bool {
+        ch.is_alphabetic() || ch == '_' || ch == '@'
+    }
+    fn is_identifier_part(&self, ch: char) -> bool {
+        ch.is_alphanumeric() || ch == '_' || ch == '@' || ch == '$'
+    }
+    fn is_delimited_identifier_start(&self, ch: char) -> bool {
+        ch == '`' || ch == '"'
+    }
+}
+
+/// Parses one or more `;`-separated statements.
+pub fn parse(sql: &str) -> Result<Vec<ParsedStatement>> {
+    let tokens = Tokenizer::new(&KsqlDialect, sql).tokenize_with_location().map_err(|e| SqlError::Parse {
+        position: Position { line: e.location.line, column: e.location.column },
+        message: format!("Syntax error: {}", e.message),
+    })?;
+    let line_starts = line_starts(sql);
+    let mut out = Vec::new();
+    let mut current: Vec<TokenWithSpan> = Vec::new();
+    let mut flush = |current: &mut Vec<TokenWithSpan>, end: Option<&TokenWithSpan>| -> Result<()> {
+        if current.is_empty() {
+            return Ok(());
+        }
+        let first = current[0].span.start;
+        let start = offset_of(&line_starts, sql, first.line, first.column);
+        let stop = match end {
+            Some(semi) => offset_of(&line_starts, sql, semi.span.end.line, semi.span.end.column),
+            None => sql.len(),
+        };
+        let text = sql.get(start..stop).unwrap_or(sql).trim().to_string();
+        let statement = StatementParser::new(std::mem::take(current)).statement()?;
+        out.push(ParsedStatement { statement, text });
+        Ok(())
+    };
+    for mut t in tokens {
+        match &mut t.token {
+            Token::Whitespace(_) => continue,
+            Token::SemiColon => {
+                flush(&mut current, Some(&t))?;
+                continue;
+            }
+            Token::Word(w) if w.quote_style.is_none() => w.value = w.value.to_uppercase(),
+            _ => {}
+        }
+        current.push(t);
+    }
+    flush(&mut current, None)?;
+    Ok(out)
+}
+
+fn line_starts(sql: &str) -> Vec<usize> {
+    let mut v = vec![0];
+    for (i, c) in sql.char_indices() {
+        if c == '\n' {
+            v.push(i + 1);
+        }
+    }
+    v
+}
+
+fn offset_of(line_starts: &[usize], sql: &str, line: u64, column: u64) -> usize {
+    let Some(start) = line_starts.get(line.saturating_sub(1) as usize) else { return sql.len() };
+    sql[*start..].char_indices().nth(column.saturating_sub(1) as usize).map(|(i, _)| start + i).unwrap_or(sql.len())
+}
+
+/// Whether a token is an unquoted word equal to `kw` (already upper-cased).
+fn is_word(t: &Token, kw: &str) -> bool {
+    matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value == kw)
+}
+
+struct StatementParser {
+    toks: Vec<TokenWithSpan>,
+    pos: usize,
+}
+
+impl StatementParser {
+    fn new(toks: Vec<TokenWithSpan>) -> Self {
+        Self { toks, pos: 0 }
+    }
+
+    fn peek(&self) -> &Token {
+        self.peek_at(0)
+    }
+
+    fn peek_at(&self, n: usize) -> &Token {
+        self.toks.get(self.pos + n).map(|t| &t.token).unwrap_or(&Token::EOF)
+    }
+
+    fn position(&self) -> Position {
+        match self.toks.get(self.pos).or_else(|| self.toks.last()) {
+            Some(t) => Position { line: t.span.start.line, column: t.span.start.column },
+            None => Position { line: 1, column: 1 },
+        }
+    }
+
+    fn error<T>(&self, msg: impl Into<String>) -> Result<T> {
+        Err(SqlError::Parse { position: self.position(), message: msg.into() })
+    }
+
+    fn unexpected<T>(&self) -> Result<T> {
+        match self.peek() {
+            Token::EOF => self.error("Syntax error: unexpected end of statement"),
+            t => self.error(format!("Syntax error at or near '{t}'")),
+        }
+    }
+
+    fn is_kw(&self, kw: &str) -> bool {
+        is_word(self.peek(), kw)
+    }
+
+    fn eat_kw(&mut self, kw: &str) -> bool {
+        if self.is_kw(kw) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn eat_kws(&mut self, kws: &[&str]) -> bool {
+        if kws.iter().enumerate().all(|(i, k)| is_word(self.peek_at(i), k)) {
+            self.pos += kws.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect_kw(&mut self, kw: &str) -> Result<()> {
+        if self.eat_kw(kw) {
+            Ok(())
+        } else {
+            match self.peek() {
+                Token::EOF => self.error(format!("Syntax error: expected {kw} but the statement ended")),
+                t => self.error(format!("Syntax error at or near '{t}': expected {kw}")),
+            }
+        }
+    }
+
+    fn eat(&mut self, t: &Token) -> bool {
+        if self.peek() == t {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, t: &Token) -> Result<()> {
+        if self.eat(t) {
+            Ok(())
+        } else {
+            match self.peek() {
+                Token::EOF => self.error(format!("Syntax error: expected '{t}' but the statement ended")),
+                other => self.error(format!("Syntax error at or near '{other}': expected '{t}'")),
+            }
+        }
+    }
+
+    fn ident(&mut self) -> Result<String> {
+        match self.peek().clone() {
+            Token::Word(w) => {
+                self.pos += 1;
+                Ok(w.value)
+            }
+            _ => self.unexpected(),
+        }
+    }
+
+    fn string(&mut self) -> Result<String> {
+        match self.peek().clone() {
+            Token::SingleQuotedString(s) => {
+                self.pos += 1;
+                Ok(s)
+            }
+            _ => self.unexpected(),
+        }
+    }
+
+    fn number(&mut self) -> Result<String> {
+        match self.peek().clone() {
+            Token::Number(n, _) => {
+                self.pos += 1;
+                Ok(n)
+            }
+            Token::Minus => {
+                self.pos += 1;
+                Ok(format!("-{}", self.number()?))
+            }
+            _ => self.unexpected(),
+        }
+    }
+
+    fn end(&self) -> Result<()> {
+        if self.pos < self.toks.len() {
+            self.unexpected()
+        } else {
+            Ok(())
+        }
+    }
+
+    fn statement(&mut self) -> Result<Statement> {
+        let s = match self.peek() {
+            t if is_word(t, "CREATE") => self.create()?,
+            t if is_word(t, "INSERT") => self.insert()?,
+            t if is_word(t, "SELECT") => Statement::Select(Box::new(self.select()?)),
+            t if is_word(t, "SHOW") || is_word(t, "LIST") => self.show()?,
+            t if is_word(t, "DESCRIBE") => self.describe()?,
+            t if is_word(t, "DROP") => self.drop()?,
+            t if is_word(t, "TERMINATE") => {
+                self.pos += 1;
+                if self.eat_kw("ALL") {
+                    Statement::Terminate { id: None }
+                } else {
+                    Statement::Terminate { id: Some(self.ident()?) }
+                }
+            }
+            t if is_word(t, "PRINT") => self.print()?,
+            t if is_word(t, "SET") => {
+                self.pos += 1;
+                let name = self.string()?;
+                self.expect(&Token::Eq)?;
+                let value = self.string()?;
+                Statement::Set { name, value }
+            }
+            t if is_word(t, "UNSET") => {
+                self.pos += 1;
+                Statement::Unset { name: self.string()? }
+            }
+            t if is_word(t, "EXPLAIN") => {
+                self.pos += 1;
+                let rest: Vec<String> = self.toks[self.pos..].iter().map(|t| t.token.to_string()).collect();
+                self.pos = self.toks.len();
+                Statement::Explain { target: rest.join(" ") }
+            }
+            _ => return self.unexpected(),
+        };
+        self.end()?;
+        Ok(s)
+    }
+
+    fn create(&mut self) -> Result<Statement> {
+        self.expect_kw("CREATE")?;
+        let or_replace = self.eat_kws(&["OR", "REPLACE"]);
+        let read_only = self.eat_kw("SOURCE");
+        let kind = if self.eat_kw("STREAM") {
+            SourceKind::Stream
+        } else if self.eat_kw("TABLE") {
+            SourceKind::Table
+        } else if self.is_kw("TYPE") || self.is_kw("CONNECTOR") {
+            return Err(SqlError::Unsupported(format!("CREATE {} is not supported yet", self.peek())));
+        } else {
+            return self.error(format!("Syntax error at or near '{}': expected STREAM or TABLE", self.peek()));
+        };
+        let if_not_exists = self.eat_kws(&["IF", "NOT", "EXISTS"]);
+        let name = self.ident()?;
+        let mut columns = Vec::new();
+        if self.eat(&Token::LParen) {
+            loop {
+                columns.push(self.column_def()?);
+                if !self.eat(&Token::Comma) {
+                    break;
+                }
+            }
+            self.expect(&Token::RParen)?;
+        }
+        let props = if self.eat_kw("WITH") { self.props()? } else { Props::new() };
+        let query = if self.eat_kw("AS") { Some(Box::new(self.select()?)) } else { None };
+        Ok(Statement::CreateSource { or_replace, kind, read_only, if_not_exists, name, columns, props, query })
+    }
+
+    fn column_def(&mut self) -> Result<ColumnDef> {
+        let position = self.position();
+        let name = self.ident()?;
+        let sql_type = self.sql_type()?;
+        let mut key = false;
+        let mut primary_key = false;
+        let mut header = None;
+        if self.eat_kws(&["PRIMARY", "KEY"]) {
+            key = true;
+            primary_key = true;
+        } else if self.eat_kw("KEY") {
+            key = true;
+        } else if self.eat_kw("HEADERS") {
+            header = Some(None);
+        } else if self.eat_kw("HEADER") {
+            self.expect(&Token::LParen)?;
+            header = Some(Some(self.string()?));
+            self.expect(&Token::RParen)?;
+        }
+        Ok(ColumnDef { name, sql_type, key, primary_key, header, position })
+    }
+
+    /// Parses a type, splitting `>>` tokens of nested generics.
+    fn sql_type(&mut self) -> Result<SqlType> {
+        let name = match self.peek().clone() {
+            Token::Word(w) => {
+                self.pos += 1;
+                w.value.to_uppercase()
+            }
+            _ => return self.error(format!("Syntax error at or near '{}': expected a type", self.peek())),
+        };
+        Ok(match name.as_str() {
+            "BOOLEAN" => SqlType::Boolean,
+            "INT" | "INTEGER" => SqlType::Int,
+            "BIGINT" => SqlType::Bigint,
+            "DOUBLE" => SqlType::Double,
+            "STRING" | "VARCHAR" => SqlType::String,
+            "BYTES" => SqlType::Bytes,
+            "TIMESTAMP" => SqlType::Timestamp,
+            "DATE" => SqlType::Date,
+            "TIME" => SqlType::Time,
+            "DECIMAL" => {
+                self.expect(&Token::LParen)?;
+                let p: u8 = self.number()?.parse().map_err(|_| SqlError::plan("DECIMAL precision must be a number"))?;
+                self.expect(&Token::Comma)?;
+                let s: i8 = self.number()?.parse().map_err(|_| SqlError::plan("DECIMAL scale must be a number"))?;
+                self.expect(&Token::RParen)?;
+                if p == 0 || p > 38 || s < 0 || s as u8 > p {
+                    return Err(SqlError::plan(format!("DECIMAL({p}, {s}) is not a valid decimal type")));
+                }
+                SqlType::Decimal(p, s)
+            }
+            "ARRAY" => {
+                self.expect(&Token::Lt)?;
+                let t = self.sql_type()?;
+                self.close_angle()?;
+                SqlType::Array(Box::new(t))
+            }
+            "MAP" => {
+                self.expect(&Token::Lt)?;
+                let k = self.sql_type()?;
+                self.expect(&Token::Comma)?;
+                let v = self.sql_type()?;
+                self.close_angle()?;
+                SqlType::Map(Box::new(k), Box::new(v))
+            }
+            "STRUCT" => {
+                self.expect(&Token::Lt)?;
+                let mut fields = Vec::new();
+                if !self.try_close_angle() {
+                    loop {
+                        let n = self.ident()?;
+                        let t = self.sql_type()?;
+                        fields.push((n, t));
+                        if !self.eat(&Token::Comma) {
+                            break;
+                        }
+                    }
+                    self.close_angle()?;
+                }
+                SqlType::Struct(fields)
+            }
+            other => {
+                self.pos -= 1;
+                return self.error(format!("Unknown type: {other}"));
+            }
+        })
+    }
+
+    fn try_close_angle(&mut self) -> bool {
+        match self.peek() {
+            Token::Gt => {
+                self.pos += 1;
+                true
+            }
+            Token::ShiftRight => {
+                // `>>` closes two levels: replace it by one `>`.
+                let span = self.toks[self.pos].span;
+                self.toks[self.pos] = TokenWithSpan { token: Token::Gt, span };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn close_angle(&mut self) -> Result<()> {
+        if self.try_close_angle() {
+            Ok(())
+        } else {
+            self.error(format!("Syntax error at or near '{}': expected '>'", self.peek()))
+        }
+    }
+
+    fn props(&mut self) -> Result<Props> {
+        self.expect(&Token::LParen)?;
+        let mut props = Props::new();
+        loop {
+            let name = self.ident()?.to_uppercase();
+            self.expect(&Token::Eq)?;
+            let value = match self.peek().clone() {
+                Token::SingleQuotedString(s) => {
+                    self.pos += 1;
+                    PropValue::String(s)
+                }
+                Token::Number(_, _) | Token::Minus => PropValue::Number(self.number()?),
+                Token::Word(w) if w.value == "TRUE" || w.value == "FALSE" => {
+                    self.pos += 1;
+                    PropValue::Bool(w.value == "TRUE")
+                }
+                _ => return self.unexpected(),
+            };
+            props.insert(name, value);
+            if !self.eat(&Token::Comma) {
+                break;
+            }
+        }
+        self.expect(&Token::RParen)?;
+        Ok(props)
+    }
+
+    fn insert(&mut self) -> Result<Statement> {
+        self.expect_kw("INSERT")?;
+        self.expect_kw("INTO")?;
+        let target = self.ident()?;
+        if self.eat_kw("WITH") {
+            let _ = self.props()?;
+        }
+        if self.is_kw("SELECT") {
+            return Ok(Statement::InsertSelect { target, query: Box::new(self.select()?) });
+        }
+        let mut columns = None;
+        if self.eat(&Token::LParen) {
+            let mut cols = Vec::new();
+            loop {
+                cols.push(self.ident()?);
+                if !self.eat(&Token::Comma) {
+                    break;
+                }
+            }
+            self.expect(&Token::RParen)?;
+            columns = Some(cols);
+        }
+        self.expect_kw("VALUES")?;
+        let rest = self.toks[self.pos..].to_vec();
+        let mut p = Parser::new(&KsqlDialect).with_tokens_with_locations(rest);
+        let values = (|| -> std::result::Result<Vec<sp::Expr>, sqlparser::parser::ParserError> {
+            p.expect_token(&Token::LParen)?;
+            let v = p.parse_comma_separated(Parser::parse_expr)?;
+            p.expect_token(&Token::RParen)?;
+            Ok(v)
+        })()
+        .map_err(|e| parser_error(e, self.position()))?;
+        self.pos += p.index();
+        Ok(Statement::InsertValues { target, columns, values })
+    }
+
+    fn show(&mut self) -> Result<Statement> {
+        self.pos += 1;
+        let what = match self.ident()?.as_str() {
+            "STREAMS" => ShowWhat::Streams,
+            "TABLES" => ShowWhat::Tables,
+            "TOPICS" => ShowWhat::Topics,
+            "QUERIES" => ShowWhat::Queries,
+            "PROPERTIES" => ShowWhat::Properties,
+            "ALL" if self.eat_kw("TOPICS") => ShowWhat::Topics,
+            other => {
+                self.pos -= 1;
+                return self.error(format!("Syntax error at or near '{other}': expected STREAMS, TABLES, TOPICS, QUERIES or PROPERTIES"));
+            }
+        };
+        let extended = self.eat_kw("EXTENDED");
+        Ok(Statement::Show { what, extended })
+    }
+
+    fn describe(&mut self) -> Result<Statement> {
+        self.expect_kw("DESCRIBE")?;
+        if self.eat_kw("STREAMS") {
+            return Ok(Statement::DescribeAll { kind: SourceKind::Stream, extended: self.eat_kw("EXTENDED") });
+        }
+        if self.eat_kw("TABLES") {
+            return Ok(Statement::DescribeAll { kind: SourceKind::Table, extended: self.eat_kw("EXTENDED") });
+        }
+        if self.eat_kw("FUNCTION") {
+            return Err(SqlError::Unsupported("DESCRIBE FUNCTION is not supported yet".into()));
+        }
+        let extended = self.eat_kw("EXTENDED");
+        let name = self.ident()?;
+        Ok(Statement::Describe { name, extended })
+    }
+
+    fn drop(&mut self) -> Result<Statement> {
+        self.expect_kw("DROP")?;
+        let kind = if self.eat_kw("STREAM") {
+            SourceKind::Stream
+        } else if self.eat_kw("TABLE") {
+            SourceKind::Table
+        } else {
+            return self.error(format!("Syntax error at or near '{}': expected STREAM or TABLE", self.peek()));
+        };
+        let if_exists = self.eat_kws(&["IF", "EXISTS"]);
+        let name = self.ident()?;
+        let delete_topic = self.eat_kws(&["DELETE", "TOPIC"]);
+        Ok(Statement::Drop { kind, if_exists, name, delete_topic })
+    }
+
+    fn print(&mut self) -> Result<Statement> {
+        self.expect_kw("PRINT")?;
+        let topic = match self.peek().clone() {
+            Token::SingleQuotedString(s) => {
+                self.pos += 1;
+                s
+            }
+            Token::Word(w) => {
+                self.pos += 1;
+                if w.quote_style.is_some() { w.value } else { w.value.to_lowercase() }
+            }
+            _ => return self.unexpected(),
+        };
+        let from_beginning = self.eat_kws(&["FROM", "BEGINNING"]);
+        let mut limit = None;
+        loop {
+            if self.eat_kw("INTERVAL") || self.eat_kw("SAMPLE") {
+                self.number()?;
+            } else if self.eat_kw("LIMIT") {
+                limit = Some(self.number()?.parse().map_err(|_| SqlError::plan("LIMIT must be a number"))?);
+            } else {
+                break;
+            }
+        }
+        Ok(Statement::Print { topic, from_beginning, limit })
+    }
+
+    fn duration(&mut self) -> Result<Duration> {
+        let n: i64 = self.number()?.parse().map_err(|_| SqlError::plan("a duration must be a whole number"))?;
+        let unit = self.ident()?;
+        let ms = match unit.trim_end_matches('S') {
+            "MILLISECOND" => 1,
+            "SECOND" => 1_000,
+            "MINUTE" => 60_000,
+            "HOUR" => 3_600_000,
+            "DAY" => 86_400_000,
+            _ => {
+                self.pos -= 1;
+                return self.error(format!("Syntax error at or near '{unit}': expected a time unit"));
+            }
+        };
+        Ok(Duration { millis: n * ms })
+    }
+
+    fn window(&mut self) -> Result<WindowSpec> {
+        let kind = self.ident()?;
+        self.expect(&Token::LParen)?;
+        let mut size = None;
+        let mut advance = None;
+        let mut gap = None;
+        let mut retention = None;
+        let mut grace = None;
+        loop {
+            if self.eat_kw("SIZE") {
+                size = Some(self.duration()?);
+            } else if self.eat_kws(&["ADVANCE", "BY"]) {
+                advance = Some(self.duration()?);
+            } else if self.eat_kw("RETENTION") {
+                retention = Some(self.duration()?);
+            } else if self.eat_kws(&["GRACE", "PERIOD"]) {
+                grace = Some(self.duration()?);
+            } else if kind == "SESSION" && gap.is_none() {
+                gap = Some(self.duration()?);
+            } else {
+                return self.unexpected();
+            }
+            if !self.eat(&Token::Comma) {
+                break;
+            }
+        }
+        self.expect(&Token::RParen)?;
+        let missing = |what: &str| SqlError::plan(format!("{kind} windows need {what}"));
+        Ok(match kind.as_str() {
+            "TUMBLING" => WindowSpec::Tumbling { size: size.ok_or_else(|| missing("a SIZE"))?, retention, grace },
+            "HOPPING" => WindowSpec::Hopping {
+                size: size.ok_or_else(|| missing("a SIZE"))?,
+                advance: advance.ok_or_else(|| missing("ADVANCE BY"))?,
+                retention,
+                grace,
+            },
+            "SESSION" => WindowSpec::Session { gap: gap.ok_or_else(|| missing("a gap"))?, retention, grace },
+            _ => return self.error(format!("Unknown window type: {kind}")),
+        })
+    }
+
+    /// Parses `SELECT ...` to the end of the statement, lifting out the ksqlDB clauses.
+    fn select(&mut self) -> Result<Select> {
+        let mut window = None;
+        let mut within = Vec::new();
+        let mut partition_by = Vec::new();
+        let mut emit = None;
+        let mut limit = None;
+        let mut rest: Vec<TokenWithSpan> = Vec::new();
+        let mut depth = 0i32;
+        while self.pos < self.toks.len() {
+            let t = self.peek().clone();
+            match &t {
+                Token::LParen => depth += 1,
+                Token::RParen => depth -= 1,
+                _ => {}
+            }
+            if depth == 0 {
+                if is_word(&t, "WINDOW") && matches!(self.peek_at(1), Token::Word(_)) {
+                    self.pos += 1;
+                    window = Some(self.window()?);
+                    continue;
+                }
+                if is_word(&t, "WITHIN") {
+                    self.pos += 1;
+                    let (before, after) = if self.eat(&Token::LParen) {
+                        let b = self.duration()?;
+                        self.expect(&Token::Comma)?;
+                        let a = self.duration()?;
+                        self.expect(&Token::RParen)?;
+                        (b, a)
+                    } else {
+                        let d = self.duration()?;
+                        (d, d)
+                    };
+                    let grace = if self.eat_kws(&["GRACE", "PERIOD"]) { Some(self.duration()?) } else { None };
+                    within.push(Within { before, after, grace });
+                    continue;
+                }
+                if is_word(&t, "EMIT") {
+                    self.pos += 1;
+                    emit = Some(if self.eat_kw("CHANGES") {
+                        Emit::Changes
+                    } else if self.eat_kw("FINAL") {
+                        Emit::Final
+                    } else {
+                        return self.error(format!("Syntax error at or near '{}': expected CHANGES or FINAL", self.peek()));
+                    });
+                    continue;
+                }
+                if is_word(&t, "LIMIT") {
+                    self.pos += 1;
+                    limit = Some(self.number()?.parse().map_err(|_| SqlError::plan("LIMIT must be a whole number"))?);
+                    continue;
+                }
+                if is_word(&t, "PARTITION") && is_word(self.peek_at(1), "BY") {
+                    self.pos += 2;
+                    let start = self.pos;
+                    let mut d = 0;
+                    while self.pos < self.toks.len() {
+                        match self.peek() {
+                            Token::LParen => d += 1,
+                            Token::RParen => d -= 1,
+                            t if d == 0 && (is_word(t, "EMIT") || is_word(t, "LIMIT")) => break,
+                            _ => {}
+                        }
+                        self.pos += 1;
+                    }
+                    let toks = self.toks[start..self.pos].to_vec();
+                    let pos = self.position();
+                    let mut p = Parser::new(&KsqlDialect).with_tokens_with_locations(toks);
+                    partition_by = p.parse_comma_separated(Parser::parse_expr).map_err(|e| parser_error(e, pos))?;
+                    continue;
+                }
+            }
+            rest.push(self.toks[self.pos].clone());
+            self.pos += 1;
+        }
+        // sqlparser gives no location at the end of input: point after the last token.
+        let pos = rest.last().map(|t| Position { line: t.span.end.line, column: t.span.end.column }).unwrap_or_default();
+        let n = rest.len();
+        let mut p = Parser::new(&KsqlDialect).with_tokens_with_locations(rest);
+        let query = p.parse_query().map_err(|e| parser_error(e, pos))?;
+        if p.index() < n {
+            let t = p.peek_token();
+            return Err(SqlError::Parse {
+                position: Position { line: t.span.start.line, column: t.span.start.column },
+                message: format!("Syntax error at or near '{}'", t.token),
+            });
+        }
+        Ok(Select { query: *query, window, within, partition_by, emit, limit })
+    }
+}
+
+/// Turns a sqlparser error (which embeds "at Line: l, Column: c") into a positioned error.
+fn parser_error(e: sqlparser::parser::ParserError, fallback: Position) -> SqlError {
+    let msg = e.to_string();
+    let msg = msg.strip_prefix("sql parser error: ").unwrap_or(&msg).to_string();
+    let mut position = fallback;
+    if let Some(i) = msg.find(" at Line: ") {
+        let tail = &msg[i + " at Line: ".len()..];
+        let mut parts = tail.split(", Column: ");
+        if let (Some(l), Some(c)) = (parts.next(), parts.next()) {
+            if let (Ok(l), Ok(c)) = (l.trim().parse(), c.trim().parse()) {
+                position = Position { line: l, column: c };
+            }
+        }
+        return SqlError::Parse { position, message: format!("Syntax error: {}", &msg[..i]) };
+    }
+    SqlError::Parse { position, message: format!("Syntax error: {msg}") }
+}
+
+/// Unused-whitespace helper kept for symmetry with the tokenizer.
+#[allow(dead_code)]
+fn is_whitespace(t: &Token) -> bool {
+    matches!(t, Token::Whitespace(Whitespace::Space | Whitespace::Newline | Whitespace::Tab))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(sql: &str) -> Statement {
+        let mut v = parse(sql).unwrap();
+        assert_eq!(v.len(), 1);
+        v.remove(0).statement
+    }
+
+    #[test]
+    fn create_stream_with_key_and_props() {
+        let Statement::CreateSource { kind, name, columns, props, .. } = one(
+            "CREATE STREAM pageviews (k STRING KEY, `Id` bigint, m MAP<STRING, ARRAY<INT>>) WITH (kafka_topic='pv', value_format='JSON', partitions=2);",
+        ) else {
+            panic!()
+        };
+        assert_eq!(kind, SourceKind::Stream);
+        assert_eq!(name, "PAGEVIEWS");
+        assert_eq!(columns[0].name, "K");
+        assert!(columns[0].key);
+        assert_eq!(columns[1].name, "Id");
+        assert_eq!(
+            columns[2].sql_type,
+            SqlType::Map(Box::new(SqlType::String), Box::new(SqlType::Array(Box::new(SqlType::Int))))
+        );
+        assert_eq!(props["KAFKA_TOPIC"], PropValue::String("pv".into()));
+        assert_eq!(props["PARTITIONS"], PropValue::Number("2".into()));
+    }
+
+    #[test]
+    fn select_lifts_streaming_clauses() {
+        let Statement::Select(s) = one(
+            "SELECT id, COUNT(*) FROM s WINDOW TUMBLING (SIZE 30 SECONDS, GRACE PERIOD 1 MINUTE) WHERE x > 1 GROUP BY id EMIT CHANGES LIMIT 3;",
+        ) else {
+            panic!()
+        };
+        assert_eq!(s.window, Some(WindowSpec::Tumbling { size: Duration { millis: 30_000 }, retention: None, grace: Some(Duration { millis: 60_000 }) }));
+        assert_eq!(s.emit, Some(Emit::Changes));
+        assert_eq!(s.limit, Some(3));
+        assert_eq!(s.query.to_string(), "SELECT ID, COUNT(*) FROM S WHERE X > 1 GROUP BY ID");
+    }
+
+    #[test]
+    fn errors_say_where() {
+        let e = parse("CREATE STREAM s (a INT) WITH (kafka_topic='t');\nSELEC * FROM s;").unwrap_err();
+        assert_eq!(e.to_string(), "line 2:1: Syntax Error\nSyntax error at or near 'SELEC' at line 2:1");
+        let e = parse("SELECT * FROM s WHERE;").unwrap_err();
+        assert!(e.to_string().starts_with("line 1:22: Syntax Error\n"), "{e}");
+    }
+
+    #[test]
+    fn statement_texts_are_split() {
+        let v = parse("SHOW STREAMS; DESCRIBE EXTENDED foo ;").unwrap();
+        assert_eq!(v[0].text, "SHOW STREAMS;");
+        assert_eq!(v[1].text, "DESCRIBE EXTENDED foo ;");
+    }
+}

@@ -1,0 +1,154 @@
+//! End to end: the `rill` binary driven over its ksqlDB-compatible REST API.
+
+mod common;
+
+use common::{scrub, Server};
+use serde_json::json;
+
+const PAGEVIEWS: &str = "CREATE STREAM pageviews (user_id STRING KEY, page STRING, duration INT) \
+     WITH (kafka_topic='pageviews', value_format='JSON', partitions=2);";
+const LONG_VIEWS: &str = "CREATE STREAM long_views AS SELECT user_id, UCASE(page) AS page, duration * 1000 AS ms \
+     FROM pageviews WHERE duration > 30;";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walkthrough() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+
+    let created = server.ok(PAGEVIEWS).await;
+    insta::assert_json_snapshot!("create_stream", created);
+    let inserted = server
+        .ok("INSERT INTO pageviews (user_id, page, duration) VALUES ('alice', '/home', 12);\
+             INSERT INTO pageviews VALUES ('bob', '/buy', 70);")
+        .await;
+    assert_eq!(inserted, json!([]), "INSERT VALUES returns no entity, as in ksqlDB");
+    let csas = server.ok(LONG_VIEWS).await;
+    insta::assert_json_snapshot!("create_stream_as_select", csas);
+    server.ok("INSERT INTO pageviews VALUES ('carol', '/cart', 45);").await;
+
+    // Push query over the derived stream: both long views, in per-key order.
+    let (status, body) = server.query("SELECT * FROM long_views EMIT CHANGES LIMIT 2;").await;
+    assert_eq!(status, 200);
+    let mut rows = Server::rows(&body);
+    rows.sort_by_key(|r| r[0].as_str().unwrap_or_default().to_string());
+    assert_eq!(rows, vec![json!(["bob", "/BUY", 70000]), json!(["carol", "/CART", 45000])]);
+    assert!(body.starts_with("[{\"header\":{\"queryId\":\"transient_LONG_VIEWS_"), "{body}");
+    assert!(body.contains("\"schema\":\"`USER_ID` STRING, `PAGE` STRING, `MS` INTEGER\"}},\n"), "{body}");
+    assert!(body.ends_with("{\"finalMessage\":\"Limit Reached\"}]"), "{body}");
+
+    // The HTTP/2-era endpoint, delimited framing.
+    let (status, body) = server.query_stream("SELECT user_id, duration FROM pageviews WHERE user_id = 'alice' EMIT CHANGES LIMIT 1;").await;
+    assert_eq!(status, 200);
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 2, "{body}");
+    let meta: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(meta["columnNames"], json!(["USER_ID", "DURATION"]));
+    assert_eq!(meta["columnTypes"], json!(["STRING", "INTEGER"]));
+    assert_eq!(lines[1], r#"["alice",12]"#);
+
+    let (_, listing) = server.ksql("SHOW STREAMS; SHOW QUERIES; DESCRIBE long_views;").await;
+    insta::assert_json_snapshot!("show_and_describe", scrub(listing));
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_sql_says_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.ok(PAGEVIEWS).await;
+    let (status, body) = server.ksql("SHOW STREAMS;\nSELEC * FROM pageviews;").await;
+    assert_eq!(status, 400);
+    insta::assert_json_snapshot!("syntax_error", body);
+    let (status, body) = server.ksql("CREATE STREAM s AS SELECT nope FROM pageviews;").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["@type"], "statement_error");
+    assert_eq!(body["error_code"], 40001);
+    assert!(body["message"].as_str().unwrap().contains("NOPE"), "{body}");
+    let (status, body) = server.ksql("CREATE STREAM s AS SELECT * FROM missing;").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["message"], "MISSING does not exist.");
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_record_goes_to_dead_letters_and_query_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    // Two views of one topic: RAW writes arbitrary text, EVENTS reads JSON.
+    server.ok("CREATE STREAM raw (line STRING) WITH (kafka_topic='events', value_format='KAFKA', partitions=1);").await;
+    server.ok("CREATE STREAM events (id INT, name STRING) WITH (kafka_topic='events', value_format='JSON');").await;
+    server.ok("CREATE STREAM named AS SELECT id, UCASE(name) AS name FROM events;").await;
+    server.ok("INSERT INTO raw VALUES ('{\"id\": 1, \"name\": \"a\"}');").await;
+    server.ok("INSERT INTO raw VALUES ('this is not json');").await;
+    server.ok("INSERT INTO raw VALUES ('{\"ID\": 3, \"NAME\": \"c\"}');").await;
+
+    let (_, body) = server.query("SELECT * FROM named EMIT CHANGES LIMIT 2;").await;
+    assert_eq!(Server::rows(&body), vec![json!([1, "A"]), json!([3, "C"])]);
+
+    let (_, body) = server.query("PRINT 'rill_dead_letters' FROM BEGINNING LIMIT 1;").await;
+    let line = body.lines().next().unwrap_or_default();
+    assert!(line.contains(r#""topic":"events","partition":0,"offset":1"#), "{line}");
+    assert!(line.contains(r#""value":"this is not json""#), "{line}");
+    assert!(line.contains("CSAS_NAMED_2"), "{line}");
+
+    let (_, d) = server.ksql("DESCRIBE EXTENDED events; SHOW QUERIES;").await;
+    let stats = d[0]["sourceDescription"]["errorStats"].as_str().unwrap().to_string();
+    assert!(stats.starts_with("dead-letters: 1 "), "{stats}");
+    assert_eq!(d[1]["queries"][0]["state"], "RUNNING");
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_catalog_and_resumes_queries_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.ok(PAGEVIEWS).await;
+    server.ok(LONG_VIEWS).await;
+    server.ok("INSERT INTO pageviews VALUES ('bob', '/buy', 70);").await;
+    let (_, body) = server.query("SELECT * FROM long_views EMIT CHANGES LIMIT 1;").await;
+    assert_eq!(Server::rows(&body), vec![json!(["bob", "/BUY", 70000])]);
+    server.stop();
+
+    let server = Server::start(dir.path());
+    let (_, q) = server.ksql("SHOW STREAMS; SHOW QUERIES;").await;
+    let names: Vec<&str> = q[0]["streams"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["LONG_VIEWS", "PAGEVIEWS"]);
+    assert_eq!(q[1]["queries"][0]["id"], "CSAS_LONG_VIEWS_1");
+    server.ok("INSERT INTO pageviews VALUES ('dave', '/pay', 99);").await;
+    server.ok("INSERT INTO pageviews VALUES ('zed', '/end', 100);").await;
+    // The sink holds each result exactly once: bob (before the restart), then dave and zed. A
+    // repeated bob would take one of the three places and push zed out.
+    let (_, body) = server.query("PRINT 'LONG_VIEWS' FROM BEGINNING LIMIT 3;").await;
+    let mut values: Vec<String> = body
+        .lines()
+        .map(|l| l.split(", value: ").nth(1).unwrap_or_default().split(", partition").next().unwrap_or_default().to_string())
+        .collect();
+    values.sort();
+    assert_eq!(
+        values,
+        vec![r#"{"PAGE":"/BUY","MS":70000}"#, r#"{"PAGE":"/END","MS":100000}"#, r#"{"PAGE":"/PAY","MS":99000}"#]
+    );
+    let (_, d) = server.ksql("DESCRIBE EXTENDED long_views;").await;
+    assert_eq!(d[0]["sourceDescription"]["writeQueries"][0]["state"], "RUNNING");
+    server.stop();
+}
+
+/// An unmodified third-party ksqlDB client (PyPI `ksql-python-ng`) drives the walkthrough over
+/// HTTP/1.1 (/ksql, /query) and h2c (/query-stream, /inserts-stream). `scripts/test.sh` installs
+/// it and sets RILL_PYTHON to the interpreter that has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_party_python_client_walkthrough() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let python = std::env::var("RILL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/clients/ksql_python_walkthrough.py");
+    let url = server.url.clone();
+    let out = tokio::task::spawn_blocking(move || std::process::Command::new(python).arg(script).arg(url).output())
+        .await
+        .unwrap()
+        .expect("run python (scripts/test.sh installs ksql-python-ng and sets RILL_PYTHON)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stdout.trim() == "OK", "client walkthrough failed:\n{stdout}\n{stderr}");
+    server.stop();
+}
