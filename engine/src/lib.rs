@@ -29,4 +29,4 @@ pub mod watermark;
 
 pub use error::{EngineError, Result};
 pub use message::{Barrier, Message, Watermark};
-pub use operator::{Operator, StateInfo};
+pub use operator::{LateRow, Operator, StateInfo};

@@ -24,6 +24,27 @@ impl StateInfo {
     }
 }
 
+/// A row that arrived after the window it belongs to had closed. Operators hand these to the
+/// runtime, which writes them to the late-data topic: late data is counted and visible, never
+/// dropped silently.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LateRow {
+    /// Source partition.
+    pub partition: u32,
+    /// Source offset (-1 if unknown).
+    pub offset: i64,
+    /// The row's event time.
+    pub timestamp: i64,
+    /// Start of the window it missed.
+    pub window_start: i64,
+    /// End of the window it missed.
+    pub window_end: i64,
+    /// The watermark when it arrived.
+    pub watermark: i64,
+    /// A sentence saying why it is late.
+    pub reason: String,
+}
+
 /// A dataflow operator. The runtime calls it from one task, in message order:
 ///
 /// * [`process_batch`](Operator::process_batch) for every data batch (rows in `input_schema`
@@ -65,6 +86,9 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// Moves rows that arrived too late for their window into `out` (default: none).
+    fn drain_late(&mut self, _out: &mut Vec<LateRow>) {}
+
     /// The operator's state, for `EXPLAIN`.
     fn state_info(&self) -> StateInfo {
         StateInfo::stateless()
@@ -102,6 +126,13 @@ impl Chain {
         out.append(&mut input);
         self.scratch = input;
         Ok(())
+    }
+
+    /// Collects late rows from every operator.
+    pub fn drain_late(&mut self, out: &mut Vec<LateRow>) {
+        for op in &mut self.ops {
+            op.drain_late(out);
+        }
     }
 
     /// The operators, for `EXPLAIN`.

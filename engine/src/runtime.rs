@@ -16,13 +16,16 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::message::{Message, Watermark};
-use crate::operator::Chain;
+use crate::operator::{Chain, LateRow};
+use crate::watermark::WatermarkTracker;
 use crate::sink::{Sink, SinkSpec};
 use crate::source::{dead_letter_value, DeadLetter, SourceReader, SourceSpec, ROWOFFSET};
 use crate::{EngineError, Result};
 
 /// Topic that receives records no query could read, with the reason.
 pub const DEAD_LETTER_TOPIC: &str = "rill_dead_letters";
+/// Topic that receives rows that arrived after their window closed, with the window they missed.
+pub const LATE_TOPIC: &str = "rill_late_records";
 
 /// Builds a fresh operator chain for one task.
 pub type ChainFactory = Arc<dyn Fn() -> Result<Chain> + Send + Sync>;
@@ -50,8 +53,11 @@ pub struct QuerySpec {
     pub id: String,
     /// The source.
     pub source: SourceSpec,
-    /// Builds each task's operator chain.
+    /// Builds each source-partition task's (stateless) operator chain.
     pub chain: ChainFactory,
+    /// Builds the stateful stage: one task fed by every partition task, whose watermark is the
+    /// minimum over the partitions (idle partitions excluded). `None` for stateless queries.
+    pub stage: Option<ChainFactory>,
     /// Output.
     pub output: Output,
     /// Start position when nothing is committed.
@@ -69,6 +75,8 @@ pub struct QueryStats {
     pub records_out: AtomicU64,
     /// Records sent to the dead-letter topic.
     pub dead_letters: AtomicU64,
+    /// Rows written to the late-data topic.
+    pub late_records: AtomicU64,
     /// The last error, if the query failed or dead-lettered records.
     pub last_error: Mutex<Option<String>>,
     /// Set when a task stopped on an error.
@@ -118,21 +126,39 @@ impl RunningQuery {
     }
 }
 
-/// Starts `spec` on `store`: one task per source partition.
+/// Starts `spec` on `store`: one task per source partition (and one stage task if stateful).
 pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery> {
     let partitions = store.topic_config(&spec.source.topic)?.partitions;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stats = Arc::new(QueryStats::default());
     *stats.positions.lock() = vec![0; partitions as usize];
-    let shared = Arc::new(Shared { id: spec.id.clone(), source: spec.source, chain: spec.chain, commit_group: spec.commit_group });
-    let mut tasks = Vec::new();
-    let sink_spec = match &spec.output {
-        Output::Topic(s) => Some(s.clone()),
-        Output::Channel(_) => None,
+    let shared = Arc::new(Shared { id: spec.id.clone(), source: spec.source, commit_group: spec.commit_group });
+    store.create_topic(DEAD_LETTER_TOPIC, TopicConfig::default())?;
+    let make_output = || -> Result<TaskOutput> {
+        Ok(match &spec.output {
+            Output::Topic(s) => TaskOutput::Sink(Box::new(Sink::try_new(s.clone(), store.clone())?)),
+            Output::Channel(tx) => TaskOutput::Channel(tx.clone()),
+        })
     };
-    if sink_spec.is_some() || matches!(spec.output, Output::Channel(_)) {
-        store.create_topic(DEAD_LETTER_TOPIC, TopicConfig::default())?;
-    }
+    let mut tasks = Vec::new();
+    let stage_tx = match &spec.stage {
+        Some(factory) => {
+            store.create_topic(LATE_TOPIC, TopicConfig::default())?;
+            let (tx, rx) = mpsc::channel(16);
+            let stage = StageTask {
+                store: store.clone(),
+                shared: shared.clone(),
+                chain: factory()?,
+                out: make_output()?,
+                stats: stats.clone(),
+                tracker: WatermarkTracker::new(partitions as usize),
+            };
+            tasks.push(tokio::spawn(stage.run(rx)));
+            Some(tx)
+        }
+        None => None,
+    };
+    let mut starts = Vec::new();
     for p in 0..partitions {
         let start_offset = match shared.commit_group.as_ref().map(|g| store.committed_offset(g, &shared.source.topic, p)) {
             Some(Ok(Some(o))) => o,
@@ -142,11 +168,14 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                 StartFrom::Latest => store.end_offset(&shared.source.topic, p)?,
             },
         };
-        stats.positions.lock()[p as usize] = start_offset;
-        let out = match (&spec.output, &sink_spec) {
-            (_, Some(s)) => TaskOutput::Sink(Box::new(Sink::try_new(s.clone(), store.clone())?)),
-            (Output::Channel(tx), None) => TaskOutput::Channel(tx.clone()),
-            (Output::Topic(_), None) => return Err(EngineError::Internal("topic output without sink".into())),
+        starts.push(start_offset);
+    }
+    *stats.positions.lock() = starts.clone();
+    for (p, start_offset) in starts.into_iter().enumerate() {
+        let p = p as u32;
+        let out = match &stage_tx {
+            Some(tx) => TaskOutput::Stage(tx.clone()),
+            None => make_output()?,
         };
         let task = PartitionTask {
             store: store.clone(),
@@ -154,10 +183,11 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
             partition: p,
             offset: start_offset,
             reader: SourceReader::try_new(shared.source.clone(), p)?,
-            chain: (shared.chain)()?,
+            chain: (spec.chain)()?,
             out,
             stats: stats.clone(),
             stream_time: i64::MIN,
+            idle: false,
         };
         let stop = stop_rx.clone();
         tasks.push(tokio::spawn(task.run(stop)));
@@ -168,14 +198,121 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
 struct Shared {
     id: String,
     source: SourceSpec,
-    #[allow(dead_code)]
-    chain: ChainFactory,
     commit_group: Option<String>,
+}
+
+/// What partition tasks send to the stateful stage.
+enum StageInput {
+    /// A message from partition `.0`'s chain.
+    Message(u32, Message),
+    /// Partition `.0` has handed over everything before offset `.1`.
+    Progress(u32, u64),
 }
 
 enum TaskOutput {
     Sink(Box<Sink>),
     Channel(mpsc::Sender<RecordBatch>),
+    Stage(mpsc::Sender<StageInput>),
+}
+
+impl TaskOutput {
+    /// Writes a result batch; returns false when a push-query client has gone.
+    async fn write(&mut self, batch: RecordBatch, stats: &QueryStats) -> Result<bool> {
+        match self {
+            TaskOutput::Sink(sink) => {
+                let n = sink.write(&batch).await?;
+                stats.records_out.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(true)
+            }
+            TaskOutput::Channel(tx) => {
+                let n = batch.num_rows();
+                if tx.send(batch).await.is_err() {
+                    return Ok(false);
+                }
+                stats.records_out.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(true)
+            }
+            TaskOutput::Stage(_) => Err(EngineError::Internal("stage output used as a sink".into())),
+        }
+    }
+}
+
+/// The stateful part of a query: one task, fed by every partition task.
+struct StageTask {
+    store: Arc<dyn TopicStore>,
+    shared: Arc<Shared>,
+    chain: Chain,
+    out: TaskOutput,
+    stats: Arc<QueryStats>,
+    tracker: WatermarkTracker,
+}
+
+impl StageTask {
+    async fn run(mut self, mut rx: mpsc::Receiver<StageInput>) {
+        if let Err(e) = self.run_loop(&mut rx).await {
+            tracing::error!(query = %self.shared.id, "query failed: {e}");
+            *self.stats.last_error.lock() = Some(e.to_string());
+            self.stats.failed.store(true, Ordering::SeqCst);
+            self.stats.progress.notify_waiters();
+        }
+    }
+
+    async fn run_loop(&mut self, rx: &mut mpsc::Receiver<StageInput>) -> Result<()> {
+        let mut messages = Vec::new();
+        let mut late = Vec::new();
+        while let Some(input) = rx.recv().await {
+            match input {
+                StageInput::Message(p, Message::Watermark(w)) => {
+                    if let Some(combined) = self.tracker.update(p as usize, w) {
+                        self.chain.push(Message::Watermark(combined), &mut messages)?;
+                    }
+                }
+                StageInput::Message(_, m) => self.chain.push(m, &mut messages)?,
+                StageInput::Progress(p, offset) => {
+                    // Everything before `offset` has been processed: make its output durable,
+                    // then commit the source position.
+                    self.flush(&mut messages, &mut late).await?;
+                    if let Some(g) = &self.shared.commit_group {
+                        self.store.commit_offsets(g, &[(self.shared.source.topic.clone(), p, offset)])?;
+                    }
+                    if let Some(pos) = self.stats.positions.lock().get_mut(p as usize) {
+                        *pos = offset;
+                    }
+                    self.stats.progress.notify_waiters();
+                    continue;
+                }
+            }
+            self.flush(&mut messages, &mut late).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, messages: &mut Vec<Message>, late: &mut Vec<LateRow>) -> Result<()> {
+        self.chain.drain_late(late);
+        if !late.is_empty() {
+            let records: Vec<Record> = late
+                .drain(..)
+                .map(|l| {
+                    let mut v = serde_json::to_value(&l).unwrap_or(serde_json::Value::Null);
+                    if let serde_json::Value::Object(m) = &mut v {
+                        m.insert("query".into(), serde_json::Value::String(self.shared.id.clone()));
+                        m.insert("topic".into(), serde_json::Value::String(self.shared.source.topic.clone()));
+                    }
+                    Record { timestamp: l.timestamp, key: Some(bytes::Bytes::from(self.shared.id.clone())), value: Some(v.to_string().into()), headers: vec![] }
+                })
+                .collect();
+            self.stats.late_records.fetch_add(records.len() as u64, Ordering::Relaxed);
+            self.store.append(LATE_TOPIC, 0, &records).await?;
+        }
+        for m in messages.drain(..) {
+            if let Message::Data(b) = m {
+                if !self.out.write(b, &self.stats).await? {
+                    return Err(EngineError::Stopped);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 struct PartitionTask {
@@ -188,6 +325,7 @@ struct PartitionTask {
     out: TaskOutput,
     stats: Arc<QueryStats>,
     stream_time: i64,
+    idle: bool,
 }
 
 /// Why a task ended.
@@ -228,6 +366,15 @@ impl PartitionTask {
                 Err(e) => return Err(e.into()),
             };
             if fetch.next_offset() <= self.offset {
+                // Caught up: an idle partition must not hold back the stage's watermark.
+                if !self.idle {
+                    self.idle = true;
+                    if let TaskOutput::Stage(tx) = &self.out {
+                        if tx.send(StageInput::Message(self.partition, Message::Watermark(Watermark::Idle))).await.is_err() {
+                            return Ok(Ended::Stopped);
+                        }
+                    }
+                }
                 tokio::select! {
                     r = self.store.wait_for(topic, self.partition, self.offset) => r?,
                     _ = stop.changed() => return Ok(Ended::Stopped),
@@ -235,6 +382,7 @@ impl PartitionTask {
                 continue;
             }
             let read = self.reader.read(&fetch)?;
+            self.idle = false;
             let mut messages = Vec::new();
             if let Some(batch) = read.batch {
                 self.stats.records_in.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
@@ -249,37 +397,31 @@ impl PartitionTask {
                 }
             }
             self.dead_letters(read.dead).await?;
+            self.offset = read.next_offset;
+            if let TaskOutput::Stage(tx) = &self.out {
+                // The stage commits the offset once it has written what these rows produced.
+                for m in messages {
+                    if tx.send(StageInput::Message(self.partition, m)).await.is_err() {
+                        return Ok(Ended::Stopped);
+                    }
+                }
+                if tx.send(StageInput::Progress(self.partition, self.offset)).await.is_err() {
+                    return Ok(Ended::Stopped);
+                }
+                continue;
+            }
             for m in messages {
                 if let Message::Data(b) = m {
-                    if let Ended::ClientGone = self.emit(b).await? {
+                    if !self.out.write(b, &self.stats).await? {
                         return Ok(Ended::ClientGone);
                     }
                 }
             }
-            self.offset = read.next_offset;
             if let Some(g) = &self.shared.commit_group {
                 self.store.commit_offsets(g, &[(topic.to_string(), self.partition, self.offset)])?;
             }
             self.stats.positions.lock()[self.partition as usize] = self.offset;
             self.stats.progress.notify_waiters();
-        }
-    }
-
-    async fn emit(&mut self, batch: RecordBatch) -> Result<Ended> {
-        match &mut self.out {
-            TaskOutput::Sink(sink) => {
-                let n = sink.write(&batch).await?;
-                self.stats.records_out.fetch_add(n as u64, Ordering::Relaxed);
-                Ok(Ended::Stopped)
-            }
-            TaskOutput::Channel(tx) => {
-                let n = batch.num_rows();
-                if tx.send(batch).await.is_err() {
-                    return Ok(Ended::ClientGone);
-                }
-                self.stats.records_out.fetch_add(n as u64, Ordering::Relaxed);
-                Ok(Ended::Stopped)
-            }
         }
     }
 

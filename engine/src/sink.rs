@@ -28,6 +28,22 @@ pub struct SinkSpec {
     pub timestamp_column: usize,
     /// Schema of the incoming batches.
     pub input_schema: SchemaRef,
+    /// A BOOLEAN column marking rows to write as tombstones (null value).
+    pub delete_column: Option<usize>,
+    /// Windowed keys: the window start and end columns, and whether windows are sessions.
+    pub window: Option<WindowKey>,
+}
+
+/// How window bounds are appended to the key bytes, as Kafka Streams' windowed serdes do:
+/// time windows append the 8-byte big-endian start, session windows the end then the start.
+#[derive(Clone, Copy, Debug)]
+pub struct WindowKey {
+    /// WINDOWSTART column.
+    pub start: usize,
+    /// WINDOWEND column.
+    pub end: usize,
+    /// Session windows.
+    pub session: bool,
 }
 
 /// Encodes and appends batches to the output topic, partitioned by key like Kafka.
@@ -60,9 +76,35 @@ impl Sink {
         }
         self.value_encoder.encode(&batch.project(&self.spec.value_columns)?, &mut values)?;
         let ts = batch.column(self.spec.timestamp_column).as_primitive::<Int64Type>();
+        let delete = self.spec.delete_column.map(|c| batch.column(c).as_boolean().clone());
+        let window = match self.spec.window {
+            Some(w) => Some((
+                arrow::compute::cast(batch.column(w.start), &arrow::datatypes::DataType::Int64)?,
+                arrow::compute::cast(batch.column(w.end), &arrow::datatypes::DataType::Int64)?,
+                w.session,
+            )),
+            None => None,
+        };
         let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
-        for (i, (key, value)) in keys.into_iter().zip(values).enumerate() {
+        for (i, (key, mut value)) in keys.into_iter().zip(values).enumerate() {
+            // Partition on the key without the window, so all windows of a key stay together.
             let p = self.store.partition_for_key(&self.spec.topic, key.as_deref())?;
+            let key = match &window {
+                Some((start, end, session)) => {
+                    let start = start.as_primitive::<Int64Type>().value(i);
+                    let end = end.as_primitive::<Int64Type>().value(i);
+                    let mut k = key.map(|k| k.to_vec()).unwrap_or_default();
+                    if *session {
+                        k.extend_from_slice(&end.to_be_bytes());
+                    }
+                    k.extend_from_slice(&start.to_be_bytes());
+                    Some(Bytes::from(k))
+                }
+                None => key,
+            };
+            if delete.as_ref().is_some_and(|d| d.value(i)) {
+                value = None;
+            }
             let timestamp = if ts.is_null(i) { 0 } else { ts.value(i) };
             by_partition.entry(p).or_default().push(Record { timestamp, key, value, headers: vec![] });
         }

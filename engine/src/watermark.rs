@@ -2,12 +2,16 @@
 
 use crate::message::Watermark;
 
-/// The watermark of an operator with several inputs: the minimum over the inputs' watermarks,
-/// ignoring idle inputs. Until every input has reported, there is no watermark.
+/// The watermark of an operator with several inputs: the minimum over the inputs that are not
+/// idle. An idle input (caught up, nothing to read) does not hold the others back; when every
+/// input is idle, everything available has been read and the watermark is the largest event
+/// time any input reached. Until every input has reported once, there is no watermark. The
+/// combined watermark never goes backwards.
 #[derive(Debug, Clone)]
 pub struct WatermarkTracker {
-    inputs: Vec<Option<Watermark>>,
-    current: Option<Watermark>,
+    /// Per input: last event time reported, and whether it is idle now.
+    inputs: Vec<Option<(Option<i64>, bool)>>,
+    current: Option<i64>,
 }
 
 impl WatermarkTracker {
@@ -19,42 +23,31 @@ impl WatermarkTracker {
     /// Records input `i`'s watermark; returns the combined watermark if it advanced.
     pub fn update(&mut self, i: usize, wm: Watermark) -> Option<Watermark> {
         if let Some(slot) = self.inputs.get_mut(i) {
-            *slot = Some(wm);
+            let last = slot.and_then(|(t, _)| t);
+            *slot = Some(match wm {
+                Watermark::EventTime(t) => (Some(last.map_or(t, |l| l.max(t))), false),
+                Watermark::Idle => (last, true),
+            });
         }
         if self.inputs.iter().any(Option::is_none) {
             return None;
         }
-        let active = self.inputs.iter().flatten().filter_map(|w| match w {
-            Watermark::EventTime(t) => Some(*t),
-            Watermark::Idle => None,
-        });
-        let combined = match active.min() {
-            Some(t) => Watermark::EventTime(t),
-            None => Watermark::Idle,
+        let states = self.inputs.iter().flatten();
+        let active_min = states.clone().filter(|(_, idle)| !idle).map(|(t, _)| t.unwrap_or(i64::MIN)).min();
+        let combined = match active_min {
+            Some(t) => t,
+            None => states.filter_map(|(t, _)| *t).max()?,
         };
-        let advanced = match (self.current, combined) {
-            (None, _) => true,
-            (Some(Watermark::EventTime(a)), Watermark::EventTime(b)) => b > a,
-            (Some(Watermark::Idle), Watermark::EventTime(_)) => true,
-            (Some(Watermark::EventTime(_)), Watermark::Idle) | (Some(Watermark::Idle), Watermark::Idle) => false,
-        };
-        if advanced {
-            // Event time never goes backwards, even when an idle input comes back behind.
-            if let (Some(Watermark::EventTime(a)), Watermark::EventTime(b)) = (self.current, combined) {
-                if b < a {
-                    return None;
-                }
-            }
-            self.current = Some(combined);
-            Some(combined)
-        } else {
-            None
+        if combined == i64::MIN || self.current.is_some_and(|c| combined <= c) {
+            return None;
         }
+        self.current = Some(combined);
+        Some(Watermark::EventTime(combined))
     }
 
     /// The current combined watermark.
     pub fn current(&self) -> Option<Watermark> {
-        self.current
+        self.current.map(Watermark::EventTime)
     }
 }
 
@@ -63,15 +56,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn minimum_over_inputs_ignoring_idle() {
+    fn minimum_over_active_inputs() {
         let mut t = WatermarkTracker::new(2);
-        assert_eq!(t.update(0, Watermark::EventTime(10)), None);
+        assert_eq!(t.update(0, Watermark::EventTime(10)), None, "input 1 has not reported");
         assert_eq!(t.update(1, Watermark::EventTime(5)), Some(Watermark::EventTime(5)));
         assert_eq!(t.update(1, Watermark::EventTime(7)), Some(Watermark::EventTime(7)));
         assert_eq!(t.update(0, Watermark::EventTime(20)), None, "min is still input 1");
-        assert_eq!(t.update(1, Watermark::Idle), Some(Watermark::EventTime(20)));
-        assert_eq!(t.update(0, Watermark::Idle), None);
-        assert_eq!(t.current(), Some(Watermark::EventTime(20)));
+        assert_eq!(t.update(1, Watermark::Idle), Some(Watermark::EventTime(20)), "idle input 1 no longer holds back");
         assert_eq!(t.update(1, Watermark::EventTime(3)), None, "never goes backwards");
+        assert_eq!(t.current(), Some(Watermark::EventTime(20)));
+    }
+
+    #[test]
+    fn all_idle_means_everything_was_read() {
+        let mut t = WatermarkTracker::new(2);
+        t.update(0, Watermark::EventTime(61_000));
+        assert_eq!(t.update(1, Watermark::EventTime(2_000)), Some(Watermark::EventTime(2_000)));
+        assert_eq!(t.update(0, Watermark::Idle), None, "input 1 is still active at 2000");
+        assert_eq!(t.update(1, Watermark::Idle), Some(Watermark::EventTime(61_000)));
+        let mut never = WatermarkTracker::new(1);
+        assert_eq!(never.update(0, Watermark::Idle), None, "no event time seen yet");
     }
 }

@@ -1,5 +1,6 @@
 //! `rill`: the Rill server and its commands.
 
+mod qtt;
 mod rest;
 
 use std::net::SocketAddr;
@@ -29,6 +30,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8088")]
         listen: SocketAddr,
     },
+    /// Runs ksqlDB's query-validation tests (files or folders) against Rill.
+    Qtt(qtt::Args),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -60,6 +63,7 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(serve(data_dir, listen))
         }
+        Command::Qtt(args) => qtt::run(args.into()),
         Command::Bench { what: Bench::Log { json, dir } } => {
             let tmp;
             let dir = match dir {

@@ -49,6 +49,8 @@ pub struct SourceDef {
     pub statement: String,
     /// The persistent query writing into it, if any.
     pub written_by: Vec<String>,
+    /// TUMBLING, HOPPING or SESSION for windowed tables.
+    pub window_type: Option<String>,
 }
 
 impl SourceDef {

@@ -9,11 +9,10 @@ use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use rill_connectors::format::{self, Format, FormatKind};
-use rill_connectors::store::{Record, TopicConfig, TopicStore};
-use rill_engine::operator::Chain;
-use rill_engine::operators::CalcOperator;
-use rill_engine::runtime::{self, ChainFactory, Output, QuerySpec, RunningQuery, StartFrom};
-use rill_engine::sink::{Sink, SinkSpec};
+use rill_connectors::store::{CleanupPolicy, Record, TopicConfig, TopicStore};
+use rill_engine::operators::WindowKind;
+use rill_engine::runtime::{self, Output, QuerySpec, RunningQuery, StartFrom};
+use rill_engine::sink::{Sink, SinkSpec, WindowKey};
 use sqlparser::ast as sp;
 use tokio::sync::{mpsc, Mutex};
 
@@ -21,7 +20,7 @@ use crate::ast::*;
 use crate::catalog::{Catalog, Column, QueryDef, SourceDef};
 use crate::error::{Result, SqlError};
 use crate::parser;
-use crate::planner::{self, StatelessPlan};
+use crate::planner::{self, QueryPlan};
 use crate::results::*;
 use crate::types::SqlType;
 
@@ -238,16 +237,18 @@ impl KsqlEngine {
                 let (tx, rx) = mpsc::channel(16);
                 let id = format!("transient_{}_{}", plan.source.name, rand_suffix());
                 let columns = plan.columns.clone();
+                let delete_column = plan.delete_column;
                 let spec = QuerySpec {
                     id: id.clone(),
                     source: plan.source.source_spec(),
-                    chain: calc_factory(&plan),
+                    chain: plan.chain.clone(),
+                    stage: plan.stage.clone(),
                     output: Output::Channel(tx),
                     start,
                     commit_group: None,
                 };
                 let handle = Arc::new(runtime::start(self.store.clone(), spec)?);
-                Ok(StatementResult::Push(PushQuery { id, columns, rows: rx, limit: select.limit, handle }))
+                Ok(StatementResult::Push(PushQuery { id, columns, rows: rx, limit: select.limit, handle, delete_column }))
             }
             Statement::Show { what, .. } => Ok(match what {
                 ShowWhat::Streams | ShowWhat::Tables => {
@@ -451,15 +452,16 @@ impl KsqlEngine {
             partitions: 1,
             statement: text.to_string(),
             written_by: vec![],
+            window_type: None,
         };
         format::check_schema(&def.key_format, &def.key_schema(), "key")?;
         format::check_schema(&def.value_format, &def.value_schema(), "value")?;
-        let partitions = self.ensure_topic(&topic, with.get("PARTITIONS"))?;
+        let partitions = self.ensure_topic(&topic, with.get("PARTITIONS"), kind == SourceKind::Table)?;
         Ok(SourceDef { partitions, ..def })
     }
 
     /// Creates the topic if PARTITIONS says how; returns its partition count.
-    fn ensure_topic(&self, topic: &str, partitions: Option<&PropValue>) -> Result<u32> {
+    fn ensure_topic(&self, topic: &str, partitions: Option<&PropValue>, compacted: bool) -> Result<u32> {
         let wanted: Option<u32> = match partitions {
             Some(v) => Some(v.as_text().parse().map_err(|_| SqlError::plan("PARTITIONS must be a positive number"))?),
             None => None,
@@ -468,7 +470,8 @@ impl KsqlEngine {
             Ok(cfg) => Ok(cfg.partitions),
             Err(_) => match wanted {
                 Some(n) if n > 0 => {
-                    self.store.create_topic(topic, TopicConfig { partitions: n, ..TopicConfig::default() })?;
+                    let cleanup_policy = if compacted { CleanupPolicy::Compact } else { CleanupPolicy::Delete };
+                    self.store.create_topic(topic, TopicConfig { partitions: n, cleanup_policy, ..TopicConfig::default() })?;
                     Ok(n)
                 }
                 _ => Err(SqlError::plan(format!(
@@ -490,15 +493,36 @@ impl KsqlEngine {
         props: &Properties,
         replay: Option<u64>,
     ) -> Result<StatementResult> {
-        if kind == SourceKind::Table {
-            return Err(SqlError::Unsupported("CREATE TABLE AS SELECT is not supported yet".into()));
+        if select.limit.is_some() {
+            return Err(SqlError::plan(format!(
+                "CREATE {} AS SELECT statements don't support LIMIT clause.",
+                kind.name()
+            )));
         }
         let plan = planner::plan_select(&self.ctx, catalog, &select).await?;
-        if plan.source.kind == SourceKind::Table {
-            return Err(SqlError::Unsupported("Streams over tables are not supported yet".into()));
+        match (plan.is_table, kind) {
+            (true, SourceKind::Stream) => {
+                return Err(SqlError::plan(
+                    "Invalid result type. Your SELECT query produces a TABLE. Please use CREATE TABLE AS SELECT statement instead.",
+                ))
+            }
+            (false, SourceKind::Table) if plan.source.kind == SourceKind::Stream => {
+                return Err(SqlError::plan(
+                    "Invalid result type. Your SELECT query produces a STREAM. Please use CREATE STREAM AS SELECT statement instead.",
+                ))
+            }
+            _ => {}
+        }
+        if plan.source.kind == SourceKind::Table && !plan.is_table {
+            return Err(SqlError::Unsupported("Queries over tables are not supported yet".into()));
+        }
+        if plan.is_table && !plan.columns.iter().any(|c| c.key) {
+            return Err(SqlError::plan(format!(
+                "Key missing from projection (ie, SELECT). See https://cnfl.io/2LV7ouS.\nThe query used to build `{name}` must include the grouping expression(s) in its projection (eg, SELECT <grouping expressions>...)."
+            )));
         }
         let source_keys: Vec<&Column> = plan.source.key_columns().collect();
-        if !source_keys.is_empty() && !plan.columns.iter().any(|c| c.key) {
+        if !plan.is_table && !source_keys.is_empty() && !plan.columns.iter().any(|c| c.key) {
             let keys: Vec<&str> = source_keys.iter().map(|c| c.name.as_str()).collect();
             return Err(SqlError::plan(format!(
                 "Key missing from projection (ie, SELECT). See https://cnfl.io/2LV7ouS.\nThe query used to build `{name}` must include the key column{} {} in its projection (eg, SELECT {}...).",
@@ -533,10 +557,12 @@ impl KsqlEngine {
             partitions: 1,
             statement: text.to_string(),
             written_by: vec![],
+            window_type: None,
         };
         format::check_schema(&sink.key_format, &sink.key_schema(), "key")?;
         format::check_schema(&sink.value_format, &sink.value_schema(), "value")?;
-        sink.partitions = self.ensure_topic(&topic, partitions.as_ref())?;
+        sink.partitions = self.ensure_topic(&topic, partitions.as_ref(), plan.is_table)?;
+        sink.window_type = plan.window.map(|(_, _, k)| window_name(k).to_string());
         let sequence = self.peek_sequence(replay)?;
         let id = format!("CSAS_{name}_{sequence}");
         catalog.sources.insert(name.to_string(), sink.clone());
@@ -552,7 +578,7 @@ impl KsqlEngine {
         &self,
         catalog: &mut Catalog,
         id: &str,
-        plan: StatelessPlan,
+        plan: QueryPlan,
         sink: &SourceDef,
         text: &str,
         props: &Properties,
@@ -567,13 +593,16 @@ impl KsqlEngine {
             value_format: sink.value_format.clone(),
             key_columns,
             value_columns,
-            timestamp_column: input_schema.fields().len() - 1,
+            timestamp_column: plan.rowtime_column,
             input_schema: input_schema.clone(),
+            delete_column: plan.delete_column,
+            window: plan.window.map(|(start, end, kind)| WindowKey { start, end, session: matches!(kind, WindowKind::Session { .. }) }),
         };
         let spec = QuerySpec {
             id: id.to_string(),
             source: plan.source.source_spec(),
-            chain: calc_factory(&plan),
+            chain: plan.chain.clone(),
+            stage: plan.stage.clone(),
             output: Output::Topic(sink_spec),
             start: start_from(props, StartFrom::Latest),
             commit_group: Some(format!("rill-query-{id}")),
@@ -663,6 +692,8 @@ impl KsqlEngine {
             value_columns: (nkeys..sink.columns.len()).collect(),
             timestamp_column: sink.columns.len(),
             input_schema: schema,
+            delete_column: None,
+            window: None,
         };
         Sink::try_new(spec, self.store.clone())?.write(&batch).await?;
         Ok(())
@@ -708,6 +739,8 @@ impl KsqlEngine {
             value_columns: (nkeys..sink.columns.len()).collect(),
             timestamp_column: sink.columns.len(),
             input_schema: schema,
+            delete_column: None,
+            window: None,
         };
         Sink::try_new(spec, self.store.clone())?.write(&batch).await?;
         Ok(results)
@@ -787,7 +820,8 @@ impl KsqlEngine {
             topic: s.topic.clone(),
             key_format: s.key_format.kind.name().to_string(),
             value_format: s.value_format.kind.name().to_string(),
-            windowed: false,
+            windowed: s.window_type.is_some(),
+            window_type: s.window_type.clone(),
             columns: s.columns.clone(),
             timestamp: s.timestamp.clone(),
             partitions: s.partitions,
@@ -813,17 +847,7 @@ fn query_info(q: &QueryDef) -> QueryInfo {
     }
 }
 
-fn calc_factory(plan: &StatelessPlan) -> ChainFactory {
-    let filter = plan.filter.clone();
-    let projection = plan.projection.clone();
-    let schema = plan.schema.clone();
-    Arc::new(move || {
-        let calc = CalcOperator::try_new(filter.clone(), projection.clone(), schema.clone())?;
-        Ok(Chain::new(vec![Box::new(calc)]))
-    })
-}
-
-fn check_insert_schema(plan: &StatelessPlan, sink: &SourceDef) -> Result<()> {
+fn check_insert_schema(plan: &QueryPlan, sink: &SourceDef) -> Result<()> {
     let ours: Vec<(&str, &SqlType, bool)> = plan.columns.iter().map(|c| (c.name.as_str(), &c.sql_type, c.key)).collect();
     let theirs: Vec<(&str, &SqlType, bool)> = sink.columns.iter().map(|c| (c.name.as_str(), &c.sql_type, c.key)).collect();
     let mut a = ours.clone();
@@ -890,6 +914,14 @@ fn formats(with: &Props, inherit: Option<(&Format, &Format)>) -> Result<(Format,
     // ksqlDB keys are unwrapped single values.
     key.wrap_single_value = false;
     Ok((key, value))
+}
+
+fn window_name(kind: WindowKind) -> &'static str {
+    match kind {
+        WindowKind::Tumbling { .. } => "TUMBLING",
+        WindowKind::Hopping { .. } => "HOPPING",
+        WindowKind::Session { .. } => "SESSION",
+    }
 }
 
 fn start_from(props: &Properties, default: StartFrom) -> StartFrom {

@@ -15,6 +15,13 @@ const SCALAR_ALIASES: &[(&str, &str)] = &[
     ("ceil", "ceil"),
 ];
 
+/// (ksqlDB name, DataFusion aggregate) pairs with identical semantics.
+const AGGREGATE_ALIASES: &[(&str, &str)] = &[
+    ("collect_list", "array_agg"),
+    ("stddev_samp", "stddev"),
+    ("correlation", "corr"),
+];
+
 /// Registers ksqlDB's names for DataFusion functions.
 pub fn register(ctx: &SessionContext) -> Result<()> {
     let state = ctx.state();
@@ -24,6 +31,11 @@ pub fn register(ctx: &SessionContext) -> Result<()> {
         }
         if let Ok(udf) = state.udf(target) {
             ctx.register_udf(udf.as_ref().clone().with_aliases([*alias]));
+        }
+    }
+    for (alias, target) in AGGREGATE_ALIASES {
+        if let Ok(udaf) = state.udaf(target) {
+            ctx.register_udaf(udaf.as_ref().clone().with_aliases([*alias]));
         }
     }
     Ok(())

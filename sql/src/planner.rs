@@ -10,18 +10,27 @@ use datafusion::common::{DFSchema, TableReference};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::execution_props::ExecutionProps;
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::{create_physical_expr, expressions::Column as PhysColumn, PhysicalExpr};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
+use rill_engine::operator::Chain;
+use rill_engine::operators::aggregate::DELETE_COLUMN;
+use rill_engine::operators::{AggregateConfig, AggregateOperator, CalcOperator, WindowConfig, WindowKind};
+use rill_engine::runtime::ChainFactory;
 use sqlparser::ast as sp;
 
-use crate::ast::Select;
+use crate::ast::{Emit, Select, SourceKind, WindowSpec};
 use crate::catalog::{Catalog, SourceDef};
 use crate::error::{Result, SqlError};
 use crate::types::SqlType;
 
 /// Name of the hidden last column carrying each output row's record timestamp.
-pub const HIDDEN_TS: &str = "__RILL_ROWTIME";
+pub const HIDDEN_TS: &str = rill_engine::operators::aggregate::ROWTIME_COLUMN;
+/// Window start pseudo column.
+pub const WINDOWSTART: &str = "WINDOWSTART";
+/// Window end pseudo column.
+pub const WINDOWEND: &str = "WINDOWEND";
 
 /// A column of a query's output.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,22 +43,30 @@ pub struct OutputColumn {
     pub key: bool,
 }
 
-/// A stream-to-stream query: filter and projection over one source.
-pub struct StatelessPlan {
+/// A planned query: operator chains and what its output rows look like.
+pub struct QueryPlan {
     /// The source read.
     pub source: SourceDef,
-    /// WHERE, compiled.
-    pub filter: Option<Arc<dyn PhysicalExpr>>,
-    /// One expression per output column, then the hidden timestamp.
-    pub projection: Vec<Arc<dyn PhysicalExpr>>,
+    /// Per source partition, stateless.
+    pub chain: ChainFactory,
+    /// The stateful stage (aggregations), if any.
+    pub stage: Option<ChainFactory>,
     /// The visible output columns.
     pub columns: Vec<OutputColumn>,
-    /// Schema of output batches (visible columns + hidden timestamp).
+    /// Schema of output batches (visible columns, then hidden ones).
     pub schema: SchemaRef,
+    /// Hidden BIGINT column with each row's record timestamp.
+    pub rowtime_column: usize,
+    /// Hidden BOOLEAN column marking tombstones (aggregations).
+    pub delete_column: Option<usize>,
+    /// Hidden window bound columns and the window kind (windowed aggregations).
+    pub window: Option<(usize, usize, WindowKind)>,
+    /// The output is a changelog keyed by the GROUP BY columns.
+    pub is_table: bool,
 }
 
 /// Plans `select` over the catalog's sources.
-pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> Result<StatelessPlan> {
+pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> Result<QueryPlan> {
     let mut query = select.query.clone();
     let sp::SetExpr::Select(body) = query.body.as_mut() else {
         return Err(SqlError::Unsupported("Only simple SELECT statements are supported".into()));
@@ -71,20 +88,35 @@ pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Selec
         .get(&source_name)
         .cloned()
         .ok_or_else(|| SqlError::NotFound(format!("{source_name} does not exist.")))?;
-    if !matches!(body.group_by, sp::GroupByExpr::Expressions(ref e, _) if e.is_empty()) || body.having.is_some() {
-        return Err(SqlError::Unsupported("GROUP BY is not supported yet".into()));
-    }
-    if select.window.is_some() {
-        return Err(SqlError::Unsupported("WINDOW is not supported yet".into()));
-    }
     if !select.partition_by.is_empty() {
         return Err(SqlError::Unsupported("PARTITION BY is not supported yet".into()));
+    }
+    let grouped = !matches!(body.group_by, sp::GroupByExpr::Expressions(ref e, _) if e.is_empty());
+    if select.window.is_some() && !grouped {
+        return Err(SqlError::plan("WINDOW clause requires a GROUP BY clause."));
+    }
+    if grouped && source.kind == SourceKind::Table {
+        return Err(SqlError::Unsupported("Aggregations over tables are not supported yet".into()));
+    }
+    let window = select.window.as_ref().map(window_config);
+    if window.is_some() {
+        // WINDOWSTART and WINDOWEND are group columns of every windowed aggregation.
+        if let sp::GroupByExpr::Expressions(exprs, _) = &mut body.group_by {
+            exprs.push(sp::Expr::Identifier(quoted(WINDOWSTART)));
+            exprs.push(sp::Expr::Identifier(quoted(WINDOWEND)));
+        }
     }
     rewrite_projection(&mut body.projection, &source, alias.as_ref().map(|a| a.name.value.as_str()));
     ksql_expressions(&mut query);
 
-    // Plan with DataFusion against the source's row schema.
-    let table = MemTable::try_new(source.row_schema(), vec![vec![]])?;
+    // Plan with DataFusion against the source's row schema (plus window bounds when windowed).
+    let row_schema = source.row_schema();
+    let mut scan_fields: Vec<Field> = row_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    if window.is_some() {
+        scan_fields.push(Field::new(WINDOWSTART, DataType::Int64, true));
+        scan_fields.push(Field::new(WINDOWEND, DataType::Int64, true));
+    }
+    let table = MemTable::try_new(Arc::new(Schema::new(scan_fields)), vec![vec![]])?;
     let reference = TableReference::bare(source.name.clone());
     let _ = ctx.deregister_table(reference.clone());
     ctx.register_table(reference.clone(), Arc::new(table))?;
@@ -94,39 +126,183 @@ pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Selec
     let _ = ctx.deregister_table(reference);
     // The analyzer adds DataFusion's type coercions (casts) to the plan.
     let plan = state.analyzer().execute_and_check(plan?, state.config_options(), |_, _| {})?;
-    if contains_aggregate(&plan) {
-        return Err(SqlError::Unsupported("Aggregate functions are not supported yet".into()));
-    }
     let LogicalPlan::Projection(projection) = &plan else {
         return Err(SqlError::Internal(format!("expected a projection, planned:\n{}", plan.display_indent())));
     };
-    let (filter, scan_schema) = filter_over_scan(&projection.input)?;
     let props = ExecutionProps::new();
     let pctx = PhysicalPlanningContext::default();
-    let physical = |e: &Expr| create_physical_expr(e, scan_schema, &props, &pctx).map_err(SqlError::from);
+    match peel_having(&projection.input) {
+        (having, LogicalPlan::Aggregate(aggregate)) => {
+            plan_aggregate(source, projection, having, aggregate, window, select.emit == Some(Emit::Final), &props, &pctx)
+        }
+        _ => {
+            if contains_aggregate(&plan) {
+                return Err(SqlError::Unsupported("this aggregation shape is not supported yet".into()));
+            }
+            plan_stateless(source, projection, &props, &pctx)
+        }
+    }
+}
+
+fn plan_stateless(
+    source: SourceDef,
+    projection: &datafusion::logical_expr::Projection,
+    props: &ExecutionProps,
+    pctx: &PhysicalPlanningContext,
+) -> Result<QueryPlan> {
+    let (filter, scan_schema) = filter_over_scan(&projection.input)?;
+    let physical = |e: &Expr| create_physical_expr(e, scan_schema, props, pctx).map_err(SqlError::from);
     let filter = filter.map(physical).transpose()?;
+    let key_names: Vec<&str> = source.key_columns().map(|c| c.name.as_str()).collect();
+    let (mut exprs, columns, mut fields) = output_columns(projection, &physical, |c| key_names.contains(&c))?;
+    let ts_index = index_in(scan_schema, rill_engine::source::ROWTIME)?;
+    exprs.push(Arc::new(PhysColumn::new(rill_engine::source::ROWTIME, ts_index)));
+    fields.push(Field::new(HIDDEN_TS, DataType::Int64, true));
+    let rowtime_column = fields.len() - 1;
+    let schema = Arc::new(Schema::new(fields));
+    let calc_schema = schema.clone();
+    let chain: ChainFactory = Arc::new(move || {
+        let calc = CalcOperator::try_new(filter.clone(), exprs.clone(), calc_schema.clone())?;
+        Ok(Chain::new(vec![Box::new(calc)]))
+    });
+    Ok(QueryPlan { source, chain, stage: None, columns, schema, rowtime_column, delete_column: None, window: None, is_table: false })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plan_aggregate(
+    source: SourceDef,
+    projection: &datafusion::logical_expr::Projection,
+    having: Option<&Expr>,
+    aggregate: &datafusion::logical_expr::Aggregate,
+    window: Option<WindowConfig>,
+    emit_final: bool,
+    props: &ExecutionProps,
+    pctx: &PhysicalPlanningContext,
+) -> Result<QueryPlan> {
+    let (filter, scan_schema) = filter_over_scan(&aggregate.input)?;
+    let scan_physical = |e: &Expr| create_physical_expr(e, scan_schema, props, pctx).map_err(SqlError::from);
+    // Per partition: WHERE, passing the source row through.
+    let row_schema = source.row_schema();
+    let pre_filter = filter.map(scan_physical).transpose()?;
+    let identity: Vec<Arc<dyn PhysicalExpr>> = row_schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Arc::new(PhysColumn::new(f.name(), i)) as Arc<dyn PhysicalExpr>)
+        .collect();
+    let pre_schema = row_schema.clone();
+    let chain: ChainFactory = Arc::new(move || match &pre_filter {
+        Some(f) => Ok(Chain::new(vec![Box::new(CalcOperator::try_new(Some(f.clone()), identity.clone(), pre_schema.clone())?)])),
+        None => Ok(Chain::new(vec![])),
+    });
+    // The stage: the aggregation, then the projection over its output.
+    let window_groups = if window.is_some() { 2 } else { 0 };
+    let user_groups = aggregate.group_expr.len() - window_groups;
+    let group_exprs = aggregate.group_expr[..user_groups].iter().map(scan_physical).collect::<Result<Vec<_>>>()?;
+    let scan_arrow = scan_schema.as_arrow();
+    let mut aggregates = Vec::new();
+    let mut aggregate_filters = Vec::new();
+    for e in &aggregate.aggr_expr {
+        let lowered = LoweredAggregateBuilder::new(e, scan_schema, scan_arrow, props, pctx).build()?;
+        aggregates.push(lowered.aggregate);
+        aggregate_filters.push(lowered.filter);
+    }
+    let agg_schema = aggregate.schema.clone();
+    let having = having.map(|h| create_physical_expr(h, &agg_schema, props, pctx)).transpose()?;
+    let output_schema: SchemaRef = Arc::new(agg_schema.as_arrow().clone());
+    let group_names: Vec<String> = agg_schema.fields().iter().take(user_groups).map(|f| f.name().clone()).collect();
+    let post_physical = |e: &Expr| create_physical_expr(e, &agg_schema, props, pctx).map_err(SqlError::from);
+    let (mut exprs, columns, mut fields) = output_columns(projection, &post_physical, |c| group_names.iter().any(|g| g == c))?;
+    let n_out = agg_schema.fields().len();
+    let mut window_cols = None;
+    if let Some(w) = window {
+        exprs.push(Arc::new(PhysColumn::new(WINDOWSTART, user_groups)));
+        exprs.push(Arc::new(PhysColumn::new(WINDOWEND, user_groups + 1)));
+        fields.push(Field::new("__RILL_WINDOWSTART", DataType::Int64, true));
+        fields.push(Field::new("__RILL_WINDOWEND", DataType::Int64, true));
+        window_cols = Some((fields.len() - 2, fields.len() - 1, w.kind));
+    }
+    exprs.push(Arc::new(PhysColumn::new(DELETE_COLUMN, n_out)));
+    fields.push(Field::new(DELETE_COLUMN, DataType::Boolean, true));
+    let delete_column = Some(fields.len() - 1);
+    exprs.push(Arc::new(PhysColumn::new(HIDDEN_TS, n_out + 1)));
+    fields.push(Field::new(HIDDEN_TS, DataType::Int64, true));
+    let rowtime_column = fields.len() - 1;
+    let schema = Arc::new(Schema::new(fields));
+    let rowtime_index = index_in(scan_schema, rill_engine::source::ROWTIME)?;
+    let offset_index = index_in(scan_schema, rill_engine::source::ROWOFFSET).ok();
+    let partition_index = index_in(scan_schema, rill_engine::source::ROWPARTITION).ok();
+    let post_schema = schema.clone();
+    let stage: ChainFactory = Arc::new(move || {
+        let cfg = AggregateConfig {
+            window,
+            emit_final,
+            group_exprs: group_exprs.clone(),
+            aggregates: aggregates.clone(),
+            aggregate_filters: aggregate_filters.clone(),
+            having: having.clone(),
+            output_schema: output_schema.clone(),
+            rowtime_index,
+            offset_index,
+            partition_index,
+        };
+        let agg = AggregateOperator::try_new(cfg, &row_schema)?;
+        let post = CalcOperator::try_new(None, exprs.clone(), post_schema.clone())?;
+        Ok(Chain::new(vec![Box::new(agg), Box::new(post)]))
+    });
+    Ok(QueryPlan { source, chain, stage: Some(stage), columns, schema, rowtime_column, delete_column, window: window_cols, is_table: true })
+}
+
+/// The visible output columns of a projection: physical expressions, column descriptions, fields.
+#[allow(clippy::type_complexity)]
+fn output_columns(
+    projection: &datafusion::logical_expr::Projection,
+    physical: &dyn Fn(&Expr) -> Result<Arc<dyn PhysicalExpr>>,
+    is_key: impl Fn(&str) -> bool,
+) -> Result<(Vec<Arc<dyn PhysicalExpr>>, Vec<OutputColumn>, Vec<Field>)> {
     let mut exprs = Vec::new();
     let mut columns = Vec::new();
     let mut fields = Vec::new();
-    let key_names: Vec<&str> = source.key_columns().map(|c| c.name.as_str()).collect();
     for (e, (_, field)) in projection.expr.iter().zip(projection.schema.iter()) {
         exprs.push(physical(e)?);
         let sql_type = SqlType::from_arrow(field.data_type()).ok_or_else(|| {
             SqlError::plan(format!("Column {} has type {} which Rill cannot write", field.name(), field.data_type()))
         })?;
         let key = match e.clone().unalias() {
-            Expr::Column(c) => key_names.contains(&c.name.as_str()),
+            Expr::Column(c) => is_key(c.name.as_str()),
             _ => false,
         };
         fields.push(Field::new(field.name(), sql_type.to_arrow(), true));
         columns.push(OutputColumn { name: field.name().clone(), sql_type, key });
     }
-    let ts_index = scan_schema.index_of_column_by_name(None, rill_engine::source::ROWTIME).ok_or_else(|| {
-        SqlError::Internal("source schema has no ROWTIME".into())
-    })?;
-    exprs.push(Arc::new(PhysColumn::new(rill_engine::source::ROWTIME, ts_index)));
-    fields.push(Field::new(HIDDEN_TS, DataType::Int64, true));
-    Ok(StatelessPlan { source, filter, projection: exprs, columns, schema: Arc::new(Schema::new(fields)) })
+    Ok((exprs, columns, fields))
+}
+
+fn index_in(schema: &DFSchema, name: &str) -> Result<usize> {
+    schema.index_of_column_by_name(None, name).ok_or_else(|| SqlError::Internal(format!("source schema has no {name}")))
+}
+
+/// `Filter? → X`: the HAVING predicate above an aggregate, if any.
+fn peel_having(plan: &LogicalPlan) -> (Option<&Expr>, &LogicalPlan) {
+    match plan {
+        LogicalPlan::Filter(f) if matches!(f.input.as_ref(), LogicalPlan::Aggregate(_)) => (Some(&f.predicate), f.input.as_ref()),
+        other => (None, other),
+    }
+}
+
+/// Window bounds as configured, with ksqlDB's default grace period of 24 hours.
+fn window_config(w: &WindowSpec) -> WindowConfig {
+    const DEFAULT_GRACE: i64 = 24 * 3_600_000;
+    let (kind, retention, grace) = match w {
+        WindowSpec::Tumbling { size, retention, grace } => (WindowKind::Tumbling { size: size.millis }, retention, grace),
+        WindowSpec::Hopping { size, advance, retention, grace } => {
+            (WindowKind::Hopping { size: size.millis, advance: advance.millis }, retention, grace)
+        }
+        WindowSpec::Session { gap, retention, grace } => (WindowKind::Session { gap: gap.millis }, retention, grace),
+    };
+    let grace = grace.map(|g| g.millis).unwrap_or(DEFAULT_GRACE);
+    let retention = retention.map(|r| r.millis).unwrap_or(0).max(grace);
+    WindowConfig { kind, grace, retention }
 }
 
 fn contains_aggregate(plan: &LogicalPlan) -> bool {
@@ -217,6 +393,7 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
                     }
                 }
             }
+            sp::Expr::Function(f) => ksql_function(f),
             sp::Expr::BinaryOp { op: sp::BinaryOperator::Arrow, right, .. }
                 if matches!(right.as_ref(), sp::Expr::Identifier(_)) =>
             {
@@ -236,6 +413,32 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
         }
         ControlFlow::<()>::Continue(())
     });
+}
+
+/// ksqlDB aggregate spellings of DataFusion aggregates with options:
+/// `COUNT_DISTINCT(x)` is `count(DISTINCT x)`, `COLLECT_SET(x)` is `array_agg(DISTINCT x)`,
+/// `LATEST_BY_OFFSET(x)`/`EARLIEST_BY_OFFSET(x)` are `last_value`/`first_value` ignoring nulls.
+fn ksql_function(f: &mut sp::Function) {
+    let Some(name) = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_uppercase()) else { return };
+    let (target, distinct, ignore_nulls) = match name.as_str() {
+        "COUNT_DISTINCT" => ("count", true, false),
+        "COLLECT_SET" => ("array_agg", true, false),
+        "LATEST_BY_OFFSET" => ("last_value", false, true),
+        "EARLIEST_BY_OFFSET" => ("first_value", false, true),
+        _ => return,
+    };
+    if let sp::FunctionArguments::List(list) = &mut f.args {
+        if list.args.len() != 1 {
+            return;
+        }
+        if distinct {
+            list.duplicate_treatment = Some(sp::DuplicateTreatment::Distinct);
+        }
+    }
+    if ignore_nulls {
+        f.null_treatment = Some(sp::NullTreatment::IgnoreNulls);
+    }
+    f.name = sp::ObjectName::from(vec![sp::Ident::new(target)]);
 }
 
 fn quoted(name: &str) -> sp::Ident {

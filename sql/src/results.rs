@@ -24,6 +24,8 @@ pub struct SourceInfo {
     pub value_format: String,
     /// Windowed?
     pub windowed: bool,
+    /// Window type.
+    pub window_type: Option<String>,
     /// Columns.
     pub columns: Vec<Column>,
     /// TIMESTAMP column.
@@ -78,6 +80,8 @@ pub struct PushQuery {
     pub limit: Option<u64>,
     /// The dataflow; stop it when the client leaves.
     pub handle: Arc<RunningQuery>,
+    /// Hidden column marking tombstone rows (aggregations).
+    pub delete_column: Option<usize>,
 }
 
 /// The result of one statement.

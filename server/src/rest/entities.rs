@@ -106,7 +106,7 @@ fn field(c: &Column) -> Value {
 fn description(s: &SourceInfo, extended: bool) -> Value {
     json!({
         "name": s.name,
-        "windowType": null,
+        "windowType": s.window_type,
         "readQueries": s.read_queries.iter().map(query).collect::<Vec<_>>(),
         "writeQueries": s.write_queries.iter().map(query).collect::<Vec<_>>(),
         "fields": s.columns.iter().map(field).collect::<Vec<_>>(),

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use arrow::array::AsArray;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -187,10 +188,11 @@ fn pump(
     state: &AppState,
     mut p: PushQuery,
     tx: mpsc::Sender<Bytes>,
-    row_line: impl Fn(&str) -> String + Send + 'static,
+    row_line: impl Fn(&str, bool) -> Option<String> + Send + 'static,
     end: impl FnOnce(bool) -> Option<String> + Send + 'static,
 ) {
     let ncols = p.columns.len();
+    let delete_column = p.delete_column;
     state.push.lock().insert(p.id.clone(), p.handle.clone());
     let push = state.push.clone();
     tokio::spawn(async move {
@@ -204,8 +206,11 @@ fn pump(
                         Ok(r) => r,
                         Err(e) => { tracing::error!("rendering rows failed: {e}"); break }
                     };
-                    for r in rows {
-                        if tx.send(Bytes::from(row_line(&r))).await.is_err() {
+                    let deletes = delete_column.map(|c| batch.column(c).as_boolean().clone());
+                    for (i, r) in rows.into_iter().enumerate() {
+                        let tombstone = deletes.as_ref().is_some_and(|d| d.value(i));
+                        let Some(line) = row_line(&r, tombstone) else { continue };
+                        if tx.send(Bytes::from(line)).await.is_err() {
                             break 'outer;
                         }
                         sent += 1;
@@ -242,7 +247,13 @@ async fn query(State(state): State<AppState>, body: Bytes) -> Result<Response, A
                 &state,
                 p,
                 tx,
-                |row| format!("{{\"row\":{{\"columns\":{row}}}}},\n"),
+                |row, tombstone| {
+                    Some(if tombstone {
+                        format!("{{\"row\":{{\"columns\":{row},\"tombstone\":true}}}},\n")
+                    } else {
+                        format!("{{\"row\":{{\"columns\":{row}}}}},\n")
+                    })
+                },
                 |limit| limit.then(|| "{\"finalMessage\":\"Limit Reached\"}]".to_string()),
             );
         }
@@ -284,11 +295,11 @@ async fn query_stream(State(state): State<AppState>, headers: HeaderMap, body: B
     });
     if json_array {
         let _ = tx.send(Bytes::from(format!("[{meta}"))).await;
-        pump(&state, p, tx, |row| format!(",{row}"), |_| Some("]".to_string()));
+        pump(&state, p, tx, |row, tombstone| (!tombstone).then(|| format!(",{row}")), |_| Some("]".to_string()));
         Ok(streaming("application/json", rx))
     } else {
         let _ = tx.send(Bytes::from(format!("{meta}\n"))).await;
-        pump(&state, p, tx, |row| format!("{row}\n"), |_| None);
+        pump(&state, p, tx, |row, tombstone| (!tombstone).then(|| format!("{row}\n")), |_| None);
         Ok(streaming("application/vnd.ksqlapi.delimited.v1", rx))
     }
 }

@@ -1,0 +1,686 @@
+//! `AggregateOperator`: `GROUP BY` over a stream, optionally in event-time windows.
+//!
+//! State is one set of DataFusion `Accumulator`s per group (per key and window). For each input
+//! batch the rows are bucketed by group with arrow's row format, each touched group's
+//! accumulators are updated with that group's rows (a `take` per group and argument), and then:
+//!
+//! * `EMIT CHANGES`: the current value of every touched group is emitted, one row per group per
+//!   batch (ksqlDB with its record cache off emits one row per input record; a one-record batch
+//!   gives exactly that, a bigger batch gives the latest value per key, like ksqlDB's cache);
+//! * `EMIT FINAL`: nothing until the watermark passes window end + grace, then one row per window.
+//!
+//! `HAVING` is evaluated on the emitted rows: a group that stops matching after it was emitted
+//! produces a tombstone (delete) row, as ksqlDB's table changelog does.
+//!
+//! Windows: TUMBLING and HOPPING assign each row to its windows; a row is late for a window when
+//! the watermark (before the row's batch) has passed window end + grace. Late rows are not
+//! dropped silently: they are handed to the runtime through [`Operator::drain_late`] and written
+//! to the late-data topic with the window they missed. SESSION windows merge per key: a row
+//! joins every session within `gap` of it, merged sessions' accumulator states are merged, and
+//! the sessions it replaced are retracted with tombstones.
+//!
+//! Output rows: group columns (with WINDOWSTART, WINDOWEND last among them when windowed), then
+//! aggregate values, then the hidden `__RILL_DELETE` and `__RILL_ROWTIME` columns.
+//! State is bounded for windowed aggregations (closed windows are dropped); an unwindowed
+//! aggregation keeps one entry per key, which `state_info` reports as unbounded.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions, UInt32Array,
+};
+use arrow::compute::{cast, filter as filter_array, take};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::Accumulator;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::PhysicalExpr;
+
+use crate::message::{Message, Watermark};
+use crate::operator::{LateRow, Operator, StateInfo};
+use crate::{EngineError, Result};
+
+/// Name of the hidden column marking delete (tombstone) rows.
+pub const DELETE_COLUMN: &str = "__RILL_DELETE";
+/// Name of the hidden column carrying each row's record timestamp.
+pub const ROWTIME_COLUMN: &str = "__RILL_ROWTIME";
+
+/// The kind of event-time window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowKind {
+    /// Fixed, non-overlapping windows.
+    Tumbling {
+        /// Size in ms.
+        size: i64,
+    },
+    /// Fixed windows starting every `advance`.
+    Hopping {
+        /// Size in ms.
+        size: i64,
+        /// Advance in ms.
+        advance: i64,
+    },
+    /// Activity sessions closed by `gap` of inactivity.
+    Session {
+        /// Gap in ms.
+        gap: i64,
+    },
+}
+
+/// Windowing of an aggregation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowConfig {
+    /// Which windows.
+    pub kind: WindowKind,
+    /// How long after its end a window still accepts records (ms).
+    pub grace: i64,
+    /// How long after its end a window's state is kept (ms, at least `grace`).
+    pub retention: i64,
+}
+
+/// Everything the operator needs, planned by `rill-sql`.
+pub struct AggregateConfig {
+    /// Windowing, if any.
+    pub window: Option<WindowConfig>,
+    /// Emit only final results when windows close.
+    pub emit_final: bool,
+    /// Group key expressions over the input batch (window bounds excluded).
+    pub group_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    /// The aggregates.
+    pub aggregates: Vec<Arc<AggregateFunctionExpr>>,
+    /// Per-aggregate FILTER clauses.
+    pub aggregate_filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// HAVING, over `output_schema`'s visible part.
+    pub having: Option<Arc<dyn PhysicalExpr>>,
+    /// Group columns (+ WINDOWSTART, WINDOWEND) then aggregate columns.
+    pub output_schema: SchemaRef,
+    /// Index of the event-time (BIGINT ms) column in the input.
+    pub rowtime_index: usize,
+    /// Offset and partition columns of the input, to describe late rows.
+    pub offset_index: Option<usize>,
+    /// Partition column of the input.
+    pub partition_index: Option<usize>,
+}
+
+struct Group {
+    key: OwnedRow,
+    window: (i64, i64),
+    accs: Vec<Box<dyn Accumulator>>,
+    max_ts: i64,
+    emitted: bool,
+}
+
+/// One group's row to emit.
+struct Emit {
+    key: OwnedRow,
+    window: (i64, i64),
+    values: Vec<ScalarValue>,
+    ts: i64,
+    delete: bool,
+    was_emitted: bool,
+}
+
+/// `GROUP BY` with optional windows; see the module docs.
+pub struct AggregateOperator {
+    cfg: AggregateConfig,
+    schema: SchemaRef,
+    converter: RowConverter,
+    /// Non-session groups by (key, window start).
+    groups: HashMap<(OwnedRow, i64), Group>,
+    /// Session groups by key.
+    sessions: HashMap<OwnedRow, Vec<Group>>,
+    watermark: i64,
+    late: Vec<LateRow>,
+    state_bytes: usize,
+}
+
+impl AggregateOperator {
+    /// An aggregation per `cfg`.
+    pub fn try_new(cfg: AggregateConfig, input_schema: &Schema) -> Result<Self> {
+        let key_fields = cfg
+            .group_exprs
+            .iter()
+            .map(|e| Ok(SortField::new(e.data_type(input_schema)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let converter = RowConverter::new(key_fields)?;
+        let mut fields: Vec<Field> = cfg.output_schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+        fields.push(Field::new(DELETE_COLUMN, DataType::Boolean, false));
+        fields.push(Field::new(ROWTIME_COLUMN, DataType::Int64, true));
+        Ok(Self {
+            schema: Arc::new(Schema::new(fields)),
+            cfg,
+            converter,
+            groups: HashMap::new(),
+            sessions: HashMap::new(),
+            watermark: i64::MIN,
+            late: Vec::new(),
+            state_bytes: 0,
+        })
+    }
+
+    fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
+        self.cfg.aggregates.iter().map(|a| Ok(a.create_accumulator()?)).collect()
+    }
+
+    fn windows_of(&self, ts: i64) -> Vec<(i64, i64)> {
+        match self.cfg.window.map(|w| w.kind) {
+            None => vec![(0, 0)],
+            Some(WindowKind::Tumbling { size }) => {
+                let start = ts - ts.rem_euclid(size);
+                vec![(start, start + size)]
+            }
+            Some(WindowKind::Hopping { size, advance }) => {
+                let last = ts - ts.rem_euclid(advance);
+                let mut out = Vec::new();
+                let mut start = last;
+                while start > ts - size {
+                    out.push((start, start + size));
+                    start -= advance;
+                }
+                out.reverse();
+                out
+            }
+            Some(WindowKind::Session { .. }) => vec![],
+        }
+    }
+
+    fn is_late(&self, window_end: i64) -> bool {
+        match self.cfg.window {
+            Some(w) => self.watermark != i64::MIN && window_end.saturating_add(w.grace) <= self.watermark,
+            None => false,
+        }
+    }
+
+    fn late_row(&self, batch: &RecordBatch, row: usize, window: (i64, i64)) -> LateRow {
+        let int = |idx: Option<usize>| {
+            idx.and_then(|i| {
+                let c = batch.column(i);
+                cast(c, &DataType::Int64).ok().map(|a| a.as_primitive::<Int64Type>().value(row))
+            })
+        };
+        LateRow {
+            partition: int(self.cfg.partition_index).unwrap_or(0) as u32,
+            offset: int(self.cfg.offset_index).unwrap_or(-1),
+            timestamp: int(Some(self.cfg.rowtime_index)).unwrap_or(0),
+            window_start: window.0,
+            window_end: window.1,
+            watermark: self.watermark,
+            reason: format!(
+                "record at {} is later than window [{}, {}) plus grace: the watermark was already {}",
+                int(Some(self.cfg.rowtime_index)).unwrap_or(0),
+                window.0,
+                window.1,
+                self.watermark
+            ),
+        }
+    }
+
+    /// Evaluates every aggregate's arguments (and FILTER) on the batch.
+    fn arguments(&self, batch: &RecordBatch) -> Result<Vec<(Vec<ArrayRef>, Option<BooleanArray>)>> {
+        let n = batch.num_rows();
+        self.cfg
+            .aggregates
+            .iter()
+            .zip(&self.cfg.aggregate_filters)
+            .map(|(a, f)| {
+                let args = a
+                    .expressions()
+                    .iter()
+                    .map(|e| Ok(e.evaluate(batch)?.into_array(n)?))
+                    .collect::<Result<Vec<_>>>()?;
+                let filter = match f {
+                    Some(f) => Some(f.evaluate(batch)?.into_array(n)?.as_boolean().clone()),
+                    None => None,
+                };
+                Ok((args, filter))
+            })
+            .collect()
+    }
+
+    fn update(accs: &mut [Box<dyn Accumulator>], args: &[(Vec<ArrayRef>, Option<BooleanArray>)], rows: &UInt32Array) -> Result<()> {
+        for (acc, (cols, filter)) in accs.iter_mut().zip(args) {
+            let mut taken = cols.iter().map(|c| Ok(take(c.as_ref(), rows, None)?)).collect::<Result<Vec<_>>>()?;
+            if let Some(f) = filter {
+                let fl = take(f, rows, None)?;
+                let fl = fl.as_boolean();
+                taken = taken.iter().map(|c| Ok(filter_array(c.as_ref(), fl)?)).collect::<Result<Vec<_>>>()?;
+            }
+            acc.update_batch(&taken)?;
+        }
+        Ok(())
+    }
+
+    fn evaluate(group: &mut Group) -> Result<Vec<ScalarValue>> {
+        group.accs.iter_mut().map(|a| Ok(a.evaluate()?)).collect()
+    }
+
+    fn process_windows(&mut self, batch: &RecordBatch, out: &mut Vec<Message>) -> Result<()> {
+        let n = batch.num_rows();
+        let key_arrays = self
+            .cfg
+            .group_exprs
+            .iter()
+            .map(|e| Ok(e.evaluate(batch)?.into_array(n)?))
+            .collect::<Result<Vec<_>>>()?;
+        let keys = self.converter.convert_columns(&key_arrays)?;
+        let ts_col = cast(batch.column(self.cfg.rowtime_index), &DataType::Int64)?;
+        let ts = ts_col.as_primitive::<Int64Type>();
+        let args = self.arguments(batch)?;
+        // Bucket rows by group, in first-touched order.
+        let mut order: Vec<(OwnedRow, i64)> = Vec::new();
+        let mut rows_of: HashMap<(OwnedRow, i64), (i64, Vec<u32>)> = HashMap::new();
+        for i in 0..n {
+            let t = if ts.is_null(i) { 0 } else { ts.value(i) };
+            for window in self.windows_of(t) {
+                if self.is_late(window.1) {
+                    let late = self.late_row(batch, i, window);
+                    self.late.push(late);
+                    continue;
+                }
+                let k = (keys.row(i).owned(), window.0);
+                let entry = rows_of.entry(k.clone()).or_insert_with(|| {
+                    order.push(k);
+                    (window.1, Vec::new())
+                });
+                entry.1.push(i as u32);
+            }
+        }
+        let mut emits = Vec::with_capacity(order.len());
+        for k in order {
+            let Some((end, rows)) = rows_of.remove(&k) else { continue };
+            if !self.groups.contains_key(&k) {
+                let accs = self.new_accumulators()?;
+                self.groups.insert(k.clone(), Group { key: k.0.clone(), window: (k.1, end), accs, max_ts: i64::MIN, emitted: false });
+            }
+            let group = self.groups.get_mut(&k).ok_or_else(|| EngineError::Internal("group vanished".into()))?;
+            let rows = UInt32Array::from(rows);
+            Self::update(&mut group.accs, &args, &rows)?;
+            for r in rows.values() {
+                if !ts.is_null(*r as usize) {
+                    group.max_ts = group.max_ts.max(ts.value(*r as usize));
+                }
+            }
+            if !self.cfg.emit_final {
+                let values = Self::evaluate(group)?;
+                emits.push(Emit {
+                    key: group.key.clone(),
+                    window: group.window,
+                    values,
+                    ts: group.max_ts,
+                    delete: false,
+                    was_emitted: group.emitted,
+                });
+            }
+        }
+        self.emit(emits, out)
+    }
+
+    fn process_sessions(&mut self, batch: &RecordBatch, gap: i64, out: &mut Vec<Message>) -> Result<()> {
+        let n = batch.num_rows();
+        let key_arrays = self
+            .cfg
+            .group_exprs
+            .iter()
+            .map(|e| Ok(e.evaluate(batch)?.into_array(n)?))
+            .collect::<Result<Vec<_>>>()?;
+        let keys = self.converter.convert_columns(&key_arrays)?;
+        let ts_col = cast(batch.column(self.cfg.rowtime_index), &DataType::Int64)?;
+        let ts = ts_col.as_primitive::<Int64Type>();
+        let args = self.arguments(batch)?;
+        let mut emits = Vec::new();
+        for i in 0..n {
+            let t = if ts.is_null(i) { 0 } else { ts.value(i) };
+            let key = keys.row(i).owned();
+            let existing = self.sessions.remove(&key).unwrap_or_default();
+            let (mut merged, mut kept): (Vec<Group>, Vec<Group>) =
+                existing.into_iter().partition(|s| s.window.1 >= t - gap && s.window.0 <= t + gap);
+            let start = merged.iter().map(|s| s.window.0).min().unwrap_or(t).min(t);
+            let end = merged.iter().map(|s| s.window.1).max().unwrap_or(t).max(t);
+            if self.is_late(end) {
+                let late = self.late_row(batch, i, (start, end));
+                self.late.push(late);
+                kept.append(&mut merged);
+                self.sessions.insert(key, kept);
+                continue;
+            }
+            let mut accs = self.new_accumulators()?;
+            let mut max_ts = t;
+            for old in &mut merged {
+                for (acc, old_acc) in accs.iter_mut().zip(old.accs.iter_mut()) {
+                    let state = old_acc.state()?;
+                    let arrays = state.iter().map(|s| Ok(s.to_array()?)).collect::<Result<Vec<_>>>()?;
+                    acc.merge_batch(&arrays)?;
+                }
+                max_ts = max_ts.max(old.max_ts);
+                if old.emitted && !self.cfg.emit_final {
+                    let mut values = Self::evaluate(old)?;
+                    values.iter_mut().for_each(|v| *v = ScalarValue::try_from(v.data_type()).unwrap_or(ScalarValue::Null));
+                    emits.push(Emit { key: old.key.clone(), window: old.window, values, ts: t, delete: true, was_emitted: true });
+                }
+            }
+            Self::update(&mut accs, &args, &UInt32Array::from(vec![i as u32]))?;
+            let mut group = Group { key: key.clone(), window: (start, end), accs, max_ts, emitted: false };
+            if !self.cfg.emit_final {
+                let values = Self::evaluate(&mut group)?;
+                emits.push(Emit { key: key.clone(), window: (start, end), values, ts: max_ts, delete: false, was_emitted: false });
+                group.emitted = true;
+            }
+            kept.push(group);
+            self.sessions.insert(key, kept);
+        }
+        self.emit(emits, out)
+    }
+
+    /// Builds output rows, applies HAVING (turning rows that stop matching into tombstones).
+    fn emit(&mut self, emits: Vec<Emit>, out: &mut Vec<Message>) -> Result<()> {
+        if emits.is_empty() {
+            return Ok(());
+        }
+        let n = emits.len();
+        let mut columns: Vec<ArrayRef> = self.converter.convert_rows(emits.iter().map(|e| e.key.row()))?;
+        let windowed = self.cfg.window.is_some();
+        if windowed {
+            columns.push(Arc::new(Int64Array::from_iter_values(emits.iter().map(|e| e.window.0))));
+            columns.push(Arc::new(Int64Array::from_iter_values(emits.iter().map(|e| e.window.1))));
+        }
+        let first_agg = columns.len();
+        for (j, field) in self.cfg.output_schema.fields().iter().enumerate().skip(first_agg) {
+            let agg = j - first_agg;
+            let values: Vec<ScalarValue> = emits.iter().map(|e| e.values[agg].clone()).collect();
+            let array = if values.iter().all(|v| v.is_null()) {
+                new_null_array(field.data_type(), n)
+            } else {
+                ScalarValue::iter_to_array(values)?
+            };
+            columns.push(if array.data_type() == field.data_type() { array } else { cast(&array, field.data_type())? });
+        }
+        // Align types with the planned schema (e.g. window bounds, key types).
+        for (c, f) in columns.iter_mut().zip(self.cfg.output_schema.fields()) {
+            if c.data_type() != f.data_type() {
+                *c = cast(c, f.data_type())?;
+            }
+        }
+        let visible = RecordBatch::try_new_with_options(
+            self.cfg.output_schema.clone(),
+            columns.clone(),
+            &RecordBatchOptions::new().with_row_count(Some(n)),
+        )?;
+        let matches: Vec<bool> = match &self.cfg.having {
+            Some(h) => {
+                let m = h.evaluate(&visible)?.into_array(n)?;
+                let m = m.as_boolean();
+                (0..n).map(|i| m.is_valid(i) && m.value(i)).collect()
+            }
+            None => vec![true; n],
+        };
+        let mut keep = Vec::with_capacity(n);
+        let mut delete = Vec::with_capacity(n);
+        for (i, e) in emits.iter().enumerate() {
+            let is_delete = e.delete || !matches[i];
+            // A row that does not match HAVING only matters if an earlier version was emitted.
+            if is_delete && !e.delete && !e.was_emitted {
+                continue;
+            }
+            keep.push(i as u32);
+            delete.push(is_delete);
+            if !e.delete {
+                let now_emitted = matches[i];
+                if let Some(g) = self.group_mut(&e.key, e.window) {
+                    g.emitted = now_emitted;
+                }
+            }
+        }
+        if keep.is_empty() {
+            return Ok(());
+        }
+        let idx = UInt32Array::from(keep.clone());
+        let mut cols = columns.iter().map(|c| Ok(take(c.as_ref(), &idx, None)?)).collect::<Result<Vec<_>>>()?;
+        cols.push(Arc::new(BooleanArray::from(delete)));
+        cols.push(Arc::new(Int64Array::from_iter_values(keep.iter().map(|i| emits[*i as usize].ts))));
+        out.push(Message::Data(RecordBatch::try_new(self.schema.clone(), cols)?));
+        Ok(())
+    }
+
+    fn group_mut(&mut self, key: &OwnedRow, window: (i64, i64)) -> Option<&mut Group> {
+        match self.cfg.window.map(|w| w.kind) {
+            Some(WindowKind::Session { .. }) => self.sessions.get_mut(key)?.iter_mut().find(|g| g.window == window),
+            _ => self.groups.get_mut(&(key.clone(), window.0)),
+        }
+    }
+
+    /// Closes windows the watermark has passed: final results (EMIT FINAL), dropped state.
+    fn close_windows(&mut self, out: &mut Vec<Message>) -> Result<()> {
+        let Some(w) = self.cfg.window else { return Ok(()) };
+        let wm = self.watermark;
+        let closed = |end: i64, extra: i64| end.saturating_add(extra) <= wm;
+        let mut finals = Vec::new();
+        if self.cfg.emit_final {
+            let done: Vec<(OwnedRow, i64)> =
+                self.groups.iter().filter(|(_, g)| closed(g.window.1, w.grace)).map(|(k, _)| k.clone()).collect();
+            for k in done {
+                if let Some(mut g) = self.groups.remove(&k) {
+                    let values = Self::evaluate(&mut g)?;
+                    finals.push(Emit { key: g.key, window: g.window, values, ts: g.max_ts, delete: false, was_emitted: false });
+                }
+            }
+            for sessions in self.sessions.values_mut() {
+                let (done, keep): (Vec<Group>, Vec<Group>) = std::mem::take(sessions).into_iter().partition(|g| closed(g.window.1, w.grace));
+                *sessions = keep;
+                for mut g in done {
+                    let values = Self::evaluate(&mut g)?;
+                    finals.push(Emit { key: g.key, window: g.window, values, ts: g.max_ts, delete: false, was_emitted: false });
+                }
+            }
+            finals.sort_by_key(|e| (e.window.0, e.ts));
+        } else {
+            let retention = w.retention.max(w.grace);
+            self.groups.retain(|_, g| !closed(g.window.1, retention));
+            for sessions in self.sessions.values_mut() {
+                sessions.retain(|g| !closed(g.window.1, retention));
+            }
+        }
+        self.sessions.retain(|_, s| !s.is_empty());
+        self.emit(finals, out)
+    }
+}
+
+impl Operator for AggregateOperator {
+    fn name(&self) -> &str {
+        "aggregate"
+    }
+
+    fn output_schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let result = match self.cfg.window.map(|w| w.kind) {
+            Some(WindowKind::Session { gap }) => self.process_sessions(&batch, gap, out),
+            _ => self.process_windows(&batch, out),
+        };
+        self.state_bytes = self.groups.len() * 64 + self.sessions.len() * 64;
+        result
+    }
+
+    fn handle_watermark(&mut self, watermark: Watermark, out: &mut Vec<Message>) -> Result<()> {
+        if let Watermark::EventTime(t) = watermark {
+            if t > self.watermark {
+                self.watermark = t;
+                self.close_windows(out)?;
+            }
+        }
+        out.push(Message::Watermark(watermark));
+        Ok(())
+    }
+
+    fn on_close(&mut self, out: &mut Vec<Message>) -> Result<()> {
+        // End of a bounded input: every window closes.
+        self.watermark = i64::MAX;
+        self.close_windows(out)?;
+        out.push(Message::End);
+        Ok(())
+    }
+
+    fn drain_late(&mut self, out: &mut Vec<LateRow>) {
+        out.append(&mut self.late);
+    }
+
+    fn state_info(&self) -> StateInfo {
+        StateInfo {
+            bounded: self.cfg.window.is_some(),
+            bytes: self.state_bytes,
+            description: match self.cfg.window {
+                Some(_) => "accumulators per key and window, dropped when the window closes".into(),
+                None => "accumulators per key, kept forever (unbounded on unbounded keys)".into(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::util::pretty::pretty_format_batches;
+    use datafusion::functions_aggregate::count::count_udaf;
+    use datafusion::functions_aggregate::sum::sum_udaf;
+    use datafusion::physical_expr::aggregate::AggregateExprBuilder;
+    use datafusion::physical_expr::expressions::{col, lit, BinaryExpr};
+    use datafusion::logical_expr::Operator as Op;
+
+    use super::*;
+
+    fn input_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("K", DataType::Utf8, true),
+            Field::new("V", DataType::Int64, true),
+            Field::new("ROWTIME", DataType::Int64, true),
+        ]))
+    }
+
+    fn batch(rows: &[(&str, i64, i64)]) -> RecordBatch {
+        RecordBatch::try_new(
+            input_schema(),
+            vec![
+                Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+                Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+                Arc::new(Int64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// `SELECT K, COUNT(V) AS C, SUM(V) AS S ... GROUP BY K [HAVING C < 2]`.
+    fn operator(window: Option<WindowConfig>, emit_final: bool, having_lt_2: bool) -> AggregateOperator {
+        let schema = input_schema();
+        let v = col("V", &schema).unwrap();
+        let count = AggregateExprBuilder::new(count_udaf(), vec![v.clone()]).schema(schema.clone()).alias("C").build().unwrap();
+        let sum = AggregateExprBuilder::new(sum_udaf(), vec![v]).schema(schema.clone()).alias("S").build().unwrap();
+        let mut fields = vec![Field::new("K", DataType::Utf8, true)];
+        if window.is_some() {
+            fields.push(Field::new("WINDOWSTART", DataType::Int64, true));
+            fields.push(Field::new("WINDOWEND", DataType::Int64, true));
+        }
+        fields.push(Field::new("C", DataType::Int64, true));
+        fields.push(Field::new("S", DataType::Int64, true));
+        let output_schema = Arc::new(Schema::new(fields));
+        let having = having_lt_2.then(|| {
+            let c = col("C", &output_schema).unwrap();
+            Arc::new(BinaryExpr::new(c, Op::Lt, lit(2i64))) as Arc<dyn PhysicalExpr>
+        });
+        let cfg = AggregateConfig {
+            window,
+            emit_final,
+            group_exprs: vec![col("K", &schema).unwrap()],
+            aggregates: vec![Arc::new(count), Arc::new(sum)],
+            aggregate_filters: vec![None, None],
+            having,
+            output_schema,
+            rowtime_index: 2,
+            offset_index: None,
+            partition_index: None,
+        };
+        AggregateOperator::try_new(cfg, &schema).unwrap()
+    }
+
+    enum In<'a> {
+        Rows(&'a [(&'a str, i64, i64)]),
+        Watermark(i64),
+        End,
+    }
+
+    /// Feeds the inputs and renders every emitted message (and late row) as text.
+    fn run(op: &mut AggregateOperator, inputs: &[In]) -> String {
+        let mut text = String::new();
+        for input in inputs {
+            let mut out = Vec::new();
+            match input {
+                In::Rows(rows) => op.process_batch(batch(rows), &mut out).unwrap(),
+                In::Watermark(t) => op.handle_watermark(Watermark::EventTime(*t), &mut out).unwrap(),
+                In::End => op.on_close(&mut out).unwrap(),
+            }
+            for m in out {
+                match m {
+                    Message::Data(b) => text.push_str(&format!("{}\n", pretty_format_batches(&[b]).unwrap())),
+                    other => text.push_str(&format!("{other:?}\n")),
+                }
+            }
+            let mut late = Vec::new();
+            op.drain_late(&mut late);
+            for l in late {
+                text.push_str(&format!("LATE {}\n", l.reason));
+            }
+        }
+        text
+    }
+
+    #[test]
+    fn unwindowed_emit_changes_with_having_tombstones() {
+        let mut op = operator(None, false, true);
+        let text = run(&mut op, &[In::Rows(&[("a", 1, 10), ("b", 5, 20)]), In::Rows(&[("a", 2, 30)]), In::Rows(&[("a", 3, 40)])]);
+        assert!(!op.state_info().bounded);
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn tumbling_windows_route_late_rows() {
+        let window = WindowConfig { kind: WindowKind::Tumbling { size: 1000 }, grace: 0, retention: 0 };
+        let mut op = operator(Some(window), false, false);
+        let text = run(
+            &mut op,
+            &[
+                In::Rows(&[("a", 1, 100), ("a", 2, 900), ("b", 3, 1500)]),
+                In::Watermark(1500),
+                In::Rows(&[("a", 4, 999), ("a", 5, 1999)]),
+            ],
+        );
+        assert!(op.state_info().bounded);
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn hopping_windows_emit_final_when_closed() {
+        let window = WindowConfig { kind: WindowKind::Hopping { size: 1000, advance: 500 }, grace: 100, retention: 0 };
+        let mut op = operator(Some(window), true, false);
+        let text = run(
+            &mut op,
+            &[In::Rows(&[("a", 1, 700), ("a", 2, 1200)]), In::Watermark(1099), In::Watermark(1100), In::End],
+        );
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn session_windows_merge_and_retract() {
+        let window = WindowConfig { kind: WindowKind::Session { gap: 200 }, grace: 1000, retention: 0 };
+        let mut op = operator(Some(window), false, false);
+        let text = run(
+            &mut op,
+            &[In::Rows(&[("a", 1, 0)]), In::Rows(&[("a", 2, 300)]), In::Rows(&[("a", 3, 150)]), In::Rows(&[("b", 4, 160)])],
+        );
+        insta::assert_snapshot!(text);
+    }
+}

@@ -1,0 +1,312 @@
+//! One run: a fresh engine over a fresh embedded log, the statements, the inputs one at a time,
+//! then the comparison.
+//!
+//! Like upstream's runner, topics are created before the statements run: those of the `topics`
+//! section (with their partition counts), those named by `CREATE STREAM/TABLE` statements with
+//! columns (their `PARTITIONS`), and every input and output topic, with 1 partition by default.
+//! Time is deterministic: records carry the case's timestamps (default 0), are appended one per
+//! append in file order, and the runner waits until every query is idle before the next one, so
+//! event time only moves with the inputs. Outputs are collected after every input; records of a
+//! topic are ordered by the input that caused them, then partition, then offset.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use rill_connectors::store::{Durability, Record, TopicConfig};
+use rill_connectors::{EmbeddedStore, TopicStore};
+use rill_sql::ast::{Statement, WindowSpec};
+use rill_sql::catalog::SourceDef;
+use rill_sql::engine::Properties;
+use rill_sql::KsqlEngine;
+
+use super::codec::{self, Layout};
+use super::compare::{self, Actual, ActualWindow};
+use super::load::{ExpectedException, RecordNode, Run};
+
+/// Runs one case in `dir`. `Err` is the first difference (or why the case could not run).
+pub async fn run_case(run: &Run, dir: &Path) -> Result<(), String> {
+    let store = EmbeddedStore::open(dir).map_err(|e| format!("runner: opening the log: {e}"))?;
+    let store: Arc<dyn TopicStore> = Arc::new(store);
+    let engine = KsqlEngine::open(store.clone()).await.map_err(|e| format!("runner: opening the engine: {e}"))?;
+    create_topics(run, store.as_ref())?;
+
+    let case = &run.case;
+    let mut props: Properties = BTreeMap::new();
+    props.insert("auto.offset.reset".into(), "earliest".into());
+    props.extend(run.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for (i, sql) in run.statements.iter().enumerate() {
+        if apply_set(sql, &mut props) {
+            continue;
+        }
+        if let Err((_, e)) = engine.execute(sql, &props).await {
+            return refused(case.expected_exception.as_ref(), i, &e.error.to_string());
+        }
+    }
+    if let Some(ee) = &case.expected_exception {
+        return Err(format!("expected an error{}, but every statement succeeded", expected_text(ee)));
+    }
+
+    let mut outputs = Collector::new(&case.outputs);
+    engine.wait_until_idle().await;
+    outputs.collect(store.as_ref(), 0)?;
+    let sources = engine.sources().await;
+    for (i, input) in case.inputs.iter().enumerate() {
+        let record = input_record(input, &sources).map_err(|e| format!("input {i} (topic '{}'): {e}", input.topic))?;
+        let partition = store
+            .partition_for_key(&input.topic, record.key.as_deref())
+            .map_err(|e| format!("input {i}: topic '{}': {e}", input.topic))?;
+        store
+            .append(&input.topic, partition, &[record])
+            .await
+            .map_err(|e| format!("input {i}: appending to '{}': {e}", input.topic))?;
+        engine.wait_until_idle().await;
+        outputs.collect(store.as_ref(), i + 1)?;
+    }
+
+    if case.outputs.iter().any(|r| r.headers.as_ref().is_some_and(|h| !h.is_empty())) {
+        return Err("runner: expected record headers cannot be checked yet (the store API does not expose them)".into());
+    }
+    let sources = engine.sources().await;
+    let ran_with_inserts = case.inputs.is_empty();
+    for topic in outputs.topics.clone() {
+        let expected: Vec<RecordNode> = case.outputs.iter().filter(|r| r.topic == topic).cloned().collect();
+        let actual = outputs.decode(&topic, &expected, &sources)?;
+        compare::compare_topic(&topic, &expected, &actual, ran_with_inserts)?;
+    }
+    if let Some(post) = &case.post {
+        super::post::check(post, &engine).await?;
+    }
+    Ok(())
+}
+
+fn expected_text(ee: &ExpectedException) -> String {
+    match &ee.message {
+        Some(m) => format!(" containing \"{m}\""),
+        None => String::new(),
+    }
+}
+
+/// A statement was refused: a pass when the case expects it (and the message fits).
+fn refused(expected: Option<&ExpectedException>, index: usize, message: &str) -> Result<(), String> {
+    match expected {
+        Some(ee) if ee.message.as_ref().is_none_or(|m| message.contains(m.as_str())) => Ok(()),
+        Some(ee) => Err(format!("expected an error{}, got: {message}", expected_text(ee))),
+        None => Err(format!("statement {index} failed: {message}")),
+    }
+}
+
+/// `SET`/`UNSET` change the properties of the statements after them.
+fn apply_set(sql: &str, props: &mut Properties) -> bool {
+    let Ok(parsed) = rill_sql::parser::parse(sql) else { return false };
+    if parsed.is_empty() || !parsed.iter().all(|p| matches!(p.statement, Statement::Set { .. } | Statement::Unset { .. })) {
+        return false;
+    }
+    for p in parsed {
+        match p.statement {
+            Statement::Set { name, value } => {
+                props.insert(name, value);
+            }
+            Statement::Unset { name } => {
+                props.remove(&name);
+            }
+            _ => {}
+        }
+    }
+    true
+}
+
+fn create_topics(run: &Run, store: &dyn TopicStore) -> Result<(), String> {
+    let mut wanted: Vec<(String, u32)> = Vec::new();
+    let mut add = |name: &str, partitions: u32| {
+        if !wanted.iter().any(|(n, _)| n == name) {
+            wanted.push((name.to_string(), partitions.max(1)));
+        }
+    };
+    for t in &run.case.topics {
+        add(&t.name, t.partitions.unwrap_or(1));
+    }
+    for sql in &run.statements {
+        // Statements that do not parse fail later, when they run.
+        let Ok(parsed) = rill_sql::parser::parse(sql) else { continue };
+        for p in parsed {
+            if let Statement::CreateSource { columns, props, query: None, .. } = &p.statement {
+                let (Some(topic), false) = (props.get("KAFKA_TOPIC"), columns.is_empty()) else { continue };
+                let partitions = props.get("PARTITIONS").and_then(|v| v.as_text().parse().ok()).unwrap_or(1);
+                add(&topic.as_text(), partitions);
+            }
+        }
+    }
+    for r in run.case.inputs.iter().chain(&run.case.outputs) {
+        add(&r.topic, 1);
+    }
+    for (name, partitions) in wanted {
+        let config = TopicConfig { partitions, durability: Durability::None, ..TopicConfig::default() };
+        store.create_topic(&name, config).map_err(|e| format!("runner: creating topic '{name}': {e}"))?;
+    }
+    Ok(())
+}
+
+/// The source whose layout reads (`writer == false`) or writes (`writer == true`) a topic:
+/// sources fed by a query are preferred as writers, the others as readers.
+fn source_for<'a>(sources: &'a [SourceDef], topic: &str, writer: bool) -> Option<&'a SourceDef> {
+    let on_topic = || sources.iter().filter(move |s| s.topic == topic);
+    on_topic().find(|s| s.written_by.is_empty() != writer).or_else(|| on_topic().next())
+}
+
+fn layouts(source: Option<&SourceDef>) -> (Option<Layout>, Option<Layout>) {
+    match source {
+        None => (None, None),
+        Some(s) => (
+            Some(Layout { kind: s.key_format.kind, types: s.key_columns().map(|c| c.sql_type.clone()).collect() }),
+            Some(Layout { kind: s.value_format.kind, types: s.value_columns().map(|c| c.sql_type.clone()).collect() }),
+        ),
+    }
+}
+
+fn input_record(input: &RecordNode, sources: &[SourceDef]) -> Result<Record, String> {
+    let (key_layout, value_layout) = layouts(source_for(sources, &input.topic, false));
+    let key = codec::encode(key_layout.as_ref(), &input.key).map_err(|e| format!("key: {e}"))?;
+    let key = match &input.window {
+        Some(w) => Some(codec::append_window(key, w)),
+        None => key,
+    };
+    let value = codec::encode(value_layout.as_ref(), &input.value).map_err(|e| format!("value: {e}"))?;
+    let mut headers = Vec::new();
+    for h in input.headers.iter().flatten() {
+        let value = match &h.value {
+            Some(b64) => Some(Bytes::from(
+                base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| format!("header {}: {e}", h.key))?,
+            )),
+            None => None,
+        };
+        headers.push((h.key.clone(), value));
+    }
+    Ok(Record { timestamp: input.timestamp.unwrap_or(0), key: key.map(Bytes::from), value: value.map(Bytes::from), headers })
+}
+
+/// One output record as read: the input step that produced it and where it is.
+struct Raw {
+    step: usize,
+    partition: u32,
+    offset: u64,
+    timestamp: i64,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+}
+
+/// Reads the expected output topics as the inputs go in.
+struct Collector {
+    /// Expected topics, in order of first appearance.
+    topics: Vec<String>,
+    positions: HashMap<(String, u32), u64>,
+    records: HashMap<String, Vec<Raw>>,
+}
+
+impl Collector {
+    fn new(outputs: &[RecordNode]) -> Self {
+        let mut topics: Vec<String> = Vec::new();
+        for r in outputs {
+            if !topics.contains(&r.topic) {
+                topics.push(r.topic.clone());
+            }
+        }
+        Self { topics, positions: HashMap::new(), records: HashMap::new() }
+    }
+
+    fn collect(&mut self, store: &dyn TopicStore, step: usize) -> Result<(), String> {
+        for topic in &self.topics {
+            // A topic that does not exist (any more) has nothing to read.
+            let Ok(config) = store.topic_config(topic) else { continue };
+            for p in 0..config.partitions {
+                let pos = self.positions.entry((topic.clone(), p)).or_insert(0);
+                let end = store.end_offset(topic, p).map_err(|e| format!("runner: reading '{topic}': {e}"))?;
+                while *pos < end {
+                    let fetch = store.read(topic, p, *pos, 1 << 20).map_err(|e| format!("runner: reading '{topic}': {e}"))?;
+                    for r in fetch.records() {
+                        if r.offset < *pos {
+                            continue;
+                        }
+                        self.records.entry(topic.clone()).or_default().push(Raw {
+                            step,
+                            partition: p,
+                            offset: r.offset,
+                            timestamp: r.timestamp,
+                            key: r.key.map(<[u8]>::to_vec),
+                            value: r.value.map(<[u8]>::to_vec),
+                        });
+                    }
+                    if fetch.next_offset() <= *pos {
+                        break;
+                    }
+                    *pos = fetch.next_offset();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes a topic's records with the formats of the source written to it.
+    fn decode(&mut self, topic: &str, expected: &[RecordNode], sources: &[SourceDef]) -> Result<Vec<Actual>, String> {
+        let mut raws = self.records.remove(topic).unwrap_or_default();
+        raws.sort_by_key(|r| (r.step, r.partition, r.offset));
+        let source = source_for(sources, topic, true);
+        let (key_layout, value_layout) = layouts(source);
+        let window = expected.iter().find_map(|r| r.window.as_ref());
+        let session = window.is_some_and(|w| codec::is_session(&w.kind));
+        let size = if window.is_some() && !session { source.and_then(window_size) } else { None };
+        let mut out = Vec::with_capacity(raws.len());
+        for (i, raw) in raws.iter().enumerate() {
+            let at = |e: String| format!("topic '{topic}' record {i}: {e}");
+            let (key_bytes, window) = match (window, raw.key.as_deref()) {
+                (Some(_), Some(k)) => {
+                    let split = codec::split_window(k, session, size).map_err(at)?;
+                    (Some(split.inner), Some(ActualWindow { start: split.start, end: split.end, session }))
+                }
+                (_, k) => (k, None),
+            };
+            let key = codec::decode(key_layout.as_ref(), key_bytes).map_err(|e| at(format!("cannot read the key: {e}")))?;
+            let value = codec::decode(value_layout.as_ref(), raw.value.as_deref())
+                .map_err(|e| at(format!("cannot read the value: {e}")))?;
+            out.push(Actual { key, value, timestamp: raw.timestamp, window });
+        }
+        Ok(out)
+    }
+}
+
+/// The size of a tumbling or hopping window, from the statement that created the source.
+fn window_size(source: &SourceDef) -> Option<i64> {
+    let parsed = rill_sql::parser::parse(&source.statement).ok()?;
+    parsed.into_iter().find_map(|p| match p.statement {
+        Statement::CreateSource { query: Some(select), .. } => match select.window {
+            Some(WindowSpec::Tumbling { size, .. }) | Some(WindowSpec::Hopping { size, .. }) => Some(size.millis),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_errors_match_by_substring() {
+        let ee = ExpectedException { message: Some("does not exist".into()) };
+        assert!(refused(Some(&ee), 1, "Source FOO does not exist.").is_ok());
+        let msg = refused(Some(&ee), 1, "something else").unwrap_err();
+        assert_eq!(msg, "expected an error containing \"does not exist\", got: something else");
+        assert!(refused(Some(&ExpectedException { message: None }), 0, "any").is_ok());
+        assert_eq!(refused(None, 2, "boom").unwrap_err(), "statement 2 failed: boom");
+    }
+
+    #[test]
+    fn set_statements_change_properties() {
+        let mut props = Properties::new();
+        assert!(apply_set("SET 'auto.offset.reset'='latest';", &mut props));
+        assert_eq!(props.get("auto.offset.reset").map(String::as_str), Some("latest"));
+        assert!(!apply_set("CREATE STREAM S (A INT) WITH (kafka_topic='t', value_format='JSON');", &mut props));
+    }
+}
