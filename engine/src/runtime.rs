@@ -77,6 +77,8 @@ pub struct QueryStats {
     pub dead_letters: AtomicU64,
     /// Rows written to the late-data topic.
     pub late_records: AtomicU64,
+    /// Approximate bytes of operator state (stateful stage).
+    pub state_bytes: AtomicU64,
     /// The last error, if the query failed or dead-lettered records.
     pub last_error: Mutex<Option<String>>,
     /// Set when a task stopped on an error.
@@ -152,6 +154,7 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                 out: make_output()?,
                 stats: stats.clone(),
                 tracker: WatermarkTracker::new(partitions as usize),
+                state_measured: None,
             };
             tasks.push(tokio::spawn(stage.run(rx)));
             Some(tx)
@@ -245,6 +248,7 @@ struct StageTask {
     out: TaskOutput,
     stats: Arc<QueryStats>,
     tracker: WatermarkTracker,
+    state_measured: Option<std::time::Instant>,
 }
 
 impl StageTask {
@@ -289,6 +293,12 @@ impl StageTask {
 
     async fn flush(&mut self, messages: &mut Vec<Message>, late: &mut Vec<LateRow>) -> Result<()> {
         self.chain.drain_late(late);
+        // Measuring state walks it: at most once a second.
+        if self.state_measured.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+            let state: usize = self.chain.operators().iter().map(|o| o.state_info().bytes).sum();
+            self.stats.state_bytes.store(state as u64, Ordering::Relaxed);
+            self.state_measured = Some(std::time::Instant::now());
+        }
         if !late.is_empty() {
             let records: Vec<Record> = late
                 .drain(..)

@@ -246,9 +246,18 @@ pub enum Statement {
     },
     /// EXPLAIN statement | EXPLAIN query-id
     Explain {
-        /// The statement text, or a query id.
-        target: String,
+        /// What to explain.
+        target: ExplainTarget,
     },
+}
+
+/// What EXPLAIN explains.
+#[derive(Clone, Debug)]
+pub enum ExplainTarget {
+    /// A running query, by id.
+    Query(String),
+    /// A statement, planned but not run.
+    Statement(Box<Statement>),
 }
 
 /// What SHOW lists.

@@ -118,6 +118,8 @@ pub struct QueryDef {
     pub sources: Vec<String>,
     /// The running dataflow.
     pub running: Arc<RunningQuery>,
+    /// EXPLAIN text of its operator graph.
+    pub plan: String,
 }
 
 /// Streams, tables and persistent queries, by name.

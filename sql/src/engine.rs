@@ -350,7 +350,38 @@ impl KsqlEngine {
                 props.remove(&name);
                 Ok(StatementResult::Nothing)
             }
-            Statement::Explain { .. } => Err(SqlError::Unsupported("EXPLAIN is not supported yet".into())),
+            Statement::Explain { target } => match target {
+                ExplainTarget::Query(id) => {
+                    let q = catalog.queries.get(&id).ok_or_else(|| SqlError::NotFound(format!("Query with id:{id} does not exist, use SHOW QUERIES to view the full set of running queries.")))?;
+                    Ok(StatementResult::QueryDescription {
+                        statement: text,
+                        id: Some(q.id.clone()),
+                        query_text: q.statement.clone(),
+                        plan: q.plan.clone(),
+                        sources: q.sources.clone(),
+                        sinks: vec![q.sink.clone()],
+                        state: if q.running.failed() { "ERROR" } else { "RUNNING" },
+                    })
+                }
+                ExplainTarget::Statement(statement) => {
+                    let (select, sink) = match *statement {
+                        Statement::CreateSource { query: Some(q), name, .. } => (q, Some(name)),
+                        Statement::InsertSelect { query, target } => (query, Some(target)),
+                        Statement::Select(q) => (q, None),
+                        _ => return Err(SqlError::plan("EXPLAIN works on queries: CREATE ... AS SELECT, INSERT INTO ... SELECT, SELECT, or a query id")),
+                    };
+                    let plan = planner::plan_select(&self.ctx, catalog, &select).await?;
+                    Ok(StatementResult::QueryDescription {
+                        statement: text.clone(),
+                        id: None,
+                        query_text: text.trim_start_matches(|c: char| c.is_alphabetic() && c != ' ').trim().to_string(),
+                        plan: explain(&plan, sink.as_deref())?,
+                        sources: vec![plan.source.name.clone()],
+                        sinks: sink.into_iter().collect(),
+                        state: "NOT RUNNING",
+                    })
+                }
+            },
         }
     }
 
@@ -564,7 +595,7 @@ impl KsqlEngine {
         sink.partitions = self.ensure_topic(&topic, partitions.as_ref(), plan.is_table)?;
         sink.window_type = plan.window.map(|(_, _, k)| window_name(k).to_string());
         let sequence = self.peek_sequence(replay)?;
-        let id = format!("CSAS_{name}_{sequence}");
+        let id = format!("{}_{name}_{sequence}", if kind == SourceKind::Table { "CTAS" } else { "CSAS" });
         catalog.sources.insert(name.to_string(), sink.clone());
         if let Err(e) = self.start_persistent(catalog, &id, plan, &sink, text, props) {
             catalog.sources.remove(name);
@@ -607,6 +638,7 @@ impl KsqlEngine {
             start: start_from(props, StartFrom::Latest),
             commit_group: Some(format!("rill-query-{id}")),
         };
+        let plan_text = explain(&plan, Some(&sink.name))?;
         let running = Arc::new(runtime::start(self.store.clone(), spec)?);
         // Pin the start position so a restart resumes exactly here even if nothing was read.
         let group = format!("rill-query-{id}");
@@ -626,6 +658,7 @@ impl KsqlEngine {
                 sink_topic: sink.topic.clone(),
                 sources: vec![plan.source.name.clone()],
                 running,
+                plan: plan_text,
             },
         );
         Ok(())
@@ -806,10 +839,12 @@ impl KsqlEngine {
     fn info(&self, catalog: &Catalog, s: &SourceDef) -> SourceInfo {
         let read_queries = catalog.queries.values().filter(|q| q.sources.contains(&s.name)).map(query_info).collect();
         let write_queries: Vec<QueryInfo> = catalog.queries.values().filter(|q| q.sink == s.name).map(query_info).collect();
-        let (mut processed, mut dead, mut last_error) = (0u64, 0u64, None);
+        let (mut processed, mut dead, mut late, mut state, mut last_error) = (0u64, 0u64, 0u64, 0u64, None);
         for q in catalog.queries.values().filter(|q| q.sources.contains(&s.name) || q.sink == s.name) {
             processed += q.running.stats.records_in.load(Ordering::Relaxed);
             dead += q.running.stats.dead_letters.load(Ordering::Relaxed);
+            late += q.running.stats.late_records.load(Ordering::Relaxed);
+            state += q.running.stats.state_bytes.load(Ordering::Relaxed);
             if let Some(e) = q.running.stats.last_error.lock().clone() {
                 last_error = Some(e);
             }
@@ -828,13 +863,50 @@ impl KsqlEngine {
             statement: s.statement.clone(),
             read_queries,
             write_queries,
-            statistics: format!("messages-processed: {processed}"),
+            statistics: format!(
+                "messages-processed: {processed}, late-records: {late} (topic {}), state-bytes: {state}",
+                runtime::LATE_TOPIC
+            ),
             error_stats: match last_error {
                 Some(e) => format!("dead-letters: {dead} (last error: {e}; see topic {})", runtime::DEAD_LETTER_TOPIC),
                 None => format!("dead-letters: {dead}"),
             },
         }
     }
+}
+
+/// The operator graph of a plan, with each operator's state and whether it stays bounded.
+fn explain(plan: &QueryPlan, sink: Option<&str>) -> Result<String> {
+    let mut lines = vec![format!(
+        "SOURCE {} (topic '{}', {} partition{}, event time {})",
+        plan.source.name,
+        plan.source.topic,
+        plan.source.partitions,
+        if plan.source.partitions == 1 { "" } else { "s" },
+        plan.source.timestamp.clone().unwrap_or_else(|| "ROWTIME".into())
+    )];
+    let describe = |op: &dyn rill_engine::Operator, where_: &str| {
+        let s = op.state_info();
+        format!(
+            "  > {} [{where_}] state: {} ({})",
+            op.name().to_uppercase(),
+            s.description,
+            if s.bounded { "bounded" } else { "UNBOUNDED" }
+        )
+    };
+    for op in (plan.chain)()?.operators() {
+        lines.push(describe(op.as_ref(), "one task per source partition"));
+    }
+    if let Some(stage) = &plan.stage {
+        for op in stage()?.operators() {
+            lines.push(describe(op.as_ref(), "stateful stage, watermark = min over partitions"));
+        }
+    }
+    lines.push(match sink {
+        Some(s) => format!("  > SINK {s}{}", if plan.is_table { " (changelog: upserts and tombstones by key)" } else { "" }),
+        None => "  > PUSH to client".to_string(),
+    });
+    Ok(lines.join("\n"))
 }
 
 fn query_info(q: &QueryDef) -> QueryInfo {

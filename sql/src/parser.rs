@@ -252,9 +252,11 @@ impl StatementParser {
             }
             t if is_word(t, "EXPLAIN") => {
                 self.pos += 1;
-                let rest: Vec<String> = self.toks[self.pos..].iter().map(|t| t.token.to_string()).collect();
-                self.pos = self.toks.len();
-                Statement::Explain { target: rest.join(" ") }
+                if self.toks.len() == self.pos + 1 {
+                    Statement::Explain { target: ExplainTarget::Query(self.ident()?) }
+                } else {
+                    Statement::Explain { target: ExplainTarget::Statement(Box::new(self.statement()?)) }
+                }
             }
             _ => return self.unexpected(),
         };

@@ -136,6 +136,23 @@ pub enum StatementResult {
         /// EXTENDED.
         extended: bool,
     },
+    /// EXPLAIN.
+    QueryDescription {
+        /// The statement.
+        statement: String,
+        /// Query id, when explaining a running query.
+        id: Option<String>,
+        /// The query's statement.
+        query_text: String,
+        /// Operator graph, one line per operator.
+        plan: String,
+        /// Sources read.
+        sources: Vec<String>,
+        /// Sinks written.
+        sinks: Vec<String>,
+        /// RUNNING, ERROR, or NOT RUNNING.
+        state: &'static str,
+    },
     /// A push query.
     Push(PushQuery),
     /// PRINT: records of a topic, rendered as text lines.

@@ -133,7 +133,6 @@ pub struct AggregateOperator {
     sessions: HashMap<OwnedRow, Vec<Group>>,
     watermark: i64,
     late: Vec<LateRow>,
-    state_bytes: usize,
 }
 
 impl AggregateOperator {
@@ -156,7 +155,6 @@ impl AggregateOperator {
             sessions: HashMap::new(),
             watermark: i64::MIN,
             late: Vec::new(),
-            state_bytes: 0,
         })
     }
 
@@ -503,7 +501,6 @@ impl Operator for AggregateOperator {
             Some(WindowKind::Session { gap }) => self.process_sessions(&batch, gap, out),
             _ => self.process_windows(&batch, out),
         };
-        self.state_bytes = self.groups.len() * 64 + self.sessions.len() * 64;
         result
     }
 
@@ -531,9 +528,16 @@ impl Operator for AggregateOperator {
     }
 
     fn state_info(&self) -> StateInfo {
+        // Accumulator sizes plus the key rows: DataFusion's own estimates (walks every group).
+        let bytes = self
+            .groups
+            .values()
+            .chain(self.sessions.values().flatten())
+            .map(|g| g.key.as_ref().len() + g.accs.iter().map(|a| a.size()).sum::<usize>())
+            .sum();
         StateInfo {
             bounded: self.cfg.window.is_some(),
-            bytes: self.state_bytes,
+            bytes,
             description: match self.cfg.window {
                 Some(_) => "accumulators per key and window, dropped when the window closes".into(),
                 None => "accumulators per key, kept forever (unbounded on unbounded keys)".into(),

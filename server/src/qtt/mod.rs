@@ -234,10 +234,11 @@ fn execute(r: &load::Run, timeout: Duration) -> Result<(), String> {
     };
     rt.shutdown_timeout(Duration::from_millis(500));
     drop(dir);
-    // A panic in one of the engine's own tasks fails the run too.
+    // A panic in one of the engine's own tasks fails the run too (and often is why it hung).
     let background = panics().first().cloned();
     match (result, background) {
         (Ok(()), Some(p)) => Err(format!("a task panicked: {p}")),
+        (Err(e), Some(p)) if e.starts_with("timed out") => Err(format!("a task panicked: {p} (then the run {e})")),
         (result, _) => result,
     }
 }

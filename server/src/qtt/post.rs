@@ -4,9 +4,10 @@
 //! upper-cased, `INTEGER`/`VARCHAR` spelled `INT`/`STRING`, `PRIMARY KEY` = `KEY`), key and value
 //! format names, the `UNWRAP_SINGLES` value feature and `isSource`. Expected sources are a subset:
 //! others may exist. Topics: the listed ones must exist with the listed format names; none may
-//! match the blacklist. Not compared: schema-registry schemas, `windowType`/`windowSize` (the
-//! catalog does not record windows yet), partition counts (upstream's stub gives every sink 4,
-//! whatever the statement says) and ksqlDB's internal `_confluent...` topics (Rill has none).
+//! match the blacklist. The key format's `windowType` is compared, and its `windowSize` when
+//! the source's statement states it. Not compared: schema-registry schemas, partition counts
+//! (upstream's stub gives every sink 4, whatever the statement says) and ksqlDB's internal
+//! `_confluent...` topics (Rill has none).
 
 use rill_sql::catalog::{Column, SourceDef};
 use rill_sql::KsqlEngine;
@@ -51,6 +52,20 @@ fn check_source(expected: &PostSource, actual: &SourceDef) -> Result<(), String>
         if let Some(want) = expected.as_ref().and_then(format_name) {
             if want != actual {
                 return Err(format!("{what}: expected {want}, got {actual}"));
+            }
+        }
+    }
+    let key_format = expected.key_format.as_ref();
+    if let Some(want) = key_format.and_then(|f| f.get("windowType")).and_then(|w| w.as_str()) {
+        let got = actual.window_type.as_deref().unwrap_or("none");
+        if !want.eq_ignore_ascii_case(got) {
+            return Err(format!("key window type: expected {want}, got {got}"));
+        }
+    }
+    if let Some(want) = key_format.and_then(|f| f.get("windowSize")).and_then(|w| w.as_i64()) {
+        if let Some(got) = super::run::window_size(actual) {
+            if want != got {
+                return Err(format!("key window size: expected {want} ms, got {got} ms"));
             }
         }
     }

@@ -54,9 +54,10 @@ pub async fn run_case(run: &Run, dir: &Path) -> Result<(), String> {
     outputs.collect(store.as_ref(), 0)?;
     let sources = engine.sources().await;
     for (i, input) in case.inputs.iter().enumerate() {
-        let record = input_record(input, &sources).map_err(|e| format!("input {i} (topic '{}'): {e}", input.topic))?;
+        let (record, partition_key) =
+            input_record(input, &sources).map_err(|e| format!("input {i} (topic '{}'): {e}", input.topic))?;
         let partition = store
-            .partition_for_key(&input.topic, record.key.as_deref())
+            .partition_for_key(&input.topic, partition_key.as_deref())
             .map_err(|e| format!("input {i}: topic '{}': {e}", input.topic))?;
         store
             .append(&input.topic, partition, &[record])
@@ -166,12 +167,14 @@ fn layouts(source: Option<&SourceDef>) -> (Option<Layout>, Option<Layout>) {
     }
 }
 
-fn input_record(input: &RecordNode, sources: &[SourceDef]) -> Result<Record, String> {
+/// The record to append, and the key to partition it by (a windowed key without its window,
+/// as Rill's sink does, so that all windows of a key share a partition).
+fn input_record(input: &RecordNode, sources: &[SourceDef]) -> Result<(Record, Option<Vec<u8>>), String> {
     let (key_layout, value_layout) = layouts(source_for(sources, &input.topic, false));
-    let key = codec::encode(key_layout.as_ref(), &input.key).map_err(|e| format!("key: {e}"))?;
+    let partition_key = codec::encode(key_layout.as_ref(), &input.key).map_err(|e| format!("key: {e}"))?;
     let key = match &input.window {
-        Some(w) => Some(codec::append_window(key, w)),
-        None => key,
+        Some(w) => Some(codec::append_window(partition_key.clone(), w)),
+        None => partition_key.clone(),
     };
     let value = codec::encode(value_layout.as_ref(), &input.value).map_err(|e| format!("value: {e}"))?;
     let mut headers = Vec::new();
@@ -184,7 +187,8 @@ fn input_record(input: &RecordNode, sources: &[SourceDef]) -> Result<Record, Str
         };
         headers.push((h.key.clone(), value));
     }
-    Ok(Record { timestamp: input.timestamp.unwrap_or(0), key: key.map(Bytes::from), value: value.map(Bytes::from), headers })
+    let record = Record { timestamp: input.timestamp.unwrap_or(0), key: key.map(Bytes::from), value: value.map(Bytes::from), headers };
+    Ok((record, partition_key))
 }
 
 /// One output record as read: the input step that produced it and where it is.
@@ -254,9 +258,14 @@ impl Collector {
         raws.sort_by_key(|r| (r.step, r.partition, r.offset));
         let source = source_for(sources, topic, true);
         let (key_layout, value_layout) = layouts(source);
-        let window = expected.iter().find_map(|r| r.window.as_ref());
-        let session = window.is_some_and(|w| codec::is_session(&w.kind));
-        let size = if window.is_some() && !session { source.and_then(window_size) } else { None };
+        // Windowed keys: the sink's window type says so, else the expected records do.
+        let window = match (source.and_then(|s| s.window_type.as_deref()), expected.iter().find_map(|r| r.window.as_ref())) {
+            (Some(t), _) => Some(codec::is_session(t)),
+            (None, Some(w)) => Some(codec::is_session(&w.kind)),
+            (None, None) => None,
+        };
+        let session = window == Some(true);
+        let size = if window == Some(false) { source.and_then(window_size) } else { None };
         let mut out = Vec::with_capacity(raws.len());
         for (i, raw) in raws.iter().enumerate() {
             let at = |e: String| format!("topic '{topic}' record {i}: {e}");
@@ -277,7 +286,7 @@ impl Collector {
 }
 
 /// The size of a tumbling or hopping window, from the statement that created the source.
-fn window_size(source: &SourceDef) -> Option<i64> {
+pub fn window_size(source: &SourceDef) -> Option<i64> {
     let parsed = rill_sql::parser::parse(&source.statement).ok()?;
     parsed.into_iter().find_map(|p| match p.statement {
         Statement::CreateSource { query: Some(select), .. } => match select.window {

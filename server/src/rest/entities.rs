@@ -49,6 +49,14 @@ pub fn entity(r: StatementResult, _engine: &KsqlEngine) -> Option<Value> {
             "@type": "sourceDescription", "statementText": statement, "warnings": [],
             "sourceDescription": description(&source, extended),
         }),
+        StatementResult::QueryDescription { statement, id, query_text, plan, sources, sinks, state } => json!({
+            "@type": "queryDescription", "statementText": statement, "warnings": [],
+            "queryDescription": {
+                "id": id, "statementText": query_text, "windowType": null, "fields": [],
+                "sources": sources, "sinks": sinks, "topology": "", "executionPlan": plan,
+                "overriddenProperties": {}, "ksqlHostQueryStatus": {}, "state": state,
+            },
+        }),
         StatementResult::Push(_) | StatementResult::Print { .. } | StatementResult::Nothing => return None,
     })
 }
