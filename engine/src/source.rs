@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, UInt32Array};
+use arrow::array::{ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
@@ -21,6 +21,8 @@ pub const ROWTIME: &str = "ROWTIME";
 pub const ROWPARTITION: &str = "ROWPARTITION";
 /// Name of the offset pseudo column.
 pub const ROWOFFSET: &str = "ROWOFFSET";
+/// Hidden column of table sources: the record is a tombstone (its key was deleted).
+pub const DELETE: &str = "__RILL_DELETE";
 
 /// Where a source's event time comes from.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +62,9 @@ impl SourceSpec {
         fields.push(Field::new(ROWTIME, DataType::Int64, true));
         fields.push(Field::new(ROWPARTITION, DataType::Int32, true));
         fields.push(Field::new(ROWOFFSET, DataType::Int64, true));
+        if self.keep_tombstones {
+            fields.push(Field::new(DELETE, DataType::Boolean, true));
+        }
         Arc::new(Schema::new(fields))
     }
 }
@@ -116,41 +121,32 @@ impl SourceReader {
         self.schema.clone()
     }
 
-    /// Decodes every record of `fetch`.
+    /// Decodes every record of `fetch`. Streams skip tombstones (null values); tables keep
+    /// them as rows with null value columns and `__RILL_DELETE` set.
     pub fn read(&mut self, fetch: &Fetch) -> Result<ReadBatch> {
         let mut offsets = Vec::new();
         let mut timestamps = Vec::new();
         let mut keys: Vec<Option<&[u8]>> = Vec::new();
-        let mut values: Vec<&[u8]> = Vec::new();
-        let mut dead = Vec::new();
+        let mut values: Vec<Option<&[u8]>> = Vec::new();
         for r in fetch.records() {
-            match r.value {
-                Some(v) => {
-                    offsets.push(r.offset as i64);
-                    timestamps.push(r.timestamp);
-                    keys.push(r.key);
-                    values.push(v);
-                }
-                None if self.spec.keep_tombstones => {
-                    // Table tombstones are handled by table operators (later issue); keep the key.
-                    offsets.push(r.offset as i64);
-                    timestamps.push(r.timestamp);
-                    keys.push(r.key);
-                    values.push(b"");
-                }
-                None => {}
+            if r.value.is_none() && !self.spec.keep_tombstones {
+                continue;
             }
+            offsets.push(r.offset as i64);
+            timestamps.push(r.timestamp);
+            keys.push(r.key);
+            values.push(r.value);
         }
         let next_offset = fetch.next_offset();
         let n = offsets.len();
+        let mut dead = Vec::new();
         if n == 0 {
             return Ok(ReadBatch { batch: None, dead, max_event_time: None, next_offset });
         }
-        // Decode keys (nulls stay null) and values.
-        let (key_cols, key_good, key_errors) = self.decode_keys(&keys)?;
-        let decoded = self.value_decoder.decode(&values)?;
+        let (key_cols, key_errors) = self.decode_keys(&keys)?;
+        let (value_cols, value_errors) = self.decode_values(&values)?;
         let mut bad = vec![false; n];
-        for (i, e) in key_errors.iter().chain(decoded.errors.iter()) {
+        for (i, e) in key_errors.iter().chain(value_errors.iter()) {
             if !bad[*i] {
                 bad[*i] = true;
                 dead.push(DeadLetter {
@@ -159,47 +155,22 @@ impl SourceReader {
                     offset: offsets[*i] as u64,
                     error: e.clone(),
                     key: keys[*i].map(|k| String::from_utf8_lossy(k).into_owned()),
-                    value: Some(String::from_utf8_lossy(values[*i]).into_owned()),
+                    value: values[*i].map(|v| String::from_utf8_lossy(v).into_owned()),
                 });
             }
         }
-        // Row i of the decoded value batch corresponds to input index value_rows[i].
-        let value_rows: Vec<u32> = decoded.good.clone().unwrap_or_else(|| (0..n as u32).collect());
-        let key_rows: Vec<u32> = key_good.unwrap_or_else(|| (0..n as u32).collect());
-        let mut key_pos = vec![u32::MAX; n];
-        for (pos, i) in key_rows.iter().enumerate() {
-            key_pos[*i as usize] = pos as u32;
-        }
-        // Keep inputs good in both.
-        let mut keep_value_rows = Vec::with_capacity(value_rows.len());
-        let mut keep_inputs = Vec::with_capacity(value_rows.len());
-        for (pos, i) in value_rows.iter().enumerate() {
-            if !bad[*i as usize] {
-                keep_value_rows.push(pos as u32);
-                keep_inputs.push(*i);
-            }
-        }
-        if keep_inputs.is_empty() {
+        let keep: Vec<u32> = (0..n as u32).filter(|i| !bad[*i as usize]).collect();
+        if keep.is_empty() {
             return Ok(ReadBatch { batch: None, dead, max_event_time: None, next_offset });
         }
-        let all = keep_inputs.len() == n;
-        let take_idx = |idx: Vec<u32>| UInt32Array::from(idx);
+        let all = keep.len() == n;
+        let keep_idx = UInt32Array::from(keep.clone());
+        let select = |c: &ArrayRef| -> Result<ArrayRef> { if all { Ok(c.clone()) } else { Ok(take(c.as_ref(), &keep_idx, None)?) } };
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
-        let key_take = take_idx(keep_inputs.iter().map(|i| key_pos[*i as usize]).collect());
-        for c in &key_cols {
-            columns.push(if all && key_rows.len() == n { c.clone() } else { take(c.as_ref(), &key_take, None)? });
+        for c in key_cols.iter().chain(value_cols.iter()) {
+            columns.push(select(c)?);
         }
-        let value_take = take_idx(keep_value_rows);
-        for c in decoded.batch.columns() {
-            columns.push(if all { c.clone() } else { take(c.as_ref(), &value_take, None)? });
-        }
-        let pick = |v: &[i64]| -> Int64Array {
-            if all {
-                Int64Array::from(v.to_vec())
-            } else {
-                keep_inputs.iter().map(|i| v[*i as usize]).collect()
-            }
-        };
+        let pick = |v: &[i64]| -> Int64Array { keep.iter().map(|i| v[*i as usize]).collect() };
         let offs = pick(&offsets);
         let mut rowtime = pick(&timestamps);
         if let EventTime::Column(c) = self.spec.event_time {
@@ -212,20 +183,42 @@ impl SourceReader {
         }
         let max_event_time = arrow::compute::max(&rowtime);
         columns.push(Arc::new(rowtime));
-        columns.push(Arc::new(Int32Array::from(vec![self.partition as i32; keep_inputs.len()])));
+        columns.push(Arc::new(Int32Array::from(vec![self.partition as i32; keep.len()])));
         columns.push(Arc::new(offs));
+        if self.spec.keep_tombstones {
+            columns.push(Arc::new(BooleanArray::from(keep.iter().map(|i| values[*i as usize].is_none()).collect::<Vec<_>>())));
+        }
         let batch = RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(|e| EngineError::Internal(format!("source batch: {e}")))?;
         Ok(ReadBatch { batch: Some(batch), dead, max_event_time, next_offset })
     }
 
+    /// Decodes values; tombstones become rows of nulls. One array per value column, one row
+    /// per input, and the failures.
+    fn decode_values(&mut self, values: &[Option<&[u8]>]) -> Result<(Vec<ArrayRef>, Vec<(usize, String)>)> {
+        let present: Vec<usize> = (0..values.len()).filter(|i| values[*i].is_some()).collect();
+        let bytes: Vec<&[u8]> = present.iter().filter_map(|i| values[*i]).collect();
+        let decoded = self.value_decoder.decode(&bytes)?;
+        let errors = decoded.errors.iter().map(|(j, e)| (present[*j], e.clone())).collect();
+        if present.len() == values.len() && decoded.good.is_none() {
+            return Ok((decoded.batch.columns().to_vec(), errors));
+        }
+        let rows: Vec<u32> = decoded.good.clone().unwrap_or_else(|| (0..bytes.len() as u32).collect());
+        let mut idx: Vec<Option<u32>> = vec![None; values.len()];
+        for (pos, j) in rows.iter().enumerate() {
+            idx[present[*j as usize]] = Some(pos as u32);
+        }
+        let take_idx = UInt32Array::from(idx);
+        let cols = decoded.batch.columns().iter().map(|c| Ok(take(c.as_ref(), &take_idx, None)?)).collect::<Result<Vec<_>>>()?;
+        Ok((cols, errors))
+    }
+
     /// Decodes keys; returns one array per key column with one row per input, the decoded
     /// inputs (None = all) and the failures.
-    #[allow(clippy::type_complexity)]
-    fn decode_keys(&mut self, keys: &[Option<&[u8]>]) -> Result<(Vec<ArrayRef>, Option<Vec<u32>>, Vec<(usize, String)>)> {
+    fn decode_keys(&mut self, keys: &[Option<&[u8]>]) -> Result<(Vec<ArrayRef>, Vec<(usize, String)>)> {
         let n = keys.len();
         if self.spec.key_schema.fields().is_empty() {
-            return Ok((vec![], None, vec![]));
+            return Ok((vec![], vec![]));
         }
         let present: Vec<usize> = (0..n).filter(|i| keys[*i].is_some()).collect();
         let bytes: Vec<&[u8]> = present.iter().filter_map(|i| keys[*i]).collect();
@@ -242,7 +235,7 @@ impl SourceReader {
         for c in decoded.batch.columns() {
             cols.push(take(c.as_ref(), &take_idx, None)?);
         }
-        Ok((cols, None, errors))
+        Ok((cols, errors))
     }
 }
 

@@ -94,7 +94,8 @@ impl SourceDef {
             key_schema: self.key_schema(),
             value_schema: self.value_schema(),
             event_time,
-            keep_tombstones: self.kind == SourceKind::Table,
+            // Streams pass null values through too (a projection of a null value is null).
+            keep_tombstones: true,
         }
     }
 

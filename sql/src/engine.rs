@@ -179,6 +179,13 @@ impl KsqlEngine {
         let text = p.text.clone();
         match p.statement {
             Statement::CreateSource { or_replace, kind, read_only, if_not_exists, name, columns, props: with, query } => {
+                if or_replace && (read_only || catalog.sources.get(&name).is_some_and(|e| e.read_only)) {
+                    return Err(SqlError::plan(format!(
+                        "Cannot add {} '{name}': CREATE OR REPLACE is not supported on source {}s.",
+                        kind.name().to_lowercase(),
+                        kind.name().to_lowercase()
+                    )));
+                }
                 if let Some(existing) = catalog.sources.get(&name) {
                     if if_not_exists {
                         return Ok(self.status(&text, format!("Cannot add {} '{}': A {} with the same name already exists", kind.name().to_lowercase(), name, existing.kind.name().to_lowercase()), None));
@@ -211,6 +218,11 @@ impl KsqlEngine {
                 let Some(sink) = catalog.sources.get(&target).cloned() else {
                     return Err(SqlError::NotFound(format!("{target} does not exist.")));
                 };
+                if sink.kind == SourceKind::Table {
+                    return Err(SqlError::plan(format!(
+                        "INSERT INTO can only be used to insert into a stream. {target} is a table."
+                    )));
+                }
                 let plan = planner::plan_select(&self.ctx, catalog, &query).await?;
                 check_insert_schema(&plan, &sink)?;
                 let sequence = self.peek_sequence(replay)?;
@@ -292,6 +304,9 @@ impl KsqlEngine {
                     }
                     return Err(SqlError::NotFound(format!("Source {name} does not exist.")));
                 };
+                if delete_topic && source.read_only {
+                    return Err(SqlError::plan(format!("Cannot delete topic for read-only source: {name}")));
+                }
                 if source.kind != kind {
                     return Err(SqlError::plan(format!(
                         "Incompatible data source type is {}, but statement was DROP {}",
@@ -544,23 +559,16 @@ impl KsqlEngine {
             }
             _ => {}
         }
-        if plan.source.kind == SourceKind::Table && !plan.is_table {
-            return Err(SqlError::Unsupported("Queries over tables are not supported yet".into()));
-        }
-        if plan.is_table && !plan.columns.iter().any(|c| c.key) {
+        if plan.is_table && plan.stage.is_some() && !plan.columns.iter().any(|c| c.key) {
             return Err(SqlError::plan(format!(
                 "Key missing from projection (ie, SELECT). See https://cnfl.io/2LV7ouS.\nThe query used to build `{name}` must include the grouping expression(s) in its projection (eg, SELECT <grouping expressions>...)."
             )));
         }
-        let source_keys: Vec<&Column> = plan.source.key_columns().collect();
-        if !plan.is_table && !source_keys.is_empty() && !plan.columns.iter().any(|c| c.key) {
-            let keys: Vec<&str> = source_keys.iter().map(|c| c.name.as_str()).collect();
-            return Err(SqlError::plan(format!(
-                "Key missing from projection (ie, SELECT). See https://cnfl.io/2LV7ouS.\nThe query used to build `{name}` must include the key column{} {} in its projection (eg, SELECT {}...).",
-                if keys.len() > 1 { "s" } else { "" },
-                keys.join(", "),
-                keys.join(", ")
-            )));
+        if plan.stage.is_none() {
+            check_key_projection(&plan, name)?;
+        }
+        if !plan.columns.iter().any(|c| !c.key) {
+            return Err(SqlError::plan("The projection contains no value columns."));
         }
         let topic = with.get("KAFKA_TOPIC").map(|v| v.as_text()).unwrap_or_else(|| name.to_string());
         let (key_format, value_format) = formats(with, Some((&plan.source.key_format, &plan.source.value_format)))?;
@@ -917,6 +925,35 @@ fn query_info(q: &QueryDef) -> QueryInfo {
         sink_topics: vec![q.sink_topic.clone()],
         state: if q.running.failed() { "ERROR" } else { "RUNNING" },
     }
+}
+
+/// ksqlDB's rules for keys of a non-aggregating query: every source key column is selected,
+/// each exactly once.
+fn check_key_projection(plan: &QueryPlan, name: &str) -> Result<()> {
+    let keys: Vec<&str> = plan.source.key_columns().map(|c| c.name.as_str()).collect();
+    for k in &keys {
+        let aliases: Vec<&str> = plan.columns.iter().filter(|c| c.key && c.origin.as_deref() == Some(*k)).map(|c| c.name.as_str()).collect();
+        if aliases.len() > 1 {
+            return Err(SqlError::plan(format!(
+                "The projection contains a key column (`{k}`) more than once, aliased as: {}.",
+                aliases.join(" and ")
+            )));
+        }
+    }
+    let missing: Vec<&str> = keys
+        .iter()
+        .copied()
+        .filter(|k| !plan.columns.iter().any(|c| c.key && c.origin.as_deref() == Some(*k)))
+        .collect();
+    if !missing.is_empty() {
+        return Err(SqlError::plan(format!(
+            "Key missing from projection (ie, SELECT). See https://cnfl.io/2LV7ouS.\nThe query used to build `{name}` must include the key column{} {} in its projection (eg, SELECT {}...).",
+            if keys.len() > 1 { "s" } else { "" },
+            keys.join(" and "),
+            keys.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 fn check_insert_schema(plan: &QueryPlan, sink: &SourceDef) -> Result<()> {

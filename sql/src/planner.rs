@@ -11,6 +11,7 @@ use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::execution_props::ExecutionProps;
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+use datafusion::physical_expr::expressions::{BinaryExpr, NotExpr};
 use datafusion::physical_expr::{create_physical_expr, expressions::Column as PhysColumn, PhysicalExpr};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
@@ -41,6 +42,8 @@ pub struct OutputColumn {
     pub sql_type: SqlType,
     /// Whether it is a key column of the output.
     pub key: bool,
+    /// The input column it copies, when it is a plain column reference.
+    pub origin: Option<String>,
 }
 
 /// A planned query: operator chains and what its output rows look like.
@@ -155,6 +158,14 @@ fn plan_stateless(
     let filter = filter.map(physical).transpose()?;
     let key_names: Vec<&str> = source.key_columns().map(|c| c.name.as_str()).collect();
     let (mut exprs, columns, mut fields) = output_columns(projection, &physical, |c| key_names.contains(&c))?;
+    // Null values pass through as null values; a table's changelog keeps its deletes, and its
+    // filtered-out rows become deletes.
+    let is_table = source.kind == SourceKind::Table;
+    let input_delete = index_in(scan_schema, rill_engine::source::DELETE)?;
+    exprs.push(Arc::new(PhysColumn::new(DELETE_COLUMN, input_delete)));
+    fields.push(Field::new(DELETE_COLUMN, DataType::Boolean, true));
+    let delete_out = fields.len() - 1;
+    let deletes = is_table.then_some((input_delete, delete_out));
     let ts_index = index_in(scan_schema, rill_engine::source::ROWTIME)?;
     exprs.push(Arc::new(PhysColumn::new(rill_engine::source::ROWTIME, ts_index)));
     fields.push(Field::new(HIDDEN_TS, DataType::Int64, true));
@@ -162,10 +173,13 @@ fn plan_stateless(
     let schema = Arc::new(Schema::new(fields));
     let calc_schema = schema.clone();
     let chain: ChainFactory = Arc::new(move || {
-        let calc = CalcOperator::try_new(filter.clone(), exprs.clone(), calc_schema.clone())?;
+        let mut calc = CalcOperator::try_new(filter.clone(), exprs.clone(), calc_schema.clone())?;
+        if let Some((input, output)) = deletes {
+            calc = calc.with_table_deletes(input, output);
+        }
         Ok(Chain::new(vec![Box::new(calc)]))
     });
-    Ok(QueryPlan { source, chain, stage: None, columns, schema, rowtime_column, delete_column: None, window: None, is_table: false })
+    Ok(QueryPlan { source, chain, stage: None, columns, schema, rowtime_column, delete_column: Some(delete_out), window: None, is_table })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -183,7 +197,15 @@ fn plan_aggregate(
     let scan_physical = |e: &Expr| create_physical_expr(e, scan_schema, props, pctx).map_err(SqlError::from);
     // Per partition: WHERE, passing the source row through.
     let row_schema = source.row_schema();
-    let pre_filter = filter.map(scan_physical).transpose()?;
+    // Null values (tombstones) do not take part in aggregations.
+    let not_deleted: Arc<dyn PhysicalExpr> = Arc::new(NotExpr::new(Arc::new(PhysColumn::new(
+        rill_engine::source::DELETE,
+        index_in(scan_schema, rill_engine::source::DELETE)?,
+    ))));
+    let pre_filter = Some(match filter.map(scan_physical).transpose()? {
+        Some(f) => Arc::new(BinaryExpr::new(f, datafusion::logical_expr::Operator::And, not_deleted)) as Arc<dyn PhysicalExpr>,
+        None => not_deleted,
+    });
     let identity: Vec<Arc<dyn PhysicalExpr>> = row_schema
         .fields()
         .iter()
@@ -268,12 +290,13 @@ fn output_columns(
         let sql_type = SqlType::from_arrow(field.data_type()).ok_or_else(|| {
             SqlError::plan(format!("Column {} has type {} which Rill cannot write", field.name(), field.data_type()))
         })?;
-        let key = match e.clone().unalias() {
-            Expr::Column(c) => is_key(c.name.as_str()),
-            _ => false,
+        let origin = match e.clone().unalias() {
+            Expr::Column(c) => Some(c.name),
+            _ => None,
         };
+        let key = origin.as_deref().is_some_and(&is_key);
         fields.push(Field::new(field.name(), sql_type.to_arrow(), true));
-        columns.push(OutputColumn { name: field.name().clone(), sql_type, key });
+        columns.push(OutputColumn { name: field.name().clone(), sql_type, key, origin });
     }
     Ok((exprs, columns, fields))
 }

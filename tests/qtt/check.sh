@@ -13,13 +13,15 @@ if [[ -z "${RILL_BIN:-}" ]]; then
   RILL_BIN="${CARGO_TARGET_DIR:-target}/debug/rill"
 fi
 out="$(mktemp)"
+err="$(mktemp)"
 passed="$(mktemp)"
 listed="$(mktemp)"
-trap 'rm -f "$out" "$passed" "$listed"' EXIT
-"$RILL_BIN" qtt --summary "$qtt_dir" >"$out" || true
+trap 'rm -f "$out" "$err" "$passed" "$listed"' EXIT
+"$RILL_BIN" qtt --summary "$qtt_dir" >"$out" 2>"$err" || true
 if ! tail -n 1 "$out" | grep -Eq '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$'; then
   echo "qtt: the run did not finish; last lines:" >&2
   tail -n 5 "$out" >&2
+  tail -n 20 "$err" >&2
   exit 2
 fi
 sed -n '/^| Category /,/^| \*\*all\*\*/p' "$out"

@@ -14,14 +14,16 @@ if [[ -z "${RILL_BIN:-}" ]]; then
   RILL_BIN="${CARGO_TARGET_DIR:-target}/debug/rill"
 fi
 out="$(mktemp)"
-trap 'rm -f "$out"' EXIT
+err="$(mktemp)"
+trap 'rm -f "$out" "$err"' EXIT
 # The runner exits 1 when a run fails; that is expected here.
 json="${CARGO_TARGET_DIR:-target}/qtt-results.json"
 mkdir -p "$(dirname "$json")"
-"$RILL_BIN" qtt --summary --json "$json" "$qtt_dir" >"$out" || true
+"$RILL_BIN" qtt --summary --json "$json" "$qtt_dir" >"$out" 2>"$err" || true
 tail -n 1 "$out" | grep -Eq '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' || {
   echo "update-passing: the run did not finish; last lines:" >&2
   tail -n 5 "$out" >&2
+  tail -n 20 "$err" >&2
   exit 2
 }
 grep '^PASS ' "$out" | sed 's/^PASS //' | LC_ALL=C sort -u >tests/qtt/passing.txt

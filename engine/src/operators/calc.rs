@@ -15,10 +15,15 @@ use crate::operator::Operator;
 use crate::{EngineError, Result};
 
 /// Filters rows with an optional predicate, then computes the output columns.
+///
+/// On a table changelog (`with_table_deletes`), a row that fails the filter is not dropped: it
+/// becomes a delete of its key, because an earlier version of the row may have passed.
 pub struct CalcOperator {
     filter: Option<Arc<dyn PhysicalExpr>>,
     projection: Vec<Arc<dyn PhysicalExpr>>,
     schema: SchemaRef,
+    /// (delete column of the input, delete column of the output) for table changelogs.
+    table_deletes: Option<(usize, usize)>,
 }
 
 impl CalcOperator {
@@ -35,10 +40,34 @@ impl CalcOperator {
                 schema.fields().len()
             )));
         }
-        Ok(Self { filter, projection, schema })
+        Ok(Self { filter, projection, schema, table_deletes: None })
+    }
+
+    /// Table mode: rows failing the filter become deletes (see the type docs).
+    pub fn with_table_deletes(mut self, input_delete: usize, output_delete: usize) -> Self {
+        self.table_deletes = Some((input_delete, output_delete));
+        self
     }
 
     fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        if let Some((input_delete, output_delete)) = self.table_deletes {
+            let deleted = batch.column(input_delete).as_boolean().clone();
+            let delete = match &self.filter {
+                Some(f) => {
+                    let mask = f.evaluate(&batch)?.into_array(batch.num_rows())?;
+                    let keep = arrow::compute::prep_null_mask_filter(mask.as_boolean());
+                    arrow::compute::or(&deleted, &arrow::compute::not(&keep)?)?
+                }
+                None => deleted,
+            };
+            let mut out = self.project(&batch)?.columns().to_vec();
+            out[output_delete] = Arc::new(delete);
+            return Ok(RecordBatch::try_new_with_options(
+                self.schema.clone(),
+                out,
+                &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+            )?);
+        }
         let batch = match &self.filter {
             Some(f) => {
                 let mask = f.evaluate(&batch)?.into_array(batch.num_rows())?;
@@ -49,13 +78,17 @@ impl CalcOperator {
             }
             None => batch,
         };
+        self.project(&batch)
+    }
+
+    fn project(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         let rows = batch.num_rows();
         let columns = self
             .projection
             .iter()
             .zip(self.schema.fields())
             .map(|(e, field)| {
-                let a = e.evaluate(&batch)?.into_array(rows)?;
+                let a = e.evaluate(batch)?.into_array(rows)?;
                 if a.data_type() == field.data_type() {
                     Ok(a)
                 } else {

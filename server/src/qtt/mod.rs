@@ -153,13 +153,17 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let filter = opts.filter.as_ref().map(|f| f.to_lowercase());
     let selected = |name: &str| filter.as_ref().is_none_or(|f| name.to_lowercase().contains(f));
 
-    // Record panics for the run's result; still print them (stderr) the usual way.
+    // Panics on a run's threads become that run's failure (reported on its line); a panic of
+    // the runner itself (the main thread) is printed the usual way.
     let previous_hook: Arc<PanicHook> = Arc::from(std::panic::take_hook());
     let chained = previous_hook.clone();
     std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() == Some("main") {
+            chained(info);
+            return;
+        }
         let location = info.location().map(|l| format!(" at {l}")).unwrap_or_default();
         panics().push(format!("{}{location}", payload_text(info.payload())));
-        chained(info);
     }));
 
     let started = Instant::now();
