@@ -17,7 +17,7 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
 use rill_engine::operator::Chain;
 use rill_engine::operators::aggregate::DELETE_COLUMN;
-use rill_engine::operators::{AggregateConfig, AggregateOperator, CalcOperator, WindowConfig, WindowKind};
+use rill_engine::operators::{AggregateConfig, AggregateOperator, CalcOperator, TableDiffOperator, WindowConfig, WindowKind};
 use rill_engine::runtime::ChainFactory;
 use sqlparser::ast as sp;
 
@@ -97,9 +97,6 @@ pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Selec
     let grouped = !matches!(body.group_by, sp::GroupByExpr::Expressions(ref e, _) if e.is_empty());
     if select.window.is_some() && !grouped {
         return Err(SqlError::plan("WINDOW clause requires a GROUP BY clause."));
-    }
-    if grouped && source.kind == SourceKind::Table {
-        return Err(SqlError::Unsupported("Aggregations over tables are not supported yet".into()));
     }
     let window = select.window.as_ref().map(window_config);
     if window.is_some() {
@@ -197,15 +194,20 @@ fn plan_aggregate(
     let scan_physical = |e: &Expr| create_physical_expr(e, scan_schema, props, pctx).map_err(SqlError::from);
     // Per partition: WHERE, passing the source row through.
     let row_schema = source.row_schema();
-    // Null values (tombstones) do not take part in aggregations.
-    let not_deleted: Arc<dyn PhysicalExpr> = Arc::new(NotExpr::new(Arc::new(PhysColumn::new(
-        rill_engine::source::DELETE,
-        index_in(scan_schema, rill_engine::source::DELETE)?,
-    ))));
-    let pre_filter = Some(match filter.map(scan_physical).transpose()? {
-        Some(f) => Arc::new(BinaryExpr::new(f, datafusion::logical_expr::Operator::And, not_deleted)) as Arc<dyn PhysicalExpr>,
-        None => not_deleted,
-    });
+    let delete_index = index_in(scan_schema, rill_engine::source::DELETE)?;
+    let from_table = source.kind == SourceKind::Table;
+    let pre_filter = if from_table {
+        // A table's filtered-out rows become deletes; TableDiffOperator turns them into retractions.
+        filter.map(scan_physical).transpose()?
+    } else {
+        // Null values (tombstones) of a stream do not take part in aggregations.
+        let not_deleted: Arc<dyn PhysicalExpr> =
+            Arc::new(NotExpr::new(Arc::new(PhysColumn::new(rill_engine::source::DELETE, delete_index))));
+        Some(match filter.map(scan_physical).transpose()? {
+            Some(f) => Arc::new(BinaryExpr::new(f, datafusion::logical_expr::Operator::And, not_deleted)) as Arc<dyn PhysicalExpr>,
+            None => not_deleted,
+        })
+    };
     let identity: Vec<Arc<dyn PhysicalExpr>> = row_schema
         .fields()
         .iter()
@@ -214,7 +216,13 @@ fn plan_aggregate(
         .collect();
     let pre_schema = row_schema.clone();
     let chain: ChainFactory = Arc::new(move || match &pre_filter {
-        Some(f) => Ok(Chain::new(vec![Box::new(CalcOperator::try_new(Some(f.clone()), identity.clone(), pre_schema.clone())?)])),
+        Some(f) => {
+            let mut calc = CalcOperator::try_new(Some(f.clone()), identity.clone(), pre_schema.clone())?;
+            if from_table {
+                calc = calc.with_table_deletes(delete_index, delete_index);
+            }
+            Ok(Chain::new(vec![Box::new(calc)]))
+        }
         None => Ok(Chain::new(vec![])),
     });
     // The stage: the aggregation, then the projection over its output.
@@ -226,6 +234,12 @@ fn plan_aggregate(
     let mut aggregate_filters = Vec::new();
     for e in &aggregate.aggr_expr {
         let lowered = LoweredAggregateBuilder::new(e, scan_schema, scan_arrow, props, pctx).build()?;
+        if from_table && !lowered.aggregate.create_sliding_accumulator()?.supports_retract_batch() {
+            return Err(SqlError::plan(format!(
+                "The aggregation function(s) {} cannot be applied to a table source, only to a stream source.",
+                lowered.aggregate.fun().name().to_uppercase()
+            )));
+        }
         aggregates.push(lowered.aggregate);
         aggregate_filters.push(lowered.filter);
     }
@@ -255,6 +269,8 @@ fn plan_aggregate(
     let offset_index = index_in(scan_schema, rill_engine::source::ROWOFFSET).ok();
     let partition_index = index_in(scan_schema, rill_engine::source::ROWPARTITION).ok();
     let post_schema = schema.clone();
+    let key_columns = source.key_columns().count();
+    let retract_index = from_table.then(|| row_schema.fields().len());
     let stage: ChainFactory = Arc::new(move || {
         let cfg = AggregateConfig {
             window,
@@ -267,10 +283,17 @@ fn plan_aggregate(
             rowtime_index,
             offset_index,
             partition_index,
+            retract_index,
         };
         let agg = AggregateOperator::try_new(cfg, &row_schema)?;
         let post = CalcOperator::try_new(None, exprs.clone(), post_schema.clone())?;
-        Ok(Chain::new(vec![Box::new(agg), Box::new(post)]))
+        let mut ops: Vec<Box<dyn rill_engine::Operator>> = Vec::new();
+        if from_table {
+            ops.push(Box::new(TableDiffOperator::try_new(&row_schema, key_columns, delete_index)?));
+        }
+        ops.push(Box::new(agg));
+        ops.push(Box::new(post));
+        Ok(Chain::new(ops))
     });
     Ok(QueryPlan { source, chain, stage: Some(stage), columns, schema, rowtime_column, delete_column, window: window_cols, is_table: true })
 }
@@ -443,6 +466,14 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
 /// `LATEST_BY_OFFSET(x)`/`EARLIEST_BY_OFFSET(x)` are `last_value`/`first_value` ignoring nulls.
 fn ksql_function(f: &mut sp::Function) {
     let Some(name) = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_uppercase()) else { return };
+    if name == "COUNT" {
+        if let sp::FunctionArguments::List(list) = &mut f.args {
+            if list.args.is_empty() {
+                list.args.push(sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Wildcard));
+            }
+        }
+        return;
+    }
     let (target, distinct, ignore_nulls) = match name.as_str() {
         "COUNT_DISTINCT" => ("count", true, false),
         "COLLECT_SET" => ("array_agg", true, false),

@@ -102,6 +102,9 @@ pub struct AggregateConfig {
     pub offset_index: Option<usize>,
     /// Partition column of the input.
     pub partition_index: Option<usize>,
+    /// A BOOLEAN input column marking rows to retract (aggregations over tables, fed by
+    /// `TableDiffOperator`); accumulators are then created in their retractable form.
+    pub retract_index: Option<usize>,
 }
 
 struct Group {
@@ -159,7 +162,11 @@ impl AggregateOperator {
     }
 
     fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
-        self.cfg.aggregates.iter().map(|a| Ok(a.create_accumulator()?)).collect()
+        self.cfg
+            .aggregates
+            .iter()
+            .map(|a| Ok(if self.cfg.retract_index.is_some() { a.create_sliding_accumulator()? } else { a.create_accumulator()? }))
+            .collect()
     }
 
     fn windows_of(&self, ts: i64) -> Vec<(i64, i64)> {
@@ -237,7 +244,15 @@ impl AggregateOperator {
             .collect()
     }
 
-    fn update(accs: &mut [Box<dyn Accumulator>], args: &[(Vec<ArrayRef>, Option<BooleanArray>)], rows: &UInt32Array) -> Result<()> {
+    fn update(
+        accs: &mut [Box<dyn Accumulator>],
+        args: &[(Vec<ArrayRef>, Option<BooleanArray>)],
+        rows: &UInt32Array,
+        retract: bool,
+    ) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
         for (acc, (cols, filter)) in accs.iter_mut().zip(args) {
             let mut taken = cols.iter().map(|c| Ok(take(c.as_ref(), rows, None)?)).collect::<Result<Vec<_>>>()?;
             if let Some(f) = filter {
@@ -245,7 +260,11 @@ impl AggregateOperator {
                 let fl = fl.as_boolean();
                 taken = taken.iter().map(|c| Ok(filter_array(c.as_ref(), fl)?)).collect::<Result<Vec<_>>>()?;
             }
-            acc.update_batch(&taken)?;
+            if retract {
+                acc.retract_batch(&taken)?;
+            } else {
+                acc.update_batch(&taken)?;
+            }
         }
         Ok(())
     }
@@ -268,7 +287,12 @@ impl AggregateOperator {
         let args = self.arguments(batch)?;
         // Bucket rows by group, in first-touched order.
         let mut order: Vec<(OwnedRow, i64)> = Vec::new();
-        let mut rows_of: HashMap<(OwnedRow, i64), (i64, Vec<u32>)> = HashMap::new();
+        // Per group: window end, rows to add, rows to retract.
+        let mut rows_of: HashMap<(OwnedRow, i64), (i64, Vec<u32>, Vec<u32>)> = HashMap::new();
+        let retract = match self.cfg.retract_index {
+            Some(r) => Some(batch.column(r).as_boolean().clone()),
+            None => None,
+        };
         for i in 0..n {
             let t = if ts.is_null(i) { 0 } else { ts.value(i) };
             for window in self.windows_of(t) {
@@ -280,21 +304,26 @@ impl AggregateOperator {
                 let k = (keys.row(i).owned(), window.0);
                 let entry = rows_of.entry(k.clone()).or_insert_with(|| {
                     order.push(k);
-                    (window.1, Vec::new())
+                    (window.1, Vec::new(), Vec::new())
                 });
-                entry.1.push(i as u32);
+                if retract.as_ref().is_some_and(|r| r.value(i)) {
+                    entry.2.push(i as u32);
+                } else {
+                    entry.1.push(i as u32);
+                }
             }
         }
         let mut emits = Vec::with_capacity(order.len());
         for k in order {
-            let Some((end, rows)) = rows_of.remove(&k) else { continue };
+            let Some((end, rows, retracted)) = rows_of.remove(&k) else { continue };
             if !self.groups.contains_key(&k) {
                 let accs = self.new_accumulators()?;
                 self.groups.insert(k.clone(), Group { key: k.0.clone(), window: (k.1, end), accs, max_ts: i64::MIN, emitted: false });
             }
             let group = self.groups.get_mut(&k).ok_or_else(|| EngineError::Internal("group vanished".into()))?;
+            Self::update(&mut group.accs, &args, &UInt32Array::from(retracted), true)?;
             let rows = UInt32Array::from(rows);
-            Self::update(&mut group.accs, &args, &rows)?;
+            Self::update(&mut group.accs, &args, &rows, false)?;
             for r in rows.values() {
                 if !ts.is_null(*r as usize) {
                     group.max_ts = group.max_ts.max(ts.value(*r as usize));
@@ -358,7 +387,7 @@ impl AggregateOperator {
                     emits.push(Emit { key: old.key.clone(), window: old.window, values, ts: t, delete: true, was_emitted: true });
                 }
             }
-            Self::update(&mut accs, &args, &UInt32Array::from(vec![i as u32]))?;
+            Self::update(&mut accs, &args, &UInt32Array::from(vec![i as u32]), false)?;
             let mut group = Group { key: key.clone(), window: (start, end), accs, max_ts, emitted: false };
             if !self.cfg.emit_final {
                 let values = Self::evaluate(&mut group)?;
@@ -607,6 +636,7 @@ mod tests {
             rowtime_index: 2,
             offset_index: None,
             partition_index: None,
+            retract_index: None,
         };
         AggregateOperator::try_new(cfg, &schema).unwrap()
     }

@@ -2,6 +2,8 @@
 
 pub mod aggregate;
 pub mod calc;
+pub mod table_diff;
 
 pub use aggregate::{AggregateConfig, AggregateOperator, WindowConfig, WindowKind};
 pub use calc::CalcOperator;
+pub use table_diff::TableDiffOperator;

@@ -24,14 +24,14 @@ use rill_sql::KsqlEngine;
 
 use super::codec::{self, Layout};
 use super::compare::{self, Actual, ActualWindow};
-use super::load::{ExpectedException, RecordNode, Run};
+use super::load::{ExpectedException, RecordNode, Run, TopicNode};
 
 /// Runs one case in `dir`. `Err` is the first difference (or why the case could not run).
 pub async fn run_case(run: &Run, dir: &Path) -> Result<(), String> {
     let store = EmbeddedStore::open(dir).map_err(|e| format!("runner: opening the log: {e}"))?;
     let store: Arc<dyn TopicStore> = Arc::new(store);
     let engine = KsqlEngine::open(store.clone()).await.map_err(|e| format!("runner: opening the engine: {e}"))?;
-    create_topics(run, store.as_ref())?;
+    create_topics(&run.case.topics, &run.statements, run.case.inputs.iter().chain(&run.case.outputs), store.as_ref())?;
 
     let case = &run.case;
     let mut props: Properties = BTreeMap::new();
@@ -54,15 +54,7 @@ pub async fn run_case(run: &Run, dir: &Path) -> Result<(), String> {
     outputs.collect(store.as_ref(), 0)?;
     let sources = engine.sources().await;
     for (i, input) in case.inputs.iter().enumerate() {
-        let (record, partition_key) =
-            input_record(input, &sources).map_err(|e| format!("input {i} (topic '{}'): {e}", input.topic))?;
-        let partition = store
-            .partition_for_key(&input.topic, partition_key.as_deref())
-            .map_err(|e| format!("input {i}: topic '{}': {e}", input.topic))?;
-        store
-            .append(&input.topic, partition, &[record])
-            .await
-            .map_err(|e| format!("input {i}: appending to '{}': {e}", input.topic))?;
+        append_input(store.as_ref(), &sources, i, input).await?;
         engine.wait_until_idle().await;
         outputs.collect(store.as_ref(), i + 1)?;
     }
@@ -119,17 +111,23 @@ fn apply_set(sql: &str, props: &mut Properties) -> bool {
     true
 }
 
-fn create_topics(run: &Run, store: &dyn TopicStore) -> Result<(), String> {
+/// Creates the topics a case needs before its statements run (see the module docs).
+pub(super) fn create_topics<'a>(
+    topics: &[TopicNode],
+    statements: &[String],
+    records: impl Iterator<Item = &'a RecordNode>,
+    store: &dyn TopicStore,
+) -> Result<(), String> {
     let mut wanted: Vec<(String, u32)> = Vec::new();
     let mut add = |name: &str, partitions: u32| {
         if !wanted.iter().any(|(n, _)| n == name) {
             wanted.push((name.to_string(), partitions.max(1)));
         }
     };
-    for t in &run.case.topics {
+    for t in topics {
         add(&t.name, t.partitions.unwrap_or(1));
     }
-    for sql in &run.statements {
+    for sql in statements {
         // Statements that do not parse fail later, when they run.
         let Ok(parsed) = rill_sql::parser::parse(sql) else { continue };
         for p in parsed {
@@ -140,7 +138,7 @@ fn create_topics(run: &Run, store: &dyn TopicStore) -> Result<(), String> {
             }
         }
     }
-    for r in run.case.inputs.iter().chain(&run.case.outputs) {
+    for r in records {
         add(&r.topic, 1);
     }
     for (name, partitions) in wanted {
@@ -165,6 +163,19 @@ fn layouts(source: Option<&SourceDef>) -> (Option<Layout>, Option<Layout>) {
             Some(Layout { kind: s.value_format.kind, types: s.value_columns().map(|c| c.sql_type.clone()).collect() }),
         ),
     }
+}
+
+/// Serializes input `i` with the formats of the source on its topic and appends it alone.
+pub(super) async fn append_input(store: &dyn TopicStore, sources: &[SourceDef], i: usize, input: &RecordNode) -> Result<(), String> {
+    let (record, partition_key) = input_record(input, sources).map_err(|e| format!("input {i} (topic '{}'): {e}", input.topic))?;
+    let partition = store
+        .partition_for_key(&input.topic, partition_key.as_deref())
+        .map_err(|e| format!("input {i}: topic '{}': {e}", input.topic))?;
+    store
+        .append(&input.topic, partition, &[record])
+        .await
+        .map_err(|e| format!("input {i}: appending to '{}': {e}", input.topic))?;
+    Ok(())
 }
 
 /// The record to append, and the key to partition it by (a windowed key without its window,
@@ -202,15 +213,15 @@ struct Raw {
 }
 
 /// Reads the expected output topics as the inputs go in.
-struct Collector {
+pub(super) struct Collector {
     /// Expected topics, in order of first appearance.
-    topics: Vec<String>,
+    pub(super) topics: Vec<String>,
     positions: HashMap<(String, u32), u64>,
     records: HashMap<String, Vec<Raw>>,
 }
 
 impl Collector {
-    fn new(outputs: &[RecordNode]) -> Self {
+    pub(super) fn new(outputs: &[RecordNode]) -> Self {
         let mut topics: Vec<String> = Vec::new();
         for r in outputs {
             if !topics.contains(&r.topic) {
@@ -220,7 +231,7 @@ impl Collector {
         Self { topics, positions: HashMap::new(), records: HashMap::new() }
     }
 
-    fn collect(&mut self, store: &dyn TopicStore, step: usize) -> Result<(), String> {
+    pub(super) fn collect(&mut self, store: &dyn TopicStore, step: usize) -> Result<(), String> {
         for topic in &self.topics {
             // A topic that does not exist (any more) has nothing to read.
             let Ok(config) = store.topic_config(topic) else { continue };
@@ -253,7 +264,7 @@ impl Collector {
     }
 
     /// Decodes a topic's records with the formats of the source written to it.
-    fn decode(&mut self, topic: &str, expected: &[RecordNode], sources: &[SourceDef]) -> Result<Vec<Actual>, String> {
+    pub(super) fn decode(&mut self, topic: &str, expected: &[RecordNode], sources: &[SourceDef]) -> Result<Vec<Actual>, String> {
         let mut raws = self.records.remove(topic).unwrap_or_default();
         raws.sort_by_key(|r| (r.step, r.partition, r.offset));
         let source = source_for(sources, topic, true);

@@ -2,7 +2,7 @@
 //! PROTOBUF_NOSR, JSON_SR, or schemas registered for a topic) and those that call the functions
 //! ksqlDB registers only in its own tests.
 
-use super::load::{format_name, Run};
+use super::load::{format_name, PostNode, Run, TopicNode};
 
 /// Formats that need a schema registry.
 const REGISTRY_FORMATS: [&str; 4] = ["AVRO", "PROTOBUF", "PROTOBUF_NOSR", "JSON_SR"];
@@ -41,19 +41,30 @@ fn needs_registry(f: &str) -> String {
 
 /// Why `run` is skipped, or `None` to run it.
 pub fn reason(run: &Run) -> Option<String> {
-    if let Some(f) = run.format.as_deref().and_then(registry_format) {
+    let case = &run.case;
+    reason_for(run.format.as_deref(), &run.statements, run.properties.values(), &case.topics, case.post.as_ref())
+}
+
+/// Why a run with these parts is skipped, or `None` to run it.
+pub fn reason_for<'a>(
+    format: Option<&str>,
+    statements: &[String],
+    mut properties: impl Iterator<Item = &'a String>,
+    topics: &[TopicNode],
+    post: Option<&PostNode>,
+) -> Option<String> {
+    if let Some(f) = format.and_then(registry_format) {
         return Some(needs_registry(f));
     }
-    for sql in &run.statements {
+    for sql in statements {
         if let Some(f) = string_literals(sql).iter().find_map(|l| registry_format(l)) {
             return Some(needs_registry(f));
         }
     }
-    if let Some(f) = run.properties.values().find_map(|v| registry_format(v)) {
+    if let Some(f) = properties.find_map(|v| registry_format(v)) {
         return Some(needs_registry(f));
     }
-    let case = &run.case;
-    for t in &case.topics {
+    for t in topics {
         let formats = [&t.format, &t.key_format, &t.value_format];
         if let Some(f) = formats.iter().filter_map(|v| v.as_ref().and_then(format_name)).find_map(|n| registry_format(&n)) {
             return Some(needs_registry(f));
@@ -62,7 +73,7 @@ pub fn reason(run: &Run) -> Option<String> {
             return Some(format!("topic {} has registered schemas (schema registry)", t.name));
         }
     }
-    if let Some(post) = &case.post {
+    if let Some(post) = post {
         let formats = post.sources.iter().flat_map(|s| [&s.key_format, &s.value_format]).chain(
             post.topics.iter().flat_map(|t| t.topics.iter().flat_map(|t| [&t.key_format, &t.value_format])),
         );
@@ -70,7 +81,7 @@ pub fn reason(run: &Run) -> Option<String> {
             return Some(needs_registry(f));
         }
     }
-    for sql in &run.statements {
+    for sql in statements {
         if let Some(f) = function_calls(sql).into_iter().find(|f| TEST_ONLY_FUNCTIONS.contains(&f.as_str())) {
             return Some(format!("calls {f}, a function of ksqlDB's tests"));
         }
