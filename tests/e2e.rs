@@ -189,3 +189,26 @@ async fn windowed_aggregation_routes_late_records() {
     insta::assert_snapshot!("explain_windowed_aggregate", plan);
     server.stop();
 }
+
+/// Pull queries: the current value per key of a materialized table, filtered by DataFusion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_query_reads_current_table_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.ok(PAGEVIEWS).await;
+    server.ok("CREATE TABLE per_user AS SELECT user_id, COUNT(*) AS n, SUM(duration) AS total FROM pageviews GROUP BY user_id;").await;
+    for (i, (user, d)) in [("a", 5), ("b", 50), ("a", 7)].into_iter().enumerate() {
+        server.ok(&format!("INSERT INTO pageviews VALUES ('{user}', '/p', {d});")).await;
+        // Wait until the aggregate has written this update.
+        server.query(&format!("PRINT 'PER_USER' FROM BEGINNING LIMIT {};", i + 1)).await;
+    }
+    let (status, body) = server.query("SELECT * FROM per_user WHERE user_id = 'a';").await;
+    assert_eq!(status, 200);
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 2, "{body}");
+    assert!(lines[0].contains(r#""schema":"`USER_ID` STRING KEY, `N` BIGINT, `TOTAL` BIGINT""#), "{body}");
+    assert_eq!(lines[1], r#"{"row":{"columns":["a",2,12]}}]"#);
+    let (_, body) = server.query_stream("SELECT user_id, total FROM per_user WHERE total > 20;").await;
+    assert_eq!(body.lines().nth(1), Some(r#"["b",50]"#), "{body}");
+    server.stop();
+}

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
@@ -240,9 +240,7 @@ impl KsqlEngine {
             }
             Statement::Select(select) => {
                 if select.emit.is_none() {
-                    return Err(SqlError::Unsupported(
-                        "Pull queries are not supported yet: add EMIT CHANGES for a push query".into(),
-                    ));
+                    return self.pull(catalog, &select).await;
                 }
                 let plan = planner::plan_select(&self.ctx, catalog, &select).await?;
                 let start = start_from(props, StartFrom::Latest);
@@ -398,6 +396,70 @@ impl KsqlEngine {
                 }
             },
         }
+    }
+
+    /// A pull query: the current rows of a table (latest value per key) or of a stream (every
+    /// record), queried with DataFusion.
+    async fn pull(&self, catalog: &Catalog, select: &Select) -> Result<StatementResult> {
+        let sp::SetExpr::Select(body) = select.query.body.as_ref() else {
+            return Err(SqlError::Unsupported("Only simple SELECT statements are supported".into()));
+        };
+        let name = match body.from.first().map(|f| &f.relation) {
+            Some(sp::TableFactor::Table { name, .. }) => name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.clone()).unwrap_or_default(),
+            _ => return Err(SqlError::plan("A pull query reads FROM one table")),
+        };
+        let source = catalog.sources.get(&name).cloned().ok_or_else(|| SqlError::NotFound(format!("{name} does not exist.")))?;
+        if source.window_type.is_some() {
+            return Err(SqlError::Unsupported("Pull queries on windowed tables are not supported yet".into()));
+        }
+        let rows = self.current_rows(&source)?;
+        let (columns, batches) = planner::run_pull(&self.ctx, &source, select, rows).await?;
+        Ok(StatementResult::Pull { id: format!("query_{}", now_ms()), columns, rows: batches, is_table: source.kind == SourceKind::Table })
+    }
+
+    /// Every row of a source now: for a table the latest row per key (deleted keys left out).
+    fn current_rows(&self, source: &SourceDef) -> Result<RecordBatch> {
+        let spec = source.source_spec();
+        let schema = spec.row_schema();
+        let mut batches = Vec::new();
+        for p in 0..self.store.topic_config(&source.topic)?.partitions {
+            let mut reader = rill_engine::source::SourceReader::try_new(spec.clone(), p)?;
+            let mut offset = self.store.start_offset(&source.topic, p)?;
+            let end = self.store.end_offset(&source.topic, p)?;
+            while offset < end {
+                let fetch = self.store.read(&source.topic, p, offset, 4 << 20)?;
+                if fetch.next_offset() <= offset {
+                    break;
+                }
+                let read = reader.read(&fetch)?;
+                offset = read.next_offset;
+                batches.extend(read.batch);
+            }
+        }
+        let all = arrow::compute::concat_batches(&schema, &batches)?;
+        let delete = schema.index_of(rill_engine::source::DELETE).map_err(|e| SqlError::Internal(e.to_string()))?;
+        let keep: Vec<u32> = if source.kind == SourceKind::Table {
+            // The last row of each key wins; a key whose last row is a delete is gone.
+            let nkeys = source.key_columns().count();
+            let converter = arrow::row::RowConverter::new(
+                schema.fields().iter().take(nkeys).map(|f| arrow::row::SortField::new(f.data_type().clone())).collect(),
+            )?;
+            let keys = converter.convert_columns(&all.columns()[..nkeys])?;
+            let mut last: std::collections::HashMap<arrow::row::OwnedRow, u32> = std::collections::HashMap::new();
+            for i in 0..all.num_rows() {
+                last.insert(keys.row(i).owned(), i as u32);
+            }
+            let deletes = all.column(delete).as_boolean();
+            let mut idx: Vec<u32> = last.into_values().filter(|i| !deletes.value(*i as usize)).collect();
+            idx.sort_unstable();
+            idx
+        } else {
+            let deletes = all.column(delete).as_boolean();
+            (0..all.num_rows() as u32).filter(|i| !deletes.value(*i as usize)).collect()
+        };
+        let idx = arrow::array::UInt32Array::from(keep);
+        let columns = all.columns().iter().map(|c| arrow::compute::take(c.as_ref(), &idx, None)).collect::<Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new(schema, columns)?)
     }
 
     fn status(&self, text: &str, message: String, query_id: Option<String>) -> StatementResult {

@@ -4,6 +4,7 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::MemTable;
 use datafusion::common::{DFSchema, TableReference};
@@ -349,6 +350,92 @@ fn window_config(w: &WindowSpec) -> WindowConfig {
     let grace = grace.map(|g| g.millis).unwrap_or(DEFAULT_GRACE);
     let retention = retention.map(|r| r.millis).unwrap_or(0).max(grace);
     WindowConfig { kind, grace, retention }
+}
+
+/// Plans and runs a pull query: `select` over `rows` (the current rows of `source`, in its row
+/// schema). Returns the output columns and the result batches.
+pub async fn run_pull(
+    ctx: &SessionContext,
+    source: &SourceDef,
+    select: &Select,
+    rows: RecordBatch,
+) -> Result<(Vec<OutputColumn>, Vec<RecordBatch>)> {
+    let mut query = select.query.clone();
+    let sp::SetExpr::Select(body) = query.body.as_mut() else {
+        return Err(SqlError::Unsupported("Only simple SELECT statements are supported".into()));
+    };
+    if !body.from.iter().all(|f| f.joins.is_empty()) {
+        return Err(SqlError::plan(
+            "Pull queries don't support JOIN clauses. See https://cnfl.io/queries for more info.\nAdd EMIT CHANGES if you intended to issue a push query.",
+        ));
+    }
+    if !matches!(body.group_by, sp::GroupByExpr::Expressions(ref e, _) if e.is_empty()) {
+        return Err(SqlError::plan(
+            "Pull queries don't support GROUP BY clauses. See https://cnfl.io/queries for more info.\nAdd EMIT CHANGES if you intended to issue a push query.",
+        ));
+    }
+    if select.window.is_some() {
+        return Err(SqlError::plan(
+            "Pull queries don't support WINDOW clauses. See https://cnfl.io/queries for more info.\nAdd EMIT CHANGES if you intended to issue a push query.",
+        ));
+    }
+    rewrite_projection(&mut body.projection, source, None);
+    query.limit_clause = None;
+    ksql_expressions(&mut query);
+    let table = MemTable::try_new(rows.schema(), vec![vec![rows]])?;
+    let reference = TableReference::bare(source.name.clone());
+    let _ = ctx.deregister_table(reference.clone());
+    ctx.register_table(reference.clone(), Arc::new(table))?;
+    let statement = DfStatement::Statement(Box::new(sp::Statement::Query(Box::new(query))));
+    let plan = ctx.state().statement_to_plan(statement).await;
+    let result = async {
+        let plan = plan?;
+        let key_names: Vec<&str> = source.key_columns().map(|c| c.name.as_str()).collect();
+        let columns = match &plan {
+            LogicalPlan::Projection(p) => p
+                .expr
+                .iter()
+                .zip(p.schema.fields())
+                .map(|(e, f)| {
+                    let origin = match e.clone().unalias() {
+                        Expr::Column(c) => Some(c.name),
+                        _ => None,
+                    };
+                    OutputColumn {
+                        name: f.name().clone(),
+                        sql_type: SqlType::from_arrow(f.data_type()).unwrap_or(SqlType::String),
+                        key: origin.as_deref().is_some_and(|o| key_names.contains(&o)),
+                        origin,
+                    }
+                })
+                .collect(),
+            other => other
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| OutputColumn {
+                    name: f.name().clone(),
+                    sql_type: SqlType::from_arrow(f.data_type()).unwrap_or(SqlType::String),
+                    key: false,
+                    origin: None,
+                })
+                .collect(),
+        };
+        let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
+        Ok::<_, SqlError>((columns, batches))
+    }
+    .await;
+    let _ = ctx.deregister_table(reference);
+    let (columns, mut batches) = result?;
+    if let Some(limit) = select.limit {
+        let mut left = limit as usize;
+        for b in batches.iter_mut() {
+            let n = b.num_rows().min(left);
+            *b = b.slice(0, n);
+            left -= n;
+        }
+    }
+    Ok((columns, batches))
 }
 
 fn contains_aggregate(plan: &LogicalPlan) -> bool {

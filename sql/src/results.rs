@@ -155,6 +155,17 @@ pub enum StatementResult {
     },
     /// A push query.
     Push(PushQuery),
+    /// A pull query's complete result.
+    Pull {
+        /// Query id.
+        id: String,
+        /// Output columns.
+        columns: Vec<OutputColumn>,
+        /// Result rows.
+        rows: Vec<RecordBatch>,
+        /// Queried a table (key columns are marked in the header).
+        is_table: bool,
+    },
     /// PRINT: records of a topic, rendered as text lines.
     Print {
         /// The topic.

@@ -57,7 +57,9 @@ pub fn entity(r: StatementResult, _engine: &KsqlEngine) -> Option<Value> {
                 "overriddenProperties": {}, "ksqlHostQueryStatus": {}, "state": state,
             },
         }),
-        StatementResult::Push(_) | StatementResult::Print { .. } | StatementResult::Nothing => return None,
+        StatementResult::Push(_) | StatementResult::Pull { .. } | StatementResult::Print { .. } | StatementResult::Nothing => {
+            return None
+        }
     })
 }
 

@@ -138,7 +138,7 @@ async fn ksql(State(state): State<AppState>, body: Bytes) -> Result<Response, Ap
                     }),
                 });
             }
-            StatementResult::Print { .. } => {
+            StatementResult::Print { .. } | StatementResult::Pull { .. } => {
                 return Err(ApiError {
                     status: StatusCode::BAD_REQUEST,
                     body: json!({
@@ -173,7 +173,7 @@ async fn start_query(state: &AppState, sql: &str, props: &Properties) -> Result<
         }
     };
     match results.pop() {
-        Some(r @ (StatementResult::Push(_) | StatementResult::Print { .. })) if results.is_empty() => Ok(r),
+        Some(r @ (StatementResult::Push(_) | StatementResult::Print { .. } | StatementResult::Pull { .. })) if results.is_empty() => Ok(r),
         _ => Err(ApiError::generic(StatusCode::BAD_REQUEST, "The request must contain exactly one SELECT or PRINT statement")),
     }
 }
@@ -257,6 +257,26 @@ async fn query(State(state): State<AppState>, body: Bytes) -> Result<Response, A
                 |limit| limit.then(|| "{\"finalMessage\":\"Limit Reached\"}]".to_string()),
             );
         }
+        StatementResult::Pull { id, columns, rows, is_table } => {
+            // Table pull queries mark key columns and end without a final message; stream
+            // pull queries end with "Query Completed", as ksqlDB's do.
+            let schema = columns
+                .iter()
+                .map(|c| format!("`{}` {}{}", c.name, c.sql_type, if is_table && c.key { " KEY" } else { "" }))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut elements = vec![json!({"header": {"queryId": id, "schema": schema}}).to_string()];
+            for batch in &rows {
+                let rendered = render::json_rows(batch, columns.len())
+                    .map_err(|e| ApiError::generic(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+                elements.extend(rendered.into_iter().map(|r| format!("{{\"row\":{{\"columns\":{r}}}}}")));
+            }
+            if !is_table {
+                elements.push("{\"finalMessage\":\"Query Completed\"}".to_string());
+            }
+            let body = format!("[{}]", elements.join(",\n"));
+            return Ok(([(header::CONTENT_TYPE, "application/vnd.ksql.v1+json")], body).into_response());
+        }
         StatementResult::Print { mut rows, .. } => {
             tokio::spawn(async move {
                 while let Some(line) = rows.recv().await {
@@ -285,8 +305,32 @@ async fn query_stream(State(state): State<AppState>, headers: HeaderMap, body: B
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     let json_array = accept.contains("application/json");
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let StatementResult::Push(p) = start_query(&state, sql, &props).await? else {
-        return Err(ApiError::generic(StatusCode::BAD_REQUEST, "PRINT is only supported on /query"));
+    let p = match start_query(&state, sql, &props).await? {
+        StatementResult::Push(p) => p,
+        StatementResult::Pull { id, columns, rows, .. } => {
+            let meta = json!({
+                "queryId": id,
+                "columnNames": columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+                "columnTypes": columns.iter().map(|c| c.sql_type.to_string()).collect::<Vec<_>>(),
+            });
+            let mut lines = Vec::new();
+            for batch in &rows {
+                lines.extend(render::json_rows(batch, columns.len()).map_err(|e| ApiError::generic(StatusCode::INTERNAL_SERVER_ERROR, e))?);
+            }
+            return Ok(if json_array {
+                let mut all = vec![meta.to_string()];
+                all.extend(lines);
+                ([(header::CONTENT_TYPE, "application/json")], format!("[{}]", all.join(","))).into_response()
+            } else {
+                let mut body = format!("{meta}\n");
+                for l in lines {
+                    body.push_str(&l);
+                    body.push('\n');
+                }
+                ([(header::CONTENT_TYPE, "application/vnd.ksqlapi.delimited.v1")], body).into_response()
+            });
+        }
+        _ => return Err(ApiError::generic(StatusCode::BAD_REQUEST, "PRINT is only supported on /query")),
     };
     let meta = json!({
         "queryId": p.id,
