@@ -33,6 +33,9 @@ pub fn register(ctx: &SessionContext) -> Result<()> {
             ctx.register_udf(udf.as_ref().clone().with_aliases([*alias]));
         }
     }
+    for udaf in crate::udafs::all() {
+        ctx.register_udaf(udaf);
+    }
     for (alias, target) in AGGREGATE_ALIASES {
         if let Ok(udaf) = state.udaf(target) {
             ctx.register_udaf(udaf.as_ref().clone().with_aliases([*alias]));

@@ -17,6 +17,7 @@ pub mod parser;
 pub mod planner;
 pub mod results;
 pub mod types;
+pub mod udafs;
 
 pub use engine::KsqlEngine;
 pub use error::{Result, SqlError};
