@@ -626,14 +626,20 @@ impl KsqlEngine {
                 "Key missing from projection (ie, SELECT). See https://cnfl.io/2LV7ouS.\nThe query used to build `{name}` must include the grouping expression(s) in its projection (eg, SELECT <grouping expressions>...)."
             )));
         }
-        if plan.stage.is_none() {
+        if plan.stage.is_none() && !plan.rekeyed {
             check_key_projection(&plan, name)?;
         }
         if !plan.columns.iter().any(|c| !c.key) {
             return Err(SqlError::plan("The projection contains no value columns."));
         }
         let topic = with.get("KAFKA_TOPIC").map(|v| v.as_text()).unwrap_or_else(|| name.to_string());
-        let (key_format, value_format) = formats(with, Some((&plan.source.key_format, &plan.source.value_format)))?;
+        let (mut key_format, value_format) = formats(with, Some((&plan.source.key_format, &plan.source.value_format)))?;
+        if !plan.columns.iter().any(|c| c.key) {
+            if with.get("KEY_FORMAT").is_some_and(|f| !f.as_text().eq_ignore_ascii_case("NONE")) {
+                return Err(SqlError::plan("Key format specified for stream without key columns."));
+            }
+            key_format = Format::new(FormatKind::None);
+        }
         let columns: Vec<Column> = plan
             .columns
             .iter()

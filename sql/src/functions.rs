@@ -13,6 +13,8 @@ const SCALAR_ALIASES: &[(&str, &str)] = &[
     ("len", "character_length"),
     ("ifnull", "nvl"),
     ("ceil", "ceil"),
+    ("split", "string_to_array"),
+    ("regexp_extract", "regexp_substr"),
 ];
 
 /// (ksqlDB name, DataFusion aggregate) pairs with identical semantics.
@@ -20,6 +22,7 @@ const AGGREGATE_ALIASES: &[(&str, &str)] = &[
     ("collect_list", "array_agg"),
     ("stddev_samp", "stddev"),
     ("correlation", "corr"),
+    ("stddev_sample", "stddev"),
 ];
 
 /// Registers ksqlDB's names for DataFusion functions.

@@ -67,6 +67,8 @@ pub struct QueryPlan {
     pub window: Option<(usize, usize, WindowKind)>,
     /// The output is a changelog keyed by the GROUP BY columns.
     pub is_table: bool,
+    /// PARTITION BY chose a new key.
+    pub rekeyed: bool,
 }
 
 /// Plans `select` over the catalog's sources.
@@ -92,10 +94,20 @@ pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Selec
         .get(&source_name)
         .cloned()
         .ok_or_else(|| SqlError::NotFound(format!("{source_name} does not exist.")))?;
-    if !select.partition_by.is_empty() {
-        return Err(SqlError::Unsupported("PARTITION BY is not supported yet".into()));
-    }
     let grouped = !matches!(body.group_by, sp::GroupByExpr::Expressions(ref e, _) if e.is_empty());
+    if !select.partition_by.is_empty() && grouped {
+        return Err(SqlError::Unsupported("PARTITION BY together with GROUP BY is not supported yet".into()));
+    }
+    // PARTITION BY: the partitioning expressions become the key. A projection item computing
+    // the same expression leaves the value and names the key (ksqlDB's rule); otherwise the key
+    // is named after the column or struct field, or KSQL_COL_<n>.
+    let rekey_by = if select.partition_by.is_empty() {
+        None
+    } else {
+        let by_null = select.partition_by.len() == 1
+            && matches!(&select.partition_by[0], sp::Expr::Value(v) if v.value == sp::Value::Null);
+        Some(if by_null { vec![] } else { select.partition_by.clone() })
+    };
     if select.window.is_some() && !grouped {
         return Err(SqlError::plan("WINDOW clause requires a GROUP BY clause."));
     }
@@ -107,7 +119,39 @@ pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Selec
             exprs.push(sp::Expr::Identifier(quoted(WINDOWEND)));
         }
     }
-    rewrite_projection(&mut body.projection, &source, alias.as_ref().map(|a| a.name.value.as_str()));
+    rewrite_projection(&mut body.projection, &source, rekey_by.is_some());
+    let _ = alias;
+    let mut rekey: Option<Vec<String>> = None;
+    if let Some(exprs) = rekey_by {
+        let mut names = Vec::new();
+        let mut generated = 0;
+        for (i, e) in exprs.iter().enumerate() {
+            // Compare expressions as text, ignoring identifier quotes (`*` expands to quoted names).
+            let unquoted = |x: &sp::Expr| x.to_string().replace(['"', '`'], "");
+            let text = unquoted(e);
+            let matching = body.projection.iter().position(|item| match item {
+                sp::SelectItem::UnnamedExpr(x) | sp::SelectItem::ExprWithAlias { expr: x, .. } => unquoted(x) == text,
+                _ => false,
+            });
+            let name = match matching.map(|j| body.projection.remove(j)) {
+                Some(sp::SelectItem::ExprWithAlias { alias, .. }) => alias.value,
+                Some(sp::SelectItem::UnnamedExpr(sp::Expr::Identifier(id))) => id.value,
+                _ => match e {
+                    sp::Expr::Identifier(id) => id.value.clone(),
+                    sp::Expr::CompoundIdentifier(ids) => ids.last().map(|id| id.value.clone()).unwrap_or_default(),
+                    sp::Expr::BinaryOp { op: sp::BinaryOperator::Arrow, right, .. } => right.to_string(),
+                    _ => {
+                        let n = format!("KSQL_COL_{generated}");
+                        generated += 1;
+                        n
+                    }
+                },
+            };
+            body.projection.push(sp::SelectItem::ExprWithAlias { expr: e.clone(), alias: quoted(&format!("__RILL_PKEY_{i}")) });
+            names.push(name);
+        }
+        rekey = Some(names);
+    }
     ksql_expressions(&mut query);
 
     // Plan with DataFusion against the source's row schema (plus window bounds when windowed).
@@ -140,7 +184,7 @@ pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Selec
             if contains_aggregate(&plan) {
                 return Err(SqlError::Unsupported("this aggregation shape is not supported yet".into()));
             }
-            plan_stateless(source, projection, &props, &pctx)
+            plan_stateless(source, projection, rekey, &props, &pctx)
         }
     }
 }
@@ -148,6 +192,7 @@ pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Selec
 fn plan_stateless(
     source: SourceDef,
     projection: &datafusion::logical_expr::Projection,
+    rekey: Option<Vec<String>>,
     props: &ExecutionProps,
     pctx: &PhysicalPlanningContext,
 ) -> Result<QueryPlan> {
@@ -155,7 +200,18 @@ fn plan_stateless(
     let physical = |e: &Expr| create_physical_expr(e, scan_schema, props, pctx).map_err(SqlError::from);
     let filter = filter.map(physical).transpose()?;
     let key_names: Vec<&str> = source.key_columns().map(|c| c.name.as_str()).collect();
-    let (mut exprs, columns, mut fields) = output_columns(projection, &physical, |c| key_names.contains(&c))?;
+    let rekeyed = rekey.is_some();
+    let (mut exprs, mut columns, mut fields) =
+        output_columns(projection, &physical, |c| !rekeyed && key_names.contains(&c))?;
+    if let Some(keys) = rekey {
+        // The partitioning expressions are the last projection items: they are the key.
+        let n = columns.len() - keys.len();
+        for (j, name) in keys.iter().enumerate() {
+            columns[n + j].name = name.clone();
+            columns[n + j].key = true;
+            fields[n + j] = Field::new(name, fields[n + j].data_type().clone(), true);
+        }
+    }
     // Null values pass through as null values; a table's changelog keeps its deletes, and its
     // filtered-out rows become deletes.
     let is_table = source.kind == SourceKind::Table;
@@ -177,7 +233,18 @@ fn plan_stateless(
         }
         Ok(Chain::new(vec![Box::new(calc)]))
     });
-    Ok(QueryPlan { source, chain, stage: None, columns, schema, rowtime_column, delete_column: Some(delete_out), window: None, is_table })
+    Ok(QueryPlan {
+        source,
+        chain,
+        stage: None,
+        columns,
+        schema,
+        rowtime_column,
+        delete_column: Some(delete_out),
+        window: None,
+        is_table,
+        rekeyed,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -296,7 +363,18 @@ fn plan_aggregate(
         ops.push(Box::new(post));
         Ok(Chain::new(ops))
     });
-    Ok(QueryPlan { source, chain, stage: Some(stage), columns, schema, rowtime_column, delete_column, window: window_cols, is_table: true })
+    Ok(QueryPlan {
+        source,
+        chain,
+        stage: Some(stage),
+        columns,
+        schema,
+        rowtime_column,
+        delete_column,
+        window: window_cols,
+        is_table: true,
+        rekeyed: false,
+    })
 }
 
 /// The visible output columns of a projection: physical expressions, column descriptions, fields.
@@ -379,7 +457,7 @@ pub async fn run_pull(
             "Pull queries don't support WINDOW clauses. See https://cnfl.io/queries for more info.\nAdd EMIT CHANGES if you intended to issue a push query.",
         ));
     }
-    rewrite_projection(&mut body.projection, source, None);
+    rewrite_projection(&mut body.projection, source, false);
     query.limit_clause = None;
     ksql_expressions(&mut query);
     let table = MemTable::try_new(rows.schema(), vec![vec![rows]])?;
@@ -466,14 +544,20 @@ fn filter_over_scan(plan: &LogicalPlan) -> Result<(Option<&Expr>, &DFSchema)> {
 
 /// ksqlDB's projection rules: `*` means key and value columns (not pseudo columns), and an
 /// expression without an alias is named `KSQL_COL_<i>`.
-fn rewrite_projection(items: &mut Vec<sp::SelectItem>, source: &SourceDef, _alias: Option<&str>) {
+fn rewrite_projection(items: &mut Vec<sp::SelectItem>, source: &SourceDef, values_first: bool) {
     let mut out = Vec::with_capacity(items.len());
     let mut generated = 0usize;
     let taken: std::collections::HashSet<String> = source.columns.iter().map(|c| c.name.clone()).collect();
     for item in items.drain(..) {
         match item {
             sp::SelectItem::Wildcard(_) | sp::SelectItem::QualifiedWildcard(_, _) => {
-                for c in source.key_columns().chain(source.value_columns()) {
+                // After PARTITION BY the old key columns follow the value columns, as in ksqlDB.
+                let cols: Vec<&crate::catalog::Column> = if values_first {
+                    source.value_columns().chain(source.key_columns()).collect()
+                } else {
+                    source.key_columns().chain(source.value_columns()).collect()
+                };
+                for c in cols {
                     out.push(sp::SelectItem::UnnamedExpr(sp::Expr::Identifier(quoted(&c.name))));
                 }
             }
@@ -553,6 +637,32 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
 /// `LATEST_BY_OFFSET(x)`/`EARLIEST_BY_OFFSET(x)` are `last_value`/`first_value` ignoring nulls.
 fn ksql_function(f: &mut sp::Function) {
     let Some(name) = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_uppercase()) else { return };
+    if name == "AS_VALUE" {
+        // A copy of a (key) column into the value: coalesce(x) is x, but not a column reference.
+        f.name = sp::ObjectName::from(vec![sp::Ident::new("coalesce")]);
+        return;
+    }
+    if name == "MAP" {
+        // ksqlDB's MAP(k := v, ...) is DataFusion's map(k, v, ...).
+        if let sp::FunctionArguments::List(list) = &mut f.args {
+            let mut flat = Vec::with_capacity(list.args.len() * 2);
+            for arg in list.args.drain(..) {
+                match arg {
+                    sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(sp::Expr::BinaryOp {
+                        left,
+                        op: sp::BinaryOperator::Assignment,
+                        right,
+                    })) => {
+                        flat.push(sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(*left)));
+                        flat.push(sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(*right)));
+                    }
+                    other => flat.push(other),
+                }
+            }
+            list.args = flat;
+        }
+        return;
+    }
     if name == "COUNT" {
         if let sp::FunctionArguments::List(list) = &mut f.args {
             if list.args.is_empty() {
@@ -568,7 +678,17 @@ fn ksql_function(f: &mut sp::Function) {
         "EARLIEST_BY_OFFSET" => ("first_value", false, true),
         _ => return,
     };
+    let mut ignore_nulls = ignore_nulls;
     if let sp::FunctionArguments::List(list) = &mut f.args {
+        // LATEST/EARLIEST_BY_OFFSET(col, ignoreNulls)
+        if list.args.len() == 2 && ignore_nulls {
+            if let sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(sp::Expr::Value(v))) = &list.args[1] {
+                if let sp::Value::Boolean(b) = v.value {
+                    ignore_nulls = b;
+                    list.args.pop();
+                }
+            }
+        }
         if list.args.len() != 1 {
             return;
         }
