@@ -316,7 +316,20 @@ fn plan_aggregate(
     let output_schema: SchemaRef = Arc::new(agg_schema.as_arrow().clone());
     let group_names: Vec<String> = agg_schema.fields().iter().take(user_groups).map(|f| f.name().clone()).collect();
     let post_physical = |e: &Expr| create_physical_expr(e, &agg_schema, props, pctx).map_err(SqlError::from);
-    let (mut exprs, columns, mut fields) = output_columns(projection, &post_physical, |c| group_names.iter().any(|g| g == c))?;
+    let (mut exprs, mut columns, mut fields) = output_columns(projection, &post_physical, |c| group_names.iter().any(|g| g == c))?;
+    // Key columns are ordered as in GROUP BY, not as in the projection.
+    let key_order = |c: &OutputColumn| c.origin.as_ref().and_then(|o| group_names.iter().position(|g| g == o)).unwrap_or(usize::MAX);
+    let mut keys: Vec<usize> = (0..columns.len()).filter(|i| columns[*i].key).collect();
+    let slots = keys.clone();
+    keys.sort_by_key(|i| key_order(&columns[*i]));
+    if keys != slots {
+        let (c0, e0, f0) = (columns.clone(), exprs.clone(), fields.clone());
+        for (slot, from) in slots.iter().zip(&keys) {
+            columns[*slot] = c0[*from].clone();
+            exprs[*slot] = e0[*from].clone();
+            fields[*slot] = f0[*from].clone();
+        }
+    }
     let n_out = agg_schema.fields().len();
     let mut window_cols = None;
     if let Some(w) = window {

@@ -285,6 +285,7 @@ impl AggregateOperator {
         let ts_col = cast(batch.column(self.cfg.rowtime_index), &DataType::Int64)?;
         let ts = ts_col.as_primitive::<Int64Type>();
         let args = self.arguments(batch)?;
+        let null_key = null_keys(&key_arrays, n);
         // Bucket rows by group, in first-touched order.
         let mut order: Vec<(OwnedRow, i64)> = Vec::new();
         // Per group: window end, rows to add, rows to retract.
@@ -294,6 +295,9 @@ impl AggregateOperator {
             None => None,
         };
         for i in 0..n {
+            if null_key[i] {
+                continue;
+            }
             let t = if ts.is_null(i) { 0 } else { ts.value(i) };
             for window in self.windows_of(t) {
                 if self.is_late(window.1) {
@@ -356,8 +360,12 @@ impl AggregateOperator {
         let ts_col = cast(batch.column(self.cfg.rowtime_index), &DataType::Int64)?;
         let ts = ts_col.as_primitive::<Int64Type>();
         let args = self.arguments(batch)?;
+        let null_key = null_keys(&key_arrays, n);
         let mut emits = Vec::new();
         for i in 0..n {
+            if null_key[i] {
+                continue;
+            }
             let t = if ts.is_null(i) { 0 } else { ts.value(i) };
             let key = keys.row(i).owned();
             let existing = self.sessions.remove(&key).unwrap_or_default();
@@ -511,6 +519,12 @@ impl AggregateOperator {
         self.sessions.retain(|_, s| !s.is_empty());
         self.emit(finals, out)
     }
+}
+
+/// Rows whose group key has a null part: ksqlDB does not aggregate them (a table cannot have a
+/// null key), and neither does Rill.
+fn null_keys(keys: &[ArrayRef], n: usize) -> Vec<bool> {
+    (0..n).map(|i| keys.iter().any(|k| k.is_null(i))).collect()
 }
 
 impl Operator for AggregateOperator {
