@@ -212,3 +212,23 @@ async fn pull_query_reads_current_table_rows() {
     assert_eq!(body.lines().nth(1), Some(r#"["b",50]"#), "{body}");
     server.stop();
 }
+
+/// Stream-table join: each payment is enriched with the customer row as it stands when the
+/// payment is processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_table_join_enriches_with_current_table_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.ok("CREATE TABLE customers (id STRING PRIMARY KEY, name STRING) WITH (kafka_topic='customers', value_format='JSON', partitions=1);").await;
+    server.ok("CREATE STREAM payments (id STRING KEY, customer STRING, amount DOUBLE) WITH (kafka_topic='payments', value_format='JSON', partitions=1);").await;
+    server.ok("INSERT INTO customers VALUES ('c1', 'Ada');").await;
+    server
+        .ok("CREATE STREAM enriched AS SELECT p.id, c.name, p.amount FROM payments p LEFT JOIN customers c ON p.customer = c.id;")
+        .await;
+    server.ok("INSERT INTO payments VALUES ('p1', 'c1', 10.5);").await;
+    server.ok("INSERT INTO payments VALUES ('p2', 'c9', 3.0);").await;
+    let (_, body) = server.query("SELECT * FROM enriched EMIT CHANGES LIMIT 2;").await;
+    assert_eq!(Server::rows(&body), vec![json!(["p1", "Ada", 10.5]), json!(["p2", null, 3.0])], "{body}");
+    assert!(body.contains("\"schema\":\"`P_ID` STRING, `C_NAME` STRING, `P_AMOUNT` DOUBLE\""), "{body}");
+    server.stop();
+}

@@ -68,6 +68,12 @@ pub trait Operator: Send {
     /// Processes one batch.
     fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()>;
 
+    /// A batch from a further input (`input` >= 1): the table side of a join. Only the first
+    /// operator of a stage receives these; the default refuses them.
+    fn process_side_batch(&mut self, input: usize, _batch: RecordBatch, _out: &mut Vec<Message>) -> Result<()> {
+        Err(crate::EngineError::Internal(format!("{} has no input {input}", self.name())))
+    }
+
     /// Event time advanced to `watermark`.
     fn handle_watermark(&mut self, watermark: Watermark, out: &mut Vec<Message>) -> Result<()> {
         out.push(Message::Watermark(watermark));
@@ -95,6 +101,26 @@ pub trait Operator: Send {
     }
 }
 
+/// Feeds `input` through `ops` in order, appending what the last one emits to `out`.
+fn run_through(ops: &mut [Box<dyn Operator>], scratch: &mut Vec<Message>, mut input: Vec<Message>, out: &mut Vec<Message>) -> Result<()> {
+    for op in ops.iter_mut() {
+        let mut next = std::mem::take(scratch);
+        for m in input.drain(..) {
+            match m {
+                Message::Data(b) => op.process_batch(b, &mut next)?,
+                Message::Watermark(w) => op.handle_watermark(w, &mut next)?,
+                Message::Barrier(b) => op.handle_checkpoint(b, &mut next)?,
+                Message::End => op.on_close(&mut next)?,
+            }
+        }
+        *scratch = input;
+        input = next;
+    }
+    out.append(&mut input);
+    *scratch = input;
+    Ok(())
+}
+
 /// Operators run one after another inside one task.
 pub struct Chain {
     ops: Vec<Box<dyn Operator>>,
@@ -109,23 +135,16 @@ impl Chain {
 
     /// Pushes `msg` through every operator; returns what the last one emitted.
     pub fn push(&mut self, msg: Message, out: &mut Vec<Message>) -> Result<()> {
-        let mut input = vec![msg];
-        for op in &mut self.ops {
-            let mut next = std::mem::take(&mut self.scratch);
-            for m in input.drain(..) {
-                match m {
-                    Message::Data(b) => op.process_batch(b, &mut next)?,
-                    Message::Watermark(w) => op.handle_watermark(w, &mut next)?,
-                    Message::Barrier(b) => op.handle_checkpoint(b, &mut next)?,
-                    Message::End => op.on_close(&mut next)?,
-                }
-            }
-            self.scratch = input;
-            input = next;
-        }
-        out.append(&mut input);
-        self.scratch = input;
-        Ok(())
+        run_through(&mut self.ops, &mut self.scratch, vec![msg], out)
+    }
+
+    /// Pushes a batch of a further input into the first operator, and what it emits through
+    /// the rest of the chain.
+    pub fn push_side(&mut self, input: usize, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
+        let Some((first, rest)) = self.ops.split_first_mut() else { return Ok(()) };
+        let mut emitted = Vec::new();
+        first.process_side_batch(input, batch, &mut emitted)?;
+        run_through(rest, &mut self.scratch, emitted, out)
     }
 
     /// Collects late rows from every operator.

@@ -58,12 +58,24 @@ pub struct QuerySpec {
     /// Builds the stateful stage: one task fed by every partition task, whose watermark is the
     /// minimum over the partitions (idle partitions excluded). `None` for stateless queries.
     pub stage: Option<ChainFactory>,
+    /// Further inputs of the stage (the table of a stream-table join): their batches reach the
+    /// stage's first operator through `Operator::process_side_batch(1.., ..)`; their event time
+    /// does not drive the watermark.
+    pub side_inputs: Vec<SideInput>,
     /// Output.
     pub output: Output,
     /// Start position when nothing is committed.
     pub start: StartFrom,
     /// Consumer group whose committed offsets the query resumes from (persistent queries).
     pub commit_group: Option<String>,
+}
+
+/// A further input of a query's stateful stage.
+pub struct SideInput {
+    /// The source.
+    pub source: SourceSpec,
+    /// Its per-partition (stateless) chain.
+    pub chain: ChainFactory,
 }
 
 /// Live counters of a running query.
@@ -83,8 +95,8 @@ pub struct QueryStats {
     pub last_error: Mutex<Option<String>>,
     /// Set when a task stopped on an error.
     pub failed: AtomicBool,
-    /// Next offset to read, per source partition.
-    pub positions: Mutex<Vec<u64>>,
+    /// Next offset to read, per input (0 = the main source) and partition.
+    pub positions: Mutex<Vec<Vec<u64>>>,
     /// Signalled after every processed fetch.
     pub progress: Notify,
 }
@@ -93,8 +105,8 @@ pub struct QueryStats {
 pub struct RunningQuery {
     /// The query id.
     pub id: String,
-    /// Source topic.
-    pub source_topic: String,
+    /// Topics read, per input (0 = the main source).
+    pub topics: Vec<String>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Live counters.
@@ -117,8 +129,8 @@ impl RunningQuery {
             return true;
         }
         let positions = self.stats.positions.lock().clone();
-        positions.iter().enumerate().all(|(p, pos)| {
-            store.end_offset(&self.source_topic, p as u32).map(|end| *pos >= end).unwrap_or(true)
+        positions.iter().zip(&self.topics).all(|(parts, topic)| {
+            parts.iter().enumerate().all(|(p, pos)| store.end_offset(topic, p as u32).map(|end| *pos >= end).unwrap_or(true))
         })
     }
 
@@ -130,12 +142,13 @@ impl RunningQuery {
 
 /// Starts `spec` on `store`: one task per source partition (and one stage task if stateful).
 pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery> {
-    let partitions = store.topic_config(&spec.source.topic)?.partitions;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stats = Arc::new(QueryStats::default());
-    *stats.positions.lock() = vec![0; partitions as usize];
-    let shared = Arc::new(Shared { id: spec.id.clone(), source: spec.source, commit_group: spec.commit_group });
+    let shared = Arc::new(Shared { id: spec.id.clone(), commit_group: spec.commit_group.clone() });
     store.create_topic(DEAD_LETTER_TOPIC, TopicConfig::default())?;
+    let mut inputs: Vec<(SourceSpec, ChainFactory)> = vec![(spec.source.clone(), spec.chain.clone())];
+    inputs.extend(spec.side_inputs.iter().map(|s| (s.source.clone(), s.chain.clone())));
+    let partitions: Vec<u32> = inputs.iter().map(|(s, _)| Ok(store.topic_config(&s.topic)?.partitions)).collect::<Result<_>>()?;
     let make_output = || -> Result<TaskOutput> {
         Ok(match &spec.output {
             Output::Topic(s) => TaskOutput::Sink(Box::new(Sink::try_new(s.clone(), store.clone())?)),
@@ -150,66 +163,104 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
             let stage = StageTask {
                 store: store.clone(),
                 shared: shared.clone(),
+                topics: inputs.iter().map(|(s, _)| s.topic.clone()).collect(),
                 chain: factory()?,
                 out: make_output()?,
                 stats: stats.clone(),
-                tracker: WatermarkTracker::new(partitions as usize),
+                tracker: WatermarkTracker::new(partitions[0] as usize),
                 state_measured: None,
             };
             tasks.push(tokio::spawn(stage.run(rx)));
             Some(tx)
         }
+        None if inputs.len() > 1 => return Err(EngineError::Internal("side inputs need a stateful stage".into())),
         None => None,
     };
-    let mut starts = Vec::new();
-    for p in 0..partitions {
-        let start_offset = match shared.commit_group.as_ref().map(|g| store.committed_offset(g, &shared.source.topic, p)) {
-            Some(Ok(Some(o))) => o,
-            Some(Err(e)) => return Err(e.into()),
-            _ => match spec.start {
-                StartFrom::Earliest => store.start_offset(&shared.source.topic, p)?,
-                StartFrom::Latest => store.end_offset(&shared.source.topic, p)?,
-            },
-        };
-        starts.push(start_offset);
+    // Where each partition starts: the committed offset, else per `spec.start` (side inputs,
+    // i.e. tables, always from the beginning: their current state is needed).
+    let mut starts: Vec<Vec<u64>> = Vec::new();
+    for (input, (source, _)) in inputs.iter().enumerate() {
+        let mut offsets = Vec::new();
+        for p in 0..partitions[input] {
+            let committed = match &shared.commit_group {
+                Some(g) => store.committed_offset(g, &source.topic, p)?,
+                None => None,
+            };
+            offsets.push(match committed {
+                Some(o) => o,
+                None if input > 0 || spec.start == StartFrom::Earliest => store.start_offset(&source.topic, p)?,
+                None => store.end_offset(&source.topic, p)?,
+            });
+        }
+        starts.push(offsets);
     }
     *stats.positions.lock() = starts.clone();
-    for (p, start_offset) in starts.into_iter().enumerate() {
-        let p = p as u32;
-        let out = match &stage_tx {
-            Some(tx) => TaskOutput::Stage(tx.clone()),
-            None => make_output()?,
-        };
-        let task = PartitionTask {
-            store: store.clone(),
-            shared: shared.clone(),
-            partition: p,
-            offset: start_offset,
-            reader: SourceReader::try_new(shared.source.clone(), p)?,
-            chain: (spec.chain)()?,
-            out,
-            stats: stats.clone(),
-            stream_time: i64::MIN,
-            idle: false,
-        };
-        let stop = stop_rx.clone();
-        tasks.push(tokio::spawn(task.run(stop)));
+    // The main input waits until every side input (a joined table) has been read up to where it
+    // ended when the query started: a stream row must not miss table rows that already existed.
+    let mut targets = Vec::new();
+    for (input, (source, _)) in inputs.iter().enumerate().skip(1) {
+        for p in 0..partitions[input] {
+            let end = store.end_offset(&source.topic, p)?;
+            if starts[input][p as usize] < end {
+                targets.push((input, p, end));
+            }
+        }
     }
-    Ok(RunningQuery { id: spec.id, source_topic: shared.source.topic.clone(), stop: stop_tx, tasks: Mutex::new(tasks), stats })
+    let (loaded_tx, loaded_rx) = watch::channel(targets.is_empty());
+    if let Some(stage) = &stage_tx {
+        // Hand the targets to the stage, which reports when they are reached.
+        if stage.try_send(StageInput::Bootstrap(targets, loaded_tx)).is_err() {
+            return Err(EngineError::Internal("stage channel full at start".into()));
+        }
+    }
+    for (input, (source, chain)) in inputs.iter().enumerate() {
+        for (p, start_offset) in starts[input].iter().enumerate() {
+            let p = p as u32;
+            let out = match &stage_tx {
+                Some(tx) => TaskOutput::Stage(tx.clone()),
+                None => make_output()?,
+            };
+            let task = PartitionTask {
+                store: store.clone(),
+                shared: shared.clone(),
+                input,
+                topic: source.topic.clone(),
+                partition: p,
+                offset: *start_offset,
+                reader: SourceReader::try_new(source.clone(), p)?,
+                chain: chain()?,
+                out,
+                stats: stats.clone(),
+                stream_time: i64::MIN,
+                idle: false,
+                wait_for_tables: (input == 0).then(|| loaded_rx.clone()),
+            };
+            tasks.push(tokio::spawn(task.run(stop_rx.clone())));
+        }
+    }
+    Ok(RunningQuery {
+        id: spec.id,
+        topics: inputs.iter().map(|(s, _)| s.topic.clone()).collect(),
+        stop: stop_tx,
+        tasks: Mutex::new(tasks),
+        stats,
+    })
 }
 
 struct Shared {
     id: String,
-    source: SourceSpec,
     commit_group: Option<String>,
 }
 
 /// What partition tasks send to the stateful stage.
 enum StageInput {
-    /// A message from partition `.0`'s chain.
-    Message(u32, Message),
-    /// Partition `.0` has handed over everything before offset `.1`.
-    Progress(u32, u64),
+    /// A message from the chain of input `.0`, partition `.1`.
+    Message(usize, u32, Message),
+    /// Input `.0`, partition `.1` has handed over everything before offset `.2`.
+    Progress(usize, u32, u64),
+    /// Side-input positions (input, partition, offset) to reach before the main input may start;
+    /// `true` is sent once they are reached.
+    Bootstrap(Vec<(usize, u32, u64)>, watch::Sender<bool>),
 }
 
 enum TaskOutput {
@@ -244,6 +295,7 @@ impl TaskOutput {
 struct StageTask {
     store: Arc<dyn TopicStore>,
     shared: Arc<Shared>,
+    topics: Vec<String>,
     chain: Chain,
     out: TaskOutput,
     stats: Arc<QueryStats>,
@@ -264,23 +316,37 @@ impl StageTask {
     async fn run_loop(&mut self, rx: &mut mpsc::Receiver<StageInput>) -> Result<()> {
         let mut messages = Vec::new();
         let mut late = Vec::new();
+        let mut bootstrap: Option<(Vec<(usize, u32, u64)>, watch::Sender<bool>)> = None;
         while let Some(input) = rx.recv().await {
             match input {
-                StageInput::Message(p, Message::Watermark(w)) => {
+                StageInput::Bootstrap(targets, tx) => {
+                    bootstrap = Some((targets, tx));
+                    continue;
+                }
+                StageInput::Message(0, p, Message::Watermark(w)) => {
                     if let Some(combined) = self.tracker.update(p as usize, w) {
                         self.chain.push(Message::Watermark(combined), &mut messages)?;
                     }
                 }
-                StageInput::Message(_, m) => self.chain.push(m, &mut messages)?,
-                StageInput::Progress(p, offset) => {
+                StageInput::Message(0, _, m) => self.chain.push(m, &mut messages)?,
+                StageInput::Message(side, _, Message::Data(b)) => self.chain.push_side(side, b, &mut messages)?,
+                StageInput::Message(_, _, _) => {}
+                StageInput::Progress(i, p, offset) => {
                     // Everything before `offset` has been processed: make its output durable,
                     // then commit the source position.
                     self.flush(&mut messages, &mut late).await?;
                     if let Some(g) = &self.shared.commit_group {
-                        self.store.commit_offsets(g, &[(self.shared.source.topic.clone(), p, offset)])?;
+                        self.store.commit_offsets(g, &[(self.topics[i].clone(), p, offset)])?;
                     }
-                    if let Some(pos) = self.stats.positions.lock().get_mut(p as usize) {
+                    if let Some(pos) = self.stats.positions.lock().get_mut(i).and_then(|v| v.get_mut(p as usize)) {
                         *pos = offset;
+                    }
+                    if let Some((targets, tx)) = &mut bootstrap {
+                        targets.retain(|(ti, tp, end)| !(*ti == i && *tp == p && offset >= *end));
+                        if targets.is_empty() {
+                            let _ = tx.send(true);
+                            bootstrap = None;
+                        }
                     }
                     self.stats.progress.notify_waiters();
                     continue;
@@ -306,7 +372,7 @@ impl StageTask {
                     let mut v = serde_json::to_value(&l).unwrap_or(serde_json::Value::Null);
                     if let serde_json::Value::Object(m) = &mut v {
                         m.insert("query".into(), serde_json::Value::String(self.shared.id.clone()));
-                        m.insert("topic".into(), serde_json::Value::String(self.shared.source.topic.clone()));
+                        m.insert("topic".into(), serde_json::Value::String(self.topics[0].clone()));
                     }
                     Record { timestamp: l.timestamp, key: Some(bytes::Bytes::from(self.shared.id.clone())), value: Some(v.to_string().into()), headers: vec![] }
                 })
@@ -328,6 +394,8 @@ impl StageTask {
 struct PartitionTask {
     store: Arc<dyn TopicStore>,
     shared: Arc<Shared>,
+    input: usize,
+    topic: String,
     partition: u32,
     offset: u64,
     reader: SourceReader,
@@ -336,6 +404,8 @@ struct PartitionTask {
     stats: Arc<QueryStats>,
     stream_time: i64,
     idle: bool,
+    /// Main-input tasks of joins: wait until the joined tables are loaded.
+    wait_for_tables: Option<watch::Receiver<bool>>,
 }
 
 /// Why a task ended.
@@ -346,7 +416,7 @@ enum Ended {
 
 impl PartitionTask {
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let topic = self.shared.source.topic.clone();
+        let topic = self.topic.clone();
         let result = self.run_loop(&topic, &mut stop).await;
         match result {
             Ok(_) => {}
@@ -360,6 +430,12 @@ impl PartitionTask {
     }
 
     async fn run_loop(&mut self, topic: &str, stop: &mut watch::Receiver<bool>) -> Result<Ended> {
+        if let Some(mut loaded) = self.wait_for_tables.take() {
+            tokio::select! {
+                r = loaded.wait_for(|l| *l) => { if r.is_err() { return Ok(Ended::Stopped) } }
+                _ = stop.changed() => return Ok(Ended::Stopped),
+            }
+        }
         loop {
             if *stop.borrow() {
                 return Ok(Ended::Stopped);
@@ -380,7 +456,7 @@ impl PartitionTask {
                 if !self.idle {
                     self.idle = true;
                     if let TaskOutput::Stage(tx) = &self.out {
-                        if tx.send(StageInput::Message(self.partition, Message::Watermark(Watermark::Idle))).await.is_err() {
+                        if tx.send(StageInput::Message(self.input, self.partition, Message::Watermark(Watermark::Idle))).await.is_err() {
                             return Ok(Ended::Stopped);
                         }
                     }
@@ -411,11 +487,11 @@ impl PartitionTask {
             if let TaskOutput::Stage(tx) = &self.out {
                 // The stage commits the offset once it has written what these rows produced.
                 for m in messages {
-                    if tx.send(StageInput::Message(self.partition, m)).await.is_err() {
+                    if tx.send(StageInput::Message(self.input, self.partition, m)).await.is_err() {
                         return Ok(Ended::Stopped);
                     }
                 }
-                if tx.send(StageInput::Progress(self.partition, self.offset)).await.is_err() {
+                if tx.send(StageInput::Progress(self.input, self.partition, self.offset)).await.is_err() {
                     return Ok(Ended::Stopped);
                 }
                 continue;
@@ -430,7 +506,9 @@ impl PartitionTask {
             if let Some(g) = &self.shared.commit_group {
                 self.store.commit_offsets(g, &[(topic.to_string(), self.partition, self.offset)])?;
             }
-            self.stats.positions.lock()[self.partition as usize] = self.offset;
+            if let Some(pos) = self.stats.positions.lock().get_mut(self.input).and_then(|v| v.get_mut(self.partition as usize)) {
+                *pos = self.offset;
+            }
             self.stats.progress.notify_waiters();
         }
     }
@@ -443,7 +521,7 @@ impl PartitionTask {
         let dead = offsets
             .into_iter()
             .map(|o| DeadLetter {
-                topic: self.shared.source.topic.clone(),
+                topic: self.topic.clone(),
                 partition: self.partition,
                 offset: o as u64,
                 error: error.to_string(),

@@ -253,6 +253,7 @@ impl KsqlEngine {
                     source: plan.source.source_spec(),
                     chain: plan.chain.clone(),
                     stage: plan.stage.clone(),
+                    side_inputs: side_inputs(&plan),
                     output: Output::Channel(tx),
                     start,
                     commit_group: None,
@@ -710,6 +711,7 @@ impl KsqlEngine {
             source: plan.source.source_spec(),
             chain: plan.chain.clone(),
             stage: plan.stage.clone(),
+            side_inputs: side_inputs(&plan),
             output: Output::Topic(sink_spec),
             start: start_from(props, StartFrom::Latest),
             commit_group: Some(format!("rill-query-{id}")),
@@ -719,8 +721,11 @@ impl KsqlEngine {
         // Pin the start position so a restart resumes exactly here even if nothing was read.
         let group = format!("rill-query-{id}");
         let positions = running.stats.positions.lock().clone();
-        let offsets: Vec<(String, u32, u64)> =
-            positions.iter().enumerate().map(|(p, o)| (plan.source.topic.clone(), p as u32, *o)).collect();
+        let offsets: Vec<(String, u32, u64)> = positions
+            .iter()
+            .zip(&running.topics)
+            .flat_map(|(parts, topic)| parts.iter().enumerate().map(move |(p, o)| (topic.clone(), p as u32, *o)))
+            .collect();
         self.store.commit_offsets(&group, &offsets)?;
         if let Some(s) = catalog.sources.get_mut(&sink.name) {
             s.written_by.push(id.to_string());
@@ -732,7 +737,7 @@ impl KsqlEngine {
                 statement: text.to_string(),
                 sink: sink.name.clone(),
                 sink_topic: sink.topic.clone(),
-                sources: vec![plan.source.name.clone()],
+                sources: std::iter::once(plan.source.name.clone()).chain(plan.side_sources.iter().map(|(s, _)| s.name.clone())).collect(),
                 running,
                 plan: plan_text,
             },
@@ -1091,6 +1096,10 @@ fn formats(with: &Props, inherit: Option<(&Format, &Format)>) -> Result<(Format,
     // ksqlDB keys are unwrapped single values.
     key.wrap_single_value = false;
     Ok((key, value))
+}
+
+fn side_inputs(plan: &QueryPlan) -> Vec<runtime::SideInput> {
+    plan.side_sources.iter().map(|(s, chain)| runtime::SideInput { source: s.source_spec(), chain: chain.clone() }).collect()
 }
 
 fn window_name(kind: WindowKind) -> &'static str {

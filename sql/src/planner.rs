@@ -18,7 +18,10 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
 use rill_engine::operator::Chain;
 use rill_engine::operators::aggregate::DELETE_COLUMN;
-use rill_engine::operators::{AggregateConfig, AggregateOperator, CalcOperator, TableDiffOperator, WindowConfig, WindowKind};
+use rill_engine::operators::{
+    AggregateConfig, AggregateOperator, CalcOperator, StreamTableJoinConfig, StreamTableJoinOperator, TableDiffOperator,
+    WindowConfig, WindowKind,
+};
 use rill_engine::runtime::ChainFactory;
 use sqlparser::ast as sp;
 
@@ -69,6 +72,8 @@ pub struct QueryPlan {
     pub is_table: bool,
     /// PARTITION BY chose a new key.
     pub rekeyed: bool,
+    /// Further inputs of the stage (the table of a stream-table join).
+    pub side_sources: Vec<(SourceDef, ChainFactory)>,
 }
 
 /// Plans `select` over the catalog's sources.
@@ -81,7 +86,7 @@ pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Selec
         return Err(SqlError::plan("A query must read FROM exactly one source (use JOIN to combine sources)"));
     }
     if !body.from[0].joins.is_empty() {
-        return Err(SqlError::Unsupported("JOIN is not supported yet".into()));
+        return plan_join(ctx, catalog, select).await;
     }
     let (source_name, alias) = match &body.from[0].relation {
         sp::TableFactor::Table { name, alias, .. } => {
@@ -119,7 +124,7 @@ pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Selec
             exprs.push(sp::Expr::Identifier(quoted(WINDOWEND)));
         }
     }
-    rewrite_projection(&mut body.projection, &source, rekey_by.is_some());
+    rewrite_projection(&mut body.projection, &source, rekey_by.is_some(), false);
     let _ = alias;
     let mut rekey: Option<Vec<String>> = None;
     if let Some(exprs) = rekey_by {
@@ -244,6 +249,7 @@ fn plan_stateless(
         window: None,
         is_table,
         rekeyed,
+        side_sources: vec![],
     })
 }
 
@@ -387,6 +393,7 @@ fn plan_aggregate(
         window: window_cols,
         is_table: true,
         rekeyed: false,
+        side_sources: vec![],
     })
 }
 
@@ -470,7 +477,7 @@ pub async fn run_pull(
             "Pull queries don't support WINDOW clauses. See https://cnfl.io/queries for more info.\nAdd EMIT CHANGES if you intended to issue a push query.",
         ));
     }
-    rewrite_projection(&mut body.projection, source, false);
+    rewrite_projection(&mut body.projection, source, false, false);
     query.limit_clause = None;
     ksql_expressions(&mut query);
     let table = MemTable::try_new(rows.schema(), vec![vec![rows]])?;
@@ -529,6 +536,206 @@ pub async fn run_pull(
     Ok((columns, batches))
 }
 
+fn table_name(f: &sp::TableFactor) -> Result<(String, String)> {
+    match f {
+        sp::TableFactor::Table { name, alias, .. } => {
+            let n = name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.clone()).unwrap_or_default();
+            let a = alias.as_ref().map(|a| a.name.value.clone()).unwrap_or_else(|| n.clone());
+            Ok((n, a))
+        }
+        _ => Err(SqlError::Unsupported("Only streams and tables can be joined".into())),
+    }
+}
+
+/// A stream-table join: `FROM stream [LEFT] JOIN table ON <stream expr> = table.<key>`.
+async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> Result<QueryPlan> {
+    let mut query = select.query.clone();
+    let sp::SetExpr::Select(body) = query.body.as_mut() else {
+        return Err(SqlError::Unsupported("Only simple SELECT statements are supported".into()));
+    };
+    if body.from[0].joins.len() > 1 {
+        return Err(SqlError::Unsupported("Joins of more than two sources are not supported yet".into()));
+    }
+    let lookup = |n: &str| catalog.sources.get(n).cloned().ok_or_else(|| SqlError::NotFound(format!("{n} does not exist.")));
+    let (left_name, left_alias) = table_name(&body.from[0].relation)?;
+    let (right_name, right_alias) = table_name(&body.from[0].joins[0].relation)?;
+    let left = lookup(&left_name)?;
+    let right = lookup(&right_name)?;
+    let left_outer = match &body.from[0].joins[0].join_operator {
+        sp::JoinOperator::Join(_) | sp::JoinOperator::Inner(_) => false,
+        sp::JoinOperator::Left(_) | sp::JoinOperator::LeftOuter(_) => true,
+        other => return Err(SqlError::Unsupported(format!("{other:?} joins are not supported yet"))),
+    };
+    match (left.kind, right.kind) {
+        (SourceKind::Stream, SourceKind::Table) => {}
+        (SourceKind::Stream, SourceKind::Stream) => {
+            return Err(SqlError::Unsupported("Stream-stream joins are not supported yet".into()))
+        }
+        _ => return Err(SqlError::Unsupported("Table-table and table-stream joins are not supported yet".into())),
+    }
+    let grouped = !matches!(body.group_by, sp::GroupByExpr::Expressions(ref e, _) if e.is_empty());
+    if grouped || select.window.is_some() || !select.partition_by.is_empty() {
+        return Err(SqlError::Unsupported("GROUP BY, WINDOW or PARTITION BY over a join is not supported yet".into()));
+    }
+    // `*` is every column of both sources, named <ALIAS>_<COLUMN> as in ksqlDB.
+    let mut items = Vec::new();
+    for item in body.projection.drain(..) {
+        let expand = |source: &SourceDef, alias: &str, items: &mut Vec<sp::SelectItem>| {
+            for c in source.key_columns().chain(source.value_columns()) {
+                items.push(sp::SelectItem::ExprWithAlias {
+                    expr: sp::Expr::CompoundIdentifier(vec![quoted(alias), quoted(&c.name)]),
+                    alias: quoted(&format!("{alias}_{}", c.name)),
+                });
+            }
+        };
+        match item {
+            sp::SelectItem::Wildcard(_) => {
+                expand(&left, &left_alias, &mut items);
+                expand(&right, &right_alias, &mut items);
+            }
+            sp::SelectItem::QualifiedWildcard(sp::SelectItemQualifiedWildcardKind::ObjectName(name), _) => {
+                let a = name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.clone()).unwrap_or_default();
+                if a == left_alias {
+                    expand(&left, &left_alias, &mut items);
+                } else {
+                    expand(&right, &right_alias, &mut items);
+                }
+            }
+            other => items.push(other),
+        }
+    }
+    body.projection = items;
+    rewrite_projection(&mut body.projection, &left, false, true);
+    ksql_expressions(&mut query);
+    let refs = [(left.name.clone(), left.row_schema()), (right.name.clone(), right.row_schema())];
+    for (name, schema) in &refs {
+        let reference = TableReference::bare(name.clone());
+        let _ = ctx.deregister_table(reference.clone());
+        ctx.register_table(reference, Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?))?;
+    }
+    let statement = DfStatement::Statement(Box::new(sp::Statement::Query(Box::new(query))));
+    let state = ctx.state();
+    let plan = state.statement_to_plan(statement).await;
+    for (name, _) in &refs {
+        let _ = ctx.deregister_table(TableReference::bare(name.clone()));
+    }
+    let plan = state.analyzer().execute_and_check(plan?, state.config_options(), |_, _| {})?;
+    let LogicalPlan::Projection(projection) = &plan else {
+        return Err(SqlError::Internal(format!("expected a projection, planned:\n{}", plan.display_indent())));
+    };
+    let (where_filter, join) = match projection.input.as_ref() {
+        LogicalPlan::Filter(f) => match f.input.as_ref() {
+            LogicalPlan::Join(j) => (Some(&f.predicate), j),
+            other => return Err(SqlError::Unsupported(format!("this join shape is not supported yet:\n{}", other.display_indent()))),
+        },
+        LogicalPlan::Join(j) => (None, j),
+        other => return Err(SqlError::Unsupported(format!("this join shape is not supported yet:\n{}", other.display_indent()))),
+    };
+    // The ON condition: DataFusion's planner leaves `a = b` in the join filter (its optimizer
+    // would move it to `on`); either way it must be one equality between the two sides.
+    let (a, b) = match (&join.on[..], &join.filter) {
+        ([(a, b)], None) => (a.clone(), b.clone()),
+        ([], Some(Expr::BinaryExpr(e))) if e.op == datafusion::logical_expr::Operator::Eq => ((*e.left).clone(), (*e.right).clone()),
+        _ => return Err(SqlError::Unsupported("A join condition must be one equality: <stream expression> = <table key>".into())),
+    };
+    let on_right = |e: &Expr| e.column_refs().iter().all(|c| join.right.schema().has_column(c)) && !e.column_refs().is_empty();
+    let on_left = |e: &Expr| e.column_refs().iter().all(|c| join.left.schema().has_column(c)) && !e.column_refs().is_empty();
+    let (stream_on, table_on) = if on_left(&a) && on_right(&b) {
+        (a, b)
+    } else if on_left(&b) && on_right(&a) {
+        (b, a)
+    } else {
+        return Err(SqlError::plan(format!(
+            "Invalid comparison expression in join '{a} = {b}'. Each side of the join comparision must contain references from exactly one source."
+        )));
+    };
+    let table_keys: Vec<&str> = right.key_columns().map(|c| c.name.as_str()).collect();
+    match &table_on {
+        Expr::Column(c) if table_keys.len() == 1 && c.name == table_keys[0] => {}
+        _ => {
+            return Err(SqlError::plan(format!(
+                "Invalid join condition: stream-table joins require to join on the table's primary key. Got {} = {}.",
+                stream_on, table_on
+            )))
+        }
+    }
+    let props = ExecutionProps::new();
+    let pctx = PhysicalPlanningContext::default();
+    let left_schema = join.left.schema();
+    let stream_key = vec![create_physical_expr(&stream_on, left_schema, &props, &pctx)?];
+    let join_schema = join.schema.clone();
+    let output_schema: SchemaRef = Arc::new(join_schema.as_arrow().clone());
+    let table_schema = right.row_schema();
+    let table_delete = table_schema.index_of(rill_engine::source::DELETE).map_err(|e| SqlError::Internal(e.to_string()))?;
+    let post_physical = |e: &Expr| create_physical_expr(e, &join_schema, &props, &pctx).map_err(SqlError::from);
+    let where_filter = where_filter.map(post_physical).transpose()?;
+    let join_names: Vec<String> = [&stream_on, &table_on]
+        .iter()
+        .filter_map(|e| match e {
+            Expr::Column(c) => Some(c.name.clone()),
+            _ => None,
+        })
+        .collect();
+    let (mut exprs, columns, mut fields) = output_columns(projection, &post_physical, |c| join_names.iter().any(|j| j == c))?;
+    let mut columns = columns;
+    // Only the first projected join column is the key.
+    let mut seen_key = false;
+    for c in columns.iter_mut() {
+        if c.key {
+            c.key = !seen_key;
+            seen_key = true;
+        }
+    }
+    let ts_index = left_schema
+        .index_of_column_by_name(None, rill_engine::source::ROWTIME)
+        .ok_or_else(|| SqlError::Internal("stream has no ROWTIME".into()))?;
+    exprs.push(Arc::new(PhysColumn::new(HIDDEN_TS, ts_index)));
+    fields.push(Field::new(HIDDEN_TS, DataType::Int64, true));
+    let rowtime_column = fields.len() - 1;
+    let schema = Arc::new(Schema::new(fields));
+    // Per stream partition: drop null values (they take no part in joins).
+    let stream_rows = left.row_schema();
+    let delete_index = stream_rows.index_of(rill_engine::source::DELETE).map_err(|e| SqlError::Internal(e.to_string()))?;
+    let identity: Vec<Arc<dyn PhysicalExpr>> = stream_rows
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Arc::new(PhysColumn::new(f.name(), i)) as Arc<dyn PhysicalExpr>)
+        .collect();
+    let not_deleted: Arc<dyn PhysicalExpr> = Arc::new(NotExpr::new(Arc::new(PhysColumn::new(rill_engine::source::DELETE, delete_index))));
+    let chain: ChainFactory = Arc::new(move || {
+        Ok(Chain::new(vec![Box::new(CalcOperator::try_new(Some(not_deleted.clone()), identity.clone(), stream_rows.clone())?)]))
+    });
+    let post_schema = schema.clone();
+    let table_key_columns = table_keys.len();
+    let stage: ChainFactory = Arc::new(move || {
+        let join = StreamTableJoinOperator::try_new(StreamTableJoinConfig {
+            stream_key: stream_key.clone(),
+            table_schema: table_schema.clone(),
+            table_key_columns,
+            table_delete,
+            left_outer,
+            output_schema: output_schema.clone(),
+        })?;
+        let post = CalcOperator::try_new(where_filter.clone(), exprs.clone(), post_schema.clone())?;
+        Ok(Chain::new(vec![Box::new(join), Box::new(post)]))
+    });
+    let table_chain: ChainFactory = Arc::new(|| Ok(Chain::new(vec![])));
+    Ok(QueryPlan {
+        source: left,
+        chain,
+        stage: Some(stage),
+        columns,
+        schema,
+        rowtime_column,
+        delete_column: None,
+        window: None,
+        is_table: false,
+        rekeyed: true,
+        side_sources: vec![(right, table_chain)],
+    })
+}
+
 fn contains_aggregate(plan: &LogicalPlan) -> bool {
     matches!(plan, LogicalPlan::Aggregate(_) | LogicalPlan::Window(_))
         || plan.inputs().iter().any(|p| contains_aggregate(p))
@@ -557,7 +764,7 @@ fn filter_over_scan(plan: &LogicalPlan) -> Result<(Option<&Expr>, &DFSchema)> {
 
 /// ksqlDB's projection rules: `*` means key and value columns (not pseudo columns), and an
 /// expression without an alias is named `KSQL_COL_<i>`.
-fn rewrite_projection(items: &mut Vec<sp::SelectItem>, source: &SourceDef, values_first: bool) {
+fn rewrite_projection(items: &mut Vec<sp::SelectItem>, source: &SourceDef, values_first: bool, join: bool) {
     let mut out = Vec::with_capacity(items.len());
     let mut generated = 0usize;
     let taken: std::collections::HashSet<String> = source.columns.iter().map(|c| c.name.clone()).collect();
@@ -577,8 +784,13 @@ fn rewrite_projection(items: &mut Vec<sp::SelectItem>, source: &SourceDef, value
             sp::SelectItem::UnnamedExpr(e) => match e {
                 sp::Expr::Identifier(_) => out.push(sp::SelectItem::UnnamedExpr(e)),
                 sp::Expr::CompoundIdentifier(ref parts) => {
-                    let last = parts.last().cloned().unwrap_or_else(|| quoted("?"));
-                    out.push(sp::SelectItem::ExprWithAlias { expr: e, alias: last });
+                    // In a join, `a.x` is named A_X (ksqlDB); otherwise X.
+                    let last = parts.last().map(|p| p.value.clone()).unwrap_or_default();
+                    let name = match (join, parts.len()) {
+                        (true, n) if n >= 2 => format!("{}_{last}", parts[n - 2].value),
+                        _ => last,
+                    };
+                    out.push(sp::SelectItem::ExprWithAlias { expr: e, alias: quoted(&name) });
                 }
                 // `s->f` is named after the field.
                 sp::Expr::BinaryOp { op: sp::BinaryOperator::Arrow, ref right, .. }

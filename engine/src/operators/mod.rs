@@ -2,8 +2,10 @@
 
 pub mod aggregate;
 pub mod calc;
+pub mod stream_table_join;
 pub mod table_diff;
 
 pub use aggregate::{AggregateConfig, AggregateOperator, WindowConfig, WindowKind};
 pub use calc::CalcOperator;
+pub use stream_table_join::{StreamTableJoinConfig, StreamTableJoinOperator};
 pub use table_diff::TableDiffOperator;

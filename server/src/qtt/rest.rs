@@ -5,7 +5,7 @@
 //! `POST /ksql` in one request; the inputs are then produced (after the first query's header
 //! instead, when `inputConditions` asks for it) and the persistent queries caught up; each query
 //! goes to `POST /query`. Expected responses are matched in order against the admin entities,
-//! then one response per query: only the fields the test names are compared (a key `k|startsWith`
+//! then one response per query: only the fields the test names are compared (a key `k|starts_with`
 //! compares a prefix, `{STATEMENT}` stands for the statement of that index), and a query's rows
 //! must match in number. `expectedError` matches the error's HTTP status, message (substring)
 //! and type (`KsqlStatementErrorMessage` = a `statement_error` naming the last statement). Unlike
@@ -366,8 +366,10 @@ fn match_fields(actual: &Value, expected: &Value, statement: &str, path: &str) -
         return Err(format!("{path}: expected an object, got {}", compare::short(actual)));
     };
     for (key, value) in want {
+        // Upstream's operators: `k|starts_with` (any case), `k|equals`.
         let (name, starts_with) = match key.split_once('|') {
-            Some((n, op)) if op.eq_ignore_ascii_case("startsWith") => (n, true),
+            Some((n, op)) if op.eq_ignore_ascii_case("starts_with") || op.eq_ignore_ascii_case("startsWith") => (n, true),
+            Some((n, op)) if op.eq_ignore_ascii_case("equals") => (n, false),
             _ => (key.as_str(), false),
         };
         let here = format!("{path}.{name}");
@@ -547,7 +549,7 @@ mod tests {
         let actual = json!({"@type": "currentStatus", "statementText": "CREATE STREAM X;", "commandStatus": {"status": "SUCCESS", "message": "Stream created"}});
         assert!(match_fields(&actual, &json!({"@type": "currentStatus"}), "", "r").is_ok());
         assert!(match_fields(&actual, &json!({"statementText": "{STATEMENT}"}), "CREATE STREAM X;", "r").is_ok());
-        assert!(match_fields(&actual, &json!({"commandStatus": {"message|startsWith": "Stream"}}), "", "r").is_ok());
+        assert!(match_fields(&actual, &json!({"commandStatus": {"message|STARTS_WITH": "Stream"}}), "", "r").is_ok());
         let e = match_fields(&actual, &json!({"commandStatus": {"status": "ERROR"}}), "", "r").unwrap_err();
         assert_eq!(e, r#"r.commandStatus.status: expected "ERROR", got "SUCCESS""#);
         assert!(match_fields(&actual, &json!({"nope": 1}), "", "r").unwrap_err().ends_with("missing"));
