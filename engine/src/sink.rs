@@ -72,7 +72,17 @@ impl Sink {
         if self.spec.key_columns.is_empty() {
             keys.resize(n, None);
         } else {
-            self.key_encoder.encode(&batch.project(&self.spec.key_columns)?, &mut keys)?;
+            let key_batch = batch.project(&self.spec.key_columns)?;
+            self.key_encoder.encode(&key_batch, &mut keys)?;
+            // A null single-column key is a null key, whatever the format.
+            if key_batch.num_columns() == 1 {
+                let c = key_batch.column(0);
+                for (i, k) in keys.iter_mut().enumerate() {
+                    if c.is_null(i) {
+                        *k = None;
+                    }
+                }
+            }
         }
         self.value_encoder.encode(&batch.project(&self.spec.value_columns)?, &mut values)?;
         let ts = batch.column(self.spec.timestamp_column).as_primitive::<Int64Type>();

@@ -1076,12 +1076,9 @@ fn formats(with: &Props, inherit: Option<(&Format, &Format)>) -> Result<(Format,
     };
     let mut value = Format::new(value_kind);
     let mut key = Format::new(key_kind);
+    // WRAP_SINGLE_VALUE is not inherited from a query's source (ksqlDB).
     if let Some(PropValue::Bool(b)) = with.get("WRAP_SINGLE_VALUE") {
         value.wrap_single_value = *b;
-    } else if let Some((_, v)) = inherit {
-        if v.kind == value_kind {
-            value.wrap_single_value = v.wrap_single_value;
-        }
     }
     for (prop, f) in [("VALUE_DELIMITER", &mut value), ("KEY_DELIMITER", &mut key)] {
         if let Some(d) = get(prop) {
