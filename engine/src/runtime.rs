@@ -167,7 +167,8 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                 chain: factory()?,
                 out: make_output()?,
                 stats: stats.clone(),
-                tracker: WatermarkTracker::new(partitions[0] as usize),
+                tracker: WatermarkTracker::new(partitions.iter().sum::<u32>() as usize),
+                tracker_base: partitions.iter().scan(0usize, |acc, n| { let base = *acc; *acc += *n as usize; Some(base) }).collect(),
                 state_measured: None,
             };
             tasks.push(tokio::spawn(stage.run(rx)));
@@ -299,7 +300,10 @@ struct StageTask {
     chain: Chain,
     out: TaskOutput,
     stats: Arc<QueryStats>,
+    /// Watermark over every partition of every input (idle ones excluded).
     tracker: WatermarkTracker,
+    /// Index of each input's first partition in `tracker`.
+    tracker_base: Vec<usize>,
     state_measured: Option<std::time::Instant>,
 }
 
@@ -323,8 +327,9 @@ impl StageTask {
                     bootstrap = Some((targets, tx));
                     continue;
                 }
-                StageInput::Message(0, p, Message::Watermark(w)) => {
-                    if let Some(combined) = self.tracker.update(p as usize, w) {
+                StageInput::Message(i, p, Message::Watermark(w)) => {
+                    let slot = self.tracker_base.get(i).copied().unwrap_or(0) + p as usize;
+                    if let Some(combined) = self.tracker.update(slot, w) {
                         self.chain.push(Message::Watermark(combined), &mut messages)?;
                     }
                 }

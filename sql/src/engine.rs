@@ -635,6 +635,10 @@ impl KsqlEngine {
         }
         let topic = with.get("KAFKA_TOPIC").map(|v| v.as_text()).unwrap_or_else(|| name.to_string());
         let (mut key_format, value_format) = formats(with, Some((&plan.source.key_format, &plan.source.value_format)))?;
+        if plan.columns.iter().any(|c| c.key) && key_format.kind == FormatKind::None {
+            // A keyless source's query that has a key again (joins, PARTITION BY).
+            key_format = Format::new(FormatKind::Kafka);
+        }
         if !plan.columns.iter().any(|c| c.key) {
             if with.get("KEY_FORMAT").is_some_and(|f| !f.as_text().eq_ignore_ascii_case("NONE")) {
                 return Err(SqlError::plan("Key format specified for stream without key columns."));

@@ -19,7 +19,8 @@ use datafusion::sql::parser::Statement as DfStatement;
 use rill_engine::operator::Chain;
 use rill_engine::operators::aggregate::DELETE_COLUMN;
 use rill_engine::operators::{
-    AggregateConfig, AggregateOperator, CalcOperator, StreamTableJoinConfig, StreamTableJoinOperator, TableDiffOperator,
+    AggregateConfig, AggregateOperator, CalcOperator, JoinKind, StreamStreamJoinConfig, StreamStreamJoinOperator,
+    StreamTableJoinConfig, StreamTableJoinOperator, TableDiffOperator,
     WindowConfig, WindowKind,
 };
 use rill_engine::runtime::ChainFactory;
@@ -124,7 +125,7 @@ pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Selec
             exprs.push(sp::Expr::Identifier(quoted(WINDOWEND)));
         }
     }
-    rewrite_projection(&mut body.projection, &source, rekey_by.is_some(), false);
+    rewrite_projection(&mut body.projection, &source, rekey_by.is_some(), None);
     let _ = alias;
     let mut rekey: Option<Vec<String>> = None;
     if let Some(exprs) = rekey_by {
@@ -175,7 +176,7 @@ pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Selec
     let plan = state.statement_to_plan(statement).await;
     let _ = ctx.deregister_table(reference);
     // The analyzer adds DataFusion's type coercions (casts) to the plan.
-    let plan = state.analyzer().execute_and_check(plan?, state.config_options(), |_, _| {})?;
+    let plan = simplify(state.analyzer().execute_and_check(plan?, state.config_options(), |_, _| {})?);
     let LogicalPlan::Projection(projection) = &plan else {
         return Err(SqlError::Internal(format!("expected a projection, planned:\n{}", plan.display_indent())));
     };
@@ -477,7 +478,7 @@ pub async fn run_pull(
             "Pull queries don't support WINDOW clauses. See https://cnfl.io/queries for more info.\nAdd EMIT CHANGES if you intended to issue a push query.",
         ));
     }
-    rewrite_projection(&mut body.projection, source, false, false);
+    rewrite_projection(&mut body.projection, source, false, None);
     query.limit_clause = None;
     ksql_expressions(&mut query);
     let table = MemTable::try_new(rows.schema(), vec![vec![rows]])?;
@@ -561,18 +562,50 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
     let (right_name, right_alias) = table_name(&body.from[0].joins[0].relation)?;
     let left = lookup(&left_name)?;
     let right = lookup(&right_name)?;
-    let left_outer = match &body.from[0].joins[0].join_operator {
-        sp::JoinOperator::Join(_) | sp::JoinOperator::Inner(_) => false,
-        sp::JoinOperator::Left(_) | sp::JoinOperator::LeftOuter(_) => true,
-        other => return Err(SqlError::Unsupported(format!("{other:?} joins are not supported yet"))),
+    let kind = match &body.from[0].joins[0].join_operator {
+        sp::JoinOperator::Join(_) | sp::JoinOperator::Inner(_) => JoinKind::Inner,
+        sp::JoinOperator::Left(_) | sp::JoinOperator::LeftOuter(_) => JoinKind::Left,
+        sp::JoinOperator::Right(_) | sp::JoinOperator::RightOuter(_) => JoinKind::Right,
+        sp::JoinOperator::FullOuter(_) => JoinKind::Full,
+        _ => return Err(SqlError::Unsupported("This kind of join is not supported".into())),
     };
-    match (left.kind, right.kind) {
-        (SourceKind::Stream, SourceKind::Table) => {}
-        (SourceKind::Stream, SourceKind::Stream) => {
-            return Err(SqlError::Unsupported("Stream-stream joins are not supported yet".into()))
+    let type_text = match kind {
+        JoinKind::Inner => "[INNER] JOIN",
+        JoinKind::Left => "LEFT [OUTER] JOIN",
+        JoinKind::Right => "RIGHT [OUTER] JOIN",
+        JoinKind::Full => "[FULL] OUTER JOIN",
+    };
+    let stream_stream = match (left.kind, right.kind) {
+        (SourceKind::Stream, SourceKind::Table) => {
+            if matches!(kind, JoinKind::Right | JoinKind::Full) {
+                return Err(SqlError::plan(format!(
+                    "Invalid join type: {} join not supported for stream-table join. Got {left_name} {type_text} {right_name}.",
+                    if kind == JoinKind::Full { "full-outer" } else { "right-outer" }
+                )));
+            }
+            if !select.within.is_empty() {
+                return Err(SqlError::plan(
+                    "A window definition was provided for a Stream-Table join. These joins are not windowed. Please drop the window definition (ie. the WITHIN clause) and try to execute your join again.",
+                ));
+            }
+            false
         }
-        _ => return Err(SqlError::Unsupported("Table-table and table-stream joins are not supported yet".into())),
-    }
+        (SourceKind::Stream, SourceKind::Stream) => {
+            if select.within.is_empty() {
+                return Err(SqlError::plan(
+                    "Stream-Stream joins must have a WITHIN clause specified. None was provided. To learn about how to specify a WITHIN clause with a stream-stream join, please visit: https://docs.confluent.io/current/ksql/docs/syntax-reference.html#create-stream-as-select",
+                ));
+            }
+            true
+        }
+        (SourceKind::Table, SourceKind::Stream) => {
+            return Err(SqlError::plan(format!(
+                "Invalid join order: table-stream joins are not supported; only stream-table joins. Got {left_name} {type_text} {right_name}."
+            )))
+        }
+        _ => return Err(SqlError::Unsupported("Table-table joins are not supported yet".into())),
+    };
+    let left_outer = kind == JoinKind::Left;
     let grouped = !matches!(body.group_by, sp::GroupByExpr::Expressions(ref e, _) if e.is_empty());
     if grouped || select.window.is_some() || !select.partition_by.is_empty() {
         return Err(SqlError::Unsupported("GROUP BY, WINDOW or PARTITION BY over a join is not supported yet".into()));
@@ -605,7 +638,11 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
         }
     }
     body.projection = items;
-    rewrite_projection(&mut body.projection, &left, false, true);
+    // A qualified column keeps its name unless both sources have a column of that name.
+    let mut shared: Vec<String> =
+        left.columns.iter().filter(|c| right.columns.iter().any(|r| r.name == c.name)).map(|c| c.name.clone()).collect();
+    shared.extend([rill_engine::source::ROWTIME, rill_engine::source::ROWPARTITION, rill_engine::source::ROWOFFSET].map(String::from));
+    rewrite_projection(&mut body.projection, &left, false, Some(&shared));
     ksql_expressions(&mut query);
     let refs = [(left.name.clone(), left.row_schema()), (right.name.clone(), right.row_schema())];
     for (name, schema) in &refs {
@@ -619,7 +656,7 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
     for (name, _) in &refs {
         let _ = ctx.deregister_table(TableReference::bare(name.clone()));
     }
-    let plan = state.analyzer().execute_and_check(plan?, state.config_options(), |_, _| {})?;
+    let plan = simplify(state.analyzer().execute_and_check(plan?, state.config_options(), |_, _| {})?);
     let LogicalPlan::Projection(projection) = &plan else {
         return Err(SqlError::Internal(format!("expected a projection, planned:\n{}", plan.display_indent())));
     };
@@ -651,11 +688,13 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
     };
     let table_keys: Vec<&str> = right.key_columns().map(|c| c.name.as_str()).collect();
     match &table_on {
+        _ if stream_stream => {}
         Expr::Column(c) if table_keys.len() == 1 && c.name == table_keys[0] => {}
         _ => {
             return Err(SqlError::plan(format!(
                 "Invalid join condition: stream-table joins require to join on the table's primary key. Got {} = {}.",
-                stream_on, table_on
+                stream_on.to_string().replace(&format!("{left_alias}."), &format!("{left_name}.")),
+                table_on.to_string().replace(&format!("{right_alias}."), &format!("{right_name}."))
             )))
         }
     }
@@ -678,18 +717,38 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
         .collect();
     let (mut exprs, columns, mut fields) = output_columns(projection, &post_physical, |c| join_names.iter().any(|j| j == c))?;
     let mut columns = columns;
-    // Only the first projected join column is the key.
+    // Only the first projected join column is the key, and its value is the join key of
+    // whichever side is present: COALESCE(left, right) (outer rows have one side null).
     let mut seen_key = false;
-    for c in columns.iter_mut() {
+    let either = datafusion::logical_expr::when(stream_on.clone().is_not_null(), stream_on.clone()).otherwise(table_on.clone())?;
+    let join_key = post_physical(&either)?;
+    for (i, c) in columns.iter_mut().enumerate() {
         if c.key {
             c.key = !seen_key;
+            if !seen_key {
+                exprs[i] = if exprs[i].data_type(&output_schema)? == join_key.data_type(&output_schema)? {
+                    join_key.clone()
+                } else {
+                    exprs[i].clone()
+                };
+            }
             seen_key = true;
         }
     }
     let ts_index = left_schema
         .index_of_column_by_name(None, rill_engine::source::ROWTIME)
         .ok_or_else(|| SqlError::Internal("stream has no ROWTIME".into()))?;
-    exprs.push(Arc::new(PhysColumn::new(HIDDEN_TS, ts_index)));
+    if stream_stream {
+        // A joined row's time is the later of its two rows' times (ksqlDB).
+        let right_ts = join.left.schema().fields().len()
+            + join.right.schema().index_of_column_by_name(None, rill_engine::source::ROWTIME).ok_or_else(|| SqlError::Internal("stream has no ROWTIME".into()))?;
+        let column = |i: usize| Expr::Column(datafusion::common::Column::from(join_schema.qualified_field(i)));
+        let greatest = datafusion::execution::FunctionRegistry::udf(ctx, "greatest")?;
+        let e = greatest.call(vec![column(ts_index), column(right_ts)]);
+        exprs.push(post_physical(&e)?);
+    } else {
+        exprs.push(Arc::new(PhysColumn::new(HIDDEN_TS, ts_index)));
+    }
     fields.push(Field::new(HIDDEN_TS, DataType::Int64, true));
     let rowtime_column = fields.len() - 1;
     let schema = Arc::new(Schema::new(fields));
@@ -708,19 +767,60 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
     });
     let post_schema = schema.clone();
     let table_key_columns = table_keys.len();
-    let stage: ChainFactory = Arc::new(move || {
-        let join = StreamTableJoinOperator::try_new(StreamTableJoinConfig {
-            stream_key: stream_key.clone(),
-            table_schema: table_schema.clone(),
-            table_key_columns,
-            table_delete,
-            left_outer,
-            output_schema: output_schema.clone(),
-        })?;
-        let post = CalcOperator::try_new(where_filter.clone(), exprs.clone(), post_schema.clone())?;
-        Ok(Chain::new(vec![Box::new(join), Box::new(post)]))
-    });
-    let table_chain: ChainFactory = Arc::new(|| Ok(Chain::new(vec![])));
+    let (stage, side_chain): (ChainFactory, ChainFactory) = if stream_stream {
+        let w = select.within[0];
+        let right_rows = right.row_schema();
+        let right_key = vec![create_physical_expr(&table_on, join.right.schema(), &props, &pctx)?];
+        let right_time = right_rows.index_of(rill_engine::source::ROWTIME).map_err(|e| SqlError::Internal(e.to_string()))?;
+        let right_delete = right_rows.index_of(rill_engine::source::DELETE).map_err(|e| SqlError::Internal(e.to_string()))?;
+        let left_rows = left.row_schema();
+        let grace = w.grace.map(|g| g.millis).unwrap_or(24 * 3_600_000);
+        let eager_outer = w.grace.is_none();
+        let stage: ChainFactory = Arc::new(move || {
+            let join = StreamStreamJoinOperator::try_new(StreamStreamJoinConfig {
+                left_key: stream_key.clone(),
+                right_key: right_key.clone(),
+                left_schema: left_rows.clone(),
+                right_schema: right_rows.clone(),
+                left_time: ts_index,
+                right_time,
+                before: w.before.millis,
+                after: w.after.millis,
+                grace,
+                kind,
+                eager_outer,
+                output_schema: output_schema.clone(),
+            })?;
+            let post = CalcOperator::try_new(where_filter.clone(), exprs.clone(), post_schema.clone())?;
+            Ok(Chain::new(vec![Box::new(join), Box::new(post)]))
+        });
+        let right_rows = right.row_schema();
+        let identity: Vec<Arc<dyn PhysicalExpr>> = right_rows
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Arc::new(PhysColumn::new(f.name(), i)) as Arc<dyn PhysicalExpr>)
+            .collect();
+        let not_deleted: Arc<dyn PhysicalExpr> = Arc::new(NotExpr::new(Arc::new(PhysColumn::new(rill_engine::source::DELETE, right_delete))));
+        let side: ChainFactory = Arc::new(move || {
+            Ok(Chain::new(vec![Box::new(CalcOperator::try_new(Some(not_deleted.clone()), identity.clone(), right_rows.clone())?)]))
+        });
+        (stage, side)
+    } else {
+        let stage: ChainFactory = Arc::new(move || {
+            let join = StreamTableJoinOperator::try_new(StreamTableJoinConfig {
+                stream_key: stream_key.clone(),
+                table_schema: table_schema.clone(),
+                table_key_columns,
+                table_delete,
+                left_outer,
+                output_schema: output_schema.clone(),
+            })?;
+            let post = CalcOperator::try_new(where_filter.clone(), exprs.clone(), post_schema.clone())?;
+            Ok(Chain::new(vec![Box::new(join), Box::new(post)]))
+        });
+        (stage, Arc::new(|| Ok(Chain::new(vec![]))))
+    };
     Ok(QueryPlan {
         source: left,
         chain,
@@ -732,8 +832,24 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
         window: None,
         is_table: false,
         rekeyed: true,
-        side_sources: vec![(right, table_chain)],
+        side_sources: vec![(right, side_chain)],
     })
+}
+
+/// DataFusion's expression simplifier over the whole plan: constant folding, and rewrites some
+/// functions need before they can be evaluated (COALESCE becomes CASE).
+/// When simplification fails (constant folding can meet an error that evaluation would only
+/// meet on some rows), the plan is used as it is.
+fn simplify(plan: LogicalPlan) -> LogicalPlan {
+    use datafusion::common::tree_node::TreeNode;
+    use datafusion::optimizer::simplify_expressions::SimplifyExpressions;
+    use datafusion::optimizer::{OptimizerContext, OptimizerRule};
+    let rule = SimplifyExpressions::new();
+    let config = OptimizerContext::new();
+    match plan.clone().transform_up(|p| rule.rewrite(p, &config)) {
+        Ok(t) => t.data,
+        Err(_) => plan,
+    }
 }
 
 fn contains_aggregate(plan: &LogicalPlan) -> bool {
@@ -764,7 +880,7 @@ fn filter_over_scan(plan: &LogicalPlan) -> Result<(Option<&Expr>, &DFSchema)> {
 
 /// ksqlDB's projection rules: `*` means key and value columns (not pseudo columns), and an
 /// expression without an alias is named `KSQL_COL_<i>`.
-fn rewrite_projection(items: &mut Vec<sp::SelectItem>, source: &SourceDef, values_first: bool, join: bool) {
+fn rewrite_projection(items: &mut Vec<sp::SelectItem>, source: &SourceDef, values_first: bool, join: Option<&[String]>) {
     let mut out = Vec::with_capacity(items.len());
     let mut generated = 0usize;
     let taken: std::collections::HashSet<String> = source.columns.iter().map(|c| c.name.clone()).collect();
@@ -787,7 +903,7 @@ fn rewrite_projection(items: &mut Vec<sp::SelectItem>, source: &SourceDef, value
                     // In a join, `a.x` is named A_X (ksqlDB); otherwise X.
                     let last = parts.last().map(|p| p.value.clone()).unwrap_or_default();
                     let name = match (join, parts.len()) {
-                        (true, n) if n >= 2 => format!("{}_{last}", parts[n - 2].value),
+                        (Some(shared), n) if n >= 2 && shared.contains(&last) => format!("{}_{last}", parts[n - 2].value),
                         _ => last,
                     };
                     out.push(sp::SelectItem::ExprWithAlias { expr: e, alias: quoted(&name) });

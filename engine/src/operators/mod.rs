@@ -2,10 +2,12 @@
 
 pub mod aggregate;
 pub mod calc;
+pub mod stream_stream_join;
 pub mod stream_table_join;
 pub mod table_diff;
 
 pub use aggregate::{AggregateConfig, AggregateOperator, WindowConfig, WindowKind};
 pub use calc::CalcOperator;
+pub use stream_stream_join::{JoinKind, StreamStreamJoinConfig, StreamStreamJoinOperator};
 pub use stream_table_join::{StreamTableJoinConfig, StreamTableJoinOperator};
 pub use table_diff::TableDiffOperator;

@@ -1,0 +1,316 @@
+//! `StreamStreamJoinOperator`: joins two streams on a key within a time window.
+//!
+//! Input 0 is the left stream, input 1 (`process_side_batch`) the right one. A left row at
+//! time `l` matches right rows of the same key at times `r` with `l - before <= r <= l + after`
+//! (`WITHIN (before, after)`); matches are emitted as soon as the second row arrives, from
+//! either side. Both sides are buffered until the watermark shows no more matches can come:
+//! a left row expires when `l + after + grace < watermark`, a right row when
+//! `r + before + grace < watermark`. For LEFT, RIGHT and FULL joins an expiring row that never
+//! matched is emitted then, with the other side null: no early null rows, as the issue asks
+//! (and as ksqlDB does with a GRACE PERIOD). A row arriving after its whole window closed is
+//! handed to the runtime as late. State is bounded by the window, grace and the input rate.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions, UInt32Array};
+use arrow::compute::{cast, take};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::physical_expr::PhysicalExpr;
+
+use crate::message::{Message, Watermark};
+use crate::operator::{LateRow, Operator, StateInfo};
+use crate::{EngineError, Result};
+
+/// The kind of join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinKind {
+    /// Matches only.
+    Inner,
+    /// Plus unmatched left rows.
+    Left,
+    /// Plus unmatched right rows.
+    Right,
+    /// Plus unmatched rows of both sides.
+    Full,
+}
+
+/// What the join needs, planned by `rill-sql`.
+pub struct StreamStreamJoinConfig {
+    /// Join key over left rows.
+    pub left_key: Vec<Arc<dyn PhysicalExpr>>,
+    /// Join key over right rows.
+    pub right_key: Vec<Arc<dyn PhysicalExpr>>,
+    /// Schema of left rows.
+    pub left_schema: SchemaRef,
+    /// Schema of right rows.
+    pub right_schema: SchemaRef,
+    /// Event-time column of left rows.
+    pub left_time: usize,
+    /// Event-time column of right rows.
+    pub right_time: usize,
+    /// How far a right row may be before the left one (ms).
+    pub before: i64,
+    /// How far a right row may be after the left one (ms).
+    pub after: i64,
+    /// Grace period (ms).
+    pub grace: i64,
+    /// Join kind.
+    pub kind: JoinKind,
+    /// Emit an outer row with nulls as soon as a row arrives without a match (ksqlDB's
+    /// semantics when no GRACE PERIOD is given); otherwise only once its window has closed.
+    pub eager_outer: bool,
+    /// Left columns then right columns.
+    pub output_schema: SchemaRef,
+}
+
+struct Buffered {
+    time: i64,
+    row: OwnedRow,
+    matched: bool,
+}
+
+/// See the module docs.
+pub struct StreamStreamJoinOperator {
+    cfg: StreamStreamJoinConfig,
+    key_types: Vec<DataType>,
+    keys: RowConverter,
+    left_rows: RowConverter,
+    right_rows: RowConverter,
+    left: HashMap<OwnedRow, Vec<Buffered>>,
+    right: HashMap<OwnedRow, Vec<Buffered>>,
+    watermark: i64,
+    late: Vec<LateRow>,
+}
+
+/// One output row: a left row and/or a right row.
+type Pair = (Option<OwnedRow>, Option<OwnedRow>);
+
+impl StreamStreamJoinOperator {
+    /// A join per `cfg`; key types are the left key's.
+    pub fn try_new(cfg: StreamStreamJoinConfig) -> Result<Self> {
+        let key_types = cfg.left_key.iter().map(|e| Ok(e.data_type(&cfg.left_schema)?)).collect::<Result<Vec<_>>>()?;
+        let keys = RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?;
+        let fields = |s: &SchemaRef| s.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
+        let left_rows = RowConverter::new(fields(&cfg.left_schema))?;
+        let right_rows = RowConverter::new(fields(&cfg.right_schema))?;
+        Ok(Self {
+            cfg,
+            key_types,
+            keys,
+            left_rows,
+            right_rows,
+            left: HashMap::new(),
+            right: HashMap::new(),
+            watermark: i64::MIN,
+            late: Vec::new(),
+        })
+    }
+
+    fn key_rows(&self, batch: &RecordBatch, exprs: &[Arc<dyn PhysicalExpr>]) -> Result<(arrow::row::Rows, Vec<bool>)> {
+        let n = batch.num_rows();
+        let arrays = exprs
+            .iter()
+            .zip(&self.key_types)
+            .map(|(e, t)| {
+                let a = e.evaluate(batch)?.into_array(n)?;
+                Ok(if a.data_type() == t { a } else { cast(&a, t)? })
+            })
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        let nulls = (0..n).map(|i| arrays.iter().any(|a| a.is_null(i))).collect();
+        Ok((self.keys.convert_columns(&arrays)?, nulls))
+    }
+
+    /// Processes rows of one side against the other side's buffer.
+    fn process(&mut self, batch: RecordBatch, from_left: bool, out: &mut Vec<Message>) -> Result<()> {
+        let (keys, null_keys) = self.key_rows(&batch, if from_left { &self.cfg.left_key } else { &self.cfg.right_key })?;
+        let time_col = if from_left { self.cfg.left_time } else { self.cfg.right_time };
+        let times = cast(batch.column(time_col), &DataType::Int64)?;
+        let times = times.as_primitive::<Int64Type>();
+        let rows = if from_left { self.left_rows.convert_columns(batch.columns())? } else { self.right_rows.convert_columns(batch.columns())? };
+        let (before, after, grace) = (self.cfg.before, self.cfg.after, self.cfg.grace);
+        let mut pairs: Vec<Pair> = Vec::new();
+        for i in 0..batch.num_rows() {
+            let t = if times.is_null(i) { 0 } else { times.value(i) };
+            // The latest partner time that could still match this row, plus grace.
+            let reach = if from_left { t + after } else { t + before };
+            if self.watermark != i64::MIN && reach.saturating_add(grace) < self.watermark {
+                let (start, end) = if from_left { (t - before, t + after) } else { (t - after, t + before) };
+                self.late.push(LateRow {
+                    partition: 0,
+                    offset: -1,
+                    timestamp: t,
+                    window_start: start,
+                    window_end: end,
+                    watermark: self.watermark,
+                    reason: format!(
+                        "{} row at {t} is later than its join window [{start}, {end}] plus grace: the watermark was already {}",
+                        if from_left { "left" } else { "right" },
+                        self.watermark
+                    ),
+                });
+                continue;
+            }
+            let row = rows.row(i).owned();
+            let mut matched = false;
+            if !null_keys[i] {
+                let key = keys.row(i).owned();
+                let other = if from_left { &mut self.right } else { &mut self.left };
+                if let Some(partners) = other.get_mut(&key) {
+                    for p in partners.iter_mut() {
+                        let in_window = if from_left { p.time >= t - before && p.time <= t + after } else { t >= p.time - before && t <= p.time + after };
+                        if in_window {
+                            p.matched = true;
+                            matched = true;
+                            pairs.push(if from_left { (Some(row.clone()), Some(p.row.clone())) } else { (Some(p.row.clone()), Some(row.clone())) });
+                        }
+                    }
+                }
+                if !matched && self.cfg.eager_outer && self.emits_unmatched(from_left) {
+                    pairs.push(if from_left { (Some(row.clone()), None) } else { (None, Some(row.clone())) });
+                }
+                let own = if from_left { &mut self.left } else { &mut self.right };
+                // With eager outer rows, the row's null row is already out: never emit it again.
+                let matched = matched || self.cfg.eager_outer;
+                own.entry(key).or_default().push(Buffered { time: t, row, matched });
+            } else if self.emits_unmatched(from_left) {
+                // A null key never matches: it is final right away.
+                pairs.push(if from_left { (Some(row), None) } else { (None, Some(row)) });
+            }
+        }
+        self.emit(pairs, out)
+    }
+
+    fn emits_unmatched(&self, left_side: bool) -> bool {
+        matches!((self.cfg.kind, left_side), (JoinKind::Left | JoinKind::Full, true) | (JoinKind::Right | JoinKind::Full, false))
+    }
+
+    /// Drops rows the watermark has passed; emits outer rows that never matched.
+    fn expire(&mut self, out: &mut Vec<Message>) -> Result<()> {
+        let wm = self.watermark;
+        let (before, after, grace) = (self.cfg.before, self.cfg.after, self.cfg.grace);
+        let mut pairs: Vec<(i64, Pair)> = Vec::new();
+        let left_outer = self.emits_unmatched(true);
+        let right_outer = self.emits_unmatched(false);
+        for rows in self.left.values_mut() {
+            rows.retain(|b| {
+                let keep = (b.time + after).saturating_add(grace) >= wm;
+                if !keep && left_outer && !b.matched {
+                    pairs.push((b.time, (Some(b.row.clone()), None)));
+                }
+                keep
+            });
+        }
+        for rows in self.right.values_mut() {
+            rows.retain(|b| {
+                let keep = (b.time + before).saturating_add(grace) >= wm;
+                if !keep && right_outer && !b.matched {
+                    pairs.push((b.time, (None, Some(b.row.clone()))));
+                }
+                keep
+            });
+        }
+        self.left.retain(|_, v| !v.is_empty());
+        self.right.retain(|_, v| !v.is_empty());
+        pairs.sort_by_key(|(t, _)| *t);
+        self.emit(pairs.into_iter().map(|(_, p)| p).collect(), out)
+    }
+
+    fn emit(&self, pairs: Vec<Pair>, out: &mut Vec<Message>) -> Result<()> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let n = pairs.len();
+        let mut columns = side_columns(&self.left_rows, &self.cfg.left_schema, pairs.iter().map(|p| p.0.as_ref()), n)?;
+        columns.extend(side_columns(&self.right_rows, &self.cfg.right_schema, pairs.iter().map(|p| p.1.as_ref()), n)?);
+        for (c, f) in columns.iter_mut().zip(self.cfg.output_schema.fields()) {
+            if c.data_type() != f.data_type() {
+                *c = cast(c, f.data_type())?;
+            }
+        }
+        out.push(Message::Data(RecordBatch::try_new_with_options(
+            self.cfg.output_schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(n)),
+        )?));
+        Ok(())
+    }
+}
+
+/// The columns of one side for `n` output rows, null where the side is absent.
+fn side_columns<'a>(
+    converter: &RowConverter,
+    schema: &SchemaRef,
+    rows: impl Iterator<Item = Option<&'a OwnedRow>>,
+    n: usize,
+) -> Result<Vec<ArrayRef>> {
+    let mut present = Vec::new();
+    let mut idx: Vec<Option<u32>> = Vec::with_capacity(n);
+    for r in rows {
+        match r {
+            Some(r) => {
+                idx.push(Some(present.len() as u32));
+                present.push(r);
+            }
+            None => idx.push(None),
+        }
+    }
+    if present.is_empty() {
+        return Ok(schema.fields().iter().map(|f| new_null_array(f.data_type(), n)).collect());
+    }
+    let columns = converter.convert_rows(present.iter().map(|r| r.row()))?;
+    let idx = UInt32Array::from(idx);
+    columns.iter().map(|c| Ok(take(c.as_ref(), &idx, None)?)).collect()
+}
+
+impl Operator for StreamStreamJoinOperator {
+    fn name(&self) -> &str {
+        "stream-stream-join"
+    }
+
+    fn output_schema(&self) -> SchemaRef {
+        self.cfg.output_schema.clone()
+    }
+
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
+        self.process(batch, true, out)
+    }
+
+    fn process_side_batch(&mut self, input: usize, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
+        if input != 1 {
+            return Err(EngineError::Internal(format!("stream-stream join has no input {input}")));
+        }
+        self.process(batch, false, out)
+    }
+
+    fn handle_watermark(&mut self, watermark: Watermark, out: &mut Vec<Message>) -> Result<()> {
+        if let Watermark::EventTime(t) = watermark {
+            if t > self.watermark {
+                self.watermark = t;
+                self.expire(out)?;
+            }
+        }
+        out.push(Message::Watermark(watermark));
+        Ok(())
+    }
+
+    fn on_close(&mut self, out: &mut Vec<Message>) -> Result<()> {
+        self.watermark = i64::MAX;
+        self.expire(out)?;
+        out.push(Message::End);
+        Ok(())
+    }
+
+    fn drain_late(&mut self, out: &mut Vec<LateRow>) {
+        out.append(&mut self.late);
+    }
+
+    fn state_info(&self) -> StateInfo {
+        StateInfo {
+            bounded: true,
+            bytes: self.left.values().chain(self.right.values()).flatten().map(|b| b.row.as_ref().len() + 16).sum(),
+            description: "rows of both sides until their join window plus grace has passed".into(),
+        }
+    }
+}
