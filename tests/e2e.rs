@@ -37,7 +37,9 @@ async fn walkthrough() {
     assert!(body.ends_with("{\"finalMessage\":\"Limit Reached\"}]"), "{body}");
 
     // The HTTP/2-era endpoint, delimited framing.
-    let (status, body) = server.query_stream("SELECT user_id, duration FROM pageviews WHERE user_id = 'alice' EMIT CHANGES LIMIT 1;").await;
+    let (status, body) = server
+        .query_stream("SELECT user_id, duration FROM pageviews WHERE user_id = 'alice' EMIT CHANGES LIMIT 1;")
+        .await;
     assert_eq!(status, 200);
     let lines: Vec<&str> = body.lines().collect();
     assert_eq!(lines.len(), 2, "{body}");
@@ -121,7 +123,9 @@ async fn restart_keeps_catalog_and_resumes_queries_exactly() {
     let (_, body) = server.query("PRINT 'LONG_VIEWS' FROM BEGINNING LIMIT 3;").await;
     let mut values: Vec<String> = body
         .lines()
-        .map(|l| l.split(", value: ").nth(1).unwrap_or_default().split(", partition").next().unwrap_or_default().to_string())
+        .map(|l| {
+            l.split(", value: ").nth(1).unwrap_or_default().split(", partition").next().unwrap_or_default().to_string()
+        })
         .collect();
     values.sort();
     assert_eq!(
@@ -172,13 +176,23 @@ async fn windowed_aggregation_routes_late_records() {
     let values: Vec<&str> = body.lines().map(|l| l.split(", value: ").nth(1).unwrap_or_default()).collect();
     assert_eq!(
         values,
-        vec![r#"{"C":1,"TOTAL":1}, partition: 0"#, r#"{"C":2,"TOTAL":3}, partition: 0"#, r#"{"C":1,"TOTAL":3}, partition: 0"#],
+        vec![
+            r#"{"C":1,"TOTAL":1}, partition: 0"#,
+            r#"{"C":2,"TOTAL":3}, partition: 0"#,
+            r#"{"C":1,"TOTAL":3}, partition: 0"#
+        ],
         "{body}"
     );
     // Stream time is now 61000: the window [0, 60000) has closed (grace 0).
     server.ok("INSERT INTO clicks (ROWTIME, user, n) VALUES (1500, 'a', 4);").await;
     let (_, body) = server.query("PRINT 'rill_late_records' FROM BEGINNING LIMIT 1;").await;
-    for part in [r#""timestamp":1500"#, r#""window_start":0"#, r#""window_end":60000"#, r#""watermark":61000"#, r#""topic":"clicks""#] {
+    for part in [
+        r#""timestamp":1500"#,
+        r#""window_start":0"#,
+        r#""window_end":60000"#,
+        r#""watermark":61000"#,
+        r#""topic":"clicks""#,
+    ] {
         assert!(body.contains(part), "{part} missing in {body}");
     }
     let (_, d) = server.ksql(&format!("DESCRIBE EXTENDED per_min; EXPLAIN {id};")).await;
@@ -229,6 +243,6 @@ async fn stream_table_join_enriches_with_current_table_row() {
     server.ok("INSERT INTO payments VALUES ('p2', 'c9', 3.0);").await;
     let (_, body) = server.query("SELECT * FROM enriched EMIT CHANGES LIMIT 2;").await;
     assert_eq!(Server::rows(&body), vec![json!(["p1", "Ada", 10.5]), json!(["p2", null, 3.0])], "{body}");
-    assert!(body.contains("\"schema\":\"`P_ID` STRING, `C_NAME` STRING, `P_AMOUNT` DOUBLE\""), "{body}");
+    assert!(body.contains("\"schema\":\"`P_ID` STRING, `NAME` STRING, `AMOUNT` DOUBLE\""), "{body}");
     server.stop();
 }

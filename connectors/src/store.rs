@@ -60,7 +60,8 @@ impl EmbeddedStore {
 
     /// Starts periodic retention and compaction on the tokio runtime.
     pub fn spawn_maintenance(&self, every: Duration) {
-        let _ = self.log.spawn_maintenance(every);
+        // The task runs for the life of the runtime; its handle is not needed.
+        drop(self.log.spawn_maintenance(every));
     }
 }
 

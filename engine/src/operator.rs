@@ -102,7 +102,12 @@ pub trait Operator: Send {
 }
 
 /// Feeds `input` through `ops` in order, appending what the last one emits to `out`.
-fn run_through(ops: &mut [Box<dyn Operator>], scratch: &mut Vec<Message>, mut input: Vec<Message>, out: &mut Vec<Message>) -> Result<()> {
+fn run_through(
+    ops: &mut [Box<dyn Operator>],
+    scratch: &mut Vec<Message>,
+    mut input: Vec<Message>,
+    out: &mut Vec<Message>,
+) -> Result<()> {
     for op in ops.iter_mut() {
         let mut next = std::mem::take(scratch);
         for m in input.drain(..) {

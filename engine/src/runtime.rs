@@ -17,9 +17,9 @@ use tokio::task::JoinHandle;
 
 use crate::message::{Message, Watermark};
 use crate::operator::{Chain, LateRow};
-use crate::watermark::WatermarkTracker;
 use crate::sink::{Sink, SinkSpec};
 use crate::source::{dead_letter_value, DeadLetter, SourceReader, SourceSpec, ROWOFFSET};
+use crate::watermark::WatermarkTracker;
 use crate::{EngineError, Result};
 
 /// Topic that receives records no query could read, with the reason.
@@ -130,7 +130,10 @@ impl RunningQuery {
         }
         let positions = self.stats.positions.lock().clone();
         positions.iter().zip(&self.topics).all(|(parts, topic)| {
-            parts.iter().enumerate().all(|(p, pos)| store.end_offset(topic, p as u32).map(|end| *pos >= end).unwrap_or(true))
+            parts
+                .iter()
+                .enumerate()
+                .all(|(p, pos)| store.end_offset(topic, p as u32).map(|end| *pos >= end).unwrap_or(true))
         })
     }
 
@@ -148,7 +151,8 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
     store.create_topic(DEAD_LETTER_TOPIC, TopicConfig::default())?;
     let mut inputs: Vec<(SourceSpec, ChainFactory)> = vec![(spec.source.clone(), spec.chain.clone())];
     inputs.extend(spec.side_inputs.iter().map(|s| (s.source.clone(), s.chain.clone())));
-    let partitions: Vec<u32> = inputs.iter().map(|(s, _)| Ok(store.topic_config(&s.topic)?.partitions)).collect::<Result<_>>()?;
+    let partitions: Vec<u32> =
+        inputs.iter().map(|(s, _)| Ok(store.topic_config(&s.topic)?.partitions)).collect::<Result<_>>()?;
     let make_output = || -> Result<TaskOutput> {
         Ok(match &spec.output {
             Output::Topic(s) => TaskOutput::Sink(Box::new(Sink::try_new(s.clone(), store.clone())?)),
@@ -168,10 +172,17 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                 out: make_output()?,
                 stats: stats.clone(),
                 tracker: WatermarkTracker::new(partitions.iter().sum::<u32>() as usize),
-                tracker_base: partitions.iter().scan(0usize, |acc, n| { let base = *acc; *acc += *n as usize; Some(base) }).collect(),
+                tracker_base: partitions
+                    .iter()
+                    .scan(0usize, |acc, n| {
+                        let base = *acc;
+                        *acc += *n as usize;
+                        Some(base)
+                    })
+                    .collect(),
                 state_measured: None,
             };
-            tasks.push(tokio::spawn(stage.run(rx)));
+            tasks.push(spawn_guarded(stage.run(rx), stats.clone(), shared.id.clone()));
             Some(tx)
         }
         None if inputs.len() > 1 => return Err(EngineError::Internal("side inputs need a stateful stage".into())),
@@ -236,7 +247,7 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                 idle: false,
                 wait_for_tables: (input == 0).then(|| loaded_rx.clone()),
             };
-            tasks.push(tokio::spawn(task.run(stop_rx.clone())));
+            tasks.push(spawn_guarded(task.run(stop_rx.clone()), stats.clone(), shared.id.clone()));
         }
     }
     Ok(RunningQuery {
@@ -248,10 +259,36 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
     })
 }
 
+/// Spawns a task of a query; if it panics (a bug), the query is marked failed with the panic
+/// message instead of silently stopping, so callers waiting on progress are released.
+fn spawn_guarded(
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+    stats: Arc<QueryStats>,
+    query: String,
+) -> JoinHandle<()> {
+    use futures::FutureExt;
+    tokio::spawn(async move {
+        if let Err(panic) = std::panic::AssertUnwindSafe(task).catch_unwind().await {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(query = %query, "query task panicked (a bug in Rill): {message}");
+            *stats.last_error.lock() = Some(format!("internal error: {message} (this is a bug in Rill)"));
+            stats.failed.store(true, Ordering::SeqCst);
+            stats.progress.notify_waiters();
+        }
+    })
+}
+
 struct Shared {
     id: String,
     commit_group: Option<String>,
 }
+
+/// Side-input positions (input, partition, offset) still to reach, and whom to tell.
+type Bootstrap = (Vec<(usize, u32, u64)>, watch::Sender<bool>);
 
 /// What partition tasks send to the stateful stage.
 enum StageInput {
@@ -320,7 +357,7 @@ impl StageTask {
     async fn run_loop(&mut self, rx: &mut mpsc::Receiver<StageInput>) -> Result<()> {
         let mut messages = Vec::new();
         let mut late = Vec::new();
-        let mut bootstrap: Option<(Vec<(usize, u32, u64)>, watch::Sender<bool>)> = None;
+        let mut bootstrap: Option<Bootstrap> = None;
         while let Some(input) = rx.recv().await {
             match input {
                 StageInput::Bootstrap(targets, tx) => {
@@ -379,7 +416,12 @@ impl StageTask {
                         m.insert("query".into(), serde_json::Value::String(self.shared.id.clone()));
                         m.insert("topic".into(), serde_json::Value::String(self.topics[0].clone()));
                     }
-                    Record { timestamp: l.timestamp, key: Some(bytes::Bytes::from(self.shared.id.clone())), value: Some(v.to_string().into()), headers: vec![] }
+                    Record {
+                        timestamp: l.timestamp,
+                        key: Some(bytes::Bytes::from(self.shared.id.clone())),
+                        value: Some(v.to_string().into()),
+                        headers: vec![],
+                    }
                 })
                 .collect();
             self.stats.late_records.fetch_add(records.len() as u64, Ordering::Relaxed);
@@ -461,7 +503,11 @@ impl PartitionTask {
                 if !self.idle {
                     self.idle = true;
                     if let TaskOutput::Stage(tx) = &self.out {
-                        if tx.send(StageInput::Message(self.input, self.partition, Message::Watermark(Watermark::Idle))).await.is_err() {
+                        if tx
+                            .send(StageInput::Message(self.input, self.partition, Message::Watermark(Watermark::Idle)))
+                            .await
+                            .is_err()
+                        {
                             return Ok(Ended::Stopped);
                         }
                     }
@@ -511,7 +557,9 @@ impl PartitionTask {
             if let Some(g) = &self.shared.commit_group {
                 self.store.commit_offsets(g, &[(topic.to_string(), self.partition, self.offset)])?;
             }
-            if let Some(pos) = self.stats.positions.lock().get_mut(self.input).and_then(|v| v.get_mut(self.partition as usize)) {
+            if let Some(pos) =
+                self.stats.positions.lock().get_mut(self.input).and_then(|v| v.get_mut(self.partition as usize))
+            {
                 *pos = self.offset;
             }
             self.stats.progress.notify_waiters();

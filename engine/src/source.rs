@@ -98,6 +98,9 @@ pub struct ReadBatch {
     pub next_offset: u64,
 }
 
+/// Decoded columns (one row per input record) and the records that failed, by input index.
+type ColumnsAndErrors = (Vec<ArrayRef>, Vec<(usize, String)>);
+
 /// Decodes fetched records for one partition.
 pub struct SourceReader {
     spec: SourceSpec,
@@ -165,7 +168,13 @@ impl SourceReader {
         }
         let all = keep.len() == n;
         let keep_idx = UInt32Array::from(keep.clone());
-        let select = |c: &ArrayRef| -> Result<ArrayRef> { if all { Ok(c.clone()) } else { Ok(take(c.as_ref(), &keep_idx, None)?) } };
+        let select = |c: &ArrayRef| -> Result<ArrayRef> {
+            if all {
+                Ok(c.clone())
+            } else {
+                Ok(take(c.as_ref(), &keep_idx, None)?)
+            }
+        };
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
         for c in key_cols.iter().chain(value_cols.iter()) {
             columns.push(select(c)?);
@@ -186,7 +195,9 @@ impl SourceReader {
         columns.push(Arc::new(Int32Array::from(vec![self.partition as i32; keep.len()])));
         columns.push(Arc::new(offs));
         if self.spec.keep_tombstones {
-            columns.push(Arc::new(BooleanArray::from(keep.iter().map(|i| values[*i as usize].is_none()).collect::<Vec<_>>())));
+            columns.push(Arc::new(BooleanArray::from(
+                keep.iter().map(|i| values[*i as usize].is_none()).collect::<Vec<_>>(),
+            )));
         }
         let batch = RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(|e| EngineError::Internal(format!("source batch: {e}")))?;
@@ -195,7 +206,7 @@ impl SourceReader {
 
     /// Decodes values; tombstones become rows of nulls. One array per value column, one row
     /// per input, and the failures.
-    fn decode_values(&mut self, values: &[Option<&[u8]>]) -> Result<(Vec<ArrayRef>, Vec<(usize, String)>)> {
+    fn decode_values(&mut self, values: &[Option<&[u8]>]) -> Result<ColumnsAndErrors> {
         let present: Vec<usize> = (0..values.len()).filter(|i| values[*i].is_some()).collect();
         let bytes: Vec<&[u8]> = present.iter().filter_map(|i| values[*i]).collect();
         let decoded = self.value_decoder.decode(&bytes)?;
@@ -209,13 +220,18 @@ impl SourceReader {
             idx[present[*j as usize]] = Some(pos as u32);
         }
         let take_idx = UInt32Array::from(idx);
-        let cols = decoded.batch.columns().iter().map(|c| Ok(take(c.as_ref(), &take_idx, None)?)).collect::<Result<Vec<_>>>()?;
+        let cols = decoded
+            .batch
+            .columns()
+            .iter()
+            .map(|c| Ok(take(c.as_ref(), &take_idx, None)?))
+            .collect::<Result<Vec<_>>>()?;
         Ok((cols, errors))
     }
 
     /// Decodes keys; returns one array per key column with one row per input, the decoded
     /// inputs (None = all) and the failures.
-    fn decode_keys(&mut self, keys: &[Option<&[u8]>]) -> Result<(Vec<ArrayRef>, Vec<(usize, String)>)> {
+    fn decode_keys(&mut self, keys: &[Option<&[u8]>]) -> Result<ColumnsAndErrors> {
         let n = keys.len();
         if self.spec.key_schema.fields().is_empty() {
             return Ok((vec![], vec![]));
@@ -247,4 +263,3 @@ pub fn dead_letter_value(query: &str, d: &DeadLetter) -> Bytes {
     }
     Bytes::from(v.to_string())
 }
-

@@ -178,7 +178,16 @@ impl KsqlEngine {
     ) -> Result<StatementResult> {
         let text = p.text.clone();
         match p.statement {
-            Statement::CreateSource { or_replace, kind, read_only, if_not_exists, name, columns, props: with, query } => {
+            Statement::CreateSource {
+                or_replace,
+                kind,
+                read_only,
+                if_not_exists,
+                name,
+                columns,
+                props: with,
+                query,
+            } => {
                 if or_replace && (read_only || catalog.sources.get(&name).is_some_and(|e| e.read_only)) {
                     return Err(SqlError::plan(format!(
                         "Cannot add {} '{name}': CREATE OR REPLACE is not supported on source {}s.",
@@ -188,7 +197,16 @@ impl KsqlEngine {
                 }
                 if let Some(existing) = catalog.sources.get(&name) {
                     if if_not_exists {
-                        return Ok(self.status(&text, format!("Cannot add {} '{}': A {} with the same name already exists", kind.name().to_lowercase(), name, existing.kind.name().to_lowercase()), None));
+                        return Ok(self.status(
+                            &text,
+                            format!(
+                                "Cannot add {} '{}': A {} with the same name already exists",
+                                kind.name().to_lowercase(),
+                                name,
+                                existing.kind.name().to_lowercase()
+                            ),
+                            None,
+                        ));
                     }
                     if !or_replace {
                         return Err(SqlError::AlreadyExists(format!(
@@ -211,7 +229,9 @@ impl KsqlEngine {
                             sequence,
                         })
                     }
-                    Some(select) => self.create_as_select(catalog, kind, &name, &with, *select, &text, props, replay).await,
+                    Some(select) => {
+                        self.create_as_select(catalog, kind, &name, &with, *select, &text, props, replay).await
+                    }
                 }
             }
             Statement::InsertSelect { target, query } => {
@@ -229,11 +249,18 @@ impl KsqlEngine {
                 let id = format!("INSERTQUERY_{sequence}");
                 self.start_persistent(catalog, &id, plan, &sink, &text, props)?;
                 self.record(&text, props, replay)?;
-                Ok(StatementResult::CommandStatus { statement: text, message: format!("Created query with ID {id}"), query_id: Some(id), sequence })
+                Ok(StatementResult::CommandStatus {
+                    statement: text,
+                    message: format!("Created query with ID {id}"),
+                    query_id: Some(id),
+                    sequence,
+                })
             }
             Statement::InsertValues { target, columns, values } => {
                 let Some(sink) = catalog.sources.get(&target).cloned() else {
-                    return Err(SqlError::NotFound(format!("Cannot insert values into an unknown stream/table: {target}")));
+                    return Err(SqlError::NotFound(format!(
+                        "Cannot insert values into an unknown stream/table: {target}"
+                    )));
                 };
                 self.insert_values(&sink, columns, values).await?;
                 Ok(StatementResult::Nothing)
@@ -259,12 +286,20 @@ impl KsqlEngine {
                     commit_group: None,
                 };
                 let handle = Arc::new(runtime::start(self.store.clone(), spec)?);
-                Ok(StatementResult::Push(PushQuery { id, columns, rows: rx, limit: select.limit, handle, delete_column }))
+                Ok(StatementResult::Push(PushQuery {
+                    id,
+                    columns,
+                    rows: rx,
+                    limit: select.limit,
+                    handle,
+                    delete_column,
+                }))
             }
             Statement::Show { what, .. } => Ok(match what {
                 ShowWhat::Streams | ShowWhat::Tables => {
                     let kind = if what == ShowWhat::Streams { SourceKind::Stream } else { SourceKind::Table };
-                    let sources = catalog.sources.values().filter(|s| s.kind == kind).map(|s| self.info(catalog, s)).collect();
+                    let sources =
+                        catalog.sources.values().filter(|s| s.kind == kind).map(|s| self.info(catalog, s)).collect();
                     StatementResult::Sources { statement: text, kind: kind.name(), sources }
                 }
                 ShowWhat::Topics => StatementResult::Topics {
@@ -274,7 +309,10 @@ impl KsqlEngine {
                         .topic_names()
                         .into_iter()
                         .filter(|t| !t.starts_with('_'))
-                        .map(|t| TopicInfo { partitions: self.store.topic_config(&t).map(|c| c.partitions).unwrap_or(0), name: t })
+                        .map(|t| TopicInfo {
+                            partitions: self.store.topic_config(&t).map(|c| c.partitions).unwrap_or(0),
+                            name: t,
+                        })
                         .collect(),
                 },
                 ShowWhat::Queries => StatementResult::Queries {
@@ -293,7 +331,8 @@ impl KsqlEngine {
                 Ok(StatementResult::Description { statement: text, source: Box::new(self.info(catalog, s)), extended })
             }
             Statement::DescribeAll { kind, .. } => {
-                let sources = catalog.sources.values().filter(|s| s.kind == kind).map(|s| self.info(catalog, s)).collect();
+                let sources =
+                    catalog.sources.values().filter(|s| s.kind == kind).map(|s| self.info(catalog, s)).collect();
                 Ok(StatementResult::Sources { statement: text, kind: kind.name(), sources })
             }
             Statement::Drop { kind, if_exists, name, delete_topic } => {
@@ -313,8 +352,10 @@ impl KsqlEngine {
                         kind.name()
                     )));
                 }
-                let readers: Vec<String> = catalog.queries.values().filter(|q| q.sources.contains(&name)).map(|q| q.id.clone()).collect();
-                let writers: Vec<String> = catalog.queries.values().filter(|q| q.sink == name).map(|q| q.id.clone()).collect();
+                let readers: Vec<String> =
+                    catalog.queries.values().filter(|q| q.sources.contains(&name)).map(|q| q.id.clone()).collect();
+                let writers: Vec<String> =
+                    catalog.queries.values().filter(|q| q.sink == name).map(|q| q.id.clone()).collect();
                 if !readers.is_empty() || !writers.is_empty() {
                     return Err(SqlError::plan(format!(
                         "Cannot drop {name}.\nThe following queries read from this source: [{}].\nThe following queries write into this source: [{}].\nYou need to terminate them before dropping {name}.",
@@ -353,7 +394,12 @@ impl KsqlEngine {
                         }
                     }
                 }
-                Ok(StatementResult::CommandStatus { statement: text, message: "Query terminated.".into(), query_id: None, sequence })
+                Ok(StatementResult::CommandStatus {
+                    statement: text,
+                    message: "Query terminated.".into(),
+                    query_id: None,
+                    sequence,
+                })
             }
             Statement::Print { topic, from_beginning, limit } => self.print(&topic, from_beginning, limit),
             Statement::Set { name, value } => {
@@ -406,16 +452,24 @@ impl KsqlEngine {
             return Err(SqlError::Unsupported("Only simple SELECT statements are supported".into()));
         };
         let name = match body.from.first().map(|f| &f.relation) {
-            Some(sp::TableFactor::Table { name, .. }) => name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.clone()).unwrap_or_default(),
+            Some(sp::TableFactor::Table { name, .. }) => {
+                name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.clone()).unwrap_or_default()
+            }
             _ => return Err(SqlError::plan("A pull query reads FROM one table")),
         };
-        let source = catalog.sources.get(&name).cloned().ok_or_else(|| SqlError::NotFound(format!("{name} does not exist.")))?;
+        let source =
+            catalog.sources.get(&name).cloned().ok_or_else(|| SqlError::NotFound(format!("{name} does not exist.")))?;
         if source.window_type.is_some() {
             return Err(SqlError::Unsupported("Pull queries on windowed tables are not supported yet".into()));
         }
         let rows = self.current_rows(&source)?;
         let (columns, batches) = planner::run_pull(&self.ctx, &source, select, rows).await?;
-        Ok(StatementResult::Pull { id: format!("query_{}", now_ms()), columns, rows: batches, is_table: source.kind == SourceKind::Table })
+        Ok(StatementResult::Pull {
+            id: format!("query_{}", now_ms()),
+            columns,
+            rows: batches,
+            is_table: source.kind == SourceKind::Table,
+        })
     }
 
     /// Every row of a source now: for a table the latest row per key (deleted keys left out).
@@ -459,7 +513,11 @@ impl KsqlEngine {
             (0..all.num_rows() as u32).filter(|i| !deletes.value(*i as usize)).collect()
         };
         let idx = arrow::array::UInt32Array::from(keep);
-        let columns = all.columns().iter().map(|c| arrow::compute::take(c.as_ref(), &idx, None)).collect::<Result<Vec<_>, _>>()?;
+        let columns = all
+            .columns()
+            .iter()
+            .map(|c| arrow::compute::take(c.as_ref(), &idx, None))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(RecordBatch::try_new(schema, columns)?)
     }
 
@@ -501,10 +559,9 @@ impl KsqlEngine {
         with: &Props,
         text: &str,
     ) -> Result<SourceDef> {
-        let topic = with
-            .get("KAFKA_TOPIC")
-            .map(|v| v.as_text())
-            .ok_or_else(|| SqlError::plan(format!("Missing required property \"KAFKA_TOPIC\" for \"CREATE {}\"", kind.name())))?;
+        let topic = with.get("KAFKA_TOPIC").map(|v| v.as_text()).ok_or_else(|| {
+            SqlError::plan(format!("Missing required property \"KAFKA_TOPIC\" for \"CREATE {}\"", kind.name()))
+        })?;
         let (key_format, value_format) = formats(with, None)?;
         let mut seen = std::collections::HashSet::new();
         for c in &columns {
@@ -683,7 +740,12 @@ impl KsqlEngine {
             return Err(e);
         }
         self.record(text, props, replay)?;
-        Ok(StatementResult::CommandStatus { statement: text.to_string(), message: format!("Created query with ID {id}"), query_id: Some(id), sequence })
+        Ok(StatementResult::CommandStatus {
+            statement: text.to_string(),
+            message: format!("Created query with ID {id}"),
+            query_id: Some(id),
+            sequence,
+        })
     }
 
     fn start_persistent(
@@ -708,7 +770,11 @@ impl KsqlEngine {
             timestamp_column: plan.rowtime_column,
             input_schema: input_schema.clone(),
             delete_column: plan.delete_column,
-            window: plan.window.map(|(start, end, kind)| WindowKey { start, end, session: matches!(kind, WindowKind::Session { .. }) }),
+            window: plan.window.map(|(start, end, kind)| WindowKey {
+                start,
+                end,
+                session: matches!(kind, WindowKind::Session { .. }),
+            }),
         };
         let spec = QuerySpec {
             id: id.to_string(),
@@ -741,7 +807,9 @@ impl KsqlEngine {
                 statement: text.to_string(),
                 sink: sink.name.clone(),
                 sink_topic: sink.topic.clone(),
-                sources: std::iter::once(plan.source.name.clone()).chain(plan.side_sources.iter().map(|(s, _)| s.name.clone())).collect(),
+                sources: std::iter::once(plan.source.name.clone())
+                    .chain(plan.side_sources.iter().map(|(s, _)| s.name.clone()))
+                    .collect(),
                 running,
                 plan: plan_text,
             },
@@ -751,7 +819,11 @@ impl KsqlEngine {
 
     async fn insert_values(&self, sink: &SourceDef, columns: Option<Vec<String>>, values: Vec<sp::Expr>) -> Result<()> {
         if sink.read_only {
-            return Err(SqlError::plan(format!("Cannot insert values into read-only {}: {}", sink.kind.name().to_lowercase(), sink.name)));
+            return Err(SqlError::plan(format!(
+                "Cannot insert values into read-only {}: {}",
+                sink.kind.name().to_lowercase(),
+                sink.name
+            )));
         }
         let all: Vec<String> = sink.columns.iter().map(|c| c.name.clone()).collect();
         let columns = columns.unwrap_or(all);
@@ -779,7 +851,11 @@ impl KsqlEngine {
                 .map(|(e, c)| sp::SelectItem::ExprWithAlias { expr: e, alias: sp::Ident::with_quote('"', c) })
                 .collect();
         }
-        let plan = self.ctx.state().statement_to_plan(DfStatement::Statement(Box::new(sp::Statement::Query(Box::new(query))))).await?;
+        let plan = self
+            .ctx
+            .state()
+            .statement_to_plan(DfStatement::Statement(Box::new(sp::Statement::Query(Box::new(query)))))
+            .await?;
         let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
         let row = batches.first().ok_or_else(|| SqlError::Internal("VALUES produced no row".into()))?;
         let mut fields = Vec::new();
@@ -820,14 +896,18 @@ impl KsqlEngine {
     /// Inserts rows given as JSON objects (the `/inserts-stream` endpoint); field names match
     /// columns case-insensitively, `ROWTIME` sets the record timestamp. Returns one result per row.
     pub async fn insert_json(&self, target: &str, rows: &[&[u8]]) -> Result<Vec<std::result::Result<(), String>>> {
-        let sink = self
-            .source(target)
-            .await
-            .ok_or_else(|| SqlError::NotFound(format!("Cannot insert values into an unknown stream/table: {target}")))?;
+        let sink = self.source(target).await.ok_or_else(|| {
+            SqlError::NotFound(format!("Cannot insert values into an unknown stream/table: {target}"))
+        })?;
         if sink.read_only {
-            return Err(SqlError::plan(format!("Cannot insert values into read-only {}: {}", sink.kind.name().to_lowercase(), sink.name)));
+            return Err(SqlError::plan(format!(
+                "Cannot insert values into read-only {}: {}",
+                sink.kind.name().to_lowercase(),
+                sink.name
+            )));
         }
-        let mut fields: Vec<Field> = sink.columns.iter().map(|c| Field::new(&c.name, c.sql_type.to_arrow(), true)).collect();
+        let mut fields: Vec<Field> =
+            sink.columns.iter().map(|c| Field::new(&c.name, c.sql_type.to_arrow(), true)).collect();
         fields.push(Field::new("ROWTIME", DataType::Int64, true));
         let schema = Arc::new(Schema::new(fields));
         let mut decoder = format::decoder(&Format::new(FormatKind::Json), schema.clone())?;
@@ -876,7 +956,8 @@ impl KsqlEngine {
             let mut sent = 0u64;
             let mut offsets = Vec::new();
             for p in 0..cfg.partitions {
-                let o = if from_beginning { store.start_offset(&topic_name, p) } else { store.end_offset(&topic_name, p) };
+                let o =
+                    if from_beginning { store.start_offset(&topic_name, p) } else { store.end_offset(&topic_name, p) };
                 offsets.push(o.unwrap_or(0));
             }
             loop {
@@ -923,7 +1004,8 @@ impl KsqlEngine {
 
     fn info(&self, catalog: &Catalog, s: &SourceDef) -> SourceInfo {
         let read_queries = catalog.queries.values().filter(|q| q.sources.contains(&s.name)).map(query_info).collect();
-        let write_queries: Vec<QueryInfo> = catalog.queries.values().filter(|q| q.sink == s.name).map(query_info).collect();
+        let write_queries: Vec<QueryInfo> =
+            catalog.queries.values().filter(|q| q.sink == s.name).map(query_info).collect();
         let (mut processed, mut dead, mut late, mut state, mut last_error) = (0u64, 0u64, 0u64, 0u64, None);
         for q in catalog.queries.values().filter(|q| q.sources.contains(&s.name) || q.sink == s.name) {
             processed += q.running.stats.records_in.load(Ordering::Relaxed);
@@ -988,7 +1070,9 @@ fn explain(plan: &QueryPlan, sink: Option<&str>) -> Result<String> {
         }
     }
     lines.push(match sink {
-        Some(s) => format!("  > SINK {s}{}", if plan.is_table { " (changelog: upserts and tombstones by key)" } else { "" }),
+        Some(s) => {
+            format!("  > SINK {s}{}", if plan.is_table { " (changelog: upserts and tombstones by key)" } else { "" })
+        }
         None => "  > PUSH to client".to_string(),
     });
     Ok(lines.join("\n"))
@@ -1009,7 +1093,8 @@ fn query_info(q: &QueryDef) -> QueryInfo {
 fn check_key_projection(plan: &QueryPlan, name: &str) -> Result<()> {
     let keys: Vec<&str> = plan.source.key_columns().map(|c| c.name.as_str()).collect();
     for k in &keys {
-        let aliases: Vec<&str> = plan.columns.iter().filter(|c| c.key && c.origin.as_deref() == Some(*k)).map(|c| c.name.as_str()).collect();
+        let aliases: Vec<&str> =
+            plan.columns.iter().filter(|c| c.key && c.origin.as_deref() == Some(*k)).map(|c| c.name.as_str()).collect();
         if aliases.len() > 1 {
             return Err(SqlError::plan(format!(
                 "The projection contains a key column (`{k}`) more than once, aliased as: {}.",
@@ -1034,15 +1119,20 @@ fn check_key_projection(plan: &QueryPlan, name: &str) -> Result<()> {
 }
 
 fn check_insert_schema(plan: &QueryPlan, sink: &SourceDef) -> Result<()> {
-    let ours: Vec<(&str, &SqlType, bool)> = plan.columns.iter().map(|c| (c.name.as_str(), &c.sql_type, c.key)).collect();
-    let theirs: Vec<(&str, &SqlType, bool)> = sink.columns.iter().map(|c| (c.name.as_str(), &c.sql_type, c.key)).collect();
+    let ours: Vec<(&str, &SqlType, bool)> =
+        plan.columns.iter().map(|c| (c.name.as_str(), &c.sql_type, c.key)).collect();
+    let theirs: Vec<(&str, &SqlType, bool)> =
+        sink.columns.iter().map(|c| (c.name.as_str(), &c.sql_type, c.key)).collect();
     let mut a = ours.clone();
     let mut b = theirs.clone();
     a.sort_by_key(|c| (!c.2, c.0));
     b.sort_by_key(|c| (!c.2, c.0));
     if a != b {
         let render = |cols: &[(&str, &SqlType, bool)]| {
-            cols.iter().map(|(n, t, k)| format!("`{n}` {t}{}", if *k { " KEY" } else { "" })).collect::<Vec<_>>().join(", ")
+            cols.iter()
+                .map(|(n, t, k)| format!("`{n}` {t}{}", if *k { " KEY" } else { "" }))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         return Err(SqlError::plan(format!(
             "Incompatible schema between results and sink.\nResult schema is {}\nSink schema is {}",
@@ -1057,7 +1147,12 @@ fn cast_value(a: &ArrayRef, dt: &DataType, column: &str) -> Result<ArrayRef> {
     if a.data_type() == dt {
         return Ok(a.clone());
     }
-    arrow::compute::cast(a, dt).map_err(|e| SqlError::plan(format!("Expected type {} for column {column}: {e}", SqlType::from_arrow(dt).map(|t| t.to_string()).unwrap_or_default())))
+    arrow::compute::cast(a, dt).map_err(|e| {
+        SqlError::plan(format!(
+            "Expected type {} for column {column}: {e}",
+            SqlType::from_arrow(dt).map(|t| t.to_string()).unwrap_or_default()
+        ))
+    })
 }
 
 fn formats(with: &Props, inherit: Option<(&Format, &Format)>) -> Result<(Format, Format)> {
@@ -1090,7 +1185,11 @@ fn formats(with: &Props, inherit: Option<(&Format, &Format)>) -> Result<(Format,
                 "TAB" => b'\t',
                 "SPACE" => b' ',
                 s if s.len() == 1 => s.as_bytes()[0],
-                _ => return Err(SqlError::plan(format!("Invalid delimiter '{d}': use a single character, TAB or SPACE"))),
+                _ => {
+                    return Err(SqlError::plan(format!(
+                        "Invalid delimiter '{d}': use a single character, TAB or SPACE"
+                    )))
+                }
             };
         }
     }
@@ -1100,7 +1199,10 @@ fn formats(with: &Props, inherit: Option<(&Format, &Format)>) -> Result<(Format,
 }
 
 fn side_inputs(plan: &QueryPlan) -> Vec<runtime::SideInput> {
-    plan.side_sources.iter().map(|(s, chain)| runtime::SideInput { source: s.source_spec(), chain: chain.clone() }).collect()
+    plan.side_sources
+        .iter()
+        .map(|(s, chain)| runtime::SideInput { source: s.source_spec(), chain: chain.clone() })
+        .collect()
 }
 
 fn window_name(kind: WindowKind) -> &'static str {
@@ -1112,7 +1214,11 @@ fn window_name(kind: WindowKind) -> &'static str {
 }
 
 fn start_from(props: &Properties, default: StartFrom) -> StartFrom {
-    match props.get("auto.offset.reset").or_else(|| props.get("ksql.streams.auto.offset.reset")).map(|s| s.to_lowercase()) {
+    match props
+        .get("auto.offset.reset")
+        .or_else(|| props.get("ksql.streams.auto.offset.reset"))
+        .map(|s| s.to_lowercase())
+    {
         Some(s) if s == "earliest" => StartFrom::Earliest,
         Some(s) if s == "latest" => StartFrom::Latest,
         _ => default,

@@ -18,12 +18,8 @@ const SCALAR_ALIASES: &[(&str, &str)] = &[
 ];
 
 /// (ksqlDB name, DataFusion aggregate) pairs with identical semantics.
-const AGGREGATE_ALIASES: &[(&str, &str)] = &[
-    ("collect_list", "array_agg"),
-    ("stddev_samp", "stddev"),
-    ("correlation", "corr"),
-    ("stddev_sample", "stddev"),
-];
+const AGGREGATE_ALIASES: &[(&str, &str)] =
+    &[("collect_list", "array_agg"), ("stddev_samp", "stddev"), ("correlation", "corr"), ("stddev_sample", "stddev")];
 
 /// Registers ksqlDB's names for DataFusion functions.
 pub fn register(ctx: &SessionContext) -> Result<()> {

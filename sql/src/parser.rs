@@ -481,7 +481,9 @@ impl StatementParser {
             "ALL" if self.eat_kw("TOPICS") => ShowWhat::Topics,
             other => {
                 self.pos -= 1;
-                return self.error(format!("Syntax error at or near '{other}': expected STREAMS, TABLES, TOPICS, QUERIES or PROPERTIES"));
+                return self.error(format!(
+                    "Syntax error at or near '{other}': expected STREAMS, TABLES, TOPICS, QUERIES or PROPERTIES"
+                ));
             }
         };
         let extended = self.eat_kw("EXTENDED");
@@ -528,7 +530,11 @@ impl StatementParser {
             }
             Token::Word(w) => {
                 self.pos += 1;
-                if w.quote_style.is_some() { w.value } else { w.value.to_lowercase() }
+                if w.quote_style.is_some() {
+                    w.value
+                } else {
+                    w.value.to_lowercase()
+                }
             }
             _ => return self.unexpected(),
         };
@@ -649,7 +655,8 @@ impl StatementParser {
                     } else if self.eat_kw("FINAL") {
                         Emit::Final
                     } else {
-                        return self.error(format!("Syntax error at or near '{}': expected CHANGES or FINAL", self.peek()));
+                        return self
+                            .error(format!("Syntax error at or near '{}': expected CHANGES or FINAL", self.peek()));
                     });
                     continue;
                 }
@@ -682,7 +689,8 @@ impl StatementParser {
             self.pos += 1;
         }
         // sqlparser gives no location at the end of input: point after the last token.
-        let pos = rest.last().map(|t| Position { line: t.span.end.line, column: t.span.end.column }).unwrap_or_default();
+        let pos =
+            rest.last().map(|t| Position { line: t.span.end.line, column: t.span.end.column }).unwrap_or_default();
         let n = rest.len();
         let mut p = Parser::new(&KsqlDialect).with_tokens_with_locations(rest);
         let query = p.parse_query().map_err(|e| parser_error(e, pos))?;
@@ -758,7 +766,14 @@ mod tests {
         ) else {
             panic!()
         };
-        assert_eq!(s.window, Some(WindowSpec::Tumbling { size: Duration { millis: 30_000 }, retention: None, grace: Some(Duration { millis: 60_000 }) }));
+        assert_eq!(
+            s.window,
+            Some(WindowSpec::Tumbling {
+                size: Duration { millis: 30_000 },
+                retention: None,
+                grace: Some(Duration { millis: 60_000 })
+            })
+        );
         assert_eq!(s.emit, Some(Emit::Changes));
         assert_eq!(s.limit, Some(3));
         assert_eq!(s.query.to_string(), "SELECT ID, COUNT(*) FROM S WHERE X > 1 GROUP BY ID");

@@ -10,8 +10,8 @@ use datafusion::catalog::MemTable;
 use datafusion::common::{DFSchema, TableReference};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{Expr, LogicalPlan};
-use datafusion::physical_expr::execution_props::ExecutionProps;
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+use datafusion::physical_expr::execution_props::ExecutionProps;
 use datafusion::physical_expr::expressions::{BinaryExpr, NotExpr};
 use datafusion::physical_expr::{create_physical_expr, expressions::Column as PhysColumn, PhysicalExpr};
 use datafusion::prelude::SessionContext;
@@ -20,8 +20,7 @@ use rill_engine::operator::Chain;
 use rill_engine::operators::aggregate::DELETE_COLUMN;
 use rill_engine::operators::{
     AggregateConfig, AggregateOperator, CalcOperator, JoinKind, StreamStreamJoinConfig, StreamStreamJoinOperator,
-    StreamTableJoinConfig, StreamTableJoinOperator, TableDiffOperator,
-    WindowConfig, WindowKind,
+    StreamTableJoinConfig, StreamTableJoinOperator, TableDiffOperator, WindowConfig, WindowKind,
 };
 use rill_engine::runtime::ChainFactory;
 use sqlparser::ast as sp;
@@ -153,7 +152,8 @@ pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Selec
                     }
                 },
             };
-            body.projection.push(sp::SelectItem::ExprWithAlias { expr: e.clone(), alias: quoted(&format!("__RILL_PKEY_{i}")) });
+            body.projection
+                .push(sp::SelectItem::ExprWithAlias { expr: e.clone(), alias: quoted(&format!("__RILL_PKEY_{i}")) });
             names.push(name);
         }
         rekey = Some(names);
@@ -183,9 +183,16 @@ pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Selec
     let props = ExecutionProps::new();
     let pctx = PhysicalPlanningContext::default();
     match peel_having(&projection.input) {
-        (having, LogicalPlan::Aggregate(aggregate)) => {
-            plan_aggregate(source, projection, having, aggregate, window, select.emit == Some(Emit::Final), &props, &pctx)
-        }
+        (having, LogicalPlan::Aggregate(aggregate)) => plan_aggregate(
+            source,
+            projection,
+            having,
+            aggregate,
+            window,
+            select.emit == Some(Emit::Final),
+            &props,
+            &pctx,
+        ),
         _ => {
             if contains_aggregate(&plan) {
                 return Err(SqlError::Unsupported("this aggregation shape is not supported yet".into()));
@@ -279,7 +286,8 @@ fn plan_aggregate(
         let not_deleted: Arc<dyn PhysicalExpr> =
             Arc::new(NotExpr::new(Arc::new(PhysColumn::new(rill_engine::source::DELETE, delete_index))));
         Some(match filter.map(scan_physical).transpose()? {
-            Some(f) => Arc::new(BinaryExpr::new(f, datafusion::logical_expr::Operator::And, not_deleted)) as Arc<dyn PhysicalExpr>,
+            Some(f) => Arc::new(BinaryExpr::new(f, datafusion::logical_expr::Operator::And, not_deleted))
+                as Arc<dyn PhysicalExpr>,
             None => not_deleted,
         })
     };
@@ -323,9 +331,12 @@ fn plan_aggregate(
     let output_schema: SchemaRef = Arc::new(agg_schema.as_arrow().clone());
     let group_names: Vec<String> = agg_schema.fields().iter().take(user_groups).map(|f| f.name().clone()).collect();
     let post_physical = |e: &Expr| create_physical_expr(e, &agg_schema, props, pctx).map_err(SqlError::from);
-    let (mut exprs, mut columns, mut fields) = output_columns(projection, &post_physical, |c| group_names.iter().any(|g| g == c))?;
+    let (mut exprs, mut columns, mut fields) =
+        output_columns(projection, &post_physical, |c| group_names.iter().any(|g| g == c))?;
     // Key columns are ordered as in GROUP BY, not as in the projection.
-    let key_order = |c: &OutputColumn| c.origin.as_ref().and_then(|o| group_names.iter().position(|g| g == o)).unwrap_or(usize::MAX);
+    let key_order = |c: &OutputColumn| {
+        c.origin.as_ref().and_then(|o| group_names.iter().position(|g| g == o)).unwrap_or(usize::MAX)
+    };
     let mut keys: Vec<usize> = (0..columns.len()).filter(|i| columns[*i].key).collect();
     let slots = keys.clone();
     keys.sort_by_key(|i| key_order(&columns[*i]));
@@ -431,7 +442,9 @@ fn index_in(schema: &DFSchema, name: &str) -> Result<usize> {
 /// `Filter? → X`: the HAVING predicate above an aggregate, if any.
 fn peel_having(plan: &LogicalPlan) -> (Option<&Expr>, &LogicalPlan) {
     match plan {
-        LogicalPlan::Filter(f) if matches!(f.input.as_ref(), LogicalPlan::Aggregate(_)) => (Some(&f.predicate), f.input.as_ref()),
+        LogicalPlan::Filter(f) if matches!(f.input.as_ref(), LogicalPlan::Aggregate(_)) => {
+            (Some(&f.predicate), f.input.as_ref())
+        }
         other => (None, other),
     }
 }
@@ -440,7 +453,9 @@ fn peel_having(plan: &LogicalPlan) -> (Option<&Expr>, &LogicalPlan) {
 fn window_config(w: &WindowSpec) -> WindowConfig {
     const DEFAULT_GRACE: i64 = 24 * 3_600_000;
     let (kind, retention, grace) = match w {
-        WindowSpec::Tumbling { size, retention, grace } => (WindowKind::Tumbling { size: size.millis }, retention, grace),
+        WindowSpec::Tumbling { size, retention, grace } => {
+            (WindowKind::Tumbling { size: size.millis }, retention, grace)
+        }
         WindowSpec::Hopping { size, advance, retention, grace } => {
             (WindowKind::Hopping { size: size.millis, advance: advance.millis }, retention, grace)
         }
@@ -557,7 +572,8 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
     if body.from[0].joins.len() > 1 {
         return Err(SqlError::Unsupported("Joins of more than two sources are not supported yet".into()));
     }
-    let lookup = |n: &str| catalog.sources.get(n).cloned().ok_or_else(|| SqlError::NotFound(format!("{n} does not exist.")));
+    let lookup =
+        |n: &str| catalog.sources.get(n).cloned().ok_or_else(|| SqlError::NotFound(format!("{n} does not exist.")));
     let (left_name, left_alias) = table_name(&body.from[0].relation)?;
     let (right_name, right_alias) = table_name(&body.from[0].joins[0].relation)?;
     let left = lookup(&left_name)?;
@@ -639,9 +655,16 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
     }
     body.projection = items;
     // A qualified column keeps its name unless both sources have a column of that name.
-    let mut shared: Vec<String> =
-        left.columns.iter().filter(|c| right.columns.iter().any(|r| r.name == c.name)).map(|c| c.name.clone()).collect();
-    shared.extend([rill_engine::source::ROWTIME, rill_engine::source::ROWPARTITION, rill_engine::source::ROWOFFSET].map(String::from));
+    let mut shared: Vec<String> = left
+        .columns
+        .iter()
+        .filter(|c| right.columns.iter().any(|r| r.name == c.name))
+        .map(|c| c.name.clone())
+        .collect();
+    shared.extend(
+        [rill_engine::source::ROWTIME, rill_engine::source::ROWPARTITION, rill_engine::source::ROWOFFSET]
+            .map(String::from),
+    );
     rewrite_projection(&mut body.projection, &left, false, Some(&shared));
     ksql_expressions(&mut query);
     let refs = [(left.name.clone(), left.row_schema()), (right.name.clone(), right.row_schema())];
@@ -663,20 +686,38 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
     let (where_filter, join) = match projection.input.as_ref() {
         LogicalPlan::Filter(f) => match f.input.as_ref() {
             LogicalPlan::Join(j) => (Some(&f.predicate), j),
-            other => return Err(SqlError::Unsupported(format!("this join shape is not supported yet:\n{}", other.display_indent()))),
+            other => {
+                return Err(SqlError::Unsupported(format!(
+                    "this join shape is not supported yet:\n{}",
+                    other.display_indent()
+                )))
+            }
         },
         LogicalPlan::Join(j) => (None, j),
-        other => return Err(SqlError::Unsupported(format!("this join shape is not supported yet:\n{}", other.display_indent()))),
+        other => {
+            return Err(SqlError::Unsupported(format!(
+                "this join shape is not supported yet:\n{}",
+                other.display_indent()
+            )))
+        }
     };
     // The ON condition: DataFusion's planner leaves `a = b` in the join filter (its optimizer
     // would move it to `on`); either way it must be one equality between the two sides.
     let (a, b) = match (&join.on[..], &join.filter) {
         ([(a, b)], None) => (a.clone(), b.clone()),
-        ([], Some(Expr::BinaryExpr(e))) if e.op == datafusion::logical_expr::Operator::Eq => ((*e.left).clone(), (*e.right).clone()),
-        _ => return Err(SqlError::Unsupported("A join condition must be one equality: <stream expression> = <table key>".into())),
+        ([], Some(Expr::BinaryExpr(e))) if e.op == datafusion::logical_expr::Operator::Eq => {
+            ((*e.left).clone(), (*e.right).clone())
+        }
+        _ => {
+            return Err(SqlError::Unsupported(
+                "A join condition must be one equality: <stream expression> = <table key>".into(),
+            ))
+        }
     };
-    let on_right = |e: &Expr| e.column_refs().iter().all(|c| join.right.schema().has_column(c)) && !e.column_refs().is_empty();
-    let on_left = |e: &Expr| e.column_refs().iter().all(|c| join.left.schema().has_column(c)) && !e.column_refs().is_empty();
+    let on_right =
+        |e: &Expr| e.column_refs().iter().all(|c| join.right.schema().has_column(c)) && !e.column_refs().is_empty();
+    let on_left =
+        |e: &Expr| e.column_refs().iter().all(|c| join.left.schema().has_column(c)) && !e.column_refs().is_empty();
     let (stream_on, table_on) = if on_left(&a) && on_right(&b) {
         (a, b)
     } else if on_left(&b) && on_right(&a) {
@@ -705,22 +746,21 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
     let join_schema = join.schema.clone();
     let output_schema: SchemaRef = Arc::new(join_schema.as_arrow().clone());
     let table_schema = right.row_schema();
-    let table_delete = table_schema.index_of(rill_engine::source::DELETE).map_err(|e| SqlError::Internal(e.to_string()))?;
+    let table_delete =
+        table_schema.index_of(rill_engine::source::DELETE).map_err(|e| SqlError::Internal(e.to_string()))?;
     let post_physical = |e: &Expr| create_physical_expr(e, &join_schema, &props, &pctx).map_err(SqlError::from);
     let where_filter = where_filter.map(post_physical).transpose()?;
-    let join_names: Vec<String> = [&stream_on, &table_on]
-        .iter()
-        .filter_map(|e| match e {
-            Expr::Column(c) => Some(c.name.clone()),
-            _ => None,
-        })
-        .collect();
-    let (mut exprs, columns, mut fields) = output_columns(projection, &post_physical, |c| join_names.iter().any(|j| j == c))?;
-    let mut columns = columns;
+    let (mut exprs, mut columns, mut fields) = output_columns(projection, &post_physical, |_| false)?;
+    // A projected join expression (compared with its qualifier) is the key.
+    for (c, e) in columns.iter_mut().zip(&projection.expr) {
+        let e = e.clone().unalias();
+        c.key = e == stream_on || e == table_on;
+    }
     // Only the first projected join column is the key, and its value is the join key of
     // whichever side is present: COALESCE(left, right) (outer rows have one side null).
     let mut seen_key = false;
-    let either = datafusion::logical_expr::when(stream_on.clone().is_not_null(), stream_on.clone()).otherwise(table_on.clone())?;
+    let either = datafusion::logical_expr::when(stream_on.clone().is_not_null(), stream_on.clone())
+        .otherwise(table_on.clone())?;
     let join_key = post_physical(&either)?;
     for (i, c) in columns.iter_mut().enumerate() {
         if c.key {
@@ -741,7 +781,11 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
     if stream_stream {
         // A joined row's time is the later of its two rows' times (ksqlDB).
         let right_ts = join.left.schema().fields().len()
-            + join.right.schema().index_of_column_by_name(None, rill_engine::source::ROWTIME).ok_or_else(|| SqlError::Internal("stream has no ROWTIME".into()))?;
+            + join
+                .right
+                .schema()
+                .index_of_column_by_name(None, rill_engine::source::ROWTIME)
+                .ok_or_else(|| SqlError::Internal("stream has no ROWTIME".into()))?;
         let column = |i: usize| Expr::Column(datafusion::common::Column::from(join_schema.qualified_field(i)));
         let greatest = datafusion::execution::FunctionRegistry::udf(ctx, "greatest")?;
         let e = greatest.call(vec![column(ts_index), column(right_ts)]);
@@ -754,16 +798,22 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
     let schema = Arc::new(Schema::new(fields));
     // Per stream partition: drop null values (they take no part in joins).
     let stream_rows = left.row_schema();
-    let delete_index = stream_rows.index_of(rill_engine::source::DELETE).map_err(|e| SqlError::Internal(e.to_string()))?;
+    let delete_index =
+        stream_rows.index_of(rill_engine::source::DELETE).map_err(|e| SqlError::Internal(e.to_string()))?;
     let identity: Vec<Arc<dyn PhysicalExpr>> = stream_rows
         .fields()
         .iter()
         .enumerate()
         .map(|(i, f)| Arc::new(PhysColumn::new(f.name(), i)) as Arc<dyn PhysicalExpr>)
         .collect();
-    let not_deleted: Arc<dyn PhysicalExpr> = Arc::new(NotExpr::new(Arc::new(PhysColumn::new(rill_engine::source::DELETE, delete_index))));
+    let not_deleted: Arc<dyn PhysicalExpr> =
+        Arc::new(NotExpr::new(Arc::new(PhysColumn::new(rill_engine::source::DELETE, delete_index))));
     let chain: ChainFactory = Arc::new(move || {
-        Ok(Chain::new(vec![Box::new(CalcOperator::try_new(Some(not_deleted.clone()), identity.clone(), stream_rows.clone())?)]))
+        Ok(Chain::new(vec![Box::new(CalcOperator::try_new(
+            Some(not_deleted.clone()),
+            identity.clone(),
+            stream_rows.clone(),
+        )?)]))
     });
     let post_schema = schema.clone();
     let table_key_columns = table_keys.len();
@@ -771,8 +821,10 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
         let w = select.within[0];
         let right_rows = right.row_schema();
         let right_key = vec![create_physical_expr(&table_on, join.right.schema(), &props, &pctx)?];
-        let right_time = right_rows.index_of(rill_engine::source::ROWTIME).map_err(|e| SqlError::Internal(e.to_string()))?;
-        let right_delete = right_rows.index_of(rill_engine::source::DELETE).map_err(|e| SqlError::Internal(e.to_string()))?;
+        let right_time =
+            right_rows.index_of(rill_engine::source::ROWTIME).map_err(|e| SqlError::Internal(e.to_string()))?;
+        let right_delete =
+            right_rows.index_of(rill_engine::source::DELETE).map_err(|e| SqlError::Internal(e.to_string()))?;
         let left_rows = left.row_schema();
         let grace = w.grace.map(|g| g.millis).unwrap_or(24 * 3_600_000);
         let eager_outer = w.grace.is_none();
@@ -801,9 +853,14 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
             .enumerate()
             .map(|(i, f)| Arc::new(PhysColumn::new(f.name(), i)) as Arc<dyn PhysicalExpr>)
             .collect();
-        let not_deleted: Arc<dyn PhysicalExpr> = Arc::new(NotExpr::new(Arc::new(PhysColumn::new(rill_engine::source::DELETE, right_delete))));
+        let not_deleted: Arc<dyn PhysicalExpr> =
+            Arc::new(NotExpr::new(Arc::new(PhysColumn::new(rill_engine::source::DELETE, right_delete))));
         let side: ChainFactory = Arc::new(move || {
-            Ok(Chain::new(vec![Box::new(CalcOperator::try_new(Some(not_deleted.clone()), identity.clone(), right_rows.clone())?)]))
+            Ok(Chain::new(vec![Box::new(CalcOperator::try_new(
+                Some(not_deleted.clone()),
+                identity.clone(),
+                right_rows.clone(),
+            )?)]))
         });
         (stage, side)
     } else {
@@ -874,13 +931,20 @@ fn filter_over_scan(plan: &LogicalPlan) -> Result<(Option<&Expr>, &DFSchema)> {
         LogicalPlan::TableScan(t) if t.projection.is_none() && t.filters.is_empty() => {
             Ok((None, t.projected_schema.as_ref()))
         }
-        other => Err(SqlError::Unsupported(format!("this query shape is not supported yet:\n{}", other.display_indent()))),
+        other => {
+            Err(SqlError::Unsupported(format!("this query shape is not supported yet:\n{}", other.display_indent())))
+        }
     }
 }
 
 /// ksqlDB's projection rules: `*` means key and value columns (not pseudo columns), and an
 /// expression without an alias is named `KSQL_COL_<i>`.
-fn rewrite_projection(items: &mut Vec<sp::SelectItem>, source: &SourceDef, values_first: bool, join: Option<&[String]>) {
+fn rewrite_projection(
+    items: &mut Vec<sp::SelectItem>,
+    source: &SourceDef,
+    values_first: bool,
+    join: Option<&[String]>,
+) {
     let mut out = Vec::with_capacity(items.len());
     let mut generated = 0usize;
     let taken: std::collections::HashSet<String> = source.columns.iter().map(|c| c.name.clone()).collect();
@@ -903,7 +967,9 @@ fn rewrite_projection(items: &mut Vec<sp::SelectItem>, source: &SourceDef, value
                     // In a join, `a.x` is named A_X (ksqlDB); otherwise X.
                     let last = parts.last().map(|p| p.value.clone()).unwrap_or_default();
                     let name = match (join, parts.len()) {
-                        (Some(shared), n) if n >= 2 && shared.contains(&last) => format!("{}_{last}", parts[n - 2].value),
+                        (Some(shared), n) if n >= 2 && shared.contains(&last) => {
+                            format!("{}_{last}", parts[n - 2].value)
+                        }
                         _ => last,
                     };
                     out.push(sp::SelectItem::ExprWithAlias { expr: e, alias: quoted(&name) });
@@ -955,7 +1021,9 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
             sp::Expr::BinaryOp { op: sp::BinaryOperator::Arrow, right, .. }
                 if matches!(right.as_ref(), sp::Expr::Identifier(_)) =>
             {
-                let sp::Expr::BinaryOp { left, right, .. } = std::mem::replace(e, sp::Expr::Value(sp::Value::Null.into())) else {
+                let sp::Expr::BinaryOp { left, right, .. } =
+                    std::mem::replace(e, sp::Expr::Value(sp::Value::Null.into()))
+                else {
                     return ControlFlow::Continue(());
                 };
                 let field = sp::AccessExpr::Dot(*right);

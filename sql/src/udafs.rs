@@ -223,7 +223,11 @@ impl Accumulator for HistogramAccumulator {
 pub fn all() -> Vec<AggregateUDF> {
     vec![
         AggregateUDF::from(TopK { name: "topk", distinct: false, signature: Signature::any(2, Volatility::Immutable) }),
-        AggregateUDF::from(TopK { name: "topkdistinct", distinct: true, signature: Signature::any(2, Volatility::Immutable) }),
+        AggregateUDF::from(TopK {
+            name: "topkdistinct",
+            distinct: true,
+            signature: Signature::any(2, Volatility::Immutable),
+        }),
         AggregateUDF::from(Histogram { signature: Signature::any(1, Volatility::Immutable) }),
     ]
 }

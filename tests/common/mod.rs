@@ -34,7 +34,11 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("read address line");
-        let url = line.trim().strip_prefix("rill listening on ").unwrap_or_else(|| panic!("unexpected first line: {line}")).to_string();
+        let url = line
+            .trim()
+            .strip_prefix("rill listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_string();
         let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
         Server { child, url, dir: dir.to_path_buf(), client }
     }

@@ -68,12 +68,7 @@ pub struct ProducerMeta {
 
 impl Default for ProducerMeta {
     fn default() -> Self {
-        ProducerMeta {
-            producer_id: -1,
-            producer_epoch: -1,
-            base_sequence: -1,
-            transactional: false,
-        }
+        ProducerMeta { producer_id: -1, producer_epoch: -1, base_sequence: -1, transactional: false }
     }
 }
 
@@ -280,12 +275,7 @@ impl<'a> Iterator for BatchRecords<'a> {
             return None;
         }
         self.remaining -= 1;
-        match record::decode_record(
-            self.buf,
-            &mut self.pos,
-            self.base_offset,
-            self.base_timestamp,
-        ) {
+        match record::decode_record(self.buf, &mut self.pos, self.base_offset, self.base_timestamp) {
             Ok((r, _)) => Some(r),
             Err(_) => {
                 // Unreachable for validated batches; end the batch rather than serve garbage.
@@ -357,11 +347,7 @@ pub(crate) fn encode(records: &[Record], meta: &ProducerMeta) -> Result<Encoded,
         let max_ts = batch.iter().map(|r| r.timestamp).max().unwrap_or(base_ts);
         let header = HeaderFields {
             base_offset: 0,
-            attributes: if meta.transactional {
-                attributes::TRANSACTIONAL
-            } else {
-                0
-            },
+            attributes: if meta.transactional { attributes::TRANSACTIONAL } else { 0 },
             last_offset_delta: (n - 1) as i32,
             base_timestamp: base_ts,
             max_timestamp: max_ts,
@@ -370,12 +356,7 @@ pub(crate) fn encode(records: &[Record], meta: &ProducerMeta) -> Result<Encoded,
         };
         write_batch(&mut out.buf, &header, parts);
         let len = out.buf.len() - start;
-        out.spans.push(BatchSpan {
-            start,
-            len,
-            offsets: n as u32,
-            max_timestamp: max_ts,
-        });
+        out.spans.push(BatchSpan { start, len, offsets: n as u32, max_timestamp: max_ts });
         i += n;
     }
     Ok(out)
@@ -384,22 +365,12 @@ pub(crate) fn encode(records: &[Record], meta: &ProducerMeta) -> Result<Encoded,
 fn record_len_checked(r: &Record, base_ts: i64, n: usize) -> Result<usize, String> {
     let key = r.key.as_ref().map_or(0, |k| k.len());
     let value = r.value.as_ref().map_or(0, |v| v.len());
-    let headers: usize = r
-        .headers
-        .iter()
-        .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()))
-        .sum();
+    let headers: usize = r.headers.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len())).sum();
     let raw = key.saturating_add(value).saturating_add(headers);
     if raw > MAX_BATCH_BYTES {
-        return Err(format!(
-            "a record of {raw} bytes exceeds the maximum batch size of {MAX_BATCH_BYTES} bytes"
-        ));
+        return Err(format!("a record of {raw} bytes exceeds the maximum batch size of {MAX_BATCH_BYTES} bytes"));
     }
-    Ok(record::encoded_len(
-        r,
-        r.timestamp.wrapping_sub(base_ts),
-        n as i32,
-    ))
+    Ok(record::encoded_len(r, r.timestamp.wrapping_sub(base_ts), n as i32))
 }
 
 /// Header values of a batch being written.
@@ -445,19 +416,10 @@ where
 /// Re-encodes a batch keeping only `keep` (a subset of its records, in order), as compaction
 /// does: base offset, offset span and producer fields are preserved, so offsets never change.
 /// With `horizon`, sets the delete-horizon attribute and uses it as the base timestamp.
-pub(crate) fn write_filtered(
-    out: &mut Vec<u8>,
-    h: &BatchHeader,
-    keep: &[RecordRef<'_>],
-    horizon: Option<i64>,
-) {
+pub(crate) fn write_filtered(out: &mut Vec<u8>, h: &BatchHeader, keep: &[RecordRef<'_>], horizon: Option<i64>) {
     let first_ts = keep.first().map_or(h.base_timestamp, |r| r.timestamp);
     let base_ts = horizon.unwrap_or(first_ts);
-    let max_ts = keep
-        .iter()
-        .map(|r| r.timestamp)
-        .max()
-        .unwrap_or(h.max_timestamp);
+    let max_ts = keep.iter().map(|r| r.timestamp).max().unwrap_or(h.max_timestamp);
     let mut attrs = h.attributes & !attributes::DELETE_HORIZON;
     if horizon.is_some() {
         attrs |= attributes::DELETE_HORIZON;
@@ -507,17 +469,11 @@ mod tests {
 
     #[test]
     fn encode_then_check_and_iterate() {
-        let records = vec![
-            rec(100, "a", Some("1")),
-            rec(90, "b", None),
-            rec(120, "c", Some("3")),
-        ];
+        let records = vec![rec(100, "a", Some("1")), rec(90, "b", None), rec(120, "c", Some("3"))];
         let mut enc = encode(&records, &ProducerMeta::default()).expect("encodes");
         set_base_offset(&mut enc.buf, 40);
         let buf = only_batch(&enc);
-        let Check::Valid(h) = check(buf) else {
-            panic!("batch should be valid")
-        };
+        let Check::Valid(h) = check(buf) else { panic!("batch should be valid") };
         assert_eq!(h.base_offset, 40);
         assert_eq!(h.last_offset(), 42);
         assert_eq!(h.max_timestamp, 120);
@@ -535,47 +491,31 @@ mod tests {
         let enc = encode(&[rec(7, "k", Some("v"))], &ProducerMeta::default()).expect("encodes");
         let b = only_batch(&enc);
         assert_eq!(b[16], 2, "magic");
-        assert_eq!(
-            i32::from_be_bytes([b[8], b[9], b[10], b[11]]) as usize,
-            b.len() - 12
-        );
+        assert_eq!(i32::from_be_bytes([b[8], b[9], b[10], b[11]]) as usize, b.len() - 12);
         let crc = u32::from_be_bytes([b[17], b[18], b[19], b[20]]);
         assert_eq!(crc, crc32c::crc32c(&b[21..]));
-        assert_eq!(
-            i32::from_be_bytes([b[57], b[58], b[59], b[60]]),
-            1,
-            "record count"
-        );
+        assert_eq!(i32::from_be_bytes([b[57], b[58], b[59], b[60]]), 1, "record count");
     }
 
     #[test]
     fn every_flipped_byte_is_detected() {
-        let enc = encode(
-            &[rec(7, "key", Some("value")), rec(8, "k2", None)],
-            &ProducerMeta::default(),
-        )
-        .expect("encodes");
+        let enc =
+            encode(&[rec(7, "key", Some("value")), rec(8, "k2", None)], &ProducerMeta::default()).expect("encodes");
         let good = only_batch(&enc).to_vec();
         // Bytes 0..8 (base offset) and 12..16 (leader epoch) are outside the CRC, as in Kafka.
         for i in (8..12).chain(16..good.len()) {
             let mut bad = good.clone();
             bad[i] ^= 0x5a;
-            assert!(
-                !matches!(check(&bad), Check::Valid(_)),
-                "flip at {i} went unnoticed"
-            );
+            assert!(!matches!(check(&bad), Check::Valid(_)), "flip at {i} went unnoticed");
         }
     }
 
     #[test]
     fn incomplete_batches_are_reported() {
-        let enc =
-            encode(&[rec(7, "key", Some("value"))], &ProducerMeta::default()).expect("encodes");
+        let enc = encode(&[rec(7, "key", Some("value"))], &ProducerMeta::default()).expect("encodes");
         let b = only_batch(&enc);
         assert!(matches!(check(&b[..5]), Check::Incomplete { need: None }));
-        assert!(
-            matches!(check(&b[..b.len() - 1]), Check::Incomplete { need: Some(n) } if n == b.len())
-        );
+        assert!(matches!(check(&b[..b.len() - 1]), Check::Incomplete { need: Some(n) } if n == b.len()));
         let zeros = vec![0u8; 100];
         assert!(matches!(check(&zeros), Check::Invalid(_)));
     }
@@ -588,49 +528,34 @@ mod tests {
         assert!(enc.spans.len() >= 3);
         assert_eq!(enc.offsets(), 10);
         for s in &enc.spans {
-            assert!(matches!(
-                check(&enc.buf[s.start..s.start + s.len]),
-                Check::Valid(_)
-            ));
+            assert!(matches!(check(&enc.buf[s.start..s.start + s.len]), Check::Valid(_)));
         }
     }
 
     #[test]
     fn oversized_record_is_refused() {
-        let huge = Record {
-            value: Some(Bytes::from(vec![0u8; MAX_BATCH_BYTES + 1])),
-            ..Record::default()
-        };
+        let huge = Record { value: Some(Bytes::from(vec![0u8; MAX_BATCH_BYTES + 1])), ..Record::default() };
         let err = encode(&[huge], &ProducerMeta::default()).expect_err("too large");
         assert!(err.contains("exceeds the maximum batch size"));
     }
 
     #[test]
     fn filtered_batch_keeps_offsets_and_sets_horizon() {
-        let records = vec![
-            rec(100, "a", Some("1")),
-            rec(110, "b", None),
-            rec(120, "a", Some("3")),
-        ];
+        let records = vec![rec(100, "a", Some("1")), rec(110, "b", None), rec(120, "a", Some("3"))];
         let mut enc = encode(&records, &ProducerMeta::default()).expect("encodes");
         set_base_offset(&mut enc.buf, 10);
-        let Check::Valid(h) = check(&enc.buf) else {
-            panic!("valid")
-        };
+        let Check::Valid(h) = check(&enc.buf) else { panic!("valid") };
         let keep: Vec<RecordRef<'_>> = BatchRecords::new(&enc.buf, &h).skip(1).collect();
         let mut out = Vec::new();
         write_filtered(&mut out, &h, &keep, Some(5_000));
-        let Check::Valid(h2) = check(&out) else {
-            panic!("filtered batch valid")
-        };
+        let Check::Valid(h2) = check(&out) else { panic!("filtered batch valid") };
         assert_eq!(h2.base_offset, 10);
         assert_eq!(h2.last_offset(), 12);
         assert_eq!(h2.record_count, 2);
         assert_eq!(h2.delete_horizon(), Some(5_000));
         assert_eq!(h2.max_timestamp, 120);
-        let got: Vec<(u64, i64, Option<Vec<u8>>)> = BatchRecords::new(&out, &h2)
-            .map(|r| (r.offset, r.timestamp, r.value.map(<[u8]>::to_vec)))
-            .collect();
+        let got: Vec<(u64, i64, Option<Vec<u8>>)> =
+            BatchRecords::new(&out, &h2).map(|r| (r.offset, r.timestamp, r.value.map(<[u8]>::to_vec))).collect();
         assert_eq!(got, vec![(11, 110, None), (12, 120, Some(b"3".to_vec()))]);
     }
 }

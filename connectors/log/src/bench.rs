@@ -156,11 +156,7 @@ pub fn run(dir: &Path, opts: &BenchOptions) -> Result<LogBenchReport> {
     result
 }
 
-fn run_all(
-    rt: &tokio::runtime::Runtime,
-    scratch: &Path,
-    opts: &BenchOptions,
-) -> Result<LogBenchReport> {
+fn run_all(rt: &tokio::runtime::Runtime, scratch: &Path, opts: &BenchOptions) -> Result<LogBenchReport> {
     crate::fsutil::create_dir_all(scratch)?;
     let mut cases = Vec::new();
     let headline_size = opts.value_sizes.iter().copied().max().unwrap_or(1024);
@@ -170,17 +166,8 @@ fn run_all(
         for &value_bytes in &opts.value_sizes {
             for &producers in &opts.producers {
                 let case_dir = scratch.join(format!("case-{value_bytes}-{producers}-{durable}"));
-                let headline =
-                    durable && value_bytes == headline_size && producers == headline_producers;
-                let (case, t) = run_case(
-                    rt,
-                    &case_dir,
-                    value_bytes,
-                    producers,
-                    durable,
-                    headline,
-                    opts,
-                )?;
+                let headline = durable && value_bytes == headline_size && producers == headline_producers;
+                let (case, t) = run_case(rt, &case_dir, value_bytes, producers, durable, headline, opts)?;
                 if let Some(t) = t {
                     tail = t;
                 }
@@ -215,11 +202,7 @@ fn topic_config(durable: bool) -> TopicConfig {
     TopicConfig {
         partitions: 1,
         retention_ms: None,
-        durability: if durable {
-            Durability::Fsync
-        } else {
-            Durability::None
-        },
+        durability: if durable { Durability::Fsync } else { Durability::None },
         ..TopicConfig::default()
     }
 }
@@ -283,10 +266,7 @@ fn run_case(
         }
         let mut out = Vec::new();
         for t in tasks {
-            out.push(
-                t.await
-                    .map_err(|e| LogError::Internal(format!("bench producer: {e}")))??,
-            );
+            out.push(t.await.map_err(|e| LogError::Internal(format!("bench producer: {e}")))??);
         }
         Ok::<_, LogError>(out)
     })?;
@@ -297,17 +277,9 @@ fn run_case(
     let bytes = log.size_bytes("bench", 0)?;
     let trace = partition.trace.lock().take().unwrap_or_default();
     drop(partition);
-    let tail = if read_back {
-        Some(tail_read(&log)?)
-    } else {
-        None
-    };
+    let tail = if read_back { Some(tail_read(&log)?) } else { None };
     drop(log);
-    let plain_file_mb_s = if durable {
-        Some(plain_file(&dir.join("plain.bin"), &trace)?)
-    } else {
-        None
-    };
+    let plain_file_mb_s = if durable { Some(plain_file(&dir.join("plain.bin"), &trace)?) } else { None };
     let case = BenchCase {
         value_bytes,
         producers,
@@ -338,10 +310,8 @@ fn plain_file(path: &PathBuf, writes: &[u64]) -> Result<f64> {
     let start = Instant::now();
     let mut pos = 0u64;
     for &w in writes {
-        file.write_all_at(&buf[..w as usize], pos)
-            .ctx(|| format!("writing {}", path.display()))?;
-        file.sync_data()
-            .ctx(|| format!("fsyncing {}", path.display()))?;
+        file.write_all_at(&buf[..w as usize], pos).ctx(|| format!("writing {}", path.display()))?;
+        file.sync_data().ctx(|| format!("fsyncing {}", path.display()))?;
         pos += w;
     }
     let seconds = start.elapsed().as_secs_f64().max(1e-9);
@@ -374,11 +344,7 @@ fn tail_read(log: &Log) -> Result<(f64, f64)> {
 }
 
 /// Open-loop single-record appends at the offered rate: (p50 ms, p99 ms, achieved records/s).
-fn latency_run(
-    rt: &tokio::runtime::Runtime,
-    dir: &Path,
-    opts: &BenchOptions,
-) -> Result<(f64, f64, f64)> {
+fn latency_run(rt: &tokio::runtime::Runtime, dir: &Path, opts: &BenchOptions) -> Result<(f64, f64, f64)> {
     let log = Log::open(dir)?;
     log.create_topic("latency", topic_config(true))?;
     let value = Bytes::from(vec![b'l'; opts.latency_value_size]);
@@ -400,12 +366,7 @@ fn latency_run(
                 let (log, value) = (log.clone(), value.clone());
                 let i = sent;
                 handles.push(tokio::spawn(async move {
-                    let r = Record {
-                        timestamp: i as i64,
-                        key: None,
-                        value: Some(value),
-                        headers: vec![],
-                    };
+                    let r = Record { timestamp: i as i64, key: None, value: Some(value), headers: vec![] };
                     log.append("latency", 0, std::slice::from_ref(&r)).await?;
                     Ok::<u64, LogError>(scheduled.elapsed().as_micros() as u64)
                 }));
@@ -414,10 +375,7 @@ fn latency_run(
         }
         let mut lat = Vec::with_capacity(handles.len());
         for h in handles {
-            lat.push(
-                h.await
-                    .map_err(|e| LogError::Internal(format!("latency task: {e}")))??,
-            );
+            lat.push(h.await.map_err(|e| LogError::Internal(format!("latency task: {e}")))??);
         }
         let seconds = start.elapsed().as_secs_f64().max(1e-9);
         Ok::<_, LogError>((lat, seconds))
@@ -426,32 +384,17 @@ fn latency_run(
     let _ = std::fs::remove_dir_all(dir);
     let (mut lat, seconds) = result?;
     lat.sort_unstable();
-    Ok((
-        percentile(&lat, 0.50),
-        percentile(&lat, 0.99),
-        lat.len() as f64 / seconds,
-    ))
+    Ok((percentile(&lat, 0.50), percentile(&lat, 0.99), lat.len() as f64 / seconds))
 }
 
 impl fmt::Display for LogBenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "rill bench log (MB = 10^6 bytes of log data; fsync = group-committed fdatasync)"
-        )?;
+        writeln!(f, "rill bench log (MB = 10^6 bytes of log data; fsync = group-committed fdatasync)")?;
         writeln!(f)?;
         writeln!(
             f,
             "{:>7} {:>9} {:>10} {:>12} {:>9} {:>8} {:>9} {:>9} {:>11}",
-            "value",
-            "producers",
-            "durability",
-            "records/s",
-            "MB/s",
-            "fsyncs",
-            "p50 ack",
-            "p99 ack",
-            "plain MB/s"
+            "value", "producers", "durability", "records/s", "MB/s", "fsyncs", "p50 ack", "p99 ack", "plain MB/s"
         )?;
         for c in &self.cases {
             writeln!(
@@ -462,11 +405,7 @@ impl fmt::Display for LogBenchReport {
                 if c.durable { "fsync" } else { "none" },
                 c.records_s,
                 c.mb_s,
-                if c.durable {
-                    c.writes.to_string()
-                } else {
-                    "-".into()
-                },
+                if c.durable { c.writes.to_string() } else { "-".into() },
                 c.p50_ack_ms,
                 c.p99_ack_ms,
                 c.plain_file_mb_s.map_or("-".into(), |p| format!("{p:.1}")),
@@ -521,23 +460,11 @@ mod tests {
         let report = run(dir.path(), &BenchOptions::tiny()).expect("bench runs");
         println!("{report}");
         let json = serde_json::to_value(&report).expect("json");
-        for key in [
-            "durable_append_mb_s",
-            "plain_file_mb_s",
-            "durable_vs_plain",
-            "tail_read_mb_s",
-            "p99_ack_ms",
-        ] {
-            assert!(
-                json.get(key).is_some_and(|v| v.is_number()),
-                "missing {key}"
-            );
+        for key in ["durable_append_mb_s", "plain_file_mb_s", "durable_vs_plain", "tail_read_mb_s", "p99_ack_ms"] {
+            assert!(json.get(key).is_some_and(|v| v.is_number()), "missing {key}");
         }
         assert_eq!(report.cases.len(), 8);
         assert!(report.durable_append_mb_s > 0.0 && report.tail_read_mb_s > 0.0);
-        assert!(
-            std::fs::read_dir(dir.path()).expect("ls").next().is_none(),
-            "scratch removed"
-        );
+        assert!(std::fs::read_dir(dir.path()).expect("ls").next().is_none(), "scratch removed");
     }
 }

@@ -87,9 +87,7 @@ pub(crate) fn recover_swaps(dir: &Path) -> Result<()> {
         let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| LogError::Corrupt {
             file: path.display().to_string(),
             position: 0,
-            reason: format!(
-                "compaction manifest is not valid ({e}); restore it or remove the partition"
-            ),
+            reason: format!("compaction manifest is not valid ({e}); restore it or remove the partition"),
         })?;
         tracing::info!(dir = %dir.display(), base, "finishing an interrupted compaction swap");
         apply_swap(dir, base, &manifest)?;
@@ -111,10 +109,7 @@ fn apply_swap(dir: &Path, base: u64, m: &Manifest) -> Result<()> {
     }
     if m.output {
         for ext in [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT] {
-            fsutil::rename_if_exists(
-                &cleaned_path(dir, base, ext),
-                &dir.join(segment::file_name(base, ext)),
-            )?;
+            fsutil::rename_if_exists(&cleaned_path(dir, base, ext), &dir.join(segment::file_name(base, ext)))?;
         }
     }
     fsutil::fsync_dir(dir)
@@ -126,10 +121,7 @@ fn key_map(segments: &[Arc<Segment>]) -> Result<HashMap<Vec<u8>, u64>> {
     for seg in segments {
         let mut scanner = seg.scanner();
         loop {
-            match scanner
-                .next()
-                .ctx(|| format!("reading {}", seg.log_path().display()))?
-            {
+            match scanner.next().ctx(|| format!("reading {}", seg.log_path().display()))? {
                 Scanned::End => break,
                 Scanned::Invalid(at, reason) => return Err(seg.scan_error(at, reason)),
                 Scanned::Batch(_, h) => {
@@ -153,10 +145,7 @@ fn key_map(segments: &[Arc<Segment>]) -> Result<HashMap<Vec<u8>, u64>> {
 enum Decision<'a> {
     Unchanged,
     Drop,
-    Rewrite {
-        keep: Vec<RecordRef<'a>>,
-        horizon: Option<i64>,
-    },
+    Rewrite { keep: Vec<RecordRef<'a>>, horizon: Option<i64> },
 }
 
 struct Rules<'m> {
@@ -174,9 +163,7 @@ impl Rules<'_> {
         let mut removed = 0u64;
         let mut tombstones = false;
         for r in BatchRecords::new(bytes, h) {
-            let newest = r
-                .key
-                .is_none_or(|k| self.map.get(k).is_none_or(|&o| o == r.offset));
+            let newest = r.key.is_none_or(|k| self.map.get(k).is_none_or(|&o| o == r.offset));
             if !newest || (r.value.is_none() && horizon <= self.now) {
                 removed += 1;
                 continue;
@@ -190,10 +177,7 @@ impl Rules<'_> {
         } else if removed == 0 && tombstones == existing.is_some() {
             Decision::Unchanged
         } else {
-            Decision::Rewrite {
-                keep,
-                horizon: kept_horizon,
-            }
+            Decision::Rewrite { keep, horizon: kept_horizon }
         };
         (decision, removed, kept_horizon)
     }
@@ -206,8 +190,7 @@ fn groups(segments: &[Arc<Segment>], max_bytes: u64) -> Vec<Vec<Arc<Segment>>> {
     let mut size = 0u64;
     for seg in segments {
         let fits = out.last().and_then(|g| g.first()).is_some_and(|first| {
-            size + seg.size() <= max_bytes
-                && seg.next_offset() - first.base() <= u64::from(u32::MAX)
+            size + seg.size() <= max_bytes && seg.next_offset() - first.base() <= u64::from(u32::MAX)
         });
         match out.last_mut() {
             Some(g) if fits => {
@@ -246,11 +229,7 @@ impl Partition {
             return Ok(stats);
         }
         let map = key_map(closed)?;
-        let rules = Rules {
-            map: &map,
-            now: now_ms,
-            delete_retention_ms: self.config.delete_retention_ms,
-        };
+        let rules = Rules { map: &map, now: now_ms, delete_retention_ms: self.config.delete_retention_ms };
         let mut next_horizon: Option<i64> = None;
         for group in groups(closed, self.config.segment_bytes) {
             let (changed, removed, horizon) = self.plan_group(&group, &rules)?;
@@ -279,19 +258,12 @@ impl Partition {
     }
 
     /// Reads a group without writing: does anything change?
-    fn plan_group(
-        &self,
-        group: &[Arc<Segment>],
-        rules: &Rules<'_>,
-    ) -> Result<(bool, u64, Option<i64>)> {
+    fn plan_group(&self, group: &[Arc<Segment>], rules: &Rules<'_>) -> Result<(bool, u64, Option<i64>)> {
         let (mut changed, mut removed, mut horizon) = (false, 0u64, None);
         for seg in group {
             let mut scanner = seg.scanner();
             loop {
-                match scanner
-                    .next()
-                    .ctx(|| format!("reading {}", seg.log_path().display()))?
-                {
+                match scanner.next().ctx(|| format!("reading {}", seg.log_path().display()))? {
                     Scanned::End => break,
                     Scanned::Invalid(at, reason) => return Err(seg.scan_error(at, reason)),
                     Scanned::Batch(_, h) => {
@@ -309,9 +281,10 @@ impl Partition {
     /// Writes the cleaned segment for `group`, commits the swap and installs it. Returns the
     /// new size.
     fn rewrite_group(&self, group: &[Arc<Segment>], rules: &Rules<'_>) -> Result<u64, SwapError> {
-        let base = group.first().map(|s| s.base()).ok_or_else(|| {
-            SwapError::BeforeCommit(LogError::Internal("empty compaction group".into()))
-        })?;
+        let base = group
+            .first()
+            .map(|s| s.base())
+            .ok_or_else(|| SwapError::BeforeCommit(LogError::Internal("empty compaction group".into())))?;
         let written = self.write_cleaned(group, base, rules);
         let cleaned = match written {
             Ok(c) => c,
@@ -322,14 +295,10 @@ impl Partition {
                 return Err(SwapError::BeforeCommit(e));
             }
         };
-        let manifest = Manifest {
-            replaces: group.iter().map(|s| s.base()).collect(),
-            output: cleaned.is_some(),
-        };
+        let manifest = Manifest { replaces: group.iter().map(|s| s.base()).collect(), output: cleaned.is_some() };
         let manifest_path = self.dir.join(segment::file_name(base, MANIFEST_EXT));
-        let bytes = serde_json::to_vec(&manifest).map_err(|e| {
-            SwapError::BeforeCommit(LogError::Internal(format!("serializing manifest: {e}")))
-        })?;
+        let bytes = serde_json::to_vec(&manifest)
+            .map_err(|e| SwapError::BeforeCommit(LogError::Internal(format!("serializing manifest: {e}"))))?;
         fsutil::write_atomic(&manifest_path, &bytes).map_err(SwapError::BeforeCommit)?;
         // Committed: from here on a crash finishes the swap at the next open.
         apply_swap(&self.dir, base, &manifest).map_err(SwapError::AfterCommit)?;
@@ -338,31 +307,19 @@ impl Partition {
         let size = cleaned.as_ref().map_or(0, |s| s.size());
         let mut st = self.state.write();
         let Some(i) = st.segments.iter().position(|s| s.base() == base) else {
-            return Err(SwapError::AfterCommit(LogError::Internal(
-                "compacted segment vanished".into(),
-            )));
+            return Err(SwapError::AfterCommit(LogError::Internal("compacted segment vanished".into())));
         };
         let end = i + group.len();
-        let same = st
-            .segments
-            .get(i..end)
-            .is_some_and(|s| s.iter().zip(group).all(|(a, b)| Arc::ptr_eq(a, b)));
+        let same = st.segments.get(i..end).is_some_and(|s| s.iter().zip(group).all(|(a, b)| Arc::ptr_eq(a, b)));
         if !same {
-            return Err(SwapError::AfterCommit(LogError::Internal(
-                "segments changed during compaction".into(),
-            )));
+            return Err(SwapError::AfterCommit(LogError::Internal("segments changed during compaction".into())));
         }
         st.segments.splice(i..end, cleaned.map(Arc::new));
         Ok(size)
     }
 
     /// Writes `<base>.*.cleaned` for the group (fsynced); `None` if nothing survives.
-    fn write_cleaned(
-        &self,
-        group: &[Arc<Segment>],
-        base: u64,
-        rules: &Rules<'_>,
-    ) -> Result<Option<Segment>> {
+    fn write_cleaned(&self, group: &[Arc<Segment>], base: u64, rules: &Rules<'_>) -> Result<Option<Segment>> {
         let log_path = cleaned_path(&self.dir, base, LOG_EXT);
         let file = OpenOptions::new()
             .read(true)
@@ -379,10 +336,7 @@ impl Partition {
         for seg in group {
             let mut scanner = seg.scanner();
             loop {
-                let h = match scanner
-                    .next()
-                    .ctx(|| format!("reading {}", seg.log_path().display()))?
-                {
+                let h = match scanner.next().ctx(|| format!("reading {}", seg.log_path().display()))? {
                     Scanned::End => break,
                     Scanned::Invalid(at, reason) => return Err(seg.scan_error(at, reason)),
                     Scanned::Batch(_, h) => h,
@@ -392,57 +346,35 @@ impl Partition {
                 match rules.decide(bytes, &h).0 {
                     Decision::Drop => continue,
                     Decision::Unchanged => out.extend_from_slice(bytes),
-                    Decision::Rewrite { keep, horizon } => {
-                        batch::write_filtered(&mut out, &h, &keep, horizon)
-                    }
+                    Decision::Rewrite { keep, horizon } => batch::write_filtered(&mut out, &h, &keep, horizon),
                 }
                 let len = out.len() - start;
                 let pos = flushed + start as u64;
-                let max_ts = BatchHeader::parse(&out[start..])
-                    .map_or(h.max_timestamp, |nh| nh.max_timestamp);
+                let max_ts = BatchHeader::parse(&out[start..]).map_or(h.max_timestamp, |nh| nh.max_timestamp);
                 let rel = (h.base_offset - base) as u32;
-                index::apply(
-                    builder.on_batch(rel, pos as u32, len, max_ts),
-                    &mut idx,
-                    &mut tidx,
-                );
+                index::apply(builder.on_batch(rel, pos as u32, len, max_ts), &mut idx, &mut tidx);
                 next_offset = h.next_offset();
                 if out.len() >= 1 << 20 {
-                    file.write_all_at(&out, flushed)
-                        .ctx(|| format!("writing {}", log_path.display()))?;
+                    file.write_all_at(&out, flushed).ctx(|| format!("writing {}", log_path.display()))?;
                     flushed += out.len() as u64;
                     out.clear();
                 }
             }
         }
-        file.write_all_at(&out, flushed)
-            .ctx(|| format!("writing {}", log_path.display()))?;
+        file.write_all_at(&out, flushed).ctx(|| format!("writing {}", log_path.display()))?;
         let size = flushed + out.len() as u64;
         if size == 0 {
             drop(file);
             fsutil::remove_file_if_exists(&log_path)?;
             return Ok(None);
         }
-        file.sync_all()
-            .ctx(|| format!("fsyncing {}", log_path.display()))?;
+        file.sync_all().ctx(|| format!("fsyncing {}", log_path.display()))?;
         if let Some((t, o)) = builder.final_time_entry() {
             tidx.maybe_push(t, o);
         }
         write_synced(&cleaned_path(&self.dir, base, INDEX_EXT), &idx.encode())?;
-        write_synced(
-            &cleaned_path(&self.dir, base, TIME_INDEX_EXT),
-            &tidx.encode(),
-        )?;
-        let seg = Segment::from_parts(
-            &self.dir,
-            base,
-            file,
-            size,
-            next_offset,
-            builder.max_ts(),
-            idx,
-            tidx,
-        );
+        write_synced(&cleaned_path(&self.dir, base, TIME_INDEX_EXT), &tidx.encode())?;
+        let seg = Segment::from_parts(&self.dir, base, file, size, next_offset, builder.max_ts(), idx, tidx);
         Ok(Some(seg))
     }
 }
@@ -467,7 +399,6 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
         .truncate(true)
         .open(path)
         .ctx(|| format!("creating {}", path.display()))?;
-    f.write_all_at(bytes, 0)
-        .ctx(|| format!("writing {}", path.display()))?;
+    f.write_all_at(bytes, 0).ctx(|| format!("writing {}", path.display()))?;
     f.sync_all().ctx(|| format!("fsyncing {}", path.display()))
 }

@@ -172,10 +172,7 @@ mod tests {
 
     #[test]
     fn enospc_becomes_disk_full() {
-        let e = LogError::io(
-            "appending to x.log",
-            io::Error::from_raw_os_error(libc::ENOSPC),
-        );
+        let e = LogError::io("appending to x.log", io::Error::from_raw_os_error(libc::ENOSPC));
         assert!(e.is_disk_full());
         assert!(e.to_string().contains("disk full while appending to x.log"));
         let e = LogError::io("reading", io::Error::from_raw_os_error(libc::EIO));
@@ -184,22 +181,12 @@ mod tests {
 
     #[test]
     fn messages_name_the_problem() {
-        let e = LogError::OffsetOutOfRange {
-            topic: "t".into(),
-            partition: 1,
-            offset: 9,
-            start: 2,
-            end: 5,
-        };
+        let e = LogError::OffsetOutOfRange { topic: "t".into(), partition: 1, offset: 9, start: 2, end: 5 };
         assert_eq!(
             e.to_string(),
             "offset 9 is out of range for topic 't' partition 1: the partition holds offsets 2 up to (not including) 5"
         );
-        let e = LogError::UnknownPartition {
-            topic: "t".into(),
-            partition: 3,
-            partitions: 2,
-        };
+        let e = LogError::UnknownPartition { topic: "t".into(), partition: 3, partitions: 2 };
         assert!(e.to_string().contains("has 2 partition(s)"));
     }
 }

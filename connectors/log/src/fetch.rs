@@ -24,13 +24,7 @@ pub struct Fetch {
 impl Fetch {
     /// A fetch with no data at `offset`.
     pub(crate) fn empty(offset: u64, high_watermark: u64, log_start: u64) -> Fetch {
-        Fetch {
-            data: Bytes::new(),
-            min_offset: offset,
-            next_offset: offset,
-            high_watermark,
-            log_start,
-        }
+        Fetch { data: Bytes::new(), min_offset: offset, next_offset: offset, high_watermark, log_start }
     }
 
     /// Validates `data` (batches read at byte `position` of `file`) and builds a fetch of the
@@ -50,9 +44,7 @@ impl Fetch {
         while pos < data.len() {
             match batch::check(&data[pos..]) {
                 Check::Valid(h)
-                    if pos == 0
-                        || h.base_offset == next_offset
-                        || (!contiguous && h.base_offset > next_offset) =>
+                    if pos == 0 || h.base_offset == next_offset || (!contiguous && h.base_offset > next_offset) =>
                 {
                     next_offset = h.next_offset().max(next_offset);
                     pos += h.total_len();
@@ -89,20 +81,12 @@ impl Fetch {
 
     /// Records at or after the requested offset, in offset order.
     pub fn records(&self) -> Records<'_> {
-        Records {
-            data: &self.data,
-            pos: 0,
-            current: None,
-            min_offset: self.min_offset,
-        }
+        Records { data: &self.data, pos: 0, current: None, min_offset: self.min_offset }
     }
 
     /// The raw batches with their headers (for a Kafka-wire listener: no re-encoding needed).
     pub fn batches(&self) -> Batches<'_> {
-        Batches {
-            data: &self.data,
-            pos: 0,
-        }
+        Batches { data: &self.data, pos: 0 }
     }
 
     /// Where the next read should start: after the last batch returned (or the requested offset
@@ -202,15 +186,8 @@ mod tests {
     fn batches(spec: &[(u64, usize)]) -> Vec<u8> {
         let mut out = Vec::new();
         for &(base, n) in spec {
-            let records: Vec<Record> = (0..n)
-                .map(|i| {
-                    Record::new(
-                        base as i64 + i as i64,
-                        Some(vec![i as u8]),
-                        Some(vec![1u8; 10]),
-                    )
-                })
-                .collect();
+            let records: Vec<Record> =
+                (0..n).map(|i| Record::new(base as i64 + i as i64, Some(vec![i as u8]), Some(vec![1u8; 10]))).collect();
             let mut enc = encode(&records, &ProducerMeta::default()).expect("encode");
             set_base_offset(&mut enc.buf, base);
             out.extend_from_slice(&enc.buf);
@@ -234,34 +211,13 @@ mod tests {
         let first_len = good.len() / 2;
         let mut bad_first = good.clone();
         bad_first[first_len - 1] ^= 1;
-        let err = Fetch::new(
-            Bytes::from(bad_first),
-            0,
-            4,
-            0,
-            Path::new("seg.log"),
-            100,
-            true,
-        )
-        .expect_err("corrupt");
-        assert!(
-            matches!(err, LogError::Corrupt { position: 100, .. }),
-            "{err}"
-        );
+        let err = Fetch::new(Bytes::from(bad_first), 0, 4, 0, Path::new("seg.log"), 100, true).expect_err("corrupt");
+        assert!(matches!(err, LogError::Corrupt { position: 100, .. }), "{err}");
 
         let mut bad_second = good.clone();
         let last = bad_second.len() - 1;
         bad_second[last] ^= 1;
-        let f = Fetch::new(
-            Bytes::from(bad_second),
-            0,
-            4,
-            0,
-            Path::new("seg.log"),
-            0,
-            true,
-        )
-        .expect("prefix");
+        let f = Fetch::new(Bytes::from(bad_second), 0, 4, 0, Path::new("seg.log"), 0, true).expect("prefix");
         assert_eq!(f.records().count(), 2);
         assert_eq!(f.next_offset(), 2);
     }

@@ -16,8 +16,7 @@ pub(crate) const TMP_SUFFIX: &str = ".tmp";
 /// Fsyncs a directory, making creations, renames and deletions in it durable.
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     let f = File::open(dir).ctx(|| format!("opening directory {} to fsync it", dir.display()))?;
-    f.sync_all()
-        .ctx(|| format!("fsyncing directory {}", dir.display()))
+    f.sync_all().ctx(|| format!("fsyncing directory {}", dir.display()))
 }
 
 /// Creates a directory (and parents) if missing.
@@ -35,8 +34,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             .truncate(true)
             .open(&tmp)
             .ctx(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes)
-            .ctx(|| format!("writing {}", tmp.display()))?;
+        f.write_all(bytes).ctx(|| format!("writing {}", tmp.display()))?;
         f.sync_all().ctx(|| format!("fsyncing {}", tmp.display()))?;
         fs::rename(&tmp, path).ctx(|| format!("renaming {} to {}", tmp.display(), path.display()))
     })();
@@ -71,10 +69,7 @@ pub(crate) fn rename_if_exists(from: &Path, to: &Path) -> Result<bool> {
     match fs::rename(from, to) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(LogError::io(
-            format!("renaming {} to {}", from.display(), to.display()),
-            e,
-        )),
+        Err(e) => Err(LogError::io(format!("renaming {} to {}", from.display(), to.display()), e)),
     }
 }
 
@@ -114,9 +109,7 @@ impl DirLock {
         if rc != 0 {
             let err = io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(LogError::DirectoryLocked {
-                    path: dir.display().to_string(),
-                });
+                return Err(LogError::DirectoryLocked { path: dir.display().to_string() });
             }
             return Err(LogError::io(format!("locking {}", path.display()), err));
         }

@@ -46,19 +46,12 @@ fn file_name(group: &str) -> String {
 }
 
 fn validate(group: &str) -> Result<()> {
-    let bad = |reason: &str| {
-        Err(LogError::InvalidGroup {
-            group: group.to_string(),
-            reason: reason.to_string(),
-        })
-    };
+    let bad = |reason: &str| Err(LogError::InvalidGroup { group: group.to_string(), reason: reason.to_string() });
     if group.is_empty() {
         return bad("a consumer group name must not be empty");
     }
     if group.len() > MAX_GROUP_NAME_BYTES {
-        return bad(&format!(
-            "a consumer group name must be at most {MAX_GROUP_NAME_BYTES} bytes"
-        ));
+        return bad(&format!("a consumer group name must be at most {MAX_GROUP_NAME_BYTES} bytes"));
     }
     if group.chars().any(char::is_control) {
         return bad("a consumer group name must not contain control characters");
@@ -80,18 +73,14 @@ impl Groups {
                 continue;
             }
             let bytes = std::fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
-            let file: GroupFile =
-                serde_json::from_slice(&bytes).map_err(|e| LogError::Corrupt {
-                    file: path.display().to_string(),
-                    position: 0,
-                    reason: format!("committed offsets file is not valid: {e}"),
-                })?;
+            let file: GroupFile = serde_json::from_slice(&bytes).map_err(|e| LogError::Corrupt {
+                file: path.display().to_string(),
+                position: 0,
+                reason: format!("committed offsets file is not valid: {e}"),
+            })?;
             groups.insert(file.group.clone(), Arc::new(Mutex::new(file)));
         }
-        Ok(Groups {
-            dir: dir.to_path_buf(),
-            groups: Mutex::new(groups),
-        })
+        Ok(Groups { dir: dir.to_path_buf(), groups: Mutex::new(groups) })
     }
 
     /// Durably stores `offsets` (topic, partition, next offset) for `group`.
@@ -101,20 +90,12 @@ impl Groups {
             .groups
             .lock()
             .entry(group.to_string())
-            .or_insert_with(|| {
-                Arc::new(Mutex::new(GroupFile {
-                    group: group.to_string(),
-                    ..GroupFile::default()
-                }))
-            })
+            .or_insert_with(|| Arc::new(Mutex::new(GroupFile { group: group.to_string(), ..GroupFile::default() })))
             .clone();
         let mut current = entry.lock();
         let mut next = current.clone();
         for (topic, partition, offset) in offsets {
-            next.offsets
-                .entry(topic.clone())
-                .or_default()
-                .insert(*partition, *offset);
+            next.offsets.entry(topic.clone()).or_default().insert(*partition, *offset);
         }
         self.write(&next)?;
         *current = next;
@@ -125,10 +106,7 @@ impl Groups {
     pub fn committed(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
         let entry = self.groups.lock().get(group).cloned()?;
         let file = entry.lock();
-        file.offsets
-            .get(topic)
-            .and_then(|p| p.get(&partition))
-            .copied()
+        file.offsets.get(topic).and_then(|p| p.get(&partition)).copied()
     }
 
     /// Forgets a deleted topic's offsets in every group (so a new topic of the same name starts
@@ -163,11 +141,9 @@ mod tests {
     fn commits_survive_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let g = Groups::open(dir.path()).expect("open");
-        g.commit("q1", &[("orders".into(), 0, 10), ("orders".into(), 1, 3)])
-            .expect("commit");
+        g.commit("q1", &[("orders".into(), 0, 10), ("orders".into(), 1, 3)]).expect("commit");
         g.commit("q1", &[("orders".into(), 0, 12)]).expect("commit");
-        g.commit("weird/../name ü", &[("t".into(), 0, 1)])
-            .expect("commit");
+        g.commit("weird/../name ü", &[("t".into(), 0, 1)]).expect("commit");
         drop(g);
         let g = Groups::open(dir.path()).expect("reopen");
         assert_eq!(g.committed("q1", "orders", 0), Some(12));

@@ -24,10 +24,7 @@ pub(crate) struct OffsetIndex {
 impl OffsetIndex {
     /// Adds an entry; offsets and positions must increase.
     pub fn push(&mut self, rel_offset: u32, position: u32) {
-        debug_assert!(self
-            .entries
-            .last()
-            .is_none_or(|&(o, p)| o < rel_offset && p < position));
+        debug_assert!(self.entries.last().is_none_or(|&(o, p)| o < rel_offset && p < position));
         self.entries.push((rel_offset, position));
     }
 
@@ -35,12 +32,7 @@ impl OffsetIndex {
     /// or `(0, 0)` (the segment start).
     pub fn lookup(&self, rel_offset: u32, max_position: u64) -> (u32, u32) {
         let n = self.entries.partition_point(|&(o, _)| o <= rel_offset);
-        self.entries[..n]
-            .iter()
-            .rev()
-            .find(|&&(_, p)| u64::from(p) < max_position)
-            .copied()
-            .unwrap_or((0, 0))
+        self.entries[..n].iter().rev().find(|&&(_, p)| u64::from(p) < max_position).copied().unwrap_or((0, 0))
     }
 
     /// The last entry.
@@ -79,9 +71,7 @@ impl OffsetIndex {
                 }
             }
             if u64::from(p) >= log_size {
-                return Err(format!(
-                    "entry points at byte {p}, past the end of the log ({log_size})"
-                ));
+                return Err(format!("entry points at byte {p}, past the end of the log ({log_size})"));
             }
             idx.entries.push((o, p));
         }
@@ -149,9 +139,7 @@ impl TimeIndex {
                 }
             }
             if u64::from(o) >= offset_span {
-                return Err(format!(
-                    "entry points at relative offset {o}, past the segment end"
-                ));
+                return Err(format!("entry points at relative offset {o}, past the segment end"));
             }
             idx.entries.push((t, o));
         }
@@ -170,11 +158,7 @@ pub(crate) struct IndexBuilder {
 
 impl Default for IndexBuilder {
     fn default() -> Self {
-        IndexBuilder {
-            bytes_since_entry: 0,
-            max_ts: i64::MIN,
-            rel_of_max: 0,
-        }
+        IndexBuilder { bytes_since_entry: 0, max_ts: i64::MIN, rel_of_max: 0 }
     }
 }
 
@@ -251,32 +235,17 @@ mod tests {
         idx.push(10, 4100);
         idx.push(20, 8300);
         let bytes = idx.encode();
-        assert!(
-            OffsetIndex::decode(&bytes[..11], 20_000).is_err(),
-            "torn entry"
-        );
-        assert!(
-            OffsetIndex::decode(&bytes, 8000).is_err(),
-            "points past the log"
-        );
+        assert!(OffsetIndex::decode(&bytes[..11], 20_000).is_err(), "torn entry");
+        assert!(OffsetIndex::decode(&bytes, 8000).is_err(), "points past the log");
         let mut swapped = bytes[8..].to_vec();
         swapped.extend_from_slice(&bytes[..8]);
-        assert!(
-            OffsetIndex::decode(&swapped, 20_000).is_err(),
-            "not increasing"
-        );
-        assert!(
-            OffsetIndex::decode(&[0u8; 16], 20_000).is_err(),
-            "zero-filled"
-        );
+        assert!(OffsetIndex::decode(&swapped, 20_000).is_err(), "not increasing");
+        assert!(OffsetIndex::decode(&[0u8; 16], 20_000).is_err(), "zero-filled");
         let mut t = TimeIndex::default();
         t.maybe_push(5, 0);
         t.maybe_push(9, 3);
         assert_eq!(TimeIndex::decode(&t.encode(), 4).expect("valid"), t);
-        assert!(
-            TimeIndex::decode(&t.encode(), 3).is_err(),
-            "offset past the segment"
-        );
+        assert!(TimeIndex::decode(&t.encode(), 3).is_err(), "offset past the segment");
         assert!(TimeIndex::decode(&t.encode()[..13], 4).is_err());
     }
 
@@ -295,10 +264,7 @@ mod tests {
 
     /// Batches of a segment: (record count, timestamps, byte length).
     fn segment_model() -> impl Strategy<Value = Vec<(Vec<i64>, usize)>> {
-        prop::collection::vec(
-            (prop::collection::vec(0i64..1000, 1..5), 100usize..3000),
-            1..120,
-        )
+        prop::collection::vec((prop::collection::vec(0i64..1000, 1..5), 100usize..3000), 1..120)
     }
 
     proptest! {

@@ -48,10 +48,7 @@ pub struct Log {
 
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Log")
-            .field("dir", &self.dir)
-            .field("topics", &self.topic_names())
-            .finish()
+        f.debug_struct("Log").field("dir", &self.dir).field("topics", &self.topic_names()).finish()
     }
 }
 
@@ -88,10 +85,7 @@ impl Log {
                 return Err(LogError::Corrupt {
                     file: path.join(topic::TOPIC_META_FILE).display().to_string(),
                     position: 0,
-                    reason: format!(
-                        "metadata names topic '{}' but the directory is '{name}'",
-                        meta.name
-                    ),
+                    reason: format!("metadata names topic '{}' but the directory is '{name}'", meta.name),
                 });
             }
             meta.config.validate(&name)?;
@@ -133,11 +127,7 @@ impl Log {
             fsutil::fsync_dir(&topics_dir)?;
             let t = open_topic(name, dir.clone(), cfg.clone())?;
             fsutil::fsync_dir(&dir)?;
-            TopicMeta {
-                name: name.to_string(),
-                config: cfg.clone(),
-            }
-            .write(&dir)?;
+            TopicMeta { name: name.to_string(), config: cfg.clone() }.write(&dir)?;
             Ok(t)
         })();
         match created {
@@ -147,10 +137,7 @@ impl Log {
             }
             Err(e) => {
                 if let Err(cleanup) = remove_all(&dir) {
-                    tracing::warn!(
-                        topic = name,
-                        "cleaning up a failed topic creation: {cleanup}"
-                    );
+                    tracing::warn!(topic = name, "cleaning up a failed topic creation: {cleanup}");
                 }
                 Err(e)
             }
@@ -171,25 +158,17 @@ impl Log {
     /// complete before the deletion), and `wait_for` calls wake with that error.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         let _admin = self.admin.lock();
-        let topic = self
-            .topics
-            .write()
-            .remove(name)
-            .ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
+        let topic = self.topics.write().remove(name).ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
         for p in &topic.partitions {
             p.close();
         }
         // The rename is the durable deletion; the trash is emptied now or at the next open.
         let trash = self.dir.join("trash").join(format!("{name}-{}", now_ms()));
-        std::fs::rename(&topic.dir, &trash)
-            .ctx(|| format!("moving {} to {}", topic.dir.display(), trash.display()))?;
+        std::fs::rename(&topic.dir, &trash).ctx(|| format!("moving {} to {}", topic.dir.display(), trash.display()))?;
         fsutil::fsync_dir(&self.dir.join("topics"))?;
         fsutil::fsync_dir(&self.dir.join("trash"))?;
         if let Err(e) = remove_all(&trash) {
-            tracing::warn!(
-                topic = name,
-                "emptying the trash: {e} (retried at the next open)"
-            );
+            tracing::warn!(topic = name, "emptying the trash: {e} (retried at the next open)");
         }
         self.groups.remove_topic(name)
     }
@@ -221,14 +200,8 @@ impl Log {
     /// [`Durability`](crate::Durability) (group-committed with concurrent appends), and readers
     /// can see them. Dropping the future does not cancel the write: the records may still be
     /// appended.
-    pub async fn append(
-        &self,
-        topic: &str,
-        partition: u32,
-        records: &[Record],
-    ) -> Result<AppendInfo> {
-        self.append_with(topic, partition, records, &ProducerMeta::default())
-            .await
+    pub async fn append(&self, topic: &str, partition: u32, records: &[Record]) -> Result<AppendInfo> {
+        self.append_with(topic, partition, records, &ProducerMeta::default()).await
     }
 
     /// [`Log::append`] with producer metadata written into the batch headers (seam for
@@ -241,20 +214,12 @@ impl Log {
         meta: &ProducerMeta,
     ) -> Result<AppendInfo> {
         let p = self.partition(topic, partition)?;
-        let invalid = |reason: String| LogError::InvalidRecord {
-            topic: topic.to_string(),
-            reason,
-        };
+        let invalid = |reason: String| LogError::InvalidRecord { topic: topic.to_string(), reason };
         if records.is_empty() {
             return Err(invalid("no records to append".into()));
         }
-        if p.config.cleanup_policy == CleanupPolicy::Compact
-            && records.iter().any(|r| r.key.is_none())
-        {
-            return Err(invalid(
-                "the topic is compacted (cleanup.policy=compact), so every record needs a key"
-                    .into(),
-            ));
+        if p.config.cleanup_policy == CleanupPolicy::Compact && records.iter().any(|r| r.key.is_none()) {
+            return Err(invalid("the topic is compacted (cleanup.policy=compact), so every record needs a key".into()));
         }
         let enc = batch::encode(records, meta).map_err(invalid)?;
         if enc.buf.len() > MAX_APPEND_BYTES {
@@ -263,24 +228,14 @@ impl Log {
             )));
         }
         let rx = p.submit(enc)?;
-        rx.await.unwrap_or_else(|_| {
-            Err(LogError::Internal(
-                "the partition writer stopped without answering".into(),
-            ))
-        })
+        rx.await.unwrap_or_else(|_| Err(LogError::Internal("the partition writer stopped without answering".into())))
     }
 
     /// Reads whole batches from `offset` (about `max_bytes`, at least one batch). Never blocks
     /// on new data: at the end it returns an empty fetch. Records below `offset` in the first
     /// batch are skipped by [`Fetch::records`]. Offsets outside `[start, end]` fail with
     /// [`LogError::OffsetOutOfRange`].
-    pub fn read(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        max_bytes: usize,
-    ) -> Result<Fetch> {
+    pub fn read(&self, topic: &str, partition: u32, offset: u64, max_bytes: usize) -> Result<Fetch> {
         self.partition(topic, partition)?.read(offset, max_bytes)
     }
 
@@ -307,12 +262,7 @@ impl Log {
     }
 
     /// First offset whose timestamp is `>= ts` (Kafka ListOffsets), or `None`.
-    pub fn offset_for_timestamp(
-        &self,
-        topic: &str,
-        partition: u32,
-        ts: i64,
-    ) -> Result<Option<u64>> {
+    pub fn offset_for_timestamp(&self, topic: &str, partition: u32, ts: i64) -> Result<Option<u64>> {
         self.partition(topic, partition)?.offset_for_timestamp(ts)
     }
 
@@ -325,12 +275,7 @@ impl Log {
     }
 
     /// A consumer group's committed offset for a partition, if it committed one.
-    pub fn committed_offset(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: u32,
-    ) -> Result<Option<u64>> {
+    pub fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>> {
         self.partition(topic, partition)?;
         Ok(self.groups.committed(group, topic, partition))
     }
@@ -404,31 +349,20 @@ impl Log {
     }
 
     fn topic(&self, name: &str) -> Result<Arc<Topic>> {
-        self.topics
-            .read()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| LogError::UnknownTopic(name.to_string()))
+        self.topics.read().get(name).cloned().ok_or_else(|| LogError::UnknownTopic(name.to_string()))
     }
 
     pub(crate) fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>> {
         let t = self.topic(topic)?;
-        t.partitions
-            .get(partition as usize)
-            .cloned()
-            .ok_or_else(|| LogError::UnknownPartition {
-                topic: topic.to_string(),
-                partition,
-                partitions: t.config.partitions,
-            })
+        t.partitions.get(partition as usize).cloned().ok_or_else(|| LogError::UnknownPartition {
+            topic: topic.to_string(),
+            partition,
+            partitions: t.config.partitions,
+        })
     }
 
     fn all_partitions(&self) -> Vec<Arc<Partition>> {
-        self.topics
-            .read()
-            .values()
-            .flat_map(|t| t.partitions.iter().cloned())
-            .collect()
+        self.topics.read().values().flat_map(|t| t.partitions.iter().cloned()).collect()
     }
 }
 
@@ -445,27 +379,13 @@ impl Drop for Log {
 fn open_topic(name: &str, dir: PathBuf, config: TopicConfig) -> Result<Topic> {
     let mut partitions = Vec::with_capacity(config.partitions as usize);
     for i in 0..config.partitions {
-        partitions.push(Partition::open(
-            name,
-            i,
-            dir.join(i.to_string()),
-            config.clone(),
-        )?);
+        partitions.push(Partition::open(name, i, dir.join(i.to_string()), config.clone())?);
     }
-    Ok(Topic {
-        config,
-        dir,
-        partitions,
-        round_robin: AtomicU32::new(0),
-    })
+    Ok(Topic { config, dir, partitions, round_robin: AtomicU32::new(0) })
 }
 
 fn remove_all(path: &Path) -> Result<()> {
-    let r = if path.is_dir() {
-        std::fs::remove_dir_all(path)
-    } else {
-        std::fs::remove_file(path)
-    };
+    let r = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
     match r {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

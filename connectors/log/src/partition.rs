@@ -43,9 +43,7 @@ impl PartState {
 
     /// Index of the segment that would hold `offset` (largest base `<= offset`).
     fn segment_index(&self, offset: u64) -> usize {
-        self.segments
-            .partition_point(|s| s.base() <= offset)
-            .saturating_sub(1)
+        self.segments.partition_point(|s| s.base() <= offset).saturating_sub(1)
     }
 }
 
@@ -81,10 +79,7 @@ pub(crate) struct Partition {
 
 impl std::fmt::Debug for Partition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Partition")
-            .field("topic", &self.topic)
-            .field("id", &self.id)
-            .finish()
+        f.debug_struct("Partition").field("topic", &self.topic).field("id", &self.id).finish()
     }
 }
 
@@ -104,9 +99,7 @@ impl Partition {
                 .or_else(|| segment::parse_file_name(&name, segment::TIME_INDEX_EXT))
             {
                 index_files.push((base, path));
-            } else if name.ends_with(fsutil::TMP_SUFFIX)
-                || name.ends_with(compaction::CLEANED_SUFFIX)
-            {
+            } else if name.ends_with(fsutil::TMP_SUFFIX) || name.ends_with(compaction::CLEANED_SUFFIX) {
                 fsutil::remove_file_if_exists(&path)?;
             }
         }
@@ -132,10 +125,7 @@ impl Partition {
             segments.push(Arc::new(Segment::create(&dir, 0)?));
         }
         fsutil::fsync_dir(&dir)?;
-        let active = segments
-            .last()
-            .cloned()
-            .ok_or_else(|| LogError::Internal("no active segment".into()))?;
+        let active = segments.last().cloned().ok_or_else(|| LogError::Internal("no active segment".into()))?;
         let hw = active.next_offset();
         let writer = WriterCtx::new(active, tail.map(|t| t.builder).unwrap_or_default());
         let (signal, _) = watch::channel(Signal { hw, closed: false });
@@ -201,15 +191,7 @@ impl Partition {
         let contiguous = self.contiguous();
         loop {
             if let Some((bytes, position)) = seg.fetch(offset, max_bytes, contiguous)? {
-                return Fetch::new(
-                    bytes,
-                    offset,
-                    hw,
-                    start,
-                    seg.log_path(),
-                    position,
-                    contiguous,
-                );
+                return Fetch::new(bytes, offset, hw, start, seg.log_path(), position, contiguous);
             }
             // Nothing at or after `offset` in this segment (a compacted gap): try the next one.
             let next = {

@@ -31,17 +31,8 @@ pub struct Record {
 
 impl Record {
     /// A record with a key and a value and no headers.
-    pub fn new(
-        timestamp: i64,
-        key: Option<impl Into<Bytes>>,
-        value: Option<impl Into<Bytes>>,
-    ) -> Self {
-        Record {
-            timestamp,
-            key: key.map(Into::into),
-            value: value.map(Into::into),
-            headers: Vec::new(),
-        }
+    pub fn new(timestamp: i64, key: Option<impl Into<Bytes>>, value: Option<impl Into<Bytes>>) -> Self {
+        Record { timestamp, key: key.map(Into::into), value: value.map(Into::into), headers: Vec::new() }
     }
 }
 
@@ -63,11 +54,7 @@ pub struct RecordRef<'a> {
 impl<'a> RecordRef<'a> {
     /// The record's headers, in order.
     pub fn headers(&self) -> HeaderIter<'a> {
-        HeaderIter {
-            buf: self.headers,
-            pos: 0,
-            remaining: self.header_count,
-        }
+        HeaderIter { buf: self.headers, pos: 0, remaining: self.header_count }
     }
 
     /// Number of headers.
@@ -86,10 +73,7 @@ impl<'a> RecordRef<'a> {
             timestamp: self.timestamp,
             key: self.key.map(Bytes::copy_from_slice),
             value: self.value.map(Bytes::copy_from_slice),
-            headers: self
-                .headers()
-                .map(|(k, v)| (k.to_string(), v.map(Bytes::copy_from_slice)))
-                .collect(),
+            headers: self.headers().map(|(k, v)| (k.to_string(), v.map(Bytes::copy_from_slice))).collect(),
         }
     }
 }
@@ -164,9 +148,7 @@ pub(crate) type DecodeError = &'static str;
 fn read_uvarint(buf: &[u8], pos: &mut usize, max_bytes: usize) -> Result<u64, DecodeError> {
     let mut v: u64 = 0;
     for i in 0..max_bytes {
-        let b = *buf
-            .get(*pos)
-            .ok_or("varint runs past the end of the record")?;
+        let b = *buf.get(*pos).ok_or("varint runs past the end of the record")?;
         *pos += 1;
         v |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
@@ -197,9 +179,7 @@ fn read_bytes<'a>(buf: &'a [u8], pos: &mut usize) -> Result<Option<&'a [u8]>, De
     }
     let len = usize::try_from(len).map_err(|_| "negative length")?;
     let end = pos.checked_add(len).ok_or("length overflows")?;
-    let bytes = buf
-        .get(*pos..end)
-        .ok_or("field runs past the end of the record")?;
+    let bytes = buf.get(*pos..end).ok_or("field runs past the end of the record")?;
     *pos = end;
     Ok(Some(bytes))
 }
@@ -293,9 +273,7 @@ pub(crate) fn decode_record<'a>(
     let len = read_varint(buf, pos)?;
     let len = usize::try_from(len).map_err(|_| "negative record length")?;
     let end = pos.checked_add(len).ok_or("record length overflows")?;
-    let rec = buf
-        .get(..end)
-        .ok_or("record runs past the end of the batch")?;
+    let rec = buf.get(..end).ok_or("record runs past the end of the batch")?;
     let mut p = *pos + 1; // attributes (unused)
     if p > end {
         return Err("record too short");
@@ -372,10 +350,7 @@ mod tests {
             timestamp: 1_000,
             key: None,
             value: Some(Bytes::from_static(b"v")),
-            headers: vec![
-                ("h1".into(), None),
-                ("h2".into(), Some(Bytes::from_static(b"x"))),
-            ],
+            headers: vec![("h1".into(), None), ("h2".into(), Some(Bytes::from_static(b"x")))],
         };
         let parts = RecordParts {
             timestamp_delta: -5,
@@ -415,10 +390,7 @@ mod tests {
         // Truncation.
         for cut in 0..out.len() {
             let mut pos = 0;
-            assert!(
-                decode_record(&out[..cut], &mut pos, 0, 0).is_err(),
-                "cut at {cut}"
-            );
+            assert!(decode_record(&out[..cut], &mut pos, 0, 0).is_err(), "cut at {cut}");
         }
         // A wrong key length.
         let mut bad = out.clone();

@@ -12,8 +12,7 @@ impl Partition {
     /// Deletes expired segments; returns how many.
     pub(crate) fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
         let cfg = &self.config;
-        if cfg.cleanup_policy != CleanupPolicy::Delete
-            || (cfg.retention_ms.is_none() && cfg.retention_bytes.is_none())
+        if cfg.cleanup_policy != CleanupPolicy::Delete || (cfg.retention_ms.is_none() && cfg.retention_bytes.is_none())
         {
             return Ok(0);
         }
@@ -44,10 +43,7 @@ impl Partition {
             let mut st = self.state.write();
             // Only maintenance removes segments and it holds `maint`: the front is unchanged.
             let same = st.segments.len() > n
-                && st.segments[..n]
-                    .iter()
-                    .zip(&closed[..n])
-                    .all(|(a, b)| std::sync::Arc::ptr_eq(a, b));
+                && st.segments[..n].iter().zip(&closed[..n]).all(|(a, b)| std::sync::Arc::ptr_eq(a, b));
             if !same {
                 return Ok(0);
             }

@@ -74,16 +74,7 @@ impl Segment {
             .create_new(true)
             .open(&log_path)
             .ctx(|| format!("creating segment {}", log_path.display()))?;
-        Ok(Segment::from_parts(
-            dir,
-            base,
-            file,
-            0,
-            base,
-            i64::MIN,
-            OffsetIndex::default(),
-            TimeIndex::default(),
-        ))
+        Ok(Segment::from_parts(dir, base, file, 0, base, i64::MIN, OffsetIndex::default(), TimeIndex::default()))
     }
 
     /// Assembles a segment whose contents are already known.
@@ -141,24 +132,15 @@ impl Segment {
     }
 
     fn corrupt(&self, position: u64, reason: impl Into<String>) -> LogError {
-        LogError::Corrupt {
-            file: self.log_path.display().to_string(),
-            position,
-            reason: reason.into(),
-        }
+        LogError::Corrupt { file: self.log_path.display().to_string(), position, reason: reason.into() }
     }
 
     /// Reads exactly `len` bytes at `pos`.
     fn read_exact_at(&self, pos: u64, len: usize) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
-        self.file.read_exact_at(&mut buf, pos).ctx(|| {
-            format!(
-                "reading {} bytes at {} of {}",
-                len,
-                pos,
-                self.log_path.display()
-            )
-        })?;
+        self.file
+            .read_exact_at(&mut buf, pos)
+            .ctx(|| format!("reading {} bytes at {} of {}", len, pos, self.log_path.display()))?;
         Ok(buf)
     }
 
@@ -167,23 +149,17 @@ impl Segment {
 
     /// Writes `buf` at `pos` (not yet committed).
     pub fn write_at(&self, pos: u64, buf: &[u8]) -> Result<()> {
-        self.file
-            .write_all_at(buf, pos)
-            .ctx(|| format!("appending to {}", self.log_path.display()))
+        self.file.write_all_at(buf, pos).ctx(|| format!("appending to {}", self.log_path.display()))
     }
 
     /// Cuts the file back to `len` bytes (after a failed write).
     pub fn truncate(&self, len: u64) -> Result<()> {
-        self.file
-            .set_len(len)
-            .ctx(|| format!("truncating {} to {} bytes", self.log_path.display(), len))
+        self.file.set_len(len).ctx(|| format!("truncating {} to {} bytes", self.log_path.display(), len))
     }
 
     /// `fdatasync` of the data file.
     pub fn sync(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .ctx(|| format!("fsyncing {}", self.log_path.display()))
+        self.file.sync_data().ctx(|| format!("fsyncing {}", self.log_path.display()))
     }
 
     /// Makes written bytes visible to readers, with the index entries they produced.
@@ -229,12 +205,7 @@ impl Segment {
     /// With `contiguous` (topics that are never compacted, so offsets have no gaps), the batch
     /// found must start at or before `offset` (or at the segment base): this catches a damaged
     /// `baseOffset`, which Kafka's CRC does not cover.
-    pub fn fetch(
-        &self,
-        offset: u64,
-        max_bytes: usize,
-        contiguous: bool,
-    ) -> Result<Option<(Bytes, u64)>> {
+    pub fn fetch(&self, offset: u64, max_bytes: usize, contiguous: bool) -> Result<Option<(Bytes, u64)>> {
         let limit = self.size();
         let rel = u32::try_from(offset.saturating_sub(self.base)).unwrap_or(u32::MAX);
         let (_, start) = self.index.read().lookup(rel, limit);
@@ -244,9 +215,7 @@ impl Segment {
             if pos >= limit {
                 return Ok(None);
             }
-            let want = usize::try_from(limit - pos)
-                .unwrap_or(usize::MAX)
-                .min(window);
+            let want = usize::try_from(limit - pos).unwrap_or(usize::MAX).min(window);
             if want < HEADER_LEN {
                 return Err(self.corrupt(pos, "committed data ends inside a batch header"));
             }
@@ -255,8 +224,7 @@ impl Segment {
             let mut i = 0usize;
             let mut found = None;
             while i + HEADER_LEN <= buf.len() {
-                let h =
-                    BatchHeader::parse(&buf[i..]).map_err(|e| self.corrupt(pos + i as u64, e))?;
+                let h = BatchHeader::parse(&buf[i..]).map_err(|e| self.corrupt(pos + i as u64, e))?;
                 if h.last_offset() >= offset {
                     found = Some(h);
                     break;
@@ -273,10 +241,7 @@ impl Segment {
             let first_len = first.total_len();
             let at = pos + i as u64;
             if contiguous && first.base_offset > offset.max(self.base) {
-                return Err(self.corrupt(
-                    at,
-                    "batch base offset does not match its position in the log",
-                ));
+                return Err(self.corrupt(at, "batch base offset does not match its position in the log"));
             }
             if at + first_len as u64 > limit {
                 return Err(self.corrupt(at, "batch extends past the committed end of the segment"));
@@ -312,24 +277,18 @@ impl Segment {
         let mut expected = self.base + u64::from(rel);
         let mut scanner = BatchScanner::new(&self.file, u64::from(pos), limit);
         loop {
-            match scanner
-                .next()
-                .ctx(|| format!("reading {}", self.log_path.display()))?
-            {
+            match scanner.next().ctx(|| format!("reading {}", self.log_path.display()))? {
                 Scanned::End => return Ok(None),
                 Scanned::Invalid(at, reason) => return Err(self.corrupt(at, reason)),
                 Scanned::Batch(at, h) => {
                     if contiguous && h.base_offset != expected {
-                        return Err(self
-                            .corrupt(at, "batch base offset does not follow the previous batch"));
+                        return Err(self.corrupt(at, "batch base offset does not follow the previous batch"));
                     }
                     expected = h.next_offset();
                     if h.max_timestamp < ts {
                         continue;
                     }
-                    if let Some(r) =
-                        BatchRecords::new(scanner.batch(), &h).find(|r| r.timestamp >= ts)
-                    {
+                    if let Some(r) = BatchRecords::new(scanner.batch(), &h).find(|r| r.timestamp >= ts) {
                         return Ok(Some(r.offset));
                     }
                 }
@@ -360,13 +319,7 @@ impl Segment {
     ///
     /// With `contiguous` (never-compacted topics) every batch must start where the previous one
     /// ended; the last segment is always held to that, as compaction never touches it.
-    pub fn recover(
-        dir: &Path,
-        base: u64,
-        last: bool,
-        limit: u64,
-        contiguous: bool,
-    ) -> Result<(Segment, TailState)> {
+    pub fn recover(dir: &Path, base: u64, last: bool, limit: u64, contiguous: bool) -> Result<(Segment, TailState)> {
         let contiguous = contiguous || last;
         let log_path = dir.join(file_name(base, LOG_EXT));
         let file = OpenOptions::new()
@@ -374,20 +327,10 @@ impl Segment {
             .write(true)
             .open(&log_path)
             .ctx(|| format!("opening segment {}", log_path.display()))?;
-        let file_len = file
-            .metadata()
-            .ctx(|| format!("reading size of {}", log_path.display()))?
-            .len();
+        let file_len = file.metadata().ctx(|| format!("reading size of {}", log_path.display()))?.len();
         if !last {
             match fast_open(dir, base, &file, file_len, limit, contiguous) {
-                Ok(Some(seg)) => {
-                    return Ok((
-                        seg,
-                        TailState {
-                            builder: IndexBuilder::default(),
-                        },
-                    ))
-                }
+                Ok(Some(seg)) => return Ok((seg, TailState { builder: IndexBuilder::default() })),
                 Ok(None) => {}
                 Err(reason) => {
                     tracing::warn!(segment = %log_path.display(), "rebuilding index: {reason}");
@@ -402,9 +345,7 @@ impl Segment {
         let mut end_pos = 0u64;
         let mut bad: Option<(u64, String)> = None;
         loop {
-            let item = scanner
-                .next()
-                .ctx(|| format!("scanning {}", log_path.display()))?;
+            let item = scanner.next().ctx(|| format!("scanning {}", log_path.display()))?;
             match item {
                 Scanned::End => break,
                 Scanned::Invalid(at, reason) => {
@@ -415,10 +356,7 @@ impl Segment {
                     // `baseOffset` is outside the CRC: contiguity is what catches a flipped
                     // offset byte.
                     if contiguous && h.base_offset != expected {
-                        bad = Some((
-                            at,
-                            "batch offset does not follow the previous batch".to_string(),
-                        ));
+                        bad = Some((at, "batch offset does not follow the previous batch".to_string()));
                         break;
                     }
                     if let Err(reason) = offsets_ok(&h, base, expected, limit) {
@@ -431,11 +369,7 @@ impl Segment {
                         break;
                     };
                     let rel = (h.base_offset - base) as u32;
-                    index::apply(
-                        builder.on_batch(rel, pos32, len, h.max_timestamp),
-                        &mut idx,
-                        &mut tidx,
-                    );
+                    index::apply(builder.on_batch(rel, pos32, len, h.max_timestamp), &mut idx, &mut tidx);
                     expected = h.next_offset();
                     end_pos = at + len as u64;
                 }
@@ -450,21 +384,10 @@ impl Segment {
             );
         }
         if end_pos != file_len {
-            file.set_len(end_pos)
-                .ctx(|| format!("truncating {} to {} bytes", log_path.display(), end_pos))?;
-            file.sync_all()
-                .ctx(|| format!("fsyncing {}", log_path.display()))?;
+            file.set_len(end_pos).ctx(|| format!("truncating {} to {} bytes", log_path.display(), end_pos))?;
+            file.sync_all().ctx(|| format!("fsyncing {}", log_path.display()))?;
         }
-        let seg = Segment::from_parts(
-            dir,
-            base,
-            file,
-            end_pos,
-            expected,
-            builder.max_ts(),
-            idx,
-            tidx,
-        );
+        let seg = Segment::from_parts(dir, base, file, end_pos, expected, builder.max_ts(), idx, tidx);
         if last {
             // The active segment's indexes live in memory until it is closed.
             fsutil::remove_file_if_exists(&seg.path(INDEX_EXT))?;
@@ -505,8 +428,7 @@ fn fast_open(
     let (Ok(index_bytes), Ok(time_bytes)) = (fs::read(&index_path), fs::read(&time_path)) else {
         return Ok(None);
     };
-    let idx = OffsetIndex::decode(&index_bytes, file_len.max(1))
-        .map_err(|e| format!("offset index: {e}"))?;
+    let idx = OffsetIndex::decode(&index_bytes, file_len.max(1)).map_err(|e| format!("offset index: {e}"))?;
     let tidx = TimeIndex::decode(&time_bytes, u64::MAX).map_err(|e| format!("time index: {e}"))?;
     let (last_rel, last_pos) = idx.last().unwrap_or((0, 0));
     let mut scanner = BatchScanner::new(file, u64::from(last_pos), file_len);
@@ -516,9 +438,7 @@ fn fast_open(
     loop {
         match scanner.next().map_err(|e| format!("reading: {e}"))? {
             Scanned::End => break,
-            Scanned::Invalid(at, reason) => {
-                return Err(format!("invalid batch at byte {at}: {reason}"))
-            }
+            Scanned::Invalid(at, reason) => return Err(format!("invalid batch at byte {at}: {reason}")),
             Scanned::Batch(at, h) => {
                 if (first && idx.last().is_some() || contiguous) && h.base_offset != expected {
                     return Err(format!("unexpected batch base offset at byte {at}"));
@@ -535,12 +455,8 @@ fn fast_open(
             return Err("time index points past the segment end".into());
         }
     }
-    let file = file
-        .try_clone()
-        .map_err(|e| format!("duplicating file handle: {e}"))?;
-    Ok(Some(Segment::from_parts(
-        dir, base, file, file_len, expected, max_ts, idx, tidx,
-    )))
+    let file = file.try_clone().map_err(|e| format!("duplicating file handle: {e}"))?;
+    Ok(Some(Segment::from_parts(dir, base, file, file_len, expected, max_ts, idx, tidx)))
 }
 
 /// Writes a file durably (no directory fsync: the caller batches those).
@@ -553,8 +469,7 @@ fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<()> {
             .truncate(true)
             .open(&tmp)
             .ctx(|| format!("creating {}", tmp.display()))?;
-        f.write_all_at(bytes, 0)
-            .ctx(|| format!("writing {}", tmp.display()))?;
+        f.write_all_at(bytes, 0).ctx(|| format!("writing {}", tmp.display()))?;
         f.sync_all().ctx(|| format!("fsyncing {}", tmp.display()))?;
         fs::rename(&tmp, path).ctx(|| format!("renaming {} to {}", tmp.display(), path.display()))
     })();
@@ -588,14 +503,7 @@ pub(crate) struct BatchScanner<'f> {
 
 impl<'f> BatchScanner<'f> {
     pub fn new(file: &'f File, start: u64, end: u64) -> Self {
-        BatchScanner {
-            file,
-            buf: Vec::new(),
-            buf_start: start,
-            cursor: 0,
-            last: 0..0,
-            end,
-        }
+        BatchScanner { file, buf: Vec::new(), buf_start: start, cursor: 0, last: 0..0, end }
     }
 
     /// Bytes of the batch last returned.
@@ -621,10 +529,7 @@ impl<'f> BatchScanner<'f> {
                     let need = need.unwrap_or(LOG_OVERHEAD);
                     let remaining = self.end - pos;
                     if need as u64 > remaining {
-                        return Ok(Scanned::Invalid(
-                            pos,
-                            "batch is cut off at the end of the segment",
-                        ));
+                        return Ok(Scanned::Invalid(pos, "batch is cut off at the end of the segment"));
                     }
                     // Keep the unread part, then read at least the rest of this batch.
                     self.buf.drain(..self.cursor);
@@ -632,12 +537,9 @@ impl<'f> BatchScanner<'f> {
                     self.cursor = 0;
                     self.last = 0..0;
                     let have = self.buf.len();
-                    let want = need
-                        .max(SCAN_CHUNK)
-                        .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                    let want = need.max(SCAN_CHUNK).min(usize::try_from(remaining).unwrap_or(usize::MAX));
                     self.buf.resize(want, 0);
-                    self.file
-                        .read_exact_at(&mut self.buf[have..], pos + have as u64)?;
+                    self.file.read_exact_at(&mut self.buf[have..], pos + have as u64)?;
                 }
             }
         }
@@ -658,23 +560,12 @@ mod tests {
         let mut builder = IndexBuilder::default();
         for b in 0..n {
             let records: Vec<Record> = (0..per)
-                .map(|i| {
-                    Record::new(
-                        (b * per + i) as i64 * 10,
-                        Some(vec![b as u8]),
-                        Some(vec![7u8; 1024]),
-                    )
-                })
+                .map(|i| Record::new((b * per + i) as i64 * 10, Some(vec![b as u8]), Some(vec![7u8; 1024])))
                 .collect();
             let mut enc = encode(&records, &ProducerMeta::default()).expect("encode");
             set_base_offset(&mut enc.buf, next);
             seg.write_at(pos, &enc.buf).expect("write");
-            let e = builder.on_batch(
-                (next - base) as u32,
-                pos as u32,
-                enc.buf.len(),
-                enc.spans[0].max_timestamp,
-            );
+            let e = builder.on_batch((next - base) as u32, pos as u32, enc.buf.len(), enc.spans[0].max_timestamp);
             pos += enc.buf.len() as u64;
             next += per as u64;
             seg.publish(pos, next, enc.spans[0].max_timestamp, &[e]);
@@ -685,10 +576,7 @@ mod tests {
     #[test]
     fn file_names_are_kafka_style() {
         assert_eq!(file_name(42, LOG_EXT), "00000000000000000042.log");
-        assert_eq!(
-            parse_file_name("00000000000000000042.log", LOG_EXT),
-            Some(42)
-        );
+        assert_eq!(parse_file_name("00000000000000000042.log", LOG_EXT), Some(42));
         assert_eq!(parse_file_name("00000000000000000042.index", LOG_EXT), None);
         assert_eq!(parse_file_name("42.log", LOG_EXT), None);
         assert_eq!(parse_file_name("0000000000000000004x.log", LOG_EXT), None);
@@ -701,18 +589,9 @@ mod tests {
         assert!(seg.index.read().len() > 3, "sparse index has entries");
         for offset in [100u64, 101, 102, 103, 150, 219] {
             let (bytes, _) = seg.fetch(offset, 1, true).expect("fetch").expect("data");
-            let Check::Valid(h) = batch::check(&bytes) else {
-                panic!("valid batch")
-            };
-            assert!(
-                h.base_offset <= offset && offset <= h.last_offset(),
-                "offset {offset} in {h:?}"
-            );
-            assert_eq!(
-                bytes.len(),
-                h.total_len(),
-                "max_bytes=1 still returns one whole batch"
-            );
+            let Check::Valid(h) = batch::check(&bytes) else { panic!("valid batch") };
+            assert!(h.base_offset <= offset && offset <= h.last_offset(), "offset {offset} in {h:?}");
+            assert_eq!(bytes.len(), h.total_len(), "max_bytes=1 still returns one whole batch");
         }
         assert!(seg.fetch(220, 1 << 20, true).expect("fetch").is_none());
         let (bytes, _) = seg.fetch(100, 10_000, true).expect("fetch").expect("data");
@@ -737,22 +616,14 @@ mod tests {
         // Recompute the builder state the writer would have had.
         let mut sc = seg.scanner();
         while let Ok(Scanned::Batch(at, h)) = sc.next() {
-            builder.on_batch(
-                h.base_offset as u32,
-                at as u32,
-                h.total_len(),
-                h.max_timestamp,
-            );
+            builder.on_batch(h.base_offset as u32, at as u32, h.total_len(), h.max_timestamp);
         }
         seg.write_index_files(Some(&builder)).expect("index files");
         let (size, next, max_ts) = (seg.size(), seg.next_offset(), seg.max_timestamp());
         let idx = seg.index.read().clone();
         drop(seg);
         let (back, _) = Segment::recover(dir.path(), 0, false, u64::MAX, true).expect("recover");
-        assert_eq!(
-            (back.size(), back.next_offset(), back.max_timestamp()),
-            (size, next, max_ts)
-        );
+        assert_eq!((back.size(), back.next_offset(), back.max_timestamp()), (size, next, max_ts));
         assert_eq!(*back.index.read(), idx);
 
         // A damaged index is rebuilt to the same content.
@@ -761,10 +632,7 @@ mod tests {
         let (again, _) = Segment::recover(dir.path(), 0, false, u64::MAX, true).expect("recover");
         assert_eq!(*again.index.read(), idx);
         assert_eq!(again.next_offset(), next);
-        assert_eq!(
-            fs::read(again.path(INDEX_EXT)).expect("rebuilt file"),
-            idx.encode()
-        );
+        assert_eq!(fs::read(again.path(INDEX_EXT)).expect("rebuilt file"), idx.encode());
     }
 
     #[test]
@@ -772,8 +640,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let seg = write_segment(dir.path(), 0, 5, 2);
         let good = seg.size();
-        seg.write_at(good, &[1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 90, 0])
-            .expect("torn bytes");
+        seg.write_at(good, &[1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 90, 0]).expect("torn bytes");
         drop(seg);
         let (back, _) = Segment::recover(dir.path(), 0, true, u64::MAX, true).expect("recover");
         assert_eq!(back.size(), good);

@@ -86,17 +86,9 @@ impl Default for TopicConfig {
 impl TopicConfig {
     /// Checks every value; `topic` names the topic in the error.
     pub fn validate(&self, topic: &str) -> Result<()> {
-        let bad = |reason: String| {
-            Err(LogError::InvalidConfig {
-                topic: topic.to_string(),
-                reason,
-            })
-        };
+        let bad = |reason: String| Err(LogError::InvalidConfig { topic: topic.to_string(), reason });
         if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
-            return bad(format!(
-                "partitions must be between 1 and {MAX_PARTITIONS}, got {}",
-                self.partitions
-            ));
+            return bad(format!("partitions must be between 1 and {MAX_PARTITIONS}, got {}", self.partitions));
         }
         if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
             return bad(format!(
@@ -105,9 +97,7 @@ impl TopicConfig {
             ));
         }
         if matches!(self.retention_ms, Some(ms) if ms < 0) {
-            return bad(
-                "retention.ms must not be negative (use no value to keep data forever)".into(),
-            );
+            return bad("retention.ms must not be negative (use no value to keep data forever)".into());
         }
         if matches!(self.segment_ms, Some(ms) if ms <= 0) {
             return bad("segment.ms must be positive".into());
@@ -122,48 +112,31 @@ impl TopicConfig {
     /// `delete.retention.ms`, `segment.bytes`, `segment.ms`, `partitions`, `durability`).
     /// `-1` for `retention.ms` / `retention.bytes` means "no limit", as in Kafka.
     pub fn set_property(&mut self, name: &str, value: &str) -> Result<()> {
-        let bad = |reason: String| LogError::InvalidConfig {
-            topic: String::new(),
-            reason,
-        };
-        let int = |v: &str| {
-            v.trim()
-                .parse::<i64>()
-                .map_err(|_| bad(format!("{name} must be an integer, got {v:?}")))
-        };
+        let bad = |reason: String| LogError::InvalidConfig { topic: String::new(), reason };
+        let int = |v: &str| v.trim().parse::<i64>().map_err(|_| bad(format!("{name} must be an integer, got {v:?}")));
         match name {
             "partitions" | "num.partitions" => {
-                self.partitions =
-                    u32::try_from(int(value)?).map_err(|_| bad("partitions out of range".into()))?
+                self.partitions = u32::try_from(int(value)?).map_err(|_| bad("partitions out of range".into()))?
             }
             "retention.ms" => self.retention_ms = Some(int(value)?).filter(|v| *v >= 0),
             "retention.bytes" => self.retention_bytes = u64::try_from(int(value)?).ok(),
             "delete.retention.ms" => self.delete_retention_ms = int(value)?,
             "segment.bytes" => {
-                self.segment_bytes = u64::try_from(int(value)?)
-                    .map_err(|_| bad("segment.bytes out of range".into()))?
+                self.segment_bytes = u64::try_from(int(value)?).map_err(|_| bad("segment.bytes out of range".into()))?
             }
             "segment.ms" => self.segment_ms = Some(int(value)?),
             "cleanup.policy" => {
                 self.cleanup_policy = match value.trim().to_ascii_lowercase().as_str() {
                     "delete" => CleanupPolicy::Delete,
                     "compact" => CleanupPolicy::Compact,
-                    other => {
-                        return Err(bad(format!(
-                            "cleanup.policy must be 'delete' or 'compact', got {other:?}"
-                        )))
-                    }
+                    other => return Err(bad(format!("cleanup.policy must be 'delete' or 'compact', got {other:?}"))),
                 }
             }
             "durability" => {
                 self.durability = match value.trim().to_ascii_lowercase().as_str() {
                     "fsync" => Durability::Fsync,
                     "none" => Durability::None,
-                    other => {
-                        return Err(bad(format!(
-                            "durability must be 'fsync' or 'none', got {other:?}"
-                        )))
-                    }
+                    other => return Err(bad(format!("durability must be 'fsync' or 'none', got {other:?}"))),
                 }
             }
             other => return Err(bad(format!("unknown topic property {other:?}"))),
@@ -175,12 +148,7 @@ impl TopicConfig {
 /// Checks a topic name against Kafka's rules: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.`
 /// or `..`.
 pub fn validate_topic_name(name: &str) -> Result<()> {
-    let bad = |reason: &str| {
-        Err(LogError::InvalidTopicName {
-            name: name.to_string(),
-            reason: reason.to_string(),
-        })
-    };
+    let bad = |reason: &str| Err(LogError::InvalidTopicName { name: name.to_string(), reason: reason.to_string() });
     if name.is_empty() {
         return bad("a topic name must not be empty");
     }
@@ -190,15 +158,10 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
     if name.len() > 249 {
         return bad("a topic name must be at most 249 characters long");
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
         return Err(LogError::InvalidTopicName {
             name: name.to_string(),
-            reason: format!(
-                "character {c:?} is not allowed; use only ASCII letters, digits, '.', '_' and '-'"
-            ),
+            reason: format!("character {c:?} is not allowed; use only ASCII letters, digits, '.', '_' and '-'"),
         });
     }
     Ok(())
@@ -245,24 +208,12 @@ mod tests {
         for ok in ["a", "orders", "my.topic_v2-x", &"x".repeat(249), "..."] {
             validate_topic_name(ok).unwrap_or_else(|e| panic!("{ok} should be valid: {e}"));
         }
-        for bad in [
-            "",
-            ".",
-            "..",
-            "a/b",
-            "sp ace",
-            "ünï",
-            &"x".repeat(250),
-            "a\0b",
-        ] {
+        for bad in ["", ".", "..", "a/b", "sp ace", "ünï", &"x".repeat(250), "a\0b"] {
             let err = validate_topic_name(bad).expect_err(bad);
             assert!(matches!(err, LogError::InvalidTopicName { .. }));
         }
         let err = validate_topic_name("a/b").expect_err("slash");
-        assert!(
-            err.to_string().contains("character '/' is not allowed"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("character '/' is not allowed"), "{err}");
     }
 
     #[test]
@@ -273,8 +224,7 @@ mod tests {
         let back: TopicConfig = serde_json::from_str(&json).expect("de");
         assert_eq!(back, cfg);
         // Missing fields take defaults.
-        let partial: TopicConfig =
-            serde_json::from_str(r#"{"partitions":3,"cleanup_policy":"compact"}"#).expect("de");
+        let partial: TopicConfig = serde_json::from_str(r#"{"partitions":3,"cleanup_policy":"compact"}"#).expect("de");
         assert_eq!(partial.partitions, 3);
         assert_eq!(partial.cleanup_policy, CleanupPolicy::Compact);
         assert_eq!(partial.segment_bytes, cfg.segment_bytes);
@@ -282,24 +232,10 @@ mod tests {
 
     #[test]
     fn invalid_configs_are_explained() {
-        let cfg = TopicConfig {
-            partitions: 0,
-            ..TopicConfig::default()
-        };
-        assert!(cfg
-            .validate("t")
-            .expect_err("zero")
-            .to_string()
-            .contains("partitions must be between"));
-        let cfg = TopicConfig {
-            segment_bytes: 10,
-            ..TopicConfig::default()
-        };
-        assert!(cfg
-            .validate("t")
-            .expect_err("tiny")
-            .to_string()
-            .contains("segment.bytes"));
+        let cfg = TopicConfig { partitions: 0, ..TopicConfig::default() };
+        assert!(cfg.validate("t").expect_err("zero").to_string().contains("partitions must be between"));
+        let cfg = TopicConfig { segment_bytes: 10, ..TopicConfig::default() };
+        assert!(cfg.validate("t").expect_err("tiny").to_string().contains("segment.bytes"));
     }
 
     #[test]

@@ -99,9 +99,7 @@ impl WriterCtx {
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Requests written in one `pwrite` (all into the same segment).
@@ -129,10 +127,7 @@ impl Unit {
 
 impl Partition {
     /// Queues an encoded append; the receiver resolves once it is durable (or failed).
-    pub(crate) fn submit(
-        self: &Arc<Self>,
-        enc: Encoded,
-    ) -> Result<oneshot::Receiver<Result<AppendInfo>>> {
+    pub(crate) fn submit(self: &Arc<Self>, enc: Encoded) -> Result<oneshot::Receiver<Result<AppendInfo>>> {
         let (ack, rx) = oneshot::channel();
         let start_writer = {
             let mut q = self.queue.lock();
@@ -152,11 +147,7 @@ impl Partition {
     }
 
     fn offline_error(&self, reason: &str) -> LogError {
-        LogError::PartitionOffline {
-            topic: self.topic.clone(),
-            partition: self.id,
-            reason: reason.to_string(),
-        }
+        LogError::PartitionOffline { topic: self.topic.clone(), partition: self.id, reason: reason.to_string() }
     }
 
     /// Drains the queue until it is empty.
@@ -190,12 +181,8 @@ impl Partition {
             }
             let len = req.enc.buf.len() as u64;
             if self.needs_roll(ctx, buf.len() as u64, len, req.enc.offsets(), now) {
-                let step = if buf.is_empty() {
-                    Ok(())
-                } else {
-                    self.flush(ctx, &mut unit, &mut buf)
-                }
-                .and_then(|()| self.roll(ctx));
+                let step = if buf.is_empty() { Ok(()) } else { self.flush(ctx, &mut unit, &mut buf) }
+                    .and_then(|()| self.roll(ctx));
                 unit = Unit::begin(ctx);
                 if let Err(e) = step {
                     let _ = req.ack.send(Err(duplicate(&e)));
@@ -209,9 +196,7 @@ impl Partition {
                 let bytes = &mut req.enc.buf[span.start..span.start + span.len];
                 batch::set_base_offset(bytes, ctx.next_offset);
                 let rel = (ctx.next_offset - ctx.active.base()) as u32;
-                let entries = ctx
-                    .builder
-                    .on_batch(rel, pos as u32, span.len, span.max_timestamp);
+                let entries = ctx.builder.on_batch(rel, pos as u32, span.len, span.max_timestamp);
                 if entries != NewEntries::default() {
                     unit.entries.push(entries);
                 }
@@ -220,11 +205,7 @@ impl Partition {
                 pos += span.len as u64;
             }
             buf.extend_from_slice(&req.enc.buf);
-            let info = AppendInfo {
-                partition: self.id,
-                base_offset,
-                last_offset: ctx.next_offset - 1,
-            };
+            let info = AppendInfo { partition: self.id, base_offset, last_offset: ctx.next_offset - 1 };
             unit.acks.push((req.ack, info));
         }
         if failed.is_none() && !buf.is_empty() {
@@ -264,8 +245,7 @@ impl Partition {
             if ctx.first_append_ms.is_none() {
                 ctx.first_append_ms = Some(now_ms());
             }
-            ctx.active
-                .publish(ctx.write_pos, ctx.next_offset, unit.max_ts, &unit.entries);
+            ctx.active.publish(ctx.write_pos, ctx.next_offset, unit.max_ts, &unit.entries);
             self.advance_hw(ctx.next_offset);
             if let Some(trace) = self.trace.lock().as_mut() {
                 trace.push(buf.len() as u64);
@@ -285,15 +265,11 @@ impl Partition {
         #[cfg(not(test))]
         let fault: Option<Fault> = None;
         let written = match fault {
-            Some(Fault::DiskFullMidWrite) => ctx
-                .active
-                .write_at(unit.start_pos, &buf[..buf.len() / 2])
-                .and_then(|()| {
-                    Err(LogError::io(
-                        "appending (injected)",
-                        std::io::Error::from_raw_os_error(libc::ENOSPC),
-                    ))
-                }),
+            Some(Fault::DiskFullMidWrite) => {
+                ctx.active.write_at(unit.start_pos, &buf[..buf.len() / 2]).and_then(|()| {
+                    Err(LogError::io("appending (injected)", std::io::Error::from_raw_os_error(libc::ENOSPC)))
+                })
+            }
             _ => ctx.active.write_at(unit.start_pos, buf),
         };
         if let Err(e) = written {
@@ -304,14 +280,12 @@ impl Partition {
         }
         if self.config.durability == Durability::Fsync {
             let synced = match fault {
-                Some(Fault::FsyncFails) => Err(LogError::io(
-                    "fsyncing (injected)",
-                    std::io::Error::from_raw_os_error(libc::EIO),
-                )),
-                Some(Fault::FsyncNoSpace) => Err(LogError::io(
-                    "fsyncing (injected)",
-                    std::io::Error::from_raw_os_error(libc::ENOSPC),
-                )),
+                Some(Fault::FsyncFails) => {
+                    Err(LogError::io("fsyncing (injected)", std::io::Error::from_raw_os_error(libc::EIO)))
+                }
+                Some(Fault::FsyncNoSpace) => {
+                    Err(LogError::io("fsyncing (injected)", std::io::Error::from_raw_os_error(libc::ENOSPC)))
+                }
                 _ => ctx.active.sync(),
             };
             if let Err(e) = synced {
@@ -358,9 +332,7 @@ impl Partition {
 /// A copy of an error for each producer of a failed group.
 fn duplicate(e: &LogError) -> LogError {
     match e {
-        LogError::DiskFull { context } => LogError::DiskFull {
-            context: context.clone(),
-        },
+        LogError::DiskFull { context } => LogError::DiskFull { context: context.clone() },
         LogError::Io { context, source } => LogError::Io {
             context: context.clone(),
             source: match source.raw_os_error() {
@@ -368,15 +340,9 @@ fn duplicate(e: &LogError) -> LogError {
                 None => std::io::Error::new(source.kind(), source.to_string()),
             },
         },
-        LogError::PartitionOffline {
-            topic,
-            partition,
-            reason,
-        } => LogError::PartitionOffline {
-            topic: topic.clone(),
-            partition: *partition,
-            reason: reason.clone(),
-        },
+        LogError::PartitionOffline { topic, partition, reason } => {
+            LogError::PartitionOffline { topic: topic.clone(), partition: *partition, reason: reason.clone() }
+        }
         LogError::TopicDeleted(t) => LogError::TopicDeleted(t.clone()),
         other => LogError::Internal(other.to_string()),
     }
@@ -413,10 +379,7 @@ impl Drop for WriterJob {
 }
 
 fn spawn_writer(partition: Arc<Partition>) {
-    let job = WriterJob {
-        partition,
-        finished: false,
-    };
+    let job = WriterJob { partition, finished: false };
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
             drop(handle.spawn_blocking(move || job.run()));
@@ -424,10 +387,7 @@ fn spawn_writer(partition: Arc<Partition>) {
         Err(_) => {
             // Outside a runtime (plain threads, other executors): a short-lived thread. If it
             // cannot be spawned the closure, and with it the job, is dropped (see `Drop`).
-            if let Err(e) = std::thread::Builder::new()
-                .name("rill-log-writer".into())
-                .spawn(move || job.run())
-            {
+            if let Err(e) = std::thread::Builder::new().name("rill-log-writer".into()).spawn(move || job.run()) {
                 tracing::error!("cannot start a log writer thread: {e}");
             }
         }

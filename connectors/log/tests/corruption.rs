@@ -10,10 +10,7 @@ const RECORDS: u64 = 400;
 
 /// Random seed, or `RILL_CORRUPTION_SEED` to replay a failure.
 fn seed() -> u64 {
-    let seed = std::env::var("RILL_CORRUPTION_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
+    let seed = std::env::var("RILL_CORRUPTION_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("corruption seed {seed} (set RILL_CORRUPTION_SEED to replay)");
     seed
 }
@@ -23,24 +20,15 @@ fn value(i: u64) -> String {
 }
 
 fn build(dir: &Path, segment_bytes: u64) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
     let log = Log::open(dir).expect("open");
-    let cfg = TopicConfig {
-        segment_bytes,
-        retention_ms: None,
-        durability: Durability::None,
-        ..TopicConfig::default()
-    };
+    let cfg = TopicConfig { segment_bytes, retention_ms: None, durability: Durability::None, ..TopicConfig::default() };
     log.create_topic("t", cfg).expect("create");
     let mut i = 0;
     while i < RECORDS {
         let n = (1 + i % 4).min(RECORDS - i);
-        let records: Vec<Record> = (i..i + n)
-            .map(|j| Record::new(j as i64, Some(format!("k{j}")), Some(value(j))))
-            .collect();
+        let records: Vec<Record> =
+            (i..i + n).map(|j| Record::new(j as i64, Some(format!("k{j}")), Some(value(j)))).collect();
         rt.block_on(log.append("t", 0, &records)).expect("append");
         i += n;
     }
@@ -95,10 +83,7 @@ fn read_served(log: &Log) -> (Vec<(u64, String)>, usize) {
         match log.read("t", 0, offset, 2048) {
             Ok(f) => {
                 for r in f.records() {
-                    out.push((
-                        r.offset,
-                        String::from_utf8(r.value.expect("value").to_vec()).expect("utf8"),
-                    ));
+                    out.push((r.offset, String::from_utf8(r.value.expect("value").to_vec()).expect("utf8")));
                 }
                 offset = f.next_offset();
             }
@@ -118,10 +103,7 @@ fn flipped_bytes_in_the_tail_are_truncated_and_appends_continue() {
     build(pristine.path(), 1 << 20); // one segment
     let seed = seed();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
     for round in 0..12 {
         let dir = tempfile::tempdir().expect("tempdir");
         copy_dir(pristine.path(), dir.path());
@@ -139,32 +121,17 @@ fn flipped_bytes_in_the_tail_are_truncated_and_appends_continue() {
         }
         std::fs::write(&seg, &bytes).expect("write");
         // Everything in batches that end before the damage must survive.
-        let intact_end = spans
-            .iter()
-            .filter(|s| s.1 <= at)
-            .map(|s| s.2 + 1)
-            .max()
-            .unwrap_or(0);
+        let intact_end = spans.iter().filter(|s| s.1 <= at).map(|s| s.2 + 1).max().unwrap_or(0);
 
         let log = Log::open(dir.path()).expect("reopen after corruption");
         let (served, errors) = read_served(&log);
-        assert_eq!(
-            errors, 0,
-            "round {round}: the tail was truncated, nothing corrupt remains"
-        );
+        assert_eq!(errors, 0, "round {round}: the tail was truncated, nothing corrupt remains");
         for (o, v) in &served {
             assert_eq!(v, &value(*o), "round {round}: record {o} served damaged");
         }
         let offsets: Vec<u64> = served.iter().map(|s| s.0).collect();
-        assert_eq!(
-            offsets,
-            (0..offsets.len() as u64).collect::<Vec<_>>(),
-            "round {round}: a prefix survives"
-        );
-        assert!(
-            offsets.len() as u64 >= intact_end,
-            "round {round}: lost records before the damage at {at}"
-        );
+        assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>(), "round {round}: a prefix survives");
+        assert!(offsets.len() as u64 >= intact_end, "round {round}: lost records before the damage at {at}");
         let end = log.end_offset("t", 0).expect("end");
         assert_eq!(end, offsets.len() as u64);
         let ack = rt
@@ -202,14 +169,7 @@ fn damage_inside_closed_segments_is_never_served() {
         for (o, v) in &served {
             assert_eq!(v, &value(*o), "round {round}: record {o} served damaged");
         }
-        assert!(
-            served.len() as u64 > RECORDS / 2,
-            "round {round}: most records are still served"
-        );
-        assert_eq!(
-            log.end_offset("t", 0).expect("end"),
-            RECORDS,
-            "later segments are kept"
-        );
+        assert!(served.len() as u64 > RECORDS / 2, "round {round}: most records are still served");
+        assert_eq!(log.end_offset("t", 0).expect("end"), RECORDS, "later segments are kept");
     }
 }

@@ -28,13 +28,7 @@ fn parse_id(value: &[u8]) -> Option<u64> {
 }
 
 /// Runs the child until it has printed `kill_after` acks, then SIGKILLs it.
-fn run_child(
-    dir: &Path,
-    run: u64,
-    kill_after: usize,
-    acked: &mut Acked,
-    commits: &mut HashMap<u32, u64>,
-) {
+fn run_child(dir: &Path, run: u64, kill_after: usize, acked: &mut Acked, commits: &mut HashMap<u32, u64>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_rill-log-crash-child"))
         .arg(dir)
         .arg(run.to_string())
@@ -60,10 +54,7 @@ fn run_child(
             ["ack", p, o, id] => {
                 let key = (p.parse().expect("partition"), o.parse().expect("offset"));
                 let id: u64 = id.parse().expect("id");
-                assert!(
-                    acked.insert(key, id).is_none(),
-                    "offset {key:?} acknowledged twice"
-                );
+                assert!(acked.insert(key, id).is_none(), "offset {key:?} acknowledged twice");
                 seen += 1;
             }
             ["commit", p, o] => {
@@ -79,10 +70,7 @@ fn run_child(
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
-    assert!(
-        seen == kill_after,
-        "child stopped after {seen} of {kill_after} acks ({status}): {err}"
-    );
+    assert!(seen == kill_after, "child stopped after {seen} of {kill_after} acks ({status}): {err}");
 }
 
 /// Reopens the log and checks every acknowledged record and every commit.
@@ -100,23 +88,16 @@ fn verify(dir: &Path, acked: &Acked, commits: &HashMap<u32, u64>) -> usize {
             let fetch = log.read("crash", p, offset, 64 * 1024).expect("read");
             assert!(fetch.next_offset() > offset, "no progress at {offset}");
             for r in fetch.records() {
-                let id = parse_id(r.value.expect("value"))
-                    .unwrap_or_else(|| panic!("damaged record at {p}/{}", r.offset));
+                let id =
+                    parse_id(r.value.expect("value")).unwrap_or_else(|| panic!("damaged record at {p}/{}", r.offset));
                 if let Some(prev) = ids_seen.insert(id, (p, r.offset)) {
-                    panic!(
-                        "payload {id} stored twice: at {prev:?} and {:?}",
-                        (p, r.offset)
-                    );
+                    panic!("payload {id} stored twice: at {prev:?} and {:?}", (p, r.offset));
                 }
                 let producer = (id % ID_RUN) / ID_PRODUCER;
                 let order = (id / ID_RUN, id % ID_PRODUCER);
                 let packed = order.0 * ID_PRODUCER + order.1;
                 if let Some(&prev) = last_by_producer.get(&producer) {
-                    assert!(
-                        packed > prev,
-                        "producer {producer} out of order in partition {p} at {}",
-                        r.offset
-                    );
+                    assert!(packed > prev, "producer {producer} out of order in partition {p} at {}", r.offset);
                 }
                 last_by_producer.insert(producer, packed);
                 stored.insert((p, r.offset), id);
@@ -125,30 +106,18 @@ fn verify(dir: &Path, acked: &Acked, commits: &HashMap<u32, u64>) -> usize {
         }
     }
     for (key, id) in acked {
-        assert_eq!(
-            stored.get(key),
-            Some(id),
-            "acknowledged record {id} at {key:?} is missing"
-        );
+        assert_eq!(stored.get(key), Some(id), "acknowledged record {id} at {key:?} is missing");
     }
     for (&p, &o) in commits {
-        let c = log
-            .committed_offset("crash", "crash", p)
-            .expect("committed");
-        assert!(
-            c.is_some_and(|c| c >= o),
-            "partition {p}: commit of {o} lost (have {c:?})"
-        );
+        let c = log.committed_offset("crash", "crash", p).expect("committed");
+        assert!(c.is_some_and(|c| c >= o), "partition {p}: commit of {o} lost (have {c:?})");
     }
     stored.len()
 }
 
 #[test]
 fn acknowledged_records_survive_sigkill() {
-    let seed: u64 = std::env::var("RILL_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
+    let seed: u64 = std::env::var("RILL_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("crash test seed {seed} (set RILL_CRASH_SEED to replay)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -156,32 +125,15 @@ fn acknowledged_records_survive_sigkill() {
     let mut commits = HashMap::new();
     for run in 1..=RUNS {
         // Sometimes kill at the first ack (or during recovery-heavy startup), mostly later.
-        let kill_after = if rng.random_bool(0.15) {
-            1
-        } else {
-            rng.random_range(2..=250)
-        };
+        let kill_after = if rng.random_bool(0.15) { 1 } else { rng.random_range(2..=250) };
         run_child(dir.path(), run, kill_after, &mut acked, &mut commits);
         let stored = verify(dir.path(), &acked, &commits);
         assert!(stored >= acked.len());
     }
     let segments = std::fs::read_dir(dir.path().join("topics/crash/0"))
-        .map(|d| {
-            d.filter(|e| {
-                e.as_ref()
-                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "log"))
-            })
-            .count()
-        })
+        .map(|d| d.filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "log"))).count())
         .unwrap_or(0);
-    eprintln!(
-        "{RUNS} kills, {} acknowledged records checked, {segments} segments in partition 0",
-        acked.len()
-    );
-    assert!(
-        acked.len() > 500,
-        "the test exercised only {} acks",
-        acked.len()
-    );
+    eprintln!("{RUNS} kills, {} acknowledged records checked, {segments} segments in partition 0", acked.len());
+    assert!(acked.len() > 500, "the test exercised only {} acks", acked.len());
     assert!(segments > 1, "segments should have rolled");
 }

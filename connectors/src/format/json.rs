@@ -134,8 +134,8 @@ impl Encoder for JsonEncoder {
             let st = StructArray::from(batch.clone());
             (Arc::new(Field::new("", st.data_type().clone(), true)), Arc::new(st))
         };
-        let mut enc = make_encoder(&field, array.as_ref(), &self.options)
-            .map_err(|e| ConnectorError::Encode(e.to_string()))?;
+        let mut enc =
+            make_encoder(&field, array.as_ref(), &self.options).map_err(|e| ConnectorError::Encode(e.to_string()))?;
         self.buf.clear();
         let mut ends = Vec::with_capacity(batch.num_rows());
         for i in 0..batch.num_rows() {

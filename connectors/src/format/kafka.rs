@@ -157,9 +157,10 @@ impl Encoder for KafkaEncoder {
         let col = batch.column(0);
         macro_rules! each {
             ($ty:ty, $f:expr) => {{
-                let a = col.as_any().downcast_ref::<$ty>().ok_or_else(|| {
-                    ConnectorError::Encode(format!("KAFKA format cannot encode {}", col.data_type()))
-                })?;
+                let a = col
+                    .as_any()
+                    .downcast_ref::<$ty>()
+                    .ok_or_else(|| ConnectorError::Encode(format!("KAFKA format cannot encode {}", col.data_type())))?;
                 for i in 0..a.len() {
                     out.push(if a.is_null(i) { None } else { Some($f(a.value(i))) });
                 }

@@ -39,9 +39,10 @@ impl FormatKind {
             "DELIMITED" => Ok(Self::Delimited),
             "KAFKA" => Ok(Self::Kafka),
             "NONE" => Ok(Self::None),
-            "AVRO" | "PROTOBUF" | "PROTOBUF_NOSR" | "JSON_SR" => Err(ConnectorError::Unsupported(
-                format!("The {} format needs a schema registry, which Rill does not support yet", name.to_ascii_uppercase()),
-            )),
+            "AVRO" | "PROTOBUF" | "PROTOBUF_NOSR" | "JSON_SR" => Err(ConnectorError::Unsupported(format!(
+                "The {} format needs a schema registry, which Rill does not support yet",
+                name.to_ascii_uppercase()
+            ))),
             other => Err(ConnectorError::Unsupported(format!("Unknown format: {other}"))),
         }
     }
@@ -135,7 +136,10 @@ pub fn check_schema(format: &Format, schema: &Schema, what: &str) -> Result<()> 
                 _ => None,
             };
             if let Some(t) = nested {
-                return Err(ConnectorError::Unsupported(format!("The 'DELIMITED' format does not support type '{t}', column: `{}`", f.name())));
+                return Err(ConnectorError::Unsupported(format!(
+                    "The 'DELIMITED' format does not support type '{t}', column: `{}`",
+                    f.name()
+                )));
             }
         }
     }

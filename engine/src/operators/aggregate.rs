@@ -107,6 +107,9 @@ pub struct AggregateConfig {
     pub retract_index: Option<usize>,
 }
 
+/// Rows of a batch per group (key, window start): window end, rows to add, rows to retract.
+type Buckets = HashMap<(OwnedRow, i64), (i64, Vec<u32>, Vec<u32>)>;
+
 struct Group {
     key: OwnedRow,
     window: (i64, i64),
@@ -147,7 +150,12 @@ impl AggregateOperator {
             .map(|e| Ok(SortField::new(e.data_type(input_schema)?)))
             .collect::<Result<Vec<_>>>()?;
         let converter = RowConverter::new(key_fields)?;
-        let mut fields: Vec<Field> = cfg.output_schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+        // Every output column can be null (tombstones, null aggregates).
+        let mut cfg = cfg;
+        cfg.output_schema = Arc::new(Schema::new(
+            cfg.output_schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+        ));
+        let mut fields: Vec<Field> = cfg.output_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.push(Field::new(DELETE_COLUMN, DataType::Boolean, false));
         fields.push(Field::new(ROWTIME_COLUMN, DataType::Int64, true));
         Ok(Self {
@@ -165,7 +173,13 @@ impl AggregateOperator {
         self.cfg
             .aggregates
             .iter()
-            .map(|a| Ok(if self.cfg.retract_index.is_some() { a.create_sliding_accumulator()? } else { a.create_accumulator()? }))
+            .map(|a| {
+                Ok(if self.cfg.retract_index.is_some() {
+                    a.create_sliding_accumulator()?
+                } else {
+                    a.create_accumulator()?
+                })
+            })
             .collect()
     }
 
@@ -275,12 +289,8 @@ impl AggregateOperator {
 
     fn process_windows(&mut self, batch: &RecordBatch, out: &mut Vec<Message>) -> Result<()> {
         let n = batch.num_rows();
-        let key_arrays = self
-            .cfg
-            .group_exprs
-            .iter()
-            .map(|e| Ok(e.evaluate(batch)?.into_array(n)?))
-            .collect::<Result<Vec<_>>>()?;
+        let key_arrays =
+            self.cfg.group_exprs.iter().map(|e| Ok(e.evaluate(batch)?.into_array(n)?)).collect::<Result<Vec<_>>>()?;
         let keys = self.converter.convert_columns(&key_arrays)?;
         let ts_col = cast(batch.column(self.cfg.rowtime_index), &DataType::Int64)?;
         let ts = ts_col.as_primitive::<Int64Type>();
@@ -289,13 +299,10 @@ impl AggregateOperator {
         // Bucket rows by group, in first-touched order.
         let mut order: Vec<(OwnedRow, i64)> = Vec::new();
         // Per group: window end, rows to add, rows to retract.
-        let mut rows_of: HashMap<(OwnedRow, i64), (i64, Vec<u32>, Vec<u32>)> = HashMap::new();
-        let retract = match self.cfg.retract_index {
-            Some(r) => Some(batch.column(r).as_boolean().clone()),
-            None => None,
-        };
-        for i in 0..n {
-            if null_key[i] {
+        let mut rows_of: Buckets = HashMap::new();
+        let retract = self.cfg.retract_index.map(|r| batch.column(r).as_boolean().clone());
+        for (i, &null) in null_key.iter().enumerate() {
+            if null {
                 continue;
             }
             let t = if ts.is_null(i) { 0 } else { ts.value(i) };
@@ -322,7 +329,10 @@ impl AggregateOperator {
             let Some((end, rows, retracted)) = rows_of.remove(&k) else { continue };
             if !self.groups.contains_key(&k) {
                 let accs = self.new_accumulators()?;
-                self.groups.insert(k.clone(), Group { key: k.0.clone(), window: (k.1, end), accs, max_ts: i64::MIN, emitted: false });
+                self.groups.insert(
+                    k.clone(),
+                    Group { key: k.0.clone(), window: (k.1, end), accs, max_ts: i64::MIN, emitted: false },
+                );
             }
             let group = self.groups.get_mut(&k).ok_or_else(|| EngineError::Internal("group vanished".into()))?;
             Self::update(&mut group.accs, &args, &UInt32Array::from(retracted), true)?;
@@ -350,20 +360,16 @@ impl AggregateOperator {
 
     fn process_sessions(&mut self, batch: &RecordBatch, gap: i64, out: &mut Vec<Message>) -> Result<()> {
         let n = batch.num_rows();
-        let key_arrays = self
-            .cfg
-            .group_exprs
-            .iter()
-            .map(|e| Ok(e.evaluate(batch)?.into_array(n)?))
-            .collect::<Result<Vec<_>>>()?;
+        let key_arrays =
+            self.cfg.group_exprs.iter().map(|e| Ok(e.evaluate(batch)?.into_array(n)?)).collect::<Result<Vec<_>>>()?;
         let keys = self.converter.convert_columns(&key_arrays)?;
         let ts_col = cast(batch.column(self.cfg.rowtime_index), &DataType::Int64)?;
         let ts = ts_col.as_primitive::<Int64Type>();
         let args = self.arguments(batch)?;
         let null_key = null_keys(&key_arrays, n);
         let mut emits = Vec::new();
-        for i in 0..n {
-            if null_key[i] {
+        for (i, &null) in null_key.iter().enumerate() {
+            if null {
                 continue;
             }
             let t = if ts.is_null(i) { 0 } else { ts.value(i) };
@@ -391,15 +397,31 @@ impl AggregateOperator {
                 max_ts = max_ts.max(old.max_ts);
                 if old.emitted && !self.cfg.emit_final {
                     let mut values = Self::evaluate(old)?;
-                    values.iter_mut().for_each(|v| *v = ScalarValue::try_from(v.data_type()).unwrap_or(ScalarValue::Null));
-                    emits.push(Emit { key: old.key.clone(), window: old.window, values, ts: t, delete: true, was_emitted: true });
+                    values
+                        .iter_mut()
+                        .for_each(|v| *v = ScalarValue::try_from(v.data_type()).unwrap_or(ScalarValue::Null));
+                    emits.push(Emit {
+                        key: old.key.clone(),
+                        window: old.window,
+                        values,
+                        ts: t,
+                        delete: true,
+                        was_emitted: true,
+                    });
                 }
             }
             Self::update(&mut accs, &args, &UInt32Array::from(vec![i as u32]), false)?;
             let mut group = Group { key: key.clone(), window: (start, end), accs, max_ts, emitted: false };
             if !self.cfg.emit_final {
                 let values = Self::evaluate(&mut group)?;
-                emits.push(Emit { key: key.clone(), window: (start, end), values, ts: max_ts, delete: false, was_emitted: false });
+                emits.push(Emit {
+                    key: key.clone(),
+                    window: (start, end),
+                    values,
+                    ts: max_ts,
+                    delete: false,
+                    was_emitted: false,
+                });
                 group.emitted = true;
             }
             kept.push(group);
@@ -497,15 +519,30 @@ impl AggregateOperator {
             for k in done {
                 if let Some(mut g) = self.groups.remove(&k) {
                     let values = Self::evaluate(&mut g)?;
-                    finals.push(Emit { key: g.key, window: g.window, values, ts: g.max_ts, delete: false, was_emitted: false });
+                    finals.push(Emit {
+                        key: g.key,
+                        window: g.window,
+                        values,
+                        ts: g.max_ts,
+                        delete: false,
+                        was_emitted: false,
+                    });
                 }
             }
             for sessions in self.sessions.values_mut() {
-                let (done, keep): (Vec<Group>, Vec<Group>) = std::mem::take(sessions).into_iter().partition(|g| closed(g.window.1, w.grace));
+                let (done, keep): (Vec<Group>, Vec<Group>) =
+                    std::mem::take(sessions).into_iter().partition(|g| closed(g.window.1, w.grace));
                 *sessions = keep;
                 for mut g in done {
                     let values = Self::evaluate(&mut g)?;
-                    finals.push(Emit { key: g.key, window: g.window, values, ts: g.max_ts, delete: false, was_emitted: false });
+                    finals.push(Emit {
+                        key: g.key,
+                        window: g.window,
+                        values,
+                        ts: g.max_ts,
+                        delete: false,
+                        was_emitted: false,
+                    });
                 }
             }
             finals.sort_by_key(|e| (e.window.0, e.ts));
@@ -540,11 +577,10 @@ impl Operator for AggregateOperator {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let result = match self.cfg.window.map(|w| w.kind) {
+        match self.cfg.window.map(|w| w.kind) {
             Some(WindowKind::Session { gap }) => self.process_sessions(&batch, gap, out),
             _ => self.process_windows(&batch, out),
-        };
-        result
+        }
     }
 
     fn handle_watermark(&mut self, watermark: Watermark, out: &mut Vec<Message>) -> Result<()> {
@@ -595,9 +631,9 @@ mod tests {
     use arrow::util::pretty::pretty_format_batches;
     use datafusion::functions_aggregate::count::count_udaf;
     use datafusion::functions_aggregate::sum::sum_udaf;
+    use datafusion::logical_expr::Operator as Op;
     use datafusion::physical_expr::aggregate::AggregateExprBuilder;
     use datafusion::physical_expr::expressions::{col, lit, BinaryExpr};
-    use datafusion::logical_expr::Operator as Op;
 
     use super::*;
 
@@ -625,7 +661,8 @@ mod tests {
     fn operator(window: Option<WindowConfig>, emit_final: bool, having_lt_2: bool) -> AggregateOperator {
         let schema = input_schema();
         let v = col("V", &schema).unwrap();
-        let count = AggregateExprBuilder::new(count_udaf(), vec![v.clone()]).schema(schema.clone()).alias("C").build().unwrap();
+        let count =
+            AggregateExprBuilder::new(count_udaf(), vec![v.clone()]).schema(schema.clone()).alias("C").build().unwrap();
         let sum = AggregateExprBuilder::new(sum_udaf(), vec![v]).schema(schema.clone()).alias("S").build().unwrap();
         let mut fields = vec![Field::new("K", DataType::Utf8, true)];
         if window.is_some() {
@@ -689,7 +726,10 @@ mod tests {
     #[test]
     fn unwindowed_emit_changes_with_having_tombstones() {
         let mut op = operator(None, false, true);
-        let text = run(&mut op, &[In::Rows(&[("a", 1, 10), ("b", 5, 20)]), In::Rows(&[("a", 2, 30)]), In::Rows(&[("a", 3, 40)])]);
+        let text = run(
+            &mut op,
+            &[In::Rows(&[("a", 1, 10), ("b", 5, 20)]), In::Rows(&[("a", 2, 30)]), In::Rows(&[("a", 3, 40)])],
+        );
         assert!(!op.state_info().bounded);
         insta::assert_snapshot!(text);
     }
@@ -727,7 +767,12 @@ mod tests {
         let mut op = operator(Some(window), false, false);
         let text = run(
             &mut op,
-            &[In::Rows(&[("a", 1, 0)]), In::Rows(&[("a", 2, 300)]), In::Rows(&[("a", 3, 150)]), In::Rows(&[("b", 4, 160)])],
+            &[
+                In::Rows(&[("a", 1, 0)]),
+                In::Rows(&[("a", 2, 300)]),
+                In::Rows(&[("a", 3, 150)]),
+                In::Rows(&[("b", 4, 160)]),
+            ],
         );
         insta::assert_snapshot!(text);
     }

@@ -127,9 +127,9 @@ mod tests {
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{Field, Schema};
     use datafusion::common::DFSchema;
+    use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
     use datafusion::logical_expr::{ident, lit};
     use datafusion::physical_expr::{create_physical_expr, execution_props::ExecutionProps};
-    use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 
     use super::*;
     use crate::Watermark;

@@ -124,14 +124,19 @@ impl StreamStreamJoinOperator {
 
     /// Processes rows of one side against the other side's buffer.
     fn process(&mut self, batch: RecordBatch, from_left: bool, out: &mut Vec<Message>) -> Result<()> {
-        let (keys, null_keys) = self.key_rows(&batch, if from_left { &self.cfg.left_key } else { &self.cfg.right_key })?;
+        let (keys, null_keys) =
+            self.key_rows(&batch, if from_left { &self.cfg.left_key } else { &self.cfg.right_key })?;
         let time_col = if from_left { self.cfg.left_time } else { self.cfg.right_time };
         let times = cast(batch.column(time_col), &DataType::Int64)?;
         let times = times.as_primitive::<Int64Type>();
-        let rows = if from_left { self.left_rows.convert_columns(batch.columns())? } else { self.right_rows.convert_columns(batch.columns())? };
+        let rows = if from_left {
+            self.left_rows.convert_columns(batch.columns())?
+        } else {
+            self.right_rows.convert_columns(batch.columns())?
+        };
         let (before, after, grace) = (self.cfg.before, self.cfg.after, self.cfg.grace);
         let mut pairs: Vec<Pair> = Vec::new();
-        for i in 0..batch.num_rows() {
+        for (i, &null_key) in null_keys.iter().enumerate() {
             let t = if times.is_null(i) { 0 } else { times.value(i) };
             // The latest partner time that could still match this row, plus grace.
             let reach = if from_left { t + after } else { t + before };
@@ -154,16 +159,24 @@ impl StreamStreamJoinOperator {
             }
             let row = rows.row(i).owned();
             let mut matched = false;
-            if !null_keys[i] {
+            if !null_key {
                 let key = keys.row(i).owned();
                 let other = if from_left { &mut self.right } else { &mut self.left };
                 if let Some(partners) = other.get_mut(&key) {
                     for p in partners.iter_mut() {
-                        let in_window = if from_left { p.time >= t - before && p.time <= t + after } else { t >= p.time - before && t <= p.time + after };
+                        let in_window = if from_left {
+                            p.time >= t - before && p.time <= t + after
+                        } else {
+                            t >= p.time - before && t <= p.time + after
+                        };
                         if in_window {
                             p.matched = true;
                             matched = true;
-                            pairs.push(if from_left { (Some(row.clone()), Some(p.row.clone())) } else { (Some(p.row.clone()), Some(row.clone())) });
+                            pairs.push(if from_left {
+                                (Some(row.clone()), Some(p.row.clone()))
+                            } else {
+                                (Some(p.row.clone()), Some(row.clone()))
+                            });
                         }
                     }
                 }
@@ -183,7 +196,10 @@ impl StreamStreamJoinOperator {
     }
 
     fn emits_unmatched(&self, left_side: bool) -> bool {
-        matches!((self.cfg.kind, left_side), (JoinKind::Left | JoinKind::Full, true) | (JoinKind::Right | JoinKind::Full, false))
+        matches!(
+            (self.cfg.kind, left_side),
+            (JoinKind::Left | JoinKind::Full, true) | (JoinKind::Right | JoinKind::Full, false)
+        )
     }
 
     /// Drops rows the watermark has passed; emits outer rows that never matched.

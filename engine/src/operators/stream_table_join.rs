@@ -54,7 +54,9 @@ impl StreamTableJoinOperator {
             return Err(EngineError::Internal("join key arity differs from the table key".into()));
         }
         let keys = RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?;
-        let rows = RowConverter::new(cfg.table_schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
+        let rows = RowConverter::new(
+            cfg.table_schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect(),
+        )?;
         Ok(Self { cfg, keys, rows, key_types, table: HashMap::new() })
     }
 }
@@ -119,7 +121,8 @@ impl Operator for StreamTableJoinOperator {
             return Ok(());
         }
         let stream_idx = UInt32Array::from(stream_rows);
-        let mut columns = batch.columns().iter().map(|c| Ok(take(c.as_ref(), &stream_idx, None)?)).collect::<Result<Vec<_>>>()?;
+        let mut columns =
+            batch.columns().iter().map(|c| Ok(take(c.as_ref(), &stream_idx, None)?)).collect::<Result<Vec<_>>>()?;
         let right = if table_rows.is_empty() {
             self.cfg.table_schema.fields().iter().map(|f| arrow::array::new_null_array(f.data_type(), 0)).collect()
         } else {

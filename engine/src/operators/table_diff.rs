@@ -39,7 +39,14 @@ impl TableDiffOperator {
         let rows = RowConverter::new(input.fields().iter().map(field).collect())?;
         let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.push(Field::new(RETRACT_COLUMN, DataType::Boolean, false));
-        Ok(Self { key_columns, delete_column, keys, rows, latest: HashMap::new(), schema: Arc::new(Schema::new(fields)) })
+        Ok(Self {
+            key_columns,
+            delete_column,
+            keys,
+            rows,
+            latest: HashMap::new(),
+            schema: Arc::new(Schema::new(fields)),
+        })
     }
 }
 

@@ -100,7 +100,9 @@ fn decode_kafka(t: &SqlType, bytes: &[u8]) -> Result<Value, String> {
             // JSON has no NaN or infinities: name them, as Java's Double.toString would.
             serde_json::Number::from_f64(d).map(Value::Number).unwrap_or_else(|| Value::String(java_double_name(d)))
         }
-        SqlType::String => Value::String(std::str::from_utf8(bytes).map_err(|e| format!("KAFKA STRING is not UTF-8: {e}"))?.to_string()),
+        SqlType::String => Value::String(
+            std::str::from_utf8(bytes).map_err(|e| format!("KAFKA STRING is not UTF-8: {e}"))?.to_string(),
+        ),
         SqlType::Bytes => Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
         other => return Err(format!("the KAFKA format cannot carry {other}")),
     })
@@ -207,7 +209,10 @@ mod tests {
     fn windows_round_trip() {
         let time = WindowNode { start: 1000, end: 2000, kind: "time".into() };
         let key = append_window(Some(b"k".to_vec()), &time);
-        assert_eq!(split_window(&key, false, Some(1000)).unwrap(), SplitKey { inner: b"k", start: 1000, end: Some(2000) });
+        assert_eq!(
+            split_window(&key, false, Some(1000)).unwrap(),
+            SplitKey { inner: b"k", start: 1000, end: Some(2000) }
+        );
         let session = WindowNode { start: 5, end: 9, kind: "SESSION".into() };
         let key = append_window(None, &session);
         assert_eq!(split_window(&key, true, None).unwrap(), SplitKey { inner: b"", start: 5, end: Some(9) });

@@ -169,7 +169,12 @@ pub fn record_difference(expected: &RecordNode, actual: &Actual, ran_with_insert
 }
 
 /// Compares one topic's records, in order and with the exact count. `Err` is the first difference.
-pub fn compare_topic(topic: &str, expected: &[RecordNode], actual: &[Actual], ran_with_inserts: bool) -> Result<(), String> {
+pub fn compare_topic(
+    topic: &str,
+    expected: &[RecordNode],
+    actual: &[Actual],
+    ran_with_inserts: bool,
+) -> Result<(), String> {
     let counts = if expected.len() == actual.len() {
         String::new()
     } else {
@@ -246,7 +251,10 @@ mod tests {
         let e = [rec(json!("k1"), json!({"A": 1, "B": "x"}), None)];
         let a = [act(json!("k2"), json!({"A": 1, "B": "x"}), 0)];
         let msg = compare_topic("OUT", &e, &a, false).unwrap_err();
-        assert_eq!(msg, r#"topic 'OUT' record 0: key: expected "k1", got "k2"; expected <"k1", {"A":1,"B":"x"}>, got <"k2", {"A":1,"B":"x"}> @0"#);
+        assert_eq!(
+            msg,
+            r#"topic 'OUT' record 0: key: expected "k1", got "k2"; expected <"k1", {"A":1,"B":"x"}>, got <"k2", {"A":1,"B":"x"}> @0"#
+        );
         let a = [act(json!("k1"), json!({"A": 1, "B": "y"}), 0)];
         let msg = compare_topic("OUT", &e, &a, false).unwrap_err();
         assert!(msg.starts_with(r#"topic 'OUT' record 0: value: B: expected "x", got "y";"#), "{msg}");

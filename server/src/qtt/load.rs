@@ -429,7 +429,9 @@ pub fn load(paths: &[PathBuf]) -> anyhow::Result<Loaded> {
                 all.runs.extend(l.runs);
                 all.bad.extend(l.bad);
             }
-            Err(error) => all.bad.push(BadCase { name: stem.clone(), stem, error: format!("invalid test file: {error}") }),
+            Err(error) => {
+                all.bad.push(BadCase { name: stem.clone(), stem, error: format!("invalid test file: {error}") })
+            }
         }
     }
     Ok(all)
@@ -493,7 +495,8 @@ mod tests {
     fn bad_cases_do_not_hide_good_ones() {
         let text = r#"{"tests": [{"name": "good"}, {"statements": 3}, {"name": "off", "enabled": false, "x": }]}"#;
         assert!(parse_file("f", text).is_err(), "not JSON at all");
-        let text = r#"{"tests": [{"name": "good"}, {"name": "bad", "statements": 3}, {"name": "off", "enabled": false}]}"#;
+        let text =
+            r#"{"tests": [{"name": "good"}, {"name": "bad", "statements": 3}, {"name": "off", "enabled": false}]}"#;
         let loaded = parse_file("f", text).unwrap();
         assert_eq!(loaded.runs.len(), 1);
         assert_eq!(loaded.bad.len(), 1);

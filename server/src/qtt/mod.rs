@@ -196,7 +196,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         emit(Outcome { name, category, status, message, millis: t0.elapsed().as_millis() as u64 });
     }
     for b in bad.iter().filter(|b| selected(&b.name)) {
-        emit(Outcome { name: b.name.clone(), category: b.stem.clone(), status: Status::Fail, message: Some(b.error.clone()), millis: 0 });
+        emit(Outcome {
+            name: b.name.clone(),
+            category: b.stem.clone(),
+            status: Status::Fail,
+            message: Some(b.error.clone()),
+            millis: 0,
+        });
     }
     std::panic::set_hook(Box::new(move |info| previous_hook(info)));
 

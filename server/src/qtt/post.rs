@@ -105,7 +105,11 @@ fn check_topics(topics: &PostTopics, engine: &KsqlEngine, sources: &[SourceDef])
             let Some(want) = expected.as_ref().and_then(format_name) else { continue };
             let got = source.map(|s| if what == "key" { s.key_format.kind.name() } else { s.value_format.kind.name() });
             if got != Some(want.as_str()) {
-                return Err(format!("post: topic {} {what} format: expected {want}, got {}", t.name, got.unwrap_or("none")));
+                return Err(format!(
+                    "post: topic {} {what} format: expected {want}, got {}",
+                    t.name,
+                    got.unwrap_or("none")
+                ));
             }
         }
     }

@@ -221,7 +221,8 @@ pub async fn run_case(run: &RestRun, dir: &Path) -> Result<(), String> {
         let body = json!({"ksql": admin.join("\n"), "streamsProperties": props});
         let mut resp = post(addr, "/ksql", &body).await?;
         let text = resp.read_to_end().await?;
-        let value: Value = serde_json::from_slice(&text).map_err(|e| format!("/ksql answered non-JSON ({e}): {}", lossy(&text)))?;
+        let value: Value =
+            serde_json::from_slice(&text).map_err(|e| format!("/ksql answered non-JSON ({e}): {}", lossy(&text)))?;
         if resp.status != 200 {
             return check_error(expected_error, resp.status, &value, last);
         }
@@ -295,7 +296,12 @@ pub async fn run_case(run: &RestRun, dir: &Path) -> Result<(), String> {
             (Value::Array(want_rows), Value::Array(rows)) => {
                 if want_rows.len() != rows.len() {
                     let got: Vec<String> = rows.iter().map(compare::short).collect();
-                    return Err(format!("{path}: expected {} rows, got {}: [{}]", want_rows.len(), rows.len(), got.join(", ")));
+                    return Err(format!(
+                        "{path}: expected {} rows, got {}: [{}]",
+                        want_rows.len(),
+                        rows.len(),
+                        got.join(", ")
+                    ));
                 }
                 for (j, (w, a)) in want_rows.iter().zip(rows).enumerate() {
                     match_fields(a, w, statement, &format!("{path} row {j}"))?;
@@ -334,7 +340,8 @@ fn describe(ee: &ExpectedError) -> String {
 
 /// A request failed: a pass when the case expects this error.
 fn check_error(expected: Option<&ExpectedError>, status: u16, body: &Value, last: &str) -> Result<(), String> {
-    let message = body.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| compare::short(body));
+    let message =
+        body.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| compare::short(body));
     let Some(ee) = expected else {
         return Err(format!("request failed with HTTP {status}: {message}"));
     };
@@ -348,7 +355,10 @@ fn check_error(expected: Option<&ExpectedError>, status: u16, body: &Value, last
     if ee.kind.as_deref().is_some_and(|k| k.ends_with("KsqlStatementErrorMessage")) {
         let statement = body.get("statementText").and_then(Value::as_str).unwrap_or("");
         if body.get("@type").and_then(Value::as_str) != Some("statement_error") || !statement.contains(last.trim()) {
-            return mismatch(format!("got a {} naming `{statement}`", body.get("@type").map(compare::short).unwrap_or_default()));
+            return mismatch(format!(
+                "got a {} naming `{statement}`",
+                body.get("@type").map(compare::short).unwrap_or_default()
+            ));
         }
     }
     Ok(())
@@ -368,7 +378,9 @@ fn match_fields(actual: &Value, expected: &Value, statement: &str, path: &str) -
     for (key, value) in want {
         // Upstream's operators: `k|starts_with` (any case), `k|equals`.
         let (name, starts_with) = match key.split_once('|') {
-            Some((n, op)) if op.eq_ignore_ascii_case("starts_with") || op.eq_ignore_ascii_case("startsWith") => (n, true),
+            Some((n, op)) if op.eq_ignore_ascii_case("starts_with") || op.eq_ignore_ascii_case("startsWith") => {
+                (n, true)
+            }
             Some((n, op)) if op.eq_ignore_ascii_case("equals") => (n, false),
             _ => (key.as_str(), false),
         };
@@ -381,7 +393,13 @@ fn match_fields(actual: &Value, expected: &Value, statement: &str, path: &str) -
         if starts_with {
             match (a.as_str(), value.as_str()) {
                 (Some(a), Some(w)) if a.starts_with(w) => {}
-                _ => return Err(format!("{here}: expected text starting with {}, got {}", compare::short(&value), compare::short(a))),
+                _ => {
+                    return Err(format!(
+                        "{here}: expected text starting with {}, got {}",
+                        compare::short(&value),
+                        compare::short(a)
+                    ))
+                }
             }
         } else if value.is_object() {
             match_fields(a, &value, statement, &here)?;
@@ -558,7 +576,11 @@ mod tests {
     #[test]
     fn query_rows_parse_line_by_line() {
         let mut rows = Vec::new();
-        for line in ["[{\"header\":{\"schema\":\"`K` STRING\"}},\n", "{\"row\":{\"columns\":[\"a\"]}},\n", "{\"finalMessage\":\"Limit Reached\"}]"] {
+        for line in [
+            "[{\"header\":{\"schema\":\"`K` STRING\"}},\n",
+            "{\"row\":{\"columns\":[\"a\"]}},\n",
+            "{\"finalMessage\":\"Limit Reached\"}]",
+        ] {
             push_row(line, &mut rows).unwrap();
         }
         assert_eq!(rows.len(), 3);

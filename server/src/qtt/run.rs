@@ -94,7 +94,9 @@ fn refused(expected: Option<&ExpectedException>, index: usize, message: &str) ->
 /// `SET`/`UNSET` change the properties of the statements after them.
 fn apply_set(sql: &str, props: &mut Properties) -> bool {
     let Ok(parsed) = rill_sql::parser::parse(sql) else { return false };
-    if parsed.is_empty() || !parsed.iter().all(|p| matches!(p.statement, Statement::Set { .. } | Statement::Unset { .. })) {
+    if parsed.is_empty()
+        || !parsed.iter().all(|p| matches!(p.statement, Statement::Set { .. } | Statement::Unset { .. }))
+    {
         return false;
     }
     for p in parsed {
@@ -166,8 +168,14 @@ fn layouts(source: Option<&SourceDef>) -> (Option<Layout>, Option<Layout>) {
 }
 
 /// Serializes input `i` with the formats of the source on its topic and appends it alone.
-pub(super) async fn append_input(store: &dyn TopicStore, sources: &[SourceDef], i: usize, input: &RecordNode) -> Result<(), String> {
-    let (record, partition_key) = input_record(input, sources).map_err(|e| format!("input {i} (topic '{}'): {e}", input.topic))?;
+pub(super) async fn append_input(
+    store: &dyn TopicStore,
+    sources: &[SourceDef],
+    i: usize,
+    input: &RecordNode,
+) -> Result<(), String> {
+    let (record, partition_key) =
+        input_record(input, sources).map_err(|e| format!("input {i} (topic '{}'): {e}", input.topic))?;
     let partition = store
         .partition_for_key(&input.topic, partition_key.as_deref())
         .map_err(|e| format!("input {i}: topic '{}': {e}", input.topic))?;
@@ -198,7 +206,12 @@ fn input_record(input: &RecordNode, sources: &[SourceDef]) -> Result<(Record, Op
         };
         headers.push((h.key.clone(), value));
     }
-    let record = Record { timestamp: input.timestamp.unwrap_or(0), key: key.map(Bytes::from), value: value.map(Bytes::from), headers };
+    let record = Record {
+        timestamp: input.timestamp.unwrap_or(0),
+        key: key.map(Bytes::from),
+        value: value.map(Bytes::from),
+        headers,
+    };
     Ok((record, partition_key))
 }
 
@@ -239,7 +252,8 @@ impl Collector {
                 let pos = self.positions.entry((topic.clone(), p)).or_insert(0);
                 let end = store.end_offset(topic, p).map_err(|e| format!("runner: reading '{topic}': {e}"))?;
                 while *pos < end {
-                    let fetch = store.read(topic, p, *pos, 1 << 20).map_err(|e| format!("runner: reading '{topic}': {e}"))?;
+                    let fetch =
+                        store.read(topic, p, *pos, 1 << 20).map_err(|e| format!("runner: reading '{topic}': {e}"))?;
                     for r in fetch.records() {
                         if r.offset < *pos {
                             continue;
@@ -264,17 +278,23 @@ impl Collector {
     }
 
     /// Decodes a topic's records with the formats of the source written to it.
-    pub(super) fn decode(&mut self, topic: &str, expected: &[RecordNode], sources: &[SourceDef]) -> Result<Vec<Actual>, String> {
+    pub(super) fn decode(
+        &mut self,
+        topic: &str,
+        expected: &[RecordNode],
+        sources: &[SourceDef],
+    ) -> Result<Vec<Actual>, String> {
         let mut raws = self.records.remove(topic).unwrap_or_default();
         raws.sort_by_key(|r| (r.step, r.partition, r.offset));
         let source = source_for(sources, topic, true);
         let (key_layout, value_layout) = layouts(source);
         // Windowed keys: the sink's window type says so, else the expected records do.
-        let window = match (source.and_then(|s| s.window_type.as_deref()), expected.iter().find_map(|r| r.window.as_ref())) {
-            (Some(t), _) => Some(codec::is_session(t)),
-            (None, Some(w)) => Some(codec::is_session(&w.kind)),
-            (None, None) => None,
-        };
+        let window =
+            match (source.and_then(|s| s.window_type.as_deref()), expected.iter().find_map(|r| r.window.as_ref())) {
+                (Some(t), _) => Some(codec::is_session(t)),
+                (None, Some(w)) => Some(codec::is_session(&w.kind)),
+                (None, None) => None,
+            };
         let session = window == Some(true);
         let size = if window == Some(false) { source.and_then(window_size) } else { None };
         let mut out = Vec::with_capacity(raws.len());
@@ -287,7 +307,8 @@ impl Collector {
                 }
                 (_, k) => (k, None),
             };
-            let key = codec::decode(key_layout.as_ref(), key_bytes).map_err(|e| at(format!("cannot read the key: {e}")))?;
+            let key =
+                codec::decode(key_layout.as_ref(), key_bytes).map_err(|e| at(format!("cannot read the key: {e}")))?;
             let value = codec::decode(value_layout.as_ref(), raw.value.as_deref())
                 .map_err(|e| at(format!("cannot read the value: {e}")))?;
             out.push(Actual { key, value, timestamp: raw.timestamp, window });

@@ -66,7 +66,9 @@ pub fn reason_for<'a>(
     }
     for t in topics {
         let formats = [&t.format, &t.key_format, &t.value_format];
-        if let Some(f) = formats.iter().filter_map(|v| v.as_ref().and_then(format_name)).find_map(|n| registry_format(&n)) {
+        if let Some(f) =
+            formats.iter().filter_map(|v| v.as_ref().and_then(format_name)).find_map(|n| registry_format(&n))
+        {
             return Some(needs_registry(f));
         }
         if t.uses_schema_registry() {
@@ -74,9 +76,11 @@ pub fn reason_for<'a>(
         }
     }
     if let Some(post) = post {
-        let formats = post.sources.iter().flat_map(|s| [&s.key_format, &s.value_format]).chain(
-            post.topics.iter().flat_map(|t| t.topics.iter().flat_map(|t| [&t.key_format, &t.value_format])),
-        );
+        let formats = post
+            .sources
+            .iter()
+            .flat_map(|s| [&s.key_format, &s.value_format])
+            .chain(post.topics.iter().flat_map(|t| t.topics.iter().flat_map(|t| [&t.key_format, &t.value_format])));
         if let Some(f) = formats.filter_map(|v| v.as_ref().and_then(format_name)).find_map(|n| registry_format(&n)) {
             return Some(needs_registry(f));
         }
@@ -170,14 +174,19 @@ mod tests {
 
     #[test]
     fn skips_registry_formats_and_test_functions() {
-        let r = runs(r#"{"name": "n", "format": ["AVRO", "JSON"], "statements": ["CREATE STREAM S (A INT) WITH (kafka_topic='t', value_format='{FORMAT}');"]}"#);
+        let r = runs(
+            r#"{"name": "n", "format": ["AVRO", "JSON"], "statements": ["CREATE STREAM S (A INT) WITH (kafka_topic='t', value_format='{FORMAT}');"]}"#,
+        );
         assert_eq!(reason(&r[0]).unwrap(), "format AVRO needs a schema registry");
         assert_eq!(reason(&r[1]), None);
-        let r = runs(r#"{"name": "n", "statements": ["CREATE STREAM S WITH (kafka_topic='t', value_format='AvRo');"]}"#);
+        let r =
+            runs(r#"{"name": "n", "statements": ["CREATE STREAM S WITH (kafka_topic='t', value_format='AvRo');"]}"#);
         assert!(reason(&r[0]).is_some());
         let r = runs(r#"{"name": "n", "statements": ["CREATE STREAM O AS SELECT Test_Udf(A) FROM S;"]}"#);
         assert_eq!(reason(&r[0]).unwrap(), "calls TEST_UDF, a function of ksqlDB's tests");
-        let r = runs(r#"{"name": "n", "statements": [], "topics": [{"name": "t", "valueSchema": {"type": "int"}, "valueFormat": "JSON"}]}"#);
+        let r = runs(
+            r#"{"name": "n", "statements": [], "topics": [{"name": "t", "valueSchema": {"type": "int"}, "valueFormat": "JSON"}]}"#,
+        );
         assert!(reason(&r[0]).unwrap().contains("registered schemas"));
     }
 }

@@ -57,9 +57,10 @@ pub fn entity(r: StatementResult, _engine: &KsqlEngine) -> Option<Value> {
                 "overriddenProperties": {}, "ksqlHostQueryStatus": {}, "state": state,
             },
         }),
-        StatementResult::Push(_) | StatementResult::Pull { .. } | StatementResult::Print { .. } | StatementResult::Nothing => {
-            return None
-        }
+        StatementResult::Push(_)
+        | StatementResult::Pull { .. }
+        | StatementResult::Print { .. }
+        | StatementResult::Nothing => return None,
     })
 }
 
@@ -97,7 +98,9 @@ fn schema(t: &SqlType) -> Value {
         SqlType::Map(_, v) => json!({"type": "MAP", "fields": null, "memberSchema": schema(v)}),
         SqlType::Struct(fields) => json!({"type": "STRUCT", "memberSchema": null,
             "fields": fields.iter().map(|(n, t)| json!({"name": n, "schema": schema(t)})).collect::<Vec<_>>()}),
-        SqlType::Decimal(p, s) => json!({"type": "DECIMAL", "fields": null, "memberSchema": null, "parameters": {"precision": p, "scale": s}}),
+        SqlType::Decimal(p, s) => {
+            json!({"type": "DECIMAL", "fields": null, "memberSchema": null, "parameters": {"precision": p, "scale": s}})
+        }
         other => {
             let name = other.to_string();
             json!({"type": name, "fields": null, "memberSchema": null})

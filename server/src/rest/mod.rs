@@ -68,7 +68,9 @@ impl ApiError {
 
     fn statement(error: &SqlError, statement: &str, entities: Vec<Value>) -> Self {
         let (status, code) = match error {
-            SqlError::Internal(_) | SqlError::Engine(_) | SqlError::Connector(_) => (StatusCode::INTERNAL_SERVER_ERROR, 50000),
+            SqlError::Internal(_) | SqlError::Engine(_) | SqlError::Connector(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, 50000)
+            }
             _ => (StatusCode::BAD_REQUEST, 40001),
         };
         Self {
@@ -91,7 +93,8 @@ impl IntoResponse for ApiError {
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::generic(StatusCode::BAD_REQUEST, format!("Invalid JSON in request: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::generic(StatusCode::BAD_REQUEST, format!("Invalid JSON in request: {e}")))
 }
 
 fn properties(v: Option<&Value>) -> Properties {
@@ -173,8 +176,15 @@ async fn start_query(state: &AppState, sql: &str, props: &Properties) -> Result<
         }
     };
     match results.pop() {
-        Some(r @ (StatementResult::Push(_) | StatementResult::Print { .. } | StatementResult::Pull { .. })) if results.is_empty() => Ok(r),
-        _ => Err(ApiError::generic(StatusCode::BAD_REQUEST, "The request must contain exactly one SELECT or PRINT statement")),
+        Some(r @ (StatementResult::Push(_) | StatementResult::Print { .. } | StatementResult::Pull { .. }))
+            if results.is_empty() =>
+        {
+            Ok(r)
+        }
+        _ => Err(ApiError::generic(
+            StatusCode::BAD_REQUEST,
+            "The request must contain exactly one SELECT or PRINT statement",
+        )),
     }
 }
 
@@ -315,7 +325,10 @@ async fn query_stream(State(state): State<AppState>, headers: HeaderMap, body: B
             });
             let mut lines = Vec::new();
             for batch in &rows {
-                lines.extend(render::json_rows(batch, columns.len()).map_err(|e| ApiError::generic(StatusCode::INTERNAL_SERVER_ERROR, e))?);
+                lines.extend(
+                    render::json_rows(batch, columns.len())
+                        .map_err(|e| ApiError::generic(StatusCode::INTERNAL_SERVER_ERROR, e))?,
+                );
             }
             return Ok(if json_array {
                 let mut all = vec![meta.to_string()];
@@ -362,7 +375,9 @@ async fn inserts_stream(State(state): State<AppState>, body: Body) -> Result<Res
             let c = c.map_err(|e| ApiError::generic(StatusCode::BAD_REQUEST, e.to_string()))?;
             buf.extend_from_slice(&c);
         }
-        while let Some(i) = buf.iter().position(|b| *b == b'\n').or(if done && !buf.is_empty() { Some(buf.len()) } else { None }) {
+        while let Some(i) =
+            buf.iter().position(|b| *b == b'\n').or(if done && !buf.is_empty() { Some(buf.len()) } else { None })
+        {
             let line: Vec<u8> = buf.drain(..i.min(buf.len())).collect();
             if !buf.is_empty() {
                 buf.remove(0);

@@ -18,16 +18,11 @@ const PARTITIONS: u32 = 3;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let (Some(dir), Some(run)) = (args.get(1), args.get(2).and_then(|r| r.parse::<u64>().ok()))
-    else {
+    let (Some(dir), Some(run)) = (args.get(1), args.get(2).and_then(|r| r.parse::<u64>().ok())) else {
         eprintln!("usage: rill-log-crash-child <dir> <run id>");
         return ExitCode::from(2);
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("runtime: {e}");
@@ -71,22 +66,16 @@ async fn run_producers(dir: PathBuf, run: u64) -> rill_log::Result<()> {
             for seq in 0..1_000_000u64 {
                 let partition = ((producer + seq) % u64::from(PARTITIONS)) as u32;
                 let n = 1 + seq % 3;
-                let ids: Vec<u64> = (0..n)
-                    .map(|j| run * 1_000_000_000 + producer * 100_000_000 + seq * 3 + j)
-                    .collect();
+                let ids: Vec<u64> =
+                    (0..n).map(|j| run * 1_000_000_000 + producer * 100_000_000 + seq * 3 + j).collect();
                 let records: Vec<Record> = ids
                     .iter()
-                    .map(|&id| {
-                        Record::new(id as i64, Some(format!("p{producer}")), Some(payload(id)))
-                    })
+                    .map(|&id| Record::new(id as i64, Some(format!("p{producer}")), Some(payload(id))))
                     .collect();
                 let ack = log.append("crash", partition, &records).await?;
                 let mut lines = String::new();
                 for (j, id) in ids.iter().enumerate() {
-                    lines.push_str(&format!(
-                        "ack {partition} {} {id}\n",
-                        ack.base_offset + j as u64
-                    ));
+                    lines.push_str(&format!("ack {partition} {} {id}\n", ack.base_offset + j as u64));
                 }
                 if producer == 0 && seq % 5 == 4 {
                     let log = log.clone();
@@ -104,8 +93,7 @@ async fn run_producers(dir: PathBuf, run: u64) -> rill_log::Result<()> {
         }));
     }
     for t in tasks {
-        t.await
-            .map_err(|e| rill_log::LogError::Internal(e.to_string()))??;
+        t.await.map_err(|e| rill_log::LogError::Internal(e.to_string()))??;
     }
     Ok(())
 }

@@ -14,46 +14,28 @@ fn retention_deletes_old_segments_but_never_the_active_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = Log::open(dir.path()).expect("open");
     let rt = rt();
-    let cfg = TopicConfig {
-        retention_bytes: Some(8192),
-        ..small(1)
-    };
+    let cfg = TopicConfig { retention_bytes: Some(8192), ..small(1) };
     log.create_topic("t", cfg).expect("create");
     for i in 0..200i64 {
-        rt.block_on(log.append("t", 0, &[rec(i, Some("k"), Some(&"v".repeat(100)))]))
-            .expect("append");
+        rt.block_on(log.append("t", 0, &[rec(i, Some("k"), Some(&"v".repeat(100)))])).expect("append");
     }
     let p = log.partition("t", 0).expect("p");
     let before = p.segment_count();
     log.enforce_retention(1_000).expect("retention");
     assert!(p.segment_count() < before);
-    assert!(
-        p.size_bytes() >= 8192 - 4096,
-        "keeps at least the limit minus one segment"
-    );
+    assert!(p.size_bytes() >= 8192 - 4096, "keeps at least the limit minus one segment");
     assert!(p.size_bytes() < 8192 + 4096 + 200);
     let start = log.start_offset("t", 0).expect("start");
     assert!(start > 0);
-    assert!(matches!(
-        log.read("t", 0, 0, 100),
-        Err(LogError::OffsetOutOfRange { .. })
-    ));
+    assert!(matches!(log.read("t", 0, 0, 100), Err(LogError::OffsetOutOfRange { .. })));
     let rows = read_all(&log, "t", 0);
     assert_eq!(rows.first().map(|r| r.0), Some(start));
     assert_eq!(rows.last().map(|r| r.0), Some(199));
 
     // Time: everything older than retention.ms, except the active segment.
-    log.create_topic(
-        "old",
-        TopicConfig {
-            retention_ms: Some(1000),
-            ..small(1)
-        },
-    )
-    .expect("create");
+    log.create_topic("old", TopicConfig { retention_ms: Some(1000), ..small(1) }).expect("create");
     for i in 0..100i64 {
-        rt.block_on(log.append("old", 0, &[rec(i, Some("k"), Some(&"v".repeat(100)))]))
-            .expect("append");
+        rt.block_on(log.append("old", 0, &[rec(i, Some("k"), Some(&"v".repeat(100)))])).expect("append");
     }
     log.enforce_retention(50).expect("nothing is old yet");
     assert_eq!(log.start_offset("old", 0).expect("start"), 0);
@@ -71,42 +53,27 @@ fn compaction_keeps_newest_per_key_and_expires_tombstones() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = rt();
     let log = Log::open(dir.path()).expect("open");
-    let cfg = TopicConfig {
-        cleanup_policy: CleanupPolicy::Compact,
-        delete_retention_ms: 1000,
-        ..small(1)
-    };
+    let cfg = TopicConfig { cleanup_policy: CleanupPolicy::Compact, delete_retention_ms: 1000, ..small(1) };
     log.create_topic("c", cfg).expect("create");
     let pad = "p".repeat(200);
     for i in 0..60i64 {
         let k = format!("k{}", i % 5);
-        let v = if i == 57 {
-            None
-        } else {
-            Some(format!("{i}-{pad}"))
-        };
-        rt.block_on(log.append("c", 0, &[rec(i, Some(&k), v.as_deref())]))
-            .expect("append");
+        let v = if i == 57 { None } else { Some(format!("{i}-{pad}")) };
+        rt.block_on(log.append("c", 0, &[rec(i, Some(&k), v.as_deref())])).expect("append");
     }
     // Push everything into closed segments.
     for i in 0..20i64 {
-        rt.block_on(log.append("c", 0, &[rec(100 + i, Some("other"), Some(&pad))]))
-            .expect("append");
+        rt.block_on(log.append("c", 0, &[rec(100 + i, Some("other"), Some(&pad))])).expect("append");
     }
     let stats = log.compact_with_stats(10_000).expect("compact");
     assert!(stats.records_removed > 50, "{stats:?}");
     let rows = read_all(&log, "c", 0);
-    let latest: BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)> = rows
-        .iter()
-        .map(|r| (r.2.clone().unwrap_or_default(), (r.0, r.3.clone())))
-        .collect();
+    let latest: BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)> =
+        rows.iter().map(|r| (r.2.clone().unwrap_or_default(), (r.0, r.3.clone()))).collect();
     // k2's newest record is the tombstone at offset 57: kept until its horizon.
     assert_eq!(latest.get(b"k2".as_slice()), Some(&(57, None)));
     assert_eq!(latest.get(b"k1".as_slice()).map(|x| x.0), Some(56));
-    let keys_seen: Vec<_> = rows
-        .iter()
-        .filter(|r| r.2.as_deref() != Some(b"other"))
-        .collect();
+    let keys_seen: Vec<_> = rows.iter().filter(|r| r.2.as_deref() != Some(b"other")).collect();
     assert_eq!(keys_seen.len(), 5, "one record per key: {keys_seen:?}");
     // Before the horizon nothing changes; after it the tombstone goes.
     log.compact(10_500).expect("compact");
@@ -125,19 +92,14 @@ fn interrupted_compaction_swap_is_finished_or_discarded_at_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = rt();
     let pdir = dir.path().join("topics/c/0");
-    let cfg = TopicConfig {
-        cleanup_policy: CleanupPolicy::Compact,
-        delete_retention_ms: 0,
-        ..small(1)
-    };
+    let cfg = TopicConfig { cleanup_policy: CleanupPolicy::Compact, delete_retention_ms: 0, ..small(1) };
     let before;
     {
         let log = Log::open(dir.path()).expect("open");
         log.create_topic("c", cfg).expect("create");
         for i in 0..100i64 {
             let k = format!("k{}", i % 3);
-            rt.block_on(log.append("c", 0, &[rec(i, Some(&k), Some(&"v".repeat(120)))]))
-                .expect("append");
+            rt.block_on(log.append("c", 0, &[rec(i, Some(&k), Some(&"v".repeat(120)))])).expect("append");
         }
         before = read_all(&log, "c", 0);
     }
@@ -163,17 +125,12 @@ fn interrupted_compaction_swap_is_finished_or_discarded_at_open() {
         let log = Log::open(copy.path()).expect("open copy");
         log.create_topic(
             "c",
-            TopicConfig {
-                cleanup_policy: CleanupPolicy::Compact,
-                delete_retention_ms: 0,
-                ..small(1)
-            },
+            TopicConfig { cleanup_policy: CleanupPolicy::Compact, delete_retention_ms: 0, ..small(1) },
         )
         .expect("create");
         for i in 0..100i64 {
             let k = format!("k{}", i % 3);
-            rt.block_on(log.append("c", 0, &[rec(i, Some(&k), Some(&"v".repeat(120)))]))
-                .expect("append");
+            rt.block_on(log.append("c", 0, &[rec(i, Some(&k), Some(&"v".repeat(120)))])).expect("append");
         }
     }
     let cdir = copy.path().join("topics/c/0");
@@ -183,37 +140,18 @@ fn interrupted_compaction_swap_is_finished_or_discarded_at_open() {
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .filter(|n| n.ends_with(".log"))
         .collect();
-    let mut bases: Vec<u64> = seg_names
-        .iter()
-        .filter_map(|n| crate::segment::parse_file_name(n, "log"))
-        .collect();
+    let mut bases: Vec<u64> = seg_names.iter().filter_map(|n| crate::segment::parse_file_name(n, "log")).collect();
     bases.sort_unstable();
     let replaces = &bases[..2];
     // Cleaned output for the first two segments: just the first segment's bytes (a valid log).
-    std::fs::copy(
-        cdir.join(format!("{first}.log")),
-        cdir.join(format!("{first}.log.cleaned")),
-    )
-    .expect("copy");
+    std::fs::copy(cdir.join(format!("{first}.log")), cdir.join(format!("{first}.log.cleaned"))).expect("copy");
     let manifest = serde_json::json!({ "replaces": replaces, "output": true });
-    std::fs::write(
-        cdir.join(format!("{first}.compact.json")),
-        manifest.to_string(),
-    )
-    .expect("manifest");
+    std::fs::write(cdir.join(format!("{first}.compact.json")), manifest.to_string()).expect("manifest");
     let log = Log::open(copy.path()).expect("open finishes the swap");
     assert!(!cdir.join(format!("{first}.compact.json")).exists());
-    assert!(
-        !cdir
-            .join(crate::segment::file_name(bases[1], "log"))
-            .exists(),
-        "replaced segment deleted"
-    );
+    assert!(!cdir.join(crate::segment::file_name(bases[1], "log")).exists(), "replaced segment deleted");
     let rows = read_all(&log, "c", 0);
-    assert!(
-        rows.iter().all(|r| r.0 < bases[1] || r.0 >= bases[2]),
-        "the gap is skipped"
-    );
+    assert!(rows.iter().all(|r| r.0 < bases[1] || r.0 >= bases[2]), "the gap is skipped");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -229,11 +167,7 @@ fn append_ops(log: &Log, topic: &str, ops: &[(u8, Option<u16>)], batch: usize) {
             .enumerate()
             .map(|(i, (k, v))| {
                 let value = v.map(|v| format!("{v}-{pad}"));
-                rec(
-                    (n * 100 + i) as i64,
-                    Some(&format!("key{k}")),
-                    value.as_deref(),
-                )
+                rec((n * 100 + i) as i64, Some(&format!("key{k}")), value.as_deref())
             })
             .collect();
         rt.block_on(log.append(topic, 0, &records)).expect("append");
@@ -254,12 +188,8 @@ fn replay(rows: &[Row]) -> BTreeMap<Vec<u8>, Vec<u8>> {
 
 fn open_compacted(dir: &Path, delete_retention_ms: i64) -> Arc<Log> {
     let log = Log::open(dir).expect("open");
-    let cfg = TopicConfig {
-        cleanup_policy: CleanupPolicy::Compact,
-        delete_retention_ms,
-        segment_bytes: 1024,
-        ..small(1)
-    };
+    let cfg =
+        TopicConfig { cleanup_policy: CleanupPolicy::Compact, delete_retention_ms, segment_bytes: 1024, ..small(1) };
     log.create_topic("c", cfg).expect("create");
     log
 }

@@ -13,10 +13,7 @@ use crate::{CleanupPolicy, Durability, Log, LogError, Record, TopicConfig};
 type Row = (u64, i64, Option<Vec<u8>>, Option<Vec<u8>>);
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
 
 fn small(partitions: u32) -> TopicConfig {
@@ -30,11 +27,7 @@ fn small(partitions: u32) -> TopicConfig {
 }
 
 fn rec(ts: i64, key: Option<&str>, value: Option<&str>) -> Record {
-    Record::new(
-        ts,
-        key.map(|k| k.as_bytes().to_vec()),
-        value.map(|v| v.as_bytes().to_vec()),
-    )
+    Record::new(ts, key.map(|k| k.as_bytes().to_vec()), value.map(|v| v.as_bytes().to_vec()))
 }
 
 fn read_all(log: &Log, topic: &str, p: u32) -> Vec<Row> {
@@ -43,18 +36,10 @@ fn read_all(log: &Log, topic: &str, p: u32) -> Vec<Row> {
     let end = log.end_offset(topic, p).expect("end");
     while offset < end {
         let f = log.read(topic, p, offset, 3000).expect("read");
-        assert!(
-            f.next_offset() > offset,
-            "read at {offset} made no progress"
-        );
+        assert!(f.next_offset() > offset, "read at {offset} made no progress");
         for r in f.records() {
             assert!(r.offset >= offset);
-            out.push((
-                r.offset,
-                r.timestamp,
-                r.key.map(<[u8]>::to_vec),
-                r.value.map(<[u8]>::to_vec),
-            ));
+            out.push((r.offset, r.timestamp, r.key.map(<[u8]>::to_vec), r.value.map(<[u8]>::to_vec)));
         }
         offset = f.next_offset();
     }
@@ -67,20 +52,11 @@ fn append_and_read_roundtrip_with_headers() {
     let log = Log::open(dir.path()).expect("open");
     log.create_topic("t", small(2)).expect("create");
     let mut r = rec(5, Some("k"), None);
-    r.headers = vec![
-        ("trace".into(), Some(Bytes::from_static(b"abc"))),
-        ("empty".into(), None),
-    ];
-    let records = vec![
-        rec(1, Some("a"), Some("1")),
-        rec(2, None, Some("2")),
-        r.clone(),
-    ];
+    r.headers = vec![("trace".into(), Some(Bytes::from_static(b"abc"))), ("empty".into(), None)];
+    let records = vec![rec(1, Some("a"), Some("1")), rec(2, None, Some("2")), r.clone()];
     let ack = rt().block_on(log.append("t", 1, &records)).expect("append");
     assert_eq!((ack.partition, ack.base_offset, ack.last_offset), (1, 0, 2));
-    let ack = rt()
-        .block_on(log.append("t", 1, &records[..1]))
-        .expect("append");
+    let ack = rt().block_on(log.append("t", 1, &records[..1])).expect("append");
     assert_eq!(ack.base_offset, 3);
     assert_eq!(log.end_offset("t", 1).expect("end"), 4);
     assert_eq!(log.end_offset("t", 0).expect("end"), 0);
@@ -100,91 +76,30 @@ fn typed_errors_leave_the_log_usable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = Log::open(dir.path()).expect("open");
     let rt = rt();
+    assert!(matches!(log.create_topic("bad/name", small(1)), Err(LogError::InvalidTopicName { .. })));
+    assert!(matches!(log.create_topic("..", small(1)), Err(LogError::InvalidTopicName { .. })));
     assert!(matches!(
-        log.create_topic("bad/name", small(1)),
-        Err(LogError::InvalidTopicName { .. })
-    ));
-    assert!(matches!(
-        log.create_topic("..", small(1)),
-        Err(LogError::InvalidTopicName { .. })
-    ));
-    assert!(matches!(
-        log.create_topic(
-            "t",
-            TopicConfig {
-                partitions: 0,
-                ..small(1)
-            }
-        ),
+        log.create_topic("t", TopicConfig { partitions: 0, ..small(1) }),
         Err(LogError::InvalidConfig { .. })
     ));
     log.create_topic("t", small(2)).expect("create");
-    assert!(matches!(
-        log.create_topic("t", small(2)),
-        Err(LogError::TopicExists(_))
-    ));
-    assert!(!log
-        .create_topic_if_not_exists("t", small(5))
-        .expect("exists"));
+    assert!(matches!(log.create_topic("t", small(2)), Err(LogError::TopicExists(_))));
+    assert!(!log.create_topic_if_not_exists("t", small(5)).expect("exists"));
     assert_eq!(log.topic_config("t").expect("config").partitions, 2);
-    assert!(matches!(
-        log.read("nope", 0, 0, 10),
-        Err(LogError::UnknownTopic(_))
-    ));
+    assert!(matches!(log.read("nope", 0, 0, 10), Err(LogError::UnknownTopic(_))));
     let err = log.read("t", 2, 0, 10).expect_err("partition 2");
-    assert!(
-        matches!(
-            err,
-            LogError::UnknownPartition {
-                partition: 2,
-                partitions: 2,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    rt.block_on(log.append("t", 0, &[rec(1, Some("a"), Some("x"))]))
-        .expect("append");
+    assert!(matches!(err, LogError::UnknownPartition { partition: 2, partitions: 2, .. }), "{err}");
+    rt.block_on(log.append("t", 0, &[rec(1, Some("a"), Some("x"))])).expect("append");
     let err = log.read("t", 0, 5, 10).expect_err("past the end");
-    assert!(
-        matches!(
-            err,
-            LogError::OffsetOutOfRange {
-                offset: 5,
-                start: 0,
-                end: 1,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    let err = rt
-        .block_on(log.append("t", 0, &[]))
-        .expect_err("empty append");
+    assert!(matches!(err, LogError::OffsetOutOfRange { offset: 5, start: 0, end: 1, .. }), "{err}");
+    let err = rt.block_on(log.append("t", 0, &[])).expect_err("empty append");
     assert!(matches!(err, LogError::InvalidRecord { .. }), "{err}");
-    assert!(matches!(
-        rt.block_on(log.append("t", 7, &[rec(1, None, None)])),
-        Err(LogError::UnknownPartition { .. })
-    ));
-    log.create_topic(
-        "c",
-        TopicConfig {
-            cleanup_policy: CleanupPolicy::Compact,
-            ..small(1)
-        },
-    )
-    .expect("create");
-    let err = rt
-        .block_on(log.append("c", 0, &[rec(1, None, Some("v"))]))
-        .expect_err("null key");
-    assert!(
-        err.to_string().contains("every record needs a key"),
-        "{err}"
-    );
+    assert!(matches!(rt.block_on(log.append("t", 7, &[rec(1, None, None)])), Err(LogError::UnknownPartition { .. })));
+    log.create_topic("c", TopicConfig { cleanup_policy: CleanupPolicy::Compact, ..small(1) }).expect("create");
+    let err = rt.block_on(log.append("c", 0, &[rec(1, None, Some("v"))])).expect_err("null key");
+    assert!(err.to_string().contains("every record needs a key"), "{err}");
     // Still consistent and usable.
-    let ack = rt
-        .block_on(log.append("t", 0, &[rec(2, Some("b"), Some("y"))]))
-        .expect("append");
+    let ack = rt.block_on(log.append("t", 0, &[rec(2, Some("b"), Some("y"))])).expect("append");
     assert_eq!(ack.base_offset, 1);
     assert_eq!(read_all(&log, "t", 0).len(), 2);
     assert_eq!(log.topic_names(), vec!["c".to_string(), "t".to_string()]);
@@ -196,9 +111,7 @@ fn partitioner_is_kafkas_and_null_keys_round_robin() {
     let log = Log::open(dir.path()).expect("open");
     log.create_topic("t", small(50)).expect("create");
     assert_eq!(log.partition_for_key("t", Some(b"foobar")).expect("p"), 16);
-    let spread: HashSet<u32> = (0..50)
-        .map(|_| log.partition_for_key("t", None).expect("p"))
-        .collect();
+    let spread: HashSet<u32> = (0..50).map(|_| log.partition_for_key("t", None).expect("p")).collect();
     assert_eq!(spread.len(), 50);
 }
 
@@ -213,16 +126,11 @@ fn segments_roll_and_everything_survives_reopen() {
         for i in 0..300i64 {
             let v = format!("value-{i:04}-{}", "x".repeat((i % 50) as usize));
             let k = format!("k{}", i % 7);
-            rt.block_on(log.append("t", 0, &[rec(i * 10, Some(&k), Some(&v))]))
-                .expect("append");
+            rt.block_on(log.append("t", 0, &[rec(i * 10, Some(&k), Some(&v))])).expect("append");
             expected.push((i as u64, i * 10, Some(k.into_bytes()), Some(v.into_bytes())));
         }
         let p = log.partition("t", 0).expect("partition");
-        assert!(
-            p.segment_count() > 5,
-            "rolled into {} segments",
-            p.segment_count()
-        );
+        assert!(p.segment_count() > 5, "rolled into {} segments", p.segment_count());
         assert_eq!(read_all(&log, "t", 0), expected);
     }
     let pdir = dir.path().join("topics/t/0");
@@ -232,22 +140,13 @@ fn segments_roll_and_everything_survives_reopen() {
         .collect();
     let logs = names.iter().filter(|n| n.ends_with(".log")).count();
     let indexes = names.iter().filter(|n| n.ends_with(".index")).count();
-    assert_eq!(
-        indexes,
-        logs - 1,
-        "every closed segment has an index file: {names:?}"
-    );
+    assert_eq!(indexes, logs - 1, "every closed segment has an index file: {names:?}");
     let log = Log::open(dir.path()).expect("reopen");
     assert_eq!(read_all(&log, "t", 0), expected);
-    assert_eq!(
-        log.offset_for_timestamp("t", 0, 1234).expect("ts"),
-        Some(124)
-    );
+    assert_eq!(log.offset_for_timestamp("t", 0, 1234).expect("ts"), Some(124));
     assert_eq!(log.offset_for_timestamp("t", 0, 0).expect("ts"), Some(0));
     assert_eq!(log.offset_for_timestamp("t", 0, 2991).expect("ts"), None);
-    let ack = rt
-        .block_on(log.append("t", 0, &[rec(1, Some("k"), Some("after"))]))
-        .expect("append");
+    let ack = rt.block_on(log.append("t", 0, &[rec(1, Some("k"), Some("after"))])).expect("append");
     assert_eq!(ack.base_offset, 300);
 }
 
@@ -255,27 +154,16 @@ fn segments_roll_and_everything_survives_reopen() {
 fn segments_roll_by_age() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = Log::open(dir.path()).expect("open");
-    let cfg = TopicConfig {
-        segment_ms: Some(60_000),
-        segment_bytes: 1 << 20,
-        ..small(1)
-    };
+    let cfg = TopicConfig { segment_ms: Some(60_000), segment_bytes: 1 << 20, ..small(1) };
     log.create_topic("t", cfg).expect("create");
     let rt = rt();
-    rt.block_on(log.append("t", 0, &[rec(1, Some("a"), Some("1"))]))
-        .expect("append");
-    rt.block_on(log.append("t", 0, &[rec(2, Some("a"), Some("2"))]))
-        .expect("append");
+    rt.block_on(log.append("t", 0, &[rec(1, Some("a"), Some("1"))])).expect("append");
+    rt.block_on(log.append("t", 0, &[rec(2, Some("a"), Some("2"))])).expect("append");
     let p = log.partition("t", 0).expect("p");
     assert_eq!(p.segment_count(), 1, "young segment is not rolled");
     p.writer.lock().backdate_first_append(0);
-    rt.block_on(log.append("t", 0, &[rec(3, Some("a"), Some("3"))]))
-        .expect("append");
-    assert_eq!(
-        p.segment_count(),
-        2,
-        "old segment rolled on the next append"
-    );
+    rt.block_on(log.append("t", 0, &[rec(3, Some("a"), Some("3"))])).expect("append");
+    assert_eq!(p.segment_count(), 2, "old segment rolled on the next append");
     assert_eq!(read_all(&log, "t", 0).len(), 3);
 }
 
@@ -283,14 +171,7 @@ fn segments_roll_by_age() {
 fn concurrent_producers_share_fsyncs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = Log::open(dir.path()).expect("open");
-    log.create_topic(
-        "t",
-        TopicConfig {
-            durability: Durability::Fsync,
-            ..small(1)
-        },
-    )
-    .expect("create");
+    log.create_topic("t", TopicConfig { durability: Durability::Fsync, ..small(1) }).expect("create");
     let p = log.partition("t", 0).expect("partition");
     *p.trace.lock() = Some(Vec::new());
     // Hold the writer so that every append below is queued before it runs.
@@ -298,43 +179,25 @@ fn concurrent_producers_share_fsyncs() {
         let _held = p.writer.lock();
         (0..10)
             .map(|i| {
-                let enc = batch::encode(&[rec(i, Some("k"), Some("v"))], &ProducerMeta::default())
-                    .expect("enc");
+                let enc = batch::encode(&[rec(i, Some("k"), Some("v"))], &ProducerMeta::default()).expect("enc");
                 p.submit(enc).expect("submit")
             })
             .collect::<Vec<_>>()
     };
     let rt = rt();
-    let mut bases: Vec<u64> = rxs
-        .into_iter()
-        .map(|rx| rt.block_on(rx).expect("ack").expect("ok").base_offset)
-        .collect();
+    let mut bases: Vec<u64> =
+        rxs.into_iter().map(|rx| rt.block_on(rx).expect("ack").expect("ok").base_offset).collect();
     bases.sort_unstable();
     assert_eq!(bases, (0..10).collect::<Vec<_>>());
-    assert_eq!(
-        p.trace.lock().as_ref().map(Vec::len),
-        Some(1),
-        "ten appends, one write + fsync"
-    );
+    assert_eq!(p.trace.lock().as_ref().map(Vec::len), Some(1), "ten appends, one write + fsync");
 }
 
 #[test]
 fn many_tasks_append_concurrently() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = Log::open(dir.path()).expect("open");
-    log.create_topic(
-        "t",
-        TopicConfig {
-            durability: Durability::Fsync,
-            ..small(1)
-        },
-    )
-    .expect("create");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("rt");
+    log.create_topic("t", TopicConfig { durability: Durability::Fsync, ..small(1) }).expect("create");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
     let acked = rt.block_on(async {
         let mut tasks = Vec::new();
         for producer in 0..8 {
@@ -343,10 +206,7 @@ fn many_tasks_append_concurrently() {
                 let mut acks = Vec::new();
                 for i in 0..25 {
                     let v = format!("{producer}:{i}");
-                    let ack = log
-                        .append("t", 0, &[rec(i, Some("k"), Some(&v))])
-                        .await
-                        .expect("append");
+                    let ack = log.append("t", 0, &[rec(i, Some("k"), Some(&v))]).await.expect("append");
                     acks.push((ack.base_offset, v));
                 }
                 acks
@@ -383,9 +243,7 @@ fn waiters_wake_on_append_and_on_delete() {
             tokio::spawn(async move { log.wait_for("t", 0, 0).await })
         };
         tokio::task::yield_now().await;
-        log.append("t", 0, &[rec(1, Some("k"), Some("v"))])
-            .await
-            .expect("append");
+        log.append("t", 0, &[rec(1, Some("k"), Some("v"))]).await.expect("append");
         waiter.await.expect("join").expect("woken by the append");
         log.wait_for("t", 0, 0).await.expect("already there");
 
@@ -398,10 +256,7 @@ fn waiters_wake_on_append_and_on_delete() {
         let err = waiter.await.expect("join").expect_err("deleted");
         assert!(matches!(err, LogError::TopicDeleted(_)), "{err}");
     });
-    assert!(matches!(
-        log.end_offset("t", 0),
-        Err(LogError::UnknownTopic(_))
-    ));
+    assert!(matches!(log.end_offset("t", 0), Err(LogError::UnknownTopic(_))));
     // A new topic of the same name starts empty.
     log.create_topic("t", small(1)).expect("recreate");
     assert_eq!(log.end_offset("t", 0).expect("end"), 0);
@@ -413,43 +268,24 @@ fn disk_full_rolls_back_and_appends_continue() {
     let rt = rt();
     {
         let log = Log::open(dir.path()).expect("open");
-        log.create_topic(
-            "t",
-            TopicConfig {
-                durability: Durability::Fsync,
-                ..small(1)
-            },
-        )
-        .expect("create");
-        rt.block_on(log.append("t", 0, &[rec(1, Some("a"), Some("first"))]))
-            .expect("append");
+        log.create_topic("t", TopicConfig { durability: Durability::Fsync, ..small(1) }).expect("create");
+        rt.block_on(log.append("t", 0, &[rec(1, Some("a"), Some("first"))])).expect("append");
         let p = log.partition("t", 0).expect("p");
         let size = p.size_bytes();
         *p.fault.lock() = Some(Fault::DiskFullMidWrite);
-        let err = rt
-            .block_on(log.append("t", 0, &[rec(2, Some("b"), Some("lost"))]))
-            .expect_err("disk full");
+        let err = rt.block_on(log.append("t", 0, &[rec(2, Some("b"), Some("lost"))])).expect_err("disk full");
         assert!(err.is_disk_full(), "{err}");
         assert!(err.to_string().contains("disk full"), "{err}");
         assert_eq!(p.size_bytes(), size);
         let file = dir.path().join("topics/t/0/00000000000000000000.log");
-        assert_eq!(
-            std::fs::metadata(&file).expect("meta").len(),
-            size,
-            "partial write cut off"
-        );
+        assert_eq!(std::fs::metadata(&file).expect("meta").len(), size, "partial write cut off");
         assert_eq!(log.end_offset("t", 0).expect("end"), 1);
-        let ack = rt
-            .block_on(log.append("t", 0, &[rec(3, Some("c"), Some("third"))]))
-            .expect("append");
+        let ack = rt.block_on(log.append("t", 0, &[rec(3, Some("c"), Some("third"))])).expect("append");
         assert_eq!(ack.base_offset, 1);
     }
     let log = Log::open(dir.path()).expect("reopen");
     let values: Vec<_> = read_all(&log, "t", 0).into_iter().map(|r| r.3).collect();
-    assert_eq!(
-        values,
-        vec![Some(b"first".to_vec()), Some(b"third".to_vec())]
-    );
+    assert_eq!(values, vec![Some(b"first".to_vec()), Some(b"third".to_vec())]);
 }
 
 #[test]
@@ -457,39 +293,23 @@ fn failed_fsync_takes_the_partition_offline() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = rt();
     let log = Log::open(dir.path()).expect("open");
-    log.create_topic(
-        "t",
-        TopicConfig {
-            durability: Durability::Fsync,
-            ..small(1)
-        },
-    )
-    .expect("create");
+    log.create_topic("t", TopicConfig { durability: Durability::Fsync, ..small(1) }).expect("create");
     let p = log.partition("t", 0).expect("p");
     *p.fault.lock() = Some(Fault::FsyncFails);
-    let err = rt
-        .block_on(log.append("t", 0, &[rec(2, Some("b"), Some("x"))]))
-        .expect_err("fsync failed");
+    let err = rt.block_on(log.append("t", 0, &[rec(2, Some("b"), Some("x"))])).expect_err("fsync failed");
     assert!(matches!(err, LogError::Io { .. }), "{err}");
-    let err = rt
-        .block_on(log.append("t", 0, &[rec(2, Some("b"), Some("x"))]))
-        .expect_err("offline");
+    let err = rt.block_on(log.append("t", 0, &[rec(2, Some("b"), Some("x"))])).expect_err("offline");
     assert!(matches!(err, LogError::PartitionOffline { .. }), "{err}");
     assert_eq!(log.end_offset("t", 0).expect("end"), 0);
     drop(log);
     let log = Log::open(dir.path()).expect("restart recovers");
-    rt.block_on(log.append("t", 0, &[rec(2, Some("b"), Some("x"))]))
-        .expect("writable again");
+    rt.block_on(log.append("t", 0, &[rec(2, Some("b"), Some("x"))])).expect("writable again");
     // No space reported by fsync: cut back, stay online.
     let p = log.partition("t", 0).expect("p");
     *p.fault.lock() = Some(Fault::FsyncNoSpace);
-    let err = rt
-        .block_on(log.append("t", 0, &[rec(3, Some("c"), Some("y"))]))
-        .expect_err("no space");
+    let err = rt.block_on(log.append("t", 0, &[rec(3, Some("c"), Some("y"))])).expect_err("no space");
     assert!(err.is_disk_full(), "{err}");
-    let ack = rt
-        .block_on(log.append("t", 0, &[rec(4, Some("d"), Some("z"))]))
-        .expect("still online");
+    let ack = rt.block_on(log.append("t", 0, &[rec(4, Some("d"), Some("z"))])).expect("still online");
     assert_eq!(ack.base_offset, 1);
     assert_eq!(read_all(&log, "t", 0).len(), 2);
 }
@@ -500,16 +320,9 @@ fn committed_offsets_are_durable() {
     {
         let log = Log::open(dir.path()).expect("open");
         log.create_topic("t", small(2)).expect("create");
-        log.commit_offsets("q", &[("t".into(), 0, 5), ("t".into(), 1, 7)])
-            .expect("commit");
-        assert!(matches!(
-            log.commit_offsets("q", &[("nope".into(), 0, 1)]),
-            Err(LogError::UnknownTopic(_))
-        ));
-        assert!(matches!(
-            log.commit_offsets("", &[("t".into(), 0, 1)]),
-            Err(LogError::InvalidGroup { .. })
-        ));
+        log.commit_offsets("q", &[("t".into(), 0, 5), ("t".into(), 1, 7)]).expect("commit");
+        assert!(matches!(log.commit_offsets("q", &[("nope".into(), 0, 1)]), Err(LogError::UnknownTopic(_))));
+        assert!(matches!(log.commit_offsets("", &[("t".into(), 0, 1)]), Err(LogError::InvalidGroup { .. })));
     }
     let log = Log::open(dir.path()).expect("reopen");
     assert_eq!(log.committed_offset("q", "t", 0).expect("ok"), Some(5));
