@@ -877,19 +877,7 @@ impl KsqlEngine {
         arrays.push(ts);
         let schema = Arc::new(Schema::new(fields));
         let batch = RecordBatch::try_new(schema.clone(), arrays)?;
-        let nkeys = sink.key_columns().count();
-        let spec = SinkSpec {
-            topic: sink.topic.clone(),
-            key_format: sink.key_format.clone(),
-            value_format: sink.value_format.clone(),
-            key_columns: (0..nkeys).collect(),
-            value_columns: (nkeys..sink.columns.len()).collect(),
-            timestamp_column: sink.columns.len(),
-            input_schema: schema,
-            delete_column: None,
-            window: None,
-        };
-        Sink::try_new(spec, self.store.clone())?.write(&batch).await?;
+        self.row_sink(sink, schema)?.write(&batch).await?;
         Ok(())
     }
 
@@ -928,6 +916,12 @@ impl KsqlEngine {
         let mut columns = batch.columns().to_vec();
         columns[sink.columns.len()] = Arc::new(filled);
         batch = RecordBatch::try_new(schema.clone(), columns)?;
+        self.row_sink(&sink, schema)?.write(&batch).await?;
+        Ok(results)
+    }
+
+    /// A sink writing rows laid out as `sink`'s columns (keys first) then the record time.
+    fn row_sink(&self, sink: &SourceDef, schema: arrow::datatypes::SchemaRef) -> Result<Sink> {
         let nkeys = sink.key_columns().count();
         let spec = SinkSpec {
             topic: sink.topic.clone(),
@@ -940,8 +934,7 @@ impl KsqlEngine {
             delete_column: None,
             window: None,
         };
-        Sink::try_new(spec, self.store.clone())?.write(&batch).await?;
-        Ok(results)
+        Ok(Sink::try_new(spec, self.store.clone())?)
     }
 
     fn print(&self, topic: &str, from_beginning: bool, limit: Option<u64>) -> Result<StatementResult> {

@@ -291,12 +291,7 @@ fn plan_aggregate(
             None => not_deleted,
         })
     };
-    let identity: Vec<Arc<dyn PhysicalExpr>> = row_schema
-        .fields()
-        .iter()
-        .enumerate()
-        .map(|(i, f)| Arc::new(PhysColumn::new(f.name(), i)) as Arc<dyn PhysicalExpr>)
-        .collect();
+    let identity = identity_exprs(&row_schema);
     let pre_schema = row_schema.clone();
     let chain: ChainFactory = Arc::new(move || match &pre_filter {
         Some(f) => {
@@ -797,24 +792,7 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
     let rowtime_column = fields.len() - 1;
     let schema = Arc::new(Schema::new(fields));
     // Per stream partition: drop null values (they take no part in joins).
-    let stream_rows = left.row_schema();
-    let delete_index =
-        stream_rows.index_of(rill_engine::source::DELETE).map_err(|e| SqlError::Internal(e.to_string()))?;
-    let identity: Vec<Arc<dyn PhysicalExpr>> = stream_rows
-        .fields()
-        .iter()
-        .enumerate()
-        .map(|(i, f)| Arc::new(PhysColumn::new(f.name(), i)) as Arc<dyn PhysicalExpr>)
-        .collect();
-    let not_deleted: Arc<dyn PhysicalExpr> =
-        Arc::new(NotExpr::new(Arc::new(PhysColumn::new(rill_engine::source::DELETE, delete_index))));
-    let chain: ChainFactory = Arc::new(move || {
-        Ok(Chain::new(vec![Box::new(CalcOperator::try_new(
-            Some(not_deleted.clone()),
-            identity.clone(),
-            stream_rows.clone(),
-        )?)]))
-    });
+    let chain = drop_null_values(left.row_schema())?;
     let post_schema = schema.clone();
     let table_key_columns = table_keys.len();
     let (stage, side_chain): (ChainFactory, ChainFactory) = if stream_stream {
@@ -823,8 +801,6 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
         let right_key = vec![create_physical_expr(&table_on, join.right.schema(), &props, &pctx)?];
         let right_time =
             right_rows.index_of(rill_engine::source::ROWTIME).map_err(|e| SqlError::Internal(e.to_string()))?;
-        let right_delete =
-            right_rows.index_of(rill_engine::source::DELETE).map_err(|e| SqlError::Internal(e.to_string()))?;
         let left_rows = left.row_schema();
         let grace = w.grace.map(|g| g.millis).unwrap_or(24 * 3_600_000);
         let eager_outer = w.grace.is_none();
@@ -846,23 +822,7 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
             let post = CalcOperator::try_new(where_filter.clone(), exprs.clone(), post_schema.clone())?;
             Ok(Chain::new(vec![Box::new(join), Box::new(post)]))
         });
-        let right_rows = right.row_schema();
-        let identity: Vec<Arc<dyn PhysicalExpr>> = right_rows
-            .fields()
-            .iter()
-            .enumerate()
-            .map(|(i, f)| Arc::new(PhysColumn::new(f.name(), i)) as Arc<dyn PhysicalExpr>)
-            .collect();
-        let not_deleted: Arc<dyn PhysicalExpr> =
-            Arc::new(NotExpr::new(Arc::new(PhysColumn::new(rill_engine::source::DELETE, right_delete))));
-        let side: ChainFactory = Arc::new(move || {
-            Ok(Chain::new(vec![Box::new(CalcOperator::try_new(
-                Some(not_deleted.clone()),
-                identity.clone(),
-                right_rows.clone(),
-            )?)]))
-        });
-        (stage, side)
+        (stage, drop_null_values(right.row_schema())?)
     } else {
         let stage: ChainFactory = Arc::new(move || {
             let join = StreamTableJoinOperator::try_new(StreamTableJoinConfig {
@@ -891,6 +851,32 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
         rekeyed: true,
         side_sources: vec![(right, side_chain)],
     })
+}
+
+/// A per-partition chain that passes a stream's rows through but drops null values
+/// (tombstones), which take no part in joins.
+fn drop_null_values(rows: SchemaRef) -> Result<ChainFactory> {
+    let delete = rows.index_of(rill_engine::source::DELETE).map_err(|e| SqlError::Internal(e.to_string()))?;
+    let identity = identity_exprs(&rows);
+    let not_deleted: Arc<dyn PhysicalExpr> =
+        Arc::new(NotExpr::new(Arc::new(PhysColumn::new(rill_engine::source::DELETE, delete))));
+    Ok(Arc::new(move || {
+        Ok(Chain::new(vec![Box::new(CalcOperator::try_new(
+            Some(not_deleted.clone()),
+            identity.clone(),
+            rows.clone(),
+        )?)]))
+    }))
+}
+
+/// One column reference per field: a projection that passes rows through unchanged.
+fn identity_exprs(schema: &Schema) -> Vec<Arc<dyn PhysicalExpr>> {
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Arc::new(PhysColumn::new(f.name(), i)) as Arc<dyn PhysicalExpr>)
+        .collect()
 }
 
 /// DataFusion's expression simplifier over the whole plan: constant folding, and rewrites some
