@@ -20,7 +20,8 @@ use rill_engine::operator::Chain;
 use rill_engine::operators::aggregate::DELETE_COLUMN;
 use rill_engine::operators::{
     AggregateConfig, AggregateOperator, CalcOperator, JoinKind, StreamStreamJoinConfig, StreamStreamJoinOperator,
-    StreamTableJoinConfig, StreamTableJoinOperator, TableDiffOperator, WindowConfig, WindowKind,
+    StreamTableJoinConfig, StreamTableJoinOperator, TableDiffOperator, TableTableJoinConfig, TableTableJoinOperator,
+    WindowConfig, WindowKind,
 };
 use rill_engine::runtime::ChainFactory;
 use sqlparser::ast as sp;
@@ -233,6 +234,7 @@ fn plan_stateless(
     fields.push(Field::new(DELETE_COLUMN, DataType::Boolean, true));
     let delete_out = fields.len() - 1;
     let deletes = is_table.then_some((input_delete, delete_out));
+    let key_columns: Vec<usize> = (0..columns.len()).filter(|i| columns[*i].key).collect();
     let ts_index = index_in(scan_schema, rill_engine::source::ROWTIME)?;
     exprs.push(Arc::new(PhysColumn::new(rill_engine::source::ROWTIME, ts_index)));
     fields.push(Field::new(HIDDEN_TS, DataType::Int64, true));
@@ -242,7 +244,7 @@ fn plan_stateless(
     let chain: ChainFactory = Arc::new(move || {
         let mut calc = CalcOperator::try_new(filter.clone(), exprs.clone(), calc_schema.clone())?;
         if let Some((input, output)) = deletes {
-            calc = calc.with_table_deletes(input, output);
+            calc = calc.with_table_deletes(input, output).with_emitted_keys(key_columns.clone())?;
         }
         Ok(Chain::new(vec![Box::new(calc)]))
     });
@@ -614,8 +616,9 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
                 "Invalid join order: table-stream joins are not supported; only stream-table joins. Got {left_name} {type_text} {right_name}."
             )))
         }
-        _ => return Err(SqlError::Unsupported("Table-table joins are not supported yet".into())),
+        (SourceKind::Table, SourceKind::Table) => false,
     };
+    let table_table = left.kind == SourceKind::Table && right.kind == SourceKind::Table;
     let left_outer = kind == JoinKind::Left;
     let grouped = !matches!(body.group_by, sp::GroupByExpr::Expressions(ref e, _) if e.is_empty());
     if grouped || select.window.is_some() || !select.partition_by.is_empty() {
@@ -709,6 +712,7 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
             ))
         }
     };
+    let (a_text, b_text) = (a.to_string(), b.to_string());
     let on_right =
         |e: &Expr| e.column_refs().iter().all(|c| join.right.schema().has_column(c)) && !e.column_refs().is_empty();
     let on_left =
@@ -723,8 +727,21 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
         )));
     };
     let table_keys: Vec<&str> = right.key_columns().map(|c| c.name.as_str()).collect();
+    if table_table {
+        let right_key = matches!(&table_on, Expr::Column(c) if table_keys.len() == 1 && c.name == table_keys[0]);
+        if !right_key {
+            let (x, y) = (&a_text, &b_text);
+            return Err(SqlError::plan(format!(
+                "Invalid join condition: table-table joins require to join on the primary key of the right input table. Got {x} = {y}."
+            )));
+        }
+        let left_keys: Vec<&str> = left.key_columns().map(|c| c.name.as_str()).collect();
+        if !matches!(&stream_on, Expr::Column(c) if left_keys.len() == 1 && c.name == left_keys[0]) {
+            return Err(SqlError::Unsupported("Foreign-key table-table joins are not supported yet".into()));
+        }
+    }
     match &table_on {
-        _ if stream_stream => {}
+        _ if stream_stream || table_table => {}
         Expr::Column(c) if table_keys.len() == 1 && c.name == table_keys[0] => {}
         _ => {
             return Err(SqlError::plan(format!(
@@ -773,7 +790,7 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
     let ts_index = left_schema
         .index_of_column_by_name(None, rill_engine::source::ROWTIME)
         .ok_or_else(|| SqlError::Internal("stream has no ROWTIME".into()))?;
-    if stream_stream {
+    if stream_stream || table_table {
         // A joined row's time is the later of its two rows' times (ksqlDB).
         let right_ts = join.left.schema().fields().len()
             + join
@@ -789,13 +806,55 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
         exprs.push(Arc::new(PhysColumn::new(HIDDEN_TS, ts_index)));
     }
     fields.push(Field::new(HIDDEN_TS, DataType::Int64, true));
-    let rowtime_column = fields.len() - 1;
-    let schema = Arc::new(Schema::new(fields));
-    // Per stream partition: drop null values (they take no part in joins).
-    let chain = drop_null_values(left.row_schema())?;
+    let mut rowtime_column = fields.len() - 1;
+    let mut schema = Arc::new(Schema::new(fields.clone()));
+    // Per stream partition: drop null values (they take no part in joins); tables keep deletes.
+    let chain = if left.kind == SourceKind::Table {
+        Arc::new(|| Ok(Chain::new(vec![]))) as ChainFactory
+    } else {
+        drop_null_values(left.row_schema())?
+    };
     let post_schema = schema.clone();
     let table_key_columns = table_keys.len();
-    let (stage, side_chain): (ChainFactory, ChainFactory) = if stream_stream {
+    let mut delete_column = None;
+    let key_columns: Vec<usize> = (0..columns.len()).filter(|i| columns[*i].key).collect();
+    let (stage, side_chain): (ChainFactory, ChainFactory) = if table_table {
+        // The operator appends a delete marker after the join columns; pass it through, and
+        // make rows failing WHERE deletes (table semantics).
+        let join_len = output_schema.fields().len();
+        let hidden_ts = exprs.pop().ok_or_else(|| SqlError::Internal("no time column".into()))?;
+        let ts_field = fields.pop().ok_or_else(|| SqlError::Internal("no time field".into()))?;
+        exprs.push(Arc::new(PhysColumn::new(DELETE_COLUMN, join_len)));
+        fields.push(Field::new(DELETE_COLUMN, DataType::Boolean, true));
+        let delete_out = fields.len() - 1;
+        exprs.push(hidden_ts);
+        fields.push(ts_field);
+        delete_column = Some(delete_out);
+        rowtime_column = fields.len() - 1;
+        schema = Arc::new(Schema::new(fields.clone()));
+        let post_schema = schema.clone();
+        let left_rows = left.row_schema();
+        let right_rows = right.row_schema();
+        let left_delete = index_of(&left_rows, rill_engine::source::DELETE)?;
+        let right_delete = index_of(&right_rows, rill_engine::source::DELETE)?;
+        let exprs = exprs.clone();
+        let stage: ChainFactory = Arc::new(move || {
+            let join = TableTableJoinOperator::try_new(TableTableJoinConfig {
+                left_schema: left_rows.clone(),
+                right_schema: right_rows.clone(),
+                key_columns: 1,
+                left_delete,
+                right_delete,
+                kind,
+                join_schema: output_schema.clone(),
+            })?;
+            let post = CalcOperator::try_new(where_filter.clone(), exprs.clone(), post_schema.clone())?
+                .with_table_deletes(join_len, delete_out)
+                .with_emitted_keys(key_columns.clone())?;
+            Ok(Chain::new(vec![Box::new(join), Box::new(post)]))
+        });
+        (stage, Arc::new(|| Ok(Chain::new(vec![]))) as ChainFactory)
+    } else if stream_stream {
         let w = select.within[0];
         let right_rows = right.row_schema();
         let right_key = vec![create_physical_expr(&table_on, join.right.schema(), &props, &pctx)?];
@@ -845,9 +904,9 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
         columns,
         schema,
         rowtime_column,
-        delete_column: None,
+        delete_column,
         window: None,
-        is_table: false,
+        is_table: table_table,
         rekeyed: true,
         side_sources: vec![(right, side_chain)],
     })
@@ -867,6 +926,11 @@ fn drop_null_values(rows: SchemaRef) -> Result<ChainFactory> {
             rows.clone(),
         )?)]))
     }))
+}
+
+/// The index of a column the planner itself added (a missing one is a bug).
+fn index_of(schema: &Schema, name: &str) -> Result<usize> {
+    schema.index_of(name).map_err(|e| SqlError::Internal(e.to_string()))
 }
 
 /// One column reference per field: a projection that passes rows through unchanged.

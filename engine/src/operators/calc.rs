@@ -5,9 +5,12 @@
 
 use std::sync::Arc;
 
-use arrow::array::{AsArray, RecordBatch, RecordBatchOptions};
+use std::collections::HashSet;
+
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, RecordBatchOptions};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, SchemaRef};
+use arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
 use crate::message::Message;
@@ -24,6 +27,15 @@ pub struct CalcOperator {
     schema: SchemaRef,
     /// (delete column of the input, delete column of the output) for table changelogs.
     table_deletes: Option<(usize, usize)>,
+    /// Keys emitted and not deleted since, when deletes of never-emitted keys are suppressed.
+    emitted: Option<EmittedKeys>,
+}
+
+/// The keys a table-mode calc has emitted rows for: a delete is only meaningful for them.
+struct EmittedKeys {
+    columns: Vec<usize>,
+    converter: RowConverter,
+    keys: HashSet<OwnedRow>,
 }
 
 impl CalcOperator {
@@ -40,7 +52,7 @@ impl CalcOperator {
                 schema.fields().len()
             )));
         }
-        Ok(Self { filter, projection, schema, table_deletes: None })
+        Ok(Self { filter, projection, schema, table_deletes: None, emitted: None })
     }
 
     /// Table mode: rows failing the filter become deletes (see the type docs).
@@ -49,24 +61,55 @@ impl CalcOperator {
         self
     }
 
-    fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
+    /// Table mode: also suppress deletes of keys (these output columns) that were never
+    /// emitted, as a KTable filter does. Keeps one entry per live key.
+    pub fn with_emitted_keys(mut self, key_columns: Vec<usize>) -> Result<Self> {
+        let fields = key_columns.iter().map(|i| SortField::new(self.schema.field(*i).data_type().clone())).collect();
+        self.emitted =
+            Some(EmittedKeys { columns: key_columns, converter: RowConverter::new(fields)?, keys: HashSet::new() });
+        Ok(self)
+    }
+
+    fn apply(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
         if let Some((input_delete, output_delete)) = self.table_deletes {
             let deleted = batch.column(input_delete).as_boolean().clone();
             let delete = match &self.filter {
                 Some(f) => {
                     let mask = f.evaluate(&batch)?.into_array(batch.num_rows())?;
-                    let keep = arrow::compute::prep_null_mask_filter(mask.as_boolean());
+                    // A null predicate does not keep the row. (arrow's prep_null_mask_filter
+                    // requires a null buffer, so only call it when there are nulls.)
+                    let mask = mask.as_boolean();
+                    let keep =
+                        if mask.null_count() > 0 { arrow::compute::prep_null_mask_filter(mask) } else { mask.clone() };
                     arrow::compute::or(&deleted, &arrow::compute::not(&keep)?)?
                 }
                 None => deleted,
             };
             let mut out = self.project(&batch)?.columns().to_vec();
-            out[output_delete] = Arc::new(delete);
-            return Ok(RecordBatch::try_new_with_options(
+            let rows = batch.num_rows();
+            let result = RecordBatch::try_new_with_options(
                 self.schema.clone(),
-                out,
-                &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-            )?);
+                {
+                    out[output_delete] = Arc::new(delete.clone());
+                    out
+                },
+                &RecordBatchOptions::new().with_row_count(Some(rows)),
+            )?;
+            let Some(emitted) = &mut self.emitted else { return Ok(result) };
+            let key_arrays: Vec<_> = emitted.columns.iter().map(|i| result.column(*i).clone()).collect();
+            let keys = emitted.converter.convert_columns(&key_arrays)?;
+            let keep: BooleanArray = (0..rows)
+                .map(|i| {
+                    let key = keys.row(i).owned();
+                    Some(if delete.value(i) {
+                        emitted.keys.remove(&key)
+                    } else {
+                        emitted.keys.insert(key);
+                        true
+                    })
+                })
+                .collect();
+            return Ok(filter_record_batch(&result, &keep)?);
         }
         let batch = match &self.filter {
             Some(f) => {
@@ -111,6 +154,17 @@ impl Operator for CalcOperator {
 
     fn output_schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+
+    fn state_info(&self) -> crate::operator::StateInfo {
+        match &self.emitted {
+            Some(e) => crate::operator::StateInfo {
+                bounded: true,
+                bytes: e.keys.iter().map(|k| k.as_ref().len()).sum(),
+                description: "the keys of the table rows it passed (bounded by the table)".into(),
+            },
+            None => crate::operator::StateInfo::stateless(),
+        }
     }
 
     fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {

@@ -255,7 +255,7 @@ impl StreamStreamJoinOperator {
 }
 
 /// The columns of one side for `n` output rows, null where the side is absent.
-fn side_columns<'a>(
+pub(crate) fn side_columns<'a>(
     converter: &RowConverter,
     schema: &SchemaRef,
     rows: impl Iterator<Item = Option<&'a OwnedRow>>,
