@@ -14,6 +14,7 @@ const SCALAR_ALIASES: &[(&str, &str)] = &[
     ("ifnull", "nvl"),
     ("ceil", "ceil"),
     ("split", "string_to_array"),
+    ("sign", "signum"),
     ("regexp_extract", "regexp_substr"),
 ];
 
@@ -31,6 +32,9 @@ pub fn register(ctx: &SessionContext) -> Result<()> {
         if let Ok(udf) = state.udf(target) {
             ctx.register_udf(udf.as_ref().clone().with_aliases([*alias]));
         }
+    }
+    for udf in crate::udfs::all() {
+        ctx.register_udf(udf);
     }
     for udaf in crate::udafs::all() {
         ctx.register_udaf(udaf);

@@ -18,6 +18,7 @@ pub mod planner;
 pub mod results;
 pub mod types;
 pub mod udafs;
+pub mod udfs;
 
 pub use engine::KsqlEngine;
 pub use error::{Result, SqlError};

@@ -1,0 +1,216 @@
+//! ksqlDB scalar functions DataFusion does not have: `EXTRACTJSONFIELD`, `TO_JSON_STRING`,
+//! `GEO_DISTANCE`.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringBuilder};
+use arrow::datatypes::{DataType, Field, Float64Type};
+use arrow_json::writer::{make_encoder, EncoderOptions};
+use datafusion::common::{exec_err, Result};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
+};
+
+/// `EXTRACTJSONFIELD(json, '$.a.b[0]')`: the field at a JSONPath in a JSON string, as a string
+/// (strings unquoted, other values as JSON text); null when absent or when the JSON is invalid.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ExtractJsonField {
+    signature: Signature,
+}
+
+/// Steps of a simple JSONPath: `$`, `.name`, `['name']`, `[index]`.
+fn parse_path(path: &str) -> Option<Vec<Result<String, usize>>> {
+    let mut steps = Vec::new();
+    let rest = path.trim().strip_prefix('$')?;
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '.' => {
+                let mut name = String::new();
+                while let Some(&n) = chars.peek() {
+                    if n == '.' || n == '[' {
+                        break;
+                    }
+                    name.push(n);
+                    chars.next();
+                }
+                steps.push(Ok(name));
+            }
+            '[' => {
+                let mut inner = String::new();
+                for n in chars.by_ref() {
+                    if n == ']' {
+                        break;
+                    }
+                    inner.push(n);
+                }
+                let inner = inner.trim();
+                match inner.strip_prefix(['\'', '"']).and_then(|s| s.strip_suffix(['\'', '"'])) {
+                    Some(name) => steps.push(Ok(name.to_string())),
+                    None => steps.push(Err(inner.parse().ok()?)),
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(steps)
+}
+
+impl ScalarUDFImpl for ExtractJsonField {
+    fn name(&self) -> &str {
+        "extractjsonfield"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let json = arrow::compute::cast(&arrays[0], &DataType::Utf8)?;
+        let paths = arrow::compute::cast(&arrays[1], &DataType::Utf8)?;
+        let (json, paths) = (json.as_string::<i32>(), paths.as_string::<i32>());
+        let mut out = StringBuilder::with_capacity(json.len(), 0);
+        for i in 0..json.len() {
+            if json.is_null(i) || paths.is_null(i) {
+                out.append_null();
+                continue;
+            }
+            // A JSON parser (serde_json) reads the document; only the path walk is ours.
+            let value: Option<serde_json::Value> = serde_json::from_str(json.value(i)).ok();
+            let found = value.as_ref().zip(parse_path(paths.value(i))).and_then(|(v, steps)| {
+                steps.iter().try_fold(v, |v, step| match step {
+                    Ok(name) => v.get(name),
+                    Err(index) => v.get(index),
+                })
+            });
+            match found {
+                None | Some(serde_json::Value::Null) => out.append_null(),
+                Some(serde_json::Value::String(s)) => out.append_value(s),
+                Some(other) => out.append_value(other.to_string()),
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// `TO_JSON_STRING(value)`: the value as JSON text, written by arrow-json's encoders.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ToJsonString {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for ToJsonString {
+    fn name(&self) -> &str {
+        "to_json_string"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let array: &ArrayRef = &arrays[0];
+        let field = Arc::new(Field::new("v", array.data_type().clone(), true));
+        let options = EncoderOptions::default().with_explicit_nulls(true);
+        let mut encoder = make_encoder(&field, array.as_ref(), &options)?;
+        let mut out = StringBuilder::with_capacity(array.len(), array.len() * 8);
+        let mut buf = Vec::new();
+        for i in 0..array.len() {
+            buf.clear();
+            if encoder.is_null(i) {
+                buf.extend_from_slice(b"null");
+            } else {
+                encoder.encode(i, &mut buf);
+            }
+            out.append_value(String::from_utf8_lossy(&buf));
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// `GEO_DISTANCE(lat1, lon1, lat2, lon2[, 'KM' | 'MI'])`: great-circle distance (haversine).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct GeoDistance {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for GeoDistance {
+    fn name(&self) -> &str {
+        "geo_distance"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let coords = arrays[..4]
+            .iter()
+            .map(|a| Ok(arrow::compute::cast(a, &DataType::Float64)?))
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        let radius = match arrays.get(4) {
+            None => vec![6371.0; args.number_rows],
+            Some(unit) => {
+                let unit = arrow::compute::cast(unit, &DataType::Utf8)?;
+                let unit = unit.as_string::<i32>();
+                let mut r = Vec::with_capacity(unit.len());
+                for u in unit.iter() {
+                    r.push(match u.map(|u| u.to_ascii_lowercase()) {
+                        None => 6371.0,
+                        Some(u) if u.starts_with("mi") => 3959.0,
+                        Some(u) if u.starts_with("km") || u.starts_with("kilomet") => 6371.0,
+                        Some(u) => return exec_err!("GEO_DISTANCE: unknown unit '{u}', use KM or MI"),
+                    });
+                }
+                r
+            }
+        };
+        let c: Vec<_> = coords.iter().map(|a| a.as_primitive::<Float64Type>()).collect();
+        let out: Float64Array = (0..args.number_rows)
+            .map(|i| {
+                if c.iter().any(|a| a.is_null(i)) {
+                    return None;
+                }
+                let (lat1, lon1, lat2, lon2) = (
+                    c[0].value(i).to_radians(),
+                    c[1].value(i).to_radians(),
+                    c[2].value(i).to_radians(),
+                    c[3].value(i).to_radians(),
+                );
+                let h =
+                    ((lat2 - lat1) / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * ((lon2 - lon1) / 2.0).sin().powi(2);
+                Some(2.0 * radius[i] * h.sqrt().asin())
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// The scalar functions of this module.
+pub fn all() -> Vec<ScalarUDF> {
+    vec![
+        ScalarUDF::from(ExtractJsonField { signature: Signature::any(2, Volatility::Immutable) }),
+        ScalarUDF::from(ToJsonString { signature: Signature::any(1, Volatility::Immutable) }),
+        ScalarUDF::from(GeoDistance {
+            signature: Signature::one_of(vec![TypeSignature::Any(4), TypeSignature::Any(5)], Volatility::Immutable),
+        }),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_paths() {
+        assert_eq!(parse_path("$.a.b[0]"), Some(vec![Ok("a".into()), Ok("b".into()), Err(0)]));
+        assert_eq!(parse_path("$['x y']"), Some(vec![Ok("x y".into())]));
+        assert_eq!(parse_path("a.b"), None);
+    }
+}
