@@ -21,7 +21,7 @@ use rill_engine::operators::aggregate::DELETE_COLUMN;
 use rill_engine::operators::{
     AggregateConfig, AggregateOperator, CalcOperator, JoinKind, StreamStreamJoinConfig, StreamStreamJoinOperator,
     StreamTableJoinConfig, StreamTableJoinOperator, TableDiffOperator, TableTableJoinConfig, TableTableJoinOperator,
-    WindowConfig, WindowKind,
+    UnnestOperator, WindowConfig, WindowKind,
 };
 use rill_engine::runtime::ChainFactory;
 use sqlparser::ast as sp;
@@ -194,6 +194,9 @@ pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Selec
             &props,
             &pctx,
         ),
+        (_, LogicalPlan::Unnest(unnest)) if rekey.is_none() && source.kind == SourceKind::Stream => {
+            plan_unnest(source, projection, unnest, &props, &pctx)
+        }
         _ => {
             if contains_aggregate(&plan) {
                 return Err(SqlError::Unsupported("this aggregation shape is not supported yet".into()));
@@ -201,6 +204,77 @@ pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Selec
             plan_stateless(source, projection, rekey, &props, &pctx)
         }
     }
+}
+
+/// `EXPLODE` (DataFusion's unnest): projection inside, unnest, projection outside; the record
+/// time and null-value marker ride along as extra columns.
+fn plan_unnest(
+    source: SourceDef,
+    projection: &datafusion::logical_expr::Projection,
+    unnest: &datafusion::logical_expr::Unnest,
+    props: &ExecutionProps,
+    pctx: &PhysicalPlanningContext,
+) -> Result<QueryPlan> {
+    let LogicalPlan::Projection(inner) = unnest.input.as_ref() else {
+        return Err(SqlError::Unsupported("this EXPLODE shape is not supported yet".into()));
+    };
+    if !unnest.struct_type_columns.is_empty() {
+        return Err(SqlError::Unsupported("EXPLODE of a STRUCT is not supported".into()));
+    }
+    let (filter, scan_schema) = filter_over_scan(&inner.input)?;
+    let physical = |e: &Expr| create_physical_expr(e, scan_schema, props, pctx).map_err(SqlError::from);
+    let filter = filter.map(physical).transpose()?;
+    let mut inner_exprs = inner.expr.iter().map(physical).collect::<Result<Vec<_>>>()?;
+    let mut inner_fields: Vec<Field> =
+        inner.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    let n_inner = inner_fields.len();
+    inner_exprs.push(Arc::new(PhysColumn::new(HIDDEN_TS, index_in(scan_schema, rill_engine::source::ROWTIME)?)));
+    inner_fields.push(Field::new(HIDDEN_TS, DataType::Int64, true));
+    inner_exprs.push(Arc::new(PhysColumn::new(DELETE_COLUMN, index_in(scan_schema, rill_engine::source::DELETE)?)));
+    inner_fields.push(Field::new(DELETE_COLUMN, DataType::Boolean, true));
+    let inner_schema = Arc::new(Schema::new(inner_fields));
+    let lists: Vec<usize> = unnest.list_type_columns.iter().map(|(i, _)| *i).collect();
+    let mut sources = unnest.dependency_indices.clone();
+    let mut exploded: Vec<bool> = sources.iter().map(|d| lists.contains(d)).collect();
+    let mut unnest_fields: Vec<Field> =
+        unnest.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    let n_unnest = unnest_fields.len();
+    sources.extend([n_inner, n_inner + 1]);
+    exploded.extend([false, false]);
+    unnest_fields.push(Field::new(HIDDEN_TS, DataType::Int64, true));
+    unnest_fields.push(Field::new(DELETE_COLUMN, DataType::Boolean, true));
+    let unnest_schema = Arc::new(Schema::new(unnest_fields));
+    let outer = |e: &Expr| create_physical_expr(e, &unnest.schema, props, pctx).map_err(SqlError::from);
+    let key_names: Vec<&str> = source.key_columns().map(|c| c.name.as_str()).collect();
+    let (mut exprs, columns, mut fields) = output_columns(projection, &outer, |c| key_names.contains(&c))?;
+    exprs.push(Arc::new(PhysColumn::new(DELETE_COLUMN, n_unnest + 1)));
+    fields.push(Field::new(DELETE_COLUMN, DataType::Boolean, true));
+    let delete_column = Some(fields.len() - 1);
+    exprs.push(Arc::new(PhysColumn::new(HIDDEN_TS, n_unnest)));
+    fields.push(Field::new(HIDDEN_TS, DataType::Int64, true));
+    let rowtime_column = fields.len() - 1;
+    let schema = Arc::new(Schema::new(fields));
+    let out_schema = schema.clone();
+    let chain: ChainFactory = Arc::new(move || {
+        Ok(Chain::new(vec![
+            Box::new(CalcOperator::try_new(filter.clone(), inner_exprs.clone(), inner_schema.clone())?),
+            Box::new(UnnestOperator::try_new(sources.clone(), exploded.clone(), unnest_schema.clone())?),
+            Box::new(CalcOperator::try_new(None, exprs.clone(), out_schema.clone())?),
+        ]))
+    });
+    Ok(QueryPlan {
+        source,
+        chain,
+        stage: None,
+        columns,
+        schema,
+        rowtime_column,
+        delete_column,
+        window: None,
+        is_table: false,
+        rekeyed: false,
+        side_sources: vec![],
+    })
 }
 
 fn plan_stateless(
@@ -1096,6 +1170,11 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
 /// `LATEST_BY_OFFSET(x)`/`EARLIEST_BY_OFFSET(x)` are `last_value`/`first_value` ignoring nulls.
 fn ksql_function(f: &mut sp::Function) {
     let Some(name) = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_uppercase()) else { return };
+    if name == "EXPLODE" {
+        // DataFusion plans `unnest(list)` in a projection as an Unnest node.
+        f.name = sp::ObjectName::from(vec![sp::Ident::new("unnest")]);
+        return;
+    }
     if name == "AS_VALUE" {
         // A copy of a (key) column into the value: coalesce(x) is x, but not a column reference.
         f.name = sp::ObjectName::from(vec![sp::Ident::new("coalesce")]);

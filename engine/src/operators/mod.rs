@@ -6,6 +6,7 @@ pub mod stream_stream_join;
 pub mod stream_table_join;
 pub mod table_diff;
 pub mod table_table_join;
+pub mod unnest;
 
 pub use aggregate::{AggregateConfig, AggregateOperator, WindowConfig, WindowKind};
 pub use calc::CalcOperator;
@@ -13,3 +14,4 @@ pub use stream_stream_join::{JoinKind, StreamStreamJoinConfig, StreamStreamJoinO
 pub use stream_table_join::{StreamTableJoinConfig, StreamTableJoinOperator};
 pub use table_diff::TableDiffOperator;
 pub use table_table_join::{TableTableJoinConfig, TableTableJoinOperator};
+pub use unnest::UnnestOperator;
