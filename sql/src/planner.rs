@@ -1175,11 +1175,6 @@ fn ksql_function(f: &mut sp::Function) {
         f.name = sp::ObjectName::from(vec![sp::Ident::new("unnest")]);
         return;
     }
-    if name == "AS_VALUE" {
-        // A copy of a (key) column into the value: coalesce(x) is x, but not a column reference.
-        f.name = sp::ObjectName::from(vec![sp::Ident::new("coalesce")]);
-        return;
-    }
     if name == "MAP" {
         // ksqlDB's MAP(k := v, ...) is DataFusion's map(k, v, ...).
         if let sp::FunctionArguments::List(list) = &mut f.args {

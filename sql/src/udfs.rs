@@ -192,11 +192,40 @@ impl ScalarUDFImpl for GeoDistance {
     }
 }
 
+/// `AS_VALUE(x)`: `x`, as a value column (a key column copied into the value). A function of its
+/// own, so that the planner does not fold it into a reference to the key column.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct AsValue {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for AsValue {
+    fn name(&self) -> &str {
+        "as_value"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        match arg_types.first() {
+            Some(t) => Ok(t.clone()),
+            None => exec_err!("AS_VALUE takes one argument"),
+        }
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        match args.args.into_iter().next() {
+            Some(v) => Ok(v),
+            None => exec_err!("AS_VALUE takes one argument"),
+        }
+    }
+}
+
 /// The scalar functions of this module.
 pub fn all() -> Vec<ScalarUDF> {
     vec![
         ScalarUDF::from(ExtractJsonField { signature: Signature::any(2, Volatility::Immutable) }),
         ScalarUDF::from(ToJsonString { signature: Signature::any(1, Volatility::Immutable) }),
+        ScalarUDF::from(AsValue { signature: Signature::any(1, Volatility::Immutable) }),
         ScalarUDF::from(GeoDistance {
             signature: Signature::one_of(vec![TypeSignature::Any(4), TypeSignature::Any(5)], Volatility::Immutable),
         }),
