@@ -89,6 +89,12 @@ impl From<datafusion::error::DataFusionError> for SqlError {
             },
             D::Plan(m) => SqlError::Plan(m),
             D::NotImplemented(m) => SqlError::Unsupported(m),
+            D::SchemaError(e, _) if matches!(*e, datafusion::common::SchemaError::FieldNotFound { .. }) => match *e {
+                datafusion::common::SchemaError::FieldNotFound { field, .. } => {
+                    SqlError::Plan(format!("SELECT column '{}' cannot be resolved.", field.name))
+                }
+                other => SqlError::Plan(other.to_string()),
+            },
             D::SQL(e, _) => SqlError::Plan(e.to_string()),
             other => SqlError::Plan(other.strip_backtrace()),
         }

@@ -1175,6 +1175,34 @@ fn ksql_function(f: &mut sp::Function) {
         f.name = sp::ObjectName::from(vec![sp::Ident::new("unnest")]);
         return;
     }
+    if name == "STRUCT" {
+        // ksqlDB's STRUCT(name := value, ...) is DataFusion's named_struct('NAME', value, ...).
+        if let sp::FunctionArguments::List(list) = &mut f.args {
+            let mut flat = Vec::with_capacity(list.args.len() * 2);
+            for arg in list.args.drain(..) {
+                match arg {
+                    sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(sp::Expr::BinaryOp {
+                        left,
+                        op: sp::BinaryOperator::Assignment,
+                        right,
+                    })) => {
+                        let name = match *left {
+                            sp::Expr::Identifier(id) => id.value,
+                            other => other.to_string(),
+                        };
+                        flat.push(sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(sp::Expr::Value(
+                            sp::Value::SingleQuotedString(name).into(),
+                        ))));
+                        flat.push(sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(*right)));
+                    }
+                    other => flat.push(other),
+                }
+            }
+            list.args = flat;
+        }
+        f.name = sp::ObjectName::from(vec![sp::Ident::new("named_struct")]);
+        return;
+    }
     if name == "MAP" {
         // ksqlDB's MAP(k := v, ...) is DataFusion's map(k, v, ...).
         if let sp::FunctionArguments::List(list) = &mut f.args {
