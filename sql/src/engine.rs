@@ -593,6 +593,7 @@ impl KsqlEngine {
             .chain(columns.iter().filter(|c| !c.key))
             .map(|c| Column { name: c.name.clone(), sql_type: c.sql_type.clone(), key: c.key })
             .collect();
+        check_columns(&cols, with)?;
         let timestamp = with.get("TIMESTAMP").map(|v| v.as_text().to_uppercase());
         if let Some(ts) = &timestamp {
             match cols.iter().find(|c| &c.name == ts) {
@@ -709,6 +710,7 @@ impl KsqlEngine {
             .chain(plan.columns.iter().filter(|c| !c.key))
             .map(|c| Column { name: c.name.clone(), sql_type: c.sql_type.clone(), key: c.key })
             .collect();
+        check_columns(&columns, with)?;
         let partitions = match with.get("PARTITIONS") {
             Some(p) => Some(p.clone()),
             None => Some(PropValue::Number(plan.source.partitions.to_string())),
@@ -1111,6 +1113,30 @@ fn check_key_projection(plan: &QueryPlan, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks a new source's key and value columns against ksqlDB's rules.
+fn check_columns(columns: &[Column], with: &Props) -> Result<()> {
+    fn has_map(t: &SqlType) -> bool {
+        match t {
+            SqlType::Map(_, _) => true,
+            SqlType::Array(e) => has_map(e),
+            SqlType::Struct(fields) => fields.iter().any(|(_, t)| has_map(t)),
+            _ => false,
+        }
+    }
+    for c in columns.iter().filter(|c| c.key) {
+        if has_map(&c.sql_type) {
+            return Err(SqlError::plan(format!(
+                "Map keys, including types that contain maps, are not supported as they may lead to unexpected behavior due to inconsistent serialization. Key column name: `{}`. Column type: {}. See https://github.com/confluentinc/ksql/issues/6621 for more.",
+                c.name, c.sql_type
+            )));
+        }
+    }
+    if with.contains_key("WRAP_SINGLE_VALUE") && columns.iter().filter(|c| !c.key).count() != 1 {
+        return Err(SqlError::plan("'WRAP_SINGLE_VALUE' is only valid for single-field value schemas"));
+    }
+    Ok(())
+}
+
 fn check_insert_schema(plan: &QueryPlan, sink: &SourceDef) -> Result<()> {
     let ours: Vec<(&str, &SqlType, bool)> =
         plan.columns.iter().map(|c| (c.name.as_str(), &c.sql_type, c.key)).collect();
@@ -1177,6 +1203,11 @@ fn formats(with: &Props, inherit: Option<(&Format, &Format)>) -> Result<(Format,
             f.delimiter = match d.to_uppercase().as_str() {
                 "TAB" => b'\t',
                 "SPACE" => b' ',
+                "" => {
+                    return Err(SqlError::plan(format!(
+                        "Failed to prepare statement: Configuration {prop} is invalid: Delimiter cannot be empty, if you meant to have a tab or space for delimiter, please use the special values 'TAB' or 'SPACE' Example valid value: ';'"
+                    )))
+                }
                 s if s.len() == 1 => s.as_bytes()[0],
                 _ => {
                     return Err(SqlError::plan(format!(
