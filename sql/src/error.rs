@@ -87,7 +87,15 @@ impl From<datafusion::error::DataFusionError> for SqlError {
                 SqlError::Plan(m) => SqlError::Plan(format!("{ctx}: {m}")),
                 other => other,
             },
-            D::Plan(m) => SqlError::Plan(m),
+            D::Plan(m) => match m.split_once("' must appear in GROUP BY clause") {
+                // DataFusion: "'S.D1' must appear in GROUP BY clause because ..."; ksqlDB names it so:
+                Some((column, _)) => {
+                    let column = column.trim_start_matches('\'');
+                    let column = column.rsplit('.').next().unwrap_or(column);
+                    SqlError::Plan(format!("Non-aggregate SELECT expression(s) not part of GROUP BY: {column}"))
+                }
+                None => SqlError::Plan(m),
+            },
             D::NotImplemented(m) => SqlError::Unsupported(m),
             D::SchemaError(e, _) if matches!(*e, datafusion::common::SchemaError::FieldNotFound { .. }) => match *e {
                 datafusion::common::SchemaError::FieldNotFound { field, .. } => {

@@ -125,6 +125,7 @@ pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Selec
             exprs.push(sp::Expr::Identifier(quoted(WINDOWEND)));
         }
     }
+    check_reserved_names(&body.projection, window.is_some())?;
     rewrite_projection(&mut body.projection, &source, rekey_by.is_some(), None);
     let _ = alias;
     let mut rekey: Option<Vec<String>> = None;
@@ -1119,6 +1120,32 @@ fn rewrite_projection(
         }
     }
     *items = out;
+}
+
+/// ksqlDB reserves the pseudo column names: they cannot be aliases, and window bounds can only
+/// be selected from windowed aggregations.
+fn check_reserved_names(items: &[sp::SelectItem], windowed: bool) -> Result<()> {
+    const RESERVED: [&str; 5] = ["ROWTIME", "ROWPARTITION", "ROWOFFSET", WINDOWSTART, WINDOWEND];
+    for item in items {
+        match item {
+            sp::SelectItem::ExprWithAlias { alias, .. } if RESERVED.contains(&alias.value.as_str()) => {
+                return Err(SqlError::plan(format!(
+                    "`{}` is a reserved column name. You cannot use it as an alias for a column.",
+                    alias.value
+                )));
+            }
+            sp::SelectItem::UnnamedExpr(sp::Expr::Identifier(id))
+                if !windowed && (id.value == WINDOWSTART || id.value == WINDOWEND) =>
+            {
+                return Err(SqlError::plan(format!(
+                    "Reserved column name in select: `{}`. Please remove or alias the column.",
+                    id.value
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// ksqlDB expression rules that differ from DataFusion's:
