@@ -101,6 +101,15 @@ pub struct QueryStats {
     pub progress: Notify,
 }
 
+impl QueryStats {
+    /// Marks the query failed with `message` and wakes whoever waits on its progress.
+    fn fail(&self, message: String) {
+        *self.last_error.lock() = Some(message);
+        self.failed.store(true, Ordering::SeqCst);
+        self.progress.notify_waiters();
+    }
+}
+
 /// A query that is running.
 pub struct RunningQuery {
     /// The query id.
@@ -275,9 +284,7 @@ fn spawn_guarded(
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
             tracing::error!(query = %query, "query task panicked (a bug in Rill): {message}");
-            *stats.last_error.lock() = Some(format!("internal error: {message} (this is a bug in Rill)"));
-            stats.failed.store(true, Ordering::SeqCst);
-            stats.progress.notify_waiters();
+            stats.fail(format!("internal error: {message} (this is a bug in Rill)"));
         }
     })
 }
@@ -348,9 +355,7 @@ impl StageTask {
     async fn run(mut self, mut rx: mpsc::Receiver<StageInput>) {
         if let Err(e) = self.run_loop(&mut rx).await {
             tracing::error!(query = %self.shared.id, "query failed: {e}");
-            *self.stats.last_error.lock() = Some(e.to_string());
-            self.stats.failed.store(true, Ordering::SeqCst);
-            self.stats.progress.notify_waiters();
+            self.stats.fail(e.to_string());
         }
     }
 
@@ -469,9 +474,7 @@ impl PartitionTask {
             Ok(_) => {}
             Err(e) => {
                 tracing::error!(query = %self.shared.id, partition = self.partition, "query failed: {e}");
-                *self.stats.last_error.lock() = Some(e.to_string());
-                self.stats.failed.store(true, Ordering::SeqCst);
-                self.stats.progress.notify_waiters();
+                self.stats.fail(e.to_string());
             }
         }
     }

@@ -1192,6 +1192,26 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
     });
 }
 
+/// Turns arguments `a := b` into the two arguments `left(a), b`.
+fn flatten_assignments(f: &mut sp::Function, left: impl Fn(sp::Expr) -> sp::Expr) {
+    let sp::FunctionArguments::List(list) = &mut f.args else { return };
+    let mut flat = Vec::with_capacity(list.args.len() * 2);
+    for arg in list.args.drain(..) {
+        match arg {
+            sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(sp::Expr::BinaryOp {
+                left: l,
+                op: sp::BinaryOperator::Assignment,
+                right,
+            })) => {
+                flat.push(sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(left(*l))));
+                flat.push(sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(*right)));
+            }
+            other => flat.push(other),
+        }
+    }
+    list.args = flat;
+}
+
 /// ksqlDB aggregate spellings of DataFusion aggregates with options:
 /// `COUNT_DISTINCT(x)` is `count(DISTINCT x)`, `COLLECT_SET(x)` is `array_agg(DISTINCT x)`,
 /// `LATEST_BY_OFFSET(x)`/`EARLIEST_BY_OFFSET(x)` are `last_value`/`first_value` ignoring nulls.
@@ -1204,51 +1224,19 @@ fn ksql_function(f: &mut sp::Function) {
     }
     if name == "STRUCT" {
         // ksqlDB's STRUCT(name := value, ...) is DataFusion's named_struct('NAME', value, ...).
-        if let sp::FunctionArguments::List(list) = &mut f.args {
-            let mut flat = Vec::with_capacity(list.args.len() * 2);
-            for arg in list.args.drain(..) {
-                match arg {
-                    sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(sp::Expr::BinaryOp {
-                        left,
-                        op: sp::BinaryOperator::Assignment,
-                        right,
-                    })) => {
-                        let name = match *left {
-                            sp::Expr::Identifier(id) => id.value,
-                            other => other.to_string(),
-                        };
-                        flat.push(sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(sp::Expr::Value(
-                            sp::Value::SingleQuotedString(name).into(),
-                        ))));
-                        flat.push(sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(*right)));
-                    }
-                    other => flat.push(other),
-                }
-            }
-            list.args = flat;
-        }
+        flatten_assignments(f, |name| {
+            let name = match name {
+                sp::Expr::Identifier(id) => id.value,
+                other => other.to_string(),
+            };
+            sp::Expr::Value(sp::Value::SingleQuotedString(name).into())
+        });
         f.name = sp::ObjectName::from(vec![sp::Ident::new("named_struct")]);
         return;
     }
     if name == "MAP" {
         // ksqlDB's MAP(k := v, ...) is DataFusion's map(k, v, ...).
-        if let sp::FunctionArguments::List(list) = &mut f.args {
-            let mut flat = Vec::with_capacity(list.args.len() * 2);
-            for arg in list.args.drain(..) {
-                match arg {
-                    sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(sp::Expr::BinaryOp {
-                        left,
-                        op: sp::BinaryOperator::Assignment,
-                        right,
-                    })) => {
-                        flat.push(sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(*left)));
-                        flat.push(sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(*right)));
-                    }
-                    other => flat.push(other),
-                }
-            }
-            list.args = flat;
-        }
+        flatten_assignments(f, |key| key);
         return;
     }
     if name == "COUNT" {

@@ -110,6 +110,14 @@ pub struct AggregateConfig {
 /// Rows of a batch per group (key, window start): window end, rows to add, rows to retract.
 type Buckets = HashMap<(OwnedRow, i64), (i64, Vec<u32>, Vec<u32>)>;
 
+/// What `evaluate_batch` computes once per batch.
+struct Evaluated {
+    keys: arrow::row::Rows,
+    ts: Int64Array,
+    args: Vec<(Vec<ArrayRef>, Option<BooleanArray>)>,
+    null_key: Vec<bool>,
+}
+
 struct Group {
     key: OwnedRow,
     window: (i64, i64),
@@ -236,6 +244,16 @@ impl AggregateOperator {
         }
     }
 
+    /// Group keys (and which are null), event times and aggregate arguments of a batch.
+    fn evaluate_batch(&self, batch: &RecordBatch) -> Result<Evaluated> {
+        let n = batch.num_rows();
+        let key_arrays =
+            self.cfg.group_exprs.iter().map(|e| Ok(e.evaluate(batch)?.into_array(n)?)).collect::<Result<Vec<_>>>()?;
+        let keys = self.converter.convert_columns(&key_arrays)?;
+        let ts = cast(batch.column(self.cfg.rowtime_index), &DataType::Int64)?.as_primitive::<Int64Type>().clone();
+        Ok(Evaluated { keys, ts, args: self.arguments(batch)?, null_key: null_keys(&key_arrays, n) })
+    }
+
     /// Evaluates every aggregate's arguments (and FILTER) on the batch.
     fn arguments(&self, batch: &RecordBatch) -> Result<Vec<(Vec<ArrayRef>, Option<BooleanArray>)>> {
         let n = batch.num_rows();
@@ -288,14 +306,8 @@ impl AggregateOperator {
     }
 
     fn process_windows(&mut self, batch: &RecordBatch, out: &mut Vec<Message>) -> Result<()> {
-        let n = batch.num_rows();
-        let key_arrays =
-            self.cfg.group_exprs.iter().map(|e| Ok(e.evaluate(batch)?.into_array(n)?)).collect::<Result<Vec<_>>>()?;
-        let keys = self.converter.convert_columns(&key_arrays)?;
-        let ts_col = cast(batch.column(self.cfg.rowtime_index), &DataType::Int64)?;
-        let ts = ts_col.as_primitive::<Int64Type>();
-        let args = self.arguments(batch)?;
-        let null_key = null_keys(&key_arrays, n);
+        let Evaluated { keys, ts, args, null_key } = self.evaluate_batch(batch)?;
+        let ts = &ts;
         // Bucket rows by group, in first-touched order.
         let mut order: Vec<(OwnedRow, i64)> = Vec::new();
         // Per group: window end, rows to add, rows to retract.
@@ -359,14 +371,8 @@ impl AggregateOperator {
     }
 
     fn process_sessions(&mut self, batch: &RecordBatch, gap: i64, out: &mut Vec<Message>) -> Result<()> {
-        let n = batch.num_rows();
-        let key_arrays =
-            self.cfg.group_exprs.iter().map(|e| Ok(e.evaluate(batch)?.into_array(n)?)).collect::<Result<Vec<_>>>()?;
-        let keys = self.converter.convert_columns(&key_arrays)?;
-        let ts_col = cast(batch.column(self.cfg.rowtime_index), &DataType::Int64)?;
-        let ts = ts_col.as_primitive::<Int64Type>();
-        let args = self.arguments(batch)?;
-        let null_key = null_keys(&key_arrays, n);
+        let Evaluated { keys, ts, args, null_key } = self.evaluate_batch(batch)?;
+        let ts = &ts;
         let mut emits = Vec::new();
         for (i, &null) in null_key.iter().enumerate() {
             if null {
