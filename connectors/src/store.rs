@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-pub use rill_log::{AppendInfo, CleanupPolicy, Durability, Fetch, Log, Record, TopicConfig};
+pub use rill_log::{AppendInfo, CleanupPolicy, Durability, Fetch, Log, OpenTxn, Record, TopicConfig, TxnEnd};
 
 use crate::Result;
 
@@ -33,8 +33,24 @@ pub trait TopicStore: Send + Sync + 'static {
     async fn wait_for(&self, topic: &str, partition: u32, offset: u64) -> Result<()>;
     /// The first offset still stored.
     fn start_offset(&self, topic: &str, partition: u32) -> Result<u64>;
-    /// The offset the next appended record will get.
+    /// The end of what readers see: the offset after the last committed record (read-committed;
+    /// records of open transactions are beyond it).
     fn end_offset(&self, topic: &str, partition: u32) -> Result<u64>;
+    /// Appends records in `producer`'s transaction for `epoch`: invisible to readers until
+    /// [`TopicStore::end_transaction`] commits them (Kafka: a transactional producer).
+    async fn append_transactional(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: &[Record],
+        producer: i64,
+        epoch: u64,
+    ) -> Result<AppendInfo>;
+    /// Commits or aborts `producer`'s open transaction on a partition if its epoch is `<= epoch`;
+    /// returns whether one was ended.
+    fn end_transaction(&self, topic: &str, partition: u32, producer: i64, epoch: u64, how: TxnEnd) -> Result<bool>;
+    /// Transactions still open on a partition.
+    fn open_transactions(&self, topic: &str, partition: u32) -> Result<Vec<OpenTxn>>;
     /// Durably records a consumer group's next offsets.
     fn commit_offsets(&self, group: &str, offsets: &[(String, u32, u64)]) -> Result<()>;
     /// A consumer group's committed next offset for a partition.
@@ -99,6 +115,25 @@ impl TopicStore for EmbeddedStore {
     fn end_offset(&self, topic: &str, partition: u32) -> Result<u64> {
         Ok(self.log.end_offset(topic, partition)?)
     }
+    async fn append_transactional(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: &[Record],
+        producer: i64,
+        epoch: u64,
+    ) -> Result<AppendInfo> {
+        Ok(self.log.append_transactional(topic, partition, records, producer, epoch).await?)
+    }
+
+    fn end_transaction(&self, topic: &str, partition: u32, producer: i64, epoch: u64, how: TxnEnd) -> Result<bool> {
+        Ok(self.log.end_transaction(topic, partition, producer, epoch, how)?)
+    }
+
+    fn open_transactions(&self, topic: &str, partition: u32) -> Result<Vec<OpenTxn>> {
+        Ok(self.log.open_transactions(topic, partition)?)
+    }
+
     fn commit_offsets(&self, group: &str, offsets: &[(String, u32, u64)]) -> Result<()> {
         Ok(self.log.commit_offsets(group, offsets)?)
     }

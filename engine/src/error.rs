@@ -12,6 +12,9 @@ pub enum EngineError {
     /// Arrow failed on a batch.
     #[error("{0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// Writing or reading a checkpoint failed.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     /// The query was stopped.
     #[error("query stopped")]
     Stopped,

@@ -18,6 +18,8 @@
 //!
 //! Planning (SQL → operators) lives in `rill-sql`; the engine takes ready operator chains.
 
+pub mod checkpoint;
+pub mod commit;
 pub mod error;
 pub mod message;
 pub mod operator;
@@ -25,6 +27,7 @@ pub mod operators;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod watermark;
 
 pub use error::{EngineError, Result};

@@ -52,7 +52,9 @@ pub struct LateRow {
 /// * [`handle_watermark`](Operator::handle_watermark) when event time advances; operators with
 ///   time-based state emit what the watermark completes, then forward the watermark.
 /// * [`handle_checkpoint`](Operator::handle_checkpoint) when a barrier passes: everything
-///   before it has been processed; the operator persists its state, then forwards the barrier.
+///   before it has been processed; the runtime then takes each operator's
+///   [`snapshot`](Operator::snapshot) for the checkpoint, and after a restart a freshly built
+///   operator gets it back through [`restore`](Operator::restore) before any input.
 /// * [`on_close`](Operator::on_close) at the end of a bounded input: flush everything.
 ///
 /// Defaults forward control messages unchanged, which is right for stateless operators.
@@ -84,6 +86,22 @@ pub trait Operator: Send {
     fn handle_checkpoint(&mut self, barrier: Barrier, out: &mut Vec<Message>) -> Result<()> {
         out.push(Message::Barrier(barrier));
         Ok(())
+    }
+
+    /// The operator's state for a checkpoint, as Arrow batches of any schemas, such that
+    /// [`restore`](Operator::restore) on a fresh operator rebuilds the same state. Stateless
+    /// operators return nothing.
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        Ok(Vec::new())
+    }
+
+    /// Restores state written by [`snapshot`](Operator::snapshot).
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(crate::state::bad_state(&format!("{} keeps no state but the checkpoint has some", self.name())))
+        }
     }
 
     /// The input ended.
@@ -157,6 +175,26 @@ impl Chain {
         for op in &mut self.ops {
             op.drain_late(out);
         }
+    }
+
+    /// Every operator's state (see [`Operator::snapshot`]), in chain order.
+    pub fn snapshot(&mut self) -> Result<Vec<Vec<RecordBatch>>> {
+        self.ops.iter_mut().map(|op| op.snapshot()).collect()
+    }
+
+    /// Restores state written by [`Chain::snapshot`] into a freshly built chain.
+    pub fn restore(&mut self, state: Vec<Vec<RecordBatch>>) -> Result<()> {
+        if state.len() != self.ops.len() {
+            return Err(crate::state::bad_state(&format!(
+                "{} operators in the checkpoint, {} in the query",
+                state.len(),
+                self.ops.len()
+            )));
+        }
+        for (op, s) in self.ops.iter_mut().zip(state) {
+            op.restore(s)?;
+        }
+        Ok(())
     }
 
     /// The operators, for `EXPLAIN`.

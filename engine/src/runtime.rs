@@ -15,6 +15,7 @@ use rill_connectors::ConnectorError;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
+use crate::commit::{CheckpointSpec, Committer};
 use crate::message::{Message, Watermark};
 use crate::operator::{Chain, LateRow};
 use crate::sink::{Sink, SinkSpec};
@@ -68,6 +69,10 @@ pub struct QuerySpec {
     pub start: StartFrom,
     /// Consumer group whose committed offsets the query resumes from (persistent queries).
     pub commit_group: Option<String>,
+    /// Checkpoints (persistent queries): state and positions survive restarts and crashes,
+    /// and with exactly-once the output is committed with each checkpoint. `None`: no state
+    /// is kept across restarts (push queries).
+    pub checkpoint: Option<CheckpointSpec>,
 }
 
 /// A further input of a query's stateful stage.
@@ -153,6 +158,8 @@ impl RunningQuery {
 }
 
 /// Starts `spec` on `store`: one task per source partition (and one stage task if stateful).
+/// With checkpoints, each committing task first recovers: transactions a crash left open are
+/// resolved, operator state is restored and reading resumes at the checkpoint's positions.
 pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let stats = Arc::new(QueryStats::default());
@@ -168,19 +175,40 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
             Output::Channel(tx) => TaskOutput::Channel(tx.clone()),
         })
     };
+    let sink_topic = match &spec.output {
+        Output::Topic(s) => Some(s.topic.clone()),
+        Output::Channel(_) => None,
+    };
+    let committer = |task: &str, extra: &[&str]| -> Option<Committer> {
+        let ck = spec.checkpoint.clone()?;
+        let outputs = sink_topic.iter().cloned().chain(extra.iter().map(|t| t.to_string())).collect();
+        Some(Committer::new(store.clone(), ck, &spec.id, task, outputs))
+    };
+    // Positions restored from the stage's checkpoint.
+    let mut restored: Option<Vec<Vec<u64>>> = None;
     let mut tasks = Vec::new();
-    let stage_tx = match &spec.stage {
+    let mut stage = match &spec.stage {
         Some(factory) => {
             store.create_topic(LATE_TOPIC, TopicConfig::default())?;
-            let (tx, rx) = mpsc::channel(16);
-            let stage = StageTask {
+            let mut chain = factory()?;
+            let mut tracker = WatermarkTracker::new(partitions.iter().sum::<u32>() as usize);
+            let mut committer = committer("stage", &[LATE_TOPIC, DEAD_LETTER_TOPIC]);
+            if let Some(c) = &mut committer {
+                if let Some(meta) = c.recover(&mut chain)? {
+                    if let Some(t) = meta.task.get("tracker").and_then(|t| serde_json::from_value(t.clone()).ok()) {
+                        tracker = t;
+                    }
+                    restored = Some(meta.positions);
+                }
+            }
+            Some(StageTask {
                 store: store.clone(),
                 shared: shared.clone(),
                 topics: inputs.iter().map(|(s, _)| s.topic.clone()).collect(),
-                chain: factory()?,
+                chain,
                 out: make_output()?,
                 stats: stats.clone(),
-                tracker: WatermarkTracker::new(partitions.iter().sum::<u32>() as usize),
+                tracker,
                 tracker_base: partitions
                     .iter()
                     .scan(0usize, |acc, n| {
@@ -190,25 +218,49 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                     })
                     .collect(),
                 state_measured: None,
-            };
-            tasks.push(spawn_guarded(stage.run(rx), stats.clone(), shared.id.clone()));
-            Some(tx)
+                committer,
+                processed: Vec::new(),
+            })
         }
         None if inputs.len() > 1 => return Err(EngineError::Internal("side inputs need a stateful stage".into())),
         None => None,
     };
-    // Where each partition starts: the committed offset, else per `spec.start` (side inputs,
-    // i.e. tables, always from the beginning: their current state is needed).
+    // Stateless queries: each partition task commits on its own.
+    let mut partition_chains: Vec<Vec<TaskParts>> = Vec::new();
+    for (input, (_, chain)) in inputs.iter().enumerate() {
+        let mut per = Vec::new();
+        for p in 0..partitions[input] {
+            let mut c = chain()?;
+            let mut own = None;
+            let mut resume = None;
+            if stage.is_none() {
+                own = committer(&format!("p{input}-{p}"), &[DEAD_LETTER_TOPIC]);
+                if let Some(committer) = &mut own {
+                    resume = committer.recover(&mut c)?.and_then(|m| m.positions.first()?.first().copied());
+                }
+            }
+            per.push((c, own, resume));
+        }
+        partition_chains.push(per);
+    }
+    // Where each partition starts: the checkpoint's position, else the committed offset, else
+    // per `spec.start` (side inputs, i.e. tables, always from the beginning: their current
+    // state is needed).
     let mut starts: Vec<Vec<u64>> = Vec::new();
     for (input, (source, _)) in inputs.iter().enumerate() {
         let mut offsets = Vec::new();
         for p in 0..partitions[input] {
-            let committed = match &shared.commit_group {
-                Some(g) => store.committed_offset(g, &source.topic, p)?,
-                None => None,
+            let from_checkpoint = restored
+                .as_ref()
+                .and_then(|r| r.get(input)?.get(p as usize).copied())
+                .or(partition_chains[input][p as usize].2);
+            let committed = match (&shared.commit_group, from_checkpoint) {
+                (_, Some(o)) => Some(o),
+                (Some(g), None) => store.committed_offset(g, &source.topic, p)?,
+                (None, None) => None,
             };
             offsets.push(match committed {
-                Some(o) => o,
+                Some(o) => o.max(store.start_offset(&source.topic, p)?),
                 None if input > 0 || spec.start == StartFrom::Earliest => store.start_offset(&source.topic, p)?,
                 None => store.end_offset(&source.topic, p)?,
             });
@@ -228,14 +280,22 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
         }
     }
     let (loaded_tx, loaded_rx) = watch::channel(targets.is_empty());
-    if let Some(stage) = &stage_tx {
-        // Hand the targets to the stage, which reports when they are reached.
-        if stage.try_send(StageInput::Bootstrap(targets, loaded_tx)).is_err() {
-            return Err(EngineError::Internal("stage channel full at start".into()));
+    let stage_tx = match stage.take() {
+        Some(mut stage) => {
+            stage.processed = starts.clone();
+            let (tx, rx) = mpsc::channel(16);
+            // Hand the targets to the stage, which reports when they are reached.
+            if tx.try_send(StageInput::Bootstrap(targets, loaded_tx)).is_err() {
+                return Err(EngineError::Internal("stage channel full at start".into()));
+            }
+            tasks.push(spawn_guarded(stage.run(rx), stats.clone(), shared.id.clone()));
+            Some(tx)
         }
-    }
-    for (input, (source, chain)) in inputs.iter().enumerate() {
-        for (p, start_offset) in starts[input].iter().enumerate() {
+        None => None,
+    };
+    for (input, ((source, _), chains)) in inputs.iter().zip(partition_chains).enumerate() {
+        for (p, (chain, committer)) in chains.into_iter().map(|(c, k, _)| (c, k)).enumerate() {
+            let start_offset = starts[input][p];
             let p = p as u32;
             let out = match &stage_tx {
                 Some(tx) => TaskOutput::Stage(tx.clone()),
@@ -247,14 +307,15 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                 input,
                 topic: source.topic.clone(),
                 partition: p,
-                offset: *start_offset,
+                offset: start_offset,
                 reader: SourceReader::try_new(source.clone(), p)?,
-                chain: chain()?,
+                chain,
                 out,
                 stats: stats.clone(),
                 stream_time: i64::MIN,
                 idle: false,
                 wait_for_tables: (input == 0).then(|| loaded_rx.clone()),
+                committer,
             };
             tasks.push(spawn_guarded(task.run(stop_rx.clone()), stats.clone(), shared.id.clone()));
         }
@@ -266,6 +327,19 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
         tasks: Mutex::new(tasks),
         stats,
     })
+}
+
+/// A partition task's chain, its committer (stateless queries) and the offset its checkpoint
+/// resumes from.
+type TaskParts = (Chain, Option<Committer>, Option<u64>);
+
+/// Deletes the checkpoints of a dropped query.
+pub fn remove_checkpoints(dir: &std::path::Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(EngineError::Checkpoint(format!("removing {}: {e}", dir.display()))),
+    }
 }
 
 /// Spawns a task of a query; if it panics (a bug), the query is marked failed with the panic
@@ -303,6 +377,8 @@ enum StageInput {
     Message(usize, u32, Message),
     /// Input `.0`, partition `.1` has handed over everything before offset `.2`.
     Progress(usize, u32, u64),
+    /// Records for the dead-letter topic (written by the stage, inside its checkpoints).
+    DeadLetters(Vec<Record>),
     /// Side-input positions (input, partition, offset) to reach before the main input may start;
     /// `true` is sent once they are reached.
     Bootstrap(Vec<(usize, u32, u64)>, watch::Sender<bool>),
@@ -316,10 +392,25 @@ enum TaskOutput {
 
 impl TaskOutput {
     /// Writes a result batch; returns false when a push-query client has gone.
-    async fn write(&mut self, batch: RecordBatch, stats: &QueryStats) -> Result<bool> {
+    async fn write(
+        &mut self,
+        batch: RecordBatch,
+        stats: &QueryStats,
+        committer: Option<&mut Committer>,
+    ) -> Result<bool> {
         match self {
             TaskOutput::Sink(sink) => {
-                let n = sink.write(&batch).await?;
+                let n = match committer {
+                    Some(c) => {
+                        let mut n = 0;
+                        for (p, records) in sink.encode(&batch)? {
+                            c.append(sink.topic(), p, &records).await?;
+                            n += records.len();
+                        }
+                        n
+                    }
+                    None => sink.write(&batch).await?,
+                };
                 stats.records_out.fetch_add(n as u64, Ordering::Relaxed);
                 Ok(true)
             }
@@ -349,11 +440,20 @@ struct StageTask {
     /// Index of each input's first partition in `tracker`.
     tracker_base: Vec<usize>,
     state_measured: Option<std::time::Instant>,
+    /// Checkpoints and transactional output (persistent queries).
+    committer: Option<Committer>,
+    /// Per input and partition: everything before this offset has been processed.
+    processed: Vec<Vec<u64>>,
 }
 
 impl StageTask {
     async fn run(mut self, mut rx: mpsc::Receiver<StageInput>) {
-        if let Err(e) = self.run_loop(&mut rx).await {
+        let mut result = self.run_loop(&mut rx).await;
+        if result.is_ok() {
+            // Stopped (or every input ended): checkpoint what was processed.
+            result = self.checkpoint().await;
+        }
+        if let Err(e) = result {
             tracing::error!(query = %self.shared.id, "query failed: {e}");
             self.stats.fail(e.to_string());
         }
@@ -363,7 +463,20 @@ impl StageTask {
         let mut messages = Vec::new();
         let mut late = Vec::new();
         let mut bootstrap: Option<Bootstrap> = None;
-        while let Some(input) = rx.recv().await {
+        loop {
+            // With output waiting for its checkpoint, wait for input only until one is due.
+            let deadline = self.committer.as_ref().filter(|c| c.dirty()).map(|c| c.idle_deadline());
+            let input = match deadline {
+                Some(deadline) => tokio::select! {
+                    m = rx.recv() => m,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        self.checkpoint().await?;
+                        continue;
+                    }
+                },
+                None => rx.recv().await,
+            };
+            let Some(input) = input else { return Ok(()) };
             match input {
                 StageInput::Bootstrap(targets, tx) => {
                     bootstrap = Some((targets, tx));
@@ -378,15 +491,31 @@ impl StageTask {
                 StageInput::Message(0, _, m) => self.chain.push(m, &mut messages)?,
                 StageInput::Message(side, _, Message::Data(b)) => self.chain.push_side(side, b, &mut messages)?,
                 StageInput::Message(_, _, _) => {}
+                StageInput::DeadLetters(records) => {
+                    self.stats.dead_letters.fetch_add(records.len() as u64, Ordering::Relaxed);
+                    match &mut self.committer {
+                        Some(c) => c.append(DEAD_LETTER_TOPIC, 0, &records).await?,
+                        None => {
+                            self.store.append(DEAD_LETTER_TOPIC, 0, &records).await?;
+                        }
+                    }
+                }
                 StageInput::Progress(i, p, offset) => {
                     // Everything before `offset` has been processed: make its output durable,
-                    // then commit the source position.
+                    // then record the position (committed now, or with the next checkpoint).
                     self.flush(&mut messages, &mut late).await?;
-                    if let Some(g) = &self.shared.commit_group {
-                        self.store.commit_offsets(g, &[(self.topics[i].clone(), p, offset)])?;
-                    }
-                    if let Some(pos) = self.stats.positions.lock().get_mut(i).and_then(|v| v.get_mut(p as usize)) {
+                    if let Some(pos) = self.processed.get_mut(i).and_then(|v| v.get_mut(p as usize)) {
                         *pos = offset;
+                    }
+                    match &mut self.committer {
+                        Some(c) => c.mark_dirty(),
+                        None => {
+                            if let Some(g) = &self.shared.commit_group {
+                                self.store.commit_offsets(g, &[(self.topics[i].clone(), p, offset)])?;
+                            }
+                            *self.stats.positions.lock() = self.processed.clone();
+                            self.stats.progress.notify_waiters();
+                        }
                     }
                     if let Some((targets, tx)) = &mut bootstrap {
                         targets.retain(|(ti, tp, end)| !(*ti == i && *tp == p && offset >= *end));
@@ -395,12 +524,35 @@ impl StageTask {
                             bootstrap = None;
                         }
                     }
-                    self.stats.progress.notify_waiters();
-                    continue;
                 }
             }
             self.flush(&mut messages, &mut late).await?;
+            if self.committer.as_ref().is_some_and(|c| c.due(rx.is_empty())) {
+                self.checkpoint().await?;
+            }
         }
+    }
+
+    /// Checkpoints state and positions and commits the output written since the last one;
+    /// then the positions count as done (offsets committed, progress reported).
+    async fn checkpoint(&mut self) -> Result<()> {
+        let Some(c) = &mut self.committer else { return Ok(()) };
+        if !c.dirty() {
+            return Ok(());
+        }
+        let task = serde_json::json!({ "tracker": self.tracker });
+        c.checkpoint(&mut self.chain, self.processed.clone(), task)?;
+        if let Some(g) = &self.shared.commit_group {
+            let offsets: Vec<(String, u32, u64)> = self
+                .processed
+                .iter()
+                .zip(&self.topics)
+                .flat_map(|(parts, t)| parts.iter().enumerate().map(move |(p, o)| (t.clone(), p as u32, *o)))
+                .collect();
+            self.store.commit_offsets(g, &offsets)?;
+        }
+        *self.stats.positions.lock() = self.processed.clone();
+        self.stats.progress.notify_waiters();
         Ok(())
     }
 
@@ -430,11 +582,16 @@ impl StageTask {
                 })
                 .collect();
             self.stats.late_records.fetch_add(records.len() as u64, Ordering::Relaxed);
-            self.store.append(LATE_TOPIC, 0, &records).await?;
+            match &mut self.committer {
+                Some(c) => c.append(LATE_TOPIC, 0, &records).await?,
+                None => {
+                    self.store.append(LATE_TOPIC, 0, &records).await?;
+                }
+            }
         }
         for m in messages.drain(..) {
             if let Message::Data(b) = m {
-                if !self.out.write(b, &self.stats).await? {
+                if !self.out.write(b, &self.stats, self.committer.as_mut()).await? {
                     return Err(EngineError::Stopped);
                 }
             }
@@ -458,6 +615,8 @@ struct PartitionTask {
     idle: bool,
     /// Main-input tasks of joins: wait until the joined tables are loaded.
     wait_for_tables: Option<watch::Receiver<bool>>,
+    /// Checkpoints and transactional output (stateless persistent queries).
+    committer: Option<Committer>,
 }
 
 /// Why a task ended.
@@ -469,14 +628,39 @@ enum Ended {
 impl PartitionTask {
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let topic = self.topic.clone();
-        let result = self.run_loop(&topic, &mut stop).await;
-        match result {
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(query = %self.shared.id, partition = self.partition, "query failed: {e}");
-                self.stats.fail(e.to_string());
-            }
+        let mut result = self.run_loop(&topic, &mut stop).await;
+        if matches!(result, Ok(Ended::Stopped)) {
+            result = self.checkpoint().map(|_| Ended::Stopped);
         }
+        if let Err(e) = result {
+            tracing::error!(query = %self.shared.id, partition = self.partition, "query failed: {e}");
+            self.stats.fail(e.to_string());
+        }
+    }
+
+    /// Stateless persistent queries: checkpoints this task's position (and chain state) and
+    /// commits its output.
+    fn checkpoint(&mut self) -> Result<()> {
+        let Some(c) = &mut self.committer else { return Ok(()) };
+        if !c.dirty() {
+            return Ok(());
+        }
+        c.checkpoint(&mut self.chain, vec![vec![self.offset]], serde_json::Value::Null)?;
+        self.publish_position()
+    }
+
+    /// Commits the consumer-group offset and reports progress.
+    fn publish_position(&self) -> Result<()> {
+        if let Some(g) = &self.shared.commit_group {
+            self.store.commit_offsets(g, &[(self.topic.clone(), self.partition, self.offset)])?;
+        }
+        if let Some(pos) =
+            self.stats.positions.lock().get_mut(self.input).and_then(|v| v.get_mut(self.partition as usize))
+        {
+            *pos = self.offset;
+        }
+        self.stats.progress.notify_waiters();
+        Ok(())
     }
 
     async fn run_loop(&mut self, topic: &str, stop: &mut watch::Receiver<bool>) -> Result<Ended> {
@@ -515,19 +699,28 @@ impl PartitionTask {
                         }
                     }
                 }
-                tokio::select! {
-                    r = self.store.wait_for(topic, self.partition, self.offset) => r?,
-                    _ = stop.changed() => return Ok(Ended::Stopped),
+                let deadline = self.committer.as_ref().filter(|c| c.dirty()).map(|c| c.idle_deadline());
+                match deadline {
+                    Some(deadline) => tokio::select! {
+                        r = self.store.wait_for(topic, self.partition, self.offset) => r?,
+                        _ = tokio::time::sleep_until(deadline) => self.checkpoint()?,
+                        _ = stop.changed() => return Ok(Ended::Stopped),
+                    },
+                    None => tokio::select! {
+                        r = self.store.wait_for(topic, self.partition, self.offset) => r?,
+                        _ = stop.changed() => return Ok(Ended::Stopped),
+                    },
                 }
                 continue;
             }
             let read = self.reader.read(&fetch)?;
             self.idle = false;
             let mut messages = Vec::new();
+            let mut dead = read.dead;
             if let Some(batch) = read.batch {
                 self.stats.records_in.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
                 if let Err(e) = self.chain.push(Message::Data(batch.clone()), &mut messages) {
-                    self.dead_letter_batch(&batch, &e.to_string()).await?;
+                    dead.extend(self.dead_letter_batch(&batch, &e.to_string()));
                 }
             }
             if let Some(t) = read.max_event_time {
@@ -536,10 +729,13 @@ impl PartitionTask {
                     self.chain.push(Message::Watermark(Watermark::EventTime(t)), &mut messages)?;
                 }
             }
-            self.dead_letters(read.dead).await?;
+            let dead = self.dead_letter_records(dead);
             self.offset = read.next_offset;
             if let TaskOutput::Stage(tx) = &self.out {
                 // The stage commits the offset once it has written what these rows produced.
+                if !dead.is_empty() && tx.send(StageInput::DeadLetters(dead)).await.is_err() {
+                    return Ok(Ended::Stopped);
+                }
                 for m in messages {
                     if tx.send(StageInput::Message(self.input, self.partition, m)).await.is_err() {
                         return Ok(Ended::Stopped);
@@ -550,31 +746,41 @@ impl PartitionTask {
                 }
                 continue;
             }
+            if !dead.is_empty() {
+                self.stats.dead_letters.fetch_add(dead.len() as u64, Ordering::Relaxed);
+                match &mut self.committer {
+                    Some(c) => c.append(DEAD_LETTER_TOPIC, 0, &dead).await?,
+                    None => {
+                        self.store.append(DEAD_LETTER_TOPIC, 0, &dead).await?;
+                    }
+                }
+            }
             for m in messages {
                 if let Message::Data(b) = m {
-                    if !self.out.write(b, &self.stats).await? {
+                    if !self.out.write(b, &self.stats, self.committer.as_mut()).await? {
                         return Ok(Ended::ClientGone);
                     }
                 }
             }
-            if let Some(g) = &self.shared.commit_group {
-                self.store.commit_offsets(g, &[(topic.to_string(), self.partition, self.offset)])?;
+            match &mut self.committer {
+                Some(c) => {
+                    c.mark_dirty();
+                    if c.due(false) {
+                        self.checkpoint()?;
+                    }
+                }
+                None => self.publish_position()?,
             }
-            if let Some(pos) =
-                self.stats.positions.lock().get_mut(self.input).and_then(|v| v.get_mut(self.partition as usize))
-            {
-                *pos = self.offset;
-            }
-            self.stats.progress.notify_waiters();
         }
     }
 
-    async fn dead_letter_batch(&mut self, batch: &RecordBatch, error: &str) -> Result<()> {
+    /// Dead letters for every row of a batch the chain failed on.
+    fn dead_letter_batch(&self, batch: &RecordBatch, error: &str) -> Vec<DeadLetter> {
         let offsets = match batch.schema().index_of(ROWOFFSET) {
             Ok(i) => batch.column(i).as_primitive::<Int64Type>().values().to_vec(),
             Err(_) => vec![],
         };
-        let dead = offsets
+        offsets
             .into_iter()
             .map(|o| DeadLetter {
                 topic: self.topic.clone(),
@@ -584,28 +790,21 @@ impl PartitionTask {
                 key: None,
                 value: None,
             })
-            .collect();
-        self.dead_letters(dead).await
+            .collect()
     }
 
-    async fn dead_letters(&mut self, dead: Vec<DeadLetter>) -> Result<()> {
-        if dead.is_empty() {
-            return Ok(());
-        }
+    /// Dead letters as records for the dead-letter topic (and the last error for DESCRIBE).
+    fn dead_letter_records(&self, dead: Vec<DeadLetter>) -> Vec<Record> {
         if let Some(last) = dead.last() {
             *self.stats.last_error.lock() = Some(last.error.clone());
         }
-        self.stats.dead_letters.fetch_add(dead.len() as u64, Ordering::Relaxed);
-        let records: Vec<Record> = dead
-            .iter()
+        dead.iter()
             .map(|d| Record {
                 timestamp: 0,
                 key: Some(bytes::Bytes::from(self.shared.id.clone())),
                 value: Some(dead_letter_value(&self.shared.id, d)),
                 headers: vec![],
             })
-            .collect();
-        self.store.append(DEAD_LETTER_TOPIC, 0, &records).await?;
-        Ok(())
+            .collect()
     }
 }

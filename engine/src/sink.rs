@@ -121,6 +121,11 @@ impl Sink {
         Ok(by_partition)
     }
 
+    /// The output topic.
+    pub fn topic(&self) -> &str {
+        &self.spec.topic
+    }
+
     /// Encodes and appends `batch`; returns once the records are durable.
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<usize> {
         let by_partition = self.encode(batch)?;

@@ -7,7 +7,7 @@ use crate::message::Watermark;
 /// input is idle, everything available has been read and the watermark is the largest event
 /// time any input reached. Until every input has reported once, there is no watermark. The
 /// combined watermark never goes backwards.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WatermarkTracker {
     /// Per input: last event time reported, and whether it is idle now.
     inputs: Vec<Option<(Option<i64>, bool)>>,

@@ -89,7 +89,7 @@ async fn serve(data_dir: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
     let store = EmbeddedStore::open(&data_dir).with_context(|| format!("opening the log in {}", data_dir.display()))?;
     store.spawn_maintenance(std::time::Duration::from_secs(60));
     let store: Arc<dyn TopicStore> = Arc::new(store);
-    let engine = KsqlEngine::open(store).await.context("replaying the command topic")?;
+    let engine = KsqlEngine::open(store, data_dir.clone()).await.context("replaying the command topic")?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     // Tests and scripts read the bound address (useful with port 0) from this line.
     println!("rill listening on http://{}", listener.local_addr()?);

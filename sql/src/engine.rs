@@ -1,6 +1,7 @@
 //! Executing statements.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use rill_connectors::format::{self, Format, FormatKind};
 use rill_connectors::store::{CleanupPolicy, Record, TopicConfig, TopicStore};
+use rill_engine::commit::CheckpointSpec;
 use rill_engine::operators::WindowKind;
 use rill_engine::runtime::{self, Output, QuerySpec, RunningQuery, StartFrom};
 use rill_engine::sink::{Sink, SinkSpec, WindowKey};
@@ -49,18 +51,21 @@ pub struct StatementError {
 /// Executes statements against a topic store.
 pub struct KsqlEngine {
     store: Arc<dyn TopicStore>,
+    /// Where persistent queries keep their checkpoints (`<dir>/checkpoints/<query id>`).
+    state_dir: PathBuf,
     ctx: SessionContext,
     catalog: Mutex<Catalog>,
 }
 
 impl KsqlEngine {
-    /// Opens an engine over `store`, replaying the command topic.
-    pub async fn open(store: Arc<dyn TopicStore>) -> Result<Arc<Self>> {
+    /// Opens an engine over `store`, keeping query checkpoints under `state_dir`, and replays
+    /// the command topic (queries recover from their checkpoints).
+    pub async fn open(store: Arc<dyn TopicStore>, state_dir: PathBuf) -> Result<Arc<Self>> {
         let config = SessionConfig::new().set_bool("datafusion.sql_parser.enable_ident_normalization", false);
         let ctx = SessionContext::new_with_config(config);
         crate::functions::register(&ctx)?;
         store.create_topic(COMMAND_TOPIC, TopicConfig { partitions: 1, ..TopicConfig::default() })?;
-        let engine = Arc::new(Self { store, ctx, catalog: Mutex::new(Catalog::default()) });
+        let engine = Arc::new(Self { store, state_dir, ctx, catalog: Mutex::new(Catalog::default()) });
         engine.replay().await?;
         Ok(engine)
     }
@@ -284,6 +289,7 @@ impl KsqlEngine {
                     output: Output::Channel(tx),
                     start,
                     commit_group: None,
+                    checkpoint: None,
                 };
                 let handle = Arc::new(runtime::start(self.store.clone(), spec)?);
                 Ok(StatementResult::Push(PushQuery {
@@ -389,6 +395,7 @@ impl KsqlEngine {
                 for id in &ids {
                     if let Some(q) = catalog.queries.remove(id) {
                         q.running.stop().await;
+                        runtime::remove_checkpoints(&self.checkpoint_dir(id))?;
                         if let Some(s) = catalog.sources.get_mut(&q.sink) {
                             s.written_by.retain(|w| w != id);
                         }
@@ -787,6 +794,7 @@ impl KsqlEngine {
             output: Output::Topic(sink_spec),
             start: start_from(props, StartFrom::Latest),
             commit_group: Some(format!("rill-query-{id}")),
+            checkpoint: Some(self.checkpoint_spec(id, props)?),
         };
         let plan_text = explain(&plan, Some(&sink.name))?;
         let running = Arc::new(runtime::start(self.store.clone(), spec)?);
@@ -1234,6 +1242,41 @@ fn window_name(kind: WindowKind) -> &'static str {
         WindowKind::Tumbling { .. } => "TUMBLING",
         WindowKind::Hopping { .. } => "HOPPING",
         WindowKind::Session { .. } => "SESSION",
+    }
+}
+
+impl KsqlEngine {
+    /// How query `id` checkpoints: `processing.guarantee` (`exactly_once` by default, or
+    /// `at_least_once`) and `commit.interval.ms` (longest time between checkpoints under load,
+    /// 2000 by default), as ksqlDB names them (also with the `ksql.streams.` prefix).
+    fn checkpoint_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join("checkpoints").join(id)
+    }
+
+    fn checkpoint_spec(&self, id: &str, props: &Properties) -> Result<CheckpointSpec> {
+        let prop = |name: &str| props.get(name).or_else(|| props.get(&format!("ksql.streams.{name}")));
+        let exactly_once = match prop("processing.guarantee").map(|s| s.to_lowercase()) {
+            None => true,
+            Some(g) if g == "exactly_once" || g == "exactly_once_v2" => true,
+            Some(g) if g == "at_least_once" => false,
+            Some(g) => {
+                return Err(SqlError::plan(format!(
+                    "Invalid value {g} for configuration processing.guarantee: \
+                     expected one of at_least_once, exactly_once, exactly_once_v2"
+                )))
+            }
+        };
+        let interval = match prop("commit.interval.ms") {
+            None => 2000,
+            Some(v) => v.trim().parse::<u64>().map_err(|_| {
+                SqlError::plan(format!("Invalid value {v} for configuration commit.interval.ms: expected milliseconds"))
+            })?,
+        };
+        Ok(CheckpointSpec {
+            dir: self.checkpoint_dir(id),
+            interval: std::time::Duration::from_millis(interval.max(1)),
+            exactly_once,
+        })
     }
 }
 

@@ -33,6 +33,7 @@ use crate::partition::Partition;
 use crate::record::RecordRef;
 use crate::segment::{self, Scanned, Segment, INDEX_EXT, LOG_EXT, TIME_INDEX_EXT};
 use crate::topic::CleanupPolicy;
+use crate::txn::{is_aborted, Aborted};
 
 /// Suffix of a compacted segment's files before the swap.
 pub(crate) const CLEANED_SUFFIX: &str = ".cleaned";
@@ -116,7 +117,7 @@ fn apply_swap(dir: &Path, base: u64, m: &Manifest) -> Result<()> {
 }
 
 /// Newest offset per key over `segments`.
-fn key_map(segments: &[Arc<Segment>]) -> Result<HashMap<Vec<u8>, u64>> {
+fn key_map(segments: &[Arc<Segment>], aborted: &[Aborted]) -> Result<HashMap<Vec<u8>, u64>> {
     let mut map: HashMap<Vec<u8>, u64> = HashMap::new();
     for seg in segments {
         let mut scanner = seg.scanner();
@@ -124,6 +125,7 @@ fn key_map(segments: &[Arc<Segment>]) -> Result<HashMap<Vec<u8>, u64>> {
             match scanner.next().ctx(|| format!("reading {}", seg.log_path().display()))? {
                 Scanned::End => break,
                 Scanned::Invalid(at, reason) => return Err(seg.scan_error(at, reason)),
+                Scanned::Batch(_, h) if is_aborted(aborted, h.producer_id, h.base_offset) => {}
                 Scanned::Batch(_, h) => {
                     for r in BatchRecords::new(scanner.batch(), &h) {
                         let Some(k) = r.key else { continue };
@@ -150,6 +152,8 @@ enum Decision<'a> {
 
 struct Rules<'m> {
     map: &'m HashMap<Vec<u8>, u64>,
+    /// Aborted transactions: their batches are dropped.
+    aborted: &'m [Aborted],
     now: i64,
     delete_retention_ms: i64,
 }
@@ -157,6 +161,9 @@ struct Rules<'m> {
 impl Rules<'_> {
     /// Decides a batch; returns the decision, records removed and the horizon of kept tombstones.
     fn decide<'a>(&self, bytes: &'a [u8], h: &BatchHeader) -> (Decision<'a>, u64, Option<i64>) {
+        if is_aborted(self.aborted, h.producer_id, h.base_offset) {
+            return (Decision::Drop, u64::from(h.record_count), None);
+        }
         let existing = h.delete_horizon();
         let horizon = existing.unwrap_or_else(|| self.now.saturating_add(self.delete_retention_ms));
         let mut keep = Vec::new();
@@ -218,8 +225,17 @@ impl Partition {
         if m.closed || m.broken.is_some() {
             return Ok(stats);
         }
-        let segments = self.state.read().segments.clone();
-        let closed = &segments[..segments.len().saturating_sub(1)];
+        let (segments, stable) = {
+            let st = self.state.read();
+            (st.segments.clone(), st.stable)
+        };
+        // Closed segments wholly below the stable offset: open transactions are not compacted.
+        let mut n_closed = segments.len().saturating_sub(1);
+        while n_closed > 0 && segments[n_closed - 1].next_offset() > stable {
+            n_closed -= 1;
+        }
+        let closed = &segments[..n_closed];
+        let aborted = self.txn.lock().aborted().to_vec();
         let Some(last_closed) = closed.last() else {
             return Ok(stats);
         };
@@ -228,8 +244,9 @@ impl Partition {
         if m.clean_end == Some(closed_end) && !horizon_due {
             return Ok(stats);
         }
-        let map = key_map(closed)?;
-        let rules = Rules { map: &map, now: now_ms, delete_retention_ms: self.config.delete_retention_ms };
+        let map = key_map(closed, &aborted)?;
+        let rules =
+            Rules { map: &map, aborted: &aborted, now: now_ms, delete_retention_ms: self.config.delete_retention_ms };
         let mut next_horizon: Option<i64> = None;
         for group in groups(closed, self.config.segment_bytes) {
             let (changed, removed, horizon) = self.plan_group(&group, &rules)?;

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use crate::batch::{self, BatchHeader, BatchRecords, Check};
 use crate::error::{LogError, Result};
 use crate::record::RecordRef;
+use crate::txn::{is_aborted, Aborted};
 
 /// Whole record batches read from one partition.
 ///
@@ -19,17 +20,27 @@ pub struct Fetch {
     next_offset: u64,
     high_watermark: u64,
     log_start: u64,
+    /// Aborted transactions that may overlap this fetch: their batches are skipped.
+    aborted: Vec<Aborted>,
 }
 
 impl Fetch {
     /// A fetch with no data at `offset`.
     pub(crate) fn empty(offset: u64, high_watermark: u64, log_start: u64) -> Fetch {
-        Fetch { data: Bytes::new(), min_offset: offset, next_offset: offset, high_watermark, log_start }
+        Fetch {
+            data: Bytes::new(),
+            min_offset: offset,
+            next_offset: offset,
+            high_watermark,
+            log_start,
+            aborted: Vec::new(),
+        }
     }
 
     /// Validates `data` (batches read at byte `position` of `file`) and builds a fetch of the
-    /// valid prefix. Fails only if the first batch is corrupt. With `contiguous`, each batch
-    /// must start exactly where the previous one ended.
+    /// valid prefix, ending before the first batch at or after `high_watermark` (the stable
+    /// offset: later batches belong to open transactions). Fails only if the first batch is
+    /// corrupt. With `contiguous`, each batch must start exactly where the previous one ended.
     pub(crate) fn new(
         data: Bytes,
         min_offset: u64,
@@ -43,6 +54,7 @@ impl Fetch {
         let mut next_offset = min_offset;
         while pos < data.len() {
             match batch::check(&data[pos..]) {
+                Check::Valid(h) if h.base_offset >= high_watermark => break,
                 Check::Valid(h)
                     if pos == 0 || h.base_offset == next_offset || (!contiguous && h.base_offset > next_offset) =>
                 {
@@ -76,17 +88,24 @@ impl Fetch {
             // an HW below what was returned.
             high_watermark: high_watermark.max(next_offset),
             log_start,
+            aborted: Vec::new(),
         })
+    }
+
+    /// Skips the batches of these aborted transactions.
+    pub(crate) fn with_aborted(mut self, aborted: Vec<Aborted>) -> Fetch {
+        self.aborted = aborted;
+        self
     }
 
     /// Records at or after the requested offset, in offset order.
     pub fn records(&self) -> Records<'_> {
-        Records { data: &self.data, pos: 0, current: None, min_offset: self.min_offset }
+        Records { data: &self.data, pos: 0, current: None, min_offset: self.min_offset, aborted: &self.aborted }
     }
 
     /// The raw batches with their headers (for a Kafka-wire listener: no re-encoding needed).
     pub fn batches(&self) -> Batches<'_> {
-        Batches { data: &self.data, pos: 0 }
+        Batches { data: &self.data, pos: 0, aborted: &self.aborted }
     }
 
     /// Where the next read should start: after the last batch returned (or the requested offset
@@ -122,6 +141,7 @@ pub struct Records<'a> {
     pos: usize,
     current: Option<BatchRecords<'a>>,
     min_offset: u64,
+    aborted: &'a [Aborted],
 }
 
 impl<'a> Iterator for Records<'a> {
@@ -142,7 +162,7 @@ impl<'a> Iterator for Records<'a> {
             let len = h.total_len();
             let bytes = rest.get(..len)?;
             self.pos += len;
-            if h.last_offset() >= self.min_offset {
+            if h.last_offset() >= self.min_offset && !is_aborted(self.aborted, h.producer_id, h.base_offset) {
                 self.current = Some(BatchRecords::new(bytes, &h));
             }
         }
@@ -162,17 +182,22 @@ pub struct BatchRef<'a> {
 pub struct Batches<'a> {
     data: &'a [u8],
     pos: usize,
+    aborted: &'a [Aborted],
 }
 
 impl<'a> Iterator for Batches<'a> {
     type Item = BatchRef<'a>;
 
     fn next(&mut self) -> Option<BatchRef<'a>> {
-        let rest = self.data.get(self.pos..).filter(|r| !r.is_empty())?;
-        let header = BatchHeader::parse(rest).ok()?;
-        let bytes = rest.get(..header.total_len())?;
-        self.pos += bytes.len();
-        Some(BatchRef { header, bytes })
+        loop {
+            let rest = self.data.get(self.pos..).filter(|r| !r.is_empty())?;
+            let header = BatchHeader::parse(rest).ok()?;
+            let bytes = rest.get(..header.total_len())?;
+            self.pos += bytes.len();
+            if !is_aborted(self.aborted, header.producer_id, header.base_offset) {
+                return Some(BatchRef { header, bytes });
+            }
+        }
     }
 }
 

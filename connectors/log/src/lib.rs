@@ -14,6 +14,7 @@
 //! <dir>/topics/<topic>/<partition>/<base>.log   Kafka RecordBatch v2 batches, back to back
 //! <dir>/topics/<topic>/<partition>/<base>.index      sparse: relative offset -> byte position
 //! <dir>/topics/<topic>/<partition>/<base>.timeindex  sparse: max timestamp -> relative offset
+//! <dir>/topics/<topic>/<partition>/txn.json     open and aborted transactions (see [`txn`])
 //! <dir>/groups/<group>.json                     committed offsets of a consumer group
 //! <dir>/trash/                                  deleted topics, emptied at open
 //! ```
@@ -37,6 +38,9 @@
 //!   fails because of a torn write.
 //! * **Integrity.** Every batch is CRC-checked before it is served; corrupt data yields
 //!   [`LogError::Corrupt`], never records.
+//! * **Transactions.** [`Log::append_transactional`] writes records that readers see only once
+//!   [`Log::end_transaction`] commits them (read-committed; aborted ones are never served),
+//!   which is how queries write exactly-once output (see [`txn`]).
 //! * **Errors.** Every failure is a typed [`LogError`] with a message for a person, and leaves
 //!   the log consistent: a failed append (e.g. [`LogError::DiskFull`]) is cut back off the
 //!   file before the error is returned.
@@ -91,6 +95,7 @@ mod record;
 pub mod retention;
 mod segment;
 mod topic;
+pub mod txn;
 pub mod writer;
 
 pub use batch::{BatchHeader, ProducerMeta};
@@ -100,6 +105,7 @@ pub use fetch::{BatchRef, Batches, Fetch, Records};
 pub use log::{Log, MAX_APPEND_BYTES};
 pub use record::{HeaderIter, Record, RecordRef};
 pub use topic::{validate_topic_name, CleanupPolicy, Durability, TopicConfig};
+pub use txn::{Aborted, OpenTxn, TxnEnd};
 pub use writer::AppendInfo;
 
 #[cfg(test)]

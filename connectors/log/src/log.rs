@@ -19,6 +19,7 @@ use crate::murmur2;
 use crate::partition::Partition;
 use crate::record::Record;
 use crate::topic::{self, CleanupPolicy, TopicConfig, TopicMeta};
+use crate::txn::{OpenTxn, TxnEnd};
 use crate::writer::{now_ms, AppendInfo};
 
 /// Largest total encoded size of one `append` call.
@@ -231,6 +232,43 @@ impl Log {
         rx.await.unwrap_or_else(|_| Err(LogError::Internal("the partition writer stopped without answering".into())))
     }
 
+    /// Appends records as part of `producer`'s transaction for `epoch` (opening it on this
+    /// partition first, durably, if needed). They stay invisible to readers until
+    /// [`Log::end_transaction`] commits them; an abort hides them for good. See [`crate::txn`].
+    pub async fn append_transactional(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: &[Record],
+        producer: i64,
+        epoch: u64,
+    ) -> Result<AppendInfo> {
+        if producer < 0 {
+            return Err(LogError::Internal(format!("transactional producer ids are >= 0, not {producer}")));
+        }
+        self.partition(topic, partition)?.begin_transaction(producer, epoch)?;
+        let meta = ProducerMeta { producer_id: producer, producer_epoch: 0, base_sequence: -1, transactional: true };
+        self.append_with(topic, partition, records, &meta).await
+    }
+
+    /// Commits or aborts `producer`'s open transaction on a partition if it belongs to an epoch
+    /// `<= epoch`; returns whether one was ended. Idempotent: ending twice is a no-op.
+    pub fn end_transaction(&self, topic: &str, partition: u32, producer: i64, epoch: u64, how: TxnEnd) -> Result<bool> {
+        self.partition(topic, partition)?.end_transaction(producer, epoch, how)
+    }
+
+    /// The transactions open on a partition (after a restart: those whose producer has not yet
+    /// resolved them).
+    pub fn open_transactions(&self, topic: &str, partition: u32) -> Result<Vec<OpenTxn>> {
+        Ok(self.partition(topic, partition)?.open_transactions())
+    }
+
+    /// The partition's high watermark, including records of open transactions
+    /// ([`Log::end_offset`] stops at the last stable offset).
+    pub fn high_watermark(&self, topic: &str, partition: u32) -> Result<u64> {
+        Ok(self.partition(topic, partition)?.high_watermark())
+    }
+
     /// Reads whole batches from `offset` (about `max_bytes`, at least one batch). Never blocks
     /// on new data: at the end it returns an empty fetch. Records below `offset` in the first
     /// batch are skipped by [`Fetch::records`]. Offsets outside `[start, end]` fail with
@@ -285,7 +323,11 @@ impl Log {
     pub fn enforce_retention(&self, now_ms: i64) -> Result<()> {
         let mut first = None;
         for p in self.all_partitions() {
-            if let Err(e) = p.enforce_retention(now_ms) {
+            let result = p.enforce_retention(now_ms).and_then(|_| {
+                let start = p.start_offset();
+                p.txn.lock().prune(&p.dir, start)
+            });
+            if let Err(e) = result {
                 tracing::warn!(topic = %p.topic, partition = p.id, "retention failed: {e}");
                 first.get_or_insert(e);
             }

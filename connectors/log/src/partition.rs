@@ -5,11 +5,10 @@
 //! are fsynced, so a reader never sees a record that a crash could take away. Readers are woken
 //! through a `tokio::sync::watch` channel when the HW moves (no polling).
 //!
-//! Exactly-once seam: a later change adds a *last stable offset* (LSO) next to `hw` in
-//! [`PartState`]: the first offset of the oldest open transaction (batches with the
-//! transactional attribute whose commit marker has not been written). Reads for committed-only
-//! consumers would then be capped at the LSO instead of the HW, and recovery would rebuild the
-//! set of open transactions from the tail, dropping or aborting the uncommitted ones.
+//! Transactions (see [`crate::txn`]): reads stop at the *last stable offset* (`stable`), the
+//! first offset of the oldest open transaction or the HW when none is open, and skip the batches
+//! of aborted transactions. `stable` is recomputed under the `txn` lock whenever the HW moves or
+//! a transaction opens or ends, so it never moves backwards.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use crate::fetch::Fetch;
 use crate::fsutil;
 use crate::segment::{self, Segment};
 use crate::topic::{CleanupPolicy, TopicConfig};
+use crate::txn::{OpenTxn, TxnEnd, TxnState};
 use crate::writer::{Queue, WriterCtx};
 
 /// Segments and high watermark, read by every reader and changed by the writer (roll) and by
@@ -33,6 +33,8 @@ pub(crate) struct PartState {
     pub segments: Vec<Arc<Segment>>,
     /// High watermark: offset after the last acknowledged record.
     pub hw: u64,
+    /// Last stable offset: reads stop here (`<= hw`).
+    pub stable: u64,
 }
 
 impl PartState {
@@ -50,7 +52,8 @@ impl PartState {
 /// What readers watch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Signal {
-    pub hw: u64,
+    /// The last stable offset: what readers may read up to.
+    pub stable: u64,
     pub closed: bool,
 }
 
@@ -68,6 +71,8 @@ pub(crate) struct Partition {
     pub(crate) idle: Condvar,
     /// Owned by the active writer for the duration of a drain.
     pub(crate) writer: Mutex<WriterCtx>,
+    /// Open and aborted transactions; its lock also orders every change of `stable`.
+    pub(crate) txn: Mutex<TxnState>,
     /// Serializes retention and compaction, and holds compaction's progress.
     pub(crate) maint: Mutex<MaintState>,
     /// When set, the writer records the size of every write it makes durable (benchmark).
@@ -128,13 +133,16 @@ impl Partition {
         let active = segments.last().cloned().ok_or_else(|| LogError::Internal("no active segment".into()))?;
         let hw = active.next_offset();
         let writer = WriterCtx::new(active, tail.map(|t| t.builder).unwrap_or_default());
-        let (signal, _) = watch::channel(Signal { hw, closed: false });
+        let txn = TxnState::load(&dir)?;
+        let stable = txn.first_open().map_or(hw, |f| f.min(hw));
+        let (signal, _) = watch::channel(Signal { stable, closed: false });
         Ok(Arc::new(Partition {
             topic: topic.to_string(),
             id,
             dir,
             config,
-            state: RwLock::new(PartState { segments, hw }),
+            state: RwLock::new(PartState { segments, hw, stable }),
+            txn: Mutex::new(txn),
             signal,
             queue: Mutex::new(Queue::default()),
             idle: Condvar::new(),
@@ -151,8 +159,13 @@ impl Partition {
         self.state.read().start()
     }
 
-    /// High watermark (next offset to be acknowledged).
+    /// Last stable offset: the end of what readers see (the HW unless a transaction is open).
     pub fn end_offset(&self) -> u64 {
+        self.state.read().stable
+    }
+
+    /// High watermark (next offset to be acknowledged), including open transactions.
+    pub fn high_watermark(&self) -> u64 {
         self.state.read().hw
     }
 
@@ -167,12 +180,17 @@ impl Partition {
         self.state.read().segments.len()
     }
 
-    /// Whole batches from `offset`, about `max_bytes`, never blocking on new data.
+    /// Whole committed batches from `offset`, about `max_bytes`, never blocking on new data:
+    /// nothing at or after the last stable offset, nothing of an aborted transaction.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Fetch> {
+        let aborted = {
+            let t = self.txn.lock();
+            t.aborted().iter().filter(|a| a.last > offset).copied().collect::<Vec<_>>()
+        };
         let (hw, start, mut seg) = {
             let st = self.state.read();
-            let (hw, start) = (st.hw, st.start());
-            if offset < start || offset > hw {
+            let (hw, start) = (st.stable, st.start());
+            if offset < start || offset > st.hw {
                 return Err(LogError::OffsetOutOfRange {
                     topic: self.topic.clone(),
                     partition: self.id,
@@ -181,7 +199,7 @@ impl Partition {
                     end: hw,
                 });
             }
-            if offset == hw {
+            if offset >= hw {
                 return Ok(Fetch::empty(offset, hw, start));
             }
             let seg = st.segments.get(st.segment_index(offset)).cloned();
@@ -191,7 +209,8 @@ impl Partition {
         let contiguous = self.contiguous();
         loop {
             if let Some((bytes, position)) = seg.fetch(offset, max_bytes, contiguous)? {
-                return Fetch::new(bytes, offset, hw, start, seg.log_path(), position, contiguous);
+                let f = Fetch::new(bytes, offset, hw, start, seg.log_path(), position, contiguous)?;
+                return Ok(f.with_aborted(aborted));
             }
             // Nothing at or after `offset` in this segment (a compacted gap): try the next one.
             let next = {
@@ -217,7 +236,7 @@ impl Partition {
                 if s.closed {
                     return Err(LogError::TopicDeleted(self.topic.clone()));
                 }
-                if s.hw > offset {
+                if s.stable > offset {
                     return Ok(());
                 }
             }
@@ -247,10 +266,52 @@ impl Partition {
         self.config.cleanup_policy == CleanupPolicy::Delete
     }
 
-    /// Publishes a new HW to readers.
+    /// Publishes a new HW (and the stable offset that follows) to readers.
     pub(crate) fn advance_hw(&self, hw: u64) {
-        self.state.write().hw = hw;
-        self.signal.send_modify(|s| s.hw = hw);
+        let txn = self.txn.lock();
+        self.set_stable(&txn, Some(hw));
+    }
+
+    /// Recomputes the stable offset (with a new HW if given) and wakes readers. The caller
+    /// holds the `txn` lock.
+    fn set_stable(&self, txn: &TxnState, hw: Option<u64>) {
+        let stable = {
+            let mut st = self.state.write();
+            if let Some(hw) = hw {
+                st.hw = hw;
+            }
+            st.stable = txn.first_open().map_or(st.hw, |f| f.min(st.hw)).max(st.stable.min(st.hw));
+            st.stable
+        };
+        self.signal.send_modify(|s| s.stable = stable);
+    }
+
+    /// Opens `producer`'s transaction for `epoch` here, durably, unless it is already open.
+    pub fn begin_transaction(&self, producer: i64, epoch: u64) -> Result<()> {
+        let mut txn = self.txn.lock();
+        if txn.open_of(producer).is_some_and(|t| t.epoch == epoch) {
+            return Ok(());
+        }
+        let first = self.state.read().hw;
+        txn.begin(&self.dir, producer, epoch, first)?;
+        self.set_stable(&txn, None);
+        Ok(())
+    }
+
+    /// Commits or aborts `producer`'s open transaction if its epoch is `<= epoch`.
+    pub fn end_transaction(&self, producer: i64, epoch: u64, how: TxnEnd) -> Result<bool> {
+        let mut txn = self.txn.lock();
+        let hw = self.state.read().hw;
+        let ended = txn.end(&self.dir, producer, epoch, how, hw)?;
+        if ended {
+            self.set_stable(&txn, None);
+        }
+        Ok(ended)
+    }
+
+    /// Open transactions.
+    pub fn open_transactions(&self) -> Vec<OpenTxn> {
+        self.txn.lock().open()
     }
 
     /// Stops the partition for good (topic deletion): fails queued appends, waits for the

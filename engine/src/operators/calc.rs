@@ -156,6 +156,21 @@ impl Operator for CalcOperator {
         self.schema.clone()
     }
 
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        match &self.emitted {
+            Some(e) => Ok(vec![crate::state::set_snapshot(&e.converter, &e.keys)?]),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        match (&mut self.emitted, state.as_slice()) {
+            (Some(e), [keys]) => crate::state::set_restore(&e.converter, keys, &mut e.keys),
+            (None, []) => Ok(()),
+            _ => Err(crate::state::bad_state("calc state does not match its table mode")),
+        }
+    }
+
     fn state_info(&self) -> crate::operator::StateInfo {
         match &self.emitted {
             Some(e) => crate::operator::StateInfo {

@@ -13,7 +13,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions, UInt32Array};
+use arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions, UInt32Array,
+};
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter, SortField};
@@ -289,6 +291,53 @@ impl Operator for StreamStreamJoinOperator {
         self.cfg.output_schema.clone()
     }
 
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        let side = |map: &HashMap<OwnedRow, Vec<Buffered>>, rows: &RowConverter| -> Result<[RecordBatch; 2]> {
+            let entries: Vec<(&OwnedRow, &Buffered)> =
+                map.iter().flat_map(|(k, v)| v.iter().map(move |b| (k, b))).collect();
+            let n = entries.len();
+            let mut keys = crate::state::rows_to_columns(&self.keys, entries.iter().map(|e| e.0))?;
+            keys.push(Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.1.time))));
+            keys.push(Arc::new(BooleanArray::from_iter(entries.iter().map(|e| Some(e.1.matched)))));
+            let values = crate::state::rows_to_columns(rows, entries.iter().map(|e| &e.1.row))?;
+            Ok([crate::state::batch(keys, n)?, crate::state::batch(values, n)?])
+        };
+        let [lk, lv] = side(&self.left, &self.left_rows)?;
+        let [rk, rv] = side(&self.right, &self.right_rows)?;
+        let wm = crate::state::batch(vec![Arc::new(Int64Array::from(vec![self.watermark]))], 1)?;
+        Ok(vec![lk, lv, rk, rv, wm])
+    }
+
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        let [lk, lv, rk, rv, wm] = state.as_slice() else {
+            return Err(crate::state::bad_state("a stream-stream join has five state batches"));
+        };
+        let nk = self.key_types.len();
+        let side =
+            |k: &RecordBatch, v: &RecordBatch, rows: &RowConverter| -> Result<HashMap<OwnedRow, Vec<Buffered>>> {
+                if k.num_columns() != nk + 2 {
+                    return Err(crate::state::bad_state("join key columns differ"));
+                }
+                let keys = crate::state::columns_to_rows(&self.keys, &k.columns()[..nk])?;
+                let times = k.column(nk).as_primitive::<Int64Type>();
+                let matched = k.column(nk + 1).as_boolean();
+                let values = crate::state::columns_to_rows(rows, v.columns())?;
+                let mut map: HashMap<OwnedRow, Vec<Buffered>> = HashMap::new();
+                for i in 0..keys.num_rows() {
+                    map.entry(keys.row(i).owned()).or_default().push(Buffered {
+                        time: times.value(i),
+                        row: values.row(i).owned(),
+                        matched: matched.value(i),
+                    });
+                }
+                Ok(map)
+            };
+        self.left = side(lk, lv, &self.left_rows)?;
+        self.right = side(rk, rv, &self.right_rows)?;
+        self.watermark = wm.column(0).as_primitive::<Int64Type>().value(0);
+        Ok(())
+    }
+
     fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
         self.process(batch, true, out)
     }
@@ -328,5 +377,77 @@ impl Operator for StreamStreamJoinOperator {
             bytes: self.left.values().chain(self.right.values()).flatten().map(|b| b.row.as_ref().len() + 16).sum(),
             description: "rows of both sides until their join window plus grace has passed".into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::StringArray;
+    use arrow::datatypes::{Field, Schema};
+    use arrow::util::pretty::pretty_format_batches;
+    use datafusion::physical_expr::expressions::col;
+
+    use super::*;
+
+    fn side_schema(prefix: &str) -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new(format!("{prefix}_K"), DataType::Utf8, true),
+            Field::new(format!("{prefix}_T"), DataType::Int64, true),
+        ]))
+    }
+
+    fn operator() -> StreamStreamJoinOperator {
+        let (l, r) = (side_schema("L"), side_schema("R"));
+        let mut fields: Vec<Field> = l.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.extend(r.fields().iter().map(|f| f.as_ref().clone()));
+        StreamStreamJoinOperator::try_new(StreamStreamJoinConfig {
+            left_key: vec![col("L_K", &l).unwrap()],
+            right_key: vec![col("R_K", &r).unwrap()],
+            left_schema: l,
+            right_schema: r,
+            left_time: 1,
+            right_time: 1,
+            before: 100,
+            after: 100,
+            grace: 50,
+            kind: JoinKind::Full,
+            eager_outer: false,
+            output_schema: Arc::new(Schema::new(fields)),
+        })
+        .unwrap()
+    }
+
+    fn rows(prefix: &str, rows: &[(&str, i64)]) -> RecordBatch {
+        RecordBatch::try_new(
+            side_schema(prefix),
+            vec![
+                Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+                Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn run(op: &mut StreamStreamJoinOperator, left: &[(&str, i64)], right: &[(&str, i64)], wm: i64) -> String {
+        let mut out = Vec::new();
+        op.process_batch(rows("L", left), &mut out).unwrap();
+        op.process_side_batch(1, rows("R", right), &mut out).unwrap();
+        op.handle_watermark(Watermark::EventTime(wm), &mut out).unwrap();
+        let batches: Vec<RecordBatch> =
+            out.into_iter().filter_map(|m| if let Message::Data(b) = m { Some(b) } else { None }).collect();
+        pretty_format_batches(&batches).unwrap().to_string()
+    }
+
+    #[test]
+    fn state_roundtrips_through_snapshot() {
+        let mut original = operator();
+        run(&mut original, &[("a", 100), ("b", 150)], &[("a", 120), ("c", 160)], 110);
+        let mut restored = operator();
+        restored.restore(original.snapshot().unwrap()).unwrap();
+        let left = [("c", 200), ("b", 220)];
+        let right = [("a", 210), ("d", 230)];
+        let expected = run(&mut original, &left, &right, 1000);
+        assert!(expected.contains('a') && expected.contains('d'), "{expected}");
+        assert_eq!(run(&mut restored, &left, &right, 1000), expected);
     }
 }

@@ -70,6 +70,14 @@ impl Operator for StreamTableJoinOperator {
         self.cfg.output_schema.clone()
     }
 
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        Ok(crate::state::map_snapshot(&self.keys, &self.rows, &self.table)?.to_vec())
+    }
+
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        crate::state::map_restore(&self.keys, &self.rows, &state, &mut self.table)
+    }
+
     fn process_side_batch(&mut self, _input: usize, batch: RecordBatch, _out: &mut Vec<Message>) -> Result<()> {
         let keys = self.keys.convert_columns(&batch.columns()[..self.cfg.table_key_columns])?;
         let rows = self.rows.convert_columns(batch.columns())?;

@@ -59,6 +59,14 @@ impl Operator for TableDiffOperator {
         self.schema.clone()
     }
 
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        Ok(crate::state::map_snapshot(&self.keys, &self.rows, &self.latest)?.to_vec())
+    }
+
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        crate::state::map_restore(&self.keys, &self.rows, &state, &mut self.latest)
+    }
+
     fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
         let key_arrays: Vec<ArrayRef> = batch.columns()[..self.key_columns].to_vec();
         let keys = self.keys.convert_columns(&key_arrays)?;

@@ -162,6 +162,21 @@ impl Operator for TableTableJoinOperator {
         self.schema.clone()
     }
 
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        let [lk, lv] = crate::state::map_snapshot(&self.keys, &self.left_rows, &self.left)?;
+        let [rk, rv] = crate::state::map_snapshot(&self.keys, &self.right_rows, &self.right)?;
+        Ok(vec![lk, lv, rk, rv, crate::state::set_snapshot(&self.keys, &self.emitted)?])
+    }
+
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        if state.len() != 5 {
+            return Err(crate::state::bad_state("a table-table join has five state batches"));
+        }
+        crate::state::map_restore(&self.keys, &self.left_rows, &state[0..2], &mut self.left)?;
+        crate::state::map_restore(&self.keys, &self.right_rows, &state[2..4], &mut self.right)?;
+        crate::state::set_restore(&self.keys, &state[4], &mut self.emitted)
+    }
+
     fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
         self.process(batch, true, out)
     }

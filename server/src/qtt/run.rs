@@ -30,7 +30,9 @@ use super::load::{ExpectedException, RecordNode, Run, TopicNode};
 pub async fn run_case(run: &Run, dir: &Path) -> Result<(), String> {
     let store = EmbeddedStore::open(dir).map_err(|e| format!("runner: opening the log: {e}"))?;
     let store: Arc<dyn TopicStore> = Arc::new(store);
-    let engine = KsqlEngine::open(store.clone()).await.map_err(|e| format!("runner: opening the engine: {e}"))?;
+    let engine = KsqlEngine::open(store.clone(), dir.to_path_buf())
+        .await
+        .map_err(|e| format!("runner: opening the engine: {e}"))?;
     create_topics(&run.case.topics, &run.statements, run.case.inputs.iter().chain(&run.case.outputs), store.as_ref())?;
 
     let case = &run.case;

@@ -88,6 +88,42 @@ fn compaction_keeps_newest_per_key_and_expires_tombstones() {
 }
 
 #[test]
+fn compaction_drops_aborted_transactions_and_skips_open_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = rt();
+    let log = Log::open(dir.path()).expect("open");
+    let cfg = TopicConfig { cleanup_policy: CleanupPolicy::Compact, ..small(1) };
+    log.create_topic("c", cfg).expect("create");
+    let pad = "p".repeat(300);
+    let committed = format!("committed-{pad}");
+    rt.block_on(log.append("c", 0, &[rec(0, Some("k"), Some(&committed))])).expect("append");
+    // An aborted newer value of `k` must not survive compaction as "the newest".
+    for i in 0..10i64 {
+        rt.block_on(log.append_transactional("c", 0, &[rec(i, Some("k"), Some(&format!("aborted-{pad}")))], 1, 1))
+            .expect("txn");
+    }
+    log.end_transaction("c", 0, 1, 1, crate::TxnEnd::Abort).expect("abort");
+    for i in 0..20i64 {
+        rt.block_on(log.append("c", 0, &[rec(100 + i, Some("other"), Some(&pad))])).expect("append");
+    }
+    log.compact_with_stats(10_000).expect("compact");
+    let rows = read_all(&log, "c", 0);
+    let k: Vec<_> = rows.iter().filter(|r| r.2.as_deref() == Some(b"k")).collect();
+    assert_eq!(k.len(), 1, "{k:?}");
+    assert_eq!(k[0].3.as_deref(), Some(committed.as_bytes()));
+    // An open transaction holds compaction back: nothing at or after it is rewritten.
+    rt.block_on(log.append_transactional("c", 0, &[rec(0, Some("k"), Some(&format!("open-{pad}")))], 2, 1))
+        .expect("txn");
+    for i in 0..20i64 {
+        rt.block_on(log.append("c", 0, &[rec(200 + i, Some("k"), Some(&pad))])).expect("append");
+    }
+    log.compact_with_stats(20_000).expect("compact");
+    log.end_transaction("c", 0, 2, 1, crate::TxnEnd::Commit).expect("commit");
+    let rows = read_all(&log, "c", 0);
+    assert!(rows.iter().any(|r| r.3.as_deref() == Some(format!("open-{pad}").as_bytes())), "open value survived");
+}
+
+#[test]
 fn interrupted_compaction_swap_is_finished_or_discarded_at_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = rt();

@@ -353,4 +353,49 @@ fn unfinished_topic_creation_is_removed_at_open() {
     log.create_topic("half", small(1)).expect("create");
 }
 
+#[test]
+fn transactions_are_read_committed_and_survive_reopen() {
+    use crate::TxnEnd;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = rt();
+    let values = |log: &Log| -> Vec<String> {
+        read_all(log, "t", 0).into_iter().map(|r| String::from_utf8(r.3.unwrap_or_default()).expect("utf8")).collect()
+    };
+    {
+        let log = Log::open(dir.path()).expect("open");
+        log.create_topic("t", small(1)).expect("create");
+        rt.block_on(log.append("t", 0, &[rec(1, None, Some("plain-1"))])).expect("append");
+        rt.block_on(log.append_transactional("t", 0, &[rec(2, None, Some("txn-a"))], 7, 1)).expect("txn append");
+        // A non-transactional append after an open transaction waits behind it.
+        rt.block_on(log.append("t", 0, &[rec(3, None, Some("plain-2"))])).expect("append");
+        assert_eq!(values(&log), vec!["plain-1"], "open transaction and what follows are hidden");
+        assert_eq!(log.end_offset("t", 0).expect("end"), 1);
+        assert_eq!(log.high_watermark("t", 0).expect("hw"), 3);
+        // A reader waiting past the stable offset is not woken by uncommitted data.
+        let waiter = log.clone();
+        let woke = rt.block_on(async move {
+            tokio::time::timeout(std::time::Duration::from_millis(50), waiter.wait_for("t", 0, 1)).await.is_ok()
+        });
+        assert!(!woke, "uncommitted records must not wake readers");
+        assert!(log.end_transaction("t", 0, 7, 1, TxnEnd::Commit).expect("commit"));
+        assert!(!log.end_transaction("t", 0, 7, 1, TxnEnd::Commit).expect("again"), "ending twice is a no-op");
+        assert_eq!(values(&log), vec!["plain-1", "txn-a", "plain-2"]);
+        // Epoch 2 is aborted: never served; a later epoch continues.
+        rt.block_on(log.append_transactional("t", 0, &[rec(4, None, Some("txn-b"))], 7, 2)).expect("txn append");
+        assert!(log.end_transaction("t", 0, 7, 2, TxnEnd::Abort).expect("abort"));
+        rt.block_on(log.append_transactional("t", 0, &[rec(5, None, Some("txn-c"))], 7, 3)).expect("txn append");
+        assert_eq!(log.open_transactions("t", 0).expect("open").len(), 1);
+        assert_eq!(values(&log), vec!["plain-1", "txn-a", "plain-2"]);
+    }
+    // After a restart the open transaction is still open and hidden until its producer decides.
+    let log = Log::open(dir.path()).expect("reopen");
+    let open = log.open_transactions("t", 0).expect("open");
+    assert_eq!((open.len(), open[0].producer, open[0].epoch), (1, 7, 3));
+    assert_eq!(values(&log), vec!["plain-1", "txn-a", "plain-2"]);
+    assert!(!log.end_transaction("t", 0, 7, 2, TxnEnd::Commit).expect("older epoch"), "epoch 2 cannot end epoch 3");
+    assert!(log.end_transaction("t", 0, 7, 3, TxnEnd::Commit).expect("commit"));
+    assert_eq!(values(&log), vec!["plain-1", "txn-a", "plain-2", "txn-c"]);
+    assert_eq!(log.end_offset("t", 0).expect("end"), 5);
+}
+
 mod maintenance;

@@ -1,0 +1,83 @@
+//! Operator state as Arrow batches, for checkpoints.
+//!
+//! Operators keep keys and rows in arrow's row format (`OwnedRow`), which is fast to hash and
+//! compare but not a stable storage format. Snapshots therefore turn rows back into ordinary
+//! Arrow columns (`RowConverter::convert_rows`) and restores convert the columns into rows
+//! again, so a checkpoint is plain Arrow IPC that a later Rill can still read.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow::datatypes::{Field, Schema};
+use arrow::row::{OwnedRow, RowConverter, Rows};
+
+use crate::{EngineError, Result};
+
+/// A batch of `columns` named `c0`, `c1`, ... (all nullable), with `rows` rows.
+pub fn batch(columns: Vec<ArrayRef>, rows: usize) -> Result<RecordBatch> {
+    let fields: Vec<Field> =
+        columns.iter().enumerate().map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true)).collect();
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )?)
+}
+
+/// Rows as columns.
+pub fn rows_to_columns<'a>(
+    converter: &RowConverter,
+    rows: impl IntoIterator<Item = &'a OwnedRow>,
+) -> Result<Vec<ArrayRef>> {
+    Ok(converter.convert_rows(rows.into_iter().map(|r| r.row()))?)
+}
+
+/// Columns (written by [`rows_to_columns`]) as rows.
+pub fn columns_to_rows(converter: &RowConverter, columns: &[ArrayRef]) -> Result<Rows> {
+    Ok(converter.convert_columns(columns)?)
+}
+
+/// A key → row map as two batches (keys, rows) in the same order.
+pub fn map_snapshot(
+    keys: &RowConverter,
+    rows: &RowConverter,
+    map: &HashMap<OwnedRow, OwnedRow>,
+) -> Result<[RecordBatch; 2]> {
+    let n = map.len();
+    Ok([batch(rows_to_columns(keys, map.keys())?, n)?, batch(rows_to_columns(rows, map.values())?, n)?])
+}
+
+/// Restores a map written by [`map_snapshot`] from `parts[0]` (keys) and `parts[1]` (rows).
+pub fn map_restore(
+    keys: &RowConverter,
+    rows: &RowConverter,
+    parts: &[RecordBatch],
+    map: &mut HashMap<OwnedRow, OwnedRow>,
+) -> Result<()> {
+    let [k, v] = parts else { return Err(bad_state("a key/row map needs two batches")) };
+    let (k, v) = (columns_to_rows(keys, k.columns())?, columns_to_rows(rows, v.columns())?);
+    map.clear();
+    for i in 0..k.num_rows() {
+        map.insert(k.row(i).owned(), v.row(i).owned());
+    }
+    Ok(())
+}
+
+/// A set of rows as one batch.
+pub fn set_snapshot(converter: &RowConverter, set: &HashSet<OwnedRow>) -> Result<RecordBatch> {
+    batch(rows_to_columns(converter, set.iter())?, set.len())
+}
+
+/// Restores a set written by [`set_snapshot`].
+pub fn set_restore(converter: &RowConverter, part: &RecordBatch, set: &mut HashSet<OwnedRow>) -> Result<()> {
+    let rows = columns_to_rows(converter, part.columns())?;
+    set.clear();
+    set.extend((0..rows.num_rows()).map(|i| rows.row(i).owned()));
+    Ok(())
+}
+
+/// The error for a snapshot that does not fit the operator restoring it.
+pub fn bad_state(what: &str) -> EngineError {
+    EngineError::Checkpoint(format!("the checkpoint does not fit this query's operators: {what}"))
+}
