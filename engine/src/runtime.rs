@@ -151,6 +151,20 @@ impl RunningQuery {
         })
     }
 
+    /// Records of its sources not yet processed and committed (consumer lag).
+    pub fn lag(&self, store: &dyn TopicStore) -> u64 {
+        let positions = self.stats.positions.lock().clone();
+        positions
+            .iter()
+            .zip(&self.topics)
+            .flat_map(|(parts, topic)| {
+                parts.iter().enumerate().map(move |(p, pos)| {
+                    store.end_offset(topic, p as u32).map(|end| end.saturating_sub(*pos)).unwrap_or(0)
+                })
+            })
+            .sum()
+    }
+
     /// Whether a task stopped on an error.
     pub fn failed(&self) -> bool {
         self.stats.failed.load(Ordering::SeqCst)
@@ -197,6 +211,7 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                 if let Some(meta) = c.recover(&mut chain)? {
                     if let Some(t) = meta.task.get("tracker").and_then(|t| serde_json::from_value(t.clone()).ok()) {
                         tracker = t;
+                        tracker.resume();
                     }
                     restored = Some(meta.positions);
                 }
@@ -373,12 +388,21 @@ type Bootstrap = (Vec<(usize, u32, u64)>, watch::Sender<bool>);
 
 /// What partition tasks send to the stateful stage.
 enum StageInput {
-    /// A message from the chain of input `.0`, partition `.1`.
-    Message(usize, u32, Message),
-    /// Input `.0`, partition `.1` has handed over everything before offset `.2`.
-    Progress(usize, u32, u64),
-    /// Records for the dead-letter topic (written by the stage, inside its checkpoints).
-    DeadLetters(Vec<Record>),
+    /// Input `.0`, partition `.1` is caught up: its watermark must not hold the others back.
+    Idle(usize, u32),
+    /// Everything one fetch of input `input`, partition `partition` produced, handed over as
+    /// one unit so that the stage never sees half a fetch: a checkpoint between two inputs
+    /// always has state and positions that agree.
+    Fetch {
+        input: usize,
+        partition: u32,
+        /// Batches and watermarks from the partition's chain.
+        messages: Vec<Message>,
+        /// Records for the dead-letter topic (written by the stage, inside its checkpoints).
+        dead: Vec<Record>,
+        /// Everything before this offset is in `messages` or `dead`.
+        next_offset: u64,
+    },
     /// Side-input positions (input, partition, offset) to reach before the main input may start;
     /// `true` is sent once they are reached.
     Bootstrap(Vec<(usize, u32, u64)>, watch::Sender<bool>),
@@ -482,43 +506,44 @@ impl StageTask {
                     bootstrap = Some((targets, tx));
                     continue;
                 }
-                StageInput::Message(i, p, Message::Watermark(w)) => {
-                    let slot = self.tracker_base.get(i).copied().unwrap_or(0) + p as usize;
-                    if let Some(combined) = self.tracker.update(slot, w) {
-                        self.chain.push(Message::Watermark(combined), &mut messages)?;
-                    }
-                }
-                StageInput::Message(0, _, m) => self.chain.push(m, &mut messages)?,
-                StageInput::Message(side, _, Message::Data(b)) => self.chain.push_side(side, b, &mut messages)?,
-                StageInput::Message(_, _, _) => {}
-                StageInput::DeadLetters(records) => {
-                    self.stats.dead_letters.fetch_add(records.len() as u64, Ordering::Relaxed);
-                    match &mut self.committer {
-                        Some(c) => c.append(DEAD_LETTER_TOPIC, 0, &records).await?,
-                        None => {
-                            self.store.append(DEAD_LETTER_TOPIC, 0, &records).await?;
+                StageInput::Idle(i, p) => self.watermark(i, p, Watermark::Idle, &mut messages)?,
+                StageInput::Fetch { input: i, partition: p, messages: fetched, dead, next_offset } => {
+                    for m in fetched {
+                        match (i, m) {
+                            (_, Message::Watermark(w)) => self.watermark(i, p, w, &mut messages)?,
+                            (0, m) => self.chain.push(m, &mut messages)?,
+                            (side, Message::Data(b)) => self.chain.push_side(side, b, &mut messages)?,
+                            (_, _) => {}
                         }
                     }
-                }
-                StageInput::Progress(i, p, offset) => {
-                    // Everything before `offset` has been processed: make its output durable,
-                    // then record the position (committed now, or with the next checkpoint).
+                    if !dead.is_empty() {
+                        self.stats.dead_letters.fetch_add(dead.len() as u64, Ordering::Relaxed);
+                        match &mut self.committer {
+                            Some(c) => c.append(DEAD_LETTER_TOPIC, 0, &dead).await?,
+                            None => {
+                                self.store.append(DEAD_LETTER_TOPIC, 0, &dead).await?;
+                            }
+                        }
+                    }
+                    // Everything before `next_offset` has been processed: make its output
+                    // durable, then record the position (committed now, or with the next
+                    // checkpoint).
                     self.flush(&mut messages, &mut late).await?;
                     if let Some(pos) = self.processed.get_mut(i).and_then(|v| v.get_mut(p as usize)) {
-                        *pos = offset;
+                        *pos = next_offset;
                     }
                     match &mut self.committer {
                         Some(c) => c.mark_dirty(),
                         None => {
                             if let Some(g) = &self.shared.commit_group {
-                                self.store.commit_offsets(g, &[(self.topics[i].clone(), p, offset)])?;
+                                self.store.commit_offsets(g, &[(self.topics[i].clone(), p, next_offset)])?;
                             }
                             *self.stats.positions.lock() = self.processed.clone();
                             self.stats.progress.notify_waiters();
                         }
                     }
                     if let Some((targets, tx)) = &mut bootstrap {
-                        targets.retain(|(ti, tp, end)| !(*ti == i && *tp == p && offset >= *end));
+                        targets.retain(|(ti, tp, end)| !(*ti == i && *tp == p && next_offset >= *end));
                         if targets.is_empty() {
                             let _ = tx.send(true);
                             bootstrap = None;
@@ -531,6 +556,16 @@ impl StageTask {
                 self.checkpoint().await?;
             }
         }
+    }
+
+    /// Feeds input `i`, partition `p`'s watermark to the tracker, and the combined watermark,
+    /// if it advanced, to the chain.
+    fn watermark(&mut self, i: usize, p: u32, w: Watermark, out: &mut Vec<Message>) -> Result<()> {
+        let slot = self.tracker_base.get(i).copied().unwrap_or(0) + p as usize;
+        if let Some(combined) = self.tracker.update(slot, w) {
+            self.chain.push(Message::Watermark(combined), out)?;
+        }
+        Ok(())
     }
 
     /// Checkpoints state and positions and commits the output written since the last one;
@@ -690,11 +725,7 @@ impl PartitionTask {
                 if !self.idle {
                     self.idle = true;
                     if let TaskOutput::Stage(tx) = &self.out {
-                        if tx
-                            .send(StageInput::Message(self.input, self.partition, Message::Watermark(Watermark::Idle)))
-                            .await
-                            .is_err()
-                        {
+                        if tx.send(StageInput::Idle(self.input, self.partition)).await.is_err() {
                             return Ok(Ended::Stopped);
                         }
                     }
@@ -733,15 +764,14 @@ impl PartitionTask {
             self.offset = read.next_offset;
             if let TaskOutput::Stage(tx) = &self.out {
                 // The stage commits the offset once it has written what these rows produced.
-                if !dead.is_empty() && tx.send(StageInput::DeadLetters(dead)).await.is_err() {
-                    return Ok(Ended::Stopped);
-                }
-                for m in messages {
-                    if tx.send(StageInput::Message(self.input, self.partition, m)).await.is_err() {
-                        return Ok(Ended::Stopped);
-                    }
-                }
-                if tx.send(StageInput::Progress(self.input, self.partition, self.offset)).await.is_err() {
+                let fetch = StageInput::Fetch {
+                    input: self.input,
+                    partition: self.partition,
+                    messages,
+                    dead,
+                    next_offset: self.offset,
+                };
+                if tx.send(fetch).await.is_err() {
                     return Ok(Ended::Stopped);
                 }
                 continue;

@@ -45,6 +45,15 @@ impl WatermarkTracker {
         Some(Watermark::EventTime(combined))
     }
 
+    /// After a restart: every input counts as active again (keeping its last event time) until
+    /// it reports otherwise. An input idle at the checkpoint may have new data now; until it
+    /// has read it, it must hold the watermark back, or its records would count as late.
+    pub fn resume(&mut self) {
+        for (_, idle) in self.inputs.iter_mut().flatten() {
+            *idle = false;
+        }
+    }
+
     /// The current combined watermark.
     pub fn current(&self) -> Option<Watermark> {
         self.current.map(Watermark::EventTime)
@@ -65,6 +74,19 @@ mod tests {
         assert_eq!(t.update(1, Watermark::Idle), Some(Watermark::EventTime(20)), "idle input 1 no longer holds back");
         assert_eq!(t.update(1, Watermark::EventTime(3)), None, "never goes backwards");
         assert_eq!(t.current(), Some(Watermark::EventTime(20)));
+    }
+
+    #[test]
+    fn resumed_inputs_hold_back_until_they_report() {
+        let mut t = WatermarkTracker::new(2);
+        t.update(0, Watermark::EventTime(100));
+        t.update(1, Watermark::EventTime(50));
+        t.update(1, Watermark::Idle);
+        assert_eq!(t.current(), Some(Watermark::EventTime(100)));
+        let mut restored: WatermarkTracker = serde_json::from_value(serde_json::to_value(&t).unwrap()).unwrap();
+        restored.resume();
+        assert_eq!(restored.update(0, Watermark::EventTime(500)), None, "input 1 may have new data at 50..");
+        assert_eq!(restored.update(1, Watermark::EventTime(300)), Some(Watermark::EventTime(300)));
     }
 
     #[test]

@@ -1009,12 +1009,14 @@ impl KsqlEngine {
         let read_queries = catalog.queries.values().filter(|q| q.sources.contains(&s.name)).map(query_info).collect();
         let write_queries: Vec<QueryInfo> =
             catalog.queries.values().filter(|q| q.sink == s.name).map(query_info).collect();
-        let (mut processed, mut dead, mut late, mut state, mut last_error) = (0u64, 0u64, 0u64, 0u64, None);
+        let (mut processed, mut dead, mut late, mut state, mut lag, mut last_error) =
+            (0u64, 0u64, 0u64, 0u64, 0u64, None);
         for q in catalog.queries.values().filter(|q| q.sources.contains(&s.name) || q.sink == s.name) {
             processed += q.running.stats.records_in.load(Ordering::Relaxed);
             dead += q.running.stats.dead_letters.load(Ordering::Relaxed);
             late += q.running.stats.late_records.load(Ordering::Relaxed);
             state += q.running.stats.state_bytes.load(Ordering::Relaxed);
+            lag += q.running.lag(self.store.as_ref());
             if let Some(e) = q.running.stats.last_error.lock().clone() {
                 last_error = Some(e);
             }
@@ -1034,7 +1036,7 @@ impl KsqlEngine {
             read_queries,
             write_queries,
             statistics: format!(
-                "messages-processed: {processed}, late-records: {late} (topic {}), state-bytes: {state}",
+                "messages-processed: {processed}, consumer-lag: {lag}, late-records: {late} (topic {}), state-bytes: {state}",
                 runtime::LATE_TOPIC
             ),
             error_stats: match last_error {

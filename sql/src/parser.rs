@@ -501,8 +501,10 @@ impl StatementParser {
         if self.eat_kw("FUNCTION") {
             return Err(SqlError::Unsupported("DESCRIBE FUNCTION is not supported yet".into()));
         }
+        // `DESCRIBE EXTENDED name` (older ksqlDB) and `DESCRIBE name EXTENDED` (newer).
         let extended = self.eat_kw("EXTENDED");
         let name = self.ident()?;
+        let extended = extended | self.eat_kw("EXTENDED");
         Ok(Statement::Describe { name, extended })
     }
 
@@ -789,6 +791,8 @@ mod tests {
 
     #[test]
     fn statement_texts_are_split() {
+        let v = parse("DESCRIBE foo EXTENDED;").unwrap();
+        assert!(matches!(&v[0].statement, Statement::Describe { extended: true, .. }));
         let v = parse("SHOW STREAMS; DESCRIBE EXTENDED foo ;").unwrap();
         assert_eq!(v[0].text, "SHOW STREAMS;");
         assert_eq!(v[1].text, "DESCRIBE EXTENDED foo ;");

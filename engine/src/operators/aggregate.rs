@@ -551,7 +551,11 @@ impl AggregateOperator {
                     });
                 }
             }
-            finals.sort_by_key(|e| (e.window.0, e.ts));
+            // A total order (window, time, key): the same windows close in the same order
+            // whatever the batching, so recovery replays produce identical output.
+            finals.sort_by(|a, b| {
+                (a.window.0, a.ts).cmp(&(b.window.0, b.ts)).then_with(|| a.key.row().cmp(&b.key.row()))
+            });
         } else {
             let retention = w.retention.max(w.grace);
             self.groups.retain(|_, g| !closed(g.window.1, retention));
