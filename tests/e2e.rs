@@ -282,3 +282,51 @@ async fn table_table_join_follows_both_sides() {
     );
     server.stop();
 }
+
+/// CREATE OR REPLACE keeps the query's id and state when the change is compatible (here a new
+/// column computed from the same aggregate), refuses with the reason when it is not, and the
+/// replaced query is what runs after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_or_replace_keeps_state_when_compatible() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.ok(PAGEVIEWS).await;
+    server.ok("CREATE TABLE per_user AS SELECT user_id, COUNT(*) AS n FROM pageviews GROUP BY user_id;").await;
+    let values = |body: &str| -> Vec<String> {
+        body.lines()
+            .map(|l| l.split(", value: ").nth(1).unwrap_or_default().split(", partition").next().unwrap_or_default())
+            .map(str::to_string)
+            .collect()
+    };
+    for i in 1..=2 {
+        server.ok("INSERT INTO pageviews VALUES ('a', '/p', 1);").await;
+        server.query(&format!("PRINT 'PER_USER' FROM BEGINNING LIMIT {i};")).await;
+    }
+    let body = server
+        .ok("CREATE OR REPLACE TABLE per_user AS SELECT user_id, COUNT(*) AS n, COUNT(*) * 10 AS n10 FROM pageviews GROUP BY user_id;")
+        .await;
+    assert_eq!(body[0]["commandStatus"]["message"], "Created query with ID CTAS_PER_USER_1", "{body:#}");
+    server.ok("INSERT INTO pageviews VALUES ('a', '/p', 1);").await;
+    let (_, body) = server.query("PRINT 'PER_USER' FROM BEGINNING LIMIT 3;").await;
+    assert_eq!(values(&body), vec![r#"{"N":1}"#, r#"{"N":2}"#, r#"{"N":3,"N10":30}"#], "{body}");
+
+    let (status, body) = server
+        .ksql(
+            "CREATE OR REPLACE TABLE per_user AS SELECT user_id, COUNT(page) AS n, COUNT(page) * 10 AS n10 \
+             FROM pageviews GROUP BY user_id;",
+        )
+        .await;
+    assert_eq!(status, 400);
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("Cannot upgrade table PER_USER: "), "{message}");
+    assert!(message.contains("state would not mean the same"), "{message}");
+    let (_, q) = server.ksql("SHOW QUERIES;").await;
+    assert_eq!(q[0]["queries"].as_array().map(Vec::len), Some(1), "{q:#}");
+    server.stop();
+
+    let server = Server::start(dir.path());
+    server.ok("INSERT INTO pageviews VALUES ('a', '/p', 1);").await;
+    let (_, body) = server.query("PRINT 'PER_USER' FROM BEGINNING LIMIT 4;").await;
+    assert_eq!(values(&body)[3], r#"{"N":4,"N10":40}"#, "{body}");
+    server.stop();
+}

@@ -104,6 +104,23 @@ pub trait Operator: Send {
         }
     }
 
+    /// What this operator's state means, for deciding whether a changed query may keep it
+    /// (`CREATE OR REPLACE`): two operators with equal signatures can restore each other's
+    /// snapshots and interpret them the same way. Empty for stateless operators. The default
+    /// names the operator and the column types of its (empty) snapshot; operators whose state
+    /// depends on expressions (keys, aggregates, windows) add them.
+    fn state_signature(&mut self) -> Result<String> {
+        let parts = self.snapshot()?;
+        if parts.is_empty() {
+            return Ok(String::new());
+        }
+        let types: Vec<String> = parts
+            .iter()
+            .map(|b| b.schema().fields().iter().map(|f| f.data_type().to_string()).collect::<Vec<_>>().join(", "))
+            .collect();
+        Ok(format!("{}[{}]", self.name(), types.join(" | ")))
+    }
+
     /// The input ended.
     fn on_close(&mut self, out: &mut Vec<Message>) -> Result<()> {
         out.push(Message::End);
@@ -180,6 +197,18 @@ impl Chain {
     /// Every operator's state (see [`Operator::snapshot`]), in chain order.
     pub fn snapshot(&mut self) -> Result<Vec<Vec<RecordBatch>>> {
         self.ops.iter_mut().map(|op| op.snapshot()).collect()
+    }
+
+    /// The signatures of the stateful operators (see [`Operator::state_signature`]).
+    pub fn state_signature(&mut self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for op in &mut self.ops {
+            let s = op.state_signature()?;
+            if !s.is_empty() {
+                out.push(s);
+            }
+        }
+        Ok(out)
     }
 
     /// Restores state written by [`Chain::snapshot`] into a freshly built chain.

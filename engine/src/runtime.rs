@@ -128,6 +128,19 @@ pub struct RunningQuery {
 }
 
 impl RunningQuery {
+    /// A query that is defined but not running yet (created while the command log replays).
+    pub fn not_started(id: &str, topics: Vec<String>) -> Self {
+        let stats = QueryStats::default();
+        *stats.positions.lock() = topics.iter().map(|_| Vec::new()).collect();
+        RunningQuery {
+            id: id.to_string(),
+            topics,
+            stop: watch::channel(false).0,
+            tasks: Mutex::new(Vec::new()),
+            stats: Arc::new(stats),
+        }
+    }
+
     /// Asks every task to stop after its current batch and waits for them.
     pub async fn stop(&self) {
         let _ = self.stop.send(true);

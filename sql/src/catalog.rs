@@ -121,6 +121,8 @@ pub struct QueryDef {
     pub running: Arc<RunningQuery>,
     /// EXPLAIN text of its operator graph.
     pub plan: String,
+    /// Its stateful operators' state signatures (CREATE OR REPLACE must keep them).
+    pub signature: Vec<String>,
 }
 
 /// Streams, tables and persistent queries, by name.

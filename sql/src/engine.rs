@@ -53,6 +53,9 @@ pub struct KsqlEngine {
     store: Arc<dyn TopicStore>,
     /// Where persistent queries keep their checkpoints (`<dir>/checkpoints/<query id>`).
     state_dir: PathBuf,
+    /// Queries created while replaying the command topic: started once the replay is over, so
+    /// that a query replaced or terminated later in the log never runs.
+    pending: parking_lot::Mutex<Vec<QuerySpec>>,
     ctx: SessionContext,
     catalog: Mutex<Catalog>,
 }
@@ -65,7 +68,13 @@ impl KsqlEngine {
         let ctx = SessionContext::new_with_config(config);
         crate::functions::register(&ctx)?;
         store.create_topic(COMMAND_TOPIC, TopicConfig { partitions: 1, ..TopicConfig::default() })?;
-        let engine = Arc::new(Self { store, state_dir, ctx, catalog: Mutex::new(Catalog::default()) });
+        let engine = Arc::new(Self {
+            store,
+            state_dir,
+            pending: parking_lot::Mutex::new(Vec::new()),
+            ctx,
+            catalog: Mutex::new(Catalog::default()),
+        });
         engine.replay().await?;
         Ok(engine)
     }
@@ -111,6 +120,32 @@ impl KsqlEngine {
                 }
             }
         }
+        // Start the queries that survived the replay; each recovers from its checkpoint.
+        let pending = std::mem::take(&mut *self.pending.lock());
+        for spec in pending {
+            let Some(q) = catalog.queries.get_mut(&spec.id) else { continue };
+            let id = spec.id.clone();
+            match runtime::start(self.store.clone(), spec) {
+                Ok(running) => {
+                    q.running = Arc::new(running);
+                    self.pin_positions(&id, &q.running)?;
+                }
+                Err(e) => tracing::error!(query = %id, "restarting the query failed: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits a query's start positions so that a restart resumes exactly there even if
+    /// nothing was read yet.
+    fn pin_positions(&self, id: &str, running: &RunningQuery) -> Result<()> {
+        let positions = running.stats.positions.lock().clone();
+        let offsets: Vec<(String, u32, u64)> = positions
+            .iter()
+            .zip(&running.topics)
+            .flat_map(|(parts, topic)| parts.iter().enumerate().map(move |(p, o)| (topic.clone(), p as u32, *o)))
+            .collect();
+        self.store.commit_offsets(&format!("rill-query-{id}"), &offsets)?;
         Ok(())
     }
 
@@ -235,7 +270,8 @@ impl KsqlEngine {
                         })
                     }
                     Some(select) => {
-                        self.create_as_select(catalog, kind, &name, &with, *select, &text, props, replay).await
+                        self.create_as_select(catalog, kind, &name, &with, *select, &text, props, replay, or_replace)
+                            .await
                     }
                 }
             }
@@ -252,7 +288,7 @@ impl KsqlEngine {
                 check_insert_schema(&plan, &sink)?;
                 let sequence = self.peek_sequence(replay)?;
                 let id = format!("INSERTQUERY_{sequence}");
-                self.start_persistent(catalog, &id, plan, &sink, &text, props)?;
+                self.start_persistent(catalog, &id, plan, &sink, &text, props, replay)?;
                 self.record(&text, props, replay)?;
                 Ok(StatementResult::CommandStatus {
                     statement: text,
@@ -395,6 +431,7 @@ impl KsqlEngine {
                 for id in &ids {
                     if let Some(q) = catalog.queries.remove(id) {
                         q.running.stop().await;
+                        self.pending.lock().retain(|spec| &spec.id != id);
                         runtime::remove_checkpoints(&self.checkpoint_dir(id))?;
                         if let Some(s) = catalog.sources.get_mut(&q.sink) {
                             s.written_by.retain(|w| w != id);
@@ -666,6 +703,7 @@ impl KsqlEngine {
         text: &str,
         props: &Properties,
         replay: Option<u64>,
+        or_replace: bool,
     ) -> Result<StatementResult> {
         if select.limit.is_some() {
             return Err(SqlError::plan(format!(
@@ -742,10 +780,39 @@ impl KsqlEngine {
         sink.partitions = self.ensure_topic(&topic, partitions.as_ref(), plan.is_table)?;
         sink.window_type = plan.window.map(|(_, _, k)| window_name(k).to_string());
         let sequence = self.peek_sequence(replay)?;
-        let id = format!("{}_{name}_{sequence}", if kind == SourceKind::Table { "CTAS" } else { "CSAS" });
-        catalog.sources.insert(name.to_string(), sink.clone());
-        if let Err(e) = self.start_persistent(catalog, &id, plan, &sink, text, props) {
-            catalog.sources.remove(name);
+        let mut id = format!("{}_{name}_{sequence}", if kind == SourceKind::Table { "CTAS" } else { "CSAS" });
+        // CREATE OR REPLACE of a query's result: the query keeps its id, its checkpoint (state
+        // and positions) and its output topic, if the change leaves the state's meaning intact.
+        let replaced = match catalog.sources.get(name).filter(|_| or_replace) {
+            Some(old) => {
+                let old_id = old
+                    .written_by
+                    .iter()
+                    .find(|q| q.starts_with("CSAS_") || q.starts_with("CTAS_"))
+                    .cloned()
+                    .ok_or_else(|| SqlError::plan(format!("Cannot replace {name}: no query writes it.")))?;
+                let q = catalog.queries.get(&old_id).ok_or_else(|| SqlError::Internal("query vanished".into()))?;
+                check_upgrade(old, &sink, &q.signature, &state_signature(&plan)?, &old_id)?;
+                sink.written_by = old.written_by.clone();
+                Some(old_id)
+            }
+            None => None,
+        };
+        if let Some(old_id) = &replaced {
+            if let Some(q) = catalog.queries.remove(old_id) {
+                // Stopping takes a final checkpoint, which the new version restores.
+                q.running.stop().await;
+            }
+            self.pending.lock().retain(|spec| &spec.id != old_id);
+            sink.written_by.retain(|w| w != old_id);
+            id = old_id.clone();
+        }
+        let previous = catalog.sources.insert(name.to_string(), sink.clone());
+        if let Err(e) = self.start_persistent(catalog, &id, plan, &sink, text, props, replay) {
+            match previous {
+                Some(p) => catalog.sources.insert(name.to_string(), p),
+                None => catalog.sources.remove(name),
+            };
             return Err(e);
         }
         self.record(text, props, replay)?;
@@ -757,6 +824,7 @@ impl KsqlEngine {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_persistent(
         &self,
         catalog: &mut Catalog,
@@ -765,6 +833,7 @@ impl KsqlEngine {
         sink: &SourceDef,
         text: &str,
         props: &Properties,
+        replay: Option<u64>,
     ) -> Result<()> {
         let input_schema = plan.schema.clone();
         let index = |name: &str| input_schema.index_of(name).map_err(|e| SqlError::Internal(e.to_string()));
@@ -797,16 +866,18 @@ impl KsqlEngine {
             checkpoint: Some(self.checkpoint_spec(id, props)?),
         };
         let plan_text = explain(&plan, Some(&sink.name))?;
-        let running = Arc::new(runtime::start(self.store.clone(), spec)?);
-        // Pin the start position so a restart resumes exactly here even if nothing was read.
-        let group = format!("rill-query-{id}");
-        let positions = running.stats.positions.lock().clone();
-        let offsets: Vec<(String, u32, u64)> = positions
-            .iter()
-            .zip(&running.topics)
-            .flat_map(|(parts, topic)| parts.iter().enumerate().map(move |(p, o)| (topic.clone(), p as u32, *o)))
-            .collect();
-        self.store.commit_offsets(&group, &offsets)?;
+        let signature = state_signature(&plan)?;
+        let running = if replay.is_some() {
+            let topics = std::iter::once(plan.source.topic.clone())
+                .chain(plan.side_sources.iter().map(|(s, _)| s.topic.clone()))
+                .collect();
+            self.pending.lock().push(spec);
+            Arc::new(RunningQuery::not_started(id, topics))
+        } else {
+            let running = Arc::new(runtime::start(self.store.clone(), spec)?);
+            self.pin_positions(id, &running)?;
+            running
+        };
         if let Some(s) = catalog.sources.get_mut(&sink.name) {
             s.written_by.push(id.to_string());
         }
@@ -822,6 +893,7 @@ impl KsqlEngine {
                     .collect(),
                 running,
                 plan: plan_text,
+                signature,
             },
         );
         Ok(())
@@ -1245,6 +1317,60 @@ fn window_name(kind: WindowKind) -> &'static str {
         WindowKind::Hopping { .. } => "HOPPING",
         WindowKind::Session { .. } => "SESSION",
     }
+}
+
+/// The state signatures of a plan's operators (see `Operator::state_signature`).
+fn state_signature(plan: &QueryPlan) -> Result<Vec<String>> {
+    let mut out = (plan.chain)()?.state_signature()?;
+    if let Some(stage) = &plan.stage {
+        out.extend(stage()?.state_signature()?);
+    }
+    Ok(out)
+}
+
+/// Whether `new` may replace `old` keeping query `id`'s state and output topic: the same key,
+/// every old value column still there with its type, the same topic, and stateful operators
+/// whose state means the same.
+fn check_upgrade(old: &SourceDef, new: &SourceDef, old_sig: &[String], new_sig: &[String], id: &str) -> Result<()> {
+    let refuse = |why: String| {
+        Err(SqlError::plan(format!(
+            "Cannot upgrade {} {}: {why}. Its query {id} keeps running unchanged; to change this, \
+             TERMINATE {id}, DROP {} {} and create it again.",
+            old.kind.name().to_lowercase(),
+            old.name,
+            old.kind.name(),
+            old.name
+        )))
+    };
+    if old.kind != new.kind {
+        return refuse(format!("it is a {}, the new query produces a {}", old.kind.name(), new.kind.name()));
+    }
+    if old.topic != new.topic {
+        return refuse(format!("its topic is {}, not {}", old.topic, new.topic));
+    }
+    let keys = |s: &SourceDef| s.key_columns().map(|c| (c.name.clone(), c.sql_type.clone())).collect::<Vec<_>>();
+    if keys(old) != keys(new) {
+        return refuse("the key columns would change".into());
+    }
+    for c in old.value_columns() {
+        match new.value_columns().find(|n| n.name == c.name) {
+            Some(n) if n.sql_type == c.sql_type => {}
+            Some(n) => {
+                return refuse(format!("column {} would change type from {} to {}", c.name, c.sql_type, n.sql_type))
+            }
+            None => return refuse(format!("column {} would disappear", c.name)),
+        }
+    }
+    if old_sig != new_sig {
+        let diff = old_sig
+            .iter()
+            .zip(new_sig)
+            .find(|(a, b)| a != b)
+            .map(|(a, b)| format!("{a} would become {b}"))
+            .unwrap_or_else(|| format!("{} stateful operators would become {}", old_sig.len(), new_sig.len()));
+        return refuse(format!("its state would not mean the same: {diff}"));
+    }
+    Ok(())
 }
 
 impl KsqlEngine {

@@ -707,6 +707,18 @@ impl Operator for AggregateOperator {
         self.snapshot_state()
     }
 
+    fn state_signature(&mut self) -> Result<String> {
+        let keys: Vec<String> = self.cfg.group_exprs.iter().map(|e| e.to_string()).collect();
+        let aggs: Vec<String> = self.cfg.aggregates.iter().map(|a| format!("{:?}", a.expressions())).collect();
+        let names: Vec<&str> = self.cfg.aggregates.iter().map(|a| a.fun().name()).collect();
+        Ok(format!(
+            "aggregate[keys {keys:?}; aggregates {names:?} of {aggs:?}; window {:?}; final {}; retract {}]",
+            self.cfg.window,
+            self.cfg.emit_final,
+            self.cfg.retract_index.is_some()
+        ))
+    }
+
     fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
         self.restore_state(state)
     }

@@ -308,6 +308,21 @@ impl Operator for StreamStreamJoinOperator {
         Ok(vec![lk, lv, rk, rv, wm])
     }
 
+    fn state_signature(&mut self) -> Result<String> {
+        let c = &self.cfg;
+        Ok(format!(
+            "stream-stream-join[{:?} on {:?} = {:?}; within -{} +{} grace {}; left {:?}; right {:?}]",
+            c.kind,
+            c.left_key.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            c.right_key.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            c.before,
+            c.after,
+            c.grace,
+            c.left_schema.fields().iter().map(|f| f.data_type().to_string()).collect::<Vec<_>>(),
+            c.right_schema.fields().iter().map(|f| f.data_type().to_string()).collect::<Vec<_>>(),
+        ))
+    }
+
     fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
         let [lk, lv, rk, rv, wm] = state.as_slice() else {
             return Err(crate::state::bad_state("a stream-stream join has five state batches"));

@@ -78,6 +78,12 @@ impl Operator for StreamTableJoinOperator {
         crate::state::map_restore(&self.keys, &self.rows, &state, &mut self.table)
     }
 
+    fn state_signature(&mut self) -> Result<String> {
+        let keys: Vec<String> = self.cfg.stream_key.iter().map(|e| e.to_string()).collect();
+        let table: Vec<String> = self.cfg.table_schema.fields().iter().map(|f| f.data_type().to_string()).collect();
+        Ok(format!("stream-table-join[on {keys:?}; table {table:?}]"))
+    }
+
     fn process_side_batch(&mut self, _input: usize, batch: RecordBatch, _out: &mut Vec<Message>) -> Result<()> {
         let keys = self.keys.convert_columns(&batch.columns()[..self.cfg.table_key_columns])?;
         let rows = self.rows.convert_columns(batch.columns())?;

@@ -120,6 +120,7 @@ mod tests {
             Field::new("N", DataType::Int64, true),
             Field::new("__RILL_DELETE", DataType::Boolean, true),
         ]));
+        let input_schema = schema.as_ref().clone();
         let mut op = TableDiffOperator::try_new(&schema, 1, 3).unwrap();
         let batch = RecordBatch::try_new(
             schema,
@@ -136,5 +137,9 @@ mod tests {
         let Message::Data(b) = &out[0] else { panic!("no data") };
         insta::assert_snapshot!(pretty_format_batches(std::slice::from_ref(b)).unwrap().to_string());
         assert_eq!(op.latest.len(), 1);
+        // The state survives a snapshot: a fresh operator restored from it retracts the same row.
+        let mut restored = TableDiffOperator::try_new(&input_schema, 1, 3).unwrap();
+        restored.restore(op.snapshot().unwrap()).unwrap();
+        assert_eq!(restored.latest, op.latest);
     }
 }
