@@ -1,5 +1,6 @@
 //! `rill`: the Rill server and its commands.
 
+mod bench;
 mod qtt;
 mod rest;
 
@@ -50,6 +51,18 @@ enum Bench {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Exactly-once against at-least-once (throughput), and recovery time.
+    ExactlyOnce {
+        /// Input events per run.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// commit.interval.ms of the queries.
+        #[arg(long, default_value_t = 2000)]
+        interval_ms: u64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,6 +77,16 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(serve(data_dir, listen))
         }
         Command::Qtt(args) => qtt::run(args.into()),
+        Command::Bench { what: Bench::ExactlyOnce { events, interval_ms, json } } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let report = rt.block_on(bench::checkpoint::run(&bench::checkpoint::Options { events, interval_ms }))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
+        }
         Command::Bench { what: Bench::Log { json, dir } } => {
             let tmp;
             let dir = match dir {

@@ -1,0 +1,4 @@
+//! `rill bench ...`: benchmarks whose figures go into the issue notes and the README.
+
+pub mod checkpoint;
+pub mod pipeline;

@@ -1,0 +1,116 @@
+//! Running SQL pipelines in process for benchmarks: load topics, run persistent queries until
+//! they have processed (and committed) everything, time it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use rill_connectors::store::Record;
+use rill_connectors::{EmbeddedStore, TopicStore};
+use rill_log::TopicConfig;
+use rill_sql::engine::Properties;
+use rill_sql::KsqlEngine;
+
+/// An engine over an embedded log in a directory.
+pub struct Pipeline {
+    /// The log.
+    pub store: Arc<dyn TopicStore>,
+    /// The SQL engine.
+    pub engine: Arc<KsqlEngine>,
+}
+
+impl Pipeline {
+    /// Opens (or reopens) the engine on `dir`; returns it and how long opening took (command
+    /// replay and query recovery from checkpoints included).
+    pub async fn open(dir: &Path) -> anyhow::Result<(Pipeline, Duration)> {
+        let started = Instant::now();
+        let store: Arc<dyn TopicStore> = Arc::new(EmbeddedStore::open(dir).context("opening the log")?);
+        let engine = KsqlEngine::open(store.clone(), dir.to_path_buf()).await.map_err(|e| anyhow!("{e}"))?;
+        Ok((Pipeline { store, engine }, started.elapsed()))
+    }
+
+    /// Executes statements; fails on the first error.
+    pub async fn execute(&self, sql: &str, props: &Properties) -> anyhow::Result<()> {
+        self.engine.execute(sql, props).await.map_err(|(_, e)| anyhow!("{}: {}", e.statement, e.error))?;
+        Ok(())
+    }
+
+    /// Waits until every persistent query has processed and committed all its input.
+    pub async fn wait_until_idle(&self) {
+        self.engine.wait_until_idle().await;
+    }
+
+    /// Stops every query (each takes a final checkpoint).
+    pub async fn shutdown(self) {
+        self.engine.shutdown().await;
+    }
+
+    /// Records appended to every partition of `topic` (committed ones).
+    pub fn topic_len(&self, topic: &str) -> anyhow::Result<u64> {
+        let cfg = self.store.topic_config(topic)?;
+        let mut n = 0;
+        for p in 0..cfg.partitions {
+            n += self.store.end_offset(topic, p)? - self.store.start_offset(topic, p)?;
+        }
+        Ok(n)
+    }
+}
+
+/// Appends keyed records to `topic` (created with `partitions` if missing), placed by key as
+/// Kafka would, in appends of up to 2,000 records per partition, with `writers` concurrent
+/// appenders.
+pub async fn load(
+    store: &Arc<dyn TopicStore>,
+    topic: &str,
+    partitions: u32,
+    records: impl IntoIterator<Item = Record>,
+) -> anyhow::Result<u64> {
+    store.create_topic(topic, TopicConfig { partitions, ..TopicConfig::default() })?;
+    let mut per: Vec<Vec<Record>> = (0..partitions).map(|_| Vec::new()).collect();
+    let mut n = 0u64;
+    for r in records {
+        let p = store.partition_for_key(topic, r.key.as_deref())?;
+        per[p as usize].push(r);
+        n += 1;
+    }
+    let mut tasks = Vec::new();
+    for (p, records) in per.into_iter().enumerate() {
+        let store = store.clone();
+        let topic = topic.to_string();
+        tasks.push(tokio::spawn(async move {
+            for chunk in records.chunks(2000) {
+                store.append(&topic, p as u32, chunk).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(n)
+}
+
+/// Bytes under `dir`, recursively.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Peak resident set size of this process, in MiB (Linux `VmHWM`).
+#[allow(dead_code)] // used by the Nexmark bench
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
