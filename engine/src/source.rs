@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch, UInt32Array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray, UInt32Array,
+};
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
@@ -31,6 +33,53 @@ pub enum EventTime {
     RecordTimestamp,
     /// A column (index into the decoded key+value columns) of type BIGINT or TIMESTAMP.
     Column(usize),
+    /// A string column parsed with a format (chrono `strftime` syntax, UTC unless the format
+    /// has a zone): ksqlDB's `TIMESTAMP_FORMAT`. A value that does not parse sends its record
+    /// to the dead-letter topic.
+    Formatted {
+        /// Index into the decoded key+value columns.
+        column: usize,
+        /// The chrono format.
+        format: String,
+    },
+}
+
+/// Parses `values` with `format` into epoch milliseconds; the failures by row.
+pub fn parse_timestamps(values: &StringArray, format: &str) -> (Int64Array, Vec<(usize, String)>) {
+    use chrono::format::{parse, Parsed, StrftimeItems};
+    let items: Vec<_> = StrftimeItems::new(format).collect();
+    let mut errors = Vec::new();
+    let mut out = arrow::array::Int64Builder::with_capacity(values.len());
+    for (i, v) in values.iter().enumerate() {
+        let Some(v) = v else {
+            out.append_null();
+            continue;
+        };
+        let attempt = |text: &str| {
+            let mut parsed = Parsed::new();
+            parse(&mut parsed, text, items.iter()).map_err(|e| e.to_string())?;
+            match parsed.to_datetime() {
+                Ok(dt) => Ok(dt.timestamp_millis()),
+                Err(_) => parsed
+                    .to_naive_datetime_with_offset(0)
+                    .map(|dt| dt.and_utc().timestamp_millis())
+                    .map_err(|e| e.to_string()),
+            }
+        };
+        // Java's zone patterns accept `Z` for UTC, chrono's offsets do not.
+        let ms = attempt(v).or_else(|e| match v.strip_suffix('Z') {
+            Some(rest) => attempt(&format!("{rest}+0000")),
+            None => Err(e),
+        });
+        match ms {
+            Ok(ms) => out.append_value(ms),
+            Err(e) => {
+                out.append_null();
+                errors.push((i, format!("timestamp '{v}' does not match the TIMESTAMP_FORMAT ({e})")));
+            }
+        }
+    }
+    (out.finish(), errors)
 }
 
 /// A source as the engine reads it.
@@ -148,8 +197,20 @@ impl SourceReader {
         }
         let (key_cols, key_errors) = self.decode_keys(&keys)?;
         let (value_cols, value_errors) = self.decode_values(&values)?;
+        // String event times: parsed here, so that a bad one dead-letters its record.
+        let mut parsed_times = None;
+        let mut time_errors = Vec::new();
+        if let EventTime::Formatted { column, format } = &self.spec.event_time {
+            let col = key_cols.iter().chain(value_cols.iter()).nth(*column).ok_or_else(|| {
+                EngineError::Internal(format!("event-time column {column} is not among the decoded columns"))
+            })?;
+            let strings = cast(col, &DataType::Utf8)?;
+            let (times, errors) = parse_timestamps(strings.as_string::<i32>(), format);
+            parsed_times = Some(times);
+            time_errors = errors;
+        }
         let mut bad = vec![false; n];
-        for (i, e) in key_errors.iter().chain(value_errors.iter()) {
+        for (i, e) in key_errors.iter().chain(value_errors.iter()).chain(time_errors.iter()) {
             if !bad[*i] {
                 bad[*i] = true;
                 dead.push(DeadLetter {
@@ -182,13 +243,23 @@ impl SourceReader {
         let pick = |v: &[i64]| -> Int64Array { keep.iter().map(|i| v[*i as usize]).collect() };
         let offs = pick(&offsets);
         let mut rowtime = pick(&timestamps);
-        if let EventTime::Column(c) = self.spec.event_time {
-            let col = &columns[c];
-            let t = match col.data_type() {
-                DataType::Int64 => col.clone(),
-                _ => cast(col, &DataType::Int64)?,
-            };
-            rowtime = t.as_primitive::<arrow::datatypes::Int64Type>().clone();
+        match &self.spec.event_time {
+            EventTime::Column(c) => {
+                let col = &columns[*c];
+                let t = match col.data_type() {
+                    DataType::Int64 => col.clone(),
+                    _ => cast(col, &DataType::Int64)?,
+                };
+                rowtime = t.as_primitive::<arrow::datatypes::Int64Type>().clone();
+            }
+            EventTime::Formatted { .. } => {
+                if let Some(t) = &parsed_times {
+                    rowtime = select(&(Arc::new(t.clone()) as ArrayRef))?
+                        .as_primitive::<arrow::datatypes::Int64Type>()
+                        .clone();
+                }
+            }
+            EventTime::RecordTimestamp => {}
         }
         let max_event_time = arrow::compute::max(&rowtime);
         columns.push(Arc::new(rowtime));
@@ -262,4 +333,23 @@ pub fn dead_letter_value(query: &str, d: &DeadLetter) -> Bytes {
         m.insert("query".into(), serde_json::Value::String(query.to_string()));
     }
     Bytes::from(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formatted_timestamps_parse_or_say_why() {
+        let values = StringArray::from(vec![Some("2024-01-01 00:00:01.250"), Some("nope"), None]);
+        let (ms, errors) = parse_timestamps(&values, "%Y-%m-%d %H:%M:%S%.3f");
+        assert_eq!(ms.value(0), 1_704_067_201_250);
+        assert!(ms.is_null(1) && ms.is_null(2));
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].1.contains("'nope' does not match the TIMESTAMP_FORMAT"), "{errors:?}");
+        let zoned = StringArray::from(vec!["10-04-19 12:00:17Z", "10-04-19 14:00:17+0200"]);
+        let (ms, errors) = parse_timestamps(&zoned, "%y-%m-%d %H:%M:%S%z");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!((ms.value(0), ms.value(1)), (1_271_678_417_000, 1_271_678_417_000));
+    }
 }

@@ -59,6 +59,30 @@ enum Bench {
         /// commit.interval.ms of the queries.
         #[arg(long, default_value_t = 2000)]
         interval_ms: u64,
+        /// Repetitions (median reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Nexmark on Rill, checked against DataFusion batch on the same data.
+    Nexmark {
+        /// Query: q0, q1, q2, q3, q5, q7, q8, q11.
+        #[arg(long)]
+        query: String,
+        /// Events to generate (all kinds).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Partitions per topic.
+        #[arg(long, default_value_t = 2)]
+        partitions: u32,
+        /// Folder with ddl.sql and the queries.
+        #[arg(long, default_value = "queries/nexmark")]
+        queries: PathBuf,
+        /// Skip the latency run.
+        #[arg(long)]
+        no_latency: bool,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -77,9 +101,21 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(serve(data_dir, listen))
         }
         Command::Qtt(args) => qtt::run(args.into()),
-        Command::Bench { what: Bench::ExactlyOnce { events, interval_ms, json } } => {
+        Command::Bench { what: Bench::Nexmark { query, events, partitions, queries, no_latency, json } } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let report = rt.block_on(bench::checkpoint::run(&bench::checkpoint::Options { events, interval_ms }))?;
+            let opts = bench::nexmark::Options { query, events, partitions, queries_dir: queries, no_latency };
+            let report = rt.block_on(bench::nexmark::run(&opts))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(())
+        }
+        Command::Bench { what: Bench::ExactlyOnce { events, interval_ms, reps, json } } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let report =
+                rt.block_on(bench::checkpoint::run(&bench::checkpoint::Options { events, interval_ms, reps }))?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -83,7 +83,12 @@ impl SourceDef {
         let event_time = match &self.timestamp {
             Some(ts) => {
                 let idx = self.key_columns().chain(self.value_columns()).position(|c| &c.name == ts);
-                idx.map(EventTime::Column).unwrap_or(EventTime::RecordTimestamp)
+                let format = self.timestamp_format.as_ref().and_then(|f| crate::timefmt::java_to_chrono(f).ok());
+                match (idx, format) {
+                    (Some(column), Some(format)) => EventTime::Formatted { column, format },
+                    (Some(column), None) => EventTime::Column(column),
+                    (None, _) => EventTime::RecordTimestamp,
+                }
             }
             None => EventTime::RecordTimestamp,
         };

@@ -199,6 +199,11 @@ impl KsqlEngine {
         }
     }
 
+    /// Approximate bytes of operator state over every persistent query.
+    pub async fn state_bytes(&self) -> u64 {
+        self.catalog.lock().await.queries.values().map(|q| q.running.stats.state_bytes.load(Ordering::Relaxed)).sum()
+    }
+
     /// A source definition by name.
     pub async fn source(&self, name: &str) -> Option<SourceDef> {
         self.catalog.lock().await.sources.get(name).cloned()
@@ -642,9 +647,19 @@ impl KsqlEngine {
         if let Some(ts) = &timestamp {
             match cols.iter().find(|c| &c.name == ts) {
                 None => return Err(SqlError::plan(format!("The TIMESTAMP column set in the WITH clause does not exist in the schema: '{ts}'"))),
+                Some(c) if c.sql_type == SqlType::String => match with.get("TIMESTAMP_FORMAT") {
+                    Some(f) => {
+                        crate::timefmt::java_to_chrono(&f.as_text())?;
+                    }
+                    None => {
+                        return Err(SqlError::plan(format!(
+                            "TIMESTAMP column {ts} is a STRING: give its TIMESTAMP_FORMAT (for example 'yyyy-MM-dd HH:mm:ss.SSS')"
+                        )))
+                    }
+                },
                 Some(c) if !matches!(c.sql_type, SqlType::Bigint | SqlType::Timestamp) => {
-                    return Err(SqlError::Unsupported(format!(
-                        "TIMESTAMP column {ts} must be BIGINT or TIMESTAMP (string timestamps with TIMESTAMP_FORMAT are not supported yet)"
+                    return Err(SqlError::plan(format!(
+                        "Timestamp column, `{ts}`, should be LONG(INT64), TIMESTAMP, or a String with a timestamp_format specified."
                     )))
                 }
                 _ => {}

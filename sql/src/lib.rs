@@ -16,6 +16,7 @@ pub mod functions;
 pub mod parser;
 pub mod planner;
 pub mod results;
+pub mod timefmt;
 pub mod types;
 pub mod udafs;
 pub mod udfs;

@@ -215,7 +215,7 @@ impl AggregateOperator {
 
     fn is_late(&self, window_end: i64) -> bool {
         match self.cfg.window {
-            Some(w) => self.watermark != i64::MIN && window_end.saturating_add(w.grace) <= self.watermark,
+            Some(w) => self.watermark != i64::MIN && window_end.saturating_add(close_delay(&w)) <= self.watermark,
             None => false,
         }
     }
@@ -520,8 +520,12 @@ impl AggregateOperator {
         let closed = |end: i64, extra: i64| end.saturating_add(extra) <= wm;
         let mut finals = Vec::new();
         if self.cfg.emit_final {
-            let done: Vec<(OwnedRow, i64)> =
-                self.groups.iter().filter(|(_, g)| closed(g.window.1, w.grace)).map(|(k, _)| k.clone()).collect();
+            let done: Vec<(OwnedRow, i64)> = self
+                .groups
+                .iter()
+                .filter(|(_, g)| closed(g.window.1, close_delay(&w)))
+                .map(|(k, _)| k.clone())
+                .collect();
             for k in done {
                 if let Some(mut g) = self.groups.remove(&k) {
                     let values = Self::evaluate(&mut g)?;
@@ -537,7 +541,7 @@ impl AggregateOperator {
             }
             for sessions in self.sessions.values_mut() {
                 let (done, keep): (Vec<Group>, Vec<Group>) =
-                    std::mem::take(sessions).into_iter().partition(|g| closed(g.window.1, w.grace));
+                    std::mem::take(sessions).into_iter().partition(|g| closed(g.window.1, close_delay(&w)));
                 *sessions = keep;
                 for mut g in done {
                     let values = Self::evaluate(&mut g)?;
@@ -557,7 +561,7 @@ impl AggregateOperator {
                 (a.window.0, a.ts).cmp(&(b.window.0, b.ts)).then_with(|| a.key.row().cmp(&b.key.row()))
             });
         } else {
-            let retention = w.retention.max(w.grace);
+            let retention = w.retention.max(close_delay(&w));
             self.groups.retain(|_, g| !closed(g.window.1, retention));
             for sessions in self.sessions.values_mut() {
                 sessions.retain(|g| !closed(g.window.1, retention));
@@ -652,6 +656,16 @@ impl AggregateOperator {
         }
         self.watermark = watermark.column(0).as_primitive::<Int64Type>().value(0);
         Ok(())
+    }
+}
+
+/// How long after its end a window stays open: the grace period, plus the gap for sessions (a
+/// session can still grow until no record within `gap` of its end can arrive, as in Kafka
+/// Streams, whose session windows close at end + gap + grace).
+fn close_delay(w: &WindowConfig) -> i64 {
+    match w.kind {
+        WindowKind::Session { gap } => w.grace.saturating_add(gap),
+        _ => w.grace,
     }
 }
 

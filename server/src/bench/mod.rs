@@ -1,4 +1,5 @@
 //! `rill bench ...`: benchmarks whose figures go into the issue notes and the README.
 
 pub mod checkpoint;
+pub mod nexmark;
 pub mod pipeline;

@@ -1,0 +1,6 @@
+-- Nexmark q4, average winning price per category.
+-- Not expressible in Rill yet: it needs a join whose time bounds come from the data (a bid
+-- counts if it falls between its auction's dateTime and expires), then an aggregation over the
+-- changelog of another aggregation (max per auction, then average per category). Rill has
+-- stream-stream joins with constant WITHIN bounds, and aggregations over tables, but not the
+-- data-dependent bound nor re-aggregating a windowless max changelog by a different key yet.
