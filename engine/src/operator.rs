@@ -82,6 +82,13 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// The next data batch comes from one partition of the main input, its rows in arrival
+    /// order: as they arrive, event time may advance row by row, up to `bound` (the minimum
+    /// over the other inputs that are not idle; `i64::MAX` when none holds it back). Operators
+    /// that route late rows use it to judge each row against the watermark as it stood when
+    /// that row arrived, rather than as it stood before the whole batch. The default ignores it.
+    fn set_watermark_bound(&mut self, _bound: i64) {}
+
     /// A checkpoint barrier arrived.
     fn handle_checkpoint(&mut self, barrier: Barrier, out: &mut Vec<Message>) -> Result<()> {
         out.push(Message::Barrier(barrier));
@@ -185,6 +192,14 @@ impl Chain {
         let mut emitted = Vec::new();
         first.process_side_batch(input, batch, &mut emitted)?;
         run_through(rest, &mut self.scratch, emitted, out)
+    }
+
+    /// Tells the first operator how far event time may advance within the next main-input
+    /// batch (see [`Operator::set_watermark_bound`]).
+    pub fn set_watermark_bound(&mut self, bound: i64) {
+        if let Some(first) = self.ops.first_mut() {
+            first.set_watermark_bound(bound);
+        }
     }
 
     /// Collects late rows from every operator.

@@ -524,6 +524,11 @@ impl StageTask {
                     for m in fetched {
                         match (i, m) {
                             (_, Message::Watermark(w)) => self.watermark(i, p, w, &mut messages)?,
+                            (0, Message::Data(b)) => {
+                                let slot = self.tracker_base.first().copied().unwrap_or(0) + p as usize;
+                                self.chain.set_watermark_bound(self.tracker.bound_for(slot));
+                                self.chain.push(Message::Data(b), &mut messages)?
+                            }
                             (0, m) => self.chain.push(m, &mut messages)?,
                             (side, Message::Data(b)) => self.chain.push_side(side, b, &mut messages)?,
                             (_, _) => {}

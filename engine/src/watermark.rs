@@ -45,6 +45,24 @@ impl WatermarkTracker {
         Some(Watermark::EventTime(combined))
     }
 
+    /// How far the combined watermark may follow input `i` alone: the minimum over the other
+    /// inputs that are not idle (`i64::MAX` if all of them are), or `i64::MIN` while some input
+    /// has not reported yet (no watermark at all).
+    pub fn bound_for(&self, i: usize) -> i64 {
+        let mut bound = i64::MAX;
+        for (j, slot) in self.inputs.iter().enumerate() {
+            if j == i {
+                continue;
+            }
+            match slot {
+                None => return i64::MIN,
+                Some((_, true)) => {}
+                Some((t, false)) => bound = bound.min(t.unwrap_or(i64::MIN)),
+            }
+        }
+        bound
+    }
+
     /// After a restart: every input counts as active again (keeping its last event time) until
     /// it reports otherwise. An input idle at the checkpoint may have new data now; until it
     /// has read it, it must hold the watermark back, or its records would count as late.
@@ -87,6 +105,20 @@ mod tests {
         restored.resume();
         assert_eq!(restored.update(0, Watermark::EventTime(500)), None, "input 1 may have new data at 50..");
         assert_eq!(restored.update(1, Watermark::EventTime(300)), Some(Watermark::EventTime(300)));
+    }
+
+    #[test]
+    fn bound_is_the_minimum_over_other_active_inputs() {
+        let mut t = WatermarkTracker::new(3);
+        t.update(0, Watermark::EventTime(10));
+        assert_eq!(t.bound_for(0), i64::MIN, "inputs 1 and 2 have not reported");
+        t.update(1, Watermark::EventTime(30));
+        t.update(2, Watermark::EventTime(20));
+        assert_eq!(t.bound_for(0), 20);
+        t.update(2, Watermark::Idle);
+        assert_eq!(t.bound_for(0), 30);
+        t.update(1, Watermark::Idle);
+        assert_eq!(t.bound_for(0), i64::MAX, "every other input is idle");
     }
 
     #[test]

@@ -66,6 +66,27 @@ enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// A saved query over JSON-lines files (the peer workloads of bench/peers.sh).
+    File {
+        /// The query file (queries/bench/w1.sql ...).
+        #[arg(long)]
+        query: PathBuf,
+        /// The sources' DDL (default: ddl.sql beside the query).
+        #[arg(long)]
+        ddl: Option<PathBuf>,
+        /// Bids, JSON lines.
+        #[arg(long)]
+        input: PathBuf,
+        /// Auctions, JSON lines (W4).
+        #[arg(long)]
+        auctions: Option<PathBuf>,
+        /// Partitions of the input topics.
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Nexmark on Rill, checked against DataFusion batch on the same data.
     Nexmark {
         /// Query: q0, q1, q2, q3, q5, q7, q8, q11.
@@ -101,6 +122,17 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(serve(data_dir, listen))
         }
         Command::Qtt(args) => qtt::run(args.into()),
+        Command::Bench { what: Bench::File { query, ddl, input, auctions, partitions, json } } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let opts = bench::file::Options { query, ddl, input, auctions, partitions };
+            let report = rt.block_on(bench::file::run(&opts))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(())
+        }
         Command::Bench { what: Bench::Nexmark { query, events, partitions, queries, no_latency, json } } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let opts = bench::nexmark::Options { query, events, partitions, queries_dir: queries, no_latency };

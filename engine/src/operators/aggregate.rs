@@ -146,6 +146,8 @@ pub struct AggregateOperator {
     /// Session groups by key.
     sessions: HashMap<OwnedRow, Vec<Group>>,
     watermark: i64,
+    /// How far event time may advance within the next batch (see `set_watermark_bound`).
+    bound: i64,
     late: Vec<LateRow>,
 }
 
@@ -173,6 +175,7 @@ impl AggregateOperator {
             groups: HashMap::new(),
             sessions: HashMap::new(),
             watermark: i64::MIN,
+            bound: i64::MIN,
             late: Vec::new(),
         })
     }
@@ -213,14 +216,32 @@ impl AggregateOperator {
         }
     }
 
-    fn is_late(&self, window_end: i64) -> bool {
+    /// Whether a window is closed under watermark `wm`.
+    fn is_late(&self, window_end: i64, wm: i64) -> bool {
         match self.cfg.window {
-            Some(w) => self.watermark != i64::MIN && window_end.saturating_add(close_delay(&w)) <= self.watermark,
+            Some(w) => wm != i64::MIN && window_end.saturating_add(close_delay(&w)) <= wm,
             None => false,
         }
     }
 
-    fn late_row(&self, batch: &RecordBatch, row: usize, window: (i64, i64)) -> LateRow {
+    /// The watermark each row of a batch meets: the watermark before the batch, advanced by
+    /// the rows before it in the batch as far as the other inputs allow (the bound set by
+    /// `set_watermark_bound`), as if watermarks followed every record.
+    fn row_watermarks(&mut self, ts: &Int64Array) -> Vec<i64> {
+        let bound = std::mem::replace(&mut self.bound, i64::MIN);
+        let mut running = i64::MIN;
+        (0..ts.len())
+            .map(|i| {
+                let wm = self.watermark.max(running.min(bound));
+                if !ts.is_null(i) {
+                    running = running.max(ts.value(i));
+                }
+                wm
+            })
+            .collect()
+    }
+
+    fn late_row(&self, batch: &RecordBatch, row: usize, window: (i64, i64), watermark: i64) -> LateRow {
         let int = |idx: Option<usize>| {
             idx.and_then(|i| {
                 let c = batch.column(i);
@@ -233,13 +254,13 @@ impl AggregateOperator {
             timestamp: int(Some(self.cfg.rowtime_index)).unwrap_or(0),
             window_start: window.0,
             window_end: window.1,
-            watermark: self.watermark,
+            watermark,
             reason: format!(
                 "record at {} is later than window [{}, {}) plus grace: the watermark was already {}",
                 int(Some(self.cfg.rowtime_index)).unwrap_or(0),
                 window.0,
                 window.1,
-                self.watermark
+                watermark
             ),
         }
     }
@@ -308,6 +329,7 @@ impl AggregateOperator {
     fn process_windows(&mut self, batch: &RecordBatch, out: &mut Vec<Message>) -> Result<()> {
         let Evaluated { keys, ts, args, null_key } = self.evaluate_batch(batch)?;
         let ts = &ts;
+        let row_wm = self.row_watermarks(ts);
         // Bucket rows by group, in first-touched order.
         let mut order: Vec<(OwnedRow, i64)> = Vec::new();
         // Per group: window end, rows to add, rows to retract.
@@ -319,8 +341,8 @@ impl AggregateOperator {
             }
             let t = if ts.is_null(i) { 0 } else { ts.value(i) };
             for window in self.windows_of(t) {
-                if self.is_late(window.1) {
-                    let late = self.late_row(batch, i, window);
+                if self.is_late(window.1, row_wm[i]) {
+                    let late = self.late_row(batch, i, window, row_wm[i]);
                     self.late.push(late);
                     continue;
                 }
@@ -373,6 +395,7 @@ impl AggregateOperator {
     fn process_sessions(&mut self, batch: &RecordBatch, gap: i64, out: &mut Vec<Message>) -> Result<()> {
         let Evaluated { keys, ts, args, null_key } = self.evaluate_batch(batch)?;
         let ts = &ts;
+        let row_wm = self.row_watermarks(ts);
         let mut emits = Vec::new();
         for (i, &null) in null_key.iter().enumerate() {
             if null {
@@ -385,8 +408,8 @@ impl AggregateOperator {
                 existing.into_iter().partition(|s| s.window.1 >= t - gap && s.window.0 <= t + gap);
             let start = merged.iter().map(|s| s.window.0).min().unwrap_or(t).min(t);
             let end = merged.iter().map(|s| s.window.1).max().unwrap_or(t).max(t);
-            if self.is_late(end) {
-                let late = self.late_row(batch, i, (start, end));
+            if self.is_late(end, row_wm[i]) {
+                let late = self.late_row(batch, i, (start, end), row_wm[i]);
                 self.late.push(late);
                 kept.append(&mut merged);
                 self.sessions.insert(key, kept);
@@ -717,6 +740,10 @@ impl Operator for AggregateOperator {
         out.append(&mut self.late);
     }
 
+    fn set_watermark_bound(&mut self, bound: i64) {
+        self.bound = bound;
+    }
+
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         self.snapshot_state()
     }
@@ -937,6 +964,23 @@ mod tests {
         assert_roundtrip(|| operator(Some(hopping), true, false), &first, &second);
         let session = WindowConfig { kind: WindowKind::Session { gap: 200 }, grace: 1000, retention: 0 };
         assert_roundtrip(|| operator(Some(session), false, false), &first, &second);
+    }
+
+    #[test]
+    fn rows_meet_the_watermark_as_of_their_arrival() {
+        let window = WindowConfig { kind: WindowKind::Tumbling { size: 1000 }, grace: 0, retention: 0 };
+        // One partition alone: the 900 after the 1500 is late, as if a watermark followed each row.
+        let mut op = operator(Some(window), true, false);
+        op.set_watermark_bound(i64::MAX);
+        let text = run(&mut op, &[In::Rows(&[("a", 1, 500), ("a", 2, 1500), ("a", 3, 900)])]);
+        assert_eq!(text.matches("LATE").count(), 1, "{text}");
+        assert!(text
+            .contains("LATE record at 900 is later than window [0, 1000) plus grace: the watermark was already 1500"));
+        // Another input still at 800 holds the watermark back: nothing is late.
+        let mut op = operator(Some(window), true, false);
+        op.set_watermark_bound(800);
+        let text = run(&mut op, &[In::Rows(&[("a", 1, 500), ("a", 2, 1500), ("a", 3, 900)])]);
+        assert!(!text.contains("LATE"), "{text}");
     }
 
     #[test]

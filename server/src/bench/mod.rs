@@ -1,5 +1,6 @@
 //! `rill bench ...`: benchmarks whose figures go into the issue notes and the README.
 
 pub mod checkpoint;
+pub mod file;
 pub mod nexmark;
 pub mod pipeline;

@@ -1,0 +1,5 @@
+-- W3, hopping window: bids per auction in 10 s windows advancing by 2 s (the inner part of
+-- Nexmark q5). Same watermark translation as W2.
+CREATE TABLE W3 AS SELECT AUCTION, AS_VALUE(AUCTION) AS AUCTION_ID, WINDOWSTART AS WINDOW_START, COUNT(*) AS CNT
+  FROM BID WINDOW HOPPING (SIZE 10 SECONDS, ADVANCE BY 2 SECONDS, GRACE PERIOD 4999 MILLISECONDS)
+  GROUP BY AUCTION EMIT FINAL;

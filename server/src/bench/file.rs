@@ -1,0 +1,176 @@
+//! `rill bench file`: a saved query over JSON-lines files, timed from reading the input to the
+//! last committed output, for side-by-side runs with Flink and DataFusion on the same files
+//! (`bench/peers.sh`).
+//!
+//! The query starts first (from the beginning of empty topics), then the files are read line by
+//! line and appended to the embedded log in file order (one partition by default, which is
+//! arrival order, as the peers read a single file); while they load, the query already runs.
+//! After the last line every partition gets a flush bid an hour later (auction -1, excluded from
+//! the counts), which closes the last windows, as the end of a bounded input does in Flink.
+//! The clock stops once the query has processed and committed everything.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{anyhow, Context};
+use rill_connectors::store::Record;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::pipeline::{peak_rss_mb, Pipeline};
+
+/// Options.
+pub struct Options {
+    /// The workload's query file (one CREATE ... AS SELECT).
+    pub query: PathBuf,
+    /// The sources' DDL (default: `ddl.sql` beside the query).
+    pub ddl: Option<PathBuf>,
+    /// Bids, JSON lines.
+    pub input: PathBuf,
+    /// Auctions, JSON lines (joins).
+    pub auctions: Option<PathBuf>,
+    /// Partitions of the input topics.
+    pub partitions: u32,
+}
+
+/// The report.
+#[derive(Serialize)]
+pub struct Report {
+    /// Workload (the query file's stem).
+    pub workload: String,
+    /// Input events (bids + auctions).
+    pub events: u64,
+    /// Seconds from reading the first line to the last output committed.
+    pub wall_s: f64,
+    /// events / wall_s.
+    pub events_per_s: f64,
+    /// CPU cores used on average.
+    pub cores_used: f64,
+    /// Output rows (committed).
+    pub out_rows: u64,
+    /// Sum of the CNT column over the output, if it has one.
+    pub sum_cnt: Option<u64>,
+    /// Rows routed to the late-data topic.
+    pub late_rows: u64,
+    /// Peak resident memory, MiB.
+    pub peak_rss_mb: f64,
+}
+
+fn cpu_seconds() -> f64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we own.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Appends a JSON-lines file to `topic`, round-robin over partitions in runs of 4,096 lines;
+/// returns the lines appended and the largest `date_time` string seen.
+async fn append_file(p: &Pipeline, topic: &str, path: &PathBuf, partitions: u32) -> anyhow::Result<u64> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut batch: Vec<Record> = Vec::with_capacity(4096);
+    let mut n = 0u64;
+    let mut part = 0u32;
+    for line in reader.split(b'\n') {
+        let line = line?;
+        if line.is_empty() {
+            continue;
+        }
+        batch.push(Record { timestamp: 0, key: None, value: Some(line.into()), headers: vec![] });
+        if batch.len() == 4096 {
+            p.store.append(topic, part, &batch).await?;
+            n += batch.len() as u64;
+            batch.clear();
+            part = (part + 1) % partitions;
+        }
+    }
+    if !batch.is_empty() {
+        p.store.append(topic, part, &batch).await?;
+        n += batch.len() as u64;
+    }
+    Ok(n)
+}
+
+/// Runs the workload.
+pub async fn run(opts: &Options) -> anyhow::Result<Report> {
+    let workload = opts.query.file_stem().and_then(|s| s.to_str()).unwrap_or("query").to_string();
+    let ddl_path = opts.ddl.clone().unwrap_or_else(|| opts.query.with_file_name("ddl.sql"));
+    let ddl = std::fs::read_to_string(&ddl_path).with_context(|| format!("reading {}", ddl_path.display()))?;
+    let query = std::fs::read_to_string(&opts.query).with_context(|| format!("reading {}", opts.query.display()))?;
+    let dir = tempfile::tempdir()?;
+    let (p, _) = Pipeline::open(dir.path()).await?;
+    for topic in ["bid", "auction"] {
+        p.store.create_topic(topic, rill_log::TopicConfig { partitions: opts.partitions, ..Default::default() })?;
+    }
+    let props = [("auto.offset.reset".to_string(), "earliest".to_string())].into_iter().collect();
+    p.execute(&ddl, &props).await?;
+    let output = {
+        let before: Vec<String> = p.engine.sources().await.into_iter().map(|s| s.name).collect();
+        let cpu0 = cpu_seconds();
+        let started = Instant::now();
+        p.execute(&query, &props).await?;
+        let mut events = 0;
+        if let Some(a) = &opts.auctions {
+            events += append_file(&p, "auction", a, opts.partitions).await?;
+        }
+        events += append_file(&p, "bid", &opts.input, opts.partitions).await?;
+        let flush = r#"{"auction":-1,"bidder":-1,"price":-1,"date_time":"2999-01-01 00:00:00.000"}"#;
+        let flush_auction = r#"{"id":-2,"seller":-1,"category":-1,"date_time":"2999-01-01 00:00:00.000","expires":"2999-01-01 00:00:00.000"}"#;
+        for part in 0..opts.partitions {
+            let r = |v: &str| Record { timestamp: 0, key: None, value: Some(v.to_string().into()), headers: vec![] };
+            p.store.append("bid", part, &[r(flush)]).await?;
+            p.store.append("auction", part, &[r(flush_auction)]).await?;
+        }
+        p.wait_until_idle().await;
+        let wall = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu0;
+        let name = p
+            .engine
+            .sources()
+            .await
+            .into_iter()
+            .find(|s| !before.contains(&s.name))
+            .ok_or_else(|| anyhow!("the query file created no stream or table"))?;
+        (name, events, wall, cpu)
+    };
+    let (sink, events, wall, cpu) = output;
+    let peak = peak_rss_mb();
+    let mut out_rows = 0u64;
+    let mut sum_cnt: Option<u64> = None;
+    let cfg = p.store.topic_config(&sink.topic)?;
+    for part in 0..cfg.partitions {
+        let mut offset = p.store.start_offset(&sink.topic, part)?;
+        let end = p.store.end_offset(&sink.topic, part)?;
+        while offset < end {
+            let f = p.store.read(&sink.topic, part, offset, 4 << 20)?;
+            for r in f.records() {
+                let Some(v) = r.value else { continue };
+                let v: Value = serde_json::from_slice(v)?;
+                let auction = v.get("AUCTION").or_else(|| v.get("AUCTION_ID")).and_then(Value::as_i64);
+                if auction.is_some_and(|a| a < 0) {
+                    continue;
+                }
+                out_rows += 1;
+                if let Some(c) = v.get("CNT").and_then(Value::as_u64) {
+                    *sum_cnt.get_or_insert(0) += c;
+                }
+            }
+            offset = f.next_offset();
+        }
+    }
+    let late_rows = p.topic_len(rill_engine::runtime::LATE_TOPIC).unwrap_or(0);
+    p.shutdown().await;
+    Ok(Report {
+        workload,
+        events,
+        wall_s: wall,
+        events_per_s: events as f64 / wall,
+        cores_used: cpu / wall,
+        out_rows,
+        sum_cnt,
+        late_rows,
+        peak_rss_mb: peak,
+    })
+}
