@@ -5,7 +5,11 @@
 //! Arrow columns (`RowConverter::convert_rows`) and restores convert the columns into rows
 //! again, so a checkpoint is plain Arrow IPC that a later Rill can still read.
 
-use std::collections::{HashMap, HashSet};
+/// The hash map operators keep state in: arrow rows hashed with aHash (SipHash, std's default,
+/// is several times slower on these short keys and DoS resistance is not needed here).
+pub type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+/// The hash set operators keep state in (see [`HashMap`]).
+pub type HashSet<K> = std::collections::HashSet<K, ahash::RandomState>;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};

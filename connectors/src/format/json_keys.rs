@@ -99,15 +99,15 @@ impl Scanner<'_, '_> {
         }
         let begin = self.pos + 1;
         let mut i = begin;
-        while i < self.input.len() {
-            match self.input[i] {
-                b'\\' => i += 2,
-                b'"' => {
-                    self.pos = i + 1;
-                    return Some((begin, i));
-                }
-                _ => i += 1,
+        // Jump from quote or backslash to the next one (memchr: many bytes at a time).
+        while let Some(j) = memchr::memchr2(b'"', b'\\', self.input.get(i..)?) {
+            i += j;
+            if self.input[i] == b'\\' {
+                i += 2;
+                continue;
             }
+            self.pos = i + 1;
+            return Some((begin, i));
         }
         None
     }

@@ -24,7 +24,7 @@
 //! State is bounded for windowed aggregations (closed windows are dropped); an unwindowed
 //! aggregation keeps one entry per key, which `state_info` reports as unbounded.
 
-use std::collections::HashMap;
+use crate::state::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -172,8 +172,8 @@ impl AggregateOperator {
             schema: Arc::new(Schema::new(fields)),
             cfg,
             converter,
-            groups: HashMap::new(),
-            sessions: HashMap::new(),
+            groups: HashMap::default(),
+            sessions: HashMap::default(),
             watermark: i64::MIN,
             bound: i64::MIN,
             late: Vec::new(),
@@ -333,7 +333,7 @@ impl AggregateOperator {
         // Bucket rows by group, in first-touched order.
         let mut order: Vec<(OwnedRow, i64)> = Vec::new();
         // Per group: window end, rows to add, rows to retract.
-        let mut rows_of: Buckets = HashMap::new();
+        let mut rows_of: Buckets = HashMap::default();
         let retract = self.cfg.retract_index.map(|r| batch.column(r).as_boolean().clone());
         for (i, &null) in null_key.iter().enumerate() {
             if null {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use std::collections::HashSet;
+use crate::state::HashSet;
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, RecordBatchOptions};
 use arrow::compute::filter_record_batch;
@@ -66,7 +66,7 @@ impl CalcOperator {
     pub fn with_emitted_keys(mut self, key_columns: Vec<usize>) -> Result<Self> {
         let fields = key_columns.iter().map(|i| SortField::new(self.schema.field(*i).data_type().clone())).collect();
         self.emitted =
-            Some(EmittedKeys { columns: key_columns, converter: RowConverter::new(fields)?, keys: HashSet::new() });
+            Some(EmittedKeys { columns: key_columns, converter: RowConverter::new(fields)?, keys: HashSet::default() });
         Ok(self)
     }
 

@@ -10,7 +10,7 @@
 //! (and as ksqlDB does with a GRACE PERIOD). A row arriving after its whole window closed is
 //! handed to the runtime as late. State is bounded by the window, grace and the input rate.
 
-use std::collections::HashMap;
+use crate::state::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -103,8 +103,8 @@ impl StreamStreamJoinOperator {
             keys,
             left_rows,
             right_rows,
-            left: HashMap::new(),
-            right: HashMap::new(),
+            left: HashMap::default(),
+            right: HashMap::default(),
             watermark: i64::MIN,
             late: Vec::new(),
         })
@@ -337,7 +337,7 @@ impl Operator for StreamStreamJoinOperator {
                 let times = k.column(nk).as_primitive::<Int64Type>();
                 let matched = k.column(nk + 1).as_boolean();
                 let values = crate::state::columns_to_rows(rows, v.columns())?;
-                let mut map: HashMap<OwnedRow, Vec<Buffered>> = HashMap::new();
+                let mut map: HashMap<OwnedRow, Vec<Buffered>> = HashMap::default();
                 for i in 0..keys.num_rows() {
                     map.entry(keys.row(i).owned()).or_default().push(Buffered {
                         time: times.value(i),

@@ -7,7 +7,7 @@
 //! the table columns null. Output rows are the stream row's columns followed by the table row's
 //! columns (DataFusion's join schema). State: one row per live table key (bounded by the table).
 
-use std::collections::HashMap;
+use crate::state::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions, UInt32Array};
@@ -57,7 +57,7 @@ impl StreamTableJoinOperator {
         let rows = RowConverter::new(
             cfg.table_schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect(),
         )?;
-        Ok(Self { cfg, keys, rows, key_types, table: HashMap::new() })
+        Ok(Self { cfg, keys, rows, key_types, table: HashMap::default() })
     }
 }
 

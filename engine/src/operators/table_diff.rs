@@ -6,7 +6,7 @@
 //! was one), then the new row marked `false` (unless the input is a delete). The aggregation
 //! then retracts and adds. State: one row per live key of the table (bounded by the table).
 
-use std::collections::HashMap;
+use crate::state::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
@@ -44,7 +44,7 @@ impl TableDiffOperator {
             delete_column,
             keys,
             rows,
-            latest: HashMap::new(),
+            latest: HashMap::default(),
             schema: Arc::new(Schema::new(fields)),
         })
     }

@@ -6,7 +6,7 @@
 //! side null for the outer kinds that keep it, and otherwise a delete of the key if a joined row
 //! had been emitted for it. Output: left columns, right columns, then `__RILL_DELETE`.
 
-use std::collections::{HashMap, HashSet};
+use crate::state::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions};
@@ -71,9 +71,9 @@ impl TableTableJoinOperator {
             key_types,
             left_rows,
             right_rows,
-            left: HashMap::new(),
-            right: HashMap::new(),
-            emitted: HashSet::new(),
+            left: HashMap::default(),
+            right: HashMap::default(),
+            emitted: HashSet::default(),
         })
     }
 
