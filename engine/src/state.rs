@@ -85,3 +85,34 @@ pub fn set_restore(converter: &RowConverter, part: &RecordBatch, set: &mut HashS
 pub fn bad_state(what: &str) -> EngineError {
     EngineError::Checkpoint(format!("the checkpoint does not fit this query's operators: {what}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::DataType;
+    use arrow::row::SortField;
+
+    use super::*;
+
+    #[test]
+    fn maps_and_sets_of_rows_roundtrip_through_columns() {
+        let keys = RowConverter::new(vec![SortField::new(DataType::Utf8)]).unwrap();
+        let rows = RowConverter::new(vec![SortField::new(DataType::Int64), SortField::new(DataType::Utf8)]).unwrap();
+        let k = keys.convert_columns(&[Arc::new(StringArray::from(vec![Some("a"), None, Some("c")]))]).unwrap();
+        let v = rows
+            .convert_columns(&[
+                Arc::new(Int64Array::from(vec![Some(1), Some(2), None])),
+                Arc::new(StringArray::from(vec![Some("x"), None, Some("z")])),
+            ])
+            .unwrap();
+        let map: HashMap<OwnedRow, OwnedRow> = (0..3).map(|i| (k.row(i).owned(), v.row(i).owned())).collect();
+        let mut back = HashMap::default();
+        map_restore(&keys, &rows, &map_snapshot(&keys, &rows, &map).unwrap(), &mut back).unwrap();
+        assert_eq!(back, map);
+        let set: HashSet<OwnedRow> = map.keys().cloned().collect();
+        let mut back = HashSet::default();
+        set_restore(&keys, &set_snapshot(&keys, &set).unwrap(), &mut back).unwrap();
+        assert_eq!(back, set);
+        assert!(map_restore(&keys, &rows, &[], &mut HashMap::default()).is_err(), "a map needs two batches");
+    }
+}
