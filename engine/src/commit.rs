@@ -17,9 +17,10 @@
 //!
 //! Cost model: a checkpoint costs one state snapshot and two small fsynced file writes per
 //! partition written. Checkpoints are taken at most every `interval` while input keeps coming,
-//! and sooner when the task runs out of input (after ten times the last checkpoint's duration,
-//! so that checkpointing never takes more than about a tenth of the time): quiet queries
-//! publish results within milliseconds, busy ones amortise the cost over `interval`.
+//! and sooner when the task runs out of input (after ten times the last checkpoint's duration
+//! and at least 100 ms, so that checkpointing never takes more than about a tenth of the time):
+//! quiet queries publish results within about 100 ms, busy ones amortise the cost over
+//! `interval`.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -142,10 +143,16 @@ impl Committer {
         self.dirty
     }
 
+    /// The shortest time between checkpoints when the task runs out of input: ten times the
+    /// last checkpoint's duration, and at least 100 ms (Kafka Streams' commit interval under
+    /// exactly-once), never more than `interval`.
+    fn idle_wait(&self) -> Duration {
+        (self.last_cost * 10).max(Duration::from_millis(100)).min(self.spec.interval)
+    }
+
     /// When a checkpoint is due if no more input arrives.
     pub fn idle_deadline(&self) -> tokio::time::Instant {
-        let wait = (self.last_cost * 10).clamp(Duration::from_millis(1), self.spec.interval);
-        tokio::time::Instant::from_std(self.last + wait)
+        tokio::time::Instant::from_std(self.last + self.idle_wait())
     }
 
     /// Whether to checkpoint now; `idle` when the task has no input waiting.
@@ -154,7 +161,7 @@ impl Committer {
             return false;
         }
         let elapsed = self.last.elapsed();
-        elapsed >= self.spec.interval || (idle && elapsed >= (self.last_cost * 10).max(Duration::from_millis(1)))
+        elapsed >= self.spec.interval || (idle && elapsed >= self.idle_wait())
     }
 
     /// Takes a checkpoint of `chain` with `positions` and `task` state, then commits the

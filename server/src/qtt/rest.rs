@@ -209,6 +209,8 @@ pub async fn run_case(run: &RestRun, dir: &Path) -> Result<(), String> {
 
     let mut props: BTreeMap<String, String> = BTreeMap::new();
     props.insert("auto.offset.reset".into(), "earliest".into());
+    // Publish results as soon as a query runs out of input: cases wait for them.
+    props.insert("commit.interval.ms".into(), "1".into());
     props.extend(run.properties.clone());
     let first_query = run.statements.iter().position(|s| s.starts_with("SELECT ")).unwrap_or(run.statements.len());
     let (admin, queries) = run.statements.split_at(first_query);

@@ -38,6 +38,8 @@ pub async fn run_case(run: &Run, dir: &Path) -> Result<(), String> {
     let case = &run.case;
     let mut props: Properties = BTreeMap::new();
     props.insert("auto.offset.reset".into(), "earliest".into());
+    // Publish results as soon as a query runs out of input: cases wait for them.
+    props.insert("commit.interval.ms".into(), "1".into());
     props.extend(run.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
     for (i, sql) in run.statements.iter().enumerate() {
         if apply_set(sql, &mut props) {
