@@ -1256,6 +1256,27 @@ fn ksql_function(f: &mut sp::Function) {
     };
     let mut ignore_nulls = ignore_nulls;
     if let sp::FunctionArguments::List(list) = &mut f.args {
+        // LATEST/EARLIEST_BY_OFFSET(col, n [, ignoreNulls]): the last/first n values, an array.
+        // (Integer literals may already be `CAST(n AS INT)`, see `ksql_expressions`.)
+        let is_number = |e: &sp::Expr| match e {
+            sp::Expr::Value(v) => matches!(v.value, sp::Value::Number(..)),
+            sp::Expr::Cast { expr, .. } => {
+                matches!(expr.as_ref(), sp::Expr::Value(v) if matches!(v.value, sp::Value::Number(..)))
+            }
+            _ => false,
+        };
+        let counted =
+            matches!(list.args.get(1), Some(sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(e))) if is_number(e));
+        if ignore_nulls && counted && list.args.len() <= 3 {
+            if list.args.len() == 2 {
+                list.args.push(sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(sp::Expr::Value(
+                    sp::Value::Boolean(true).into(),
+                ))));
+            }
+            let target = if name == "LATEST_BY_OFFSET" { "latest_by_offset_n" } else { "earliest_by_offset_n" };
+            f.name = sp::ObjectName::from(vec![sp::Ident::new(target)]);
+            return;
+        }
         // LATEST/EARLIEST_BY_OFFSET(col, ignoreNulls)
         if list.args.len() == 2 && ignore_nulls {
             if let sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(sp::Expr::Value(v))) = &list.args[1] {

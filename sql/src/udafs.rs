@@ -1,4 +1,5 @@
-//! ksqlDB aggregate functions DataFusion does not have: `TOPK`, `TOPKDISTINCT`, `HISTOGRAM`.
+//! ksqlDB aggregate functions DataFusion does not have: `TOPK`, `TOPKDISTINCT`, `HISTOGRAM`, and the
+//! multi-value `EARLIEST_BY_OFFSET`/`LATEST_BY_OFFSET`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -219,9 +220,143 @@ impl Accumulator for HistogramAccumulator {
     }
 }
 
+/// `EARLIEST_BY_OFFSET(col, n [, ignoreNulls])` and `LATEST_BY_OFFSET(col, n [, ignoreNulls])`:
+/// the first or last `n` values in offset order, as an array (nulls skipped unless
+/// `ignoreNulls` is false). The planner rewrites the multi-value forms to these.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ByOffsetN {
+    name: &'static str,
+    latest: bool,
+    signature: Signature,
+}
+
+impl AggregateUDFImpl for ByOffsetN {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        match arg_types.first() {
+            Some(t) => Ok(DataType::List(Arc::new(Field::new("item", t.clone(), true)))),
+            None => exec_err!("{} needs a column, a count and whether to ignore nulls", self.name),
+        }
+    }
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        let item = args.exprs.first().map(|e| e.data_type(args.schema)).transpose()?.unwrap_or(DataType::Null);
+        Ok(Box::new(ByOffsetNAccumulator {
+            latest: self.latest,
+            n: None,
+            ignore_nulls: true,
+            values: Vec::new(),
+            item,
+        }))
+    }
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(vec![
+            Arc::new(args.return_field.as_ref().clone().with_name(format!("{}_values", args.name))),
+            Arc::new(Field::new(format!("{}_n", args.name), DataType::Int64, true)),
+            Arc::new(Field::new(format!("{}_ignore_nulls", args.name), DataType::Boolean, true)),
+        ])
+    }
+}
+
+#[derive(Debug)]
+struct ByOffsetNAccumulator {
+    latest: bool,
+    n: Option<usize>,
+    ignore_nulls: bool,
+    values: Vec<ScalarValue>,
+    item: DataType,
+}
+
+impl ByOffsetNAccumulator {
+    fn settings(&mut self, n: Option<&ArrayRef>, ignore: Option<&ArrayRef>) -> Result<()> {
+        if let Some(n) = n.filter(|n| self.n.is_none() && !n.is_empty() && n.is_valid(0)) {
+            self.n = Some(match ScalarValue::try_from_array(n, 0)? {
+                ScalarValue::Int64(Some(v)) => v.max(0) as usize,
+                ScalarValue::Int32(Some(v)) => v.max(0) as usize,
+                other => return exec_err!("the count must be an integer, got {other}"),
+            });
+        }
+        if let Some(ignore) = ignore.filter(|i| !i.is_empty() && i.is_valid(0)) {
+            if let ScalarValue::Boolean(Some(b)) = ScalarValue::try_from_array(ignore, 0)? {
+                self.ignore_nulls = b;
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, v: ScalarValue) {
+        if v.is_null() && self.ignore_nulls {
+            return;
+        }
+        let n = self.n.unwrap_or(1);
+        if self.latest {
+            self.values.push(v);
+            if self.values.len() > n {
+                self.values.remove(0);
+            }
+        } else if self.values.len() < n {
+            self.values.push(v);
+        }
+    }
+
+    fn list(&self) -> ScalarValue {
+        ScalarValue::List(ScalarValue::new_list_nullable(&self.values, &self.item))
+    }
+}
+
+impl Accumulator for ByOffsetNAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        self.settings(values.get(1), values.get(2))?;
+        for i in 0..values[0].len() {
+            self.add(ScalarValue::try_from_array(&values[0], i)?);
+        }
+        Ok(())
+    }
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        Ok(self.list())
+    }
+    fn size(&self) -> usize {
+        size_of_val(self) + self.values.iter().map(|v| v.size()).sum::<usize>()
+    }
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Ok(vec![
+            self.list(),
+            ScalarValue::Int64(self.n.map(|n| n as i64)),
+            ScalarValue::Boolean(Some(self.ignore_nulls)),
+        ])
+    }
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        self.settings(states.get(1), states.get(2))?;
+        let lists = states[0].as_list::<i32>();
+        for i in 0..lists.len() {
+            if lists.is_valid(i) {
+                let items = lists.value(i);
+                for j in 0..items.len() {
+                    self.add(ScalarValue::try_from_array(&items, j)?);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The aggregate functions of this module.
 pub fn all() -> Vec<AggregateUDF> {
     vec![
+        AggregateUDF::from(ByOffsetN {
+            name: "earliest_by_offset_n",
+            latest: false,
+            signature: Signature::any(3, Volatility::Immutable),
+        }),
+        AggregateUDF::from(ByOffsetN {
+            name: "latest_by_offset_n",
+            latest: true,
+            signature: Signature::any(3, Volatility::Immutable),
+        }),
         AggregateUDF::from(TopK { name: "topk", distinct: false, signature: Signature::any(2, Volatility::Immutable) }),
         AggregateUDF::from(TopK {
             name: "topkdistinct",
