@@ -1168,7 +1168,45 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
                     }
                 }
             }
-            sp::Expr::Function(f) => ksql_function(f),
+            sp::Expr::Function(f) => {
+                // ksqlDB's CORRELATION of fewer than two rows is NaN, its STDDEV_SAMP of one row
+                // is 0.0; DataFusion's corr/stddev give NULL there.
+                let name = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_uppercase());
+                let fallback = match name.as_deref() {
+                    Some("CORRELATION") => Some("NaN"),
+                    Some("STDDEV_SAMP" | "STDDEV_SAMPLE") => Some("0"),
+                    _ => None,
+                };
+                ksql_function(f);
+                if let Some(v) = fallback {
+                    let inner = std::mem::replace(e, sp::Expr::Value(sp::Value::Null.into()));
+                    let default = sp::Expr::Cast {
+                        kind: sp::CastKind::Cast,
+                        expr: Box::new(sp::Expr::Value(sp::Value::SingleQuotedString(v.into()).into())),
+                        data_type: sp::DataType::Double(sp::ExactNumberInfo::None),
+                        array: false,
+                        format: None,
+                    };
+                    *e = sp::Expr::Function(sp::Function {
+                        name: sp::ObjectName::from(vec![sp::Ident::new("coalesce")]),
+                        uses_odbc_syntax: false,
+                        parameters: sp::FunctionArguments::None,
+                        args: sp::FunctionArguments::List(sp::FunctionArgumentList {
+                            duplicate_treatment: None,
+                            args: vec![
+                                sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(inner)),
+                                sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(default)),
+                            ],
+                            clauses: vec![],
+                        }),
+                        filter: None,
+                        null_treatment: None,
+                        over: None,
+                        within_group: vec![],
+                    });
+                    return ControlFlow::Continue(());
+                }
+            }
             sp::Expr::BinaryOp { op: sp::BinaryOperator::Arrow, right, .. }
                 if matches!(right.as_ref(), sp::Expr::Identifier(_)) =>
             {
