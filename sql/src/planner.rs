@@ -1251,7 +1251,7 @@ fn flatten_assignments(f: &mut sp::Function, left: impl Fn(sp::Expr) -> sp::Expr
 }
 
 /// ksqlDB aggregate spellings of DataFusion aggregates with options:
-/// `COUNT_DISTINCT(x)` is `count(DISTINCT x)`, `COLLECT_SET(x)` is `array_agg(DISTINCT x)`,
+/// `COUNT_DISTINCT(x)` is `count(DISTINCT x)` (`COLLECT_SET` is a UDAF keeping insertion order),
 /// `LATEST_BY_OFFSET(x)`/`EARLIEST_BY_OFFSET(x)` are `last_value`/`first_value` ignoring nulls.
 fn ksql_function(f: &mut sp::Function) {
     let Some(name) = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_uppercase()) else { return };
@@ -1287,7 +1287,6 @@ fn ksql_function(f: &mut sp::Function) {
     }
     let (target, distinct, ignore_nulls) = match name.as_str() {
         "COUNT_DISTINCT" => ("count", true, false),
-        "COLLECT_SET" => ("array_agg", true, false),
         "LATEST_BY_OFFSET" => ("last_value", false, true),
         "EARLIEST_BY_OFFSET" => ("first_value", false, true),
         _ => return,

@@ -344,9 +344,87 @@ impl Accumulator for ByOffsetNAccumulator {
     }
 }
 
+/// `COLLECT_SET(col)`: the distinct values in the order they first arrived (ksqlDB keeps
+/// insertion order; DataFusion's `array_agg(DISTINCT)` does not).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CollectSet {
+    signature: Signature,
+}
+
+impl AggregateUDFImpl for CollectSet {
+    fn name(&self) -> &str {
+        "collect_set"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        match arg_types.first() {
+            Some(t) => Ok(DataType::List(Arc::new(Field::new("item", t.clone(), true)))),
+            None => exec_err!("COLLECT_SET needs a column"),
+        }
+    }
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        let item = args.exprs.first().map(|e| e.data_type(args.schema)).transpose()?.unwrap_or(DataType::Null);
+        // The same accumulator as EARLIEST_BY_OFFSET(col, n), with distinct values and no limit.
+        Ok(Box::new(CollectSetAccumulator { values: Vec::new(), item }))
+    }
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(vec![Arc::new(args.return_field.as_ref().clone().with_name(format!("{}_values", args.name)))])
+    }
+}
+
+#[derive(Debug)]
+struct CollectSetAccumulator {
+    values: Vec<ScalarValue>,
+    item: DataType,
+}
+
+impl CollectSetAccumulator {
+    fn add(&mut self, v: ScalarValue) {
+        if !v.is_null() && !self.values.contains(&v) {
+            self.values.push(v);
+        }
+    }
+    fn list(&self) -> ScalarValue {
+        ScalarValue::List(ScalarValue::new_list_nullable(&self.values, &self.item))
+    }
+}
+
+impl Accumulator for CollectSetAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        for i in 0..values[0].len() {
+            self.add(ScalarValue::try_from_array(&values[0], i)?);
+        }
+        Ok(())
+    }
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        Ok(self.list())
+    }
+    fn size(&self) -> usize {
+        size_of_val(self) + self.values.iter().map(|v| v.size()).sum::<usize>()
+    }
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Ok(vec![self.list()])
+    }
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        let lists = states[0].as_list::<i32>();
+        for i in 0..lists.len() {
+            if lists.is_valid(i) {
+                let items = lists.value(i);
+                for j in 0..items.len() {
+                    self.add(ScalarValue::try_from_array(&items, j)?);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The aggregate functions of this module.
 pub fn all() -> Vec<AggregateUDF> {
     vec![
+        AggregateUDF::from(CollectSet { signature: Signature::any(1, Volatility::Immutable) }),
         AggregateUDF::from(ByOffsetN {
             name: "earliest_by_offset_n",
             latest: false,
