@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, RecordBatch, StructArray};
+use arrow::array::{Array, AsArray, RecordBatch, StructArray};
 use arrow::datatypes::{DataType, Field, FieldRef, SchemaRef};
 use arrow_json::reader::{Decoder as ArrowJsonDecoder, ReaderBuilder};
 use arrow_json::writer::{make_encoder, EncoderOptions};
@@ -125,8 +125,69 @@ impl JsonEncoder {
     }
 }
 
+/// Non-finite floats of top-level FLOAT/DOUBLE columns: (row, column, spelling). JSON has no
+/// NaN or infinities; ksqlDB (Jackson) writes them as the strings "NaN", "Infinity", "-Infinity".
+fn non_finite(batch: &RecordBatch) -> Vec<(usize, usize, &'static str)> {
+    let spell = |v: f64| {
+        if v.is_nan() {
+            "NaN"
+        } else if v > 0.0 {
+            "Infinity"
+        } else {
+            "-Infinity"
+        }
+    };
+    let mut found = Vec::new();
+    for (c, col) in batch.columns().iter().enumerate() {
+        match col.data_type() {
+            DataType::Float64 => {
+                let a = col.as_primitive::<arrow::datatypes::Float64Type>();
+                for (r, v) in a.iter().enumerate() {
+                    if let Some(v) = v.filter(|v| !v.is_finite()) {
+                        found.push((r, c, spell(v)));
+                    }
+                }
+            }
+            DataType::Float32 => {
+                let a = col.as_primitive::<arrow::datatypes::Float32Type>();
+                for (r, v) in a.iter().enumerate() {
+                    if let Some(v) = v.filter(|v| !v.is_finite()) {
+                        found.push((r, c, spell(f64::from(v))));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
 impl Encoder for JsonEncoder {
     fn encode(&mut self, batch: &RecordBatch, out: &mut Vec<Option<Bytes>>) -> Result<()> {
+        let first = out.len();
+        let special = non_finite(batch);
+        self.encode_rows(batch, out)?;
+        // Rare rows with NaN or infinities: patch the named fields (arrow-json writes null).
+        for (row, col, text) in special {
+            let Some(Some(bytes)) = out.get(first + row) else { continue };
+            let patched = if self.unwrapped {
+                serde_json::Value::String(text.to_string())
+            } else {
+                let mut v: serde_json::Value =
+                    serde_json::from_slice(bytes).map_err(|e| ConnectorError::Encode(e.to_string()))?;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert(batch.schema().field(col).name().clone(), serde_json::Value::String(text.to_string()));
+                }
+                v
+            };
+            out[first + row] = Some(Bytes::from(patched.to_string()));
+        }
+        Ok(())
+    }
+}
+
+impl JsonEncoder {
+    fn encode_rows(&mut self, batch: &RecordBatch, out: &mut Vec<Option<Bytes>>) -> Result<()> {
         let batch = temporal_to_numbers(batch)?;
         let (field, array): (FieldRef, Arc<dyn Array>) = if self.unwrapped {
             (batch.schema().field(0).clone().into(), batch.column(0).clone())
@@ -170,6 +231,39 @@ mod tests {
 
     fn schema() -> SchemaRef {
         Arc::new(Schema::new(vec![Field::new("ID", DataType::Int64, true), Field::new("NAME", DataType::Utf8, true)]))
+    }
+
+    #[test]
+    fn non_finite_doubles_are_written_as_ksqldb_strings() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ID", DataType::Int64, true),
+            Field::new("D", DataType::Float64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
+                Arc::new(arrow::array::Float64Array::from(vec![
+                    Some(f64::NAN),
+                    Some(f64::INFINITY),
+                    Some(1.5),
+                    Some(f64::NEG_INFINITY),
+                ])),
+            ],
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        JsonEncoder::new(schema, true).encode(&batch, &mut out).unwrap();
+        let text: Vec<String> = out.iter().map(|b| String::from_utf8(b.clone().unwrap().to_vec()).unwrap()).collect();
+        assert_eq!(
+            text,
+            vec![
+                r#"{"ID":1,"D":"NaN"}"#,
+                r#"{"ID":2,"D":"Infinity"}"#,
+                r#"{"ID":3,"D":1.5}"#,
+                r#"{"ID":4,"D":"-Infinity"}"#
+            ]
+        );
     }
 
     #[test]
