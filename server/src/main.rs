@@ -87,6 +87,18 @@ enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// Pull-query key-lookup latency on a table a running query keeps updating.
+    Pull {
+        /// Keys in the table.
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+        /// Lookups timed.
+        #[arg(long, default_value_t = 200)]
+        lookups: u64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Nexmark on Rill, checked against DataFusion batch on the same data.
     Nexmark {
         /// Query: q0, q1, q2, q3, q5, q7, q8, q11.
@@ -122,6 +134,16 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(serve(data_dir, listen))
         }
         Command::Qtt(args) => qtt::run(args.into()),
+        Command::Bench { what: Bench::Pull { keys, lookups, json } } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let report = rt.block_on(bench::pull::run(keys, lookups))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(())
+        }
         Command::Bench { what: Bench::File { query, ddl, input, auctions, partitions, json } } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let opts = bench::file::Options { query, ddl, input, auctions, partitions };

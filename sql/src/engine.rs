@@ -56,6 +56,8 @@ pub struct KsqlEngine {
     /// Queries created while replaying the command topic: started once the replay is over, so
     /// that a query replaced or terminated later in the log never runs.
     pending: parking_lot::Mutex<Vec<QuerySpec>>,
+    /// Materialised views of tables for pull queries, by table name.
+    views: parking_lot::Mutex<std::collections::HashMap<String, crate::view::TableView>>,
     ctx: SessionContext,
     catalog: Mutex<Catalog>,
 }
@@ -72,6 +74,7 @@ impl KsqlEngine {
             store,
             state_dir,
             pending: parking_lot::Mutex::new(Vec::new()),
+            views: parking_lot::Mutex::new(std::collections::HashMap::new()),
             ctx,
             catalog: Mutex::new(Catalog::default()),
         });
@@ -511,7 +514,10 @@ impl KsqlEngine {
         if source.window_type.is_some() {
             return Err(SqlError::Unsupported("Pull queries on windowed tables are not supported yet".into()));
         }
-        let rows = self.current_rows(&source)?;
+        let rows = match source.kind {
+            SourceKind::Table => self.view_rows(&source, body.selection.as_ref())?,
+            SourceKind::Stream => self.current_rows(&source)?,
+        };
         let (columns, batches) = planner::run_pull(&self.ctx, &source, select, rows).await?;
         Ok(StatementResult::Pull {
             id: format!("query_{}", now_ms()),
@@ -519,6 +525,26 @@ impl KsqlEngine {
             rows: batches,
             is_table: source.kind == SourceKind::Table,
         })
+    }
+
+    /// The current rows of a table from its materialised view (brought up to date first): only
+    /// the keys a WHERE clause pins to literals, or every row.
+    fn view_rows(&self, source: &SourceDef, selection: Option<&sp::Expr>) -> Result<RecordBatch> {
+        let mut views = self.views.lock();
+        let fresh = |s: &SourceDef| crate::view::TableView::try_new(s, self.store.as_ref());
+        let mut view = match views.remove(&source.name) {
+            Some(v) if v.describes(source) => v,
+            _ => fresh(source)?,
+        };
+        if view.catch_up(self.store.as_ref()).is_err() {
+            view = fresh(source)?;
+            view.catch_up(self.store.as_ref())?;
+        }
+        let key = source.key_columns().next().map(|c| c.name.clone()).unwrap_or_default();
+        let keys = view.key_literals(selection, &key);
+        let rows = view.rows(keys.as_deref());
+        views.insert(source.name.clone(), view);
+        rows
     }
 
     /// Every row of a source now: for a table the latest row per key (deleted keys left out).

@@ -20,6 +20,7 @@ pub mod timefmt;
 pub mod types;
 pub mod udafs;
 pub mod udfs;
+pub mod view;
 
 pub use engine::KsqlEngine;
 pub use error::{Result, SqlError};

@@ -4,3 +4,4 @@ pub mod checkpoint;
 pub mod file;
 pub mod nexmark;
 pub mod pipeline;
+pub mod pull;
