@@ -24,6 +24,10 @@ pub struct Report {
     pub p50_ms: f64,
     /// 99th percentile, ms.
     pub p99_ms: f64,
+    /// The same lookups through `POST /query` on a server on loopback (HTTP/1.1, keep-alive).
+    pub http_p50_ms: f64,
+    /// 99th percentile over HTTP.
+    pub http_p99_ms: f64,
     /// Updates appended while the lookups ran.
     pub concurrent_updates: u64,
 }
@@ -72,10 +76,43 @@ pub async fn run(keys: u64, lookups: u64) -> anyhow::Result<Report> {
         p.execute(&sql, &props).await?;
         samples.push(started.elapsed().as_secs_f64() * 1e3);
     }
+    // The same over HTTP: the REST API on loopback, one keep-alive client.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = crate::rest::router(crate::rest::AppState::new(p.engine.clone()));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = reqwest::Client::new();
+    let mut http = Vec::with_capacity(lookups as usize);
+    for i in 0..lookups {
+        let sql = format!("SELECT * FROM LATEST WHERE K = 'k{}';", (i * 7_919) % keys);
+        let started = Instant::now();
+        let body = client
+            .post(format!("http://{addr}/query"))
+            .json(&serde_json::json!({"ksql": sql, "streamsProperties": {}}))
+            .send()
+            .await?
+            .text()
+            .await?;
+        http.push(started.elapsed().as_secs_f64() * 1e3);
+        if !body.contains("\"row\"") {
+            anyhow::bail!("pull query over HTTP returned no row: {body}");
+        }
+    }
+    server.abort();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let updates = producer.await??;
     p.shutdown().await;
-    samples.sort_by(f64::total_cmp);
-    let pct = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
-    Ok(Report { keys, lookups, p50_ms: pct(0.5), p99_ms: pct(0.99), concurrent_updates: updates })
+    let pct = |v: &mut Vec<f64>, q: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * q) as usize]
+    };
+    Ok(Report {
+        keys,
+        lookups,
+        p50_ms: pct(&mut samples, 0.5),
+        p99_ms: pct(&mut samples, 0.99),
+        http_p50_ms: pct(&mut http, 0.5),
+        http_p99_ms: pct(&mut http, 0.99),
+        concurrent_updates: updates,
+    })
 }
