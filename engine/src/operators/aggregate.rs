@@ -433,7 +433,7 @@ impl AggregateOperator {
                         key: old.key.clone(),
                         window: old.window,
                         values,
-                        ts: t,
+                        ts: old.max_ts,
                         delete: true,
                         was_emitted: true,
                     });
