@@ -126,9 +126,7 @@ impl Committer {
             self.store.append(topic, partition, records).await?;
             return Ok(());
         }
-        if !self.touched.contains(&(topic.to_string(), partition)) {
-            self.touched.insert((topic.to_string(), partition));
-        }
+        self.touched.insert((topic.to_string(), partition));
         self.store.append_transactional(topic, partition, records, self.producer, self.epoch).await?;
         Ok(())
     }

@@ -51,10 +51,13 @@ pub struct LateRow {
 ///   of the plan that built it); it may emit any number of messages to `out`.
 /// * [`handle_watermark`](Operator::handle_watermark) when event time advances; operators with
 ///   time-based state emit what the watermark completes, then forward the watermark.
-/// * [`handle_checkpoint`](Operator::handle_checkpoint) when a barrier passes: everything
-///   before it has been processed; the runtime then takes each operator's
-///   [`snapshot`](Operator::snapshot) for the checkpoint, and after a restart a freshly built
-///   operator gets it back through [`restore`](Operator::restore) before any input.
+/// * [`snapshot`](Operator::snapshot) at a checkpoint, which the runtime takes between two
+///   inputs of the task (so everything before it has been processed; see `crate::commit`);
+///   after a restart a freshly built operator gets it back through
+///   [`restore`](Operator::restore) before any input. (The runtime does not inject
+///   [`Message::Barrier`]s into chains: a query's only stateful task sees its inputs one whole
+///   fetch at a time, which aligns checkpoints without them. `handle_checkpoint` handles a
+///   barrier pushed by a caller, e.g. a future multi-stage dataflow.)
 /// * [`on_close`](Operator::on_close) at the end of a bounded input: flush everything.
 ///
 /// Defaults forward control messages unchanged, which is right for stateless operators.

@@ -464,6 +464,38 @@ impl TaskOutput {
     }
 }
 
+/// Appends records as a task's output: in its transaction when it has a committer (persistent
+/// queries), directly otherwise.
+async fn append_output(
+    committer: Option<&mut Committer>,
+    store: &dyn TopicStore,
+    topic: &str,
+    partition: u32,
+    records: &[Record],
+) -> Result<()> {
+    match committer {
+        Some(c) => c.append(topic, partition, records).await,
+        None => {
+            store.append(topic, partition, records).await?;
+            Ok(())
+        }
+    }
+}
+
+/// Counts and writes dead letters (see [`append_output`]).
+async fn write_dead_letters(
+    stats: &QueryStats,
+    committer: Option<&mut Committer>,
+    store: &dyn TopicStore,
+    dead: &[Record],
+) -> Result<()> {
+    if dead.is_empty() {
+        return Ok(());
+    }
+    stats.dead_letters.fetch_add(dead.len() as u64, Ordering::Relaxed);
+    append_output(committer, store, DEAD_LETTER_TOPIC, 0, dead).await
+}
+
 /// The stateful part of a query: one task, fed by every partition task.
 struct StageTask {
     store: Arc<dyn TopicStore>,
@@ -534,15 +566,7 @@ impl StageTask {
                             (_, _) => {}
                         }
                     }
-                    if !dead.is_empty() {
-                        self.stats.dead_letters.fetch_add(dead.len() as u64, Ordering::Relaxed);
-                        match &mut self.committer {
-                            Some(c) => c.append(DEAD_LETTER_TOPIC, 0, &dead).await?,
-                            None => {
-                                self.store.append(DEAD_LETTER_TOPIC, 0, &dead).await?;
-                            }
-                        }
-                    }
+                    write_dead_letters(&self.stats, self.committer.as_mut(), self.store.as_ref(), &dead).await?;
                     // Everything before `next_offset` has been processed: make its output
                     // durable, then record the position (committed now, or with the next
                     // checkpoint).
@@ -635,12 +659,7 @@ impl StageTask {
                 })
                 .collect();
             self.stats.late_records.fetch_add(records.len() as u64, Ordering::Relaxed);
-            match &mut self.committer {
-                Some(c) => c.append(LATE_TOPIC, 0, &records).await?,
-                None => {
-                    self.store.append(LATE_TOPIC, 0, &records).await?;
-                }
-            }
+            append_output(self.committer.as_mut(), self.store.as_ref(), LATE_TOPIC, 0, &records).await?;
         }
         for m in messages.drain(..) {
             if let Message::Data(b) = m {
@@ -794,15 +813,7 @@ impl PartitionTask {
                 }
                 continue;
             }
-            if !dead.is_empty() {
-                self.stats.dead_letters.fetch_add(dead.len() as u64, Ordering::Relaxed);
-                match &mut self.committer {
-                    Some(c) => c.append(DEAD_LETTER_TOPIC, 0, &dead).await?,
-                    None => {
-                        self.store.append(DEAD_LETTER_TOPIC, 0, &dead).await?;
-                    }
-                }
-            }
+            write_dead_letters(&self.stats, self.committer.as_mut(), self.store.as_ref(), &dead).await?;
             for m in messages {
                 if let Message::Data(b) = m {
                     if !self.out.write(b, &self.stats, self.committer.as_mut()).await? {

@@ -516,7 +516,7 @@ impl KsqlEngine {
         }
         let rows = match source.kind {
             SourceKind::Table => self.view_rows(&source, body.selection.as_ref())?,
-            SourceKind::Stream => self.current_rows(&source)?,
+            SourceKind::Stream => self.stream_rows(&source)?,
         };
         let (columns, batches) = planner::run_pull(&self.ctx, &source, select, rows).await?;
         Ok(StatementResult::Pull {
@@ -547,8 +547,8 @@ impl KsqlEngine {
         rows
     }
 
-    /// Every row of a source now: for a table the latest row per key (deleted keys left out).
-    fn current_rows(&self, source: &SourceDef) -> Result<RecordBatch> {
+    /// Every row of a stream now (tombstones left out). Tables are served by their view.
+    fn stream_rows(&self, source: &SourceDef) -> Result<RecordBatch> {
         let spec = source.source_spec();
         let schema = spec.row_schema();
         let mut batches = Vec::new();
@@ -568,32 +568,8 @@ impl KsqlEngine {
         }
         let all = arrow::compute::concat_batches(&schema, &batches)?;
         let delete = schema.index_of(rill_engine::source::DELETE).map_err(|e| SqlError::Internal(e.to_string()))?;
-        let keep: Vec<u32> = if source.kind == SourceKind::Table {
-            // The last row of each key wins; a key whose last row is a delete is gone.
-            let nkeys = source.key_columns().count();
-            let converter = arrow::row::RowConverter::new(
-                schema.fields().iter().take(nkeys).map(|f| arrow::row::SortField::new(f.data_type().clone())).collect(),
-            )?;
-            let keys = converter.convert_columns(&all.columns()[..nkeys])?;
-            let mut last: std::collections::HashMap<arrow::row::OwnedRow, u32> = std::collections::HashMap::new();
-            for i in 0..all.num_rows() {
-                last.insert(keys.row(i).owned(), i as u32);
-            }
-            let deletes = all.column(delete).as_boolean();
-            let mut idx: Vec<u32> = last.into_values().filter(|i| !deletes.value(*i as usize)).collect();
-            idx.sort_unstable();
-            idx
-        } else {
-            let deletes = all.column(delete).as_boolean();
-            (0..all.num_rows() as u32).filter(|i| !deletes.value(*i as usize)).collect()
-        };
-        let idx = arrow::array::UInt32Array::from(keep);
-        let columns = all
-            .columns()
-            .iter()
-            .map(|c| arrow::compute::take(c.as_ref(), &idx, None))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(RecordBatch::try_new(schema, columns)?)
+        let live = arrow::compute::not(all.column(delete).as_boolean())?;
+        Ok(arrow::compute::filter_record_batch(&all, &live)?)
     }
 
     fn status(&self, text: &str, message: String, query_id: Option<String>) -> StatementResult {
