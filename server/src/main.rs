@@ -129,53 +129,26 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Server { data_dir, listen } => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(serve(data_dir, listen))
-        }
+        Command::Server { data_dir, listen } => runtime()?.block_on(serve(data_dir, listen)),
         Command::Qtt(args) => qtt::run(args.into()),
         Command::Bench { what: Bench::Pull { keys, lookups, json } } => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let report = rt.block_on(bench::pull::run(keys, lookups))?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            }
-            Ok(())
+            let report = runtime()?.block_on(bench::pull::run(keys, lookups))?;
+            print_report(&report, json, serde_json::to_string_pretty(&report)?)
         }
         Command::Bench { what: Bench::File { query, ddl, input, auctions, partitions, json } } => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let opts = bench::file::Options { query, ddl, input, auctions, partitions };
-            let report = rt.block_on(bench::file::run(&opts))?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            }
-            Ok(())
+            let report = runtime()?.block_on(bench::file::run(&opts))?;
+            print_report(&report, json, serde_json::to_string_pretty(&report)?)
         }
         Command::Bench { what: Bench::Nexmark { query, events, partitions, queries, no_latency, json } } => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let opts = bench::nexmark::Options { query, events, partitions, queries_dir: queries, no_latency };
-            let report = rt.block_on(bench::nexmark::run(&opts))?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            }
-            Ok(())
+            let report = runtime()?.block_on(bench::nexmark::run(&opts))?;
+            print_report(&report, json, serde_json::to_string_pretty(&report)?)
         }
         Command::Bench { what: Bench::ExactlyOnce { events, interval_ms, reps, json } } => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let report =
-                rt.block_on(bench::checkpoint::run(&bench::checkpoint::Options { events, interval_ms, reps }))?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{report}");
-            }
-            Ok(())
+            let opts = bench::checkpoint::Options { events, interval_ms, reps };
+            let report = runtime()?.block_on(bench::checkpoint::run(&opts))?;
+            print_report(&report, json, report.to_string())
         }
         Command::Bench { what: Bench::Log { json, dir } } => {
             let tmp;
@@ -187,14 +160,23 @@ fn main() -> anyhow::Result<()> {
                 }
             };
             let report = rill_log::bench::run(&dir, &rill_log::bench::BenchOptions::default())?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{report}");
-            }
-            Ok(())
+            print_report(&report, json, report.to_string())
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Prints a bench report: one JSON object with `--json`, else `text`.
+fn print_report(report: &impl serde::Serialize, json: bool, text: String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        println!("{text}");
+    }
+    Ok(())
 }
 
 async fn serve(data_dir: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {

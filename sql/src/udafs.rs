@@ -10,6 +10,46 @@ use datafusion::common::{exec_err, Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility};
 
+/// A list of the first argument's type: what the list-valued aggregates return.
+fn list_of(arg_types: &[DataType], name: &str) -> Result<DataType> {
+    match arg_types.first() {
+        Some(t) => Ok(DataType::List(Arc::new(Field::new("item", t.clone(), true)))),
+        None => exec_err!("{} needs a column", name.to_uppercase()),
+    }
+}
+
+/// The type of an aggregate's first argument.
+fn item_type(args: &AccumulatorArgs) -> Result<DataType> {
+    Ok(args.exprs.first().map(|e| e.data_type(args.schema)).transpose()?.unwrap_or(DataType::Null))
+}
+
+/// Calls `f` with every item of every (non-null) list in `lists`, in order: merging list states.
+fn for_each_item(lists: &ArrayRef, mut f: impl FnMut(ScalarValue)) -> Result<()> {
+    let lists = lists.as_list::<i32>();
+    for i in 0..lists.len() {
+        if lists.is_valid(i) {
+            let items = lists.value(i);
+            for j in 0..items.len() {
+                f(ScalarValue::try_from_array(&items, j)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The integer count argument (`k` of TOPK, `n` of EARLIEST_BY_OFFSET) from its first row, if
+/// there is one; negative counts are 0.
+fn count_arg(array: &ArrayRef, what: &str) -> Result<Option<usize>> {
+    if array.is_empty() || !array.is_valid(0) {
+        return Ok(None);
+    }
+    Ok(Some(match ScalarValue::try_from_array(array, 0)? {
+        ScalarValue::Int64(Some(n)) => n.max(0) as usize,
+        ScalarValue::Int32(Some(n)) => n.max(0) as usize,
+        other => return exec_err!("{what} must be an integer, got {other}"),
+    }))
+}
+
 /// `TOPK(col, k)` and `TOPKDISTINCT(col, k)`: the k largest values, largest first.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct TopK {
@@ -26,13 +66,10 @@ impl AggregateUDFImpl for TopK {
         &self.signature
     }
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        match arg_types.first() {
-            Some(t) => Ok(DataType::List(Arc::new(Field::new("item", t.clone(), true)))),
-            None => exec_err!("{} needs a column and a count", self.name),
-        }
+        list_of(arg_types, self.name())
     }
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        let item = args.exprs.first().map(|e| e.data_type(args.schema)).transpose()?.unwrap_or(DataType::Null);
+        let item = item_type(&args)?;
         Ok(Box::new(TopKAccumulator { distinct: self.distinct, k: None, values: Vec::new(), item }))
     }
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -64,13 +101,8 @@ impl TopKAccumulator {
     }
 
     fn set_k(&mut self, k: &ArrayRef) -> Result<()> {
-        if self.k.is_none() && !k.is_empty() && k.is_valid(0) {
-            let k = ScalarValue::try_from_array(k, 0)?;
-            self.k = Some(match k {
-                ScalarValue::Int64(Some(n)) => n.max(0) as usize,
-                ScalarValue::Int32(Some(n)) => n.max(0) as usize,
-                other => return exec_err!("TOPK's count must be an integer, got {other}"),
-            });
+        if self.k.is_none() {
+            self.k = count_arg(k, "TOPK's count")?;
         }
         Ok(())
     }
@@ -103,16 +135,7 @@ impl Accumulator for TopKAccumulator {
         if let Some(k) = states.get(1) {
             self.set_k(k)?;
         }
-        let lists = states[0].as_list::<i32>();
-        for i in 0..lists.len() {
-            if lists.is_valid(i) {
-                let items = lists.value(i);
-                for j in 0..items.len() {
-                    self.add(ScalarValue::try_from_array(&items, j)?);
-                }
-            }
-        }
-        Ok(())
+        for_each_item(&states[0], |v| self.add(v))
     }
 }
 
@@ -238,13 +261,10 @@ impl AggregateUDFImpl for ByOffsetN {
         &self.signature
     }
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        match arg_types.first() {
-            Some(t) => Ok(DataType::List(Arc::new(Field::new("item", t.clone(), true)))),
-            None => exec_err!("{} needs a column, a count and whether to ignore nulls", self.name),
-        }
+        list_of(arg_types, self.name())
     }
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        let item = args.exprs.first().map(|e| e.data_type(args.schema)).transpose()?.unwrap_or(DataType::Null);
+        let item = item_type(&args)?;
         Ok(Box::new(ByOffsetNAccumulator {
             latest: self.latest,
             n: None,
@@ -273,12 +293,8 @@ struct ByOffsetNAccumulator {
 
 impl ByOffsetNAccumulator {
     fn settings(&mut self, n: Option<&ArrayRef>, ignore: Option<&ArrayRef>) -> Result<()> {
-        if let Some(n) = n.filter(|n| self.n.is_none() && !n.is_empty() && n.is_valid(0)) {
-            self.n = Some(match ScalarValue::try_from_array(n, 0)? {
-                ScalarValue::Int64(Some(v)) => v.max(0) as usize,
-                ScalarValue::Int32(Some(v)) => v.max(0) as usize,
-                other => return exec_err!("the count must be an integer, got {other}"),
-            });
+        if let Some(n) = n.filter(|_| self.n.is_none()) {
+            self.n = count_arg(n, "the count")?;
         }
         if let Some(ignore) = ignore.filter(|i| !i.is_empty() && i.is_valid(0)) {
             if let ScalarValue::Boolean(Some(b)) = ScalarValue::try_from_array(ignore, 0)? {
@@ -331,16 +347,7 @@ impl Accumulator for ByOffsetNAccumulator {
     }
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
         self.settings(states.get(1), states.get(2))?;
-        let lists = states[0].as_list::<i32>();
-        for i in 0..lists.len() {
-            if lists.is_valid(i) {
-                let items = lists.value(i);
-                for j in 0..items.len() {
-                    self.add(ScalarValue::try_from_array(&items, j)?);
-                }
-            }
-        }
-        Ok(())
+        for_each_item(&states[0], |v| self.add(v))
     }
 }
 
@@ -359,14 +366,10 @@ impl AggregateUDFImpl for CollectSet {
         &self.signature
     }
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        match arg_types.first() {
-            Some(t) => Ok(DataType::List(Arc::new(Field::new("item", t.clone(), true)))),
-            None => exec_err!("COLLECT_SET needs a column"),
-        }
+        list_of(arg_types, self.name())
     }
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        let item = args.exprs.first().map(|e| e.data_type(args.schema)).transpose()?.unwrap_or(DataType::Null);
-        // The same accumulator as EARLIEST_BY_OFFSET(col, n), with distinct values and no limit.
+        let item = item_type(&args)?;
         Ok(Box::new(CollectSetAccumulator { values: Vec::new(), item }))
     }
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -408,16 +411,7 @@ impl Accumulator for CollectSetAccumulator {
         Ok(vec![self.list()])
     }
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let lists = states[0].as_list::<i32>();
-        for i in 0..lists.len() {
-            if lists.is_valid(i) {
-                let items = lists.value(i);
-                for j in 0..items.len() {
-                    self.add(ScalarValue::try_from_array(&items, j)?);
-                }
-            }
-        }
-        Ok(())
+        for_each_item(&states[0], |v| self.add(v))
     }
 }
 

@@ -23,7 +23,7 @@ use rill_connectors::store::Record;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::pipeline::{peak_rss_mb, Pipeline};
+use super::pipeline::{cpu_seconds, peak_rss_mb, read_values, Pipeline};
 
 /// Options.
 pub struct Options {
@@ -60,14 +60,6 @@ pub struct Report {
     pub late_rows: u64,
     /// Peak resident memory, MiB.
     pub peak_rss_mb: f64,
-}
-
-fn cpu_seconds() -> f64 {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage fills the struct we own.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 /// Appends a JSON-lines file to `topic`, round-robin over partitions in runs of 4,096 lines;
@@ -155,25 +147,15 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let peak = peak_rss_mb();
     let mut out_rows = 0u64;
     let mut sum_cnt: Option<u64> = None;
-    let cfg = p.store.topic_config(&sink.topic)?;
-    for part in 0..cfg.partitions {
-        let mut offset = p.store.start_offset(&sink.topic, part)?;
-        let end = p.store.end_offset(&sink.topic, part)?;
-        while offset < end {
-            let f = p.store.read(&sink.topic, part, offset, 4 << 20)?;
-            for r in f.records() {
-                let Some(v) = r.value else { continue };
-                let v: Value = serde_json::from_slice(v)?;
-                let auction = v.get("AUCTION").or_else(|| v.get("AUCTION_ID")).and_then(Value::as_i64);
-                if auction.is_some_and(|a| a < 0) {
-                    continue;
-                }
-                out_rows += 1;
-                if let Some(c) = v.get("CNT").and_then(Value::as_u64) {
-                    *sum_cnt.get_or_insert(0) += c;
-                }
-            }
-            offset = f.next_offset();
+    for v in read_values(&p.store, &sink.topic)? {
+        let v: Value = serde_json::from_slice(&v)?;
+        let auction = v.get("AUCTION").or_else(|| v.get("AUCTION_ID")).and_then(Value::as_i64);
+        if auction.is_some_and(|a| a < 0) {
+            continue;
+        }
+        out_rows += 1;
+        if let Some(c) = v.get("CNT").and_then(Value::as_u64) {
+            *sum_cnt.get_or_insert(0) += c;
         }
     }
     let late_rows = p.topic_len(rill_engine::runtime::LATE_TOPIC).unwrap_or(0);

@@ -32,7 +32,7 @@ use rill_connectors::TopicStore;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::pipeline::{load, peak_rss_mb, Pipeline};
+use super::pipeline::{cpu_seconds, load, peak_rss_mb, percentile, read_values, Pipeline};
 
 /// Options.
 pub struct Options {
@@ -274,38 +274,6 @@ async fn flush(store: &Arc<dyn TopicStore>, partitions: u32, max_time: i64) -> a
         }
     }
     Ok(())
-}
-
-/// CPU seconds (user + system) of this process so far.
-fn cpu_seconds() -> f64 {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage fills the struct we own.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-/// Every committed record value of a topic.
-fn read_values(store: &Arc<dyn TopicStore>, topic: &str) -> anyhow::Result<Vec<bytes::Bytes>> {
-    let cfg = store.topic_config(topic)?;
-    let mut out = Vec::new();
-    for p in 0..cfg.partitions {
-        let mut offset = store.start_offset(topic, p)?;
-        let end = store.end_offset(topic, p)?;
-        while offset < end {
-            let f = store.read(topic, p, offset, 4 << 20)?;
-            for r in f.records() {
-                if let Some(v) = r.value {
-                    out.push(f.bytes().slice_ref(v));
-                }
-            }
-            if f.next_offset() <= offset {
-                break;
-            }
-            offset = f.next_offset();
-        }
-    }
-    Ok(out)
 }
 
 /// A row as comparable text: the chosen columns of a JSON object, numbers normalised.
@@ -592,7 +560,5 @@ async fn latency(
     if samples.is_empty() {
         bail!("no output records in the latency run ({sent} sent)");
     }
-    samples.sort_by(f64::total_cmp);
-    let pct = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
-    Ok((pct(0.50), pct(0.99)))
+    Ok((percentile(&mut samples, 0.50), percentile(&mut samples, 0.99)))
 }

@@ -91,6 +91,44 @@ pub async fn load(
     Ok(n)
 }
 
+/// Every committed record value of a topic.
+pub fn read_values(store: &Arc<dyn TopicStore>, topic: &str) -> anyhow::Result<Vec<bytes::Bytes>> {
+    let cfg = store.topic_config(topic)?;
+    let mut out = Vec::new();
+    for p in 0..cfg.partitions {
+        let mut offset = store.start_offset(topic, p)?;
+        let end = store.end_offset(topic, p)?;
+        while offset < end {
+            let f = store.read(topic, p, offset, 4 << 20)?;
+            for r in f.records() {
+                if let Some(v) = r.value {
+                    out.push(f.bytes().slice_ref(v));
+                }
+            }
+            if f.next_offset() <= offset {
+                break;
+            }
+            offset = f.next_offset();
+        }
+    }
+    Ok(out)
+}
+
+/// CPU seconds (user + system) of this process so far.
+pub fn cpu_seconds() -> f64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we own.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// The `q` quantile (0..=1) of `samples` (sorted in place; not empty).
+pub fn percentile(samples: &mut [f64], q: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[((samples.len() - 1) as f64 * q) as usize]
+}
+
 /// Bytes under `dir`, recursively.
 pub fn dir_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
@@ -105,7 +143,6 @@ pub fn dir_bytes(dir: &Path) -> u64 {
 }
 
 /// Peak resident set size of this process, in MiB (Linux `VmHWM`).
-#[allow(dead_code)] // used by the Nexmark bench
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rill_connectors::store::Record;
 use serde::Serialize;
 
-use super::pipeline::{load, Pipeline};
+use super::pipeline::{load, percentile, Pipeline};
 
 /// The report.
 #[derive(Serialize)]
@@ -102,17 +102,13 @@ pub async fn run(keys: u64, lookups: u64) -> anyhow::Result<Report> {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let updates = producer.await??;
     p.shutdown().await;
-    let pct = |v: &mut Vec<f64>, q: f64| {
-        v.sort_by(f64::total_cmp);
-        v[((v.len() - 1) as f64 * q) as usize]
-    };
     Ok(Report {
         keys,
         lookups,
-        p50_ms: pct(&mut samples, 0.5),
-        p99_ms: pct(&mut samples, 0.99),
-        http_p50_ms: pct(&mut http, 0.5),
-        http_p99_ms: pct(&mut http, 0.99),
+        p50_ms: percentile(&mut samples, 0.5),
+        p99_ms: percentile(&mut samples, 0.99),
+        http_p50_ms: percentile(&mut http, 0.5),
+        http_p99_ms: percentile(&mut http, 0.99),
         concurrent_updates: updates,
     })
 }
