@@ -247,6 +247,58 @@ async fn stream_table_join_enriches_with_current_table_row() {
     server.stop();
 }
 
+/// Joins of three sources, and GROUP BY over them: each order is enriched with its customer and
+/// the customer's region (a join on a column of the first join's result), and totals are kept
+/// per region manager.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_way_join_feeds_group_by() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.ok("CREATE TABLE customers (id STRING PRIMARY KEY, name STRING, region STRING) WITH (kafka_topic='customers', value_format='JSON', partitions=1);").await;
+    server.ok("CREATE TABLE regions (id STRING PRIMARY KEY, manager STRING) WITH (kafka_topic='regions', value_format='JSON', partitions=1);").await;
+    server.ok("CREATE STREAM orders (id STRING KEY, customer STRING, amount DOUBLE) WITH (kafka_topic='orders', value_format='JSON', partitions=2);").await;
+    for s in [
+        "INSERT INTO customers VALUES ('c1', 'Ada', 'EU');",
+        "INSERT INTO customers VALUES ('c2', 'Bob', 'US');",
+        "INSERT INTO regions VALUES ('EU', 'Eve');",
+        "INSERT INTO regions VALUES ('US', 'Sam');",
+    ] {
+        server.ok(s).await;
+    }
+    let from = "FROM orders o JOIN customers c ON o.customer = c.id JOIN regions r ON c.region = r.id";
+    server.ok(&format!("CREATE STREAM enriched AS SELECT o.id, c.name, r.manager, o.amount {from};")).await;
+    server
+        .ok(&format!(
+            "CREATE TABLE per_manager AS SELECT r.manager, SUM(o.amount) AS total, COUNT(*) AS n {from} GROUP BY r.manager;"
+        ))
+        .await;
+    for s in [
+        "INSERT INTO orders VALUES ('o1', 'c1', 10.0);",
+        "INSERT INTO orders VALUES ('o2', 'c2', 5.0);",
+        "INSERT INTO orders VALUES ('o3', 'c1', 2.5);",
+        "INSERT INTO orders VALUES ('o4', 'c9', 1.0);",
+    ] {
+        server.ok(s).await;
+    }
+    let (_, body) = server.query("SELECT * FROM enriched EMIT CHANGES LIMIT 3;").await;
+    let mut rows = Server::rows(&body);
+    rows.sort_by_key(|r| r[0].as_str().unwrap_or_default().to_string());
+    assert_eq!(
+        rows,
+        vec![json!(["o1", "Ada", "Eve", 10.0]), json!(["o2", "Bob", "Sam", 5.0]), json!(["o3", "Ada", "Eve", 2.5])],
+        "{body}"
+    );
+    assert!(body.contains("\"schema\":\"`O_ID` STRING, `NAME` STRING, `MANAGER` STRING, `AMOUNT` DOUBLE\""), "{body}");
+    let (_, body) = server.query("SELECT * FROM per_manager EMIT CHANGES LIMIT 3;").await;
+    let mut last = std::collections::BTreeMap::new();
+    for r in Server::rows(&body) {
+        last.insert(r[0].as_str().unwrap_or_default().to_string(), r.clone());
+    }
+    assert_eq!(last["Eve"], json!(["Eve", 12.5, 2]), "{body}");
+    assert_eq!(last["Sam"], json!(["Sam", 5.0, 1]), "{body}");
+    server.stop();
+}
+
 /// Table-table join on primary keys: an upsert on either side re-computes the key's row, and a
 /// delete on the inner side deletes the joined row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -175,12 +175,26 @@ fn run_through(
 pub struct Chain {
     ops: Vec<Box<dyn Operator>>,
     scratch: Vec<Message>,
+    /// Per further input (1, 2, ...), the operator receiving it (default: the first).
+    side_routes: Vec<usize>,
 }
 
 impl Chain {
     /// A chain of operators, first to last.
     pub fn new(ops: Vec<Box<dyn Operator>>) -> Self {
-        Self { ops, scratch: Vec::new() }
+        Self { ops, scratch: Vec::new(), side_routes: Vec::new() }
+    }
+
+    /// Sends further input `i` (1, 2, ...) to operator `routes[i - 1]` instead of the first
+    /// (joins of several sources: each later join has its own further input).
+    pub fn with_side_routes(mut self, routes: Vec<usize>) -> Self {
+        self.side_routes = routes;
+        self
+    }
+
+    /// The operator receiving further input `input` (1, 2, ...).
+    pub fn side_route(&self, input: usize) -> usize {
+        self.side_routes.get(input.wrapping_sub(1)).copied().unwrap_or(0)
     }
 
     /// Pushes `msg` through every operator; returns what the last one emitted.
@@ -188,12 +202,17 @@ impl Chain {
         run_through(&mut self.ops, &mut self.scratch, vec![msg], out)
     }
 
-    /// Pushes a batch of a further input into the first operator, and what it emits through
-    /// the rest of the chain.
+    /// Pushes a batch of a further input into its operator (see [`Chain::with_side_routes`];
+    /// which sees it as its input 1), and what that emits through the rest of the chain.
     pub fn push_side(&mut self, input: usize, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
-        let Some((first, rest)) = self.ops.split_first_mut() else { return Ok(()) };
+        let at = self.side_route(input);
+        if at >= self.ops.len() {
+            return Ok(());
+        }
+        let (head, rest) = self.ops.split_at_mut(at + 1);
         let mut emitted = Vec::new();
-        first.process_side_batch(input, batch, &mut emitted)?;
+        let local = if self.side_routes.is_empty() { input } else { 1 };
+        head[at].process_side_batch(local, batch, &mut emitted)?;
         run_through(rest, &mut self.scratch, emitted, out)
     }
 
@@ -242,6 +261,11 @@ impl Chain {
             op.restore(s)?;
         }
         Ok(())
+    }
+
+    /// The operators, to build a longer chain from this one.
+    pub fn into_operators(self) -> Vec<Box<dyn Operator>> {
+        self.ops
     }
 
     /// The operators, for `EXPLAIN`.

@@ -136,8 +136,8 @@ pub struct Select {
     pub query: sp::Query,
     /// WINDOW clause.
     pub window: Option<WindowSpec>,
-    /// WITHIN clauses, one per join in order.
-    pub within: Vec<Within>,
+    /// Per JOIN in order, its WITHIN clause if it has one.
+    pub within: Vec<Option<Within>>,
     /// PARTITION BY expressions.
     pub partition_by: Vec<sp::Expr>,
     /// EMIT clause; `None` for a pull query.

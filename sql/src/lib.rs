@@ -12,6 +12,7 @@ pub mod ast;
 pub mod catalog;
 pub mod engine;
 pub mod error;
+pub mod exprtext;
 pub mod functions;
 pub mod parser;
 pub mod planner;

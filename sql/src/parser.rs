@@ -647,8 +647,14 @@ impl StatementParser {
                         (d, d)
                     };
                     let grace = if self.eat_kws(&["GRACE", "PERIOD"]) { Some(self.duration()?) } else { None };
-                    within.push(Within { before, after, grace });
+                    match within.last_mut() {
+                        Some(w @ None) => *w = Some(Within { before, after, grace }),
+                        _ => return self.error("WITHIN belongs after the source of a JOIN"),
+                    }
                     continue;
+                }
+                if is_word(&t, "JOIN") {
+                    within.push(None);
                 }
                 if is_word(&t, "EMIT") {
                     self.pos += 1;

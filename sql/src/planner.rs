@@ -19,9 +19,10 @@ use datafusion::sql::parser::Statement as DfStatement;
 use rill_engine::operator::Chain;
 use rill_engine::operators::aggregate::DELETE_COLUMN;
 use rill_engine::operators::{
-    AggregateConfig, AggregateOperator, CalcOperator, JoinKind, StreamStreamJoinConfig, StreamStreamJoinOperator,
-    StreamTableJoinConfig, StreamTableJoinOperator, TableDiffOperator, TableTableJoinConfig, TableTableJoinOperator,
-    UnnestOperator, WindowConfig, WindowKind,
+    AggregateConfig, AggregateOperator, CalcOperator, ForeignKeyJoinConfig, ForeignKeyJoinOperator, JoinKind,
+    StreamStreamJoinConfig, StreamStreamJoinOperator, StreamTableJoinConfig, StreamTableJoinOperator,
+    TableDiffOperator, TableTableJoinConfig, TableTableJoinOperator, UnnestOperator, WindowConfig, WindowKind,
+    JOIN_TIME_COLUMN,
 };
 use rill_engine::runtime::ChainFactory;
 use sqlparser::ast as sp;
@@ -87,7 +88,7 @@ pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Selec
         return Err(SqlError::plan("A query must read FROM exactly one source (use JOIN to combine sources)"));
     }
     if !body.from[0].joins.is_empty() {
-        return plan_join(ctx, catalog, select).await;
+        return plan_joins(ctx, catalog, select).await;
     }
     let (source_name, alias) = match &body.from[0].relation {
         sp::TableFactor::Table { name, alias, .. } => {
@@ -100,6 +101,16 @@ pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Selec
         .get(&source_name)
         .cloned()
         .ok_or_else(|| SqlError::NotFound(format!("{source_name} does not exist.")))?;
+    let _ = alias;
+    plan_single(ctx, source, select).await
+}
+
+/// Plans `select` reading FROM `source` alone (no join).
+async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select) -> Result<QueryPlan> {
+    let mut query = select.query.clone();
+    let sp::SetExpr::Select(body) = query.body.as_mut() else {
+        return Err(SqlError::Unsupported("Only simple SELECT statements are supported".into()));
+    };
     let grouped = !matches!(body.group_by, sp::GroupByExpr::Expressions(ref e, _) if e.is_empty());
     if !select.partition_by.is_empty() && grouped {
         return Err(SqlError::Unsupported("PARTITION BY together with GROUP BY is not supported yet".into()));
@@ -127,7 +138,6 @@ pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Selec
     }
     check_reserved_names(&body.projection, window.is_some())?;
     rewrite_projection(&mut body.projection, &source, rekey_by.is_some(), None);
-    let _ = alias;
     let mut rekey: Option<Vec<String>> = None;
     if let Some(exprs) = rekey_by {
         let mut names = Vec::new();
@@ -635,8 +645,234 @@ fn table_name(f: &sp::TableFactor) -> Result<(String, String)> {
     }
 }
 
+/// Name of the derived source a join becomes when more follows it (another join, GROUP BY,
+/// WINDOW or PARTITION BY).
+const JOINED: &str = "__RILL_JOIN";
+
+/// One source of a join: its name, its alias (the name when it has none) and its definition.
+type Side = (String, String, SourceDef);
+
+/// Plans a query whose FROM has joins. One join alone is [`plan_join`]. Otherwise the query is
+/// cut in two: a join query selecting every column of its sources (named `<ALIAS>_<COLUMN>`)
+/// becomes a derived source, and the rest of the query (the last join of several; or GROUP BY,
+/// WINDOW, PARTITION BY) is planned over it with its column references rewritten to those names.
+/// Both run as one stage: the first part's operators, then the rest's; a later join's table
+/// or stream reaches its own join operator (see [`Chain::with_side_routes`]).
+async fn plan_joins(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> Result<QueryPlan> {
+    let sp::SetExpr::Select(body) = select.query.body.as_ref() else {
+        return Err(SqlError::Unsupported("Only simple SELECT statements are supported".into()));
+    };
+    let lookup =
+        |n: &str| catalog.sources.get(n).cloned().ok_or_else(|| SqlError::NotFound(format!("{n} does not exist.")));
+    let mut sides: Vec<Side> = Vec::new();
+    for relation in std::iter::once(&body.from[0].relation).chain(body.from[0].joins.iter().map(|j| &j.relation)) {
+        let (name, alias) = table_name(relation)?;
+        sides.push((name.clone(), alias, lookup(&name)?));
+    }
+    let grouped = !matches!(body.group_by, sp::GroupByExpr::Expressions(ref e, _) if e.is_empty());
+    let more = grouped || select.window.is_some() || !select.partition_by.is_empty();
+    if sides.len() == 2 && !more {
+        return plan_join(ctx, catalog, None, select).await;
+    }
+    // With more after the joins, the first part is every join; otherwise all but the last.
+    let first = if more { sides.len() } else { sides.len() - 1 };
+    let mut inner = select.clone();
+    inner.window = None;
+    inner.partition_by.clear();
+    inner.within.truncate(first - 1);
+    if let sp::SetExpr::Select(b) = inner.query.body.as_mut() {
+        b.from[0].joins.truncate(first - 1);
+        b.projection = sides[..first]
+            .iter()
+            .flat_map(|(_, alias, source)| {
+                source.columns.iter().map(move |c| sp::SelectItem::ExprWithAlias {
+                    expr: sp::Expr::CompoundIdentifier(vec![quoted(alias), quoted(&c.name)]),
+                    alias: quoted(&format!("{alias}_{}", c.name)),
+                })
+            })
+            .collect();
+        b.group_by = sp::GroupByExpr::Expressions(vec![], vec![]);
+        b.having = None;
+        if !more {
+            // WHERE may name the last source: it is applied after the last join.
+            b.selection = None;
+        }
+    }
+    let joined = Box::pin(plan_joins(ctx, catalog, &inner)).await?;
+    let (derived, adapt) = derived_source(&joined, &sides[0].2)?;
+    let rows = derived.row_schema();
+    let mut outer = select.clone();
+    outer.within.drain(..first - 1);
+    over_derived(&mut outer, &sides, first);
+    if more {
+        if let sp::SetExpr::Select(b) = outer.query.body.as_mut() {
+            b.selection = None;
+        }
+    }
+    let rest = if more {
+        plan_single(ctx, derived.clone(), &outer).await?
+    } else {
+        plan_join(ctx, catalog, Some(&derived), &outer).await?
+    };
+    // One stage: the first part's stage, the adapter, the rest's partition chain and stage.
+    let join_stage = joined.stage.clone().ok_or_else(|| SqlError::Internal("a join without a stage".into()))?;
+    let (rest_chain, rest_stage) = (rest.chain.clone(), rest.stage.clone());
+    let (first_inputs, rest_inputs) = (joined.side_sources.len(), rest.side_sources.len());
+    let stage: ChainFactory = Arc::new(move || {
+        let first = join_stage()?;
+        let mut routes: Vec<usize> = (0..first_inputs).map(|i| first.side_route(i + 1)).collect();
+        let mut ops = first.into_operators();
+        ops.push(Box::new(CalcOperator::try_new(None, adapt.clone(), rows.clone())?));
+        ops.extend(rest_chain()?.into_operators());
+        if let Some(s) = &rest_stage {
+            let s = s()?;
+            let base = ops.len();
+            routes.extend((0..rest_inputs).map(|i| base + s.side_route(i + 1)));
+            ops.extend(s.into_operators());
+        }
+        Ok(Chain::new(ops).with_side_routes(routes))
+    });
+    let mut side_sources = joined.side_sources;
+    side_sources.extend(rest.side_sources);
+    Ok(QueryPlan { source: joined.source, chain: joined.chain, stage: Some(stage), side_sources, ..rest })
+}
+
+/// The derived source a join query's output becomes (its key first when it is a table), and
+/// the expressions turning the join's output rows into that source's rows (pseudo columns
+/// from the join's time and delete marker).
+fn derived_source(joined: &QueryPlan, left: &SourceDef) -> Result<(SourceDef, Vec<Arc<dyn PhysicalExpr>>)> {
+    let mut columns: Vec<crate::catalog::Column> = joined
+        .columns
+        .iter()
+        .map(|c| crate::catalog::Column {
+            name: c.name.clone(),
+            sql_type: c.sql_type.clone(),
+            key: joined.is_table && c.key,
+        })
+        .collect();
+    columns.sort_by_key(|c| !c.key);
+    let derived = SourceDef {
+        name: JOINED.into(),
+        kind: if joined.is_table { SourceKind::Table } else { SourceKind::Stream },
+        read_only: true,
+        columns,
+        topic: left.topic.clone(),
+        key_format: left.key_format.clone(),
+        value_format: left.value_format.clone(),
+        timestamp: None,
+        timestamp_format: None,
+        partitions: left.partitions,
+        statement: String::new(),
+        written_by: vec![],
+        window_type: None,
+    };
+    let mut adapt: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
+    for f in derived.row_schema().fields() {
+        let name = f.name().as_str();
+        adapt.push(match name {
+            rill_engine::source::ROWTIME => Arc::new(PhysColumn::new(HIDDEN_TS, joined.rowtime_column)),
+            rill_engine::source::DELETE => match joined.delete_column {
+                Some(d) => Arc::new(PhysColumn::new(DELETE_COLUMN, d)),
+                None => Arc::new(datafusion::physical_expr::expressions::Literal::new(false.into())),
+            },
+            rill_engine::source::ROWPARTITION | rill_engine::source::ROWOFFSET => {
+                let null = datafusion::scalar::ScalarValue::try_from(f.data_type())?;
+                Arc::new(datafusion::physical_expr::expressions::Literal::new(null))
+            }
+            _ => Arc::new(PhysColumn::new(name, index_of(&joined.schema, name)?)),
+        });
+    }
+    Ok((derived, adapt))
+}
+
+/// Rewrites `select` to read the derived source of its first `first` sources: FROM names it in
+/// their place, the projection is named as ksqlDB names it (`a.x` is X, or A_X when several
+/// sources have an X; `*` and `a.*` are every column as `<ALIAS>_<COLUMN>`), and references to
+/// their columns (`a.x`, or an `x` only one source has) become the derived columns.
+fn over_derived(select: &mut Select, sides: &[Side], first: usize) {
+    let in_derived = |q: &str| sides[..first].iter().position(|s| s.0 == q || s.1 == q);
+    let has = |s: &Side, c: &str| s.2.columns.iter().any(|x| x.name == c);
+    let sp::SetExpr::Select(b) = select.query.body.as_mut() else { return };
+    let mut items = Vec::new();
+    for item in b.projection.drain(..) {
+        let expand = |s: &Side| {
+            for c in s.2.key_columns().chain(s.2.value_columns()) {
+                items.push(sp::SelectItem::ExprWithAlias {
+                    expr: sp::Expr::CompoundIdentifier(vec![quoted(&s.1), quoted(&c.name)]),
+                    alias: quoted(&format!("{}_{}", s.1, c.name)),
+                });
+            }
+        };
+        match item {
+            sp::SelectItem::Wildcard(_) => sides.iter().for_each(expand),
+            sp::SelectItem::QualifiedWildcard(sp::SelectItemQualifiedWildcardKind::ObjectName(name), _) => {
+                let q = name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.clone()).unwrap_or_default();
+                sides.iter().filter(|s| s.0 == q || s.1 == q).for_each(expand);
+            }
+            sp::SelectItem::UnnamedExpr(sp::Expr::CompoundIdentifier(parts)) if parts.len() == 2 => {
+                let c = parts[1].value.clone();
+                let shared = sides.iter().filter(|s| has(s, &c)).count() > 1;
+                let alias = if shared { format!("{}_{c}", parts[0].value) } else { c };
+                items.push(sp::SelectItem::ExprWithAlias {
+                    expr: sp::Expr::CompoundIdentifier(parts),
+                    alias: quoted(&alias),
+                });
+            }
+            sp::SelectItem::UnnamedExpr(sp::Expr::Identifier(id)) if sides.iter().any(|s| has(s, &id.value)) => {
+                items.push(sp::SelectItem::ExprWithAlias { alias: id.clone(), expr: sp::Expr::Identifier(id) })
+            }
+            other => items.push(other),
+        }
+    }
+    b.projection = items;
+    b.from.truncate(1);
+    b.from[0].joins.drain(..first - 1);
+    b.from[0].relation = sp::TableFactor::Table {
+        name: sp::ObjectName::from(vec![quoted(JOINED)]),
+        alias: None,
+        args: None,
+        with_hints: vec![],
+        version: None,
+        with_ordinality: false,
+        partitions: vec![],
+        json_path: None,
+        sample: None,
+        index_hints: vec![],
+    };
+    let rewrite = |e: &mut sp::Expr| {
+        let column = |i: usize, c: &str| sp::Expr::Identifier(quoted(&format!("{}_{c}", sides[i].1)));
+        let replacement = match e {
+            sp::Expr::CompoundIdentifier(parts) if parts.len() == 2 => in_derived(&parts[0].value)
+                .filter(|i| has(&sides[*i], &parts[1].value))
+                .map(|i| column(i, &parts[1].value)),
+            sp::Expr::Identifier(id) => {
+                let owners: Vec<usize> = (0..sides.len()).filter(|i| has(&sides[*i], &id.value)).collect();
+                match owners[..] {
+                    [i] if i < first => Some(column(i, &id.value)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(r) = replacement {
+            *e = r;
+        }
+        ControlFlow::<()>::Continue(())
+    };
+    let _ = sp::visit_expressions_mut(&mut select.query, rewrite);
+    for e in &mut select.partition_by {
+        let _ = sp::visit_expressions_mut(e, rewrite);
+    }
+}
+
 /// A stream-table join: `FROM stream [LEFT] JOIN table ON <stream expr> = table.<key>`.
-async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> Result<QueryPlan> {
+/// `derived`: the derived source named [`JOINED`] (the joins before this one), if any.
+async fn plan_join(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    derived: Option<&SourceDef>,
+    select: &Select,
+) -> Result<QueryPlan> {
     let mut query = select.query.clone();
     let sp::SetExpr::Select(body) = query.body.as_mut() else {
         return Err(SqlError::Unsupported("Only simple SELECT statements are supported".into()));
@@ -644,8 +880,10 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
     if body.from[0].joins.len() > 1 {
         return Err(SqlError::Unsupported("Joins of more than two sources are not supported yet".into()));
     }
-    let lookup =
-        |n: &str| catalog.sources.get(n).cloned().ok_or_else(|| SqlError::NotFound(format!("{n} does not exist.")));
+    let lookup = |n: &str| match derived {
+        Some(d) if n == JOINED => Ok(d.clone()),
+        _ => catalog.sources.get(n).cloned().ok_or_else(|| SqlError::NotFound(format!("{n} does not exist."))),
+    };
     let (left_name, left_alias) = table_name(&body.from[0].relation)?;
     let (right_name, right_alias) = table_name(&body.from[0].joins[0].relation)?;
     let left = lookup(&left_name)?;
@@ -657,6 +895,7 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
         sp::JoinOperator::FullOuter(_) => JoinKind::Full,
         _ => return Err(SqlError::Unsupported("This kind of join is not supported".into())),
     };
+    let within = select.within.first().copied().flatten();
     let type_text = match kind {
         JoinKind::Inner => "[INNER] JOIN",
         JoinKind::Left => "LEFT [OUTER] JOIN",
@@ -671,7 +910,7 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
                     if kind == JoinKind::Full { "full-outer" } else { "right-outer" }
                 )));
             }
-            if !select.within.is_empty() {
+            if within.is_some() {
                 return Err(SqlError::plan(
                     "A window definition was provided for a Stream-Table join. These joins are not windowed. Please drop the window definition (ie. the WITHIN clause) and try to execute your join again.",
                 ));
@@ -679,7 +918,7 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
             false
         }
         (SourceKind::Stream, SourceKind::Stream) => {
-            if select.within.is_empty() {
+            if within.is_none() {
                 return Err(SqlError::plan(
                     "Stream-Stream joins must have a WITHIN clause specified. None was provided. To learn about how to specify a WITHIN clause with a stream-stream join, please visit: https://docs.confluent.io/current/ksql/docs/syntax-reference.html#create-stream-as-select",
                 ));
@@ -752,7 +991,18 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
     for (name, _) in &refs {
         let _ = ctx.deregister_table(TableReference::bare(name.clone()));
     }
-    let plan = simplify(state.analyzer().execute_and_check(plan?, state.config_options(), |_, _| {})?);
+    let plan = plan?;
+    let source_of = |q: &str| {
+        Some(if q == left_alias {
+            left_name.clone()
+        } else if q == right_alias {
+            right_name.clone()
+        } else {
+            q.into()
+        })
+    };
+    check_join_types(&plan, &source_of)?;
+    let plan = simplify(state.analyzer().execute_and_check(plan, state.config_options(), |_, _| {})?);
     let LogicalPlan::Projection(projection) = &plan else {
         return Err(SqlError::Internal(format!("expected a projection, planned:\n{}", plan.display_indent())));
     };
@@ -810,10 +1060,16 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
                 "Invalid join condition: table-table joins require to join on the primary key of the right input table. Got {x} = {y}."
             )));
         }
-        let left_keys: Vec<&str> = left.key_columns().map(|c| c.name.as_str()).collect();
-        if !matches!(&stream_on, Expr::Column(c) if left_keys.len() == 1 && c.name == left_keys[0]) {
-            return Err(SqlError::Unsupported("Foreign-key table-table joins are not supported yet".into()));
-        }
+    }
+    // A table-table join whose left side is not the left table's key is a foreign-key join.
+    let left_key_names: Vec<&str> = left.key_columns().map(|c| c.name.as_str()).collect();
+    let foreign_key = table_table
+        && !matches!(&stream_on, Expr::Column(c) if left_key_names.len() == 1 && c.name == left_key_names[0]);
+    if foreign_key && matches!(kind, JoinKind::Right | JoinKind::Full) {
+        return Err(SqlError::plan(format!(
+            "{} OUTER JOIN on a foreign key is not supported",
+            if kind == JoinKind::Right { "RIGHT" } else { "FULL" }
+        )));
     }
     match &table_on {
         _ if stream_stream || table_table => {}
@@ -838,10 +1094,14 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
     let post_physical = |e: &Expr| create_physical_expr(e, &join_schema, &props, &pctx).map_err(SqlError::from);
     let where_filter = where_filter.map(post_physical).transpose()?;
     let (mut exprs, mut columns, mut fields) = output_columns(projection, &post_physical, |_| false)?;
-    // A projected join expression (compared with its qualifier) is the key.
-    for (c, e) in columns.iter_mut().zip(&projection.expr) {
-        let e = e.clone().unalias();
-        c.key = e == stream_on || e == table_on;
+    if foreign_key {
+        fk_key_columns(&mut columns, &projection.expr, join.left.schema(), left_key_names.len(), &left_alias)?;
+    } else {
+        // A projected join expression (compared with its qualifier) is the key.
+        for (c, e) in columns.iter_mut().zip(&projection.expr) {
+            let e = e.clone().unalias();
+            c.key = e == stream_on || e == table_on;
+        }
     }
     // Only the first projected join column is the key, and its value is the join key of
     // whichever side is present: COALESCE(left, right) (outer rows have one side null).
@@ -850,7 +1110,7 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
         .otherwise(table_on.clone())?;
     let join_key = post_physical(&either)?;
     for (i, c) in columns.iter_mut().enumerate() {
-        if c.key {
+        if c.key && !foreign_key {
             c.key = !seen_key;
             if !seen_key {
                 exprs[i] = if exprs[i].data_type(&output_schema)? == join_key.data_type(&output_schema)? {
@@ -893,7 +1153,52 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
     let table_key_columns = table_keys.len();
     let mut delete_column = None;
     let key_columns: Vec<usize> = (0..columns.len()).filter(|i| columns[*i].key).collect();
-    let (stage, side_chain): (ChainFactory, ChainFactory) = if table_table {
+    let (stage, side_chain): (ChainFactory, ChainFactory) = if foreign_key {
+        // Rows failing WHERE become deletes; the row's time is the causing change's time.
+        let join_len = output_schema.fields().len();
+        exprs.pop();
+        fields.pop();
+        exprs.push(Arc::new(PhysColumn::new(DELETE_COLUMN, join_len)));
+        fields.push(Field::new(DELETE_COLUMN, DataType::Boolean, true));
+        let delete_out = fields.len() - 1;
+        exprs.push(Arc::new(PhysColumn::new(JOIN_TIME_COLUMN, join_len + 1)));
+        fields.push(Field::new(HIDDEN_TS, DataType::Int64, true));
+        delete_column = Some(delete_out);
+        rowtime_column = fields.len() - 1;
+        schema = Arc::new(Schema::new(fields.clone()));
+        let post_schema = schema.clone();
+        let left_rows = left.row_schema();
+        let right_rows = right.row_schema();
+        let left_delete = index_of(&left_rows, rill_engine::source::DELETE)?;
+        let right_delete = index_of(&right_rows, rill_engine::source::DELETE)?;
+        let left_time = index_of(&left_rows, rill_engine::source::ROWTIME)?;
+        let right_time = index_of(&right_rows, rill_engine::source::ROWTIME)?;
+        let fk = stream_key[0].clone();
+        let left_key_columns = left_key_names.len();
+        let exprs = exprs.clone();
+        let filtered = where_filter.is_some();
+        let stage: ChainFactory = Arc::new(move || {
+            let join = ForeignKeyJoinOperator::try_new(ForeignKeyJoinConfig {
+                left_schema: left_rows.clone(),
+                left_key_columns,
+                foreign_key: fk.clone(),
+                right_schema: right_rows.clone(),
+                left_delete,
+                right_delete,
+                left_time,
+                right_time,
+                left_outer,
+                join_schema: output_schema.clone(),
+            })?;
+            let mut post = CalcOperator::try_new(where_filter.clone(), exprs.clone(), post_schema.clone())?
+                .with_table_deletes(join_len, delete_out);
+            if filtered {
+                post = post.with_emitted_keys(key_columns.clone())?;
+            }
+            Ok(Chain::new(vec![Box::new(join), Box::new(post)]))
+        });
+        (stage, Arc::new(|| Ok(Chain::new(vec![]))) as ChainFactory)
+    } else if table_table {
         // The operator appends a delete marker after the join columns; pass it through, and
         // make rows failing WHERE deletes (table semantics).
         let join_len = output_schema.fields().len();
@@ -930,7 +1235,7 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
         });
         (stage, Arc::new(|| Ok(Chain::new(vec![]))) as ChainFactory)
     } else if stream_stream {
-        let w = select.within[0];
+        let w = within.ok_or_else(|| SqlError::Internal("a stream-stream join without WITHIN".into()))?;
         let right_rows = right.row_schema();
         let right_key = vec![create_physical_expr(&table_on, join.right.schema(), &props, &pctx)?];
         let right_time =
@@ -985,6 +1290,86 @@ async fn plan_join(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> 
         rekeyed: true,
         side_sources: vec![(right, side_chain)],
     })
+}
+
+/// Both sides of a join condition must have the same type (before DataFusion's coercion), as
+/// ksqlDB requires: keys of different types never serialise alike.
+fn check_join_types(plan: &LogicalPlan, source_of: &dyn Fn(&str) -> Option<String>) -> Result<()> {
+    use datafusion::logical_expr::ExprSchemable;
+    let mut node = plan;
+    let join = loop {
+        match node {
+            LogicalPlan::Join(j) => break j,
+            other => match other.inputs().first() {
+                Some(input) => node = input,
+                None => return Ok(()),
+            },
+        }
+    };
+    let pairs: Vec<(Expr, Expr)> = match (&join.on[..], &join.filter) {
+        (on, _) if !on.is_empty() => on.to_vec(),
+        (_, Some(Expr::BinaryExpr(e))) if e.op == datafusion::logical_expr::Operator::Eq => {
+            vec![((*e.left).clone(), (*e.right).clone())]
+        }
+        _ => return Ok(()),
+    };
+    for (a, b) in pairs {
+        let (ta, tb) = (a.get_type(&join.schema)?, b.get_type(&join.schema)?);
+        let (sa, sb) = (SqlType::from_arrow(&ta), SqlType::from_arrow(&tb));
+        if sa != sb && !(ta.is_null() || tb.is_null()) {
+            let show = |t: Option<SqlType>, d: &DataType| t.map(|t| t.to_string()).unwrap_or_else(|| d.to_string());
+            return Err(SqlError::plan(format!(
+                "Invalid join condition: types don't match. Got {}{{{}}} = {}{{{}}}.",
+                crate::exprtext::ksql_text(&a, source_of),
+                show(sa, &ta),
+                crate::exprtext::ksql_text(&b, source_of),
+                show(sb, &tb)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The key of a foreign-key join's output is the left table's key: marks the projected left key
+/// columns as keys, each of which must be selected exactly once (ksqlDB's rules).
+fn fk_key_columns(
+    columns: &mut [OutputColumn],
+    projection: &[Expr],
+    left: &DFSchema,
+    key_count: usize,
+    left_alias: &str,
+) -> Result<()> {
+    let mut missing = Vec::new();
+    for k in 0..key_count {
+        let key = Expr::Column(datafusion::common::Column::from(left.qualified_field(k)));
+        let mut aliases = Vec::new();
+        for (c, e) in columns.iter_mut().zip(projection) {
+            if e.clone().unalias() == key {
+                c.key = true;
+                aliases.push(c.name.clone());
+            }
+        }
+        let name = left.field(k).name();
+        match aliases.len() {
+            0 => missing.push(format!("`{name}`")),
+            1 => {}
+            _ => {
+                aliases.sort();
+                return Err(SqlError::plan(format!(
+                    "The projection contains a key column (`{left_alias}_{name}`) more than once, aliased as: {}.",
+                    aliases.join(" and ")
+                )));
+            }
+        }
+    }
+    if !missing.is_empty() {
+        let plural = if missing.len() > 1 { "s" } else { "" };
+        return Err(SqlError::plan(format!(
+            "Primary key column{plural} missing in projection. For foreign-key table-table joins, the projection must include all primary key columns from the left input table (`{left_alias}`). Missing column{plural}: {}.",
+            missing.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// A per-partition chain that passes a stream's rows through but drops null values

@@ -2,6 +2,7 @@
 
 pub mod aggregate;
 pub mod calc;
+pub mod fk_join;
 pub mod stream_stream_join;
 pub mod stream_table_join;
 pub mod table_diff;
@@ -10,6 +11,7 @@ pub mod unnest;
 
 pub use aggregate::{AggregateConfig, AggregateOperator, WindowConfig, WindowKind};
 pub use calc::CalcOperator;
+pub use fk_join::{ForeignKeyJoinConfig, ForeignKeyJoinOperator, JOIN_TIME_COLUMN};
 pub use stream_stream_join::{JoinKind, StreamStreamJoinConfig, StreamStreamJoinOperator};
 pub use stream_table_join::{StreamTableJoinConfig, StreamTableJoinOperator};
 pub use table_diff::TableDiffOperator;
