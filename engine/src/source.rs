@@ -25,6 +25,50 @@ pub const ROWPARTITION: &str = "ROWPARTITION";
 pub const ROWOFFSET: &str = "ROWOFFSET";
 /// Hidden column of table sources: the record is a tombstone (its key was deleted).
 pub const DELETE: &str = "__RILL_DELETE";
+/// Window start column of windowed sources (a key column).
+pub const WINDOWSTART: &str = "WINDOWSTART";
+/// Window end column of windowed sources (a key column).
+pub const WINDOWEND: &str = "WINDOWEND";
+
+/// How a windowed source's record keys carry their window, as Kafka Streams' windowed serdes
+/// write them: time windows append the 8-byte big-endian start (the end is start + size);
+/// session windows append the end, then the start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceWindow {
+    /// Tumbling or hopping windows of this size (ms).
+    Time {
+        /// Window size in ms.
+        size: i64,
+    },
+    /// Session windows.
+    Session,
+}
+
+impl SourceWindow {
+    fn suffix(self) -> usize {
+        match self {
+            SourceWindow::Time { .. } => 8,
+            SourceWindow::Session => 16,
+        }
+    }
+
+    /// Splits a windowed key into the inner key and the window's (start, end).
+    pub fn split(self, key: &[u8]) -> std::result::Result<(&[u8], i64, i64), String> {
+        let n = self.suffix();
+        if key.len() < n {
+            return Err(format!("a windowed key needs at least {n} bytes, got {}", key.len()));
+        }
+        let (inner, bounds) = key.split_at(key.len() - n);
+        let word = |b: &[u8]| i64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
+        Ok(match self {
+            SourceWindow::Time { size } => {
+                let start = word(bounds);
+                (inner, start, start.saturating_add(size))
+            }
+            SourceWindow::Session => (inner, word(&bounds[8..]), word(&bounds[..8])),
+        })
+    }
+}
 
 /// Where a source's event time comes from.
 #[derive(Clone, Debug, PartialEq)]
@@ -137,13 +181,22 @@ pub struct SourceSpec {
     pub event_time: EventTime,
     /// Tables keep tombstones (null values); streams skip them.
     pub keep_tombstones: bool,
+    /// Windowed keys: the rows get [`WINDOWSTART`] and [`WINDOWEND`] after the key columns.
+    pub window: Option<SourceWindow>,
 }
 
 impl SourceSpec {
     /// The schema of the batches the reader produces.
     pub fn row_schema(&self) -> SchemaRef {
         let mut fields: Vec<Field> = Vec::new();
-        for f in self.key_schema.fields().iter().chain(self.value_schema.fields()) {
+        for f in self.key_schema.fields().iter() {
+            fields.push(f.as_ref().clone().with_nullable(true));
+        }
+        if self.window.is_some() {
+            fields.push(Field::new(WINDOWSTART, DataType::Int64, true));
+            fields.push(Field::new(WINDOWEND, DataType::Int64, true));
+        }
+        for f in self.value_schema.fields().iter() {
             fields.push(f.as_ref().clone().with_nullable(true));
         }
         fields.push(Field::new(ROWTIME, DataType::Int64, true));
@@ -233,7 +286,26 @@ impl SourceReader {
         if n == 0 {
             return Ok(ReadBatch { batch: None, dead, max_event_time: None, next_offset });
         }
-        let (key_cols, key_errors) = self.decode_keys(&keys)?;
+        // Windowed keys: the window bounds come off the end of the key bytes.
+        let mut window_errors = Vec::new();
+        let mut bounds: Vec<(Option<i64>, Option<i64>)> = Vec::new();
+        if let Some(w) = self.spec.window {
+            for (i, k) in keys.iter_mut().enumerate() {
+                match k.map(|b| w.split(b)) {
+                    Some(Ok((inner, start, end))) => {
+                        *k = Some(inner);
+                        bounds.push((Some(start), Some(end)));
+                    }
+                    Some(Err(e)) => {
+                        window_errors.push((i, e));
+                        bounds.push((None, None));
+                    }
+                    None => bounds.push((None, None)),
+                }
+            }
+        }
+        let (key_cols, mut key_errors) = self.decode_keys(&keys)?;
+        key_errors.extend(window_errors);
         let (value_cols, value_errors) = self.decode_values(&values)?;
         // String event times: parsed here, so that a bad one dead-letters its record.
         let mut parsed_times = None;
@@ -298,6 +370,13 @@ impl SourceReader {
                 }
             }
             EventTime::RecordTimestamp => {}
+        }
+        if self.spec.window.is_some() {
+            let starts: Int64Array = keep.iter().map(|i| bounds[*i as usize].0).collect();
+            let ends: Int64Array = keep.iter().map(|i| bounds[*i as usize].1).collect();
+            let at = key_cols.len();
+            columns.insert(at, Arc::new(ends));
+            columns.insert(at, Arc::new(starts));
         }
         let max_event_time = arrow::compute::max(&rowtime);
         columns.push(Arc::new(rowtime));
@@ -378,6 +457,18 @@ mod tests {
     use super::*;
 
     use chrono::Datelike;
+
+    #[test]
+    fn windowed_keys_give_their_window() {
+        let mut time = b"k1".to_vec();
+        time.extend(12_000i64.to_be_bytes());
+        assert_eq!(SourceWindow::Time { size: 1_000 }.split(&time), Ok((&b"k1"[..], 12_000, 13_000)));
+        let mut session = b"k".to_vec();
+        session.extend(765i64.to_be_bytes());
+        session.extend(234i64.to_be_bytes());
+        assert_eq!(SourceWindow::Session.split(&session), Ok((&b"k"[..], 234, 765)));
+        assert!(SourceWindow::Session.split(b"short").is_err());
+    }
 
     #[test]
     fn formatted_timestamps_parse_or_say_why() {

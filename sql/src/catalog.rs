@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use rill_connectors::format::Format;
+use rill_engine::operators::WindowKind;
 use rill_engine::runtime::RunningQuery;
-use rill_engine::source::{EventTime, SourceSpec};
+use rill_engine::source::{EventTime, SourceSpec, SourceWindow};
 
 use crate::ast::SourceKind;
 use crate::types::SqlType;
@@ -49,8 +50,8 @@ pub struct SourceDef {
     pub statement: String,
     /// The persistent query writing into it, if any.
     pub written_by: Vec<String>,
-    /// TUMBLING, HOPPING or SESSION for windowed tables.
-    pub window_type: Option<String>,
+    /// The window of windowed sources (their keys carry window bounds).
+    pub window: Option<rill_engine::operators::WindowKind>,
 }
 
 impl SourceDef {
@@ -101,7 +102,20 @@ impl SourceDef {
             event_time,
             // Streams pass null values through too (a projection of a null value is null).
             keep_tombstones: true,
+            window: self.window.map(|w| match w {
+                WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => SourceWindow::Time { size },
+                WindowKind::Session { .. } => SourceWindow::Session,
+            }),
         }
+    }
+
+    /// TUMBLING, HOPPING or SESSION for windowed sources.
+    pub fn window_type(&self) -> Option<&'static str> {
+        self.window.map(|w| match w {
+            WindowKind::Tumbling { .. } => "TUMBLING",
+            WindowKind::Hopping { .. } => "HOPPING",
+            WindowKind::Session { .. } => "SESSION",
+        })
     }
 
     /// The row schema SQL sees (key, value, pseudo columns).

@@ -318,7 +318,7 @@ impl KsqlEngine {
                 if select.emit.is_none() {
                     return self.pull(catalog, &select).await;
                 }
-                let plan = planner::plan_select(&self.ctx, catalog, &select).await?;
+                let plan = planner::plan_push(&self.ctx, catalog, &select).await?;
                 let start = start_from(props, StartFrom::Latest);
                 let (tx, rx) = mpsc::channel(16);
                 let id = format!("transient_{}_{}", plan.source.name, rand_suffix());
@@ -511,9 +511,6 @@ impl KsqlEngine {
         };
         let source =
             catalog.sources.get(&name).cloned().ok_or_else(|| SqlError::NotFound(format!("{name} does not exist.")))?;
-        if source.window_type.is_some() {
-            return Err(SqlError::Unsupported("Pull queries on windowed tables are not supported yet".into()));
-        }
         let rows = match source.kind {
             SourceKind::Table => self.view_rows(&source, body.selection.as_ref())?,
             SourceKind::Stream => self.stream_rows(&source)?,
@@ -667,6 +664,10 @@ impl KsqlEngine {
                 _ => {}
             }
         }
+        let window = declared_window(with)?;
+        if window.is_some() && !cols.iter().any(|c| c.key) {
+            return Err(SqlError::plan("Windowed sources require a key column."));
+        }
         let def = SourceDef {
             name: name.to_string(),
             kind,
@@ -680,7 +681,7 @@ impl KsqlEngine {
             partitions: 1,
             statement: text.to_string(),
             written_by: vec![],
-            window_type: None,
+            window,
         };
         format::check_schema(&def.key_format, &def.key_schema(), "key")?;
         format::check_schema(&def.value_format, &def.value_schema(), "value")?;
@@ -729,6 +730,10 @@ impl KsqlEngine {
             )));
         }
         let plan = planner::plan_select(&self.ctx, catalog, &select).await?;
+        let reads = std::iter::once(&plan.source).chain(plan.side_sources.iter().map(|(s, _)| s));
+        if reads.into_iter().any(|s| s.kind == SourceKind::Table && s.window.is_some()) {
+            return Err(SqlError::plan("KSQL does not support persistent queries on windowed tables."));
+        }
         match (plan.is_table, kind) {
             (true, SourceKind::Stream) => {
                 return Err(SqlError::plan(
@@ -790,12 +795,12 @@ impl KsqlEngine {
             partitions: 1,
             statement: text.to_string(),
             written_by: vec![],
-            window_type: None,
+            window: None,
         };
         format::check_schema(&sink.key_format, &sink.key_schema(), "key")?;
         format::check_schema(&sink.value_format, &sink.value_schema(), "value")?;
         sink.partitions = self.ensure_topic(&topic, partitions.as_ref(), plan.is_table)?;
-        sink.window_type = plan.window.map(|(_, _, k)| window_name(k).to_string());
+        sink.window = plan.window.map(|(_, _, k)| k);
         let sequence = self.peek_sequence(replay)?;
         let mut id = format!("{}_{name}_{sequence}", if kind == SourceKind::Table { "CTAS" } else { "CSAS" });
         // CREATE OR REPLACE of a query's result: the query keeps its id, its checkpoint (state
@@ -1116,8 +1121,8 @@ impl KsqlEngine {
             topic: s.topic.clone(),
             key_format: s.key_format.kind.name().to_string(),
             value_format: s.value_format.kind.name().to_string(),
-            windowed: s.window_type.is_some(),
-            window_type: s.window_type.clone(),
+            windowed: s.window.is_some(),
+            window_type: s.window_type().map(String::from),
             columns: s.columns.clone(),
             timestamp: s.timestamp.clone(),
             partitions: s.partitions,
@@ -1180,6 +1185,63 @@ fn query_info(q: &QueryDef) -> QueryInfo {
         sink_topics: vec![q.sink_topic.clone()],
         state: if q.running.failed() { "ERROR" } else { "RUNNING" },
     }
+}
+
+/// The window of a source declared over a windowed topic: `WINDOW_TYPE` ('TUMBLING', 'HOPPING'
+/// or 'SESSION') and, for time windows, `WINDOW_SIZE` (e.g. '30 SECONDS').
+fn declared_window(with: &Props) -> Result<Option<WindowKind>> {
+    let size = match with.get("WINDOW_SIZE") {
+        Some(v) => {
+            let text = v.as_text();
+            Some(duration_millis(&text).ok_or_else(|| {
+                SqlError::plan(format!("Invalid WINDOW_SIZE '{text}': give a number and a unit, e.g. '30 SECONDS'"))
+            })?)
+        }
+        None => None,
+    };
+    let Some(kind) = with.get("WINDOW_TYPE") else {
+        return match size {
+            Some(_) => Err(SqlError::plan("'WINDOW_SIZE' should not be set without 'WINDOW_TYPE'.")),
+            None => Ok(None),
+        };
+    };
+    let need_size = || {
+        size.ok_or_else(|| {
+            SqlError::plan("Tumbling and Hopping window types should set 'WINDOW_SIZE' in the WITH clause.")
+        })
+    };
+    Ok(Some(match kind.as_text().to_uppercase().as_str() {
+        "SESSION" if size.is_some() => {
+            return Err(SqlError::plan("'WINDOW_SIZE' should not be set for SESSION windows."))
+        }
+        "SESSION" => WindowKind::Session { gap: 0 },
+        "TUMBLING" => WindowKind::Tumbling { size: need_size()? },
+        "HOPPING" => {
+            let size = need_size()?;
+            WindowKind::Hopping { size, advance: size }
+        }
+        other => {
+            return Err(SqlError::plan(format!(
+                "Invalid value for WINDOW_TYPE: '{other}'. Valid values are SESSION, HOPPING and TUMBLING."
+            )))
+        }
+    }))
+}
+
+/// `'<n> <unit>'` (MILLISECONDS, SECONDS, MINUTES, HOURS, DAYS; singular too) in ms.
+fn duration_millis(text: &str) -> Option<i64> {
+    let mut parts = text.split_whitespace();
+    let n: i64 = parts.next()?.parse().ok()?;
+    let unit = parts.next()?.to_uppercase();
+    let per = match unit.trim_end_matches('S') {
+        "MILLISECOND" => 1,
+        "SECOND" => 1_000,
+        "MINUTE" => 60_000,
+        "HOUR" => 3_600_000,
+        "DAY" => 86_400_000,
+        _ => return None,
+    };
+    parts.next().is_none().then(|| n * per)
 }
 
 /// ksqlDB's rules for keys of a non-aggregating query: every source key column is selected,
@@ -1326,14 +1388,6 @@ fn side_inputs(plan: &QueryPlan) -> Vec<runtime::SideInput> {
         .iter()
         .map(|(s, chain)| runtime::SideInput { source: s.source_spec(), chain: chain.clone() })
         .collect()
-}
-
-fn window_name(kind: WindowKind) -> &'static str {
-    match kind {
-        WindowKind::Tumbling { .. } => "TUMBLING",
-        WindowKind::Hopping { .. } => "HOPPING",
-        WindowKind::Session { .. } => "SESSION",
-    }
 }
 
 /// The state signatures of a plan's operators (see `Operator::state_signature`).

@@ -80,6 +80,16 @@ pub struct QueryPlan {
 
 /// Plans `select` over the catalog's sources.
 pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> Result<QueryPlan> {
+    plan_query(ctx, catalog, select, false).await
+}
+
+/// Plans a push query (`SELECT ... EMIT CHANGES`): like [`plan_select`], but `*` over a
+/// windowed source also selects its window bounds, as ksqlDB's push queries do.
+pub async fn plan_push(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> Result<QueryPlan> {
+    plan_query(ctx, catalog, select, true).await
+}
+
+async fn plan_query(ctx: &SessionContext, catalog: &Catalog, select: &Select, push: bool) -> Result<QueryPlan> {
     let mut query = select.query.clone();
     let sp::SetExpr::Select(body) = query.body.as_mut() else {
         return Err(SqlError::Unsupported("Only simple SELECT statements are supported".into()));
@@ -102,11 +112,11 @@ pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Selec
         .cloned()
         .ok_or_else(|| SqlError::NotFound(format!("{source_name} does not exist.")))?;
     let _ = alias;
-    plan_single(ctx, source, select).await
+    plan_single(ctx, source, select, push).await
 }
 
 /// Plans `select` reading FROM `source` alone (no join).
-async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select) -> Result<QueryPlan> {
+async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select, push: bool) -> Result<QueryPlan> {
     let mut query = select.query.clone();
     let sp::SetExpr::Select(body) = query.body.as_mut() else {
         return Err(SqlError::Unsupported("Only simple SELECT statements are supported".into()));
@@ -137,7 +147,7 @@ async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select) -
         }
     }
     check_reserved_names(&body.projection, window.is_some())?;
-    rewrite_projection(&mut body.projection, &source, rekey_by.is_some(), None);
+    rewrite_projection(&mut body.projection, &source, rekey_by.is_some(), None, push);
     let mut rekey: Option<Vec<String>> = None;
     if let Some(exprs) = rekey_by {
         let mut names = Vec::new();
@@ -311,6 +321,15 @@ fn plan_stateless(
             fields[n + j] = Field::new(name, fields[n + j].data_type().clone(), true);
         }
     }
+    // A windowed source's rows keep their window (hidden columns, written into the key).
+    let mut window = None;
+    if let Some(kind) = source.window {
+        for (name, hidden) in [(WINDOWSTART, "__RILL_WINDOWSTART"), (WINDOWEND, "__RILL_WINDOWEND")] {
+            exprs.push(Arc::new(PhysColumn::new(name, index_in(scan_schema, name)?)));
+            fields.push(Field::new(hidden, DataType::Int64, true));
+        }
+        window = Some((fields.len() - 2, fields.len() - 1, kind));
+    }
     // Null values pass through as null values; a table's changelog keeps its deletes, and its
     // filtered-out rows become deletes.
     let is_table = source.kind == SourceKind::Table;
@@ -341,7 +360,7 @@ fn plan_stateless(
         schema,
         rowtime_column,
         delete_column: Some(delete_out),
-        window: None,
+        window,
         is_table,
         rekeyed,
         side_sources: vec![],
@@ -575,8 +594,11 @@ pub async fn run_pull(
             "Pull queries don't support WINDOW clauses. See https://cnfl.io/queries for more info.\nAdd EMIT CHANGES if you intended to issue a push query.",
         ));
     }
-    rewrite_projection(&mut body.projection, source, false, None);
+    rewrite_projection(&mut body.projection, source, false, None, true);
     query.limit_clause = None;
+    if source.window.is_some() {
+        window_bound_literals(&mut query);
+    }
     ksql_expressions(&mut query);
     let table = MemTable::try_new(rows.schema(), vec![vec![rows]])?;
     let reference = TableReference::bare(source.name.clone());
@@ -586,7 +608,10 @@ pub async fn run_pull(
     let plan = ctx.state().statement_to_plan(statement).await;
     let result = async {
         let plan = plan?;
-        let key_names: Vec<&str> = source.key_columns().map(|c| c.name.as_str()).collect();
+        let mut key_names: Vec<&str> = source.key_columns().map(|c| c.name.as_str()).collect();
+        if source.window.is_some() {
+            key_names.extend([WINDOWSTART, WINDOWEND]);
+        }
         let columns = match &plan {
             LogicalPlan::Projection(p) => p
                 .expr
@@ -632,6 +657,35 @@ pub async fn run_pull(
         }
     }
     Ok((columns, batches))
+}
+
+/// Window bounds compared with text (`WINDOWSTART >= '2020-02-23T23:45:12.000'`, also with a
+/// zone or only partly given) compare with the epoch milliseconds it names, as in ksqlDB.
+fn window_bound_literals(query: &mut sp::Query) {
+    let is_bound =
+        |e: &sp::Expr| matches!(e, sp::Expr::Identifier(id) if id.value == WINDOWSTART || id.value == WINDOWEND);
+    let millis = |e: &sp::Expr| match e {
+        sp::Expr::Value(v) => match &v.value {
+            sp::Value::SingleQuotedString(s) => crate::timefmt::parse_iso_prefix(s),
+            _ => None,
+        },
+        _ => None,
+    };
+    let _ = sp::visit_expressions_mut(query, |e| {
+        if let sp::Expr::BinaryOp { left, right, .. } = e {
+            let number = |ms: i64| sp::Expr::value(sp::Value::Number(ms.to_string(), false));
+            if is_bound(left) {
+                if let Some(ms) = millis(right) {
+                    **right = number(ms);
+                }
+            } else if is_bound(right) {
+                if let Some(ms) = millis(left) {
+                    **left = number(ms);
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
 }
 
 fn table_name(f: &sp::TableFactor) -> Result<(String, String)> {
@@ -710,7 +764,7 @@ async fn plan_joins(ctx: &SessionContext, catalog: &Catalog, select: &Select) ->
         }
     }
     let rest = if more {
-        plan_single(ctx, derived.clone(), &outer).await?
+        plan_single(ctx, derived.clone(), &outer, false).await?
     } else {
         plan_join(ctx, catalog, Some(&derived), &outer).await?
     };
@@ -764,7 +818,7 @@ fn derived_source(joined: &QueryPlan, left: &SourceDef) -> Result<(SourceDef, Ve
         partitions: left.partitions,
         statement: String::new(),
         written_by: vec![],
-        window_type: None,
+        window: None,
     };
     let mut adapt: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
     for f in derived.row_schema().fields() {
@@ -977,7 +1031,7 @@ async fn plan_join(
         [rill_engine::source::ROWTIME, rill_engine::source::ROWPARTITION, rill_engine::source::ROWOFFSET]
             .map(String::from),
     );
-    rewrite_projection(&mut body.projection, &left, false, Some(&shared));
+    rewrite_projection(&mut body.projection, &left, false, Some(&shared), false);
     ksql_expressions(&mut query);
     let refs = [(left.name.clone(), left.row_schema()), (right.name.clone(), right.row_schema())];
     for (name, schema) in &refs {
@@ -1454,6 +1508,7 @@ fn rewrite_projection(
     source: &SourceDef,
     values_first: bool,
     join: Option<&[String]>,
+    window_columns: bool,
 ) {
     let mut out = Vec::with_capacity(items.len());
     let mut generated = 0usize;
@@ -1462,13 +1517,18 @@ fn rewrite_projection(
         match item {
             sp::SelectItem::Wildcard(_) | sp::SelectItem::QualifiedWildcard(_, _) => {
                 // After PARTITION BY the old key columns follow the value columns, as in ksqlDB.
-                let cols: Vec<&crate::catalog::Column> = if values_first {
-                    source.value_columns().chain(source.key_columns()).collect()
+                let mut cols: Vec<&str> = if values_first {
+                    source.value_columns().chain(source.key_columns()).map(|c| c.name.as_str()).collect()
                 } else {
-                    source.key_columns().chain(source.value_columns()).collect()
+                    source.key_columns().chain(source.value_columns()).map(|c| c.name.as_str()).collect()
                 };
+                if source.window.is_some() && window_columns {
+                    // A windowed source's window bounds are key columns, after the key.
+                    let at = source.key_columns().count();
+                    cols.splice(at..at, [WINDOWSTART, WINDOWEND]);
+                }
                 for c in cols {
-                    out.push(sp::SelectItem::UnnamedExpr(sp::Expr::Identifier(quoted(&c.name))));
+                    out.push(sp::SelectItem::UnnamedExpr(sp::Expr::Identifier(quoted(c))));
                 }
             }
             sp::SelectItem::UnnamedExpr(e) => match e {

@@ -3,6 +3,62 @@
 
 use crate::{Result, SqlError};
 
+/// An ISO-8601 date-time, possibly partial (`2020-02-23`, `2020-02-23T23:45`,
+/// `2020-02-23T23:45:12.000`) and possibly with an offset (`+0100`, `+01:00`, `Z`), as epoch
+/// milliseconds (UTC unless an offset is given; missing fields are zero).
+pub fn parse_iso_prefix(text: &str) -> Option<i64> {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime};
+    let text = text.trim();
+    if let Some(at) = text.find("T24") {
+        // Hour 24 is the end of the day: hour 23 plus an hour.
+        return parse_iso_prefix(&format!("{}T23{}", &text[..at], &text[at + 3..])).map(|ms| ms + 3_600_000);
+    }
+    let (base, zoned) = match text.strip_suffix('Z') {
+        Some(rest) => (format!("{rest}+0000"), true),
+        None => {
+            let tail = text.get(10..).unwrap_or("");
+            (text.to_string(), tail.contains('+') || tail.contains('-'))
+        }
+    };
+    if zoned {
+        for f in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M%z", "%Y-%m-%dT%H%z"] {
+            if let Ok(t) = DateTime::parse_from_str(&base, f) {
+                return Some(t.timestamp_millis());
+            }
+        }
+        return None;
+    }
+    for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(&base, f) {
+            return Some(t.and_utc().timestamp_millis());
+        }
+    }
+    if let Ok(t) = NaiveDateTime::parse_from_str(&format!("{base}:00"), "%Y-%m-%dT%H:%M") {
+        return Some(t.and_utc().timestamp_millis());
+    }
+    NaiveDate::parse_from_str(&base, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| Some(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis()))
+}
+
+#[cfg(test)]
+mod iso_tests {
+    use super::parse_iso_prefix;
+
+    #[test]
+    fn iso_prefixes_with_and_without_zones() {
+        let day = 1_582_416_000_000; // 2020-02-23T00:00:00Z
+        assert_eq!(parse_iso_prefix("2020-02-23"), Some(day));
+        assert_eq!(parse_iso_prefix("2020-02-23T01"), Some(day + 3_600_000));
+        assert_eq!(parse_iso_prefix("2020-02-23T01:30"), Some(day + 5_400_000));
+        assert_eq!(parse_iso_prefix("2020-02-23T01:30:00.250"), Some(day + 5_400_250));
+        assert_eq!(parse_iso_prefix("2020-02-23T02:30:00.250+0100"), Some(day + 5_400_250));
+        assert_eq!(parse_iso_prefix("2020-02-23T01:30:00Z"), Some(day + 5_400_000));
+        assert_eq!(parse_iso_prefix("2020-02-22T24"), Some(day));
+        assert_eq!(parse_iso_prefix("yesterday"), None);
+    }
+}
+
 /// Translates a Java `DateTimeFormatter` pattern into a chrono format string.
 pub fn java_to_chrono(pattern: &str) -> Result<String> {
     let unsupported = |what: &str| {

@@ -37,6 +37,7 @@ pub struct TableView {
     /// their latest change, partition by partition, as ksqlDB's do.
     latest: HashMap<OwnedRow, (u32, i64, OwnedRow)>,
     offset: usize,
+    windowed: bool,
 }
 
 impl TableView {
@@ -44,7 +45,8 @@ impl TableView {
     pub fn try_new(source: &SourceDef, store: &dyn TopicStore) -> Result<Self> {
         let spec = source.source_spec();
         let schema = spec.row_schema();
-        let nkeys = source.key_columns().count();
+        // A windowed table's rows are keyed by key and window (its bounds follow the key).
+        let nkeys = source.key_columns().count() + if source.window.is_some() { 2 } else { 0 };
         let partitions = store.topic_config(&source.topic)?.partitions;
         let readers = (0..partitions).map(|p| SourceReader::try_new(spec.clone(), p)).collect::<Result<_, _>>()?;
         let positions = (0..partitions).map(|p| store.start_offset(&source.topic, p)).collect::<Result<_, _>>()?;
@@ -61,6 +63,7 @@ impl TableView {
             positions,
             readers,
             latest: HashMap::new(),
+            windowed: source.window.is_some(),
         })
     }
 
@@ -104,26 +107,62 @@ impl TableView {
     /// The current rows of the given keys (one array per key column, one row per key), or of
     /// every key.
     pub fn rows(&self, keys: Option<&[ArrayRef]>) -> Result<RecordBatch> {
-        let mut selected: Vec<&(u32, i64, OwnedRow)> = match keys {
+        if self.windowed {
+            return self.windowed_rows(keys);
+        }
+        let mut selected: Vec<(&OwnedRow, &(u32, i64, OwnedRow))> = match keys {
             Some(keys) => {
                 let wanted = self.keys.convert_columns(keys)?;
                 let mut seen = std::collections::HashSet::new();
                 (0..wanted.num_rows())
                     .filter(|i| seen.insert(wanted.row(*i).owned()))
-                    .filter_map(|i| self.latest.get(&wanted.row(i).owned()))
+                    .filter_map(|i| self.latest.get_key_value(&wanted.row(i).owned()))
                     .collect()
             }
-            None => self.latest.values().collect(),
+            None => self.latest.iter().collect(),
         };
-        selected.sort_unstable_by_key(|(p, o, _)| (*p, *o));
-        let columns = self.rows.convert_rows(selected.into_iter().map(|(_, _, r)| r.row()))?;
+        selected.sort_unstable_by_key(|(_, (p, o, _))| (*p, *o));
+        let columns = self.rows.convert_rows(selected.into_iter().map(|(_, (_, _, r))| r.row()))?;
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+
+    /// Rows of a windowed table: of the given keys in the order given, or of every key in key
+    /// order (partition by partition); the windows of a key in order of their start.
+    fn windowed_rows(&self, keys: Option<&[ArrayRef]>) -> Result<RecordBatch> {
+        let inner = self.nkeys - 2;
+        let prefix = RowConverter::new(
+            self.schema.fields().iter().take(inner).map(|f| SortField::new(f.data_type().clone())).collect(),
+        )?;
+        let entries: Vec<(&OwnedRow, &(u32, i64, OwnedRow))> = self.latest.iter().collect();
+        let key_columns = self.keys.convert_rows(entries.iter().map(|(k, _)| k.row()))?;
+        let prefixes = prefix.convert_columns(&key_columns[..inner])?;
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        order.sort_unstable_by(|a, b| {
+            (entries[*a].1 .0, prefixes.row(*a), entries[*a].0).cmp(&(
+                entries[*b].1 .0,
+                prefixes.row(*b),
+                entries[*b].0,
+            ))
+        });
+        if let Some(keys) = keys {
+            let wanted = prefix.convert_columns(keys)?;
+            let mut seen = std::collections::HashSet::new();
+            let mut picked = Vec::new();
+            for w in 0..wanted.num_rows() {
+                if seen.insert(wanted.row(w).owned()) {
+                    picked.extend(order.iter().copied().filter(|i| prefixes.row(*i) == wanted.row(w)));
+                }
+            }
+            order = picked;
+        }
+        let columns = self.rows.convert_rows(order.iter().map(|i| entries[*i].1 .2.row()))?;
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
 
     /// Key arrays for a WHERE clause that pins the table's single key column to literals
     /// (`K = 'x'`, `'x' = K`, `K IN ('x', 'y')`, also inside ANDs); `None` if it does not.
     pub fn key_literals(&self, selection: Option<&sp::Expr>, key_name: &str) -> Option<Vec<ArrayRef>> {
-        if self.nkeys != 1 {
+        if self.nkeys != if self.windowed { 3 } else { 1 } {
             return None;
         }
         let mut literals = Vec::new();

@@ -57,7 +57,7 @@ fn check_source(expected: &PostSource, actual: &SourceDef) -> Result<(), String>
     }
     let key_format = expected.key_format.as_ref();
     if let Some(want) = key_format.and_then(|f| f.get("windowType")).and_then(|w| w.as_str()) {
-        let got = actual.window_type.as_deref().unwrap_or("none");
+        let got = actual.window_type().unwrap_or("none");
         if !want.eq_ignore_ascii_case(got) {
             return Err(format!("key window type: expected {want}, got {got}"));
         }

@@ -293,12 +293,11 @@ impl Collector {
         let source = source_for(sources, topic, true);
         let (key_layout, value_layout) = layouts(source);
         // Windowed keys: the sink's window type says so, else the expected records do.
-        let window =
-            match (source.and_then(|s| s.window_type.as_deref()), expected.iter().find_map(|r| r.window.as_ref())) {
-                (Some(t), _) => Some(codec::is_session(t)),
-                (None, Some(w)) => Some(codec::is_session(&w.kind)),
-                (None, None) => None,
-            };
+        let window = match (source.and_then(|s| s.window_type()), expected.iter().find_map(|r| r.window.as_ref())) {
+            (Some(t), _) => Some(codec::is_session(t)),
+            (None, Some(w)) => Some(codec::is_session(&w.kind)),
+            (None, None) => None,
+        };
         let session = window == Some(true);
         let size = if window == Some(false) { source.and_then(window_size) } else { None };
         let mut out = Vec::with_capacity(raws.len());
