@@ -220,7 +220,7 @@ async fn pull_query_reads_current_table_rows() {
     assert_eq!(status, 200);
     let lines: Vec<&str> = body.lines().collect();
     assert_eq!(lines.len(), 2, "{body}");
-    assert!(lines[0].contains(r#""schema":"`USER_ID` STRING KEY, `N` BIGINT, `TOTAL` BIGINT""#), "{body}");
+    assert!(lines[0].contains(r#""schema":"`USER_ID` STRING KEY, `N` BIGINT, `TOTAL` INTEGER""#), "{body}");
     assert_eq!(lines[1], r#"{"row":{"columns":["a",2,12]}}]"#);
     let (_, body) = server.query_stream("SELECT user_id, total FROM per_user WHERE total > 20;").await;
     assert_eq!(body.lines().nth(1), Some(r#"["b",50]"#), "{body}");

@@ -180,6 +180,12 @@ async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select, p
         }
         rekey = Some(names);
     }
+    string_plus(&mut query, &source);
+    // For ksqlDB's message if DataFusion finds a non-aggregate item that is not grouped.
+    let written = match query.body.as_ref() {
+        sp::SetExpr::Select(b) => Some((b.projection.clone(), b.group_by.clone())),
+        _ => None,
+    };
     ksql_expressions(&mut query);
 
     // Plan with DataFusion against the source's row schema (plus window bounds when windowed).
@@ -197,8 +203,21 @@ async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select, p
     let state = ctx.state();
     let plan = state.statement_to_plan(statement).await;
     let _ = ctx.deregister_table(reference);
+    let plan = match (plan.map_err(SqlError::from), written) {
+        (Err(e), Some((items, groups)))
+            if e.to_string().contains("must appear in GROUP BY clause")
+                || e.to_string().contains("not part of GROUP BY") =>
+        {
+            let is_aggregate = |name: &str| state.aggregate_functions().contains_key(&name.to_lowercase());
+            return Err(match ungrouped_items(&items, &groups, &is_aggregate) {
+                Some(m) => SqlError::plan(m),
+                None => e,
+            });
+        }
+        (plan, _) => plan?,
+    };
     // The analyzer adds DataFusion's type coercions (casts) to the plan.
-    let plan = simplify(state.analyzer().execute_and_check(plan?, state.config_options(), |_, _| {})?);
+    let plan = simplify(state.analyzer().execute_and_check(plan, state.config_options(), |_, _| {})?);
     let LogicalPlan::Projection(projection) = &plan else {
         return Err(SqlError::Internal(format!("expected a projection, planned:\n{}", plan.display_indent())));
     };
@@ -225,6 +244,128 @@ async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select, p
             plan_stateless(source, projection, rekey, &props, &pctx)
         }
     }
+}
+
+/// ksqlDB's `+` also concatenates strings: `a + b` with a string literal or STRING column on
+/// either side becomes `a || b`.
+fn string_plus(query: &mut sp::Query, source: &SourceDef) {
+    fn stringy(e: &sp::Expr, source: &SourceDef) -> bool {
+        let string_column = |name: &str| source.columns.iter().any(|c| c.name == name && c.sql_type == SqlType::String);
+        match e {
+            sp::Expr::Value(v) => matches!(v.value, sp::Value::SingleQuotedString(_)),
+            sp::Expr::Identifier(id) => string_column(&id.value),
+            sp::Expr::CompoundIdentifier(ids) => ids.last().is_some_and(|id| string_column(&id.value)),
+            sp::Expr::BinaryOp { op: sp::BinaryOperator::StringConcat, .. } => true,
+            sp::Expr::Nested(inner) => stringy(inner, source),
+            _ => false,
+        }
+    }
+    let _ = sp::visit_expressions_mut(query, |e| {
+        if let sp::Expr::BinaryOp { left, op, right } = e {
+            if *op == sp::BinaryOperator::Plus && (stringy(left, source) || stringy(right, source)) {
+                *op = sp::BinaryOperator::StringConcat;
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+/// An expression as ksqlDB writes it in messages: binary operations in parentheses.
+fn ksql_ast_text(e: &sp::Expr) -> String {
+    match e {
+        sp::Expr::BinaryOp { left, op, right } => {
+            let op = if *op == sp::BinaryOperator::StringConcat { "+".to_string() } else { op.to_string() };
+            format!("({} {op} {})", ksql_ast_text(left), ksql_ast_text(right))
+        }
+        sp::Expr::Nested(inner) => ksql_ast_text(inner),
+        sp::Expr::Identifier(id) => id.value.clone(),
+        sp::Expr::CompoundIdentifier(ids) => ids.iter().map(|i| i.value.as_str()).collect::<Vec<_>>().join("."),
+        other => other.to_string(),
+    }
+}
+
+/// ksqlDB's message for SELECT items that neither aggregate nor are grouped: an item is listed
+/// when a column it uses is neither inside an aggregate call nor inside a GROUP BY expression.
+fn ungrouped_items(
+    items: &[sp::SelectItem],
+    group_by: &sp::GroupByExpr,
+    is_aggregate: &dyn Fn(&str) -> bool,
+) -> Option<String> {
+    let groups: Vec<String> = match group_by {
+        sp::GroupByExpr::Expressions(e, _) => e.iter().map(ksql_ast_text).collect(),
+        _ => return None,
+    };
+    fn covered(e: &sp::Expr, groups: &[String], is_aggregate: &dyn Fn(&str) -> bool) -> bool {
+        if groups.contains(&ksql_ast_text(e)) {
+            return true;
+        }
+        match e {
+            sp::Expr::Function(f) if is_aggregate(&f.name.to_string()) => true,
+            sp::Expr::Identifier(_) | sp::Expr::CompoundIdentifier(_) => false,
+            sp::Expr::Value(_) => true,
+            other => match children(other) {
+                // Unknown shapes: covered only without any column outside the groups.
+                c if c.is_empty() => {
+                    let mut ok = true;
+                    let _ = sp::visit_expressions(other, |x: &sp::Expr| {
+                        if matches!(x, sp::Expr::Identifier(_) | sp::Expr::CompoundIdentifier(_))
+                            && !groups.contains(&ksql_ast_text(x))
+                        {
+                            ok = false;
+                        }
+                        ControlFlow::<()>::Continue(())
+                    });
+                    ok
+                }
+                c => c.iter().all(|x| covered(x, groups, is_aggregate)),
+            },
+        }
+    }
+    fn children(e: &sp::Expr) -> Vec<&sp::Expr> {
+        match e {
+            sp::Expr::BinaryOp { left, right, .. } => vec![left, right],
+            sp::Expr::Nested(inner) | sp::Expr::UnaryOp { expr: inner, .. } | sp::Expr::Cast { expr: inner, .. } => {
+                vec![inner]
+            }
+            sp::Expr::Substring { expr, substring_from, substring_for, .. } => std::iter::once(expr.as_ref())
+                .chain(substring_from.as_deref())
+                .chain(substring_for.as_deref())
+                .collect(),
+            sp::Expr::Function(f) => match &f.args {
+                sp::FunctionArguments::List(l) => l
+                    .args
+                    .iter()
+                    .filter_map(|a| match a {
+                        sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(x)) => Some(x),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => vec![],
+            },
+            _ => vec![],
+        }
+    }
+    let exprs = items.iter().filter_map(|item| match item {
+        sp::SelectItem::UnnamedExpr(e) | sp::SelectItem::ExprWithAlias { expr: e, .. } => Some(e),
+        _ => None,
+    });
+    let mut aggregates = false;
+    for e in exprs.clone() {
+        let _ = sp::visit_expressions(e, |x: &sp::Expr| {
+            aggregates |= matches!(x, sp::Expr::Function(f) if is_aggregate(&f.name.to_string()));
+            ControlFlow::<()>::Continue(())
+        });
+    }
+    if !aggregates && !groups.is_empty() {
+        return Some("GROUP BY requires aggregate functions in either the SELECT or HAVING clause.".into());
+    }
+    let listed: Vec<String> = exprs.filter(|e| !covered(e, &groups, is_aggregate)).map(ksql_ast_text).collect();
+    (!listed.is_empty()).then(|| {
+        format!(
+            "Non-aggregate SELECT expression(s) not part of GROUP BY: {}\nEither add the column(s) to the GROUP BY or remove them from the SELECT.",
+            listed.join(", ")
+        )
+    })
 }
 
 /// `EXPLODE` (DataFusion's unnest): projection inside, unnest, projection outside; the record
@@ -428,6 +569,7 @@ fn plan_aggregate(
         aggregate_filters.push(lowered.filter);
     }
     let agg_schema = aggregate.schema.clone();
+    let projection = &int_sums(projection, aggregate)?;
     let having = having.map(|h| create_physical_expr(h, &agg_schema, props, pctx)).transpose()?;
     let output_schema: SchemaRef = Arc::new(agg_schema.as_arrow().clone());
     let group_names: Vec<String> = agg_schema.fields().iter().take(user_groups).map(|f| f.name().clone()).collect();
@@ -508,6 +650,55 @@ fn plan_aggregate(
         rekeyed: false,
         side_sources: vec![],
     })
+}
+
+/// ksqlDB's SUM of INT values is an INT (DataFusion's is a BIGINT): the projection casts such
+/// sums back.
+fn int_sums(
+    projection: &datafusion::logical_expr::Projection,
+    aggregate: &datafusion::logical_expr::Aggregate,
+) -> Result<datafusion::logical_expr::Projection> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::logical_expr::ExprSchemable;
+    let groups = aggregate.group_expr.len();
+    let mut int_sums = Vec::new();
+    for (i, e) in aggregate.aggr_expr.iter().enumerate() {
+        if let Expr::AggregateFunction(f) = e.clone().unalias() {
+            // The analyzer widens SUM's argument: look under its cast.
+            let arg = f.params.args.first().map(|a| match a {
+                Expr::Cast(c) => c.expr.as_ref(),
+                other => other,
+            });
+            let int_arg = arg.map(|a| a.get_type(aggregate.input.schema())).transpose()?;
+            if f.func.name().eq_ignore_ascii_case("sum") && int_arg == Some(DataType::Int32) {
+                int_sums.push(aggregate.schema.qualified_field(groups + i).1.name().clone());
+            }
+        }
+    }
+    if int_sums.is_empty() {
+        return Ok(projection.clone());
+    }
+    let exprs = projection
+        .expr
+        .iter()
+        .map(|e| {
+            Ok(e.clone()
+                .transform_up(|x| match &x {
+                    Expr::Column(c) if int_sums.contains(&c.name) => {
+                        Ok(Transformed::yes(datafusion::logical_expr::cast(x.clone(), DataType::Int32)))
+                    }
+                    _ => Ok(Transformed::no(x)),
+                })?
+                .data)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Keep each item's name (a bare `SUM(x)` would otherwise be renamed by the cast).
+    let named = exprs
+        .into_iter()
+        .zip(projection.schema.fields())
+        .map(|(e, f)| if e.schema_name().to_string() == *f.name() { e } else { e.alias(f.name()) })
+        .collect();
+    Ok(datafusion::logical_expr::Projection::try_new(named, projection.input.clone())?)
 }
 
 /// The visible output columns of a projection: physical expressions, column descriptions, fields.
