@@ -24,6 +24,7 @@ pub mod error;
 pub mod message;
 pub mod operator;
 pub mod operators;
+pub mod panes;
 pub mod runtime;
 pub mod sink;
 pub mod source;
