@@ -11,6 +11,7 @@
 //! handed to the runtime as late. State is bounded by the window, grace and the input rate.
 
 use crate::state::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -82,6 +83,9 @@ pub struct StreamStreamJoinOperator {
     right_rows: RowConverter,
     left: HashMap<OwnedRow, Vec<Buffered>>,
     right: HashMap<OwnedRow, Vec<Buffered>>,
+    /// Keys of buffered rows by row time, per side: expiry visits only what expires.
+    left_expiry: BTreeMap<i64, Vec<OwnedRow>>,
+    right_expiry: BTreeMap<i64, Vec<OwnedRow>>,
     watermark: i64,
     late: Vec<LateRow>,
 }
@@ -105,6 +109,8 @@ impl StreamStreamJoinOperator {
             right_rows,
             left: HashMap::default(),
             right: HashMap::default(),
+            left_expiry: BTreeMap::new(),
+            right_expiry: BTreeMap::new(),
             watermark: i64::MIN,
             late: Vec::new(),
         })
@@ -185,9 +191,11 @@ impl StreamStreamJoinOperator {
                 if !matched && self.cfg.eager_outer && self.emits_unmatched(from_left) {
                     pairs.push(if from_left { (Some(row.clone()), None) } else { (None, Some(row.clone())) });
                 }
-                let own = if from_left { &mut self.left } else { &mut self.right };
+                let (own, expiry) =
+                    if from_left { (&mut self.left, &mut self.left_expiry) } else { (&mut self.right, &mut self.right_expiry) };
                 // With eager outer rows, the row's null row is already out: never emit it again.
                 let matched = matched || self.cfg.eager_outer;
+                expiry.entry(t).or_default().push(key.clone());
                 own.entry(key).or_default().push(Buffered { time: t, row, matched });
             } else if self.emits_unmatched(from_left) {
                 // A null key never matches: it is final right away.
@@ -211,26 +219,29 @@ impl StreamStreamJoinOperator {
         let mut pairs: Vec<(i64, Pair)> = Vec::new();
         let left_outer = self.emits_unmatched(true);
         let right_outer = self.emits_unmatched(false);
-        for rows in self.left.values_mut() {
-            rows.retain(|b| {
-                let keep = (b.time + after).saturating_add(grace) >= wm;
-                if !keep && left_outer && !b.matched {
-                    pairs.push((b.time, (Some(b.row.clone()), None)));
+        // Rows at times below the cut expire: visit only their keys.
+        let sides = [
+            (&mut self.left, &mut self.left_expiry, after, left_outer, true),
+            (&mut self.right, &mut self.right_expiry, before, right_outer, false),
+        ];
+        for (map, expiry, reach, outer, is_left) in sides {
+            let cut = wm.saturating_sub(reach).saturating_sub(grace);
+            let keep = expiry.split_off(&cut);
+            for key in std::mem::replace(expiry, keep).into_values().flatten() {
+                let Some(rows) = map.get_mut(&key) else { continue };
+                rows.retain(|b| {
+                    let keep = (b.time + reach).saturating_add(grace) >= wm;
+                    if !keep && outer && !b.matched {
+                        let row = Some(b.row.clone());
+                        pairs.push((b.time, if is_left { (row, None) } else { (None, row) }));
+                    }
+                    keep
+                });
+                if rows.is_empty() {
+                    map.remove(&key);
                 }
-                keep
-            });
+            }
         }
-        for rows in self.right.values_mut() {
-            rows.retain(|b| {
-                let keep = (b.time + before).saturating_add(grace) >= wm;
-                if !keep && right_outer && !b.matched {
-                    pairs.push((b.time, (None, Some(b.row.clone()))));
-                }
-                keep
-            });
-        }
-        self.left.retain(|_, v| !v.is_empty());
-        self.right.retain(|_, v| !v.is_empty());
         pairs.sort_by_key(|(t, _)| *t);
         self.emit(pairs.into_iter().map(|(_, p)| p).collect(), out)
     }
@@ -349,6 +360,14 @@ impl Operator for StreamStreamJoinOperator {
             };
         self.left = side(lk, lv, &self.left_rows)?;
         self.right = side(rk, rv, &self.right_rows)?;
+        for (map, expiry) in [(&self.left, &mut self.left_expiry), (&self.right, &mut self.right_expiry)] {
+            expiry.clear();
+            for (key, rows) in map {
+                for b in rows {
+                    expiry.entry(b.time).or_default().push(key.clone());
+                }
+            }
+        }
         self.watermark = wm.column(0).as_primitive::<Int64Type>().value(0);
         Ok(())
     }
