@@ -199,11 +199,11 @@ impl ForeignKeyJoinOperator {
         }
         let count = outputs.len();
         let mut columns =
-            side_columns(&self.left_rows, &self.cfg.left_schema, outputs.iter().map(|o| Some(&o.0)), count)?;
+            side_columns(&self.left_rows, &self.cfg.left_schema, outputs.iter().map(|o| Some(o.0.row())), count)?;
         columns.extend(side_columns(
             &self.right_rows,
             &self.cfg.right_schema,
-            outputs.iter().map(|o| o.1.as_ref()),
+            outputs.iter().map(|o| o.1.as_ref().map(|r| r.row())),
             count,
         )?);
         for (c, f) in columns.iter_mut().zip(self.schema.fields()) {

@@ -90,8 +90,33 @@ pub struct StreamStreamJoinOperator {
     late: Vec<LateRow>,
 }
 
+/// Where an output row's side comes from: row `i` of the batch being processed, or a copy of a
+/// buffered row in the output's arena (no allocation per output row).
+#[derive(Clone, Copy)]
+enum Src {
+    Batch(u32),
+    Kept(u32),
+}
+
 /// One output row: a left row and/or a right row.
-type Pair = (Option<OwnedRow>, Option<OwnedRow>);
+type Pair = (Option<Src>, Option<Src>);
+
+/// Output rows being assembled: the pairs, and the bytes of the buffered rows they use.
+#[derive(Default)]
+struct Pairs {
+    pairs: Vec<Pair>,
+    arena: Vec<u8>,
+    spans: Vec<(usize, usize)>,
+}
+
+impl Pairs {
+    fn keep(&mut self, row: &OwnedRow) -> Src {
+        let start = self.arena.len();
+        self.arena.extend_from_slice(row.as_ref());
+        self.spans.push((start, self.arena.len()));
+        Src::Kept(self.spans.len() as u32 - 1)
+    }
+}
 
 impl StreamStreamJoinOperator {
     /// A join per `cfg`; key types are the left key's.
@@ -143,7 +168,7 @@ impl StreamStreamJoinOperator {
             self.right_rows.convert_columns(batch.columns())?
         };
         let (before, after, grace) = (self.cfg.before, self.cfg.after, self.cfg.grace);
-        let mut pairs: Vec<Pair> = Vec::new();
+        let mut out_rows = Pairs::default();
         for (i, &null_key) in null_keys.iter().enumerate() {
             let t = if times.is_null(i) { 0 } else { times.value(i) };
             // The latest partner time that could still match this row, plus grace.
@@ -165,7 +190,7 @@ impl StreamStreamJoinOperator {
                 });
                 continue;
             }
-            let row = rows.row(i).owned();
+            let me = Src::Batch(i as u32);
             let mut matched = false;
             if !null_key {
                 let key = keys.row(i).owned();
@@ -180,29 +205,35 @@ impl StreamStreamJoinOperator {
                         if in_window {
                             p.matched = true;
                             matched = true;
-                            pairs.push(if from_left {
-                                (Some(row.clone()), Some(p.row.clone()))
+                            let partner = out_rows.keep(&p.row);
+                            out_rows.pairs.push(if from_left {
+                                (Some(me), Some(partner))
                             } else {
-                                (Some(p.row.clone()), Some(row.clone()))
+                                (Some(partner), Some(me))
                             });
                         }
                     }
                 }
                 if !matched && self.cfg.eager_outer && self.emits_unmatched(from_left) {
-                    pairs.push(if from_left { (Some(row.clone()), None) } else { (None, Some(row.clone())) });
+                    out_rows.pairs.push(if from_left { (Some(me), None) } else { (None, Some(me)) });
                 }
-                let (own, expiry) =
-                    if from_left { (&mut self.left, &mut self.left_expiry) } else { (&mut self.right, &mut self.right_expiry) };
+                let row = rows.row(i).owned();
+                let (own, expiry) = if from_left {
+                    (&mut self.left, &mut self.left_expiry)
+                } else {
+                    (&mut self.right, &mut self.right_expiry)
+                };
                 // With eager outer rows, the row's null row is already out: never emit it again.
                 let matched = matched || self.cfg.eager_outer;
                 expiry.entry(t).or_default().push(key.clone());
                 own.entry(key).or_default().push(Buffered { time: t, row, matched });
             } else if self.emits_unmatched(from_left) {
                 // A null key never matches: it is final right away.
-                pairs.push(if from_left { (Some(row), None) } else { (None, Some(row)) });
+                out_rows.pairs.push(if from_left { (Some(me), None) } else { (None, Some(me)) });
             }
         }
-        self.emit(pairs, out)
+        let current = if from_left { (Some(&rows), None) } else { (None, Some(&rows)) };
+        self.emit(out_rows, current, out)
     }
 
     fn emits_unmatched(&self, left_side: bool) -> bool {
@@ -216,7 +247,7 @@ impl StreamStreamJoinOperator {
     fn expire(&mut self, out: &mut Vec<Message>) -> Result<()> {
         let wm = self.watermark;
         let (before, after, grace) = (self.cfg.before, self.cfg.after, self.cfg.grace);
-        let mut pairs: Vec<(i64, Pair)> = Vec::new();
+        let mut expired: Vec<(i64, bool, OwnedRow)> = Vec::new();
         let left_outer = self.emits_unmatched(true);
         let right_outer = self.emits_unmatched(false);
         // Rows at times below the cut expire: visit only their keys.
@@ -232,8 +263,7 @@ impl StreamStreamJoinOperator {
                 rows.retain(|b| {
                     let keep = (b.time + reach).saturating_add(grace) >= wm;
                     if !keep && outer && !b.matched {
-                        let row = Some(b.row.clone());
-                        pairs.push((b.time, if is_left { (row, None) } else { (None, row) }));
+                        expired.push((b.time, is_left, b.row.clone()));
                     }
                     keep
                 });
@@ -242,17 +272,48 @@ impl StreamStreamJoinOperator {
                 }
             }
         }
-        pairs.sort_by_key(|(t, _)| *t);
-        self.emit(pairs.into_iter().map(|(_, p)| p).collect(), out)
+        expired.sort_by_key(|(t, _, _)| *t);
+        let mut out_rows = Pairs::default();
+        for (_, is_left, row) in &expired {
+            let kept = Some(out_rows.keep(row));
+            out_rows.pairs.push(if *is_left { (kept, None) } else { (None, kept) });
+        }
+        self.emit(out_rows, (None, None), out)
     }
 
-    fn emit(&self, pairs: Vec<Pair>, out: &mut Vec<Message>) -> Result<()> {
+    /// Builds the output batch; `current` holds the rows of the batch being processed (its
+    /// side), which `Src::Batch` refers to.
+    fn emit(
+        &self,
+        out_rows: Pairs,
+        current: (Option<&arrow::row::Rows>, Option<&arrow::row::Rows>),
+        out: &mut Vec<Message>,
+    ) -> Result<()> {
+        let Pairs { pairs, arena, spans } = out_rows;
         if pairs.is_empty() {
             return Ok(());
         }
         let n = pairs.len();
-        let mut columns = side_columns(&self.left_rows, &self.cfg.left_schema, pairs.iter().map(|p| p.0.as_ref()), n)?;
-        columns.extend(side_columns(&self.right_rows, &self.cfg.right_schema, pairs.iter().map(|p| p.1.as_ref()), n)?);
+        let (left_parser, right_parser) = (self.left_rows.parser(), self.right_rows.parser());
+        fn resolve<'a>(
+            src: Option<Src>,
+            rows: Option<&'a arrow::row::Rows>,
+            parser: &'a arrow::row::RowParser,
+            arena: &'a [u8],
+            spans: &[(usize, usize)],
+        ) -> Option<arrow::row::Row<'a>> {
+            src.and_then(|s| match s {
+                Src::Batch(i) => rows.map(|r| r.row(i as usize)),
+                Src::Kept(k) => {
+                    let (a, b) = spans[k as usize];
+                    Some(parser.parse(&arena[a..b]))
+                }
+            })
+        }
+        let left = pairs.iter().map(|p| resolve(p.0, current.0, &left_parser, &arena, &spans));
+        let mut columns = side_columns(&self.left_rows, &self.cfg.left_schema, left, n)?;
+        let right = pairs.iter().map(|p| resolve(p.1, current.1, &right_parser, &arena, &spans));
+        columns.extend(side_columns(&self.right_rows, &self.cfg.right_schema, right, n)?);
         for (c, f) in columns.iter_mut().zip(self.cfg.output_schema.fields()) {
             if c.data_type() != f.data_type() {
                 *c = cast(c, f.data_type())?;
@@ -271,7 +332,7 @@ impl StreamStreamJoinOperator {
 pub(crate) fn side_columns<'a>(
     converter: &RowConverter,
     schema: &SchemaRef,
-    rows: impl Iterator<Item = Option<&'a OwnedRow>>,
+    rows: impl Iterator<Item = Option<arrow::row::Row<'a>>>,
     n: usize,
 ) -> Result<Vec<ArrayRef>> {
     let mut present = Vec::new();
@@ -288,7 +349,7 @@ pub(crate) fn side_columns<'a>(
     if present.is_empty() {
         return Ok(schema.fields().iter().map(|f| new_null_array(f.data_type(), n)).collect());
     }
-    let columns = converter.convert_rows(present.iter().map(|r| r.row()))?;
+    let columns = converter.convert_rows(present)?;
     let idx = UInt32Array::from(idx);
     columns.iter().map(|c| Ok(take(c.as_ref(), &idx, None)?)).collect()
 }

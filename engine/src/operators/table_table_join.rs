@@ -130,12 +130,16 @@ impl TableTableJoinOperator {
             return Ok(());
         }
         let count = outputs.len();
-        let mut columns =
-            side_columns(&self.left_rows, &self.cfg.left_schema, outputs.iter().map(|o| o.0.as_ref()), count)?;
+        let mut columns = side_columns(
+            &self.left_rows,
+            &self.cfg.left_schema,
+            outputs.iter().map(|o| o.0.as_ref().map(|r| r.row())),
+            count,
+        )?;
         columns.extend(side_columns(
             &self.right_rows,
             &self.cfg.right_schema,
-            outputs.iter().map(|o| o.1.as_ref()),
+            outputs.iter().map(|o| o.1.as_ref().map(|r| r.row())),
             count,
         )?);
         for (c, f) in columns.iter_mut().zip(self.schema.fields()) {
