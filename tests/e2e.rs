@@ -237,13 +237,13 @@ async fn stream_table_join_enriches_with_current_table_row() {
     server.ok("CREATE STREAM payments (id STRING KEY, customer STRING, amount DOUBLE) WITH (kafka_topic='payments', value_format='JSON', partitions=1);").await;
     server.ok("INSERT INTO customers VALUES ('c1', 'Ada');").await;
     server
-        .ok("CREATE STREAM enriched AS SELECT p.id, c.name, p.amount FROM payments p LEFT JOIN customers c ON p.customer = c.id;")
+        .ok("CREATE STREAM enriched AS SELECT p.customer, p.id, c.name, p.amount FROM payments p LEFT JOIN customers c ON p.customer = c.id;")
         .await;
     server.ok("INSERT INTO payments VALUES ('p1', 'c1', 10.5);").await;
     server.ok("INSERT INTO payments VALUES ('p2', 'c9', 3.0);").await;
     let (_, body) = server.query("SELECT * FROM enriched EMIT CHANGES LIMIT 2;").await;
-    assert_eq!(Server::rows(&body), vec![json!(["p1", "Ada", 10.5]), json!(["p2", null, 3.0])], "{body}");
-    assert!(body.contains("\"schema\":\"`P_ID` STRING, `NAME` STRING, `AMOUNT` DOUBLE\""), "{body}");
+    assert_eq!(Server::rows(&body), vec![json!(["c1", "p1", "Ada", 10.5]), json!(["c9", "p2", null, 3.0])], "{body}");
+    assert!(body.contains("\"schema\":\"`CUSTOMER` STRING, `P_ID` STRING, `NAME` STRING, `AMOUNT` DOUBLE\""), "{body}");
     server.stop();
 }
 
@@ -266,7 +266,9 @@ async fn multi_way_join_feeds_group_by() {
         server.ok(s).await;
     }
     let from = "FROM orders o JOIN customers c ON o.customer = c.id JOIN regions r ON c.region = r.id";
-    server.ok(&format!("CREATE STREAM enriched AS SELECT o.id, c.name, r.manager, o.amount {from};")).await;
+    server
+        .ok(&format!("CREATE STREAM enriched AS SELECT o.id, c.name, r.id AS region, r.manager, o.amount {from};"))
+        .await;
     server
         .ok(&format!(
             "CREATE TABLE per_manager AS SELECT r.manager, SUM(o.amount) AS total, COUNT(*) AS n {from} GROUP BY r.manager;"
@@ -282,13 +284,23 @@ async fn multi_way_join_feeds_group_by() {
     }
     let (_, body) = server.query("SELECT * FROM enriched EMIT CHANGES LIMIT 3;").await;
     let mut rows = Server::rows(&body);
-    rows.sort_by_key(|r| r[0].as_str().unwrap_or_default().to_string());
+    rows.sort_by_key(|r| r[1].as_str().unwrap_or_default().to_string());
     assert_eq!(
         rows,
-        vec![json!(["o1", "Ada", "Eve", 10.0]), json!(["o2", "Bob", "Sam", 5.0]), json!(["o3", "Ada", "Eve", 2.5])],
+        vec![
+            json!(["EU", "o1", "Ada", "Eve", 10.0]),
+            json!(["US", "o2", "Bob", "Sam", 5.0]),
+            json!(["EU", "o3", "Ada", "Eve", 2.5])
+        ],
         "{body}"
     );
-    assert!(body.contains("\"schema\":\"`O_ID` STRING, `NAME` STRING, `MANAGER` STRING, `AMOUNT` DOUBLE\""), "{body}");
+    // The last join's key (the region) is the output's key, first.
+    assert!(
+        body.contains(
+            "\"schema\":\"`REGION` STRING, `O_ID` STRING, `NAME` STRING, `MANAGER` STRING, `AMOUNT` DOUBLE\""
+        ),
+        "{body}"
+    );
     let (_, body) = server.query("SELECT * FROM per_manager EMIT CHANGES LIMIT 3;").await;
     let mut last = std::collections::BTreeMap::new();
     for r in Server::rows(&body) {

@@ -747,6 +747,11 @@ impl KsqlEngine {
             }
             _ => {}
         }
+        if let (Some(hint), false) = (&plan.key_hint, plan.columns.iter().any(|c| c.key)) {
+            return Err(SqlError::plan(format!(
+                "Key missing from projection (ie, SELECT). See https://cnfl.io/2LV7ouS.\nThe query used to build `{name}` must include {hint}"
+            )));
+        }
         if plan.is_table && plan.stage.is_some() && !plan.columns.iter().any(|c| c.key) {
             return Err(SqlError::plan(format!(
                 "Key missing from projection (ie, SELECT). See https://cnfl.io/2LV7ouS.\nThe query used to build `{name}` must include the grouping expression(s) in its projection (eg, SELECT <grouping expressions>...)."

@@ -76,6 +76,9 @@ pub struct QueryPlan {
     pub rekeyed: bool,
     /// Further inputs of the stage (the table of a stream-table join).
     pub side_sources: Vec<(SourceDef, ChainFactory)>,
+    /// For joins: what the projection must include to have a key, in ksqlDB's words (the end of
+    /// its "Key missing from projection" message).
+    pub key_hint: Option<String>,
 }
 
 /// Plans `select` over the catalog's sources.
@@ -436,6 +439,7 @@ fn plan_unnest(
         is_table: false,
         rekeyed: false,
         side_sources: vec![],
+        key_hint: None,
     })
 }
 
@@ -505,6 +509,7 @@ fn plan_stateless(
         is_table,
         rekeyed,
         side_sources: vec![],
+        key_hint: None,
     })
 }
 
@@ -649,6 +654,7 @@ fn plan_aggregate(
         is_table: true,
         rekeyed: false,
         side_sources: vec![],
+        key_hint: None,
     })
 }
 
@@ -1141,6 +1147,10 @@ async fn plan_join(
         _ => return Err(SqlError::Unsupported("This kind of join is not supported".into())),
     };
     let within = select.within.first().copied().flatten();
+    check_join_sources(
+        &body.from[0].joins[0].join_operator,
+        [(&left_name, &left_alias, &left), (&right_name, &right_alias, &right)],
+    )?;
     let type_text = match kind {
         JoinKind::Inner => "[INNER] JOIN",
         JoinKind::Left => "LEFT [OUTER] JOIN",
@@ -1183,9 +1193,68 @@ async fn plan_join(
     if grouped || select.window.is_some() || !select.partition_by.is_empty() {
         return Err(SqlError::Unsupported("GROUP BY, WINDOW or PARTITION BY over a join is not supported yet".into()));
     }
+    // ksqlDB's synthetic key: a FULL OUTER join, or one comparing two expressions (neither side a
+    // plain column), is keyed by ROWKEY = COALESCE(left, right), which the projection may select.
+    let on_sides = match &body.from[0].joins[0].join_operator {
+        sp::JoinOperator::Join(c)
+        | sp::JoinOperator::Inner(c)
+        | sp::JoinOperator::Left(c)
+        | sp::JoinOperator::LeftOuter(c)
+        | sp::JoinOperator::Right(c)
+        | sp::JoinOperator::RightOuter(c)
+        | sp::JoinOperator::FullOuter(c) => match c {
+            sp::JoinConstraint::On(sp::Expr::BinaryOp { left, op: sp::BinaryOperator::Eq, right }) => {
+                Some(((**left).clone(), (**right).clone()))
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    let is_column = |e: &sp::Expr| matches!(e, sp::Expr::Identifier(_) | sp::Expr::CompoundIdentifier(_));
+    let synthetic = match &on_sides {
+        Some((a, b)) if kind == JoinKind::Full || (!is_column(a) && !is_column(b)) => {
+            let text = format!("COALESCE({a}, {b})");
+            let dialect = sqlparser::dialect::GenericDialect {};
+            let parsed = sqlparser::parser::Parser::new(&dialect).try_with_sql(&text).and_then(|mut p| p.parse_expr());
+            Some(parsed.map_err(|e| SqlError::Internal(format!("the synthetic key {text}: {e}")))?)
+        }
+        _ => None,
+    };
+    let key_hint = match (&on_sides, &synthetic) {
+        (_, Some(_)) => Some(
+            "the join expression ROWKEY in its projection (eg, SELECT ROWKEY...).\nROWKEY was added as a synthetic key column because the join criteria did not match any source column."
+                .to_string(),
+        ),
+        (Some((a, b)), None) => {
+            let (a, b) = (ksql_ast_text(a), ksql_ast_text(b));
+            Some(format!("the join expressions {a} or {b} in its projection (eg, SELECT {a}...)."))
+        }
+        _ => None,
+    };
+    let mut synthetic_names: Vec<String> = Vec::new();
     // `*` is every column of both sources, named <ALIAS>_<COLUMN> as in ksqlDB.
     let mut items = Vec::new();
     for item in body.projection.drain(..) {
+        let rowkey = |e: &sp::Expr| matches!(e, sp::Expr::Identifier(id) if id.value == "ROWKEY");
+        if let Some(key) = &synthetic {
+            match item {
+                sp::SelectItem::UnnamedExpr(ref e) if rowkey(e) => {
+                    items.push(sp::SelectItem::ExprWithAlias { expr: key.clone(), alias: quoted("ROWKEY") });
+                    synthetic_names.push("ROWKEY".into());
+                    continue;
+                }
+                sp::SelectItem::ExprWithAlias { ref expr, ref alias } if rowkey(expr) => {
+                    items.push(sp::SelectItem::ExprWithAlias { expr: key.clone(), alias: alias.clone() });
+                    synthetic_names.push(alias.value.clone());
+                    continue;
+                }
+                sp::SelectItem::Wildcard(_) => {
+                    items.push(sp::SelectItem::ExprWithAlias { expr: key.clone(), alias: quoted("ROWKEY") });
+                    synthetic_names.push("ROWKEY".into());
+                }
+                _ => {}
+            }
+        }
         let expand = |source: &SourceDef, alias: &str, items: &mut Vec<sp::SelectItem>| {
             for c in source.key_columns().chain(source.value_columns()) {
                 items.push(sp::SelectItem::ExprWithAlias {
@@ -1341,6 +1410,10 @@ async fn plan_join(
     let (mut exprs, mut columns, mut fields) = output_columns(projection, &post_physical, |_| false)?;
     if foreign_key {
         fk_key_columns(&mut columns, &projection.expr, join.left.schema(), left_key_names.len(), &left_alias)?;
+    } else if synthetic.is_some() {
+        for c in columns.iter_mut() {
+            c.key = synthetic_names.contains(&c.name);
+        }
     } else {
         // A projected join expression (compared with its qualifier) is the key.
         for (c, e) in columns.iter_mut().zip(&projection.expr) {
@@ -1534,7 +1607,122 @@ async fn plan_join(
         is_table: table_table,
         rekeyed: true,
         side_sources: vec![(right, side_chain)],
+        key_hint: if foreign_key { None } else { key_hint },
     })
+}
+
+/// ksqlDB's checks of a join before planning it: no self joins, one equality in ON, each side
+/// naming columns of exactly one source, and windowed sources joined only to like-windowed
+/// sources on their keys.
+fn check_join_sources(op: &sp::JoinOperator, sides: [(&String, &String, &SourceDef); 2]) -> Result<()> {
+    let [(left_name, _, left), (right_name, _, right)] = sides;
+    if left_name == right_name {
+        return Err(SqlError::plan(format!(
+            "Can not join '{left_name}' to '{right_name}': self joins are not yet supported."
+        )));
+    }
+    let on = match op {
+        sp::JoinOperator::Join(c)
+        | sp::JoinOperator::Inner(c)
+        | sp::JoinOperator::Left(c)
+        | sp::JoinOperator::LeftOuter(c)
+        | sp::JoinOperator::Right(c)
+        | sp::JoinOperator::RightOuter(c)
+        | sp::JoinOperator::FullOuter(c) => match c {
+            sp::JoinConstraint::On(e) => e,
+            _ => return Ok(()),
+        },
+        _ => return Ok(()),
+    };
+    let (a, b) = match on {
+        sp::Expr::BinaryOp { op: sp::BinaryOperator::And, .. } => {
+            return Err(SqlError::plan(format!(
+                "Invalid join condition: joins on multiple conditions are not yet supported. Got {}.",
+                ksql_ast_text(on)
+            )))
+        }
+        sp::Expr::BinaryOp { left, op: sp::BinaryOperator::Eq, right } => (left.as_ref(), right.as_ref()),
+        _ => return Ok(()),
+    };
+    // Which sources a side names (by qualifier), checking each qualified column exists.
+    let pseudo = [rill_engine::source::ROWTIME, rill_engine::source::ROWPARTITION, rill_engine::source::ROWOFFSET];
+    let mut problem = None;
+    let mut refs = |e: &sp::Expr| -> Vec<usize> {
+        let mut found = Vec::new();
+        let _ = sp::visit_expressions(e, |x: &sp::Expr| {
+            if let sp::Expr::CompoundIdentifier(parts) = x {
+                if parts.len() == 2 {
+                    let (q, c) = (&parts[0].value, &parts[1].value);
+                    match sides.iter().position(|s| s.0 == q || s.1 == q) {
+                        None => {
+                            problem.get_or_insert(format!("'{q}' is not a valid stream/table name or alias."));
+                        }
+                        Some(i) => {
+                            if !sides[i].2.columns.iter().any(|col| &col.name == c) && !pseudo.contains(&c.as_str()) {
+                                problem.get_or_insert(format!("JOIN ON column '{q}.{c}' cannot be resolved."));
+                            }
+                            found.push(i);
+                        }
+                    }
+                }
+            } else if matches!(x, sp::Expr::Identifier(_)) {
+                found.push(usize::MAX);
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        found
+    };
+    let (ra, rb) = (refs(a), refs(b));
+    if let Some(p) = problem {
+        return Err(SqlError::plan(p));
+    }
+    for (side, r) in [(a, &ra), (b, &rb)] {
+        if r.is_empty() {
+            return Err(SqlError::plan(format!(
+                "Invalid comparison expression '{}' in join '{}'. Each side of the join comparision must contain references from exactly one source.",
+                ksql_ast_text(side),
+                ksql_ast_text(on)
+            )));
+        }
+    }
+    // Windowed sources.
+    let kind = |s: &SourceDef| s.window_type().unwrap_or("");
+    match (left.window, right.window) {
+        (None, None) => {}
+        (Some(_), None) | (None, Some(_)) => {
+            let (w, wn, n) =
+                if left.window.is_some() { (left, left_name, right_name) } else { (right, right_name, left_name) };
+            return Err(SqlError::plan(format!(
+                "Can not join windowed source to non-windowed source.\n`{wn}` is {} windowed\n`{n}` is not windowed",
+                kind(w)
+            )));
+        }
+        (Some(l), Some(r)) => {
+            let session = |w: WindowKind| matches!(w, WindowKind::Session { .. });
+            if session(l) != session(r) {
+                return Err(SqlError::plan(format!(
+                    "Incompatible windowed sources.\nLeft source: {}\nRight source: {}\nSession windowed sources can only be joined to other session windowed sources, and may still not result in expected behaviour as session bounds must be an exact match for the join to work\nHopping and tumbling windowed sources can only be joined to other hopping and tumbling windowed sources",
+                    kind(left),
+                    kind(right)
+                )));
+            }
+            let key_of = |e: &sp::Expr, s: &SourceDef| match e {
+                sp::Expr::CompoundIdentifier(p) => s.key_columns().any(|k| Some(&k.name) == p.last().map(|i| &i.value)),
+                sp::Expr::Identifier(i) => s.key_columns().any(|k| k.name == i.value),
+                _ => false,
+            };
+            let size = |w: WindowKind| match w {
+                WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => size,
+                WindowKind::Session { .. } => 0,
+            };
+            if size(l) != size(r) || !(key_of(a, left) && key_of(b, right) || key_of(a, right) && key_of(b, left)) {
+                return Err(SqlError::plan(
+                    "Implicit repartitioning of windowed sources is not supported. See https://github.com/confluentinc/ksql/issues/4385.",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Both sides of a join condition must have the same type (before DataFusion's coercion), as
