@@ -149,7 +149,7 @@ async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select, p
             exprs.push(sp::Expr::Identifier(quoted(WINDOWEND)));
         }
     }
-    check_reserved_names(&body.projection, window.is_some())?;
+    check_reserved_names(&body.projection, window.is_some(), !push)?;
     rewrite_projection(&mut body.projection, &source, rekey_by.is_some(), None, push);
     let mut rekey: Option<Vec<String>> = None;
     if let Some(exprs) = rekey_by {
@@ -189,6 +189,10 @@ async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select, p
         sp::SetExpr::Select(b) => Some((b.projection.clone(), b.group_by.clone())),
         _ => None,
     };
+    let body_selection = match query.body.as_ref() {
+        sp::SetExpr::Select(b) => b.selection.clone(),
+        _ => None,
+    };
     ksql_expressions(&mut query);
 
     // Plan with DataFusion against the source's row schema (plus window bounds when windowed).
@@ -207,6 +211,9 @@ async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select, p
     let plan = state.statement_to_plan(statement).await;
     let _ = ctx.deregister_table(reference);
     let plan = match (plan.map_err(SqlError::from), written) {
+        (Err(e), Some((items, _))) if e.to_string().contains("not found") => {
+            return Err(unresolved_column(&items, body_selection.as_ref(), &source).unwrap_or(e));
+        }
         (Err(e), Some((items, groups)))
             if e.to_string().contains("must appear in GROUP BY clause")
                 || e.to_string().contains("not part of GROUP BY") =>
@@ -247,6 +254,35 @@ async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select, p
             plan_stateless(source, projection, rekey, &props, &pctx)
         }
     }
+}
+
+/// ksqlDB's message for a column that does not exist, naming the clause it is in.
+fn unresolved_column(items: &[sp::SelectItem], selection: Option<&sp::Expr>, source: &SourceDef) -> Option<SqlError> {
+    let known = |c: &str| {
+        source.columns.iter().any(|x| x.name == c)
+            || ["ROWTIME", "ROWPARTITION", "ROWOFFSET", WINDOWSTART, WINDOWEND].contains(&c)
+    };
+    let unknown = |e: &sp::Expr| {
+        let mut found = None;
+        let _ = sp::visit_expressions(e, |x: &sp::Expr| {
+            if let sp::Expr::Identifier(id) = x {
+                if !known(&id.value) && found.is_none() {
+                    found = Some(id.value.clone());
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        found
+    };
+    for item in items {
+        if let sp::SelectItem::UnnamedExpr(e) | sp::SelectItem::ExprWithAlias { expr: e, .. } = item {
+            if let Some(c) = unknown(e) {
+                return Some(SqlError::plan(format!("SELECT column '{c}' cannot be resolved.")));
+            }
+        }
+    }
+    let c = unknown(selection?)?;
+    Some(SqlError::plan(format!("WHERE column '{c}' cannot be resolved.")))
 }
 
 /// ksqlDB's `+` also concatenates strings: `a + b` with a string literal or STRING column on
@@ -1232,6 +1268,16 @@ async fn plan_join(
         _ => None,
     };
     let mut synthetic_names: Vec<String> = Vec::new();
+    for item in &body.projection {
+        if let sp::SelectItem::ExprWithAlias { alias, .. } = item {
+            if ["ROWTIME", "ROWPARTITION", "ROWOFFSET", WINDOWSTART, WINDOWEND].contains(&alias.value.as_str()) {
+                return Err(SqlError::plan(format!(
+                    "Reserved column name in select: `{}`. Please remove or alias the column.",
+                    alias.value
+                )));
+            }
+        }
+    }
     // `*` is every column of both sources, named <ALIAS>_<COLUMN> as in ksqlDB.
     let mut items = Vec::new();
     for item in body.projection.drain(..) {
@@ -1948,10 +1994,19 @@ fn rewrite_projection(
 
 /// ksqlDB reserves the pseudo column names: they cannot be aliases, and window bounds can only
 /// be selected from windowed aggregations.
-fn check_reserved_names(items: &[sp::SelectItem], windowed: bool) -> Result<()> {
+fn check_reserved_names(items: &[sp::SelectItem], windowed: bool, persistent: bool) -> Result<()> {
     const RESERVED: [&str; 5] = ["ROWTIME", "ROWPARTITION", "ROWOFFSET", WINDOWSTART, WINDOWEND];
+    let reserved_in_select = |name: &str| {
+        SqlError::plan(format!("Reserved column name in select: `{name}`. Please remove or alias the column."))
+    };
     for item in items {
         match item {
+            // A persistent query cannot write a pseudo column under its own name.
+            sp::SelectItem::UnnamedExpr(sp::Expr::Identifier(id))
+                if persistent && RESERVED[..3].contains(&id.value.as_str()) =>
+            {
+                return Err(reserved_in_select(&id.value));
+            }
             sp::SelectItem::ExprWithAlias { alias, .. } if RESERVED.contains(&alias.value.as_str()) => {
                 return Err(SqlError::plan(format!(
                     "`{}` is a reserved column name. You cannot use it as an alias for a column.",
