@@ -149,7 +149,7 @@ async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select, p
             exprs.push(sp::Expr::Identifier(quoted(WINDOWEND)));
         }
     }
-    check_reserved_names(&body.projection, window.is_some() || source.window.is_some(), !push)?;
+    check_reserved_names(&body.projection, window.is_some() || (push && source.window.is_some()), !push)?;
     rewrite_projection(&mut body.projection, &source, rekey_by.is_some(), None, push);
     let mut rekey: Option<Vec<String>> = None;
     if let Some(exprs) = rekey_by {
