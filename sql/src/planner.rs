@@ -184,6 +184,7 @@ async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select, p
         rekey = Some(names);
     }
     string_plus(&mut query, &source);
+    in_list_literals(&mut query, &source)?;
     // For ksqlDB's message if DataFusion finds a non-aggregate item that is not grouped.
     let written = match query.body.as_ref() {
         sp::SetExpr::Select(b) => Some((b.projection.clone(), b.group_by.clone())),
@@ -283,6 +284,102 @@ fn unresolved_column(items: &[sp::SelectItem], selection: Option<&sp::Expr>, sou
     }
     let c = unknown(selection?)?;
     Some(SqlError::plan(format!("WHERE column '{c}' cannot be resolved.")))
+}
+
+/// ksqlDB's `col IN (...)` over a scalar column: string literals are read as the column's type
+/// (`'4.000'` for a number, `'TrUe'` or `'Y'` for a boolean), literals compared with a STRING
+/// column become strings, and elements of another type are refused with ksqlDB's messages.
+fn in_list_literals(query: &mut sp::Query, source: &SourceDef) -> Result<()> {
+    let column_type = |e: &sp::Expr| match e {
+        sp::Expr::Identifier(id) => source.columns.iter().find(|c| c.name == id.value).map(|c| c.sql_type.clone()),
+        _ => None,
+    };
+    let numeric = |t: &SqlType| matches!(t, SqlType::Int | SqlType::Bigint | SqlType::Double | SqlType::Decimal(..));
+    let mut problem: Option<String> = None;
+    let _ = sp::visit_expressions_mut(query, |e| {
+        let sp::Expr::InList { expr, list, .. } = e else { return ControlFlow::<()>::Continue(()) };
+        let Some(t) = column_type(expr) else { return ControlFlow::Continue(()) };
+        if !(numeric(&t) || matches!(t, SqlType::Boolean | SqlType::String)) {
+            return ControlFlow::Continue(());
+        }
+        let mismatch = |other: &str, item: &sp::Expr| {
+            format!(
+                "Invalid Predicate: operator does not exist: {t} = {other} ({})\nHint: You might need to add explicit type casts.",
+                ksql_ast_text(item)
+            )
+        };
+        for item in list.iter_mut() {
+            let literal = match item {
+                sp::Expr::Value(v) => Some(v.value.clone()),
+                _ => None,
+            };
+            let replacement = match (&t, literal) {
+                (SqlType::String, Some(sp::Value::SingleQuotedString(_))) => None,
+                (SqlType::String, Some(sp::Value::Number(n, _))) => Some(sp::Value::SingleQuotedString(n)),
+                (SqlType::String, Some(sp::Value::Boolean(b))) => Some(sp::Value::SingleQuotedString(b.to_string())),
+                (SqlType::Boolean, Some(sp::Value::SingleQuotedString(text))) => {
+                    let l = text.to_lowercase();
+                    let is = |word: &str| !l.is_empty() && word.starts_with(l.as_str());
+                    if is("true") || is("yes") {
+                        Some(sp::Value::Boolean(true))
+                    } else if is("false") || is("no") {
+                        Some(sp::Value::Boolean(false))
+                    } else {
+                        problem.get_or_insert(format!(
+                            "Invalid Predicate: invalid input syntax for type BOOLEAN: \"{text}\"."
+                        ));
+                        None
+                    }
+                }
+                (SqlType::Boolean, Some(sp::Value::Number(n, _))) => {
+                    let kind = if n.contains('.') {
+                        "DECIMAL"
+                    } else if n.parse::<i32>().is_ok() {
+                        "INTEGER"
+                    } else {
+                        "BIGINT"
+                    };
+                    problem.get_or_insert(mismatch(kind, item));
+                    None
+                }
+                (t, Some(sp::Value::SingleQuotedString(text))) if numeric(t) => match text.trim().parse::<f64>() {
+                    Ok(_) => Some(sp::Value::Number(text.trim().to_string(), false)),
+                    Err(_) => {
+                        let name = match t {
+                            SqlType::Decimal(..) => "DECIMAL".to_string(),
+                            other => other.to_string(),
+                        };
+                        problem.get_or_insert(format!(
+                            "Invalid Predicate: invalid input syntax for type {name}: \"{text}\"."
+                        ));
+                        None
+                    }
+                },
+                (t, Some(sp::Value::Boolean(_))) if numeric(t) => {
+                    problem.get_or_insert(mismatch("BOOLEAN", item));
+                    None
+                }
+                (_, Some(_)) => None,
+                (t, None) => {
+                    if let Some(u) = column_type(item) {
+                        let fits = u == *t || (numeric(t) && numeric(&u));
+                        if !fits {
+                            problem.get_or_insert(mismatch(&u.to_string(), item));
+                        }
+                    }
+                    None
+                }
+            };
+            if let Some(v) = replacement {
+                *item = sp::Expr::value(v);
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    match problem {
+        Some(p) => Err(SqlError::plan(p)),
+        None => Ok(()),
+    }
 }
 
 /// ksqlDB's `+` also concatenates strings: `a + b` with a string literal or STRING column on
