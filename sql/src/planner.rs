@@ -703,6 +703,17 @@ fn plan_aggregate(
                 lowered.aggregate.fun().name().to_uppercase()
             )));
         }
+        if source.value_format.kind == rill_connectors::format::FormatKind::Delimited {
+            // ksqlDB keeps aggregate state in the source's value format: DELIMITED holds only
+            // single primitive values.
+            let state = lowered.aggregate.state_fields()?;
+            let nested = |t: &DataType| t.is_nested();
+            if state.len() > 1 || state.iter().any(|f| nested(f.data_type())) {
+                return Err(SqlError::plan(
+                    "One of the functions used in the statement has an intermediate type that the value format can not handle. Please remove the function or change the format.",
+                ));
+            }
+        }
         aggregates.push(lowered.aggregate);
         aggregate_filters.push(lowered.filter);
     }

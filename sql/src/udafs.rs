@@ -385,7 +385,8 @@ struct CollectSetAccumulator {
 
 impl CollectSetAccumulator {
     fn add(&mut self, v: ScalarValue) {
-        if !v.is_null() && !self.values.contains(&v) {
+        // ksqlDB's set keeps one null too.
+        if !self.values.contains(&v) {
             self.values.push(v);
         }
     }
