@@ -585,7 +585,16 @@ fn plan_stateless(
 ) -> Result<QueryPlan> {
     let (filter, scan_schema) = filter_over_scan(&projection.input)?;
     let physical = |e: &Expr| create_physical_expr(e, scan_schema, props, pctx).map_err(SqlError::from);
-    let filter = filter.map(physical).transpose()?;
+    let mut filter = filter.map(physical).transpose()?;
+    if source.kind == SourceKind::Stream {
+        // A stream's null values pass through a projection, but a WHERE clause drops them.
+        if let Some(f) = filter.take() {
+            let delete = index_in(scan_schema, rill_engine::source::DELETE)?;
+            let live: Arc<dyn PhysicalExpr> =
+                Arc::new(NotExpr::new(Arc::new(PhysColumn::new(rill_engine::source::DELETE, delete))));
+            filter = Some(Arc::new(BinaryExpr::new(f, datafusion::logical_expr::Operator::And, live)));
+        }
+    }
     let key_names: Vec<&str> = source.key_columns().map(|c| c.name.as_str()).collect();
     let rekeyed = rekey.is_some();
     let (mut exprs, mut columns, mut fields) =

@@ -226,10 +226,12 @@ impl AggregateOperator {
         }
     }
 
-    /// Whether a window is closed under watermark `wm`.
+    /// Whether a window is closed under watermark `wm`: a time window once `end + grace` is
+    /// reached, a session once `end + gap + grace` is passed (Kafka Streams' rules: a session
+    /// ending exactly there can still take a record).
     fn is_late(&self, window_end: i64, wm: i64) -> bool {
         match self.cfg.window {
-            Some(w) => wm != i64::MIN && window_end.saturating_add(close_delay(&w)) <= wm,
+            Some(w) => wm != i64::MIN && closes(&w, window_end, close_delay(&w), wm),
             None => false,
         }
     }
@@ -708,7 +710,7 @@ impl AggregateOperator {
             }
             for sessions in self.sessions.values_mut() {
                 let (done, keep): (Vec<Group>, Vec<Group>) =
-                    std::mem::take(sessions).into_iter().partition(|g| closed(g.window.1, close_delay(&w)));
+                    std::mem::take(sessions).into_iter().partition(|g| closes(&w, g.window.1, close_delay(&w), wm));
                 *sessions = keep;
                 for mut g in done {
                     let values = Self::evaluate(&mut g)?;
@@ -731,7 +733,7 @@ impl AggregateOperator {
             let retention = w.retention.max(close_delay(&w));
             self.groups.retain(|_, g| !closed(g.window.1, retention));
             for sessions in self.sessions.values_mut() {
-                sessions.retain(|g| !closed(g.window.1, retention));
+                sessions.retain(|g| !closes(&w, g.window.1, retention, wm));
             }
         }
         self.sessions.retain(|_, s| !s.is_empty());
@@ -855,6 +857,14 @@ fn close_delay(w: &WindowConfig) -> i64 {
     match w.kind {
         WindowKind::Session { gap } => w.grace.saturating_add(gap),
         _ => w.grace,
+    }
+}
+
+/// Whether a window ending at `end` is closed `delay` after its end under watermark `wm`.
+fn closes(w: &WindowConfig, end: i64, delay: i64, wm: i64) -> bool {
+    match w.kind {
+        WindowKind::Session { .. } => end.saturating_add(delay) < wm,
+        _ => end.saturating_add(delay) <= wm,
     }
 }
 
