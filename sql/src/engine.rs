@@ -267,7 +267,7 @@ impl KsqlEngine {
                 }
                 match query {
                     None => {
-                        let def = self.define_source(kind, read_only, &name, columns, &with, &text)?;
+                        let def = self.define_source(kind, read_only, &name, columns, &with, &text, props)?;
                         let sequence = self.record(&text, props, replay)?;
                         catalog.sources.insert(name, def);
                         Ok(StatementResult::CommandStatus {
@@ -598,6 +598,7 @@ impl KsqlEngine {
         Ok(info.base_offset)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn define_source(
         &self,
         kind: SourceKind,
@@ -606,11 +607,12 @@ impl KsqlEngine {
         columns: Vec<ColumnDef>,
         with: &Props,
         text: &str,
+        props: &Properties,
     ) -> Result<SourceDef> {
         let topic = with.get("KAFKA_TOPIC").map(|v| v.as_text()).ok_or_else(|| {
             SqlError::plan(format!("Missing required property \"KAFKA_TOPIC\" for \"CREATE {}\"", kind.name()))
         })?;
-        let (key_format, value_format) = formats(with, None)?;
+        let (key_format, value_format) = formats(with, None, props)?;
         let mut seen = std::collections::HashSet::new();
         for c in &columns {
             if !seen.insert(c.name.clone()) {
@@ -683,6 +685,7 @@ impl KsqlEngine {
             written_by: vec![],
             window,
         };
+        check_formats(&def)?;
         format::check_schema(&def.key_format, &def.key_schema(), "key")?;
         format::check_schema(&def.value_format, &def.value_schema(), "value")?;
         let partitions = self.ensure_topic(&topic, with.get("PARTITIONS"), kind == SourceKind::Table)?;
@@ -764,7 +767,8 @@ impl KsqlEngine {
             return Err(SqlError::plan("The projection contains no value columns."));
         }
         let topic = with.get("KAFKA_TOPIC").map(|v| v.as_text()).unwrap_or_else(|| name.to_string());
-        let (mut key_format, value_format) = formats(with, Some((&plan.source.key_format, &plan.source.value_format)))?;
+        let (mut key_format, value_format) =
+            formats(with, Some((&plan.source.key_format, &plan.source.value_format)), props)?;
         if plan.columns.iter().any(|c| c.key) && key_format.kind == FormatKind::None {
             // A keyless source's query that has a key again (joins, PARTITION BY).
             key_format = Format::new(FormatKind::Kafka);
@@ -802,6 +806,7 @@ impl KsqlEngine {
             written_by: vec![],
             window: None,
         };
+        check_formats(&sink)?;
         format::check_schema(&sink.key_format, &sink.key_schema(), "key")?;
         format::check_schema(&sink.value_format, &sink.value_schema(), "value")?;
         sink.partitions = self.ensure_topic(&topic, partitions.as_ref(), plan.is_table)?;
@@ -1249,6 +1254,71 @@ fn duration_millis(text: &str) -> Option<i64> {
     parts.next().is_none().then(|| n * per)
 }
 
+/// ksqlDB's checks (and messages) of what the key and value formats can carry.
+fn check_formats(def: &SourceDef) -> Result<()> {
+    let show = |cols: &[&Column]| {
+        let items: Vec<String> =
+            cols.iter().map(|c| format!("`{}` {}{}", c.name, c.sql_type, if c.key { " KEY" } else { "" })).collect();
+        format!("[{}]", items.join(", "))
+    };
+    let base = |t: &SqlType| t.to_string().split(['<', '(']).next().unwrap_or_default().trim().to_string();
+    let keys: Vec<&Column> = def.key_columns().collect();
+    let values: Vec<&Column> = def.value_columns().collect();
+    let key_problem = |reason: String| {
+        SqlError::plan(format!(
+            "Key format does not support schema.\nformat: {}\nschema: Persistence{{columns={}, features=[]}}\nreason: {reason}",
+            def.key_format.kind.name(),
+            show(&keys)
+        ))
+    };
+    match def.key_format.kind {
+        FormatKind::None if !keys.is_empty() => {
+            return Err(SqlError::plan(format!(
+                "The 'NONE' format can only be used when no columns are defined. Got: {}",
+                show(&keys)
+            )))
+        }
+        FormatKind::Kafka if keys.len() > 1 => {
+            return Err(key_problem(format!("The 'KAFKA' format only supports a single field. Got: {}", show(&keys))))
+        }
+        FormatKind::Kafka => {
+            if let Some(c) = keys.first() {
+                if !matches!(
+                    c.sql_type,
+                    SqlType::Int | SqlType::Bigint | SqlType::Double | SqlType::String | SqlType::Bytes
+                ) {
+                    return Err(key_problem(format!(
+                        "The 'KAFKA' format does not support type '{}'",
+                        base(&c.sql_type)
+                    )));
+                }
+            }
+        }
+        FormatKind::Delimited => {
+            for c in &keys {
+                if matches!(c.sql_type, SqlType::Array(_) | SqlType::Map(..) | SqlType::Struct(_)) {
+                    return Err(key_problem(format!(
+                        "The 'DELIMITED' format does not support type '{}', column: `{}`",
+                        base(&c.sql_type),
+                        c.name
+                    )));
+                }
+            }
+        }
+        _ => {}
+    }
+    match def.value_format.kind {
+        FormatKind::None if !values.is_empty() => Err(SqlError::plan(format!(
+            "The 'NONE' format can only be used when no columns are defined. Got: {}",
+            show(&values)
+        ))),
+        FormatKind::Kafka if values.len() > 1 => {
+            Err(SqlError::plan(format!("The 'KAFKA' format only supports a single field. Got: {}", show(&values))))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// ksqlDB's rules for keys of a non-aggregating query: every source key column is selected,
 /// each exactly once.
 fn check_key_projection(plan: &QueryPlan, name: &str) -> Result<()> {
@@ -1340,26 +1410,49 @@ fn cast_value(a: &ArrayRef, dt: &DataType, column: &str) -> Result<ArrayRef> {
     })
 }
 
-fn formats(with: &Props, inherit: Option<(&Format, &Format)>) -> Result<(Format, Format)> {
+fn formats(with: &Props, inherit: Option<(&Format, &Format)>, props: &Properties) -> Result<(Format, Format)> {
     let get = |k: &str| with.get(k).map(|v| v.as_text());
     let both = get("FORMAT");
+    if both.is_some() {
+        for (prop, other) in [("KEY_FORMAT", "VALUE_FORMAT"), ("VALUE_FORMAT", "KEY_FORMAT")] {
+            if get(prop).is_some() {
+                return Err(SqlError::plan(format!(
+                    "Cannot supply both '{prop}' and 'FORMAT' properties, as 'FORMAT' sets both key and value formats. Either use just 'FORMAT', or use '{}' and '{}'.",
+                    if prop == "KEY_FORMAT" { prop } else { other },
+                    if prop == "KEY_FORMAT" { other } else { prop }
+                )));
+            }
+        }
+    }
     let parse = |s: String| FormatKind::parse(&s).map_err(SqlError::from);
+    let default = |k: &str| props.get(&format!("ksql.persistence.default.format.{k}")).cloned();
     let value_kind = match get("VALUE_FORMAT").or(both.clone()) {
         Some(v) => parse(v)?,
-        None => match inherit {
-            Some((_, v)) => v.kind,
-            None => return Err(SqlError::plan("Statement is missing the 'VALUE_FORMAT' property from the WITH clause. Either provide one or set a default via the 'ksql.persistence.default.format.value' config.")),
+        None => match (inherit, default("value")) {
+            (Some((_, v)), _) => v.kind,
+            (None, Some(d)) => parse(d)?,
+            (None, None) => return Err(SqlError::plan("Statement is missing the 'VALUE_FORMAT' property from the WITH clause. Either provide one or set a default via the 'ksql.persistence.default.format.value' config.")),
         },
     };
     let key_kind = match get("KEY_FORMAT").or(both) {
         Some(v) => parse(v)?,
-        None => match inherit {
-            Some((k, _)) => k.kind,
-            None => FormatKind::Kafka,
+        None => match (inherit, default("key")) {
+            (Some((k, _)), _) => k.kind,
+            (None, Some(d)) => parse(d)?,
+            (None, None) => FormatKind::Kafka,
         },
     };
     let mut value = Format::new(value_kind);
     let mut key = Format::new(key_kind);
+    // A DELIMITED sink of a DELIMITED source keeps its delimiter unless one is given.
+    if let Some((k, v)) = inherit {
+        if k.kind == key.kind {
+            key.delimiter = k.delimiter;
+        }
+        if v.kind == value.kind {
+            value.delimiter = v.delimiter;
+        }
+    }
     // WRAP_SINGLE_VALUE is not inherited from a query's source (ksqlDB).
     if let Some(PropValue::Bool(b)) = with.get("WRAP_SINGLE_VALUE") {
         value.wrap_single_value = *b;
@@ -1371,13 +1464,18 @@ fn formats(with: &Props, inherit: Option<(&Format, &Format)>) -> Result<(Format,
                 "SPACE" => b' ',
                 "" => {
                     return Err(SqlError::plan(format!(
-                        "Failed to prepare statement: Configuration {prop} is invalid: Delimiter cannot be empty, if you meant to have a tab or space for delimiter, please use the special values 'TAB' or 'SPACE' Example valid value: ';'"
+                        "Failed to prepare statement: Configuration {prop} is invalid: Delimiter cannot be empty, if you meant to have a tab or space for delimiter, please use the special values 'TAB' or 'SPACE'\nExample valid value: ';'"
+                    )))
+                }
+                s if s.trim().is_empty() => {
+                    return Err(SqlError::plan(format!(
+                        "Failed to prepare statement: Configuration {prop} is invalid: Delimiter cannot be empty, if you meant to have a tab or space for delimiter, please use the special values 'TAB' or 'SPACE'\nExample valid value: ';'"
                     )))
                 }
                 s if s.len() == 1 => s.as_bytes()[0],
                 _ => {
                     return Err(SqlError::plan(format!(
-                        "Invalid delimiter '{d}': use a single character, TAB or SPACE"
+                        "Failed to prepare statement: Configuration {prop} is invalid: Invalid delimiter value: '{d}'. Delimiter must be a single character or TAB,SPACE\nExample valid value: ';'"
                     )))
                 }
             };
