@@ -1584,23 +1584,24 @@ async fn plan_join(
             c.key = e == stream_on || e == table_on;
         }
     }
-    // Only the first projected join column is the key, and its value is the join key of
-    // whichever side is present: COALESCE(left, right) (outer rows have one side null).
-    let mut seen_key = false;
+    // One projected join column is the key: the first of the left side's, else the first of
+    // the right side's, as ksqlDB chooses.
+    // Its value is the join key of whichever side is present: COALESCE(left, right).
     let either = datafusion::logical_expr::when(stream_on.clone().is_not_null(), stream_on.clone())
         .otherwise(table_on.clone())?;
     let join_key = post_physical(&either)?;
-    for (i, c) in columns.iter_mut().enumerate() {
-        if c.key && !foreign_key {
-            c.key = !seen_key;
-            if !seen_key {
-                exprs[i] = if exprs[i].data_type(&output_schema)? == join_key.data_type(&output_schema)? {
-                    join_key.clone()
-                } else {
-                    exprs[i].clone()
-                };
-            }
-            seen_key = true;
+    if !foreign_key && synthetic.is_none() {
+        let preferred = &stream_on;
+        let is = |i: usize, e: &Expr| projection.expr[i].clone().unalias() == *e;
+        let candidates: Vec<usize> = (0..columns.len()).filter(|i| columns[*i].key).collect();
+        let chosen = candidates.iter().copied().find(|i| is(*i, preferred)).or(candidates.first().copied());
+        for (i, c) in columns.iter_mut().enumerate() {
+            c.key = Some(i) == chosen;
+        }
+    }
+    for (i, c) in columns.iter().enumerate() {
+        if c.key && !foreign_key && exprs[i].data_type(&output_schema)? == join_key.data_type(&output_schema)? {
+            exprs[i] = join_key.clone();
         }
     }
     let ts_index = left_schema
