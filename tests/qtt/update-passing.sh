@@ -33,7 +33,9 @@ update() {
     tail -n 20 "$err" >&2
     exit 2
   fi
-  grep '^PASS ' "$out" | sed 's/^PASS //' | LC_ALL=C sort -u >"$list"
+  # Runs listed in tests/qtt/unstable.txt pass or fail depending on timing: never listed.
+  grep '^PASS ' "$out" | sed 's/^PASS //' | LC_ALL=C sort -u \
+    | LC_ALL=C comm -23 - <(grep -v '^[[:space:]]*#' tests/qtt/unstable.txt | LC_ALL=C sort -u) >"$list"
   sed -n '/^| Category /,/^| \*\*all\*\*/p' "$out"
   tail -n 1 "$out"
   echo "wrote $list ($(wc -l <"$list") runs)"
