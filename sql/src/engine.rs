@@ -750,7 +750,7 @@ impl KsqlEngine {
             }
             _ => {}
         }
-        if let (Some(hint), false) = (&plan.key_hint, plan.columns.iter().any(|c| c.key)) {
+        if let Some(hint) = &plan.key_hint {
             return Err(SqlError::plan(format!(
                 "Key missing from projection (ie, SELECT). See https://cnfl.io/2LV7ouS.\nThe query used to build `{name}` must include {hint}"
             )));

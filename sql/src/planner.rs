@@ -76,8 +76,9 @@ pub struct QueryPlan {
     pub rekeyed: bool,
     /// Further inputs of the stage (the table of a stream-table join).
     pub side_sources: Vec<(SourceDef, ChainFactory)>,
-    /// For joins: what the projection must include to have a key, in ksqlDB's words (the end of
-    /// its "Key missing from projection" message).
+    /// The key is incomplete (a join or GROUP BY expression is not projected): what the
+    /// projection must include, in ksqlDB's words (the end of its "Key missing from
+    /// projection" message). Persistent queries are refused with it.
     pub key_hint: Option<String>,
 }
 
@@ -211,6 +212,13 @@ async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select, p
     let state = ctx.state();
     let plan = state.statement_to_plan(statement).await;
     let _ = ctx.deregister_table(reference);
+    // GROUP BY expressions as written (the window bounds added above left out).
+    let group_texts: Vec<String> = match &written {
+        Some((_, sp::GroupByExpr::Expressions(e, _))) => {
+            e.iter().map(ksql_ast_text).filter(|t| t != WINDOWSTART && t != WINDOWEND).collect()
+        }
+        _ => vec![],
+    };
     let plan = match (plan.map_err(SqlError::from), written) {
         (Err(e), Some((items, _))) if e.to_string().contains("not found") => {
             return Err(unresolved_column(&items, body_selection.as_ref(), &source).unwrap_or(e));
@@ -235,16 +243,34 @@ async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select, p
     let props = ExecutionProps::new();
     let pctx = PhysicalPlanningContext::default();
     match peel_having(&projection.input) {
-        (having, LogicalPlan::Aggregate(aggregate)) => plan_aggregate(
-            source,
-            projection,
-            having,
-            aggregate,
-            window,
-            select.emit == Some(Emit::Final),
-            &props,
-            &pctx,
-        ),
+        (having, LogicalPlan::Aggregate(aggregate)) => {
+            let groups = aggregate.group_expr.len() - if window.is_some() { 2 } else { 0 };
+            let names: Vec<String> = aggregate.schema.fields().iter().take(groups).map(|f| f.name().clone()).collect();
+            let mut plan = plan_aggregate(
+                source,
+                projection,
+                having,
+                aggregate,
+                window,
+                select.emit == Some(Emit::Final),
+                &props,
+                &pctx,
+            )?;
+            // Every GROUP BY expression must be projected (it is the key): name the missing ones.
+            let projected = |n: &String| plan.columns.iter().any(|c| c.key && c.origin.as_ref() == Some(n));
+            let missing: Vec<&str> =
+                names.iter().zip(&group_texts).filter(|(n, _)| !projected(n)).map(|(_, t)| t.as_str()).collect();
+            plan.key_hint = match missing.as_slice() {
+                [] => None,
+                [one] => Some(format!("the grouping expression {one} in its projection (eg, SELECT {one}...).")),
+                [init @ .., last] => Some(format!(
+                    "the grouping expressions {} and {last} in its projection (eg, SELECT {}...).",
+                    init.join(", "),
+                    missing.join(", ")
+                )),
+            };
+            Ok(plan)
+        }
         (_, LogicalPlan::Unnest(unnest)) if rekey.is_none() && source.kind == SourceKind::Stream => {
             plan_unnest(source, projection, unnest, &props, &pctx)
         }
@@ -1604,6 +1630,7 @@ async fn plan_join(
             exprs[i] = join_key.clone();
         }
     }
+    let has_key = columns.iter().any(|c| c.key);
     let ts_index = left_schema
         .index_of_column_by_name(None, rill_engine::source::ROWTIME)
         .ok_or_else(|| SqlError::Internal("stream has no ROWTIME".into()))?;
@@ -1771,7 +1798,7 @@ async fn plan_join(
         is_table: table_table,
         rekeyed: true,
         side_sources: vec![(right, side_chain)],
-        key_hint: if foreign_key { None } else { key_hint },
+        key_hint: if foreign_key || has_key { None } else { key_hint },
     })
 }
 
