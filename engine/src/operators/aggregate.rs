@@ -501,7 +501,9 @@ impl AggregateOperator {
                 }
             }
         }
-        let mut emits = Vec::with_capacity(order.len());
+        // EMIT CHANGES: one output row per input record (ksqlDB with its record cache off), in
+        // input order; (row index, row).
+        let mut emits: Vec<(u32, Emit)> = Vec::with_capacity(order.len());
         for k in order {
             let Some((end, rows, retracted)) = rows_of.remove(&k) else { continue };
             if !self.groups.contains_key(&k) {
@@ -512,27 +514,46 @@ impl AggregateOperator {
                 );
             }
             let group = self.groups.get_mut(&k).ok_or_else(|| EngineError::Internal("group vanished".into()))?;
-            Self::update(&mut group.accs, &args, &UInt32Array::from(retracted), true)?;
-            let rows = UInt32Array::from(rows);
-            Self::update(&mut group.accs, &args, &rows, false)?;
-            for r in rows.values() {
-                if !ts.is_null(*r as usize) {
-                    group.max_ts = group.max_ts.max(ts.value(*r as usize));
+            let note_time = |g: &mut Group, r: u32| {
+                if !ts.is_null(r as usize) {
+                    g.max_ts = g.max_ts.max(ts.value(r as usize));
                 }
+            };
+            if self.cfg.emit_final {
+                Self::update(&mut group.accs, &args, &UInt32Array::from(retracted), true)?;
+                Self::update(&mut group.accs, &args, &UInt32Array::from(rows.clone()), false)?;
+                rows.iter().for_each(|r| note_time(group, *r));
+                continue;
             }
-            if !self.cfg.emit_final {
+            // (row, is a retraction), in input order.
+            let mut steps: Vec<(u32, bool)> =
+                retracted.iter().map(|r| (*r, true)).chain(rows.iter().map(|r| (*r, false))).collect();
+            steps.sort_unstable();
+            for (j, &(r, retract)) in steps.iter().enumerate() {
+                Self::update(&mut group.accs, &args, &UInt32Array::from(vec![r]), retract)?;
+                if !retract {
+                    note_time(group, r);
+                }
+                // A table update is a retraction followed by an addition: one output row.
+                if retract && steps.get(j + 1).is_some_and(|&(next, add)| !add && next == r + 1) {
+                    continue;
+                }
                 let values = Self::evaluate(group)?;
-                emits.push(Emit {
-                    key: group.key.clone(),
-                    window: group.window,
-                    values,
-                    ts: group.max_ts,
-                    delete: false,
-                    was_emitted: group.emitted,
-                });
+                emits.push((
+                    r,
+                    Emit {
+                        key: group.key.clone(),
+                        window: group.window,
+                        values,
+                        ts: group.max_ts,
+                        delete: false,
+                        was_emitted: group.emitted,
+                    },
+                ));
             }
         }
-        self.emit(emits, out)
+        emits.sort_by_key(|(r, _)| *r);
+        self.emit(emits.into_iter().map(|(_, e)| e).collect(), out)
     }
 
     fn process_sessions(&mut self, batch: &RecordBatch, gap: i64, out: &mut Vec<Message>) -> Result<()> {
@@ -646,10 +667,15 @@ impl AggregateOperator {
         };
         let mut keep = Vec::with_capacity(n);
         let mut delete = Vec::with_capacity(n);
+        // Whether a group's row is out, as of the rows before in this batch (a group may have
+        // several rows in one batch).
+        let mut out_now: HashMap<(OwnedRow, i64), bool> = HashMap::default();
         for (i, e) in emits.iter().enumerate() {
             let is_delete = e.delete || !matches[i];
+            let was_emitted = out_now.get(&(e.key.clone(), e.window.0)).copied().unwrap_or(e.was_emitted);
+            out_now.insert((e.key.clone(), e.window.0), !is_delete);
             // A row that does not match HAVING only matters if an earlier version was emitted.
-            if is_delete && !e.delete && !e.was_emitted {
+            if is_delete && !e.delete && !was_emitted {
                 continue;
             }
             keep.push(i as u32);
