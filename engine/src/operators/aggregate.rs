@@ -1,12 +1,12 @@
 //! `AggregateOperator`: `GROUP BY` over a stream, optionally in event-time windows.
 //!
-//! State is one set of DataFusion `Accumulator`s per group (per key and window). For each input
-//! batch the rows are bucketed by group with arrow's row format, each touched group's
-//! accumulators are updated with that group's rows (a `take` per group and argument), and then:
+//! State is one set of DataFusion `Accumulator`s per group (per key and window), or, for EMIT
+//! FINAL time windows, vectorised window panes (`crate::panes`). For each input batch the rows
+//! are bucketed by group with arrow's row format, and then:
 //!
-//! * `EMIT CHANGES`: the current value of every touched group is emitted, one row per group per
-//!   batch (ksqlDB with its record cache off emits one row per input record; a one-record batch
-//!   gives exactly that, a bigger batch gives the latest value per key, like ksqlDB's cache);
+//! * `EMIT CHANGES`: the group's value after each input record, one row per record in input
+//!   order (ksqlDB with its record cache off; a table update's retraction and addition are one
+//!   record): each touched group is updated record by record;
 //! * `EMIT FINAL`: nothing until the watermark passes window end + grace, then one row per window.
 //!
 //! `HAVING` is evaluated on the emitted rows: a group that stops matching after it was emitted
