@@ -562,3 +562,35 @@ async fn latency(
     }
     Ok((percentile(&mut samples, 0.50), percentile(&mut samples, 0.99)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every saved benchmark query is accepted over its sources' DDL (no data needed): a change
+    /// to the SQL rules that refuses one shows here, not in the next benchmark run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn saved_queries_are_accepted() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../queries");
+        let earliest = props(&[("auto.offset.reset", "earliest")]);
+        let mut sets: Vec<(PathBuf, Vec<&str>)> =
+            vec![(root.join("nexmark"), vec!["q0", "q1", "q2", "q3", "q5", "q7", "q8", "q11"])];
+        sets.push((root.join("bench"), vec!["w1", "w2", "w3", "w4"]));
+        for (dir, queries) in sets {
+            for q in queries {
+                let tmp = tempfile::tempdir().unwrap();
+                let (p, _) = Pipeline::open(tmp.path()).await.unwrap();
+                for topic in ["person", "auction", "bid", "bids", "auctions"] {
+                    p.store.create_topic(topic, rill_log::TopicConfig::default()).unwrap();
+                }
+                p.execute(&read_sql(&dir, "ddl").unwrap(), &earliest).await.unwrap();
+                for statement in split_statements(&read_sql(&dir, q).unwrap()) {
+                    if let Err(e) = p.execute(&statement, &earliest).await {
+                        panic!("{}/{q}.sql is refused: {e:#}\n{statement}", dir.display());
+                    }
+                }
+                p.shutdown().await;
+            }
+        }
+    }
+}
