@@ -19,7 +19,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter, SortField};
@@ -28,7 +28,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use crate::message::Message;
 use crate::operator::{Operator, StateInfo};
 use crate::operators::aggregate::DELETE_COLUMN;
-use crate::operators::stream_stream_join::side_columns;
+use crate::operators::stream_stream_join::{joined_batch, Side};
 use crate::state::HashMap;
 use crate::Result;
 
@@ -198,25 +198,22 @@ impl ForeignKeyJoinOperator {
             return Ok(());
         }
         let count = outputs.len();
-        let mut columns =
-            side_columns(&self.left_rows, &self.cfg.left_schema, outputs.iter().map(|o| Some(o.0.row())), count)?;
-        columns.extend(side_columns(
-            &self.right_rows,
-            &self.cfg.right_schema,
-            outputs.iter().map(|o| o.1.as_ref().map(|r| r.row())),
+        let deletes: ArrayRef = Arc::new(BooleanArray::from(outputs.iter().map(|o| o.2).collect::<Vec<_>>()));
+        let times: ArrayRef = Arc::new(Int64Array::from(outputs.iter().map(|o| o.3).collect::<Vec<_>>()));
+        out.push(Message::Data(joined_batch(
+            Side {
+                rows: &self.left_rows,
+                schema: &self.cfg.left_schema,
+                picked: outputs.iter().map(|o| Some(o.0.row())),
+            },
+            Side {
+                rows: &self.right_rows,
+                schema: &self.cfg.right_schema,
+                picked: outputs.iter().map(|o| o.1.as_ref().map(|r| r.row())),
+            },
             count,
-        )?);
-        for (c, f) in columns.iter_mut().zip(self.schema.fields()) {
-            if c.data_type() != f.data_type() {
-                *c = cast(c, f.data_type())?;
-            }
-        }
-        columns.push(Arc::new(BooleanArray::from(outputs.iter().map(|o| o.2).collect::<Vec<_>>())) as ArrayRef);
-        columns.push(Arc::new(Int64Array::from(outputs.iter().map(|o| o.3).collect::<Vec<_>>())));
-        out.push(Message::Data(RecordBatch::try_new_with_options(
-            self.schema.clone(),
-            columns,
-            &RecordBatchOptions::new().with_row_count(Some(count)),
+            &self.schema,
+            vec![deletes, times],
         )?));
         Ok(())
     }

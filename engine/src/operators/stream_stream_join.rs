@@ -311,21 +311,44 @@ impl StreamStreamJoinOperator {
             })
         }
         let left = pairs.iter().map(|p| resolve(p.0, current.0, &left_parser, &arena, &spans));
-        let mut columns = side_columns(&self.left_rows, &self.cfg.left_schema, left, n)?;
         let right = pairs.iter().map(|p| resolve(p.1, current.1, &right_parser, &arena, &spans));
-        columns.extend(side_columns(&self.right_rows, &self.cfg.right_schema, right, n)?);
-        for (c, f) in columns.iter_mut().zip(self.cfg.output_schema.fields()) {
-            if c.data_type() != f.data_type() {
-                *c = cast(c, f.data_type())?;
-            }
-        }
-        out.push(Message::Data(RecordBatch::try_new_with_options(
-            self.cfg.output_schema.clone(),
-            columns,
-            &RecordBatchOptions::new().with_row_count(Some(n)),
+        out.push(Message::Data(joined_batch(
+            Side { rows: &self.left_rows, schema: &self.cfg.left_schema, picked: left },
+            Side { rows: &self.right_rows, schema: &self.cfg.right_schema, picked: right },
+            n,
+            &self.cfg.output_schema,
+            vec![],
         )?));
         Ok(())
     }
+}
+
+/// One side of a join's output rows: its row converter and schema, and per output row its row
+/// (in the converter's format) or `None` where the side is absent.
+pub(crate) struct Side<'a, I: Iterator<Item = Option<arrow::row::Row<'a>>>> {
+    pub rows: &'a RowConverter,
+    pub schema: &'a SchemaRef,
+    pub picked: I,
+}
+
+/// A join's output batch of `n` rows: the left side's columns, the right side's (null where a
+/// side is absent), typed as `schema`, then the `extra` columns (delete marker, time, ...).
+pub(crate) fn joined_batch<'a>(
+    left: Side<'a, impl Iterator<Item = Option<arrow::row::Row<'a>>>>,
+    right: Side<'a, impl Iterator<Item = Option<arrow::row::Row<'a>>>>,
+    n: usize,
+    schema: &SchemaRef,
+    extra: Vec<ArrayRef>,
+) -> Result<RecordBatch> {
+    let mut columns = side_columns(left.rows, left.schema, left.picked, n)?;
+    columns.extend(side_columns(right.rows, right.schema, right.picked, n)?);
+    for (c, f) in columns.iter_mut().zip(schema.fields()) {
+        if c.data_type() != f.data_type() {
+            *c = cast(c, f.data_type())?;
+        }
+    }
+    columns.extend(extra);
+    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &RecordBatchOptions::new().with_row_count(Some(n)))?)
 }
 
 /// The columns of one side for `n` output rows, null where the side is absent.
