@@ -125,7 +125,27 @@ async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select, p
     let sp::SetExpr::Select(body) = query.body.as_mut() else {
         return Err(SqlError::Unsupported("Only simple SELECT statements are supported".into()));
     };
-    let grouped = !matches!(body.group_by, sp::GroupByExpr::Expressions(ref e, _) if e.is_empty());
+    let mut grouped = !matches!(body.group_by, sp::GroupByExpr::Expressions(ref e, _) if e.is_empty());
+    if push && !grouped && select.window.is_none() {
+        // A push query may aggregate without GROUP BY: one group of every row (ksqlDB).
+        let state = ctx.state();
+        let mut aggregates = false;
+        for item in &body.projection {
+            if let sp::SelectItem::UnnamedExpr(e) | sp::SelectItem::ExprWithAlias { expr: e, .. } = item {
+                let _ = sp::visit_expressions(e, |x: &sp::Expr| {
+                    if let sp::Expr::Function(f) = x {
+                        aggregates |= state.aggregate_functions().contains_key(&f.name.to_string().to_lowercase());
+                    }
+                    ControlFlow::<()>::Continue(())
+                });
+            }
+        }
+        if aggregates {
+            let everything = sp::Expr::value(sp::Value::SingleQuotedString(String::new()));
+            body.group_by = sp::GroupByExpr::Expressions(vec![everything], vec![]);
+            grouped = true;
+        }
+    }
     if !select.partition_by.is_empty() && grouped {
         return Err(SqlError::Unsupported("PARTITION BY together with GROUP BY is not supported yet".into()));
     }
