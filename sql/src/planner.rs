@@ -171,6 +171,29 @@ async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select, p
         }
     }
     check_reserved_names(&body.projection, window.is_some() || (push && source.window.is_some()), !push)?;
+    if window.is_some() && source.window.is_none() {
+        // The window bounds of a windowed aggregation exist only in its output.
+        let bound = |e: &sp::Expr| {
+            let mut found = None;
+            let _ = sp::visit_expressions(e, |x: &sp::Expr| {
+                if let sp::Expr::Identifier(id) = x {
+                    if id.value == WINDOWSTART || id.value == WINDOWEND {
+                        found.get_or_insert(id.value.clone());
+                    }
+                }
+                ControlFlow::<()>::Continue(())
+            });
+            found
+        };
+        if let Some(b) = body.selection.as_ref().and_then(bound) {
+            return Err(SqlError::plan(format!("Error in WHERE expression: Unknown column {b}.")));
+        }
+        if let Some(b) = body.having.as_ref().and_then(bound) {
+            return Err(SqlError::plan(format!(
+                "Window bounds column {b} can only be used in the SELECT clause of windowed aggregations"
+            )));
+        }
+    }
     rewrite_projection(&mut body.projection, &source, rekey_by.is_some(), None, push);
     let mut rekey: Option<Vec<String>> = None;
     if let Some(exprs) = rekey_by {
