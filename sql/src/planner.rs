@@ -1631,7 +1631,22 @@ async fn plan_join(
     let props = ExecutionProps::new();
     let pctx = PhysicalPlanningContext::default();
     let left_schema = join.left.schema();
-    let stream_key = vec![create_physical_expr(&stream_on, left_schema, &props, &pctx)?];
+    let mut stream_key = vec![create_physical_expr(&stream_on, left_schema, &props, &pctx)?];
+    // Windowed streams join per key and window: the window bounds are part of the key, and the
+    // output keeps the (left) window.
+    let windowed = match (left.window, right.window) {
+        (Some(kind), Some(_)) if stream_stream => Some(kind),
+        _ => None,
+    };
+    let window_columns = |schema: &DFSchema| -> Result<Vec<Arc<dyn PhysicalExpr>>> {
+        [WINDOWSTART, WINDOWEND]
+            .iter()
+            .map(|w| Ok(Arc::new(PhysColumn::new(w, index_in(schema, w)?)) as Arc<dyn PhysicalExpr>))
+            .collect()
+    };
+    if windowed.is_some() {
+        stream_key.extend(window_columns(left_schema)?);
+    }
     let join_schema = join.schema.clone();
     let output_schema: SchemaRef = Arc::new(join_schema.as_arrow().clone());
     let table_schema = right.row_schema();
@@ -1693,6 +1708,21 @@ async fn plan_join(
         exprs.push(Arc::new(PhysColumn::new(HIDDEN_TS, ts_index)));
     }
     fields.push(Field::new(HIDDEN_TS, DataType::Int64, true));
+    let mut window_out = None;
+    if let Some(kind) = windowed {
+        // Hidden window bounds before the time column (the sink writes them into the key).
+        let ts = (exprs.pop(), fields.pop());
+        let bounds = window_columns(left_schema)?;
+        for (e, name) in bounds.into_iter().zip(["__RILL_WINDOWSTART", "__RILL_WINDOWEND"]) {
+            exprs.push(e);
+            fields.push(Field::new(name, DataType::Int64, true));
+        }
+        window_out = Some((fields.len() - 2, fields.len() - 1, kind));
+        if let (Some(e), Some(f)) = ts {
+            exprs.push(e);
+            fields.push(f);
+        }
+    }
     let mut rowtime_column = fields.len() - 1;
     let mut schema = Arc::new(Schema::new(fields.clone()));
     // Per stream partition: drop null values (they take no part in joins); tables keep deletes.
@@ -1789,7 +1819,10 @@ async fn plan_join(
     } else if stream_stream {
         let w = within.ok_or_else(|| SqlError::Internal("a stream-stream join without WITHIN".into()))?;
         let right_rows = right.row_schema();
-        let right_key = vec![create_physical_expr(&table_on, join.right.schema(), &props, &pctx)?];
+        let mut right_key = vec![create_physical_expr(&table_on, join.right.schema(), &props, &pctx)?];
+        if windowed.is_some() {
+            right_key.extend(window_columns(join.right.schema())?);
+        }
         let right_time =
             right_rows.index_of(rill_engine::source::ROWTIME).map_err(|e| SqlError::Internal(e.to_string()))?;
         let left_rows = left.row_schema();
@@ -1837,7 +1870,7 @@ async fn plan_join(
         schema,
         rowtime_column,
         delete_column,
-        window: None,
+        window: window_out,
         is_table: table_table,
         rekeyed: true,
         side_sources: vec![(right, side_chain)],
