@@ -121,6 +121,7 @@ pub fn java_to_chrono(pattern: &str) -> Result<String> {
             ('a', _) => "%p",
             ('E', 1..=3) => "%a",
             ('E', _) => "%A",
+            ('z', _) => "%Z",
             ('X' | 'x', 1 | 2) | ('Z', 1..=3) => "%z",
             ('X' | 'x', _) | ('Z', _) => "%:z",
             _ => return Err(unsupported(&run)),

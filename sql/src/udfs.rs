@@ -1,5 +1,5 @@
 //! ksqlDB scalar functions DataFusion does not have: `EXTRACTJSONFIELD`, `TO_JSON_STRING`,
-//! `GEO_DISTANCE`.
+//! `GEO_DISTANCE`, `TIMESTAMPTOSTRING`, `FORMAT_TIMESTAMP`.
 
 use std::sync::Arc;
 
@@ -221,8 +221,62 @@ impl ScalarUDFImpl for AsValue {
 }
 
 /// The scalar functions of this module.
+/// `TIMESTAMPTOSTRING(epoch_ms, 'pattern'[, 'zone'])` and `FORMAT_TIMESTAMP(ts, 'pattern'[, 'zone'])`:
+/// a time as text in a Java `DateTimeFormatter` pattern, in a zone (IANA name; UTC by default).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct FormatTimestamp {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for FormatTimestamp {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let millis = arrow::compute::cast(&arrays[0], &DataType::Int64)?;
+        let millis = millis.as_primitive::<arrow::datatypes::Int64Type>();
+        let text = |i: usize| -> Option<String> {
+            let a = arrays.get(i)?;
+            let a = arrow::compute::cast(a, &DataType::Utf8).ok()?;
+            let a = a.as_string::<i32>();
+            (a.len() > 0 && a.is_valid(0)).then(|| a.value(0).to_string())
+        };
+        let Some(pattern) = text(1) else { return exec_err!("{}: the format must be a string", self.name) };
+        let format = match crate::timefmt::java_to_chrono(&pattern) {
+            Ok(f) => f,
+            Err(e) => return exec_err!("{}: {e}", self.name),
+        };
+        let zone: chrono_tz::Tz = match text(2) {
+            Some(z) => match z.parse() {
+                Ok(tz) => tz,
+                Err(_) => return exec_err!("Unknown time zone: '{z}'"),
+            },
+            None => chrono_tz::UTC,
+        };
+        let mut out = StringBuilder::with_capacity(millis.len(), millis.len() * 24);
+        for i in 0..millis.len() {
+            match (millis.is_valid(i)).then(|| chrono::DateTime::from_timestamp_millis(millis.value(i))).flatten() {
+                Some(t) => out.append_value(t.with_timezone(&zone).format(&format).to_string()),
+                None => out.append_null(),
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
 pub fn all() -> Vec<ScalarUDF> {
+    let two_or_three = || Signature::one_of(vec![TypeSignature::Any(2), TypeSignature::Any(3)], Volatility::Immutable);
     vec![
+        ScalarUDF::from(FormatTimestamp { name: "timestamptostring", signature: two_or_three() }),
+        ScalarUDF::from(FormatTimestamp { name: "format_timestamp", signature: two_or_three() }),
         ScalarUDF::from(ExtractJsonField { signature: Signature::any(2, Volatility::Immutable) }),
         ScalarUDF::from(ToJsonString { signature: Signature::any(1, Volatility::Immutable) }),
         ScalarUDF::from(AsValue { signature: Signature::any(1, Volatility::Immutable) }),
