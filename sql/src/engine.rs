@@ -686,8 +686,6 @@ impl KsqlEngine {
             window,
         };
         check_formats(&def)?;
-        format::check_schema(&def.key_format, &def.key_schema(), "key")?;
-        format::check_schema(&def.value_format, &def.value_schema(), "value")?;
         let partitions = self.ensure_topic(&topic, with.get("PARTITIONS"), kind == SourceKind::Table)?;
         Ok(SourceDef { partitions, ..def })
     }
@@ -807,8 +805,6 @@ impl KsqlEngine {
             window: None,
         };
         check_formats(&sink)?;
-        format::check_schema(&sink.key_format, &sink.key_schema(), "key")?;
-        format::check_schema(&sink.value_format, &sink.value_schema(), "value")?;
         sink.partitions = self.ensure_topic(&topic, partitions.as_ref(), plan.is_table)?;
         sink.window = plan.window.map(|(_, _, k)| k);
         let sequence = self.peek_sequence(replay)?;
@@ -1254,7 +1250,8 @@ fn duration_millis(text: &str) -> Option<i64> {
     parts.next().is_none().then(|| n * per)
 }
 
-/// ksqlDB's checks (and messages) of what the key and value formats can carry.
+/// What the key and value formats can carry, with ksqlDB's messages (the one place CREATE
+/// statements check it; the codecs refuse the same schemas at run time).
 fn check_formats(def: &SourceDef) -> Result<()> {
     let show = |cols: &[&Column]| {
         let items: Vec<String> =
@@ -1262,60 +1259,54 @@ fn check_formats(def: &SourceDef) -> Result<()> {
         format!("[{}]", items.join(", "))
     };
     let base = |t: &SqlType| t.to_string().split(['<', '(']).next().unwrap_or_default().trim().to_string();
-    let keys: Vec<&Column> = def.key_columns().collect();
-    let values: Vec<&Column> = def.value_columns().collect();
-    let key_problem = |reason: String| {
-        SqlError::plan(format!(
-            "Key format does not support schema.\nformat: {}\nschema: Persistence{{columns={}, features=[]}}\nreason: {reason}",
-            def.key_format.kind.name(),
-            show(&keys)
-        ))
-    };
-    match def.key_format.kind {
-        FormatKind::None if !keys.is_empty() => {
-            return Err(SqlError::plan(format!(
-                "The 'NONE' format can only be used when no columns are defined. Got: {}",
-                show(&keys)
-            )))
-        }
-        FormatKind::Kafka if keys.len() > 1 => {
-            return Err(key_problem(format!("The 'KAFKA' format only supports a single field. Got: {}", show(&keys))))
-        }
-        FormatKind::Kafka => {
-            if let Some(c) = keys.first() {
-                if !matches!(
-                    c.sql_type,
-                    SqlType::Int | SqlType::Bigint | SqlType::Double | SqlType::String | SqlType::Bytes
-                ) {
-                    return Err(key_problem(format!(
-                        "The 'KAFKA' format does not support type '{}'",
-                        base(&c.sql_type)
-                    )));
-                }
+    // Why `format` cannot carry `cols`, if it cannot.
+    let problem = |format: &Format, cols: &[&Column]| -> Option<String> {
+        match format.kind {
+            FormatKind::None if !cols.is_empty() => {
+                Some(format!("The 'NONE' format can only be used when no columns are defined. Got: {}", show(cols)))
             }
-        }
-        FormatKind::Delimited => {
-            for c in &keys {
-                if matches!(c.sql_type, SqlType::Array(_) | SqlType::Map(..) | SqlType::Struct(_)) {
-                    return Err(key_problem(format!(
+            FormatKind::Kafka if cols.len() > 1 => {
+                Some(format!("The 'KAFKA' format only supports a single field. Got: {}", show(cols)))
+            }
+            FormatKind::Kafka => cols
+                .iter()
+                .find(|c| {
+                    !matches!(
+                        c.sql_type,
+                        SqlType::Int | SqlType::Bigint | SqlType::Double | SqlType::String | SqlType::Bytes
+                    )
+                })
+                .map(|c| format!("The 'KAFKA' format does not support type '{}'", base(&c.sql_type))),
+            FormatKind::Delimited => cols
+                .iter()
+                .find(|c| matches!(c.sql_type, SqlType::Array(_) | SqlType::Map(..) | SqlType::Struct(_)))
+                .map(|c| {
+                    format!(
                         "The 'DELIMITED' format does not support type '{}', column: `{}`",
                         base(&c.sql_type),
                         c.name
-                    )));
-                }
-            }
+                    )
+                }),
+            _ => None,
         }
-        _ => {}
+    };
+    let keys: Vec<&Column> = def.key_columns().collect();
+    if let Some(reason) = problem(&def.key_format, &keys) {
+        // ksqlDB wraps key problems in the key schema, except NONE's.
+        return Err(SqlError::plan(if def.key_format.kind == FormatKind::None {
+            reason
+        } else {
+            format!(
+                "Key format does not support schema.\nformat: {}\nschema: Persistence{{columns={}, features=[]}}\nreason: {reason}",
+                def.key_format.kind.name(),
+                show(&keys)
+            )
+        }));
     }
-    match def.value_format.kind {
-        FormatKind::None if !values.is_empty() => Err(SqlError::plan(format!(
-            "The 'NONE' format can only be used when no columns are defined. Got: {}",
-            show(&values)
-        ))),
-        FormatKind::Kafka if values.len() > 1 => {
-            Err(SqlError::plan(format!("The 'KAFKA' format only supports a single field. Got: {}", show(&values))))
-        }
-        _ => Ok(()),
+    let values: Vec<&Column> = def.value_columns().collect();
+    match problem(&def.value_format, &values) {
+        Some(reason) => Err(SqlError::plan(reason)),
+        None => Ok(()),
     }
 }
 

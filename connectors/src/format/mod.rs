@@ -125,34 +125,6 @@ pub fn encoder(format: &Format, schema: SchemaRef) -> Result<Box<dyn Encoder>> {
     }
 }
 
-/// Checks that `format` can carry `schema` (for CREATE statements).
-pub fn check_schema(format: &Format, schema: &Schema, what: &str) -> Result<()> {
-    if format.kind == FormatKind::Delimited {
-        for f in schema.fields() {
-            let nested = match f.data_type() {
-                DataType::List(_) | DataType::LargeList(_) => Some("ARRAY"),
-                DataType::Map(_, _) => Some("MAP"),
-                DataType::Struct(_) => Some("STRUCT"),
-                _ => None,
-            };
-            if let Some(t) = nested {
-                return Err(ConnectorError::Unsupported(format!(
-                    "The 'DELIMITED' format does not support type '{t}', column: `{}`",
-                    f.name()
-                )));
-            }
-        }
-    }
-    match format.kind {
-        FormatKind::Kafka => kafka::check(schema, what),
-        FormatKind::None if !schema.fields().is_empty() => Err(ConnectorError::Unsupported(format!(
-            "The 'NONE' format can only be used when no columns are defined. Got: {}",
-            schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
-        ))),
-        _ => Ok(()),
-    }
-}
-
 struct NoneCodec;
 
 impl Decoder for NoneCodec {
