@@ -206,16 +206,6 @@ impl Panes {
         Ok(())
     }
 
-    /// Groups across windows.
-    pub fn len(&self) -> usize {
-        self.panes.values().map(|p| p.keys.len()).sum()
-    }
-
-    /// Whether no window is open.
-    pub fn is_empty(&self) -> bool {
-        self.panes.is_empty()
-    }
-
     /// Approximate bytes of state.
     pub fn size(&self) -> usize {
         self.panes

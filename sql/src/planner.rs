@@ -1738,15 +1738,10 @@ async fn plan_join(
     let (stage, side_chain): (ChainFactory, ChainFactory) = if foreign_key {
         // Rows failing WHERE become deletes; the row's time is the causing change's time.
         let join_len = output_schema.fields().len();
-        exprs.pop();
-        fields.pop();
-        exprs.push(Arc::new(PhysColumn::new(DELETE_COLUMN, join_len)));
-        fields.push(Field::new(DELETE_COLUMN, DataType::Boolean, true));
-        let delete_out = fields.len() - 1;
-        exprs.push(Arc::new(PhysColumn::new(JOIN_TIME_COLUMN, join_len + 1)));
-        fields.push(Field::new(HIDDEN_TS, DataType::Int64, true));
+        let time = Arc::new(PhysColumn::new(JOIN_TIME_COLUMN, join_len + 1));
+        let (delete_out, time_out) = table_join_columns(&mut exprs, &mut fields, join_len, Some(time))?;
         delete_column = Some(delete_out);
-        rowtime_column = fields.len() - 1;
+        rowtime_column = time_out;
         schema = Arc::new(Schema::new(fields.clone()));
         let post_schema = schema.clone();
         let left_rows = left.row_schema();
@@ -1784,15 +1779,9 @@ async fn plan_join(
         // The operator appends a delete marker after the join columns; pass it through, and
         // make rows failing WHERE deletes (table semantics).
         let join_len = output_schema.fields().len();
-        let hidden_ts = exprs.pop().ok_or_else(|| SqlError::Internal("no time column".into()))?;
-        let ts_field = fields.pop().ok_or_else(|| SqlError::Internal("no time field".into()))?;
-        exprs.push(Arc::new(PhysColumn::new(DELETE_COLUMN, join_len)));
-        fields.push(Field::new(DELETE_COLUMN, DataType::Boolean, true));
-        let delete_out = fields.len() - 1;
-        exprs.push(hidden_ts);
-        fields.push(ts_field);
+        let (delete_out, time_out) = table_join_columns(&mut exprs, &mut fields, join_len, None)?;
         delete_column = Some(delete_out);
-        rowtime_column = fields.len() - 1;
+        rowtime_column = time_out;
         schema = Arc::new(Schema::new(fields.clone()));
         let post_schema = schema.clone();
         let left_rows = left.row_schema();
@@ -2028,6 +2017,25 @@ fn check_join_types(plan: &LogicalPlan, source_of: &dyn Fn(&str) -> Option<Strin
         }
     }
     Ok(())
+}
+
+/// A table join's output: its operator appends a delete marker after the `join_len` join
+/// columns; this passes it through before the hidden time column (last in `exprs`/`fields`),
+/// whose expression `time` replaces when given. Returns the delete and time columns' indices.
+fn table_join_columns(
+    exprs: &mut Vec<Arc<dyn PhysicalExpr>>,
+    fields: &mut Vec<Field>,
+    join_len: usize,
+    time: Option<Arc<dyn PhysicalExpr>>,
+) -> Result<(usize, usize)> {
+    let hidden_ts = exprs.pop().ok_or_else(|| SqlError::Internal("no time column".into()))?;
+    let ts_field = fields.pop().ok_or_else(|| SqlError::Internal("no time field".into()))?;
+    exprs.push(Arc::new(PhysColumn::new(DELETE_COLUMN, join_len)));
+    fields.push(Field::new(DELETE_COLUMN, DataType::Boolean, true));
+    let delete_out = fields.len() - 1;
+    exprs.push(time.unwrap_or(hidden_ts));
+    fields.push(ts_field);
+    Ok((delete_out, fields.len() - 1))
 }
 
 /// The key of a foreign-key join's output is the left table's key: marks the projected left key
