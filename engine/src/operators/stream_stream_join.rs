@@ -247,7 +247,9 @@ impl StreamStreamJoinOperator {
     fn expire(&mut self, out: &mut Vec<Message>) -> Result<()> {
         let wm = self.watermark;
         let (before, after, grace) = (self.cfg.before, self.cfg.after, self.cfg.grace);
-        let mut expired: Vec<(i64, bool, OwnedRow)> = Vec::new();
+        // Unmatched outer rows, copied into the output's arena as they expire: (time, pair).
+        let mut out_rows = Pairs::default();
+        let mut expired: Vec<(i64, Pair)> = Vec::new();
         let left_outer = self.emits_unmatched(true);
         let right_outer = self.emits_unmatched(false);
         // Rows at times below the cut expire: visit only their keys.
@@ -263,7 +265,8 @@ impl StreamStreamJoinOperator {
                 rows.retain(|b| {
                     let keep = (b.time + reach).saturating_add(grace) >= wm;
                     if !keep && outer && !b.matched {
-                        expired.push((b.time, is_left, b.row.clone()));
+                        let kept = Some(out_rows.keep(&b.row));
+                        expired.push((b.time, if is_left { (kept, None) } else { (None, kept) }));
                     }
                     keep
                 });
@@ -272,12 +275,8 @@ impl StreamStreamJoinOperator {
                 }
             }
         }
-        expired.sort_by_key(|(t, _, _)| *t);
-        let mut out_rows = Pairs::default();
-        for (_, is_left, row) in &expired {
-            let kept = Some(out_rows.keep(row));
-            out_rows.pairs.push(if *is_left { (kept, None) } else { (None, kept) });
-        }
+        expired.sort_by_key(|(t, _)| *t);
+        out_rows.pairs = expired.into_iter().map(|(_, p)| p).collect();
         self.emit(out_rows, (None, None), out)
     }
 
