@@ -334,6 +334,27 @@ impl AggregateOperator {
         Ok(())
     }
 
+    /// [`Self::update`] with one row: zero-copy slices instead of a `take` per argument.
+    fn update_row(
+        accs: &mut [Box<dyn Accumulator>],
+        args: &[(Vec<ArrayRef>, Option<BooleanArray>)],
+        row: usize,
+        retract: bool,
+    ) -> Result<()> {
+        for (acc, (cols, filter)) in accs.iter_mut().zip(args) {
+            if filter.as_ref().is_some_and(|f| !(f.is_valid(row) && f.value(row))) {
+                continue;
+            }
+            let one: Vec<ArrayRef> = cols.iter().map(|c| c.slice(row, 1)).collect();
+            if retract {
+                acc.retract_batch(&one)?;
+            } else {
+                acc.update_batch(&one)?;
+            }
+        }
+        Ok(())
+    }
+
     fn evaluate(group: &mut Group) -> Result<Vec<ScalarValue>> {
         group.accs.iter_mut().map(|a| Ok(a.evaluate()?)).collect()
     }
@@ -530,7 +551,7 @@ impl AggregateOperator {
                 retracted.iter().map(|r| (*r, true)).chain(rows.iter().map(|r| (*r, false))).collect();
             steps.sort_unstable();
             for (j, &(r, retract)) in steps.iter().enumerate() {
-                Self::update(&mut group.accs, &args, &UInt32Array::from(vec![r]), retract)?;
+                Self::update_row(&mut group.accs, &args, r as usize, retract)?;
                 if !retract {
                     note_time(group, r);
                 }
@@ -669,11 +690,16 @@ impl AggregateOperator {
         let mut delete = Vec::with_capacity(n);
         // Whether a group's row is out, as of the rows before in this batch (a group may have
         // several rows in one batch).
+        // (Only HAVING can turn a row into a delete that depends on it.)
         let mut out_now: HashMap<(OwnedRow, i64), bool> = HashMap::default();
+        let track = self.cfg.having.is_some();
         for (i, e) in emits.iter().enumerate() {
             let is_delete = e.delete || !matches[i];
-            let was_emitted = out_now.get(&(e.key.clone(), e.window.0)).copied().unwrap_or(e.was_emitted);
-            out_now.insert((e.key.clone(), e.window.0), !is_delete);
+            let mut was_emitted = e.was_emitted;
+            if track {
+                was_emitted = out_now.get(&(e.key.clone(), e.window.0)).copied().unwrap_or(was_emitted);
+                out_now.insert((e.key.clone(), e.window.0), !is_delete);
+            }
             // A row that does not match HAVING only matters if an earlier version was emitted.
             if is_delete && !e.delete && !was_emitted {
                 continue;
