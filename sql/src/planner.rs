@@ -1417,19 +1417,10 @@ async fn plan_join(
     }
     // ksqlDB's synthetic key: a FULL OUTER join, or one comparing two expressions (neither side a
     // plain column), is keyed by ROWKEY = COALESCE(left, right), which the projection may select.
-    let on_sides = match &body.from[0].joins[0].join_operator {
-        sp::JoinOperator::Join(c)
-        | sp::JoinOperator::Inner(c)
-        | sp::JoinOperator::Left(c)
-        | sp::JoinOperator::LeftOuter(c)
-        | sp::JoinOperator::Right(c)
-        | sp::JoinOperator::RightOuter(c)
-        | sp::JoinOperator::FullOuter(c) => match c {
-            sp::JoinConstraint::On(sp::Expr::BinaryOp { left, op: sp::BinaryOperator::Eq, right }) => {
-                Some(((**left).clone(), (**right).clone()))
-            }
-            _ => None,
-        },
+    let on_sides = match join_on(&body.from[0].joins[0].join_operator) {
+        Some(sp::Expr::BinaryOp { left, op: sp::BinaryOperator::Eq, right }) => {
+            Some(((**left).clone(), (**right).clone()))
+        }
         _ => None,
     };
     let is_column = |e: &sp::Expr| matches!(e, sp::Expr::Identifier(_) | sp::Expr::CompoundIdentifier(_));
@@ -1867,6 +1858,23 @@ async fn plan_join(
     })
 }
 
+/// The ON condition of a join, if it has one.
+fn join_on(op: &sp::JoinOperator) -> Option<&sp::Expr> {
+    match op {
+        sp::JoinOperator::Join(c)
+        | sp::JoinOperator::Inner(c)
+        | sp::JoinOperator::Left(c)
+        | sp::JoinOperator::LeftOuter(c)
+        | sp::JoinOperator::Right(c)
+        | sp::JoinOperator::RightOuter(c)
+        | sp::JoinOperator::FullOuter(c) => match c {
+            sp::JoinConstraint::On(e) => Some(e),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// ksqlDB's checks of a join before planning it: no self joins, one equality in ON, each side
 /// naming columns of exactly one source, and windowed sources joined only to like-windowed
 /// sources on their keys.
@@ -1877,19 +1885,7 @@ fn check_join_sources(op: &sp::JoinOperator, sides: [(&String, &String, &SourceD
             "Can not join '{left_name}' to '{right_name}': self joins are not yet supported."
         )));
     }
-    let on = match op {
-        sp::JoinOperator::Join(c)
-        | sp::JoinOperator::Inner(c)
-        | sp::JoinOperator::Left(c)
-        | sp::JoinOperator::LeftOuter(c)
-        | sp::JoinOperator::Right(c)
-        | sp::JoinOperator::RightOuter(c)
-        | sp::JoinOperator::FullOuter(c) => match c {
-            sp::JoinConstraint::On(e) => e,
-            _ => return Ok(()),
-        },
-        _ => return Ok(()),
-    };
+    let Some(on) = join_on(op) else { return Ok(()) };
     let (a, b) = match on {
         sp::Expr::BinaryOp { op: sp::BinaryOperator::And, .. } => {
             return Err(SqlError::plan(format!(
