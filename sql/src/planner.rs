@@ -129,18 +129,8 @@ async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select, p
     if push && !grouped && select.window.is_none() {
         // A push query may aggregate without GROUP BY: one group of every row (ksqlDB).
         let state = ctx.state();
-        let mut aggregates = false;
-        for item in &body.projection {
-            if let sp::SelectItem::UnnamedExpr(e) | sp::SelectItem::ExprWithAlias { expr: e, .. } = item {
-                let _ = sp::visit_expressions(e, |x: &sp::Expr| {
-                    if let sp::Expr::Function(f) = x {
-                        aggregates |= state.aggregate_functions().contains_key(&f.name.to_string().to_lowercase());
-                    }
-                    ControlFlow::<()>::Continue(())
-                });
-            }
-        }
-        if aggregates {
+        let is_aggregate = |name: &str| state.aggregate_functions().contains_key(&name.to_lowercase());
+        if calls_aggregate(&body.projection, &is_aggregate) {
             let everything = sp::Expr::value(sp::Value::SingleQuotedString(String::new()));
             body.group_by = sp::GroupByExpr::Expressions(vec![everything], vec![]);
             grouped = true;
@@ -489,6 +479,20 @@ fn ksql_ast_text(e: &sp::Expr) -> String {
     }
 }
 
+/// Whether a SELECT item calls an aggregate function.
+fn calls_aggregate(items: &[sp::SelectItem], is_aggregate: &dyn Fn(&str) -> bool) -> bool {
+    let mut found = false;
+    for item in items {
+        if let sp::SelectItem::UnnamedExpr(e) | sp::SelectItem::ExprWithAlias { expr: e, .. } = item {
+            let _ = sp::visit_expressions(e, |x: &sp::Expr| {
+                found |= matches!(x, sp::Expr::Function(f) if is_aggregate(&f.name.to_string()));
+                ControlFlow::<()>::Continue(())
+            });
+        }
+    }
+    found
+}
+
 /// ksqlDB's message for SELECT items that neither aggregate nor are grouped: an item is listed
 /// when a column it uses is neither inside an aggregate call nor inside a GROUP BY expression.
 fn ungrouped_items(
@@ -554,14 +558,7 @@ fn ungrouped_items(
         sp::SelectItem::UnnamedExpr(e) | sp::SelectItem::ExprWithAlias { expr: e, .. } => Some(e),
         _ => None,
     });
-    let mut aggregates = false;
-    for e in exprs.clone() {
-        let _ = sp::visit_expressions(e, |x: &sp::Expr| {
-            aggregates |= matches!(x, sp::Expr::Function(f) if is_aggregate(&f.name.to_string()));
-            ControlFlow::<()>::Continue(())
-        });
-    }
-    if !aggregates && !groups.is_empty() {
+    if !calls_aggregate(items, is_aggregate) && !groups.is_empty() {
         return Some("GROUP BY requires aggregate functions in either the SELECT or HAVING clause.".into());
     }
     let listed: Vec<String> = exprs.filter(|e| !covered(e, &groups, is_aggregate)).map(ksql_ast_text).collect();
