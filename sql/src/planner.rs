@@ -1348,7 +1348,7 @@ async fn plan_join(
         return Err(SqlError::Unsupported("Only simple SELECT statements are supported".into()));
     };
     if body.from[0].joins.len() > 1 {
-        return Err(SqlError::Unsupported("Joins of more than two sources are not supported yet".into()));
+        return Err(SqlError::Internal("plan_join plans one join; plan_joins splits longer ones".into()));
     }
     let lookup = |n: &str| match derived {
         Some(d) if n == JOINED => Ok(d.clone()),
@@ -1410,7 +1410,7 @@ async fn plan_join(
     let left_outer = kind == JoinKind::Left;
     let grouped = !matches!(body.group_by, sp::GroupByExpr::Expressions(ref e, _) if e.is_empty());
     if grouped || select.window.is_some() || !select.partition_by.is_empty() {
-        return Err(SqlError::Unsupported("GROUP BY, WINDOW or PARTITION BY over a join is not supported yet".into()));
+        return Err(SqlError::Internal("plan_join plans the join alone; plan_joins plans what follows it".into()));
     }
     // ksqlDB's synthetic key: a FULL OUTER join, or one comparing two expressions (neither side a
     // plain column), is keyed by ROWKEY = COALESCE(left, right), which the projection may select.
