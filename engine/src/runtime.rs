@@ -1,8 +1,10 @@
 //! Running queries: one task per source partition, each reading its partition, pushing batches
 //! through its operator chain and writing to the output, then committing its source offset.
 //!
-//! Backpressure is natural: a task reads the next fetch only after the previous one's output
-//! was appended (topic output) or accepted by a bounded channel (push-query output).
+//! Each partition task has a prefetcher (its own tokio task) that reads and decodes at most two
+//! fetches ahead, so decoding one fetch overlaps processing the previous one. Backpressure is
+//! natural: the task takes the next fetch only after the previous one's output was appended
+//! (topic output) or accepted by a bounded channel (push-query output).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -336,7 +338,7 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                 topic: source.topic.clone(),
                 partition: p,
                 offset: start_offset,
-                reader: SourceReader::try_new(source.clone(), p)?,
+                reader: Some(SourceReader::try_new(source.clone(), p)?),
                 chain,
                 out,
                 stats: stats.clone(),
@@ -679,7 +681,8 @@ struct PartitionTask {
     topic: String,
     partition: u32,
     offset: u64,
-    reader: SourceReader,
+    /// Moves to the task's prefetcher when it starts.
+    reader: Option<SourceReader>,
     chain: Chain,
     out: TaskOutput,
     stats: Arc<QueryStats>,
@@ -689,6 +692,81 @@ struct PartitionTask {
     wait_for_tables: Option<watch::Receiver<bool>>,
     /// Checkpoints and transactional output (stateless persistent queries).
     committer: Option<Committer>,
+}
+
+/// What a partition's prefetcher hands its task.
+enum Fetched {
+    /// The next fetch, decoded.
+    Read(crate::source::ReadBatch),
+    /// Everything stored has been handed over; more follows when it is appended.
+    CaughtUp,
+    /// Reading failed; the prefetcher has ended.
+    Failed(EngineError),
+}
+
+/// Reads and decodes one partition ahead of its task.
+struct Prefetch {
+    store: Arc<dyn TopicStore>,
+    topic: String,
+    partition: u32,
+    offset: u64,
+    reader: SourceReader,
+    /// CaughtUp was sent and nothing read since.
+    caught_up: bool,
+}
+
+impl Prefetch {
+    async fn run(mut self, tx: mpsc::Sender<Fetched>) {
+        let item = loop {
+            match self.next().await {
+                Ok(item) => {
+                    if tx.send(item).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => break Fetched::Failed(e),
+            }
+        };
+        let _ = tx.send(item).await;
+    }
+
+    /// The next fetch, or CaughtUp once after reaching the end (then waits for more).
+    async fn next(&mut self) -> Result<Fetched> {
+        loop {
+            let fetch = match self.store.read(&self.topic, self.partition, self.offset, 1 << 20) {
+                Ok(f) => f,
+                Err(ConnectorError::Log(rill_log::LogError::OffsetOutOfRange { .. })) => {
+                    // Retention removed what we had not read yet: continue at the log start.
+                    let start = self.store.start_offset(&self.topic, self.partition)?;
+                    let end = self.store.end_offset(&self.topic, self.partition)?;
+                    self.offset = if self.offset < start { start } else { end };
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if fetch.next_offset() > self.offset {
+                let read = self.reader.read(&fetch)?;
+                self.offset = read.next_offset;
+                self.caught_up = false;
+                return Ok(Fetched::Read(read));
+            }
+            if !self.caught_up {
+                // Tell the task before waiting (it may have a checkpoint to write meanwhile).
+                self.caught_up = true;
+                return Ok(Fetched::CaughtUp);
+            }
+            self.store.wait_for(&self.topic, self.partition, self.offset).await?;
+        }
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Why a task ended.
@@ -736,6 +814,19 @@ impl PartitionTask {
     }
 
     async fn run_loop(&mut self, topic: &str, stop: &mut watch::Receiver<bool>) -> Result<Ended> {
+        // Reading and decoding run one fetch ahead, on their own task (a second core), while
+        // this task runs the chain and writes the output.
+        let reader = self.reader.take().ok_or_else(|| EngineError::Internal("partition task restarted".into()))?;
+        let (tx, mut fetched) = mpsc::channel(2);
+        let prefetch = Prefetch {
+            store: self.store.clone(),
+            topic: topic.to_string(),
+            partition: self.partition,
+            offset: self.offset,
+            reader,
+            caught_up: false,
+        };
+        let _prefetch = AbortOnDrop(tokio::spawn(prefetch.run(tx)));
         if let Some(mut loaded) = self.wait_for_tables.take() {
             tokio::select! {
                 r = loaded.wait_for(|l| *l) => { if r.is_err() { return Ok(Ended::Stopped) } }
@@ -746,42 +837,38 @@ impl PartitionTask {
             if *stop.borrow() {
                 return Ok(Ended::Stopped);
             }
-            let fetch = match self.store.read(topic, self.partition, self.offset, 1 << 20) {
-                Ok(f) => f,
-                Err(ConnectorError::Log(rill_log::LogError::OffsetOutOfRange { .. })) => {
-                    // Retention removed what we had not read yet: continue at the log start.
-                    let start = self.store.start_offset(topic, self.partition)?;
-                    let end = self.store.end_offset(topic, self.partition)?;
-                    self.offset = if self.offset < start { start } else { end };
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
+            let deadline = self.committer.as_ref().filter(|c| self.idle && c.dirty()).map(|c| c.idle_deadline());
+            let next = match deadline {
+                Some(deadline) => tokio::select! {
+                    n = fetched.recv() => n,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        self.checkpoint()?;
+                        continue;
+                    }
+                    _ = stop.changed() => return Ok(Ended::Stopped),
+                },
+                None => tokio::select! {
+                    n = fetched.recv() => n,
+                    _ = stop.changed() => return Ok(Ended::Stopped),
+                },
             };
-            if fetch.next_offset() <= self.offset {
-                // Caught up: an idle partition must not hold back the stage's watermark.
-                if !self.idle {
-                    self.idle = true;
-                    if let TaskOutput::Stage(tx) = &self.out {
-                        if tx.send(StageInput::Idle(self.input, self.partition)).await.is_err() {
-                            return Ok(Ended::Stopped);
+            let read = match next {
+                Some(Fetched::Read(read)) => read,
+                Some(Fetched::Failed(e)) => return Err(e),
+                None => return Err(EngineError::Internal("the partition reader ended".into())),
+                Some(Fetched::CaughtUp) => {
+                    // An idle partition must not hold back the stage's watermark.
+                    if !self.idle {
+                        self.idle = true;
+                        if let TaskOutput::Stage(tx) = &self.out {
+                            if tx.send(StageInput::Idle(self.input, self.partition)).await.is_err() {
+                                return Ok(Ended::Stopped);
+                            }
                         }
                     }
+                    continue;
                 }
-                let deadline = self.committer.as_ref().filter(|c| c.dirty()).map(|c| c.idle_deadline());
-                match deadline {
-                    Some(deadline) => tokio::select! {
-                        r = self.store.wait_for(topic, self.partition, self.offset) => r?,
-                        _ = tokio::time::sleep_until(deadline) => self.checkpoint()?,
-                        _ = stop.changed() => return Ok(Ended::Stopped),
-                    },
-                    None => tokio::select! {
-                        r = self.store.wait_for(topic, self.partition, self.offset) => r?,
-                        _ = stop.changed() => return Ok(Ended::Stopped),
-                    },
-                }
-                continue;
-            }
-            let read = self.reader.read(&fetch)?;
+            };
             self.idle = false;
             let mut messages = Vec::new();
             let mut dead = read.dead;

@@ -8,7 +8,7 @@ use arrow_json::reader::{Decoder as ArrowJsonDecoder, ReaderBuilder};
 use arrow_json::writer::{make_encoder, EncoderOptions};
 use bytes::Bytes;
 
-use super::json_keys::{normalize, Shape};
+use super::json_keys::{normalize, object_keys, Shape};
 use super::{decode_one_by_one, temporal_to_numbers, Decoded, Decoder, Encoder};
 use crate::{ConnectorError, Result};
 
@@ -19,6 +19,19 @@ pub(crate) struct JsonDecoder {
     shape: Shape,
     buf: Vec<u8>,
     decoder: ArrowJsonDecoder,
+    /// Flat schemas: the field names as the data spells them, learned from the records.
+    spelled: Option<Spelled>,
+}
+
+/// The fast path for flat objects. Field names match case-insensitively, which arrow-json does
+/// not do, so the general path first copies each record with its keys respelled. Producers spell
+/// their keys the same way in every record, so a decoder whose schema uses the data's spelling
+/// decodes the records as they are; a record is checked only when one of its columns comes out
+/// null (a key spelled another way would read as missing). When a record is spelled otherwise,
+/// the batch takes the general path and the decoder learns that record's spelling.
+struct Spelled {
+    names: Vec<String>,
+    decoder: Option<ArrowJsonDecoder>,
 }
 
 impl JsonDecoder {
@@ -30,7 +43,86 @@ impl JsonDecoder {
             Shape::of(&DataType::Struct(schema.fields().clone()))
         };
         let decoder = Self::build(&schema, unwrapped)?;
-        Ok(Self { schema, unwrapped, shape, buf: Vec::new(), decoder })
+        // Nested structs would need their own spellings: those schemas take the general path.
+        let names: Vec<String> = schema.fields().iter().map(|f| f.name().to_ascii_uppercase()).collect();
+        let distinct = names.iter().collect::<std::collections::HashSet<_>>().len() == names.len();
+        let flat = match &shape {
+            Shape::Struct(fields) => fields.iter().all(|(_, s)| !s.has_structs()),
+            _ => false,
+        };
+        let spelled = (!unwrapped && flat && distinct)
+            .then(|| Spelled { names: schema.fields().iter().map(|f| f.name().clone()).collect(), decoder: None });
+        Ok(Self { schema, unwrapped, shape, buf: Vec::new(), decoder, spelled })
+    }
+
+    /// Decodes `values` as spelled so far. Err(Some(row)) when that record is spelled otherwise,
+    /// Err(None) when the batch must take the general path for another reason (nothing learned
+    /// yet, or something malformed: the general path finds and reports it).
+    fn decode_spelled(&mut self, values: &[&[u8]]) -> std::result::Result<RecordBatch, Option<usize>> {
+        let Some(spelled) = self.spelled.as_mut() else { return Err(None) };
+        let Some(decoder) = spelled.decoder.as_mut() else { return Err(None) };
+        self.buf.clear();
+        for v in values {
+            self.buf.extend_from_slice(v);
+            self.buf.push(b'\n');
+        }
+        let mut parts: Vec<RecordBatch> = Vec::new();
+        let mut off = 0;
+        let decoded = loop {
+            let n = match decoder.decode(&self.buf[off..]) {
+                Ok(n) => n,
+                Err(_) => break false,
+            };
+            off += n;
+            match decoder.flush() {
+                Ok(Some(b)) => parts.push(b),
+                Ok(None) => {}
+                Err(_) => break false,
+            }
+            if off == self.buf.len() {
+                break !decoder.has_partial_record();
+            }
+            if n == 0 {
+                break false;
+            }
+        };
+        let rows: usize = parts.iter().map(|b| b.num_rows()).sum();
+        if !decoded || rows != values.len() {
+            spelled.decoder = None;
+            return Err(None);
+        }
+        let batch = match parts.len() {
+            0 => return Ok(RecordBatch::new_empty(self.schema.clone())),
+            1 => parts.swap_remove(0),
+            _ => arrow::compute::concat_batches(&parts[0].schema(), &parts).map_err(|_| None)?,
+        };
+        // A null may be a key spelled otherwise: check those records' keys.
+        let mut checked = vec![false; values.len()];
+        for col in batch.columns().iter().filter(|c| c.null_count() > 0) {
+            let Some(nulls) = col.logical_nulls() else { continue };
+            for row in nulls.iter().enumerate().filter(|(_, valid)| !valid).map(|(r, _)| r) {
+                if !std::mem::replace(&mut checked[row], true) && spelled_otherwise(values[row], &spelled.names) {
+                    return Err(Some(row));
+                }
+            }
+        }
+        RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec()).map_err(|_| None)
+    }
+
+    /// Learns the key spelling of `value` where it has the keys (unescaped ones: arrow-json
+    /// matches unescaped names), and rebuilds the fast decoder.
+    fn learn_spelling(&mut self, value: &[u8]) {
+        let Some(spelled) = self.spelled.as_mut() else { return };
+        let keys = object_keys(value).unwrap_or_default();
+        for (name, field) in spelled.names.iter_mut().zip(self.schema.fields()) {
+            let found = keys.iter().find(|k| k.eq_ignore_ascii_case(field.name().as_bytes()) && !k.contains(&b'\\'));
+            if let Some(k) = found.and_then(|k| std::str::from_utf8(k).ok()) {
+                *name = k.to_string();
+            }
+        }
+        let fields: Vec<Field> =
+            spelled.names.iter().zip(self.schema.fields()).map(|(n, f)| f.as_ref().clone().with_name(n)).collect();
+        spelled.decoder = Self::build(&Arc::new(arrow::datatypes::Schema::new(fields)), false).ok();
     }
 
     fn build(schema: &SchemaRef, unwrapped: bool) -> Result<ArrowJsonDecoder> {
@@ -72,6 +164,14 @@ impl JsonDecoder {
 
 impl Decoder for JsonDecoder {
     fn decode(&mut self, values: &[&[u8]]) -> Result<Decoded> {
+        match self.decode_spelled(values) {
+            Ok(batch) => return Ok(Decoded { batch, good: None, errors: vec![] }),
+            Err(row) => {
+                if let Some(v) = values.get(row.unwrap_or(0)) {
+                    self.learn_spelling(v);
+                }
+            }
+        }
         self.buf.clear();
         for v in values {
             self.push_value(v);
@@ -106,6 +206,12 @@ impl Decoder for JsonDecoder {
         self.decoder = Self::build(&schema, unwrapped)?;
         result
     }
+}
+
+/// Whether a JSON object has a key that names one of `names` spelled another way.
+fn spelled_otherwise(value: &[u8], names: &[String]) -> bool {
+    let Some(keys) = object_keys(value) else { return true };
+    keys.iter().any(|k| names.iter().any(|n| n.as_bytes() != *k && n.as_bytes().eq_ignore_ascii_case(k)))
 }
 
 /// Encodes rows as JSON objects with explicit nulls (or bare values when unwrapped).
@@ -281,6 +387,39 @@ mod tests {
         let out = d.decode(&[br#"{"id": 9}"#]).unwrap();
         assert!(out.good.is_none());
         assert!(out.batch.column(1).is_null(0));
+    }
+
+    #[test]
+    fn learns_the_data_spelling_and_still_matches_any_spelling() {
+        let mut d = JsonDecoder::try_new(schema(), true).unwrap();
+        let ids = |d: &mut JsonDecoder, values: &[&[u8]]| {
+            let out = d.decode(values).unwrap();
+            assert!(out.errors.is_empty());
+            let ids = out.batch.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+            let names = out.batch.column(1).as_string::<i32>();
+            (0..out.batch.num_rows())
+                .map(|i| (ids.is_valid(i).then(|| ids.value(i)), names.is_valid(i).then(|| names.value(i).to_string())))
+                .collect::<Vec<_>>()
+        };
+        // First batch: the general path, which learns "id"/"Name".
+        assert_eq!(ids(&mut d, &[br#"{"id": 1, "Name": "a"}"#]), vec![(Some(1), Some("a".into()))]);
+        assert_eq!(d.spelled.as_ref().unwrap().names, vec!["id", "Name"]);
+        // Same spelling, a missing and a null field: the fast path, nulls checked.
+        assert_eq!(
+            ids(&mut d, &[br#"{"id": 2}"#, br#"{"id": null, "Name": "c"}"#]),
+            vec![(Some(2), None), (None, Some("c".into()))]
+        );
+        assert_eq!(d.spelled.as_ref().unwrap().names, vec!["id", "Name"]);
+        // A record spelled otherwise in the middle of a batch: still found, and learned.
+        assert_eq!(
+            ids(&mut d, &[br#"{"id": 3, "Name": "d"}"#, br#"{"ID": 4, "name": "e"}"#]),
+            vec![(Some(3), Some("d".into())), (Some(4), Some("e".into()))]
+        );
+        assert_eq!(d.spelled.as_ref().unwrap().names, vec!["ID", "name"]);
+        // Malformed records still come out as errors, after which decoding goes on.
+        let out = d.decode(&[br#"{"ID": 5}"#, b"{oops"]).unwrap();
+        assert_eq!((out.batch.num_rows(), out.errors.len()), (1, 1));
+        assert_eq!(ids(&mut d, &[br#"{"ID": 6, "name": "f"}"#]), vec![(Some(6), Some("f".into()))]);
     }
 
     #[test]

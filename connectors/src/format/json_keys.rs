@@ -60,6 +60,27 @@ pub(crate) fn normalize(input: &[u8], shape: &Shape, out: &mut Vec<u8>) -> bool 
     ok
 }
 
+/// The top-level keys of a JSON object as written (raw, still escaped), or None when `input` is
+/// not one well-formed object.
+pub(crate) fn object_keys(input: &[u8]) -> Option<Vec<&[u8]>> {
+    let keys = std::cell::RefCell::new(Vec::new());
+    let mut scratch = Vec::new();
+    let mut s = Scanner { input, pos: 0, out: &mut scratch };
+    s.ws();
+    if s.peek() != Some(b'{') {
+        return None;
+    }
+    s.object(|key| {
+        keys.borrow_mut().push((key.as_ptr() as usize - input.as_ptr() as usize, key.len()));
+        (None, &Shape::Leaf)
+    })?;
+    s.ws();
+    if s.pos != input.len() {
+        return None;
+    }
+    Some(keys.into_inner().into_iter().map(|(at, len)| &input[at..at + len]).collect())
+}
+
 struct Scanner<'a, 'o> {
     input: &'a [u8],
     pos: usize,
@@ -288,6 +309,14 @@ mod tests {
         assert_eq!(run(r#" {"l" : [ {"a":"q\"x"} , null ] } "#, &dt), r#"{"L":[{"A":"q\"x"},null]}"#);
         assert_eq!(run("12.5e3", &DataType::Float64), "12.5e3");
         assert_eq!(run("true", &DataType::Boolean), "true");
+    }
+
+    #[test]
+    fn object_keys_as_written() {
+        let keys = object_keys(br#" {"Id": 1, "n\"x": {"inner": 2}, "L": [{"q": 1}]} "#).unwrap();
+        assert_eq!(keys, vec![&b"Id"[..], &br#"n\"x"#[..], &b"L"[..]]);
+        assert!(object_keys(b"[1]").is_none());
+        assert!(object_keys(br#"{"a": 1"#).is_none());
     }
 
     #[test]
