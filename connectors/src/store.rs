@@ -25,6 +25,10 @@ pub trait TopicStore: Send + Sync + 'static {
     fn topic_config(&self, name: &str) -> Result<TopicConfig>;
     /// The partition a record with this key goes to (Kafka's default partitioner).
     fn partition_for_key(&self, topic: &str, key: Option<&[u8]>) -> Result<u32>;
+    /// [`TopicStore::partition_for_key`] for many keys at once.
+    fn partitions_for_keys(&self, topic: &str, keys: &[Option<&[u8]>]) -> Result<Vec<u32>> {
+        keys.iter().map(|k| self.partition_for_key(topic, *k)).collect()
+    }
     /// Appends records to one partition; returns once they are durable under the topic's policy.
     async fn append(&self, topic: &str, partition: u32, records: &[Record]) -> Result<AppendInfo>;
     /// Reads whole batches starting at `offset`, up to about `max_bytes`; never blocks.
@@ -99,6 +103,9 @@ impl TopicStore for EmbeddedStore {
     }
     fn partition_for_key(&self, topic: &str, key: Option<&[u8]>) -> Result<u32> {
         Ok(self.log.partition_for_key(topic, key)?)
+    }
+    fn partitions_for_keys(&self, topic: &str, keys: &[Option<&[u8]>]) -> Result<Vec<u32>> {
+        Ok(self.log.partitions_for_keys(topic, keys)?)
     }
     async fn append(&self, topic: &str, partition: u32, records: &[Record]) -> Result<AppendInfo> {
         Ok(self.log.append(topic, partition, records).await?)

@@ -96,9 +96,11 @@ impl Sink {
             None => None,
         };
         let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
-        for (i, (key, mut value)) in keys.into_iter().zip(values).enumerate() {
-            // Partition on the key without the window, so all windows of a key stay together.
-            let p = self.store.partition_for_key(&self.spec.topic, key.as_deref())?;
+        // Partition on the key without the window, so all windows of a key stay together.
+        let partitions = self
+            .store
+            .partitions_for_keys(&self.spec.topic, &keys.iter().map(|k| k.as_deref()).collect::<Vec<_>>())?;
+        for (i, ((key, mut value), p)) in keys.into_iter().zip(values).zip(partitions).enumerate() {
             let key = match &window {
                 Some((start, end, session)) => {
                     let start = start.as_primitive::<Int64Type>().value(i);

@@ -197,6 +197,19 @@ impl Log {
         })
     }
 
+    /// [`Log::partition_for_key`] for each of `keys`, looking the topic up once.
+    pub fn partitions_for_keys(&self, topic: &str, keys: &[Option<&[u8]>]) -> Result<Vec<u32>> {
+        let t = self.topic(topic)?;
+        let n = t.config.partitions.max(1);
+        Ok(keys
+            .iter()
+            .map(|key| match key {
+                Some(k) => murmur2::partition_for_key(k, n),
+                None => t.round_robin.fetch_add(1, Ordering::Relaxed) % n,
+            })
+            .collect())
+    }
+
     /// Appends records to a partition. Returns once they are durable under the topic's
     /// [`Durability`](crate::Durability) (group-committed with concurrent appends), and readers
     /// can see them. Dropping the future does not cancel the write: the records may still be

@@ -14,11 +14,12 @@
 //! After the last line every partition gets a flush bid far in the future (auction -1, excluded
 //! from the counts), which closes the last windows, as the end of a bounded input does in Flink.
 
-use std::io::BufRead;
+use std::io::Read;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context};
+use bytes::Bytes;
 use rill_connectors::store::Record;
 use serde::Serialize;
 use serde_json::Value;
@@ -63,24 +64,44 @@ pub struct Report {
 }
 
 /// Appends a JSON-lines file to `topic`, round-robin over partitions in runs of 4,096 lines;
-/// returns the lines appended and the largest `date_time` string seen.
+/// returns the lines appended. The file is read in large chunks and each record's value is a
+/// slice of its chunk (no copy per line).
 async fn append_file(p: &Pipeline, topic: &str, path: &PathBuf, partitions: u32) -> anyhow::Result<u64> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    const CHUNK: usize = 4 << 20;
+    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut batch: Vec<Record> = Vec::with_capacity(4096);
     let mut n = 0u64;
     let mut part = 0u32;
-    for line in reader.split(b'\n') {
-        let line = line?;
-        if line.is_empty() {
-            continue;
-        }
-        batch.push(Record { timestamp: 0, key: None, value: Some(line.into()), headers: vec![] });
-        if batch.len() == 4096 {
-            p.store.append(topic, part, &batch).await?;
-            n += batch.len() as u64;
-            batch.clear();
-            part = (part + 1) % partitions;
+    let mut pending: Vec<u8> = Vec::with_capacity(CHUNK);
+    let mut eof = false;
+    while !eof {
+        let filled = pending.len();
+        pending.resize(filled + CHUNK, 0);
+        let read = file.read(&mut pending[filled..])?;
+        pending.truncate(filled + read);
+        eof = read == 0;
+        // Whole lines go now; a partial last line waits for the next chunk (or the end).
+        let cut = match pending.iter().rposition(|&b| b == b'\n') {
+            Some(i) if !eof => i + 1,
+            _ if eof => pending.len(),
+            _ => continue,
+        };
+        let rest = pending[cut..].to_vec();
+        pending.truncate(cut);
+        let chunk = Bytes::from(std::mem::replace(&mut pending, rest));
+        let mut start = 0;
+        while start < chunk.len() {
+            let end = chunk[start..].iter().position(|&b| b == b'\n').map_or(chunk.len(), |i| start + i);
+            if end > start {
+                batch.push(Record { timestamp: 0, key: None, value: Some(chunk.slice(start..end)), headers: vec![] });
+            }
+            start = end + 1;
+            if batch.len() == 4096 {
+                p.store.append(topic, part, &batch).await?;
+                n += batch.len() as u64;
+                batch.clear();
+                part = (part + 1) % partitions;
+            }
         }
     }
     if !batch.is_empty() {
