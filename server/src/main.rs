@@ -122,6 +122,11 @@ enum Bench {
     },
 }
 
+/// mimalloc: the engine allocates and frees many short-lived batch buffers per second; glibc's
+/// allocator returned large ones to the kernel and faulted fresh zeroed pages back in.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
