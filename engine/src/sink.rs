@@ -97,9 +97,8 @@ impl Sink {
         };
         let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
         // Partition on the key without the window, so all windows of a key stay together.
-        let partitions = self
-            .store
-            .partitions_for_keys(&self.spec.topic, &keys.iter().map(|k| k.as_deref()).collect::<Vec<_>>())?;
+        let partitions =
+            self.store.partitions_for_keys(&self.spec.topic, &keys.iter().map(|k| k.as_deref()).collect::<Vec<_>>())?;
         for (i, ((key, mut value), p)) in keys.into_iter().zip(values).zip(partitions).enumerate() {
             let key = match &window {
                 Some((start, end, session)) => {

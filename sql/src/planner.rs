@@ -121,6 +121,21 @@ async fn plan_query(ctx: &SessionContext, catalog: &Catalog, select: &Select, pu
 
 /// Plans `select` reading FROM `source` alone (no join).
 async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select, push: bool) -> Result<QueryPlan> {
+    let partition_hint = match select.query.body.as_ref() {
+        sp::SetExpr::Select(body) if !push && !select.partition_by.is_empty() => {
+            check_partition_by(&body.projection, &source, &select.partition_by)?
+        }
+        _ => None,
+    };
+    let mut plan = plan_single_query(ctx, source, select, push).await?;
+    if partition_hint.is_some() {
+        plan.key_hint = partition_hint;
+    }
+    Ok(plan)
+}
+
+/// [`plan_single`] after the checks on the statement as written.
+async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Select, push: bool) -> Result<QueryPlan> {
     let mut query = select.query.clone();
     let sp::SetExpr::Select(body) = query.body.as_mut() else {
         return Err(SqlError::Unsupported("Only simple SELECT statements are supported".into()));
@@ -135,6 +150,17 @@ async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select, p
             body.group_by = sp::GroupByExpr::Expressions(vec![everything], vec![]);
             grouped = true;
         }
+    }
+    if grouped && source.value_format.kind == rill_connectors::format::FormatKind::Kafka {
+        return Err(SqlError::plan(format!(
+            "Source(s) {} are using the 'KAFKA' value format. This format does not yet support GROUP BY.",
+            source.name
+        )));
+    }
+    {
+        let state = ctx.state();
+        let is_aggregate = |name: &str| state.aggregate_functions().contains_key(&name.to_lowercase());
+        check_grouping(body, &source.name, grouped, push, select, &is_aggregate)?;
     }
     if !select.partition_by.is_empty() && grouped {
         return Err(SqlError::Unsupported("PARTITION BY together with GROUP BY is not supported yet".into()));
@@ -289,6 +315,21 @@ async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select, p
                 &props,
                 &pctx,
             )?;
+            // Each GROUP BY expression is projected once (ksqlDB's messages).
+            for n in &names {
+                let copies: Vec<&str> = plan
+                    .columns
+                    .iter()
+                    .filter(|c| c.key && c.origin.as_ref() == Some(n))
+                    .map(|c| c.name.as_str())
+                    .collect();
+                if copies.len() > 1 {
+                    return Err(SqlError::plan(format!(
+                        "The projection contains a key column more than once: `{}`.",
+                        copies.join("` and `")
+                    )));
+                }
+            }
             // Every GROUP BY expression must be projected (it is the key): name the missing ones.
             let projected = |n: &String| plan.columns.iter().any(|c| c.key && c.origin.as_ref() == Some(n));
             let missing: Vec<&str> =
@@ -477,6 +518,232 @@ fn ksql_ast_text(e: &sp::Expr) -> String {
         sp::Expr::CompoundIdentifier(ids) => ids.iter().map(|i| i.value.as_str()).collect::<Vec<_>>().join("."),
         other => other.to_string(),
     }
+}
+
+/// ksqlDB's rules for PARTITION BY, checked on the statement as written: NULL only alone,
+/// columns of the source (PARTITION BY applies to the input), every expression projected (unless
+/// the projection is `*`; else the key hint is returned), and each key column projected once.
+fn check_partition_by(projection: &[sp::SelectItem], source: &SourceDef, exprs: &[sp::Expr]) -> Result<Option<String>> {
+    let is_null = |e: &sp::Expr| matches!(e, sp::Expr::Value(v) if v.value == sp::Value::Null);
+    if exprs.len() > 1 && exprs.iter().any(is_null) {
+        return Err(SqlError::plan("Cannot PARTITION BY multiple columns including NULL"));
+    }
+    let pseudo = ["ROWTIME", "ROWPARTITION", "ROWOFFSET", WINDOWSTART, WINDOWEND];
+    let known = |name: &str| {
+        source.columns.iter().any(|c| c.name.eq_ignore_ascii_case(name))
+            || pseudo.iter().any(|p| p.eq_ignore_ascii_case(name))
+    };
+    let aliases: Vec<&str> = projection
+        .iter()
+        .filter_map(|i| match i {
+            sp::SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.as_str()),
+            _ => None,
+        })
+        .collect();
+    for e in exprs {
+        let column = match e {
+            sp::Expr::Identifier(id) => Some(&id.value),
+            sp::Expr::CompoundIdentifier(ids) if ids.len() == 2 => Some(&ids[1].value),
+            _ => None,
+        };
+        if let Some(c) = column.filter(|c| !known(c)) {
+            let c = c.to_uppercase();
+            let mut message = format!("PARTITION BY column '{c}' cannot be resolved.");
+            if aliases.iter().any(|a| a.eq_ignore_ascii_case(&c)) {
+                message.push_str(&format!(
+                    " '{c}' must be a column in the source schema since PARTITION BY is applied on the input."
+                ));
+            }
+            return Err(SqlError::plan(message));
+        }
+    }
+    if exprs.iter().any(is_null) {
+        return Ok(None);
+    }
+    // Expressions compare as text, without quotes and qualifiers.
+    let text = |e: &sp::Expr| {
+        let mut e = e.clone();
+        let _ = sp::visit_expressions_mut(&mut e, |x: &mut sp::Expr| {
+            if let sp::Expr::CompoundIdentifier(ids) = x {
+                if ids.len() == 2 && ids[0].value.eq_ignore_ascii_case(&source.name) {
+                    *x = sp::Expr::Identifier(ids[1].clone());
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        e.to_string().replace(['"', '`'], "").to_uppercase()
+    };
+    let wildcard =
+        projection.iter().any(|i| matches!(i, sp::SelectItem::Wildcard(_) | sp::SelectItem::QualifiedWildcard(..)));
+    let projected = |e: &sp::Expr| {
+        projection
+            .iter()
+            .filter(|item| match item {
+                sp::SelectItem::UnnamedExpr(x) | sp::SelectItem::ExprWithAlias { expr: x, .. } => text(x) == text(e),
+                _ => false,
+            })
+            .count()
+    };
+    if !wildcard && exprs.iter().any(|e| projected(e) == 0) {
+        let qualified: Vec<String> = exprs
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                let _ = sp::visit_expressions_mut(&mut e, |x: &mut sp::Expr| {
+                    if let sp::Expr::Identifier(id) = x {
+                        *x = sp::Expr::CompoundIdentifier(vec![sp::Ident::new(&source.name), id.clone()]);
+                    }
+                    ControlFlow::<()>::Continue(())
+                });
+                ksql_ast_text(&e).to_uppercase()
+            })
+            .collect();
+        let (noun, list) = match qualified.as_slice() {
+            [one] => ("expression", one.clone()),
+            [init @ .., last] => ("expressions", format!("{} and {last}", init.join(", "))),
+            [] => return Ok(None),
+        };
+        return Ok(Some(format!(
+            "the partitioning {noun} {list} in its projection (eg, SELECT {}...).",
+            qualified.join(", ")
+        )));
+    }
+    for e in exprs {
+        let names: Vec<String> = projection
+            .iter()
+            .filter_map(|item| match item {
+                sp::SelectItem::UnnamedExpr(x) if text(x) == text(e) => Some(text(x)),
+                sp::SelectItem::ExprWithAlias { expr: x, alias } if text(x) == text(e) => {
+                    Some(alias.value.to_uppercase())
+                }
+                _ => None,
+            })
+            .collect();
+        if names.len() > 1 {
+            let (init, last) = names.split_at(names.len() - 1);
+            return Err(SqlError::plan(format!(
+                "The projection contains a key column (`{}`) more than once, aliased as: {} and {}.",
+                text(e),
+                init.join(", "),
+                last[0]
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// ksqlDB's rules for aggregations, checked on the statement as written: no aggregate calls
+/// in GROUP BY, none nested in another, no GROUP BY expression twice, EMIT FINAL only over
+/// windows, and a persistent aggregation needs a GROUP BY.
+fn check_grouping(
+    body: &sp::Select,
+    source: &str,
+    grouped: bool,
+    push: bool,
+    select: &Select,
+    is_aggregate: &dyn Fn(&str) -> bool,
+) -> Result<()> {
+    let aggregate_in = |e: &sp::Expr| {
+        let mut found = None;
+        let _ = sp::visit_expressions(e, |x: &sp::Expr| {
+            if let sp::Expr::Function(f) = x {
+                if is_aggregate(&f.name.to_string()) {
+                    found = Some(f.clone());
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        });
+        found
+    };
+    let group_exprs = match &body.group_by {
+        sp::GroupByExpr::Expressions(exprs, _) => exprs.as_slice(),
+        sp::GroupByExpr::All(_) => &[],
+    };
+    for e in group_exprs {
+        if let Some(f) = aggregate_in(e) {
+            return Err(SqlError::plan(format!(
+                "GROUP BY does not support aggregate functions: {} is an aggregate function.",
+                f.name.to_string().to_uppercase()
+            )));
+        }
+    }
+    // The same column, qualified or not, is the same expression.
+    let text = |e: &sp::Expr| {
+        let mut e = e.clone();
+        let _ = sp::visit_expressions_mut(&mut e, |x: &mut sp::Expr| {
+            if let sp::Expr::CompoundIdentifier(ids) = x {
+                if ids.len() == 2 && ids[0].value.eq_ignore_ascii_case(source) {
+                    *x = sp::Expr::Identifier(ids[1].clone());
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        e.to_string().to_uppercase()
+    };
+    for (i, e) in group_exprs.iter().enumerate() {
+        if group_exprs[..i].iter().any(|earlier| text(earlier) == text(e)) {
+            return Err(SqlError::plan(format!("Duplicate GROUP BY expression: {}", ksql_ast_text(e).to_uppercase())));
+        }
+    }
+    let mut aggregates = Vec::new();
+    for item in &body.projection {
+        if let sp::SelectItem::UnnamedExpr(e) | sp::SelectItem::ExprWithAlias { expr: e, .. } = item {
+            let _ = sp::visit_expressions(e, |x: &sp::Expr| {
+                if let sp::Expr::Function(f) = x {
+                    if is_aggregate(&f.name.to_string()) {
+                        aggregates.push(f.clone());
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            });
+        }
+    }
+    for f in &aggregates {
+        if let sp::FunctionArguments::List(list) = &f.args {
+            for arg in &list.args {
+                if let sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(a)) = arg {
+                    if let Some(inner) = aggregate_in(a) {
+                        let inner_name = inner.name.to_string().to_uppercase();
+                        return Err(SqlError::plan(format!(
+                            "Aggregate functions can not be nested: {}({inner_name}())",
+                            f.name.to_string().to_uppercase()
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    if select.emit == Some(Emit::Final) && select.window.is_none() && grouped {
+        return Err(SqlError::plan("EMIT FINAL is only supported for windowed aggregations."));
+    }
+    let every_item_aggregates = body.projection.iter().all(|item| match item {
+        sp::SelectItem::UnnamedExpr(e) | sp::SelectItem::ExprWithAlias { expr: e, .. } => aggregate_in(e).is_some(),
+        _ => false,
+    });
+    // (Columns outside aggregates get the ungrouped-items message instead.)
+    if !grouped && !push && every_item_aggregates {
+        if let Some(f) = aggregates.first() {
+            let name = f.name.to_string().to_uppercase();
+            let args = match &f.args {
+                sp::FunctionArguments::List(list) if !list.args.is_empty() => list
+                    .args
+                    .iter()
+                    .map(|a| match a {
+                        sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(e)) => ksql_ast_text(e).to_uppercase(),
+                        _ => "ROWTIME".to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                _ => "ROWTIME".to_string(),
+            };
+            return Err(SqlError::plan(format!(
+                "CREATE TABLE AS SELECT statement does not support aggregate function [{name}({args})] without a GROUP BY clause."
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Whether a SELECT item calls an aggregate function.
@@ -1139,6 +1406,17 @@ async fn plan_joins(ctx: &SessionContext, catalog: &Catalog, select: &Select) ->
         let (name, alias) = table_name(relation)?;
         sides.push((name.clone(), alias, lookup(&name)?));
     }
+    let kafka: Vec<&str> = sides
+        .iter()
+        .filter(|(_, _, s)| s.value_format.kind == rill_connectors::format::FormatKind::Kafka)
+        .map(|(n, _, _)| n.as_str())
+        .collect();
+    if !kafka.is_empty() {
+        return Err(SqlError::plan(format!(
+            "Source(s) {} are using the 'KAFKA' value format. This format does not yet support JOIN.",
+            kafka.join(", ")
+        )));
+    }
     let grouped = !matches!(body.group_by, sp::GroupByExpr::Expressions(ref e, _) if e.is_empty());
     let more = grouped || select.window.is_some() || !select.partition_by.is_empty();
     if sides.len() == 2 && !more {
@@ -1667,6 +1945,21 @@ async fn plan_join(
         let is = |i: usize, e: &Expr| projection.expr[i].clone().unalias() == *e;
         let candidates: Vec<usize> = (0..columns.len()).filter(|i| columns[*i].key).collect();
         let chosen = candidates.iter().copied().find(|i| is(*i, preferred)).or(candidates.first().copied());
+        if let Some(c) = chosen {
+            let key_expr = projection.expr[c].clone().unalias();
+            let mut copies: Vec<&str> =
+                candidates.iter().filter(|i| is(**i, &key_expr)).map(|i| columns[*i].name.as_str()).collect();
+            if copies.len() > 1 {
+                let first = copies[0].to_string();
+                copies.sort_unstable();
+                let (init, last) = copies.split_at(copies.len() - 1);
+                return Err(SqlError::plan(format!(
+                    "The projection contains a key column (`{first}`) more than once, aliased as: {} and {}.",
+                    init.join(", "),
+                    last[0]
+                )));
+            }
+        }
         for (i, c) in columns.iter_mut().enumerate() {
             c.key = Some(i) == chosen;
         }

@@ -7,8 +7,10 @@
 //! a left row expires when `l + after + grace < watermark`, a right row when
 //! `r + before + grace < watermark`. For LEFT, RIGHT and FULL joins an expiring row that never
 //! matched is emitted then, with the other side null: no early null rows, as the issue asks
-//! (and as ksqlDB does with a GRACE PERIOD). A row arriving after its whole window closed is
-//! handed to the runtime as late. State is bounded by the window, grace and the input rate.
+//! (and as ksqlDB does with a GRACE PERIOD). A row arriving after its whole window and grace
+//! closed joins the rows still buffered; if none matches, an outer side's row is emitted at
+//! once with nulls (Kafka Streams does the same), an inner side's row is handed to the runtime
+//! as late. State is bounded by the window, grace and the input rate.
 
 use crate::state::HashMap;
 use std::collections::BTreeMap;
@@ -173,7 +175,9 @@ impl StreamStreamJoinOperator {
             let t = if times.is_null(i) { 0 } else { times.value(i) };
             // The latest partner time that could still match this row, plus grace.
             let reach = if from_left { t + after } else { t + before };
-            if self.watermark != i64::MIN && reach.saturating_add(grace) < self.watermark {
+            let late = self.watermark != i64::MIN && reach.saturating_add(grace) < self.watermark;
+            let outer = self.emits_unmatched(from_left);
+            if late && !outer {
                 let (start, end) = if from_left { (t - before, t + after) } else { (t - after, t + before) };
                 self.late.push(LateRow {
                     partition: 0,
@@ -214,8 +218,13 @@ impl StreamStreamJoinOperator {
                         }
                     }
                 }
-                if !matched && self.cfg.eager_outer && self.emits_unmatched(from_left) {
+                // A late row of an outer side joins what is still buffered, else comes out
+                // with nulls right away (as in Kafka Streams); it is not buffered.
+                if !matched && (late || self.cfg.eager_outer) && outer {
                     out_rows.pairs.push(if from_left { (Some(me), None) } else { (None, Some(me)) });
+                }
+                if late {
+                    continue;
                 }
                 let row = rows.row(i).owned();
                 let (own, expiry) = if from_left {
@@ -227,7 +236,7 @@ impl StreamStreamJoinOperator {
                 let matched = matched || self.cfg.eager_outer;
                 expiry.entry(t).or_default().push(key.clone());
                 own.entry(key).or_default().push(Buffered { time: t, row, matched });
-            } else if self.emits_unmatched(from_left) {
+            } else if outer {
                 // A null key never matches: it is final right away.
                 out_rows.pairs.push(if from_left { (Some(me), None) } else { (None, Some(me)) });
             }
@@ -514,6 +523,10 @@ mod tests {
     }
 
     fn operator() -> StreamStreamJoinOperator {
+        operator_of(JoinKind::Full)
+    }
+
+    fn operator_of(kind: JoinKind) -> StreamStreamJoinOperator {
         let (l, r) = (side_schema("L"), side_schema("R"));
         let mut fields: Vec<Field> = l.fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.extend(r.fields().iter().map(|f| f.as_ref().clone()));
@@ -527,7 +540,7 @@ mod tests {
             before: 100,
             after: 100,
             grace: 50,
-            kind: JoinKind::Full,
+            kind,
             eager_outer: false,
             output_schema: Arc::new(Schema::new(fields)),
         })
@@ -553,6 +566,23 @@ mod tests {
         let batches: Vec<RecordBatch> =
             out.into_iter().filter_map(|m| if let Message::Data(b) = m { Some(b) } else { None }).collect();
         pretty_format_batches(&batches).unwrap().to_string()
+    }
+
+    #[test]
+    fn late_rows_of_an_outer_side_come_out_with_nulls_and_inner_ones_go_to_late() {
+        let mut left = operator_of(JoinKind::Left);
+        run(&mut left, &[], &[("k", 900)], 1000);
+        // Left row 700: its window [600, 800] plus grace 50 closed before 1000. The right row
+        // at 900 is out of its window: the left row comes out alone, at once, and is not late.
+        let out = run(&mut left, &[("a", 700), ("k", 850)], &[("b", 700)], 1000);
+        assert!(out.contains("| a   | 700 |     |     |"), "{out}");
+        assert!(out.contains("| k   | 850 | k   | 900 |"), "{out}");
+        let mut late = Vec::new();
+        left.drain_late(&mut late);
+        // The right side of a LEFT join is inner: its late row is reported.
+        assert_eq!(late.len(), 1, "{late:?}");
+        assert!(late[0].reason.starts_with("right row at 700"), "{}", late[0].reason);
+        assert!(!out.contains("| b "), "{out}");
     }
 
     #[test]
