@@ -24,8 +24,11 @@ pub struct SinkSpec {
     pub key_columns: Vec<usize>,
     /// Columns of the incoming batch that form the value.
     pub value_columns: Vec<usize>,
-    /// The BIGINT column holding each row's record timestamp.
+    /// The column holding each row's record timestamp: BIGINT milliseconds, a TIMESTAMP, or a
+    /// STRING in `timestamp_format` (a row without a time gets 0).
     pub timestamp_column: usize,
+    /// The chrono format of a STRING timestamp column.
+    pub timestamp_format: Option<String>,
     /// Schema of the incoming batches.
     pub input_schema: SchemaRef,
     /// A BOOLEAN column marking rows to write as tombstones (null value).
@@ -85,7 +88,15 @@ impl Sink {
             }
         }
         self.value_encoder.encode(&batch.project(&self.spec.value_columns)?, &mut values)?;
-        let ts = batch.column(self.spec.timestamp_column).as_primitive::<Int64Type>();
+        let ts_column = batch.column(self.spec.timestamp_column);
+        let ts = match (ts_column.data_type(), &self.spec.timestamp_format) {
+            (arrow::datatypes::DataType::Utf8, Some(format)) => {
+                crate::source::parse_timestamps(ts_column.as_string::<i32>(), format).0
+            }
+            _ => {
+                arrow::compute::cast(ts_column, &arrow::datatypes::DataType::Int64)?.as_primitive::<Int64Type>().clone()
+            }
+        };
         let delete = self.spec.delete_column.map(|c| batch.column(c).as_boolean().clone());
         let window = match self.spec.window {
             Some(w) => Some((

@@ -644,28 +644,7 @@ impl KsqlEngine {
             .map(|c| Column { name: c.name.clone(), sql_type: c.sql_type.clone(), key: c.key })
             .collect();
         check_columns(&cols, with)?;
-        let timestamp = with.get("TIMESTAMP").map(|v| v.as_text().to_uppercase());
-        if let Some(ts) = &timestamp {
-            match cols.iter().find(|c| &c.name == ts) {
-                None => return Err(SqlError::plan(format!("The TIMESTAMP column set in the WITH clause does not exist in the schema: '{ts}'"))),
-                Some(c) if c.sql_type == SqlType::String => match with.get("TIMESTAMP_FORMAT") {
-                    Some(f) => {
-                        crate::timefmt::java_to_chrono(&f.as_text())?;
-                    }
-                    None => {
-                        return Err(SqlError::plan(format!(
-                            "TIMESTAMP column {ts} is a STRING: give its TIMESTAMP_FORMAT (for example 'yyyy-MM-dd HH:mm:ss.SSS')"
-                        )))
-                    }
-                },
-                Some(c) if !matches!(c.sql_type, SqlType::Bigint | SqlType::Timestamp) => {
-                    return Err(SqlError::plan(format!(
-                        "Timestamp column, `{ts}`, should be LONG(INT64), TIMESTAMP, or a String with a timestamp_format specified."
-                    )))
-                }
-                _ => {}
-            }
-        }
+        let timestamp = check_timestamp(&cols, with)?;
         let window = declared_window(with)?;
         if window.is_some() && !cols.iter().any(|c| c.key) {
             return Err(SqlError::plan("Windowed sources require a key column."));
@@ -789,6 +768,9 @@ impl KsqlEngine {
             Some(p) => Some(p.clone()),
             None => Some(PropValue::Number(plan.source.partitions.to_string())),
         };
+        // WITH (TIMESTAMP=...) on the result: its records carry that column's time.
+        let timestamp = check_timestamp(&columns, with)?;
+        let timestamp_format = timestamp.as_ref().and_then(|_| with.get("TIMESTAMP_FORMAT")).map(|v| v.as_text());
         let mut sink = SourceDef {
             name: name.to_string(),
             kind,
@@ -797,8 +779,8 @@ impl KsqlEngine {
             topic: topic.clone(),
             key_format,
             value_format,
-            timestamp: None,
-            timestamp_format: None,
+            timestamp,
+            timestamp_format,
             partitions: 1,
             statement: text.to_string(),
             written_by: vec![],
@@ -873,7 +855,14 @@ impl KsqlEngine {
             value_format: sink.value_format.clone(),
             key_columns,
             value_columns,
-            timestamp_column: plan.rowtime_column,
+            timestamp_column: match &sink.timestamp {
+                Some(c) => index(c)?,
+                None => plan.rowtime_column,
+            },
+            timestamp_format: match &sink.timestamp_format {
+                Some(f) => Some(crate::timefmt::java_to_chrono(f)?),
+                None => None,
+            },
             input_schema: input_schema.clone(),
             delete_column: plan.delete_column,
             window: plan.window.map(|(start, end, kind)| WindowKey {
@@ -1040,6 +1029,7 @@ impl KsqlEngine {
             key_columns: (0..nkeys).collect(),
             value_columns: (nkeys..sink.columns.len()).collect(),
             timestamp_column: sink.columns.len(),
+            timestamp_format: None,
             input_schema: schema,
             delete_column: None,
             window: None,
@@ -1248,6 +1238,34 @@ fn duration_millis(text: &str) -> Option<i64> {
         _ => return None,
     };
     parts.next().is_none().then(|| n * per)
+}
+
+/// The TIMESTAMP column named in a WITH clause (upper-cased): it must be one of `cols`, a
+/// BIGINT or TIMESTAMP, or a STRING with a TIMESTAMP_FORMAT.
+fn check_timestamp(cols: &[Column], with: &Props) -> Result<Option<String>> {
+    let timestamp = with.get("TIMESTAMP").map(|v| v.as_text().to_uppercase());
+    if let Some(ts) = &timestamp {
+        match cols.iter().find(|c| &c.name == ts) {
+            None => return Err(SqlError::plan(format!("The TIMESTAMP column set in the WITH clause does not exist in the schema: '{ts}'"))),
+            Some(c) if c.sql_type == SqlType::String => match with.get("TIMESTAMP_FORMAT") {
+                Some(f) => {
+                    crate::timefmt::java_to_chrono(&f.as_text())?;
+                }
+                None => {
+                    return Err(SqlError::plan(format!(
+                        "TIMESTAMP column {ts} is a STRING: give its TIMESTAMP_FORMAT (for example 'yyyy-MM-dd HH:mm:ss.SSS')"
+                    )))
+                }
+            },
+            Some(c) if !matches!(c.sql_type, SqlType::Bigint | SqlType::Timestamp) => {
+                return Err(SqlError::plan(format!(
+                    "Timestamp column, `{ts}`, should be LONG(INT64), TIMESTAMP, or a String with a timestamp_format specified."
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(timestamp)
 }
 
 /// What the key and value formats can carry, with ksqlDB's messages (the one place CREATE
