@@ -2542,9 +2542,28 @@ fn check_reserved_names(items: &[sp::SelectItem], windowed: bool, persistent: bo
     Ok(())
 }
 
+/// A call of the function `name` with `args`.
+fn call(name: &str, args: Vec<sp::Expr>) -> sp::Expr {
+    sp::Expr::Function(sp::Function {
+        name: sp::ObjectName::from(vec![sp::Ident::new(name)]),
+        uses_odbc_syntax: false,
+        parameters: sp::FunctionArguments::None,
+        args: sp::FunctionArguments::List(sp::FunctionArgumentList {
+            duplicate_treatment: None,
+            args: args.into_iter().map(|a| sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(a))).collect(),
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    })
+}
+
 /// ksqlDB expression rules that differ from DataFusion's:
 /// * an integer literal that fits 32 bits is an INT (DataFusion would make it BIGINT);
-/// * `struct->field` dereferences a STRUCT field.
+/// * `struct->field` dereferences a STRUCT field;
+/// * SUBSTRING counts positions as ksqlDB does (the `substring` UDF).
 pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
     let _ = sp::visit_expressions_mut(node, |e| {
         match e {
@@ -2561,6 +2580,13 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
                         };
                     }
                 }
+            }
+            sp::Expr::Substring { expr, substring_from, substring_for, .. } => {
+                // ksqlDB counts SUBSTRING's positions its own way (the `substring` UDF).
+                let mut args = vec![expr.as_ref().clone()];
+                args.extend(substring_from.as_deref().cloned());
+                args.extend(substring_for.as_deref().cloned());
+                *e = call("substring", args);
             }
             sp::Expr::Function(f) => {
                 // ksqlDB's CORRELATION of fewer than two rows is NaN, its STDDEV_SAMP of one row
@@ -2581,23 +2607,7 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
                         array: false,
                         format: None,
                     };
-                    *e = sp::Expr::Function(sp::Function {
-                        name: sp::ObjectName::from(vec![sp::Ident::new("coalesce")]),
-                        uses_odbc_syntax: false,
-                        parameters: sp::FunctionArguments::None,
-                        args: sp::FunctionArguments::List(sp::FunctionArgumentList {
-                            duplicate_treatment: None,
-                            args: vec![
-                                sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(inner)),
-                                sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(default)),
-                            ],
-                            clauses: vec![],
-                        }),
-                        filter: None,
-                        null_treatment: None,
-                        over: None,
-                        within_group: vec![],
-                    });
+                    *e = call("coalesce", vec![inner, default]);
                     return ControlFlow::Continue(());
                 }
             }

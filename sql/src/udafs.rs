@@ -50,7 +50,20 @@ fn count_arg(array: &ArrayRef, what: &str) -> Result<Option<usize>> {
     }))
 }
 
-/// `TOPK(col, k)` and `TOPKDISTINCT(col, k)`: the k largest values, largest first.
+/// The element type of `TOPK(sort_col, other..., k)` with other columns: a struct of the sort
+/// column (`sort_col`) and the others (`col0`, `col1`, ...), as ksqlDB returns.
+fn topk_struct(arg_types: &[DataType]) -> Option<DataType> {
+    let (sort, others) = arg_types[..arg_types.len().checked_sub(1)?].split_first()?;
+    if others.is_empty() {
+        return None;
+    }
+    let mut fields = vec![Field::new("sort_col", sort.clone(), true)];
+    fields.extend(others.iter().enumerate().map(|(i, t)| Field::new(format!("col{i}"), t.clone(), true)));
+    Some(DataType::Struct(Fields::from(fields)))
+}
+
+/// `TOPK(col, k)` and `TOPKDISTINCT(col, k)`: the k largest values, largest first;
+/// `TOPK(col, other..., k)`: the rows of the k largest values of `col`, as structs.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct TopK {
     name: &'static str,
@@ -66,10 +79,18 @@ impl AggregateUDFImpl for TopK {
         &self.signature
     }
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        list_of(arg_types, self.name())
+        match topk_struct(arg_types) {
+            Some(_) if self.distinct => exec_err!("TOPKDISTINCT takes a column and a count"),
+            Some(item) => list_of(&[item], self.name()),
+            None => list_of(arg_types, self.name()),
+        }
     }
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        let item = item_type(&args)?;
+        let types = args.exprs.iter().map(|e| e.data_type(args.schema)).collect::<Result<Vec<_>>>()?;
+        let item = match topk_struct(&types) {
+            Some(s) => s,
+            None => item_type(&args)?,
+        };
         Ok(Box::new(TopKAccumulator { distinct: self.distinct, k: None, values: Vec::new(), item }))
     }
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -89,12 +110,23 @@ struct TopKAccumulator {
 }
 
 impl TopKAccumulator {
+    /// What a value is ranked by: itself, or a struct's sort column.
+    fn rank(v: &ScalarValue) -> ScalarValue {
+        match v {
+            ScalarValue::Struct(s) if s.num_columns() > 0 => {
+                ScalarValue::try_from_array(s.column(0), 0).unwrap_or(ScalarValue::Null)
+            }
+            other => other.clone(),
+        }
+    }
+
     fn add(&mut self, v: ScalarValue) {
-        if v.is_null() || (self.distinct && self.values.contains(&v)) {
+        if Self::rank(&v).is_null() || (self.distinct && self.values.contains(&v)) {
             return;
         }
         self.values.push(v);
-        self.values.sort_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
+        // Stable: among equal values the earlier stays first.
+        self.values.sort_by(|a, b| Self::rank(b).partial_cmp(&Self::rank(a)).unwrap_or(std::cmp::Ordering::Equal));
         if let Some(k) = self.k {
             self.values.truncate(k);
         }
@@ -114,11 +146,19 @@ impl TopKAccumulator {
 
 impl Accumulator for TopKAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        if let Some(k) = values.get(1) {
-            self.set_k(k)?;
+        let Some((k, columns)) = values.split_last() else { return Ok(()) };
+        if columns.is_empty() {
+            return Ok(());
         }
-        for i in 0..values[0].len() {
-            self.add(ScalarValue::try_from_array(&values[0], i)?);
+        self.set_k(k)?;
+        let items: ArrayRef = match &self.item {
+            DataType::Struct(fields) if columns.len() > 1 => {
+                Arc::new(arrow::array::StructArray::try_new(fields.clone(), columns.to_vec(), None)?)
+            }
+            _ => columns[0].clone(),
+        };
+        for i in 0..items.len() {
+            self.add(ScalarValue::try_from_array(&items, i)?);
         }
         Ok(())
     }
@@ -430,7 +470,11 @@ pub fn all() -> Vec<AggregateUDF> {
             latest: true,
             signature: Signature::any(3, Volatility::Immutable),
         }),
-        AggregateUDF::from(TopK { name: "topk", distinct: false, signature: Signature::any(2, Volatility::Immutable) }),
+        AggregateUDF::from(TopK {
+            name: "topk",
+            distinct: false,
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }),
         AggregateUDF::from(TopK {
             name: "topkdistinct",
             distinct: true,

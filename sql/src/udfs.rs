@@ -220,6 +220,61 @@ impl ScalarUDFImpl for AsValue {
     }
 }
 
+/// `SUBSTRING(s, pos[, len])` as ksqlDB counts: `pos` is 1-based, 0 means the start, a negative
+/// `pos` counts from the end; positions beyond the string clamp to it. (SQL's SUBSTRING counts
+/// position 0 as before the first character.) The planner rewrites SUBSTRING syntax to calls of
+/// this function.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Substring {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Substring {
+    fn name(&self) -> &str {
+        "substring"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let text = arrow::compute::cast(&arrays[0], &DataType::Utf8)?;
+        let text = text.as_string::<i32>();
+        let number = |i: usize| -> Result<Option<arrow::array::Int64Array>> {
+            arrays
+                .get(i)
+                .map(|a| {
+                    Ok(arrow::compute::cast(a, &DataType::Int64)?.as_primitive::<arrow::datatypes::Int64Type>().clone())
+                })
+                .transpose()
+        };
+        let (pos, len) = (number(1)?, number(2)?);
+        let Some(pos) = pos else { return exec_err!("SUBSTRING takes a string, a position and an optional length") };
+        let mut out = arrow::array::StringBuilder::with_capacity(text.len(), 0);
+        for i in 0..text.len() {
+            let length = len.as_ref().map(|l| l.is_valid(i).then(|| l.value(i)));
+            if text.is_null(i) || pos.is_null(i) || length == Some(None) {
+                out.append_null();
+                continue;
+            }
+            let s = text.value(i);
+            let chars = s.chars().count() as i64;
+            let p = pos.value(i);
+            let start = if p < 0 { (chars + p).max(0) } else { (p - 1).clamp(0, chars) };
+            let end = match length.flatten() {
+                Some(l) => (start + l).min(chars).max(start),
+                None => chars,
+            };
+            let byte = |c: i64| s.char_indices().nth(c as usize).map_or(s.len(), |(b, _)| b);
+            out.append_value(&s[byte(start)..byte(end)]);
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
 /// The scalar functions of this module.
 /// `TIMESTAMPTOSTRING(epoch_ms, 'pattern'[, 'zone'])` and `FORMAT_TIMESTAMP(ts, 'pattern'[, 'zone'])`:
 /// a time as text in a Java `DateTimeFormatter` pattern, in a zone (IANA name; UTC by default).
@@ -280,6 +335,7 @@ pub fn all() -> Vec<ScalarUDF> {
         ScalarUDF::from(ExtractJsonField { signature: Signature::any(2, Volatility::Immutable) }),
         ScalarUDF::from(ToJsonString { signature: Signature::any(1, Volatility::Immutable) }),
         ScalarUDF::from(AsValue { signature: Signature::any(1, Volatility::Immutable) }),
+        ScalarUDF::from(Substring { signature: two_or_three() }),
         ScalarUDF::from(GeoDistance {
             signature: Signature::one_of(vec![TypeSignature::Any(4), TypeSignature::Any(5)], Volatility::Immutable),
         }),
@@ -288,7 +344,39 @@ pub fn all() -> Vec<ScalarUDF> {
 
 #[cfg(test)]
 mod tests {
+    use datafusion::common::ScalarValue;
+
     use super::*;
+
+    #[test]
+    fn substring_counts_positions_as_ksqldb() {
+        let udf = ScalarUDF::from(Substring { signature: Signature::any(3, Volatility::Immutable) });
+        let run = |pos: i64, len: Option<i64>| {
+            let mut args = vec![
+                ColumnarValue::Scalar(ScalarValue::Utf8(Some("héllo".into()))),
+                ColumnarValue::Scalar(ScalarValue::Int64(Some(pos))),
+            ];
+            args.extend(len.map(|l| ColumnarValue::Scalar(ScalarValue::Int64(Some(l)))));
+            let arg_fields = args.iter().map(|a| Arc::new(Field::new("a", a.data_type(), true))).collect();
+            let out = udf
+                .invoke_with_args(ScalarFunctionArgs {
+                    args,
+                    arg_fields,
+                    number_rows: 1,
+                    return_field: Arc::new(Field::new("r", DataType::Utf8, true)),
+                    config_options: Arc::new(Default::default()),
+                })
+                .unwrap();
+            let ColumnarValue::Array(a) = out else { panic!("scalar") };
+            a.as_string::<i32>().value(0).to_string()
+        };
+        assert_eq!(run(0, Some(2)), "hé");
+        assert_eq!(run(1, Some(2)), "hé");
+        assert_eq!(run(2, None), "éllo");
+        assert_eq!(run(-3, Some(2)), "ll");
+        assert_eq!(run(9, Some(2)), "");
+        assert_eq!(run(-9, Some(1)), "h");
+    }
 
     #[test]
     fn json_paths() {
