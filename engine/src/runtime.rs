@@ -346,6 +346,8 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                 idle: false,
                 wait_for_tables: (input == 0).then(|| loaded_rx.clone()),
                 committer,
+                offset_committed: None,
+                offset_committed_at: None,
             };
             tasks.push(spawn_guarded(task.run(stop_rx.clone()), stats.clone(), shared.id.clone()));
         }
@@ -692,7 +694,13 @@ struct PartitionTask {
     wait_for_tables: Option<watch::Receiver<bool>>,
     /// Checkpoints and transactional output (stateless persistent queries).
     committer: Option<Committer>,
+    /// The consumer-group offset last committed, and when.
+    offset_committed: Option<u64>,
+    offset_committed_at: Option<std::time::Instant>,
 }
+
+/// How often an at-least-once partition task commits its consumer-group offset while busy.
+const OFFSET_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What a partition's prefetcher hands its task.
 enum Fetched {
@@ -781,6 +789,9 @@ impl PartitionTask {
         let mut result = self.run_loop(&topic, &mut stop).await;
         if matches!(result, Ok(Ended::Stopped)) {
             result = self.checkpoint().map(|_| Ended::Stopped);
+            if self.committer.is_none() && !matches!(self.out, TaskOutput::Stage(_)) {
+                result = result.and_then(|e| self.publish_position(true).map(|_| e));
+            }
         }
         if let Err(e) = result {
             tracing::error!(query = %self.shared.id, partition = self.partition, "query failed: {e}");
@@ -796,13 +807,20 @@ impl PartitionTask {
             return Ok(());
         }
         c.checkpoint(&mut self.chain, vec![vec![self.offset]], serde_json::Value::Null)?;
-        self.publish_position()
+        self.publish_position(true)
     }
 
-    /// Commits the consumer-group offset and reports progress.
-    fn publish_position(&self) -> Result<()> {
+    /// Reports progress and commits the consumer-group offset: at once when `now`, else at most
+    /// every [`OFFSET_COMMIT_INTERVAL`] (at-least-once output: a crash replays what followed the
+    /// last commit; a commit is a synced file write, too slow for every fetch).
+    fn publish_position(&mut self, now: bool) -> Result<()> {
         if let Some(g) = &self.shared.commit_group {
-            self.store.commit_offsets(g, &[(self.topic.clone(), self.partition, self.offset)])?;
+            let due = self.offset_committed_at.is_none_or(|t| t.elapsed() >= OFFSET_COMMIT_INTERVAL);
+            if (now || due) && self.offset_committed != Some(self.offset) {
+                self.store.commit_offsets(g, &[(self.topic.clone(), self.partition, self.offset)])?;
+                self.offset_committed = Some(self.offset);
+                self.offset_committed_at = Some(std::time::Instant::now());
+            }
         }
         if let Some(pos) =
             self.stats.positions.lock().get_mut(self.input).and_then(|v| v.get_mut(self.partition as usize))
@@ -857,6 +875,9 @@ impl PartitionTask {
                 Some(Fetched::Failed(e)) => return Err(e),
                 None => return Err(EngineError::Internal("the partition reader ended".into())),
                 Some(Fetched::CaughtUp) => {
+                    if self.committer.is_none() && !matches!(self.out, TaskOutput::Stage(_)) {
+                        self.publish_position(true)?;
+                    }
                     // An idle partition must not hold back the stage's watermark.
                     if !self.idle {
                         self.idle = true;
@@ -915,7 +936,7 @@ impl PartitionTask {
                         self.checkpoint()?;
                     }
                 }
-                None => self.publish_position()?,
+                None => self.publish_position(false)?,
             }
         }
     }
