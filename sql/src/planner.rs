@@ -1037,13 +1037,26 @@ fn plan_aggregate(
     let scan_arrow = scan_schema.as_arrow();
     let mut aggregates = Vec::new();
     let mut aggregate_filters = Vec::new();
+    // A table's aggregates must retract its updated and deleted rows.
+    let mut not_retractable: Vec<String> = Vec::new();
     for e in &aggregate.aggr_expr {
         let lowered = LoweredAggregateBuilder::new(e, scan_schema, scan_arrow, props, pctx).build()?;
-        if from_table && !lowered.aggregate.create_sliding_accumulator()?.supports_retract_batch() {
-            return Err(SqlError::plan(format!(
-                "The aggregation function(s) {} cannot be applied to a table source, only to a stream source.",
-                lowered.aggregate.fun().name().to_uppercase()
-            )));
+        // DataFusion's sliding MIN/MAX retract in arrival order only (window frames), not the
+        // arbitrary retractions of table updates; ksqlDB refuses them on tables too.
+        let fun = lowered.aggregate.fun().name();
+        let sliding_only = matches!(fun, "min" | "max");
+        if from_table
+            && (sliding_only
+                || !lowered.aggregate.create_sliding_accumulator().is_ok_and(|a| a.supports_retract_batch()))
+        {
+            let name = match lowered.aggregate.fun().name() {
+                "last_value" => "LATEST_BY_OFFSET".to_string(),
+                "first_value" => "EARLIEST_BY_OFFSET".to_string(),
+                other => other.to_uppercase(),
+            };
+            if !not_retractable.contains(&name) {
+                not_retractable.push(name);
+            }
         }
         if source.value_format.kind == rill_connectors::format::FormatKind::Delimited {
             // ksqlDB keeps aggregate state in the source's value format: DELIMITED holds only
@@ -1058,6 +1071,20 @@ fn plan_aggregate(
         }
         aggregates.push(lowered.aggregate);
         aggregate_filters.push(lowered.filter);
+    }
+    match not_retractable.as_slice() {
+        [] => {}
+        [one] => {
+            return Err(SqlError::plan(format!(
+                "The aggregation function {one} cannot be applied to a table source, only to a stream source."
+            )))
+        }
+        [init @ .., last] => {
+            return Err(SqlError::plan(format!(
+                "The aggregation functions {} and {last} cannot be applied to a table source, only to a stream source.",
+                init.join(", ")
+            )))
+        }
     }
     let agg_schema = aggregate.schema.clone();
     let projection = &int_sums(projection, aggregate)?;
@@ -1710,7 +1737,7 @@ async fn plan_join(
     };
     let key_hint = match (&on_sides, &synthetic) {
         (_, Some(_)) => Some(
-            "the join expression ROWKEY in its projection (eg, SELECT ROWKEY...).\nROWKEY was added as a synthetic key column because the join criteria did not match any source column."
+            "the join expression ROWKEY in its projection (eg, SELECT ROWKEY...).\nROWKEY was added as a synthetic key column because the join criteria did not match any source column. This expression must be included in the projection and may be aliased."
                 .to_string(),
         ),
         (Some((a, b)), None) => {
