@@ -1,8 +1,8 @@
 //! Running queries: one task per source partition, each reading its partition, pushing batches
 //! through its operator chain and writing to the output, then committing its source offset.
 //!
-//! Each partition task has a prefetcher (its own tokio task) that reads and decodes at most two
-//! fetches ahead, so decoding one fetch overlaps processing the previous one. Backpressure is
+//! Each partition task has a prefetcher (its own tokio task) that reads and decodes ahead of it
+//! (up to two decoded fetches wait in a channel), so decoding overlaps processing. Backpressure is
 //! natural: the task takes the next fetch only after the previous one's output was appended
 //! (topic output) or accepted by a bounded channel (push-query output).
 

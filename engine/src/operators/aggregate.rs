@@ -146,6 +146,9 @@ pub struct AggregateOperator {
     groups: HashMap<(OwnedRow, i64), Group>,
     /// Session groups by key.
     sessions: HashMap<OwnedRow, Vec<Group>>,
+    /// Keys by the end of a session they have (some entries are stale: sessions that grew or
+    /// merged have a later entry as well), so that closing visits only keys that may close.
+    session_ends: std::collections::BTreeMap<i64, Vec<OwnedRow>>,
     watermark: i64,
     /// How far event time may advance within the next batch (see `set_watermark_bound`).
     bound: i64,
@@ -184,6 +187,7 @@ impl AggregateOperator {
             converter,
             groups: HashMap::default(),
             sessions: HashMap::default(),
+            session_ends: Default::default(),
             watermark: i64::MIN,
             bound: i64::MIN,
             late: Vec::new(),
@@ -597,7 +601,9 @@ impl AggregateOperator {
                 let late = self.late_row(batch, i, (start, end), row_wm[i]);
                 self.late.push(late);
                 kept.append(&mut merged);
-                self.sessions.insert(key, kept);
+                if !kept.is_empty() {
+                    self.sessions.insert(key, kept);
+                }
                 continue;
             }
             let mut accs = self.new_accumulators()?;
@@ -639,6 +645,7 @@ impl AggregateOperator {
                 group.emitted = true;
             }
             kept.push(group);
+            self.session_ends.entry(end).or_default().push(key.clone());
             self.sessions.insert(key, kept);
         }
         self.emit(emits, out)
@@ -760,21 +767,16 @@ impl AggregateOperator {
                     });
                 }
             }
-            for sessions in self.sessions.values_mut() {
-                let (done, keep): (Vec<Group>, Vec<Group>) =
-                    std::mem::take(sessions).into_iter().partition(|g| closes(&w, g.window.1, close_delay(&w), wm));
-                *sessions = keep;
-                for mut g in done {
-                    let values = Self::evaluate(&mut g)?;
-                    finals.push(Emit {
-                        key: g.key,
-                        window: g.window,
-                        values,
-                        ts: g.max_ts,
-                        delete: false,
-                        was_emitted: false,
-                    });
-                }
+            for mut g in self.close_sessions(&w, close_delay(&w)) {
+                let values = Self::evaluate(&mut g)?;
+                finals.push(Emit {
+                    key: g.key,
+                    window: g.window,
+                    values,
+                    ts: g.max_ts,
+                    delete: false,
+                    was_emitted: false,
+                });
             }
             // A total order (window, time, key): the same windows close in the same order
             // whatever the batching, so recovery replays produce identical output.
@@ -784,12 +786,32 @@ impl AggregateOperator {
         } else {
             let retention = w.retention.max(close_delay(&w));
             self.groups.retain(|_, g| !closed(g.window.1, retention));
-            for sessions in self.sessions.values_mut() {
-                sessions.retain(|g| !closes(&w, g.window.1, retention, wm));
+            self.close_sessions(&w, retention);
+        }
+        self.emit(finals, out)
+    }
+
+    /// Removes and returns the sessions that close `delay` after their end, visiting only the
+    /// keys that have a session ending early enough.
+    fn close_sessions(&mut self, w: &WindowConfig, delay: i64) -> Vec<Group> {
+        let wm = self.watermark;
+        // Sessions ending before the cut close (`closes`: end + delay < watermark).
+        let cut = wm.saturating_sub(delay);
+        let later = self.session_ends.split_off(&cut);
+        let due = std::mem::replace(&mut self.session_ends, later);
+        let mut closed = Vec::new();
+        for key in due.into_values().flatten() {
+            let Some(sessions) = self.sessions.get_mut(&key) else { continue };
+            let (done, keep): (Vec<Group>, Vec<Group>) =
+                std::mem::take(sessions).into_iter().partition(|g| closes(w, g.window.1, delay, wm));
+            closed.extend(done);
+            if keep.is_empty() {
+                self.sessions.remove(&key);
+            } else {
+                *sessions = keep;
             }
         }
-        self.sessions.retain(|_, s| !s.is_empty());
-        self.emit(finals, out)
+        closed
     }
 }
 
@@ -877,6 +899,7 @@ impl AggregateOperator {
         let session = matches!(self.cfg.window.map(|w| w.kind), Some(WindowKind::Session { .. }));
         self.groups.clear();
         self.sessions.clear();
+        self.session_ends.clear();
         for i in 0..groups.num_rows() {
             let mut accs = self.new_accumulators()?;
             let mut col = nk + 4;
@@ -893,6 +916,7 @@ impl AggregateOperator {
                 emitted: emitted.value(i),
             };
             if session {
+                self.session_ends.entry(group.window.1).or_default().push(group.key.clone());
                 self.sessions.entry(group.key.clone()).or_default().push(group);
             } else {
                 self.groups.insert((group.key.clone(), group.window.0), group);
