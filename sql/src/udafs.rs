@@ -1,5 +1,5 @@
-//! ksqlDB aggregate functions DataFusion does not have: `TOPK`, `TOPKDISTINCT`, `HISTOGRAM`, and the
-//! multi-value `EARLIEST_BY_OFFSET`/`LATEST_BY_OFFSET`.
+//! ksqlDB aggregate functions DataFusion does not have: `TOPK`, `TOPKDISTINCT`, `HISTOGRAM`,
+//! `SUM_LIST`, and the multi-value `EARLIEST_BY_OFFSET`/`LATEST_BY_OFFSET`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -457,8 +457,100 @@ impl Accumulator for CollectSetAccumulator {
 }
 
 /// The aggregate functions of this module.
+/// `SUM_LIST(list)`: the sum of every element of every list, typed as the elements (INT, BIGINT
+/// or DOUBLE). It retracts, so tables can use it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SumList {
+    signature: Signature,
+}
+
+impl AggregateUDFImpl for SumList {
+    fn name(&self) -> &str {
+        "sum_list"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        match arg_types.first() {
+            Some(DataType::List(f))
+                if matches!(f.data_type(), DataType::Int32 | DataType::Int64 | DataType::Float64) =>
+            {
+                Ok(f.data_type().clone())
+            }
+            other => exec_err!("SUM_LIST sums an ARRAY of INT, BIGINT or DOUBLE, not {other:?}"),
+        }
+    }
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(SumListAccumulator { item: args.return_field.data_type().clone(), int: 0, float: 0.0 }))
+    }
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(vec![Arc::new(Field::new(format!("{}_sum", args.name), args.return_field.data_type().clone(), true))])
+    }
+}
+
+#[derive(Debug)]
+struct SumListAccumulator {
+    item: DataType,
+    int: i64,
+    float: f64,
+}
+
+impl SumListAccumulator {
+    /// Adds (with `sign` -1: removes) the non-null values of `elements`.
+    fn add_elements(&mut self, elements: &ArrayRef, sign: i64) -> Result<()> {
+        if self.item == DataType::Float64 {
+            let e = arrow::compute::cast(elements, &DataType::Float64)?;
+            self.float += e.as_primitive::<arrow::datatypes::Float64Type>().iter().flatten().sum::<f64>() * sign as f64;
+        } else {
+            let e = arrow::compute::cast(elements, &DataType::Int64)?;
+            let sum = e.as_primitive::<arrow::datatypes::Int64Type>().iter().flatten().fold(0i64, i64::wrapping_add);
+            self.int = self.int.wrapping_add(sum.wrapping_mul(sign));
+        }
+        Ok(())
+    }
+
+    /// Adds (or removes) the elements of every non-null list.
+    fn add_lists(&mut self, lists: &ArrayRef, sign: i64) -> Result<()> {
+        let lists = lists.as_list::<i32>();
+        for i in (0..lists.len()).filter(|i| lists.is_valid(*i)) {
+            self.add_elements(&lists.value(i), sign)?;
+        }
+        Ok(())
+    }
+}
+
+impl Accumulator for SumListAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        self.add_lists(&values[0], 1)
+    }
+    fn retract_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        self.add_lists(&values[0], -1)
+    }
+    fn supports_retract_batch(&self) -> bool {
+        true
+    }
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        Ok(match self.item {
+            DataType::Int32 => ScalarValue::Int32(Some(self.int as i32)),
+            DataType::Int64 => ScalarValue::Int64(Some(self.int)),
+            _ => ScalarValue::Float64(Some(self.float)),
+        })
+    }
+    fn size(&self) -> usize {
+        size_of_val(self)
+    }
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Ok(vec![self.evaluate()?])
+    }
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        self.add_elements(&states[0], 1)
+    }
+}
+
 pub fn all() -> Vec<AggregateUDF> {
     vec![
+        AggregateUDF::from(SumList { signature: Signature::any(1, Volatility::Immutable) }),
         AggregateUDF::from(CollectSet { signature: Signature::any(1, Volatility::Immutable) }),
         AggregateUDF::from(ByOffsetN {
             name: "earliest_by_offset_n",
@@ -482,4 +574,29 @@ pub fn all() -> Vec<AggregateUDF> {
         }),
         AggregateUDF::from(Histogram { signature: Signature::any(1, Volatility::Immutable) }),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Int32Array, ListArray};
+    use arrow::datatypes::Int32Type;
+
+    use super::*;
+
+    #[test]
+    fn sum_list_adds_and_retracts_lists() {
+        let lists: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Int32Type, _, _>(vec![
+            Some(vec![Some(1), Some(2)]),
+            None,
+            Some(vec![Some(10), None]),
+        ]));
+        let mut acc = SumListAccumulator { item: DataType::Int32, int: 0, float: 0.0 };
+        acc.update_batch(&[lists.clone()]).unwrap();
+        assert_eq!(acc.evaluate().unwrap(), ScalarValue::Int32(Some(13)));
+        acc.retract_batch(&[lists.slice(0, 1)]).unwrap();
+        assert_eq!(acc.evaluate().unwrap(), ScalarValue::Int32(Some(10)));
+        let state: ArrayRef = Arc::new(Int32Array::from(vec![5]));
+        acc.merge_batch(&[state]).unwrap();
+        assert_eq!(acc.evaluate().unwrap(), ScalarValue::Int32(Some(15)));
+    }
 }
