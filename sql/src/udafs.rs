@@ -591,7 +591,7 @@ mod tests {
             Some(vec![Some(10), None]),
         ]));
         let mut acc = SumListAccumulator { item: DataType::Int32, int: 0, float: 0.0 };
-        acc.update_batch(&[lists.clone()]).unwrap();
+        acc.update_batch(std::slice::from_ref(&lists)).unwrap();
         assert_eq!(acc.evaluate().unwrap(), ScalarValue::Int32(Some(13)));
         acc.retract_batch(&[lists.slice(0, 1)]).unwrap();
         assert_eq!(acc.evaluate().unwrap(), ScalarValue::Int32(Some(10)));
