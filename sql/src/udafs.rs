@@ -79,6 +79,9 @@ impl AggregateUDFImpl for TopK {
         &self.signature
     }
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        if arg_types.len() < 2 {
+            return exec_err!("{} takes a column and a count", self.name.to_uppercase());
+        }
         match topk_struct(arg_types) {
             Some(_) if self.distinct => exec_err!("TOPKDISTINCT takes a column and a count"),
             Some(item) => list_of(&[item], self.name()),
