@@ -337,9 +337,9 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
             plan.key_hint = match missing.as_slice() {
                 [] => None,
                 [one] => Some(format!("the grouping expression {one} in its projection (eg, SELECT {one}...).")),
-                [init @ .., last] => Some(format!(
-                    "the grouping expressions {} and {last} in its projection (eg, SELECT {}...).",
-                    init.join(", "),
+                _ => Some(format!(
+                    "the grouping expressions {} in its projection (eg, SELECT {}...).",
+                    and_list(&missing),
                     missing.join(", ")
                 )),
             };
@@ -561,18 +561,7 @@ fn check_partition_by(projection: &[sp::SelectItem], source: &SourceDef, exprs: 
         return Ok(None);
     }
     // Expressions compare as text, without quotes and qualifiers.
-    let text = |e: &sp::Expr| {
-        let mut e = e.clone();
-        let _ = sp::visit_expressions_mut(&mut e, |x: &mut sp::Expr| {
-            if let sp::Expr::CompoundIdentifier(ids) = x {
-                if ids.len() == 2 && ids[0].value.eq_ignore_ascii_case(&source.name) {
-                    *x = sp::Expr::Identifier(ids[1].clone());
-                }
-            }
-            ControlFlow::<()>::Continue(())
-        });
-        e.to_string().replace(['"', '`'], "").to_uppercase()
-    };
+    let text = |e: &sp::Expr| unqualified(e, &source.name).to_string().replace(['"', '`'], "").to_uppercase();
     let wildcard =
         projection.iter().any(|i| matches!(i, sp::SelectItem::Wildcard(_) | sp::SelectItem::QualifiedWildcard(..)));
     let projected = |e: &sp::Expr| {
@@ -598,13 +587,10 @@ fn check_partition_by(projection: &[sp::SelectItem], source: &SourceDef, exprs: 
                 ksql_ast_text(&e).to_uppercase()
             })
             .collect();
-        let (noun, list) = match qualified.as_slice() {
-            [one] => ("expression", one.clone()),
-            [init @ .., last] => ("expressions", format!("{} and {last}", init.join(", "))),
-            [] => return Ok(None),
-        };
+        let noun = if qualified.len() == 1 { "expression" } else { "expressions" };
         return Ok(Some(format!(
-            "the partitioning {noun} {list} in its projection (eg, SELECT {}...).",
+            "the partitioning {noun} {} in its projection (eg, SELECT {}...).",
+            and_list(&qualified),
             qualified.join(", ")
         )));
     }
@@ -620,12 +606,10 @@ fn check_partition_by(projection: &[sp::SelectItem], source: &SourceDef, exprs: 
             })
             .collect();
         if names.len() > 1 {
-            let (init, last) = names.split_at(names.len() - 1);
             return Err(SqlError::plan(format!(
-                "The projection contains a key column (`{}`) more than once, aliased as: {} and {}.",
+                "The projection contains a key column (`{}`) more than once, aliased as: {}.",
                 text(e),
-                init.join(", "),
-                last[0]
+                and_list(&names)
             )));
         }
     }
@@ -643,19 +627,7 @@ fn check_grouping(
     select: &Select,
     is_aggregate: &dyn Fn(&str) -> bool,
 ) -> Result<()> {
-    let aggregate_in = |e: &sp::Expr| {
-        let mut found = None;
-        let _ = sp::visit_expressions(e, |x: &sp::Expr| {
-            if let sp::Expr::Function(f) = x {
-                if is_aggregate(&f.name.to_string()) {
-                    found = Some(f.clone());
-                    return ControlFlow::Break(());
-                }
-            }
-            ControlFlow::Continue(())
-        });
-        found
-    };
+    let aggregate_in = |e: &sp::Expr| first_aggregate(e, is_aggregate);
     let group_exprs = match &body.group_by {
         sp::GroupByExpr::Expressions(exprs, _) => exprs.as_slice(),
         sp::GroupByExpr::All(_) => &[],
@@ -669,37 +641,22 @@ fn check_grouping(
         }
     }
     // The same column, qualified or not, is the same expression.
-    let text = |e: &sp::Expr| {
-        let mut e = e.clone();
-        let _ = sp::visit_expressions_mut(&mut e, |x: &mut sp::Expr| {
-            if let sp::Expr::CompoundIdentifier(ids) = x {
-                if ids.len() == 2 && ids[0].value.eq_ignore_ascii_case(source) {
-                    *x = sp::Expr::Identifier(ids[1].clone());
-                }
-            }
-            ControlFlow::<()>::Continue(())
-        });
-        e.to_string().to_uppercase()
-    };
+    let text = |e: &sp::Expr| unqualified(e, source).to_string().to_uppercase();
     for (i, e) in group_exprs.iter().enumerate() {
         if group_exprs[..i].iter().any(|earlier| text(earlier) == text(e)) {
             return Err(SqlError::plan(format!("Duplicate GROUP BY expression: {}", ksql_ast_text(e).to_uppercase())));
         }
     }
-    let mut aggregates = Vec::new();
-    for item in &body.projection {
-        if let sp::SelectItem::UnnamedExpr(e) | sp::SelectItem::ExprWithAlias { expr: e, .. } = item {
-            let _ = sp::visit_expressions(e, |x: &sp::Expr| {
-                if let sp::Expr::Function(f) = x {
-                    if is_aggregate(&f.name.to_string()) {
-                        aggregates.push(f.clone());
-                        return ControlFlow::Break(());
-                    }
-                }
-                ControlFlow::Continue(())
-            });
-        }
-    }
+    // The first aggregate call of each SELECT item (None: the item calls none, or is `*`).
+    let item_aggregates: Vec<Option<sp::Function>> = body
+        .projection
+        .iter()
+        .map(|item| match item {
+            sp::SelectItem::UnnamedExpr(e) | sp::SelectItem::ExprWithAlias { expr: e, .. } => aggregate_in(e),
+            _ => None,
+        })
+        .collect();
+    let aggregates: Vec<&sp::Function> = item_aggregates.iter().flatten().collect();
     for f in &aggregates {
         if let sp::FunctionArguments::List(list) = &f.args {
             for arg in &list.args {
@@ -718,10 +675,7 @@ fn check_grouping(
     if select.emit == Some(Emit::Final) && select.window.is_none() && grouped {
         return Err(SqlError::plan("EMIT FINAL is only supported for windowed aggregations."));
     }
-    let every_item_aggregates = body.projection.iter().all(|item| match item {
-        sp::SelectItem::UnnamedExpr(e) | sp::SelectItem::ExprWithAlias { expr: e, .. } => aggregate_in(e).is_some(),
-        _ => false,
-    });
+    let every_item_aggregates = item_aggregates.iter().all(Option::is_some);
     // (Columns outside aggregates get the ungrouped-items message instead.)
     if !grouped && !push && every_item_aggregates {
         if let Some(f) = aggregates.first() {
@@ -748,16 +702,52 @@ fn check_grouping(
 
 /// Whether a SELECT item calls an aggregate function.
 fn calls_aggregate(items: &[sp::SelectItem], is_aggregate: &dyn Fn(&str) -> bool) -> bool {
-    let mut found = false;
-    for item in items {
-        if let sp::SelectItem::UnnamedExpr(e) | sp::SelectItem::ExprWithAlias { expr: e, .. } = item {
-            let _ = sp::visit_expressions(e, |x: &sp::Expr| {
-                found |= matches!(x, sp::Expr::Function(f) if is_aggregate(&f.name.to_string()));
-                ControlFlow::<()>::Continue(())
-            });
+    items.iter().any(|item| match item {
+        sp::SelectItem::UnnamedExpr(e) | sp::SelectItem::ExprWithAlias { expr: e, .. } => {
+            first_aggregate(e, is_aggregate).is_some()
+        }
+        _ => false,
+    })
+}
+
+/// The first aggregate function call in `e` (outermost first), if any.
+fn first_aggregate(e: &sp::Expr, is_aggregate: &dyn Fn(&str) -> bool) -> Option<sp::Function> {
+    let mut found = None;
+    let _ = sp::visit_expressions(e, |x: &sp::Expr| {
+        if let sp::Expr::Function(f) = x {
+            if is_aggregate(&f.name.to_string()) {
+                found = Some(f.clone());
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    found
+}
+
+/// Items as ksqlDB lists them in messages: `A`, `A and B`, `A, B and C`.
+fn and_list<S: AsRef<str>>(items: &[S]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.as_ref().to_string(),
+        [init @ .., last] => {
+            format!("{} and {}", init.iter().map(|s| s.as_ref()).collect::<Vec<_>>().join(", "), last.as_ref())
         }
     }
-    found
+}
+
+/// `e` with the qualifier `source.` removed from its columns.
+fn unqualified(e: &sp::Expr, source: &str) -> sp::Expr {
+    let mut e = e.clone();
+    let _ = sp::visit_expressions_mut(&mut e, |x: &mut sp::Expr| {
+        if let sp::Expr::CompoundIdentifier(ids) = x {
+            if ids.len() == 2 && ids[0].value.eq_ignore_ascii_case(source) {
+                *x = sp::Expr::Identifier(ids[1].clone());
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    e
 }
 
 /// ksqlDB's message for SELECT items that neither aggregate nor are grouped: an item is listed
@@ -1072,19 +1062,12 @@ fn plan_aggregate(
         aggregates.push(lowered.aggregate);
         aggregate_filters.push(lowered.filter);
     }
-    match not_retractable.as_slice() {
-        [] => {}
-        [one] => {
-            return Err(SqlError::plan(format!(
-                "The aggregation function {one} cannot be applied to a table source, only to a stream source."
-            )))
-        }
-        [init @ .., last] => {
-            return Err(SqlError::plan(format!(
-                "The aggregation functions {} and {last} cannot be applied to a table source, only to a stream source.",
-                init.join(", ")
-            )))
-        }
+    if !not_retractable.is_empty() {
+        let noun = if not_retractable.len() == 1 { "function" } else { "functions" };
+        return Err(SqlError::plan(format!(
+            "The aggregation {noun} {} cannot be applied to a table source, only to a stream source.",
+            and_list(&not_retractable)
+        )));
     }
     let agg_schema = aggregate.schema.clone();
     let projection = &int_sums(projection, aggregate)?;
@@ -1979,11 +1962,9 @@ async fn plan_join(
             if copies.len() > 1 {
                 let first = copies[0].to_string();
                 copies.sort_unstable();
-                let (init, last) = copies.split_at(copies.len() - 1);
                 return Err(SqlError::plan(format!(
-                    "The projection contains a key column (`{first}`) more than once, aliased as: {} and {}.",
-                    init.join(", "),
-                    last[0]
+                    "The projection contains a key column (`{first}`) more than once, aliased as: {}.",
+                    and_list(&copies)
                 )));
             }
         }
