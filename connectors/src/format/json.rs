@@ -66,31 +66,13 @@ impl JsonDecoder {
             self.buf.extend_from_slice(v);
             self.buf.push(b'\n');
         }
-        let mut parts: Vec<RecordBatch> = Vec::new();
-        let mut off = 0;
-        let decoded = loop {
-            let n = match decoder.decode(&self.buf[off..]) {
-                Ok(n) => n,
-                Err(_) => break false,
-            };
-            off += n;
-            match decoder.flush() {
-                Ok(Some(b)) => parts.push(b),
-                Ok(None) => {}
-                Err(_) => break false,
-            }
-            if off == self.buf.len() {
-                break !decoder.has_partial_record();
-            }
-            if n == 0 {
-                break false;
-            }
-        };
-        let rows: usize = parts.iter().map(|b| b.num_rows()).sum();
-        if !decoded || rows != values.len() {
+        let parts = decode_all(decoder, &self.buf).ok().filter(|parts| {
+            parts.iter().map(|b| b.num_rows()).sum::<usize>() == values.len() && !decoder.has_partial_record()
+        });
+        let Some(mut parts) = parts else {
             spelled.decoder = None;
             return Err(None);
-        }
+        };
         let batch = match parts.len() {
             0 => return Ok(RecordBatch::new_empty(self.schema.clone())),
             1 => parts.swap_remove(0),
@@ -135,23 +117,7 @@ impl JsonDecoder {
     }
 
     fn decode_buffer(&mut self) -> std::result::Result<Vec<RecordBatch>, arrow::error::ArrowError> {
-        let mut batches = Vec::new();
-        let mut off = 0;
-        while off < self.buf.len() {
-            let n = self.decoder.decode(&self.buf[off..])?;
-            off += n;
-            if n == 0 || off < self.buf.len() {
-                if let Some(b) = self.decoder.flush()? {
-                    batches.push(b);
-                } else if n == 0 {
-                    break;
-                }
-            }
-        }
-        if let Some(b) = self.decoder.flush()? {
-            batches.push(b);
-        }
-        Ok(batches)
+        decode_all(&mut self.decoder, &self.buf)
     }
 
     fn push_value(&mut self, v: &[u8]) {
@@ -206,6 +172,30 @@ impl Decoder for JsonDecoder {
         self.decoder = Self::build(&schema, unwrapped)?;
         result
     }
+}
+
+/// Decodes all of `buf` (newline-separated values), flushing whenever the decoder's batch fills.
+fn decode_all(
+    decoder: &mut ArrowJsonDecoder,
+    buf: &[u8],
+) -> std::result::Result<Vec<RecordBatch>, arrow::error::ArrowError> {
+    let mut batches = Vec::new();
+    let mut off = 0;
+    while off < buf.len() {
+        let n = decoder.decode(&buf[off..])?;
+        off += n;
+        if n == 0 || off < buf.len() {
+            if let Some(b) = decoder.flush()? {
+                batches.push(b);
+            } else if n == 0 {
+                break;
+            }
+        }
+    }
+    if let Some(b) = decoder.flush()? {
+        batches.push(b);
+    }
+    Ok(batches)
 }
 
 /// Whether a JSON object has a key that names one of `names` spelled another way.
