@@ -32,6 +32,17 @@ struct Topic {
     round_robin: AtomicU32,
 }
 
+impl Topic {
+    /// The partition of a record with `key` (see [`Log::partition_for_key`]).
+    fn partition_for(&self, key: Option<&[u8]>) -> u32 {
+        let n = self.config.partitions.max(1);
+        match key {
+            Some(k) => murmur2::partition_for_key(k, n),
+            None => self.round_robin.fetch_add(1, Ordering::Relaxed) % n,
+        }
+    }
+}
+
 /// The embedded log: durable, partitioned topics under one directory.
 ///
 /// `Send + Sync`; share it as `Arc<Log>`. Methods that touch the disk synchronously
@@ -189,25 +200,13 @@ impl Log {
     /// Kafka's default partitioner: `to_positive(murmur2(key)) % partitions`; null keys are
     /// spread round-robin.
     pub fn partition_for_key(&self, topic: &str, key: Option<&[u8]>) -> Result<u32> {
-        let t = self.topic(topic)?;
-        let n = t.config.partitions.max(1);
-        Ok(match key {
-            Some(k) => murmur2::partition_for_key(k, n),
-            None => t.round_robin.fetch_add(1, Ordering::Relaxed) % n,
-        })
+        Ok(self.topic(topic)?.partition_for(key))
     }
 
     /// [`Log::partition_for_key`] for each of `keys`, looking the topic up once.
     pub fn partitions_for_keys(&self, topic: &str, keys: &[Option<&[u8]>]) -> Result<Vec<u32>> {
         let t = self.topic(topic)?;
-        let n = t.config.partitions.max(1);
-        Ok(keys
-            .iter()
-            .map(|key| match key {
-                Some(k) => murmur2::partition_for_key(k, n),
-                None => t.round_robin.fetch_add(1, Ordering::Relaxed) % n,
-            })
-            .collect())
+        Ok(keys.iter().map(|key| t.partition_for(*key)).collect())
     }
 
     /// Appends records to a partition. Returns once they are durable under the topic's
