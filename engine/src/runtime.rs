@@ -789,7 +789,7 @@ impl PartitionTask {
         let mut result = self.run_loop(&topic, &mut stop).await;
         if matches!(result, Ok(Ended::Stopped)) {
             result = self.checkpoint().map(|_| Ended::Stopped);
-            if self.committer.is_none() && !matches!(self.out, TaskOutput::Stage(_)) {
+            if self.at_least_once_output() {
                 result = result.and_then(|e| self.publish_position(true).map(|_| e));
             }
         }
@@ -808,6 +808,12 @@ impl PartitionTask {
         }
         c.checkpoint(&mut self.chain, vec![vec![self.offset]], serde_json::Value::Null)?;
         self.publish_position(true)
+    }
+
+    /// Whether this task writes its own output without checkpoints (at-least-once), so that it
+    /// commits its group offset itself (a stage or a committer does otherwise).
+    fn at_least_once_output(&self) -> bool {
+        self.committer.is_none() && !matches!(self.out, TaskOutput::Stage(_))
     }
 
     /// Reports progress and commits the consumer-group offset: at once when `now`, else at most
@@ -875,7 +881,7 @@ impl PartitionTask {
                 Some(Fetched::Failed(e)) => return Err(e),
                 None => return Err(EngineError::Internal("the partition reader ended".into())),
                 Some(Fetched::CaughtUp) => {
-                    if self.committer.is_none() && !matches!(self.out, TaskOutput::Stage(_)) {
+                    if self.at_least_once_output() {
                         self.publish_position(true)?;
                     }
                     // An idle partition must not hold back the stage's watermark.

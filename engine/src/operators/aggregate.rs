@@ -754,20 +754,9 @@ impl AggregateOperator {
                 .filter(|(_, g)| closed(g.window.1, close_delay(&w)))
                 .map(|(k, _)| k.clone())
                 .collect();
-            for k in done {
-                if let Some(mut g) = self.groups.remove(&k) {
-                    let values = Self::evaluate(&mut g)?;
-                    finals.push(Emit {
-                        key: g.key,
-                        window: g.window,
-                        values,
-                        ts: g.max_ts,
-                        delete: false,
-                        was_emitted: false,
-                    });
-                }
-            }
-            for mut g in self.close_sessions(&w, close_delay(&w)) {
+            let mut closing: Vec<Group> = done.into_iter().filter_map(|k| self.groups.remove(&k)).collect();
+            closing.extend(self.close_sessions(&w, close_delay(&w)));
+            for mut g in closing {
                 let values = Self::evaluate(&mut g)?;
                 finals.push(Emit {
                     key: g.key,
