@@ -27,6 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::RecordBatch;
 use rill_connectors::store::{Record, TopicStore, TxnEnd};
 
 use crate::checkpoint::{Checkpoint, CheckpointFile, CheckpointMeta};
@@ -97,6 +98,14 @@ impl Committer {
     /// Resolves transactions a crash left open, restores `chain` from the last checkpoint and
     /// returns that checkpoint's metadata (positions, task state), if there is one.
     pub fn recover(&mut self, chain: &mut Chain) -> Result<Option<CheckpointMeta>> {
+        let Some(ckpt) = self.recover_checkpoint()? else { return Ok(None) };
+        chain.restore(ckpt.state)?;
+        Ok(Some(ckpt.meta))
+    }
+
+    /// Resolves transactions a crash left open and returns the last checkpoint, if there is
+    /// one, for the caller to restore (a sharded stage restores several chains from it).
+    pub fn recover_checkpoint(&mut self) -> Result<Option<Checkpoint>> {
         let ckpt = self.file.read()?;
         let done = ckpt.as_ref().map_or(0, |c| c.meta.epoch);
         for topic in &self.outputs {
@@ -113,9 +122,7 @@ impl Committer {
             }
         }
         self.epoch = done + 1;
-        let Some(ckpt) = ckpt else { return Ok(None) };
-        chain.restore(ckpt.state)?;
-        Ok(Some(ckpt.meta))
+        Ok(ckpt)
     }
 
     /// Appends records as this task's output (in the current epoch's transaction with
@@ -162,11 +169,16 @@ impl Committer {
         elapsed >= self.spec.interval || (idle && elapsed >= self.idle_wait())
     }
 
-    /// Takes a checkpoint of `chain` with `positions` and `task` state, then commits the
-    /// epoch's output. Returns the epoch checkpointed.
-    pub fn checkpoint(&mut self, chain: &mut Chain, positions: Vec<Vec<u64>>, task: serde_json::Value) -> Result<u64> {
-        let started = Instant::now();
-        let state = chain.snapshot()?;
+    /// Takes a checkpoint of `state` (per operator, as [`Chain::snapshot`] gives it) with
+    /// `positions` and `task` state, then commits the epoch's output. Returns the epoch
+    /// checkpointed. `started` is when taking the snapshot began (its cost counts).
+    pub fn checkpoint(
+        &mut self,
+        started: Instant,
+        state: Vec<Vec<RecordBatch>>,
+        positions: Vec<Vec<u64>>,
+        task: serde_json::Value,
+    ) -> Result<u64> {
         let epoch = self.epoch;
         self.file.write(&Checkpoint { meta: CheckpointMeta { epoch, positions, task, parts: vec![] }, state })?;
         for (topic, p) in std::mem::take(&mut self.touched) {

@@ -26,6 +26,7 @@ pub mod operator;
 pub mod operators;
 pub mod panes;
 pub mod runtime;
+pub mod shard;
 pub mod sink;
 pub mod source;
 pub mod state;

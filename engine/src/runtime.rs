@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use crate::commit::{CheckpointSpec, Committer};
 use crate::message::{Message, Watermark};
 use crate::operator::{Chain, LateRow};
+use crate::shard::ShardKeys;
 use crate::sink::{Sink, SinkSpec};
 use crate::source::{dead_letter_value, DeadLetter, SourceReader, SourceSpec, ROWOFFSET};
 use crate::watermark::WatermarkTracker;
@@ -61,6 +62,11 @@ pub struct QuerySpec {
     /// Builds the stateful stage: one task fed by every partition task, whose watermark is the
     /// minimum over the partitions (idle partitions excluded). `None` for stateless queries.
     pub stage: Option<ChainFactory>,
+    /// The stage's key per input when its state is keyed (see [`crate::shard`]): the stage
+    /// then runs as up to `parallelism` shards side by side. `None`: one chain.
+    pub shard_keys: Option<Arc<ShardKeys>>,
+    /// Shards of a keyed stage on a fresh start (a restart keeps its checkpoint's number).
+    pub parallelism: usize,
     /// Further inputs of the stage (the table of a stream-table join): their batches reach the
     /// stage's first operator through `Operator::process_side_batch(1.., ..)`; their event time
     /// does not drive the watermark.
@@ -219,11 +225,17 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
     let mut stage = match &spec.stage {
         Some(factory) => {
             store.create_topic(LATE_TOPIC, TopicConfig::default())?;
-            let mut chain = factory()?;
             let mut tracker = WatermarkTracker::new(partitions.iter().sum::<u32>() as usize);
             let mut committer = committer("stage", &[LATE_TOPIC, DEAD_LETTER_TOPIC]);
+            let mut shards = if spec.shard_keys.is_some() { spec.parallelism.max(1) } else { 1 };
+            let mut chains = None;
             if let Some(c) = &mut committer {
-                if let Some(meta) = c.recover(&mut chain)? {
+                if let Some(ckpt) = c.recover_checkpoint()? {
+                    let meta = ckpt.meta;
+                    shards = checkpointed_shards(&meta.task, spec.shard_keys.is_some())?;
+                    let mut built = (0..shards).map(|_| factory()).collect::<Result<Vec<_>>>()?;
+                    restore_shards(&mut built, ckpt.state)?;
+                    chains = Some(built);
                     if let Some(t) = meta.task.get("tracker").and_then(|t| serde_json::from_value(t.clone()).ok()) {
                         tracker = t;
                         tracker.resume();
@@ -231,11 +243,33 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                     restored = Some(meta.positions);
                 }
             }
+            let chains = match chains {
+                Some(c) => c,
+                None => (0..shards).map(|_| factory()).collect::<Result<Vec<_>>>()?,
+            };
+            let shards = chains
+                .into_iter()
+                .map(|chain| {
+                    Ok(Shard {
+                        chain,
+                        steps: Vec::new(),
+                        out: Vec::new(),
+                        late: Vec::new(),
+                        sink: match &spec.output {
+                            Output::Topic(s) => Some(Sink::try_new(s.clone(), store.clone())?),
+                            Output::Channel(_) => None,
+                        },
+                        encoded: Vec::new(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
             Some(StageTask {
                 store: store.clone(),
                 shared: shared.clone(),
                 topics: inputs.iter().map(|(s, _)| s.topic.clone()).collect(),
-                chain,
+                shards,
+                keys: spec.shard_keys.clone(),
+                sink_topic: sink_topic.clone(),
                 out: make_output()?,
                 stats: stats.clone(),
                 tracker,
@@ -364,6 +398,44 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
 /// A partition task's chain, its committer (stateless queries) and the offset its checkpoint
 /// resumes from.
 type TaskParts = (Chain, Option<Committer>, Option<u64>);
+
+/// The number of shards a stage checkpoint was taken with, checked against this build's key
+/// routing (see [`crate::shard`]).
+fn checkpointed_shards(task: &serde_json::Value, keyed: bool) -> Result<usize> {
+    let shards = task.get("shards").and_then(|v| v.as_u64()).unwrap_or(1) as usize;
+    if shards > 1 {
+        if !keyed {
+            return Err(crate::state::bad_state(&format!(
+                "the checkpoint has {shards} key shards but this query's stage cannot be split by key"
+            )));
+        }
+        let routing = task.get("routing").and_then(|v| v.as_str()).unwrap_or_default();
+        if routing != crate::shard::fingerprint() {
+            return Err(crate::state::bad_state(
+                "the checkpoint's keys were routed to shards by a different hash than this build's",
+            ));
+        }
+    }
+    Ok(shards.max(1))
+}
+
+/// Restores each shard's chain from its slice of a stage checkpoint (shards' operator states
+/// one after another).
+fn restore_shards(chains: &mut [Chain], mut state: Vec<Vec<RecordBatch>>) -> Result<()> {
+    let ops = chains.first().map_or(0, |c| c.operators().len());
+    if state.len() != ops * chains.len() {
+        return Err(crate::state::bad_state(&format!(
+            "{} operator states in the checkpoint, {} shards of {ops} operators in the query",
+            state.len(),
+            chains.len()
+        )));
+    }
+    for chain in chains.iter_mut() {
+        let rest = state.split_off(ops);
+        chain.restore(std::mem::replace(&mut state, rest))?;
+    }
+    Ok(())
+}
 
 /// Deletes the checkpoints of a dropped query.
 pub fn remove_checkpoints(dir: &std::path::Path) -> Result<()> {
@@ -500,12 +572,19 @@ async fn write_dead_letters(
     append_output(committer, store, DEAD_LETTER_TOPIC, 0, dead).await
 }
 
-/// The stateful part of a query: one task, fed by every partition task.
+/// The stateful part of a query: one task, fed by every partition task. A keyed stage runs as
+/// several shards (copies of its chain, see [`crate::shard`]) side by side on threads of
+/// their own; the task routes rows to them, collects their output and writes it.
 struct StageTask {
     store: Arc<dyn TopicStore>,
     shared: Arc<Shared>,
     topics: Vec<String>,
-    chain: Chain,
+    shards: Vec<Shard>,
+    /// How rows are routed to shards (keyed stages).
+    keys: Option<Arc<ShardKeys>>,
+    /// Topic output: the topic (the shards encode the records).
+    sink_topic: Option<String>,
+    /// Push-query output.
     out: TaskOutput,
     stats: Arc<QueryStats>,
     /// Watermark over every partition of every input (idle ones excluded).
@@ -517,6 +596,53 @@ struct StageTask {
     committer: Option<Committer>,
     /// Per input and partition: everything before this offset has been processed.
     processed: Vec<Vec<u64>>,
+}
+
+/// One copy of a stage's chain: what it is to do next, and what it did.
+struct Shard {
+    chain: Chain,
+    steps: Vec<Step>,
+    out: Vec<Message>,
+    late: Vec<LateRow>,
+    /// Topic output: the shard encodes its own output records.
+    sink: Option<Sink>,
+    /// Encoded output records by output partition.
+    encoded: Vec<(u32, Vec<Record>)>,
+}
+
+/// Input for a shard, in order.
+enum Step {
+    /// Rows of the main input, with how far event time may advance within them.
+    Main(RecordBatch, i64),
+    /// Rows of a side input.
+    Side(usize, RecordBatch),
+    /// A control message (watermarks) for the whole chain.
+    Control(Message),
+}
+
+impl Shard {
+    /// Runs the pending steps through the chain, then encodes the output (topic output).
+    fn run(&mut self) -> Result<()> {
+        for step in std::mem::take(&mut self.steps) {
+            match step {
+                Step::Main(b, bound) => {
+                    self.chain.set_watermark_bound(bound);
+                    self.chain.push(Message::Data(b), &mut self.out)?;
+                }
+                Step::Side(input, b) => self.chain.push_side(input, b, &mut self.out)?,
+                Step::Control(m) => self.chain.push(m, &mut self.out)?,
+            }
+        }
+        self.chain.drain_late(&mut self.late);
+        if let Some(sink) = &mut self.sink {
+            for m in self.out.drain(..) {
+                if let Message::Data(b) = m {
+                    self.encoded.extend(sink.encode(&b)?);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl StageTask {
@@ -533,8 +659,6 @@ impl StageTask {
     }
 
     async fn run_loop(&mut self, rx: &mut mpsc::Receiver<StageInput>) -> Result<()> {
-        let mut messages = Vec::new();
-        let mut late = Vec::new();
         let mut bootstrap: Option<Bootstrap> = None;
         loop {
             // With output waiting for its checkpoint, wait for input only until one is due.
@@ -555,18 +679,18 @@ impl StageTask {
                     bootstrap = Some((targets, tx));
                     continue;
                 }
-                StageInput::Idle(i, p) => self.watermark(i, p, Watermark::Idle, &mut messages)?,
+                StageInput::Idle(i, p) => self.watermark(i, p, Watermark::Idle),
                 StageInput::Fetch { input: i, partition: p, messages: fetched, dead, next_offset } => {
                     for m in fetched {
                         match (i, m) {
-                            (_, Message::Watermark(w)) => self.watermark(i, p, w, &mut messages)?,
+                            (_, Message::Watermark(w)) => self.watermark(i, p, w),
                             (0, Message::Data(b)) => {
                                 let slot = self.tracker_base.first().copied().unwrap_or(0) + p as usize;
-                                self.chain.set_watermark_bound(self.tracker.bound_for(slot));
-                                self.chain.push(Message::Data(b), &mut messages)?
+                                let bound = self.tracker.bound_for(slot);
+                                self.route(0, b, |b| Step::Main(b, bound))?;
                             }
-                            (0, m) => self.chain.push(m, &mut messages)?,
-                            (side, Message::Data(b)) => self.chain.push_side(side, b, &mut messages)?,
+                            (0, m) => self.broadcast(m),
+                            (side, Message::Data(b)) => self.route(side, b, |b| Step::Side(side, b))?,
                             (_, _) => {}
                         }
                     }
@@ -574,7 +698,7 @@ impl StageTask {
                     // Everything before `next_offset` has been processed: make its output
                     // durable, then record the position (committed now, or with the next
                     // checkpoint).
-                    self.flush(&mut messages, &mut late).await?;
+                    self.flush().await?;
                     if let Some(pos) = self.processed.get_mut(i).and_then(|v| v.get_mut(p as usize)) {
                         *pos = next_offset;
                     }
@@ -597,21 +721,43 @@ impl StageTask {
                     }
                 }
             }
-            self.flush(&mut messages, &mut late).await?;
+            self.flush().await?;
             if self.committer.as_ref().is_some_and(|c| c.due(rx.is_empty())) {
                 self.checkpoint().await?;
             }
         }
     }
 
-    /// Feeds input `i`, partition `p`'s watermark to the tracker, and the combined watermark,
-    /// if it advanced, to the chain.
-    fn watermark(&mut self, i: usize, p: u32, w: Watermark, out: &mut Vec<Message>) -> Result<()> {
-        let slot = self.tracker_base.get(i).copied().unwrap_or(0) + p as usize;
-        if let Some(combined) = self.tracker.update(slot, w) {
-            self.chain.push(Message::Watermark(combined), out)?;
+    /// Hands rows of input `input` to the shards their keys belong to.
+    fn route(&mut self, input: usize, batch: RecordBatch, step: impl Fn(RecordBatch) -> Step) -> Result<()> {
+        match &self.keys {
+            Some(keys) if self.shards.len() > 1 => {
+                let parts = keys.split(input, &batch, self.shards.len())?;
+                for (shard, part) in self.shards.iter_mut().zip(parts) {
+                    if let Some(part) = part {
+                        shard.steps.push(step(part));
+                    }
+                }
+            }
+            _ => self.shards[0].steps.push(step(batch)),
         }
         Ok(())
+    }
+
+    /// Hands a control message to every shard.
+    fn broadcast(&mut self, m: Message) {
+        for shard in &mut self.shards {
+            shard.steps.push(Step::Control(m.clone()));
+        }
+    }
+
+    /// Feeds input `i`, partition `p`'s watermark to the tracker, and the combined watermark,
+    /// if it advanced, to the shards.
+    fn watermark(&mut self, i: usize, p: u32, w: Watermark) {
+        let slot = self.tracker_base.get(i).copied().unwrap_or(0) + p as usize;
+        if let Some(combined) = self.tracker.update(slot, w) {
+            self.broadcast(Message::Watermark(combined));
+        }
     }
 
     /// Checkpoints state and positions and commits the output written since the last one;
@@ -621,8 +767,17 @@ impl StageTask {
         if !c.dirty() {
             return Ok(());
         }
-        let task = serde_json::json!({ "tracker": self.tracker });
-        c.checkpoint(&mut self.chain, self.processed.clone(), task)?;
+        let started = std::time::Instant::now();
+        let mut state = Vec::new();
+        for shard in &mut self.shards {
+            state.extend(shard.chain.snapshot()?);
+        }
+        let mut task = serde_json::json!({ "tracker": self.tracker });
+        if self.shards.len() > 1 {
+            task["shards"] = self.shards.len().into();
+            task["routing"] = crate::shard::fingerprint().into();
+        }
+        c.checkpoint(started, state, self.processed.clone(), task)?;
         if let Some(g) = &self.shared.commit_group {
             let offsets: Vec<(String, u32, u64)> = self
                 .processed
@@ -637,17 +792,21 @@ impl StageTask {
         Ok(())
     }
 
-    async fn flush(&mut self, messages: &mut Vec<Message>, late: &mut Vec<LateRow>) -> Result<()> {
-        self.chain.drain_late(late);
+    /// Runs the shards' pending steps (side by side when several have some), then writes
+    /// late rows and output.
+    async fn flush(&mut self) -> Result<()> {
+        let mut busy: Vec<&mut Shard> = self.shards.iter_mut().filter(|s| !s.steps.is_empty()).collect();
+        crate::shard::in_parallel(&mut busy, |s| s.run())?;
         // Measuring state walks it: at most once a second.
         if self.state_measured.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
-            let state: usize = self.chain.operators().iter().map(|o| o.state_info().bytes).sum();
+            let state: usize = self.shards.iter().flat_map(|s| s.chain.operators()).map(|o| o.state_info().bytes).sum();
             self.stats.state_bytes.store(state as u64, Ordering::Relaxed);
             self.state_measured = Some(std::time::Instant::now());
         }
+        let late: Vec<LateRow> = self.shards.iter_mut().flat_map(|s| s.late.drain(..)).collect();
         if !late.is_empty() {
             let records: Vec<Record> = late
-                .drain(..)
+                .into_iter()
                 .map(|l| {
                     let mut v = serde_json::to_value(&l).unwrap_or(serde_json::Value::Null);
                     if let serde_json::Value::Object(m) = &mut v {
@@ -665,10 +824,18 @@ impl StageTask {
             self.stats.late_records.fetch_add(records.len() as u64, Ordering::Relaxed);
             append_output(self.committer.as_mut(), self.store.as_ref(), LATE_TOPIC, 0, &records).await?;
         }
-        for m in messages.drain(..) {
-            if let Message::Data(b) = m {
-                if !self.out.write(b, &self.stats, self.committer.as_mut()).await? {
-                    return Err(EngineError::Stopped);
+        for i in 0..self.shards.len() {
+            if let Some(topic) = &self.sink_topic {
+                for (p, records) in std::mem::take(&mut self.shards[i].encoded) {
+                    append_output(self.committer.as_mut(), self.store.as_ref(), topic, p, &records).await?;
+                    self.stats.records_out.fetch_add(records.len() as u64, Ordering::Relaxed);
+                }
+            }
+            for m in std::mem::take(&mut self.shards[i].out) {
+                if let Message::Data(b) = m {
+                    if !self.out.write(b, &self.stats, self.committer.as_mut()).await? {
+                        return Err(EngineError::Stopped);
+                    }
                 }
             }
         }
@@ -806,7 +973,9 @@ impl PartitionTask {
         if !c.dirty() {
             return Ok(());
         }
-        c.checkpoint(&mut self.chain, vec![vec![self.offset]], serde_json::Value::Null)?;
+        let started = std::time::Instant::now();
+        let state = self.chain.snapshot()?;
+        c.checkpoint(started, state, vec![vec![self.offset]], serde_json::Value::Null)?;
         self.publish_position(true)
     }
 

@@ -329,6 +329,8 @@ impl KsqlEngine {
                     source: plan.source.source_spec(),
                     chain: plan.chain.clone(),
                     stage: plan.stage.clone(),
+                    shard_keys: plan.shard_keys.clone(),
+                    parallelism: parallelism(props)?,
                     side_inputs: side_inputs(&plan),
                     output: Output::Channel(tx),
                     start,
@@ -876,6 +878,8 @@ impl KsqlEngine {
             source: plan.source.source_spec(),
             chain: plan.chain.clone(),
             stage: plan.stage.clone(),
+            shard_keys: plan.shard_keys.clone(),
+            parallelism: parallelism(props)?,
             side_inputs: side_inputs(&plan),
             output: Output::Topic(sink_spec),
             start: start_from(props, StartFrom::Latest),
@@ -1588,6 +1592,22 @@ impl KsqlEngine {
             interval: std::time::Duration::from_millis(interval.max(1)),
             exactly_once,
         })
+    }
+}
+
+/// How many shards a query's keyed stage runs as (see `rill_engine::shard`): ksqlDB's
+/// `num.stream.threads` (also with the `ksql.streams.` prefix), by default one per core (at
+/// most 8).
+fn parallelism(props: &Properties) -> Result<usize> {
+    let name = "num.stream.threads";
+    match props.get(name).or_else(|| props.get(&format!("ksql.streams.{name}"))) {
+        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get().min(8))),
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(SqlError::plan(format!(
+                "Invalid value {v} for configuration {name}: expected a number of at least 1"
+            ))),
+        },
     }
 }
 

@@ -25,6 +25,7 @@ use rill_engine::operators::{
     JOIN_TIME_COLUMN,
 };
 use rill_engine::runtime::ChainFactory;
+use rill_engine::shard::ShardKeys;
 use sqlparser::ast as sp;
 
 use crate::ast::{Emit, Select, SourceKind, WindowSpec};
@@ -60,6 +61,9 @@ pub struct QueryPlan {
     pub chain: ChainFactory,
     /// The stateful stage (aggregations), if any.
     pub stage: Option<ChainFactory>,
+    /// The stage's key per input, when all of its state is keyed by it (it may then run as
+    /// several shards; see `rill_engine::shard`).
+    pub shard_keys: Option<Arc<ShardKeys>>,
     /// The visible output columns.
     pub columns: Vec<OutputColumn>,
     /// Schema of output batches (visible columns, then hidden ones).
@@ -887,6 +891,7 @@ fn plan_unnest(
         source,
         chain,
         stage: None,
+        shard_keys: None,
         columns,
         schema,
         rowtime_column,
@@ -966,6 +971,7 @@ fn plan_stateless(
         source,
         chain,
         stage: None,
+        shard_keys: None,
         columns,
         schema,
         rowtime_column,
@@ -1114,6 +1120,15 @@ fn plan_aggregate(
     let post_schema = schema.clone();
     let key_columns = source.key_columns().count();
     let retract_index = from_table.then(|| row_schema.fields().len());
+    // A stream's groups are independent of each other: the stage may be split by group key.
+    // (A table's rows are first diffed by the table's own key, which differs from the groups'.)
+    let shard_keys = if from_table || group_exprs.is_empty() {
+        None
+    } else {
+        let types =
+            group_exprs.iter().map(|e| e.data_type(&row_schema)).collect::<datafusion::common::Result<Vec<_>>>()?;
+        Some(Arc::new(ShardKeys { inputs: vec![group_exprs.clone()], types }))
+    };
     let stage: ChainFactory = Arc::new(move || {
         let cfg = AggregateConfig {
             window,
@@ -1142,6 +1157,7 @@ fn plan_aggregate(
         source,
         chain,
         stage: Some(stage),
+        shard_keys,
         columns,
         schema,
         rowtime_column,
@@ -1492,7 +1508,15 @@ async fn plan_joins(ctx: &SessionContext, catalog: &Catalog, select: &Select) ->
     });
     let mut side_sources = joined.side_sources;
     side_sources.extend(rest.side_sources);
-    Ok(QueryPlan { source: joined.source, chain: joined.chain, stage: Some(stage), side_sources, ..rest })
+    Ok(QueryPlan {
+        source: joined.source,
+        chain: joined.chain,
+        stage: Some(stage),
+        // The joins of one statement are keyed differently: one chain.
+        shard_keys: None,
+        side_sources,
+        ..rest
+    })
 }
 
 /// The derived source a join query's output becomes (its key first when it is a table), and
@@ -2024,6 +2048,7 @@ async fn plan_join(
     let table_key_columns = table_keys.len();
     let mut delete_column = None;
     let key_columns: Vec<usize> = (0..columns.len()).filter(|i| columns[*i].key).collect();
+    let mut shard_keys = None;
     let (stage, side_chain): (ChainFactory, ChainFactory) = if foreign_key {
         // Rows failing WHERE become deletes; the row's time is the causing change's time.
         let join_len = output_schema.fields().len();
@@ -2106,6 +2131,10 @@ async fn plan_join(
         let left_rows = left.row_schema();
         let grace = w.grace.map(|g| g.millis).unwrap_or(24 * 3_600_000);
         let eager_outer = w.grace.is_none();
+        // Rows of different keys never meet: the stage may be split by join key.
+        let types =
+            stream_key.iter().map(|e| e.data_type(&left_rows)).collect::<datafusion::common::Result<Vec<_>>>()?;
+        shard_keys = Some(Arc::new(ShardKeys { inputs: vec![stream_key.clone(), right_key.clone()], types }));
         let stage: ChainFactory = Arc::new(move || {
             let join = StreamStreamJoinOperator::try_new(StreamStreamJoinConfig {
                 left_key: stream_key.clone(),
@@ -2144,6 +2173,7 @@ async fn plan_join(
         source: left,
         chain,
         stage: Some(stage),
+        shard_keys,
         columns,
         schema,
         rowtime_column,

@@ -40,6 +40,9 @@ pub async fn run_case(run: &Run, dir: &Path) -> Result<(), String> {
     props.insert("auto.offset.reset".into(), "earliest".into());
     // Publish results as soon as a query runs out of input: cases wait for them.
     props.insert("commit.interval.ms".into(), "1".into());
+    // ksqlDB's test driver processes records one by one on one thread: outputs of different
+    // keys come in input order only without key shards.
+    props.insert("num.stream.threads".into(), "1".into());
     props.extend(run.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
     for (i, sql) in run.statements.iter().enumerate() {
         if apply_set(sql, &mut props) {
