@@ -34,4 +34,4 @@ pub mod watermark;
 
 pub use error::{EngineError, Result};
 pub use message::{Barrier, Message, Watermark};
-pub use operator::{LateRow, Operator, StateInfo};
+pub use operator::{ArrivalBound, LateRow, Operator, StateInfo};

@@ -1,6 +1,8 @@
 //! The push trait every dataflow operator implements.
 
-use arrow::array::RecordBatch;
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::SchemaRef;
 
 use crate::message::{Barrier, Message, Watermark};
@@ -45,6 +47,33 @@ pub struct LateRow {
     pub reason: String,
 }
 
+/// How far event time may advance within the next main-input batch, row by row (see
+/// [`Operator::set_watermark_bound`]).
+#[derive(Clone, Debug)]
+pub enum ArrivalBound {
+    /// By the batch's own rows' times, up to this bound.
+    UpTo(i64),
+    /// Per row, the event time the rows before it had reached, capped by the bound: computed
+    /// over the batch this one was split from (a stage's key shards each see some of its rows).
+    PerRow(Arc<[i64]>),
+}
+
+impl ArrivalBound {
+    /// Per row of `times`, the event time reached before it (see [`ArrivalBound::PerRow`]).
+    pub fn per_row(times: &arrow::array::Int64Array, bound: i64) -> Vec<i64> {
+        let mut running = i64::MIN;
+        (0..times.len())
+            .map(|i| {
+                let reached = running.min(bound);
+                if !times.is_null(i) {
+                    running = running.max(times.value(i));
+                }
+                reached
+            })
+            .collect()
+    }
+}
+
 /// A dataflow operator. The runtime calls it from one task, in message order:
 ///
 /// * [`process_batch`](Operator::process_batch) for every data batch (rows in `input_schema`
@@ -86,11 +115,11 @@ pub trait Operator: Send {
     }
 
     /// The next data batch comes from one partition of the main input, its rows in arrival
-    /// order: as they arrive, event time may advance row by row, up to `bound` (the minimum
+    /// order: as they arrive, event time may advance row by row, up to a bound (the minimum
     /// over the other inputs that are not idle; `i64::MAX` when none holds it back). Operators
     /// that route late rows use it to judge each row against the watermark as it stood when
     /// that row arrived, rather than as it stood before the whole batch. The default ignores it.
-    fn set_watermark_bound(&mut self, _bound: i64) {}
+    fn set_watermark_bound(&mut self, _bound: ArrivalBound) {}
 
     /// A checkpoint barrier arrived.
     fn handle_checkpoint(&mut self, barrier: Barrier, out: &mut Vec<Message>) -> Result<()> {
@@ -218,7 +247,7 @@ impl Chain {
 
     /// Tells the first operator how far event time may advance within the next main-input
     /// batch (see [`Operator::set_watermark_bound`]).
-    pub fn set_watermark_bound(&mut self, bound: i64) {
+    pub fn set_watermark_bound(&mut self, bound: ArrivalBound) {
         if let Some(first) = self.ops.first_mut() {
             first.set_watermark_bound(bound);
         }

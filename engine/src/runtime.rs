@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::commit::{CheckpointSpec, Committer};
 use crate::message::{Message, Watermark};
-use crate::operator::{Chain, LateRow};
+use crate::operator::{ArrivalBound, Chain, LateRow};
 use crate::shard::ShardKeys;
 use crate::sink::{Sink, SinkSpec};
 use crate::source::{dead_letter_value, DeadLetter, SourceReader, SourceSpec, ROWOFFSET};
@@ -613,7 +613,7 @@ struct Shard {
 /// Input for a shard, in order.
 enum Step {
     /// Rows of the main input, with how far event time may advance within them.
-    Main(RecordBatch, i64),
+    Main(RecordBatch, ArrivalBound),
     /// Rows of a side input.
     Side(usize, RecordBatch),
     /// A control message (watermarks) for the whole chain.
@@ -621,6 +621,11 @@ enum Step {
 }
 
 impl Shard {
+    /// An empty shard holding a place while the real one runs in a task.
+    fn placeholder() -> Self {
+        Shard { chain: Chain::new(vec![]), steps: vec![], out: vec![], late: vec![], sink: None, encoded: vec![] }
+    }
+
     /// Runs the pending steps through the chain, then encodes the output (topic output).
     fn run(&mut self) -> Result<()> {
         for step in std::mem::take(&mut self.steps) {
@@ -687,10 +692,10 @@ impl StageTask {
                             (0, Message::Data(b)) => {
                                 let slot = self.tracker_base.first().copied().unwrap_or(0) + p as usize;
                                 let bound = self.tracker.bound_for(slot);
-                                self.route(0, b, |b| Step::Main(b, bound))?;
+                                self.route_main(b, bound)?;
                             }
                             (0, m) => self.broadcast(m),
-                            (side, Message::Data(b)) => self.route(side, b, |b| Step::Side(side, b))?,
+                            (side, Message::Data(b)) => self.route_side(side, b)?,
                             (_, _) => {}
                         }
                     }
@@ -728,18 +733,47 @@ impl StageTask {
         }
     }
 
-    /// Hands rows of input `input` to the shards their keys belong to.
-    fn route(&mut self, input: usize, batch: RecordBatch, step: impl Fn(RecordBatch) -> Step) -> Result<()> {
-        match &self.keys {
-            Some(keys) if self.shards.len() > 1 => {
+    /// Hands rows of the main input to the shards their keys belong to, with how far event
+    /// time may advance within them (per row when the stage judges rows at their arrival).
+    fn route_main(&mut self, batch: RecordBatch, bound: i64) -> Result<()> {
+        let Some(keys) = self.keys.as_ref().filter(|_| self.shards.len() > 1) else {
+            self.shards[0].steps.push(Step::Main(batch, ArrivalBound::UpTo(bound)));
+            return Ok(());
+        };
+        let reached: Option<Vec<i64>> = match keys.time {
+            Some(t) => {
+                let times = arrow::compute::cast(batch.column(t), &arrow::datatypes::DataType::Int64)?;
+                Some(ArrivalBound::per_row(times.as_primitive::<Int64Type>(), bound))
+            }
+            None => None,
+        };
+        let parts = keys.split(0, &batch, self.shards.len())?;
+        for (shard, part) in self.shards.iter_mut().zip(parts) {
+            let Some((rows, picked)) = part else { continue };
+            let arrival = match (&reached, picked) {
+                (Some(r), Some(picked)) => {
+                    ArrivalBound::PerRow(picked.values().iter().map(|i| r[*i as usize]).collect())
+                }
+                (Some(r), None) => ArrivalBound::PerRow(r.clone().into()),
+                (None, _) => ArrivalBound::UpTo(bound),
+            };
+            shard.steps.push(Step::Main(rows, arrival));
+        }
+        Ok(())
+    }
+
+    /// Hands rows of side input `input` to the shards their keys belong to.
+    fn route_side(&mut self, input: usize, batch: RecordBatch) -> Result<()> {
+        match self.keys.as_ref().filter(|_| self.shards.len() > 1) {
+            Some(keys) => {
                 let parts = keys.split(input, &batch, self.shards.len())?;
                 for (shard, part) in self.shards.iter_mut().zip(parts) {
-                    if let Some(part) = part {
-                        shard.steps.push(step(part));
+                    if let Some((rows, _)) = part {
+                        shard.steps.push(Step::Side(input, rows));
                     }
                 }
             }
-            _ => self.shards[0].steps.push(step(batch)),
+            None => self.shards[0].steps.push(Step::Side(input, batch)),
         }
         Ok(())
     }
@@ -792,11 +826,47 @@ impl StageTask {
         Ok(())
     }
 
-    /// Runs the shards' pending steps (side by side when several have some), then writes
-    /// late rows and output.
+    /// Runs the shards' pending steps: inline when one shard has some, else each busy shard
+    /// as a task of its own (the runtime's workers take them side by side).
+    async fn run_shards(&mut self) -> Result<()> {
+        let busy = self.shards.iter().filter(|s| !s.steps.is_empty()).count();
+        if busy <= 1 {
+            return self.shards.iter_mut().filter(|s| !s.steps.is_empty()).try_for_each(Shard::run);
+        }
+        let mut running = Vec::with_capacity(busy);
+        for (i, slot) in self.shards.iter_mut().enumerate() {
+            if slot.steps.is_empty() {
+                continue;
+            }
+            let mut shard = std::mem::replace(slot, Shard::placeholder());
+            running.push((
+                i,
+                tokio::spawn(async move {
+                    let result = shard.run();
+                    (shard, result)
+                }),
+            ));
+        }
+        let mut result = Ok(());
+        for (i, task) in running {
+            match task.await {
+                Ok((shard, r)) => {
+                    self.shards[i] = shard;
+                    if result.is_ok() {
+                        result = r;
+                    }
+                }
+                Err(e) => {
+                    result = Err(EngineError::Internal(format!("a stage shard failed: {e} (this is a bug in Rill)")))
+                }
+            }
+        }
+        result
+    }
+
+    /// Runs the shards' pending steps, then writes late rows and output.
     async fn flush(&mut self) -> Result<()> {
-        let mut busy: Vec<&mut Shard> = self.shards.iter_mut().filter(|s| !s.steps.is_empty()).collect();
-        crate::shard::in_parallel(&mut busy, |s| s.run())?;
+        self.run_shards().await?;
         // Measuring state walks it: at most once a second.
         if self.state_measured.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
             let state: usize = self.shards.iter().flat_map(|s| s.chain.operators()).map(|o| o.state_info().bytes).sum();
@@ -824,13 +894,20 @@ impl StageTask {
             self.stats.late_records.fetch_add(records.len() as u64, Ordering::Relaxed);
             append_output(self.committer.as_mut(), self.store.as_ref(), LATE_TOPIC, 0, &records).await?;
         }
-        for i in 0..self.shards.len() {
-            if let Some(topic) = &self.sink_topic {
-                for (p, records) in std::mem::take(&mut self.shards[i].encoded) {
-                    append_output(self.committer.as_mut(), self.store.as_ref(), topic, p, &records).await?;
-                    self.stats.records_out.fetch_add(records.len() as u64, Ordering::Relaxed);
+        if let Some(topic) = &self.sink_topic {
+            // One append per output partition (each is made durable before it returns).
+            let mut by_partition: std::collections::BTreeMap<u32, Vec<Record>> = Default::default();
+            for shard in &mut self.shards {
+                for (p, mut records) in shard.encoded.drain(..) {
+                    by_partition.entry(p).or_default().append(&mut records);
                 }
             }
+            for (p, records) in by_partition {
+                append_output(self.committer.as_mut(), self.store.as_ref(), topic, p, &records).await?;
+                self.stats.records_out.fetch_add(records.len() as u64, Ordering::Relaxed);
+            }
+        }
+        for i in 0..self.shards.len() {
             for m in std::mem::take(&mut self.shards[i].out) {
                 if let Message::Data(b) = m {
                     if !self.out.write(b, &self.stats, self.committer.as_mut()).await? {

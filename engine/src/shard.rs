@@ -30,7 +30,14 @@ pub struct ShardKeys {
     /// Key types all inputs' keys are cast to before hashing (equal keys of different inputs
     /// must hash alike).
     pub types: Vec<DataType>,
+    /// The main input's event-time column, when the stage's first operator judges rows
+    /// against the watermark as it stood at each row's arrival (aggregations): the runtime
+    /// then computes that per row over the whole batch before splitting it.
+    pub time: Option<usize>,
 }
+
+/// One shard's rows of a batch, and which rows of it they are (`None`: all).
+pub type Part = (RecordBatch, Option<UInt32Array>);
 
 fn seeds() -> RandomState {
     RandomState::with_seed(0x5249_4c4c_7368_6172)
@@ -50,8 +57,9 @@ pub fn fingerprint() -> String {
 }
 
 impl ShardKeys {
-    /// Splits `batch` of input `input` into `shards` batches by key (empty ones are `None`).
-    pub fn split(&self, input: usize, batch: &RecordBatch, shards: usize) -> Result<Vec<Option<RecordBatch>>> {
+    /// Splits `batch` of input `input` into `shards` batches by key (empty ones are `None`),
+    /// each with the rows it took (`None`: all of them).
+    pub fn split(&self, input: usize, batch: &RecordBatch, shards: usize) -> Result<Vec<Option<Part>>> {
         let exprs =
             self.inputs.get(input).ok_or_else(|| EngineError::Internal(format!("no shard key for input {input}")))?;
         let n = batch.num_rows();
@@ -74,46 +82,14 @@ impl ShardKeys {
             .map(|rows| {
                 Ok(match rows.len() {
                     0 => None,
-                    m if m == n => Some(batch.clone()),
-                    _ => Some(take_record_batch(batch, &UInt32Array::from(rows))?),
+                    m if m == n => Some((batch.clone(), None)),
+                    _ => {
+                        let rows = UInt32Array::from(rows);
+                        Some((take_record_batch(batch, &rows)?, Some(rows)))
+                    }
                 })
             })
             .collect()
-    }
-}
-
-/// Runs `work` on each item, the first on this thread and the others on threads of their own,
-/// and returns the first error. Inside a multi-threaded tokio runtime the current worker hands
-/// its other tasks over while it waits (`block_in_place`).
-pub fn in_parallel<T: Send>(items: &mut [T], work: impl Fn(&mut T) -> Result<()> + Sync) -> Result<()> {
-    if items.len() <= 1 {
-        return items.iter_mut().try_for_each(&work);
-    }
-    let mut run = || {
-        std::thread::scope(|s| {
-            let (first, rest) = items.split_first_mut().expect("two or more items");
-            let work = &work;
-            let handles: Vec<_> = rest.iter_mut().map(|item| s.spawn(move || work(item))).collect();
-            let mut result = work(first);
-            for h in handles {
-                let r = h.join().unwrap_or_else(|panic| {
-                    let message = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "unknown panic".into());
-                    Err(EngineError::Internal(format!("a stage shard panicked: {message} (this is a bug in Rill)")))
-                });
-                if result.is_ok() {
-                    result = r;
-                }
-            }
-            result
-        })
-    };
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
-        _ => run(),
     }
 }
 
@@ -134,6 +110,7 @@ mod tests {
         let keys = ShardKeys {
             inputs: vec![vec![col("K", &left).unwrap()], vec![col("K2", &right).unwrap()]],
             types: vec![DataType::Int64],
+            time: None,
         };
         let l = RecordBatch::try_new(
             left,
@@ -148,8 +125,9 @@ mod tests {
             vec![Arc::new(StringArray::from(vec!["a", "b", "c"])), Arc::new(Int64Array::from(vec![3, 4, 5]))],
         )
         .unwrap();
-        let ls = keys.split(0, &l, 3).unwrap();
-        let rs = keys.split(1, &r, 3).unwrap();
+        let batches = |parts: Vec<Option<Part>>| parts.into_iter().map(|p| p.map(|p| p.0)).collect::<Vec<_>>();
+        let ls = batches(keys.split(0, &l, 3).unwrap());
+        let rs = batches(keys.split(1, &r, 3).unwrap());
         let shard_of = |parts: &[Option<RecordBatch>], col: usize, key: i64| {
             parts.iter().position(|p| {
                 p.as_ref().is_some_and(|b| {
@@ -177,18 +155,5 @@ mod tests {
     fn the_routing_fingerprint_is_stable() {
         assert!(!fingerprint().is_empty());
         assert_eq!(fingerprint(), fingerprint());
-    }
-
-    #[test]
-    fn work_runs_on_every_item_and_errors_come_back() {
-        let mut items = vec![1, 2, 3];
-        in_parallel(&mut items, |i| {
-            *i *= 10;
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(items, vec![10, 20, 30]);
-        let e = in_parallel(&mut items, |i| if *i == 20 { Err(EngineError::Internal("boom".into())) } else { Ok(()) });
-        assert!(e.unwrap_err().to_string().contains("boom"));
     }
 }

@@ -83,6 +83,9 @@ enum Bench {
         /// Partitions of the input topics.
         #[arg(long, default_value_t = 1)]
         partitions: u32,
+        /// Key shards of the query's stateful stage (`num.stream.threads`; default one per core).
+        #[arg(long)]
+        threads: Option<usize>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -116,6 +119,9 @@ enum Bench {
         /// Skip the latency run.
         #[arg(long)]
         no_latency: bool,
+        /// Key shards of the query's stateful stage (`num.stream.threads`; default one per core).
+        #[arg(long)]
+        threads: Option<usize>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -140,13 +146,13 @@ fn main() -> anyhow::Result<()> {
             let report = runtime()?.block_on(bench::pull::run(keys, lookups))?;
             print_report(&report, json, serde_json::to_string_pretty(&report)?)
         }
-        Command::Bench { what: Bench::File { query, ddl, input, auctions, partitions, json } } => {
-            let opts = bench::file::Options { query, ddl, input, auctions, partitions };
+        Command::Bench { what: Bench::File { query, ddl, input, auctions, partitions, threads, json } } => {
+            let opts = bench::file::Options { query, ddl, input, auctions, partitions, threads };
             let report = runtime()?.block_on(bench::file::run(&opts))?;
             print_report(&report, json, serde_json::to_string_pretty(&report)?)
         }
-        Command::Bench { what: Bench::Nexmark { query, events, partitions, queries, no_latency, json } } => {
-            let opts = bench::nexmark::Options { query, events, partitions, queries_dir: queries, no_latency };
+        Command::Bench { what: Bench::Nexmark { query, events, partitions, queries, no_latency, threads, json } } => {
+            let opts = bench::nexmark::Options { query, events, partitions, queries_dir: queries, no_latency, threads };
             let report = runtime()?.block_on(bench::nexmark::run(&opts))?;
             print_report(&report, json, serde_json::to_string_pretty(&report)?)
         }

@@ -1127,7 +1127,7 @@ fn plan_aggregate(
     } else {
         let types =
             group_exprs.iter().map(|e| e.data_type(&row_schema)).collect::<datafusion::common::Result<Vec<_>>>()?;
-        Some(Arc::new(ShardKeys { inputs: vec![group_exprs.clone()], types }))
+        Some(Arc::new(ShardKeys { inputs: vec![group_exprs.clone()], types, time: Some(rowtime_index) }))
     };
     let stage: ChainFactory = Arc::new(move || {
         let cfg = AggregateConfig {
@@ -2134,7 +2134,8 @@ async fn plan_join(
         // Rows of different keys never meet: the stage may be split by join key.
         let types =
             stream_key.iter().map(|e| e.data_type(&left_rows)).collect::<datafusion::common::Result<Vec<_>>>()?;
-        shard_keys = Some(Arc::new(ShardKeys { inputs: vec![stream_key.clone(), right_key.clone()], types }));
+        shard_keys =
+            Some(Arc::new(ShardKeys { inputs: vec![stream_key.clone(), right_key.clone()], types, time: None }));
         let stage: ChainFactory = Arc::new(move || {
             let join = StreamStreamJoinOperator::try_new(StreamStreamJoinConfig {
                 left_key: stream_key.clone(),

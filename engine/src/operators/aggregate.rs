@@ -39,7 +39,7 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::PhysicalExpr;
 
 use crate::message::{Message, Watermark};
-use crate::operator::{LateRow, Operator, StateInfo};
+use crate::operator::{ArrivalBound, LateRow, Operator, StateInfo};
 use crate::panes::Panes;
 use crate::{EngineError, Result};
 
@@ -151,7 +151,7 @@ pub struct AggregateOperator {
     session_ends: std::collections::BTreeMap<i64, Vec<OwnedRow>>,
     watermark: i64,
     /// How far event time may advance within the next batch (see `set_watermark_bound`).
-    bound: i64,
+    bound: ArrivalBound,
     late: Vec<LateRow>,
     /// EMIT FINAL tumbling/hopping windows whose aggregates all have groups accumulators:
     /// vectorised window panes instead of `groups`.
@@ -189,7 +189,7 @@ impl AggregateOperator {
             sessions: HashMap::default(),
             session_ends: Default::default(),
             watermark: i64::MIN,
-            bound: i64::MIN,
+            bound: ArrivalBound::UpTo(i64::MIN),
             late: Vec::new(),
         })
     }
@@ -244,17 +244,13 @@ impl AggregateOperator {
     /// the rows before it in the batch as far as the other inputs allow (the bound set by
     /// `set_watermark_bound`), as if watermarks followed every record.
     fn row_watermarks(&mut self, ts: &Int64Array) -> Vec<i64> {
-        let bound = std::mem::replace(&mut self.bound, i64::MIN);
-        let mut running = i64::MIN;
-        (0..ts.len())
-            .map(|i| {
-                let wm = self.watermark.max(running.min(bound));
-                if !ts.is_null(i) {
-                    running = running.max(ts.value(i));
-                }
-                wm
-            })
-            .collect()
+        let reached = match std::mem::replace(&mut self.bound, ArrivalBound::UpTo(i64::MIN)) {
+            ArrivalBound::UpTo(bound) => ArrivalBound::per_row(ts, bound),
+            ArrivalBound::PerRow(reached) if reached.len() == ts.len() => reached.to_vec(),
+            // Not for this batch (cannot happen: the runtime splits both alike): no advance.
+            ArrivalBound::PerRow(_) => ArrivalBound::per_row(ts, i64::MIN),
+        };
+        reached.into_iter().map(|r| self.watermark.max(r)).collect()
     }
 
     fn late_row(&self, batch: &RecordBatch, row: usize, window: (i64, i64), watermark: i64) -> LateRow {
@@ -981,7 +977,7 @@ impl Operator for AggregateOperator {
         out.append(&mut self.late);
     }
 
-    fn set_watermark_bound(&mut self, bound: i64) {
+    fn set_watermark_bound(&mut self, bound: ArrivalBound) {
         self.bound = bound;
     }
 
@@ -1265,14 +1261,14 @@ mod tests {
         let window = WindowConfig { kind: WindowKind::Tumbling { size: 1000 }, grace: 0, retention: 0 };
         // One partition alone: the 900 after the 1500 is late, as if a watermark followed each row.
         let mut op = operator(Some(window), true, false);
-        op.set_watermark_bound(i64::MAX);
+        op.set_watermark_bound(ArrivalBound::UpTo(i64::MAX));
         let text = run(&mut op, &[In::Rows(&[("a", 1, 500), ("a", 2, 1500), ("a", 3, 900)])]);
         assert_eq!(text.matches("LATE").count(), 1, "{text}");
         assert!(text
             .contains("LATE record at 900 is later than window [0, 1000) plus grace: the watermark was already 1500"));
         // Another input still at 800 holds the watermark back: nothing is late.
         let mut op = operator(Some(window), true, false);
-        op.set_watermark_bound(800);
+        op.set_watermark_bound(ArrivalBound::UpTo(800));
         let text = run(&mut op, &[In::Rows(&[("a", 1, 500), ("a", 2, 1500), ("a", 3, 900)])]);
         assert!(!text.contains("LATE"), "{text}");
     }

@@ -38,6 +38,8 @@ pub struct Options {
     pub auctions: Option<PathBuf>,
     /// Partitions of the input topics.
     pub partitions: u32,
+    /// Key shards of the stateful stage (`num.stream.threads`), if not the default.
+    pub threads: Option<usize>,
 }
 
 /// The report.
@@ -127,7 +129,11 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         };
         p.store.create_topic(topic, cfg)?;
     }
-    let props = [("auto.offset.reset".to_string(), "earliest".to_string())].into_iter().collect();
+    let mut props: rill_sql::engine::Properties =
+        [("auto.offset.reset".to_string(), "earliest".to_string())].into_iter().collect();
+    if let Some(t) = opts.threads {
+        props.insert("num.stream.threads".into(), t.to_string());
+    }
     p.execute(&ddl, &props).await?;
     let output = {
         let before: Vec<String> = p.engine.sources().await.into_iter().map(|s| s.name).collect();

@@ -46,6 +46,8 @@ pub struct Options {
     pub queries_dir: PathBuf,
     /// Skip the latency run.
     pub no_latency: bool,
+    /// Key shards of stateful stages (`num.stream.threads`), if not the default.
+    pub threads: Option<usize>,
 }
 
 /// The report, one JSON object with `--json`.
@@ -401,7 +403,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let query = read_sql(&opts.queries_dir, &opts.query)?;
     let dir = tempfile::tempdir()?;
     let (p, _) = Pipeline::open(dir.path()).await?;
-    let earliest = props(&[("auto.offset.reset", "earliest")]);
+    let mut earliest = props(&[("auto.offset.reset", "earliest")]);
+    if let Some(t) = opts.threads {
+        earliest.insert("num.stream.threads".into(), t.to_string());
+    }
     for topic in ["person", "auction", "bid"] {
         p.store.create_topic(topic, rill_log::TopicConfig { partitions: opts.partitions, ..Default::default() })?;
     }
