@@ -3,7 +3,9 @@
 //! Input 0 is the left stream, input 1 (`process_side_batch`) the right one. A left row at
 //! time `l` matches right rows of the same key at times `r` with `l - before <= r <= l + after`
 //! (`WITHIN (before, after)`); matches are emitted as soon as the second row arrives, from
-//! either side. Both sides are buffered until the watermark shows no more matches can come:
+//! either side. Both sides are buffered, as the Arrow batches they arrived in with an index from
+//! key to rows (output rows are gathered column by column from them), until the watermark
+//! shows no more matches can come:
 //! a left row expires when `l + after + grace < watermark`, a right row when
 //! `r + before + grace < watermark`. For LEFT, RIGHT and FULL joins an expiring row that never
 //! matched is emitted then, with the other side null: no early null rows, as the issue asks
@@ -13,15 +15,15 @@
 //! as late. State is bounded by the window, grace and the input rate.
 
 use crate::state::HashMap;
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use arrow::array::{
     new_null_array, Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions, UInt32Array,
 };
-use arrow::compute::{cast, take};
+use arrow::compute::{cast, interleave, take};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef};
-use arrow::row::{OwnedRow, RowConverter, SortField};
+use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
 use crate::message::{Message, Watermark};
@@ -70,10 +72,117 @@ pub struct StreamStreamJoinConfig {
     pub output_schema: SchemaRef,
 }
 
-struct Buffered {
+/// A buffered row: where it is stored, and its time.
+#[derive(Clone, Copy)]
+struct Pos {
+    id: u64,
+    row: u32,
     time: i64,
-    row: OwnedRow,
-    matched: bool,
+}
+
+/// One buffered input batch of a side (Arrow columns as they arrived, never copied row by row).
+struct Stored {
+    batch: RecordBatch,
+    keys: Rows,
+    times: Vec<i64>,
+    matched: Vec<bool>,
+    /// The rows kept (a null key or a late row is not), by time; `next` is the first of them
+    /// not yet expired.
+    order: Vec<u32>,
+    next: usize,
+}
+
+/// The rows buffered for one side: batches by id, and an index from key to rows.
+#[derive(Default)]
+struct Buffer {
+    stored: VecDeque<Stored>,
+    /// Id of `stored[0]`.
+    first_id: u64,
+    index: HashMap<Box<[u8]>, Vec<Pos>>,
+}
+
+impl Buffer {
+    fn get(&self, id: u64) -> &Stored {
+        &self.stored[(id - self.first_id) as usize]
+    }
+
+    /// Keeps `rows` of `batch` (each with its key, time and whether it matched).
+    fn keep(&mut self, batch: RecordBatch, keys: Rows, times: Vec<i64>, matched: Vec<bool>, mut rows: Vec<u32>) {
+        if rows.is_empty() {
+            return;
+        }
+        let id = self.first_id + self.stored.len() as u64;
+        for &r in &rows {
+            let pos = Pos { id, row: r, time: times[r as usize] };
+            let key = keys.row(r as usize).data();
+            match self.index.get_mut(key) {
+                Some(v) => v.push(pos),
+                None => {
+                    self.index.insert(key.into(), vec![pos]);
+                }
+            }
+        }
+        rows.sort_by_key(|r| times[*r as usize]);
+        self.stored.push_back(Stored { batch, keys, times, matched, order: rows, next: 0 });
+    }
+
+    /// Drops rows with `time + reach + grace < watermark`; returns those that never matched
+    /// (when `outer`), with their times.
+    fn expire(&mut self, watermark: i64, reach: i64, grace: i64, outer: bool) -> Vec<(i64, Src)> {
+        let alive = |t: i64| (t + reach).saturating_add(grace) >= watermark;
+        let mut unmatched = Vec::new();
+        let mut gone: Vec<(usize, u32)> = Vec::new();
+        for (slot, s) in self.stored.iter_mut().enumerate() {
+            while let Some(&r) = s.order.get(s.next) {
+                if alive(s.times[r as usize]) {
+                    break;
+                }
+                if outer && !s.matched[r as usize] {
+                    unmatched.push((s.times[r as usize], Src::Kept(self.first_id + slot as u64, r)));
+                }
+                gone.push((slot, r));
+                s.next += 1;
+            }
+        }
+        if !gone.is_empty() {
+            let stored = &self.stored;
+            let mut keys: Vec<&[u8]> = gone.iter().map(|(slot, r)| stored[*slot].keys.row(*r as usize).data()).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            for key in keys {
+                if let Some(v) = self.index.get_mut(key) {
+                    v.retain(|p| alive(p.time));
+                    if v.is_empty() {
+                        self.index.remove(key);
+                    }
+                }
+            }
+        }
+        // Batches stay until `drop_expired`: the rows returned are still to be emitted.
+        unmatched
+    }
+
+    /// Drops batches whose rows have all expired, oldest first.
+    fn drop_expired(&mut self) {
+        while self.stored.front().is_some_and(|s| s.next == s.order.len()) {
+            self.stored.pop_front();
+            self.first_id += 1;
+        }
+    }
+
+    /// The rows still kept, in `stored` order: (batch slot, row).
+    fn live(&self) -> Vec<(usize, usize)> {
+        self.stored
+            .iter()
+            .enumerate()
+            .flat_map(|(slot, s)| s.order[s.next..].iter().map(move |r| (slot, *r as usize)))
+            .collect()
+    }
+
+    fn bytes(&self) -> usize {
+        self.stored.iter().map(|s| s.batch.get_array_memory_size() + s.keys.size() + s.times.len() * 9).sum::<usize>()
+            + self.index.iter().map(|(k, v)| k.len() + v.len() * 24 + 48).sum::<usize>()
+    }
 }
 
 /// See the module docs.
@@ -81,69 +190,42 @@ pub struct StreamStreamJoinOperator {
     cfg: StreamStreamJoinConfig,
     key_types: Vec<DataType>,
     keys: RowConverter,
-    left_rows: RowConverter,
-    right_rows: RowConverter,
-    left: HashMap<OwnedRow, Vec<Buffered>>,
-    right: HashMap<OwnedRow, Vec<Buffered>>,
-    /// Keys of buffered rows by row time, per side: expiry visits only what expires.
-    left_expiry: BTreeMap<i64, Vec<OwnedRow>>,
-    right_expiry: BTreeMap<i64, Vec<OwnedRow>>,
+    left: Buffer,
+    right: Buffer,
     watermark: i64,
     late: Vec<LateRow>,
 }
 
-/// Where an output row's side comes from: row `i` of the batch being processed, or a copy of a
-/// buffered row in the output's arena (no allocation per output row).
+/// Where an output row's side comes from: row `i` of the batch being processed, or a
+/// buffered row (batch id, row).
 #[derive(Clone, Copy)]
 enum Src {
     Batch(u32),
-    Kept(u32),
+    Kept(u64, u32),
 }
 
 /// One output row: a left row and/or a right row.
 type Pair = (Option<Src>, Option<Src>);
-
-/// Output rows being assembled: the pairs, and the bytes of the buffered rows they use.
-#[derive(Default)]
-struct Pairs {
-    pairs: Vec<Pair>,
-    arena: Vec<u8>,
-    spans: Vec<(usize, usize)>,
-}
-
-impl Pairs {
-    fn keep(&mut self, row: &OwnedRow) -> Src {
-        let start = self.arena.len();
-        self.arena.extend_from_slice(row.as_ref());
-        self.spans.push((start, self.arena.len()));
-        Src::Kept(self.spans.len() as u32 - 1)
-    }
-}
 
 impl StreamStreamJoinOperator {
     /// A join per `cfg`; key types are the left key's.
     pub fn try_new(cfg: StreamStreamJoinConfig) -> Result<Self> {
         let key_types = cfg.left_key.iter().map(|e| Ok(e.data_type(&cfg.left_schema)?)).collect::<Result<Vec<_>>>()?;
         let keys = RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?;
-        let fields = |s: &SchemaRef| s.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
-        let left_rows = RowConverter::new(fields(&cfg.left_schema))?;
-        let right_rows = RowConverter::new(fields(&cfg.right_schema))?;
         Ok(Self {
             cfg,
             key_types,
             keys,
-            left_rows,
-            right_rows,
-            left: HashMap::default(),
-            right: HashMap::default(),
-            left_expiry: BTreeMap::new(),
-            right_expiry: BTreeMap::new(),
+            left: Buffer::default(),
+            right: Buffer::default(),
             watermark: i64::MIN,
             late: Vec::new(),
         })
     }
 
-    fn key_rows(&self, batch: &RecordBatch, exprs: &[Arc<dyn PhysicalExpr>]) -> Result<(arrow::row::Rows, Vec<bool>)> {
+    /// The key rows of `batch` (one side's rows), and which keys have a null.
+    fn key_rows(&self, batch: &RecordBatch, from_left: bool) -> Result<(Rows, Vec<bool>)> {
+        let exprs = if from_left { &self.cfg.left_key } else { &self.cfg.right_key };
         let n = batch.num_rows();
         let arrays = exprs
             .iter()
@@ -157,26 +239,31 @@ impl StreamStreamJoinOperator {
         Ok((self.keys.convert_columns(&arrays)?, nulls))
     }
 
+    fn times(&self, batch: &RecordBatch, from_left: bool) -> Result<Vec<i64>> {
+        let col = if from_left { self.cfg.left_time } else { self.cfg.right_time };
+        let times = cast(batch.column(col), &DataType::Int64)?;
+        let times = times.as_primitive::<Int64Type>();
+        Ok((0..times.len()).map(|i| if times.is_null(i) { 0 } else { times.value(i) }).collect())
+    }
+
     /// Processes rows of one side against the other side's buffer.
     fn process(&mut self, batch: RecordBatch, from_left: bool, out: &mut Vec<Message>) -> Result<()> {
-        let (keys, null_keys) =
-            self.key_rows(&batch, if from_left { &self.cfg.left_key } else { &self.cfg.right_key })?;
-        let time_col = if from_left { self.cfg.left_time } else { self.cfg.right_time };
-        let times = cast(batch.column(time_col), &DataType::Int64)?;
-        let times = times.as_primitive::<Int64Type>();
-        let rows = if from_left {
-            self.left_rows.convert_columns(batch.columns())?
-        } else {
-            self.right_rows.convert_columns(batch.columns())?
-        };
+        let (keys, null_keys) = self.key_rows(&batch, from_left)?;
+        let times = self.times(&batch, from_left)?;
         let (before, after, grace) = (self.cfg.before, self.cfg.after, self.cfg.grace);
-        let mut out_rows = Pairs::default();
+        let outer = self.emits_unmatched(from_left);
+        let eager_outer = self.cfg.eager_outer;
+        let watermark = self.watermark;
+        let other = if from_left { &mut self.right } else { &mut self.left };
+        let mut pairs: Vec<Pair> = Vec::new();
+        let pair = |me: Src, partner: Option<Src>| if from_left { (Some(me), partner) } else { (partner, Some(me)) };
+        let mut matched_flags = vec![false; batch.num_rows()];
+        let mut kept: Vec<u32> = Vec::with_capacity(batch.num_rows());
         for (i, &null_key) in null_keys.iter().enumerate() {
-            let t = if times.is_null(i) { 0 } else { times.value(i) };
+            let t = times[i];
             // The latest partner time that could still match this row, plus grace.
             let reach = if from_left { t + after } else { t + before };
-            let late = self.watermark != i64::MIN && reach.saturating_add(grace) < self.watermark;
-            let outer = self.emits_unmatched(from_left);
+            let late = watermark != i64::MIN && reach.saturating_add(grace) < watermark;
             if late && !outer {
                 let (start, end) = if from_left { (t - before, t + after) } else { (t - after, t + before) };
                 self.late.push(LateRow {
@@ -185,64 +272,56 @@ impl StreamStreamJoinOperator {
                     timestamp: t,
                     window_start: start,
                     window_end: end,
-                    watermark: self.watermark,
+                    watermark,
                     reason: format!(
-                        "{} row at {t} is later than its join window [{start}, {end}] plus grace: the watermark was already {}",
+                        "{} row at {t} is later than its join window [{start}, {end}] plus grace: the watermark was already {watermark}",
                         if from_left { "left" } else { "right" },
-                        self.watermark
                     ),
                 });
                 continue;
             }
             let me = Src::Batch(i as u32);
+            if null_key {
+                // A null key never matches: it is final right away.
+                if outer {
+                    pairs.push(pair(me, None));
+                }
+                continue;
+            }
+            let (lo, hi) = if from_left { (t - before, t + after) } else { (t - after, t + before) };
             let mut matched = false;
-            if !null_key {
-                let key = keys.row(i).owned();
-                let other = if from_left { &mut self.right } else { &mut self.left };
-                if let Some(partners) = other.get_mut(&key) {
-                    for p in partners.iter_mut() {
-                        let in_window = if from_left {
-                            p.time >= t - before && p.time <= t + after
-                        } else {
-                            t >= p.time - before && t <= p.time + after
-                        };
-                        if in_window {
-                            p.matched = true;
-                            matched = true;
-                            let partner = out_rows.keep(&p.row);
-                            out_rows.pairs.push(if from_left {
-                                (Some(me), Some(partner))
-                            } else {
-                                (Some(partner), Some(me))
-                            });
+            if let Some(partners) = other.index.get(keys.row(i).data()) {
+                for p in partners {
+                    if p.time >= lo && p.time <= hi {
+                        matched = true;
+                        pairs.push(pair(me, Some(Src::Kept(p.id, p.row))));
+                    }
+                }
+                if matched {
+                    for p in partners {
+                        if p.time >= lo && p.time <= hi {
+                            let slot = (p.id - other.first_id) as usize;
+                            other.stored[slot].matched[p.row as usize] = true;
                         }
                     }
                 }
-                // A late row of an outer side joins what is still buffered, else comes out
-                // with nulls right away (as in Kafka Streams); it is not buffered.
-                if !matched && (late || self.cfg.eager_outer) && outer {
-                    out_rows.pairs.push(if from_left { (Some(me), None) } else { (None, Some(me)) });
-                }
-                if late {
-                    continue;
-                }
-                let row = rows.row(i).owned();
-                let (own, expiry) = if from_left {
-                    (&mut self.left, &mut self.left_expiry)
-                } else {
-                    (&mut self.right, &mut self.right_expiry)
-                };
-                // With eager outer rows, the row's null row is already out: never emit it again.
-                let matched = matched || self.cfg.eager_outer;
-                expiry.entry(t).or_default().push(key.clone());
-                own.entry(key).or_default().push(Buffered { time: t, row, matched });
-            } else if outer {
-                // A null key never matches: it is final right away.
-                out_rows.pairs.push(if from_left { (Some(me), None) } else { (None, Some(me)) });
             }
+            // A late row of an outer side joins what is still buffered, else comes out with
+            // nulls right away (as in Kafka Streams); it is not buffered.
+            if !matched && (late || eager_outer) && outer {
+                pairs.push(pair(me, None));
+            }
+            if late {
+                continue;
+            }
+            // With eager outer rows, the row's null row is already out: never emit it again.
+            matched_flags[i] = matched || eager_outer;
+            kept.push(i as u32);
         }
-        let current = if from_left { (Some(&rows), None) } else { (None, Some(&rows)) };
-        self.emit(out_rows, current, out)
+        let result = self.emit(&pairs, Some((&batch, from_left)));
+        let own = if from_left { &mut self.left } else { &mut self.right };
+        own.keep(batch, keys, times, matched_flags, kept);
+        result.map(|b| out.extend(b.map(Message::Data)))
     }
 
     fn emits_unmatched(&self, left_side: bool) -> bool {
@@ -256,79 +335,90 @@ impl StreamStreamJoinOperator {
     fn expire(&mut self, out: &mut Vec<Message>) -> Result<()> {
         let wm = self.watermark;
         let (before, after, grace) = (self.cfg.before, self.cfg.after, self.cfg.grace);
-        // Unmatched outer rows, copied into the output's arena as they expire: (time, pair).
-        let mut out_rows = Pairs::default();
-        let mut expired: Vec<(i64, Pair)> = Vec::new();
-        let left_outer = self.emits_unmatched(true);
-        let right_outer = self.emits_unmatched(false);
-        // Rows at times below the cut expire: visit only their keys.
-        let sides = [
-            (&mut self.left, &mut self.left_expiry, after, left_outer, true),
-            (&mut self.right, &mut self.right_expiry, before, right_outer, false),
-        ];
-        for (map, expiry, reach, outer, is_left) in sides {
-            let cut = wm.saturating_sub(reach).saturating_sub(grace);
-            let keep = expiry.split_off(&cut);
-            for key in std::mem::replace(expiry, keep).into_values().flatten() {
-                let Some(rows) = map.get_mut(&key) else { continue };
-                rows.retain(|b| {
-                    let keep = (b.time + reach).saturating_add(grace) >= wm;
-                    if !keep && outer && !b.matched {
-                        let kept = Some(out_rows.keep(&b.row));
-                        expired.push((b.time, if is_left { (kept, None) } else { (None, kept) }));
-                    }
-                    keep
-                });
-                if rows.is_empty() {
-                    map.remove(&key);
-                }
-            }
-        }
+        let left = self.left.expire(wm, after, grace, self.emits_unmatched(true));
+        let right = self.right.expire(wm, before, grace, self.emits_unmatched(false));
+        let mut expired: Vec<(i64, Pair)> = left.into_iter().map(|(t, s)| (t, (Some(s), None))).collect();
+        expired.extend(right.into_iter().map(|(t, s)| (t, (None, Some(s)))));
         expired.sort_by_key(|(t, _)| *t);
-        out_rows.pairs = expired.into_iter().map(|(_, p)| p).collect();
-        self.emit(out_rows, (None, None), out)
-    }
-
-    /// Builds the output batch; `current` holds the rows of the batch being processed (its
-    /// side), which `Src::Batch` refers to.
-    fn emit(
-        &self,
-        out_rows: Pairs,
-        current: (Option<&arrow::row::Rows>, Option<&arrow::row::Rows>),
-        out: &mut Vec<Message>,
-    ) -> Result<()> {
-        let Pairs { pairs, arena, spans } = out_rows;
-        if pairs.is_empty() {
-            return Ok(());
+        let pairs: Vec<Pair> = expired.into_iter().map(|(_, p)| p).collect();
+        let result = self.emit(&pairs, None);
+        self.left.drop_expired();
+        self.right.drop_expired();
+        if let Some(b) = result? {
+            out.push(Message::Data(b));
         }
-        let n = pairs.len();
-        let (left_parser, right_parser) = (self.left_rows.parser(), self.right_rows.parser());
-        fn resolve<'a>(
-            src: Option<Src>,
-            rows: Option<&'a arrow::row::Rows>,
-            parser: &'a arrow::row::RowParser,
-            arena: &'a [u8],
-            spans: &[(usize, usize)],
-        ) -> Option<arrow::row::Row<'a>> {
-            src.and_then(|s| match s {
-                Src::Batch(i) => rows.map(|r| r.row(i as usize)),
-                Src::Kept(k) => {
-                    let (a, b) = spans[k as usize];
-                    Some(parser.parse(&arena[a..b]))
-                }
-            })
-        }
-        let left = pairs.iter().map(|p| resolve(p.0, current.0, &left_parser, &arena, &spans));
-        let right = pairs.iter().map(|p| resolve(p.1, current.1, &right_parser, &arena, &spans));
-        out.push(Message::Data(joined_batch(
-            Side { rows: &self.left_rows, schema: &self.cfg.left_schema, picked: left },
-            Side { rows: &self.right_rows, schema: &self.cfg.right_schema, picked: right },
-            n,
-            &self.cfg.output_schema,
-            vec![],
-        )?));
         Ok(())
     }
+
+    /// Builds the output batch of `pairs`; `current` is the batch being processed (and its
+    /// side), which `Src::Batch` refers to.
+    fn emit(&self, pairs: &[Pair], current: Option<(&RecordBatch, bool)>) -> Result<Option<RecordBatch>> {
+        if pairs.is_empty() {
+            return Ok(None);
+        }
+        let cur = |left: bool| current.filter(|c| c.1 == left).map(|c| c.0);
+        let mut columns = gather(&self.cfg.left_schema, cur(true), &self.left, pairs.iter().map(|p| p.0))?;
+        columns.extend(gather(&self.cfg.right_schema, cur(false), &self.right, pairs.iter().map(|p| p.1))?);
+        let schema = &self.cfg.output_schema;
+        for (c, f) in columns.iter_mut().zip(schema.fields()) {
+            if c.data_type() != f.data_type() {
+                *c = cast(c, f.data_type())?;
+            }
+        }
+        let options = RecordBatchOptions::new().with_row_count(Some(pairs.len()));
+        Ok(Some(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?))
+    }
+}
+
+/// One side's columns for output rows picked from the batch being processed, the side's
+/// buffer, or nulls (`None`).
+fn gather(
+    schema: &SchemaRef,
+    current: Option<&RecordBatch>,
+    buffer: &Buffer,
+    picks: impl Iterator<Item = Option<Src>>,
+) -> Result<Vec<ArrayRef>> {
+    // Sources: the batch being processed, then each buffered batch used, then nulls.
+    let mut sources: Vec<&RecordBatch> = current.into_iter().collect();
+    let mut slot_of: HashMap<u64, usize> = HashMap::default();
+    let mut nulls = false;
+    let mut idx: Vec<(usize, usize)> = Vec::new();
+    for p in picks {
+        idx.push(match p {
+            Some(Src::Batch(i)) => (0, i as usize),
+            Some(Src::Kept(id, row)) => {
+                let next = sources.len();
+                let s = *slot_of.entry(id).or_insert(next);
+                if s == next {
+                    sources.push(&buffer.get(id).batch);
+                }
+                (s, row as usize)
+            }
+            None => {
+                nulls = true;
+                (usize::MAX, 0)
+            }
+        });
+    }
+    if sources.is_empty() {
+        return Ok(schema.fields().iter().map(|f| new_null_array(f.data_type(), idx.len())).collect());
+    }
+    let null_slot = sources.len();
+    if nulls {
+        for i in idx.iter_mut().filter(|i| i.0 == usize::MAX) {
+            i.0 = null_slot;
+        }
+    }
+    (0..schema.fields().len())
+        .map(|c| {
+            let null = nulls.then(|| new_null_array(schema.field(c).data_type(), 1));
+            let mut arrays: Vec<&dyn Array> = sources.iter().map(|b| b.column(c).as_ref()).collect();
+            if let Some(n) = &null {
+                arrays.push(n.as_ref());
+            }
+            Ok(interleave(&arrays, &idx)?)
+        })
+        .collect()
 }
 
 /// One side of a join's output rows: its row converter and schema, and per output row its row
@@ -394,21 +484,31 @@ impl Operator for StreamStreamJoinOperator {
         self.cfg.output_schema.clone()
     }
 
+    /// Per side, the rows still buffered and their (time, matched); then the watermark.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        let side = |map: &HashMap<OwnedRow, Vec<Buffered>>, rows: &RowConverter| -> Result<[RecordBatch; 2]> {
-            let entries: Vec<(&OwnedRow, &Buffered)> =
-                map.iter().flat_map(|(k, v)| v.iter().map(move |b| (k, b))).collect();
-            let n = entries.len();
-            let mut keys = crate::state::rows_to_columns(&self.keys, entries.iter().map(|e| e.0))?;
-            keys.push(Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.1.time))));
-            keys.push(Arc::new(BooleanArray::from_iter(entries.iter().map(|e| Some(e.1.matched)))));
-            let values = crate::state::rows_to_columns(rows, entries.iter().map(|e| &e.1.row))?;
-            Ok([crate::state::batch(keys, n)?, crate::state::batch(values, n)?])
+        let side = |buffer: &Buffer, schema: &SchemaRef| -> Result<[RecordBatch; 2]> {
+            let live = buffer.live();
+            let values = if live.is_empty() {
+                RecordBatch::new_empty(schema.clone())
+            } else {
+                let batches: Vec<&RecordBatch> = buffer.stored.iter().map(|s| &s.batch).collect();
+                let columns = (0..schema.fields().len())
+                    .map(|c| {
+                        let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
+                        Ok(interleave(&arrays, &live)?)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                RecordBatch::try_new(schema.clone(), columns)?
+            };
+            let times = Int64Array::from_iter_values(live.iter().map(|(s, r)| buffer.stored[*s].times[*r]));
+            let matched = BooleanArray::from_iter(live.iter().map(|(s, r)| Some(buffer.stored[*s].matched[*r])));
+            let meta = crate::state::batch(vec![Arc::new(times), Arc::new(matched)], live.len())?;
+            Ok([values, meta])
         };
-        let [lk, lv] = side(&self.left, &self.left_rows)?;
-        let [rk, rv] = side(&self.right, &self.right_rows)?;
+        let [lv, lm] = side(&self.left, &self.cfg.left_schema)?;
+        let [rv, rm] = side(&self.right, &self.cfg.right_schema)?;
         let wm = crate::state::batch(vec![Arc::new(Int64Array::from(vec![self.watermark]))], 1)?;
-        Ok(vec![lk, lv, rk, rv, wm])
+        Ok(vec![lv, lm, rv, rm, wm])
     }
 
     fn state_signature(&mut self) -> Result<String> {
@@ -427,38 +527,25 @@ impl Operator for StreamStreamJoinOperator {
     }
 
     fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
-        let [lk, lv, rk, rv, wm] = state.as_slice() else {
+        let [lv, lm, rv, rm, wm] = state.as_slice() else {
             return Err(crate::state::bad_state("a stream-stream join has five state batches"));
         };
-        let nk = self.key_types.len();
-        let side =
-            |k: &RecordBatch, v: &RecordBatch, rows: &RowConverter| -> Result<HashMap<OwnedRow, Vec<Buffered>>> {
-                if k.num_columns() != nk + 2 {
-                    return Err(crate::state::bad_state("join key columns differ"));
-                }
-                let keys = crate::state::columns_to_rows(&self.keys, &k.columns()[..nk])?;
-                let times = k.column(nk).as_primitive::<Int64Type>();
-                let matched = k.column(nk + 1).as_boolean();
-                let values = crate::state::columns_to_rows(rows, v.columns())?;
-                let mut map: HashMap<OwnedRow, Vec<Buffered>> = HashMap::default();
-                for i in 0..keys.num_rows() {
-                    map.entry(keys.row(i).owned()).or_default().push(Buffered {
-                        time: times.value(i),
-                        row: values.row(i).owned(),
-                        matched: matched.value(i),
-                    });
-                }
-                Ok(map)
-            };
-        self.left = side(lk, lv, &self.left_rows)?;
-        self.right = side(rk, rv, &self.right_rows)?;
-        for (map, expiry) in [(&self.left, &mut self.left_expiry), (&self.right, &mut self.right_expiry)] {
-            expiry.clear();
-            for (key, rows) in map {
-                for b in rows {
-                    expiry.entry(b.time).or_default().push(key.clone());
-                }
+        for (values, meta, from_left) in [(lv, lm, true), (rv, rm, false)] {
+            let schema = if from_left { &self.cfg.left_schema } else { &self.cfg.right_schema };
+            if values.schema().fields().len() != schema.fields().len()
+                || meta.num_columns() != 2
+                || meta.num_rows() != values.num_rows()
+            {
+                return Err(crate::state::bad_state("the join's buffered rows have another shape"));
             }
+            let values = RecordBatch::try_new(schema.clone(), values.columns().to_vec())?;
+            let (keys, _) = self.key_rows(&values, from_left)?;
+            let times = meta.column(0).as_primitive::<Int64Type>().values().to_vec();
+            let matched = meta.column(1).as_boolean().iter().map(|m| m.unwrap_or(false)).collect();
+            let rows = (0..values.num_rows() as u32).collect();
+            let buffer = if from_left { &mut self.left } else { &mut self.right };
+            *buffer = Buffer::default();
+            buffer.keep(values, keys, times, matched, rows);
         }
         self.watermark = wm.column(0).as_primitive::<Int64Type>().value(0);
         Ok(())
@@ -500,7 +587,7 @@ impl Operator for StreamStreamJoinOperator {
     fn state_info(&self) -> StateInfo {
         StateInfo {
             bounded: true,
-            bytes: self.left.values().chain(self.right.values()).flatten().map(|b| b.row.as_ref().len() + 16).sum(),
+            bytes: self.left.bytes() + self.right.bytes(),
             description: "rows of both sides until their join window plus grace has passed".into(),
         }
     }
