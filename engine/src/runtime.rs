@@ -956,16 +956,24 @@ enum Fetched {
     Failed(EngineError),
 }
 
-/// Reads and decodes one partition ahead of its task.
+/// Reads and decodes one partition ahead of its task: reads fetches in order and decodes up to
+/// [`DECODERS`] of them side by side (each decode a task of its own), handing them over in
+/// order.
 struct Prefetch {
     store: Arc<dyn TopicStore>,
     topic: String,
     partition: u32,
     offset: u64,
-    reader: SourceReader,
+    /// Readers not decoding now.
+    readers: Vec<SourceReader>,
+    /// Decodes running, oldest first.
+    decoding: std::collections::VecDeque<JoinHandle<(SourceReader, Result<crate::source::ReadBatch>)>>,
     /// CaughtUp was sent and nothing read since.
     caught_up: bool,
 }
+
+/// Fetches of one partition decoded at once.
+const DECODERS: usize = 2;
 
 impl Prefetch {
     async fn run(mut self, tx: mpsc::Sender<Fetched>) {
@@ -985,6 +993,36 @@ impl Prefetch {
     /// The next fetch, or CaughtUp once after reaching the end (then waits for more).
     async fn next(&mut self) -> Result<Fetched> {
         loop {
+            // Start decoding what is there, as far as readers are free.
+            while !self.readers.is_empty() {
+                let Some(fetch) = self.read()? else { break };
+                self.offset = fetch.next_offset();
+                let mut reader = self.readers.pop().expect("a free reader");
+                self.decoding.push_back(tokio::spawn(async move {
+                    let read = reader.read(&fetch);
+                    (reader, read)
+                }));
+            }
+            if let Some(decode) = self.decoding.pop_front() {
+                let (reader, read) = decode
+                    .await
+                    .map_err(|e| EngineError::Internal(format!("decoding a fetch failed: {e} (this is a bug in Rill)")))?;
+                self.readers.push(reader);
+                self.caught_up = false;
+                return Ok(Fetched::Read(read?));
+            }
+            if !self.caught_up {
+                // Tell the task before waiting (it may have a checkpoint to write meanwhile).
+                self.caught_up = true;
+                return Ok(Fetched::CaughtUp);
+            }
+            self.store.wait_for(&self.topic, self.partition, self.offset).await?;
+        }
+    }
+
+    /// The fetch at the current offset, if there is anything to read.
+    fn read(&mut self) -> Result<Option<rill_log::Fetch>> {
+        loop {
             let fetch = match self.store.read(&self.topic, self.partition, self.offset, 1 << 20) {
                 Ok(f) => f,
                 Err(ConnectorError::Log(rill_log::LogError::OffsetOutOfRange { .. })) => {
@@ -996,18 +1034,7 @@ impl Prefetch {
                 }
                 Err(e) => return Err(e.into()),
             };
-            if fetch.next_offset() > self.offset {
-                let read = self.reader.read(&fetch)?;
-                self.offset = read.next_offset;
-                self.caught_up = false;
-                return Ok(Fetched::Read(read));
-            }
-            if !self.caught_up {
-                // Tell the task before waiting (it may have a checkpoint to write meanwhile).
-                self.caught_up = true;
-                return Ok(Fetched::CaughtUp);
-            }
-            self.store.wait_for(&self.topic, self.partition, self.offset).await?;
+            return Ok((fetch.next_offset() > self.offset).then_some(fetch));
         }
     }
 }
@@ -1084,16 +1111,21 @@ impl PartitionTask {
     }
 
     async fn run_loop(&mut self, topic: &str, stop: &mut watch::Receiver<bool>) -> Result<Ended> {
-        // Reading and decoding run one fetch ahead, on their own task (a second core), while
-        // this task runs the chain and writes the output.
+        // Reading and decoding run ahead, on tasks of their own (other cores), while this task
+        // runs the chain and writes the output.
         let reader = self.reader.take().ok_or_else(|| EngineError::Internal("partition task restarted".into()))?;
         let (tx, mut fetched) = mpsc::channel(2);
+        let mut readers = vec![reader];
+        while readers.len() < DECODERS {
+            readers.push(readers[0].fork()?);
+        }
         let prefetch = Prefetch {
             store: self.store.clone(),
             topic: topic.to_string(),
             partition: self.partition,
             offset: self.offset,
-            reader,
+            readers,
+            decoding: Default::default(),
             caught_up: false,
         };
         let _prefetch = AbortOnDrop(tokio::spawn(prefetch.run(tx)));

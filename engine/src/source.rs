@@ -259,6 +259,11 @@ impl SourceReader {
         Ok(Self { spec, partition, schema, key_decoder, value_decoder })
     }
 
+    /// Another reader of the same partition (to decode fetches side by side).
+    pub fn fork(&self) -> Result<Self> {
+        Self::try_new(self.spec.clone(), self.partition)
+    }
+
     /// The schema of produced batches.
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
