@@ -270,7 +270,10 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                 shards,
                 keys: spec.shard_keys.clone(),
                 sink_topic: sink_topic.clone(),
-                out: make_output()?,
+                push: match &spec.output {
+                    Output::Channel(tx) => Some(tx.clone()),
+                    Output::Topic(_) => None,
+                },
                 stats: stats.clone(),
                 tracker,
                 tracker_base: partitions
@@ -573,8 +576,9 @@ async fn write_dead_letters(
 }
 
 /// The stateful part of a query: one task, fed by every partition task. A keyed stage runs as
-/// several shards (copies of its chain, see [`crate::shard`]) side by side on threads of
-/// their own; the task routes rows to them, collects their output and writes it.
+/// several shards (copies of its chain, see [`crate::shard`]), each a task of its own while it
+/// has work, side by side on the runtime's workers; this task routes rows to them, collects
+/// their output and writes it.
 struct StageTask {
     store: Arc<dyn TopicStore>,
     shared: Arc<Shared>,
@@ -585,7 +589,7 @@ struct StageTask {
     /// Topic output: the topic (the shards encode the records).
     sink_topic: Option<String>,
     /// Push-query output.
-    out: TaskOutput,
+    push: Option<mpsc::Sender<RecordBatch>>,
     stats: Arc<QueryStats>,
     /// Watermark over every partition of every input (idle ones excluded).
     tracker: WatermarkTracker,
@@ -907,13 +911,14 @@ impl StageTask {
                 self.stats.records_out.fetch_add(records.len() as u64, Ordering::Relaxed);
             }
         }
-        for i in 0..self.shards.len() {
-            for m in std::mem::take(&mut self.shards[i].out) {
-                if let Message::Data(b) = m {
-                    if !self.out.write(b, &self.stats, self.committer.as_mut()).await? {
-                        return Err(EngineError::Stopped);
-                    }
+        for shard in &mut self.shards {
+            for m in shard.out.drain(..) {
+                let (Some(tx), Message::Data(b)) = (&self.push, m) else { continue };
+                let n = b.num_rows();
+                if tx.send(b).await.is_err() {
+                    return Err(EngineError::Stopped);
                 }
+                self.stats.records_out.fetch_add(n as u64, Ordering::Relaxed);
             }
         }
         Ok(())
@@ -1004,9 +1009,9 @@ impl Prefetch {
                 }));
             }
             if let Some(decode) = self.decoding.pop_front() {
-                let (reader, read) = decode
-                    .await
-                    .map_err(|e| EngineError::Internal(format!("decoding a fetch failed: {e} (this is a bug in Rill)")))?;
+                let (reader, read) = decode.await.map_err(|e| {
+                    EngineError::Internal(format!("decoding a fetch failed: {e} (this is a bug in Rill)"))
+                })?;
                 self.readers.push(reader);
                 self.caught_up = false;
                 return Ok(Fetched::Read(read?));

@@ -146,7 +146,8 @@ impl Buffer {
         }
         if !gone.is_empty() {
             let stored = &self.stored;
-            let mut keys: Vec<&[u8]> = gone.iter().map(|(slot, r)| stored[*slot].keys.row(*r as usize).data()).collect();
+            let mut keys: Vec<&[u8]> =
+                gone.iter().map(|(slot, r)| stored[*slot].keys.row(*r as usize).data()).collect();
             keys.sort_unstable();
             keys.dedup();
             for key in keys {
