@@ -737,21 +737,27 @@ impl StageTask {
         }
     }
 
+    /// Rows of `batch` (input `input`) per shard: split by key when the stage has several
+    /// shards, else all of them for the one.
+    fn split(&self, input: usize, batch: RecordBatch) -> Result<Vec<Option<crate::shard::Part>>> {
+        match self.keys.as_ref().filter(|_| self.shards.len() > 1) {
+            Some(keys) => keys.split(input, &batch, self.shards.len()),
+            None => Ok(vec![Some((batch, None))]),
+        }
+    }
+
     /// Hands rows of the main input to the shards their keys belong to, with how far event
-    /// time may advance within them (per row when the stage judges rows at their arrival).
+    /// time may advance within them: computed per row over the whole batch when it is split
+    /// and the stage judges rows at their arrival (its shards see only some of the rows).
     fn route_main(&mut self, batch: RecordBatch, bound: i64) -> Result<()> {
-        let Some(keys) = self.keys.as_ref().filter(|_| self.shards.len() > 1) else {
-            self.shards[0].steps.push(Step::Main(batch, ArrivalBound::UpTo(bound)));
-            return Ok(());
-        };
-        let reached: Option<Vec<i64>> = match keys.time {
+        let reached = match self.keys.as_ref().and_then(|k| k.time).filter(|_| self.shards.len() > 1) {
             Some(t) => {
                 let times = arrow::compute::cast(batch.column(t), &arrow::datatypes::DataType::Int64)?;
                 Some(ArrivalBound::per_row(times.as_primitive::<Int64Type>(), bound))
             }
             None => None,
         };
-        let parts = keys.split(0, &batch, self.shards.len())?;
+        let parts = self.split(0, batch)?;
         for (shard, part) in self.shards.iter_mut().zip(parts) {
             let Some((rows, picked)) = part else { continue };
             let arrival = match (&reached, picked) {
@@ -768,16 +774,11 @@ impl StageTask {
 
     /// Hands rows of side input `input` to the shards their keys belong to.
     fn route_side(&mut self, input: usize, batch: RecordBatch) -> Result<()> {
-        match self.keys.as_ref().filter(|_| self.shards.len() > 1) {
-            Some(keys) => {
-                let parts = keys.split(input, &batch, self.shards.len())?;
-                for (shard, part) in self.shards.iter_mut().zip(parts) {
-                    if let Some((rows, _)) = part {
-                        shard.steps.push(Step::Side(input, rows));
-                    }
-                }
+        let parts = self.split(input, batch)?;
+        for (shard, part) in self.shards.iter_mut().zip(parts) {
+            if let Some((rows, _)) = part {
+                shard.steps.push(Step::Side(input, rows));
             }
-            None => self.shards[0].steps.push(Step::Side(input, batch)),
         }
         Ok(())
     }
