@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
-use arrow::compute::{cast, take_record_batch};
+use arrow::compute::take_record_batch;
 use arrow::datatypes::DataType;
 use datafusion::common::hash_utils::{create_hashes, RandomState};
 use datafusion::physical_expr::PhysicalExpr;
@@ -63,14 +63,7 @@ impl ShardKeys {
         let exprs =
             self.inputs.get(input).ok_or_else(|| EngineError::Internal(format!("no shard key for input {input}")))?;
         let n = batch.num_rows();
-        let keys = exprs
-            .iter()
-            .zip(&self.types)
-            .map(|(e, t)| {
-                let a = e.evaluate(batch)?.into_array(n)?;
-                Ok(if a.data_type() == t { a } else { cast(&a, t)? })
-            })
-            .collect::<Result<Vec<ArrayRef>>>()?;
+        let keys = crate::state::key_arrays(exprs, &self.types, batch)?;
         let mut hashes = vec![0u64; n];
         create_hashes(&keys, &seeds(), &mut hashes)?;
         let mut picked: Vec<Vec<u32>> = vec![Vec::with_capacity(n / shards + 16); shards];
@@ -131,7 +124,7 @@ mod tests {
         let shard_of = |parts: &[Option<RecordBatch>], col: usize, key: i64| {
             parts.iter().position(|p| {
                 p.as_ref().is_some_and(|b| {
-                    let c = cast(b.column(col), &DataType::Int64).unwrap();
+                    let c = arrow::compute::cast(b.column(col), &DataType::Int64).unwrap();
                     c.as_primitive::<Int64Type>().values().contains(&key)
                 })
             })

@@ -18,6 +18,24 @@ use arrow::row::{OwnedRow, RowConverter, Rows};
 
 use crate::{EngineError, Result};
 
+/// The key columns of `batch`: each of `exprs` evaluated and cast to its key type (the keys of
+/// two join inputs, or of a join input and its shard routing, must compare and hash alike).
+pub fn key_arrays(
+    exprs: &[Arc<dyn datafusion::physical_expr::PhysicalExpr>],
+    types: &[arrow::datatypes::DataType],
+    batch: &RecordBatch,
+) -> Result<Vec<ArrayRef>> {
+    let n = batch.num_rows();
+    exprs
+        .iter()
+        .zip(types)
+        .map(|(e, t)| {
+            let a = e.evaluate(batch)?.into_array(n)?;
+            Ok(if a.data_type() == t { a } else { arrow::compute::cast(&a, t)? })
+        })
+        .collect()
+}
+
 /// A batch of `columns` named `c0`, `c1`, ... (all nullable), with `rows` rows.
 pub fn batch(columns: Vec<ArrayRef>, rows: usize) -> Result<RecordBatch> {
     let fields: Vec<Field> =

@@ -228,14 +228,7 @@ impl StreamStreamJoinOperator {
     fn key_rows(&self, batch: &RecordBatch, from_left: bool) -> Result<(Rows, Vec<bool>)> {
         let exprs = if from_left { &self.cfg.left_key } else { &self.cfg.right_key };
         let n = batch.num_rows();
-        let arrays = exprs
-            .iter()
-            .zip(&self.key_types)
-            .map(|(e, t)| {
-                let a = e.evaluate(batch)?.into_array(n)?;
-                Ok(if a.data_type() == t { a } else { cast(&a, t)? })
-            })
-            .collect::<Result<Vec<ArrayRef>>>()?;
+        let arrays = crate::state::key_arrays(exprs, &self.key_types, batch)?;
         let nulls = (0..n).map(|i| arrays.iter().any(|a| a.is_null(i))).collect();
         Ok((self.keys.convert_columns(&arrays)?, nulls))
     }
@@ -292,19 +285,10 @@ impl StreamStreamJoinOperator {
             let (lo, hi) = if from_left { (t - before, t + after) } else { (t - after, t + before) };
             let mut matched = false;
             if let Some(partners) = other.index.get(keys.row(i).data()) {
-                for p in partners {
-                    if p.time >= lo && p.time <= hi {
-                        matched = true;
-                        pairs.push(pair(me, Some(Src::Kept(p.id, p.row))));
-                    }
-                }
-                if matched {
-                    for p in partners {
-                        if p.time >= lo && p.time <= hi {
-                            let slot = (p.id - other.first_id) as usize;
-                            other.stored[slot].matched[p.row as usize] = true;
-                        }
-                    }
+                for p in partners.iter().filter(|p| p.time >= lo && p.time <= hi) {
+                    matched = true;
+                    other.stored[(p.id - other.first_id) as usize].matched[p.row as usize] = true;
+                    pairs.push(pair(me, Some(Src::Kept(p.id, p.row))));
                 }
             }
             // A late row of an outer side joins what is still buffered, else comes out with

@@ -10,7 +10,7 @@
 use crate::state::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions, UInt32Array};
+use arrow::array::{Array, AsArray, RecordBatch, RecordBatchOptions, UInt32Array};
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter, SortField};
@@ -101,16 +101,7 @@ impl Operator for StreamTableJoinOperator {
 
     fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
         let n = batch.num_rows();
-        let key_arrays = self
-            .cfg
-            .stream_key
-            .iter()
-            .zip(&self.key_types)
-            .map(|(e, t)| {
-                let a = e.evaluate(&batch)?.into_array(n)?;
-                Ok(if a.data_type() == t { a } else { cast(&a, t)? })
-            })
-            .collect::<Result<Vec<ArrayRef>>>()?;
+        let key_arrays = crate::state::key_arrays(&self.cfg.stream_key, &self.key_types, &batch)?;
         let keys = self.keys.convert_columns(&key_arrays)?;
         let mut stream_rows = Vec::with_capacity(n);
         let mut matched: Vec<Option<u32>> = Vec::with_capacity(n);
