@@ -169,16 +169,17 @@ impl Committer {
         elapsed >= self.spec.interval || (idle && elapsed >= self.idle_wait())
     }
 
-    /// Takes a checkpoint of `state` (per operator, as [`Chain::snapshot`] gives it) with
-    /// `positions` and `task` state, then commits the epoch's output. Returns the epoch
-    /// checkpointed. `started` is when taking the snapshot began (its cost counts).
+    /// Takes a checkpoint of the state `snapshot` returns (per operator, as [`Chain::snapshot`]
+    /// gives it) with `positions` and `task` state, then commits the epoch's output. Returns the
+    /// epoch checkpointed.
     pub fn checkpoint(
         &mut self,
-        started: Instant,
-        state: Vec<Vec<RecordBatch>>,
+        snapshot: impl FnOnce() -> Result<Vec<Vec<RecordBatch>>>,
         positions: Vec<Vec<u64>>,
         task: serde_json::Value,
     ) -> Result<u64> {
+        let started = Instant::now();
+        let state = snapshot()?;
         let epoch = self.epoch;
         self.file.write(&Checkpoint { meta: CheckpointMeta { epoch, positions, task, parts: vec![] }, state })?;
         for (topic, p) in std::mem::take(&mut self.touched) {

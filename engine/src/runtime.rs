@@ -806,17 +806,20 @@ impl StageTask {
         if !c.dirty() {
             return Ok(());
         }
-        let started = std::time::Instant::now();
-        let mut state = Vec::new();
-        for shard in &mut self.shards {
-            state.extend(shard.chain.snapshot()?);
-        }
         let mut task = serde_json::json!({ "tracker": self.tracker });
         if self.shards.len() > 1 {
             task["shards"] = self.shards.len().into();
             task["routing"] = crate::shard::fingerprint().into();
         }
-        c.checkpoint(started, state, self.processed.clone(), task)?;
+        let shards = &mut self.shards;
+        let snapshot = || {
+            let mut state = Vec::new();
+            for shard in shards.iter_mut() {
+                state.extend(shard.chain.snapshot()?);
+            }
+            Ok(state)
+        };
+        c.checkpoint(snapshot, self.processed.clone(), task)?;
         if let Some(g) = &self.shared.commit_group {
             let offsets: Vec<(String, u32, u64)> = self
                 .processed
@@ -1083,9 +1086,7 @@ impl PartitionTask {
         if !c.dirty() {
             return Ok(());
         }
-        let started = std::time::Instant::now();
-        let state = self.chain.snapshot()?;
-        c.checkpoint(started, state, vec![vec![self.offset]], serde_json::Value::Null)?;
+        c.checkpoint(|| self.chain.snapshot(), vec![vec![self.offset]], serde_json::Value::Null)?;
         self.publish_position(true)
     }
 
