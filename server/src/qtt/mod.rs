@@ -128,6 +128,20 @@ impl Outcome {
     }
 }
 
+/// The properties every case's statements run with, then the case's own (which win): read from
+/// the start, publish results as soon as a query runs out of input (cases wait for them), and
+/// one thread, as ksqlDB's test driver (results of different keys in input order; key shards
+/// would order them by shard).
+fn case_properties(own: &std::collections::BTreeMap<String, String>) -> std::collections::BTreeMap<String, String> {
+    let mut props: std::collections::BTreeMap<String, String> =
+        [("auto.offset.reset", "earliest"), ("commit.interval.ms", "1"), ("num.stream.threads", "1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    props.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+    props
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }

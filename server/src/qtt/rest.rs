@@ -207,13 +207,7 @@ pub async fn run_case(run: &RestRun, dir: &Path) -> Result<(), String> {
         let _ = axum::serve(listener, app).await;
     });
 
-    let mut props: BTreeMap<String, String> = BTreeMap::new();
-    props.insert("auto.offset.reset".into(), "earliest".into());
-    // Publish results as soon as a query runs out of input: cases wait for them.
-    props.insert("commit.interval.ms".into(), "1".into());
-    // One thread, as ksqlDB's test driver: results of different keys in input order.
-    props.insert("num.stream.threads".into(), "1".into());
-    props.extend(run.properties.clone());
+    let props = super::case_properties(&run.properties);
     let first_query = run.statements.iter().position(|s| s.starts_with("SELECT ")).unwrap_or(run.statements.len());
     let (admin, queries) = run.statements.split_at(first_query);
     if queries.iter().any(|q| !q.starts_with("SELECT ")) {

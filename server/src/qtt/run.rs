@@ -9,7 +9,7 @@
 //! event time only moves with the inputs. Outputs are collected after every input; records of a
 //! topic are ordered by the input that caused them, then partition, then offset.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -36,14 +36,7 @@ pub async fn run_case(run: &Run, dir: &Path) -> Result<(), String> {
     create_topics(&run.case.topics, &run.statements, run.case.inputs.iter().chain(&run.case.outputs), store.as_ref())?;
 
     let case = &run.case;
-    let mut props: Properties = BTreeMap::new();
-    props.insert("auto.offset.reset".into(), "earliest".into());
-    // Publish results as soon as a query runs out of input: cases wait for them.
-    props.insert("commit.interval.ms".into(), "1".into());
-    // ksqlDB's test driver processes records one by one on one thread: outputs of different
-    // keys come in input order only without key shards.
-    props.insert("num.stream.threads".into(), "1".into());
-    props.extend(run.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut props: Properties = super::case_properties(&run.properties);
     for (i, sql) in run.statements.iter().enumerate() {
         if apply_set(sql, &mut props) {
             continue;
