@@ -316,7 +316,7 @@ impl KsqlEngine {
             }
             Statement::Select(select) => {
                 if select.emit.is_none() {
-                    return self.pull(catalog, &select).await;
+                    return self.pull(catalog, &select, props).await;
                 }
                 let plan = planner::plan_push(&self.ctx, catalog, &select).await?;
                 let start = start_from(props, StartFrom::Latest);
@@ -501,7 +501,7 @@ impl KsqlEngine {
 
     /// A pull query: the current rows of a table (latest value per key) or of a stream (every
     /// record), queried with DataFusion.
-    async fn pull(&self, catalog: &Catalog, select: &Select) -> Result<StatementResult> {
+    async fn pull(&self, catalog: &Catalog, select: &Select, props: &Properties) -> Result<StatementResult> {
         let sp::SetExpr::Select(body) = select.query.body.as_ref() else {
             return Err(SqlError::Unsupported("Only simple SELECT statements are supported".into()));
         };
@@ -513,6 +513,7 @@ impl KsqlEngine {
         };
         let source =
             catalog.sources.get(&name).cloned().ok_or_else(|| SqlError::NotFound(format!("{name} does not exist.")))?;
+        crate::pull::check(body, &source, props)?;
         let rows = match source.kind {
             SourceKind::Table => self.view_rows(&source, body.selection.as_ref())?,
             SourceKind::Stream => self.stream_rows(&source)?,

@@ -298,6 +298,7 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
         }
         (plan, _) => plan?,
     };
+    crate::typecheck::check(&plan)?;
     // The analyzer adds DataFusion's type coercions (casts) to the plan.
     let plan = simplify(state.analyzer().execute_and_check(plan, state.config_options(), |_, _| {})?);
     let LogicalPlan::Projection(projection) = &plan else {
@@ -511,7 +512,7 @@ fn string_plus(query: &mut sp::Query, source: &SourceDef) {
 }
 
 /// An expression as ksqlDB writes it in messages: binary operations in parentheses.
-fn ksql_ast_text(e: &sp::Expr) -> String {
+pub(crate) fn ksql_ast_text(e: &sp::Expr) -> String {
     match e {
         sp::Expr::BinaryOp { left, op, right } => {
             let op = if *op == sp::BinaryOperator::StringConcat { "+".to_string() } else { op.to_string() };
@@ -1317,6 +1318,7 @@ pub async fn run_pull(
     let plan = ctx.state().statement_to_plan(statement).await;
     let result = async {
         let plan = plan?;
+        crate::typecheck::check(&plan)?;
         let mut key_names: Vec<&str> = source.key_columns().map(|c| c.name.as_str()).collect();
         if source.window.is_some() {
             key_names.extend([WINDOWSTART, WINDOWEND]);
@@ -1838,6 +1840,7 @@ async fn plan_join(
         let _ = ctx.deregister_table(TableReference::bare(name.clone()));
     }
     let plan = plan?;
+    crate::typecheck::check(&plan)?;
     let source_of = |q: &str| {
         Some(if q == left_alias {
             left_name.clone()

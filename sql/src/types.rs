@@ -37,6 +37,11 @@ pub enum SqlType {
 }
 
 impl SqlType {
+    /// INT, BIGINT, DOUBLE or DECIMAL.
+    pub fn is_numeric(&self) -> bool {
+        matches!(self, SqlType::Int | SqlType::Bigint | SqlType::Double | SqlType::Decimal(..))
+    }
+
     /// The Arrow type this maps to.
     pub fn to_arrow(&self) -> DataType {
         match self {

@@ -12,8 +12,10 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter, SortField};
+use bytes::Bytes;
+use rill_connectors::format::{encoder, Encoder};
 use rill_connectors::TopicStore;
 use rill_engine::source::{SourceReader, DELETE};
 use sqlparser::ast as sp;
@@ -33,11 +35,21 @@ pub struct TableView {
     readers: Vec<SourceReader>,
     keys: RowConverter,
     rows: RowConverter,
-    /// Key → (partition, offset of its latest row, the row): scans list rows in the order of
-    /// their latest change, partition by partition, as ksqlDB's do.
-    latest: HashMap<OwnedRow, (u32, i64, OwnedRow)>,
-    offset: usize,
+    /// Serialises key columns (without window bounds) as the topic's key format does.
+    key_bytes: Box<dyn Encoder>,
+    key_schema: SchemaRef,
+    /// Key → its latest row: scans list rows partition by partition, in the order of the
+    /// serialised keys within a partition, as ksqlDB's RocksDB stores do.
+    latest: HashMap<OwnedRow, Latest>,
     windowed: bool,
+}
+
+/// The latest row of one key.
+struct Latest {
+    partition: u32,
+    /// The key as the topic's key format serialises it (its order within a partition).
+    serialized: Bytes,
+    row: OwnedRow,
 }
 
 impl TableView {
@@ -46,7 +58,9 @@ impl TableView {
         let spec = source.source_spec();
         let schema = spec.row_schema();
         // A windowed table's rows are keyed by key and window (its bounds follow the key).
-        let nkeys = source.key_columns().count() + if source.window.is_some() { 2 } else { 0 };
+        let inner = source.key_columns().count();
+        let nkeys = inner + if source.window.is_some() { 2 } else { 0 };
+        let key_schema = Arc::new(Schema::new(schema.fields()[..inner].to_vec()));
         let partitions = store.topic_config(&source.topic)?.partitions;
         let readers = (0..partitions).map(|p| SourceReader::try_new(spec.clone(), p)).collect::<Result<_, _>>()?;
         let positions = (0..partitions).map(|p| store.start_offset(&source.topic, p)).collect::<Result<_, _>>()?;
@@ -55,7 +69,8 @@ impl TableView {
             statement: source.statement.clone(),
             topic: source.topic.clone(),
             delete: schema.index_of(DELETE).map_err(|e| SqlError::Internal(e.to_string()))?,
-            offset: schema.index_of(rill_engine::source::ROWOFFSET).map_err(|e| SqlError::Internal(e.to_string()))?,
+            key_bytes: encoder(&spec.key_format, key_schema.clone())?,
+            key_schema,
             keys: RowConverter::new(schema.fields().iter().take(nkeys).map(field).collect())?,
             rows: RowConverter::new(schema.fields().iter().map(field).collect())?,
             schema,
@@ -91,12 +106,20 @@ impl TableView {
                 let keys = self.keys.convert_columns(&batch.columns()[..self.nkeys])?;
                 let rows = self.rows.convert_columns(batch.columns())?;
                 let deletes = batch.column(self.delete).as_boolean();
-                let offsets = batch.column(self.offset).as_primitive::<arrow::datatypes::Int64Type>();
-                for i in 0..batch.num_rows() {
+                let inner = self.key_schema.fields().len();
+                let key_batch = RecordBatch::try_new(self.key_schema.clone(), batch.columns()[..inner].to_vec())?;
+                let mut serialized = Vec::with_capacity(batch.num_rows());
+                self.key_bytes.encode(&key_batch, &mut serialized)?;
+                for (i, serialized) in serialized.into_iter().enumerate() {
                     if deletes.is_valid(i) && deletes.value(i) {
                         self.latest.remove(&keys.row(i).owned());
                     } else {
-                        self.latest.insert(keys.row(i).owned(), (p as u32, offsets.value(i), rows.row(i).owned()));
+                        let latest = Latest {
+                            partition: p as u32,
+                            serialized: serialized.unwrap_or_default(),
+                            row: rows.row(i).owned(),
+                        };
+                        self.latest.insert(keys.row(i).owned(), latest);
                     }
                 }
             }
@@ -104,59 +127,56 @@ impl TableView {
         Ok(())
     }
 
-    /// The current rows of the given keys (one array per key column, one row per key), or of
-    /// every key.
+    /// The current rows of the given keys (one array per key column, one row per key; in the
+    /// order given, as ksqlDB's key lookups answer), or of every key (partition by partition,
+    /// by serialised key). A windowed key's windows come in order of their start.
     pub fn rows(&self, keys: Option<&[ArrayRef]>) -> Result<RecordBatch> {
-        if self.windowed {
-            return self.windowed_rows(keys);
-        }
-        let mut selected: Vec<(&OwnedRow, &(u32, i64, OwnedRow))> = match keys {
-            Some(keys) => {
+        let entries: Vec<&Latest> = match keys {
+            // A lookup of whole keys: straight to them.
+            Some(keys) if !self.windowed => {
                 let wanted = self.keys.convert_columns(keys)?;
                 let mut seen = std::collections::HashSet::new();
                 (0..wanted.num_rows())
-                    .filter(|i| seen.insert(wanted.row(*i).owned()))
-                    .filter_map(|i| self.latest.get_key_value(&wanted.row(i).owned()))
+                    .map(|i| wanted.row(i).owned())
+                    .filter(|k| seen.insert(k.clone()))
+                    .filter_map(|k| self.latest.get(&k))
                     .collect()
             }
-            None => self.latest.iter().collect(),
+            Some(keys) => self.windows_of(keys)?,
+            None => self.in_scan_order().into_iter().map(|(_, l)| l).collect(),
         };
-        selected.sort_unstable_by_key(|(_, (p, o, _))| (*p, *o));
-        let columns = self.rows.convert_rows(selected.into_iter().map(|(_, (_, _, r))| r.row()))?;
+        let columns = self.rows.convert_rows(entries.iter().map(|l| l.row.row()))?;
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
 
-    /// Rows of a windowed table: of the given keys in the order given, or of every key in key
-    /// order (partition by partition); the windows of a key in order of their start.
-    fn windowed_rows(&self, keys: Option<&[ArrayRef]>) -> Result<RecordBatch> {
-        let inner = self.nkeys - 2;
+    /// Every key in scan order; the full key row orders the windows of one key (their start
+    /// follows the key columns).
+    fn in_scan_order(&self) -> Vec<(&OwnedRow, &Latest)> {
+        let mut entries: Vec<(&OwnedRow, &Latest)> = self.latest.iter().collect();
+        entries.sort_unstable_by(|(ka, a), (kb, b)| {
+            (a.partition, &a.serialized, ka).cmp(&(b.partition, &b.serialized, kb))
+        });
+        entries
+    }
+
+    /// The windows of the given keys of a windowed table, key by key in the order given.
+    fn windows_of(&self, keys: &[ArrayRef]) -> Result<Vec<&Latest>> {
+        let inner = self.key_schema.fields().len();
+        let entries = self.in_scan_order();
         let prefix = RowConverter::new(
-            self.schema.fields().iter().take(inner).map(|f| SortField::new(f.data_type().clone())).collect(),
+            self.key_schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect(),
         )?;
-        let entries: Vec<(&OwnedRow, &(u32, i64, OwnedRow))> = self.latest.iter().collect();
         let key_columns = self.keys.convert_rows(entries.iter().map(|(k, _)| k.row()))?;
         let prefixes = prefix.convert_columns(&key_columns[..inner])?;
-        let mut order: Vec<usize> = (0..entries.len()).collect();
-        order.sort_unstable_by(|a, b| {
-            (entries[*a].1 .0, prefixes.row(*a), entries[*a].0).cmp(&(
-                entries[*b].1 .0,
-                prefixes.row(*b),
-                entries[*b].0,
-            ))
-        });
-        if let Some(keys) = keys {
-            let wanted = prefix.convert_columns(keys)?;
-            let mut seen = std::collections::HashSet::new();
-            let mut picked = Vec::new();
-            for w in 0..wanted.num_rows() {
-                if seen.insert(wanted.row(w).owned()) {
-                    picked.extend(order.iter().copied().filter(|i| prefixes.row(*i) == wanted.row(w)));
-                }
+        let wanted = prefix.convert_columns(keys)?;
+        let mut seen = std::collections::HashSet::new();
+        let mut picked = Vec::new();
+        for w in 0..wanted.num_rows() {
+            if seen.insert(wanted.row(w).owned()) {
+                picked.extend((0..entries.len()).filter(|i| prefixes.row(*i) == wanted.row(w)).map(|i| entries[i].1));
             }
-            order = picked;
         }
-        let columns = self.rows.convert_rows(order.iter().map(|i| entries[*i].1 .2.row()))?;
-        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+        Ok(picked)
     }
 
     /// Key arrays for a WHERE clause that pins the table's single key column to literals

@@ -199,7 +199,13 @@ pub async fn run_case(run: &RestRun, dir: &Path) -> Result<(), String> {
     let engine = KsqlEngine::open(store.clone(), dir.to_path_buf())
         .await
         .map_err(|e| format!("runner: opening the engine: {e}"))?;
-    super::run::create_topics(&case.topics, &run.statements, case.inputs.iter().chain(&case.outputs), store.as_ref())?;
+    super::run::create_topics(
+        &case.topics,
+        &run.statements,
+        case.inputs.iter().chain(&case.outputs),
+        store.as_ref(),
+        super::run::Partitions::Rest,
+    )?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("runner: binding: {e}"))?;
     let addr = listener.local_addr().map_err(|e| format!("runner: {e}"))?;
     let app = crate::rest::router(crate::rest::AppState::new(engine.clone()));

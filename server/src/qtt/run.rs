@@ -3,7 +3,8 @@
 //!
 //! Like upstream's runner, topics are created before the statements run: those of the `topics`
 //! section (with their partition counts), those named by `CREATE STREAM/TABLE` statements with
-//! columns (their `PARTITIONS`), and every input and output topic, with 1 partition by default.
+//! columns (their `PARTITIONS`), and every input and output topic, with 1 partition by default (4 for
+//! the REST runner, see [`Partitions`]).
 //! Time is deterministic: records carry the case's timestamps (default 0), are appended one per
 //! append in file order, and the runner waits until every query is idle before the next one, so
 //! event time only moves with the inputs. Outputs are collected after every input; records of a
@@ -33,7 +34,13 @@ pub async fn run_case(run: &Run, dir: &Path) -> Result<(), String> {
     let engine = KsqlEngine::open(store.clone(), dir.to_path_buf())
         .await
         .map_err(|e| format!("runner: opening the engine: {e}"))?;
-    create_topics(&run.case.topics, &run.statements, run.case.inputs.iter().chain(&run.case.outputs), store.as_ref())?;
+    create_topics(
+        &run.case.topics,
+        &run.statements,
+        run.case.inputs.iter().chain(&run.case.outputs),
+        store.as_ref(),
+        Partitions::Driver,
+    )?;
 
     let case = &run.case;
     let mut props: Properties = super::case_properties(&run.properties);
@@ -113,13 +120,28 @@ fn apply_set(sql: &str, props: &mut Properties) -> bool {
     true
 }
 
+/// How many partitions [`create_topics`] gives the topics a case does not declare itself.
+#[derive(Clone, Copy)]
+pub(super) enum Partitions {
+    /// ksqlDB's topology test driver: one partition, or a `CREATE`'s `PARTITIONS`.
+    Driver,
+    /// ksqlDB's REST test harness creates the topics it infers with 4 partitions (its legacy
+    /// default sink partition count) unless a `CREATE` says `PARTITIONS`; scan orders follow.
+    Rest,
+}
+
 /// Creates the topics a case needs before its statements run (see the module docs).
 pub(super) fn create_topics<'a>(
     topics: &[TopicNode],
     statements: &[String],
     records: impl Iterator<Item = &'a RecordNode>,
     store: &dyn TopicStore,
+    mode: Partitions,
 ) -> Result<(), String> {
+    let inferred = match mode {
+        Partitions::Driver => 1,
+        Partitions::Rest => 4,
+    };
     let mut wanted: Vec<(String, u32)> = Vec::new();
     let mut add = |name: &str, partitions: u32| {
         if !wanted.iter().any(|(n, _)| n == name) {
@@ -135,13 +157,13 @@ pub(super) fn create_topics<'a>(
         for p in parsed {
             if let Statement::CreateSource { columns, props, query: None, .. } = &p.statement {
                 let (Some(topic), false) = (props.get("KAFKA_TOPIC"), columns.is_empty()) else { continue };
-                let partitions = props.get("PARTITIONS").and_then(|v| v.as_text().parse().ok()).unwrap_or(1);
-                add(&topic.as_text(), partitions);
+                let declared = props.get("PARTITIONS").and_then(|v| v.as_text().parse().ok());
+                add(&topic.as_text(), declared.unwrap_or(inferred));
             }
         }
     }
     for r in records {
-        add(&r.topic, 1);
+        add(&r.topic, inferred);
     }
     for (name, partitions) in wanted {
         let config = TopicConfig { partitions, durability: Durability::None, ..TopicConfig::default() };

@@ -1,0 +1,241 @@
+//! ksqlDB's type rules for comparisons and predicates, checked on DataFusion's plan before its
+//! analyzer adds coercions: DataFusion would cast `'100'` to a number to compare it with a
+//! BIGINT, ksqlDB refuses the statement, and so does Rill, with ksqlDB's messages.
+
+use std::collections::HashMap;
+
+use arrow::datatypes::DataType;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchema};
+use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan, Operator};
+use datafusion::scalar::ScalarValue;
+
+use crate::exprtext::ksql_text;
+use crate::types::SqlType;
+use crate::{Result, SqlError};
+
+const TIMES: [&str; 3] = ["ROWTIME", "WINDOWSTART", "WINDOWEND"];
+
+/// Checks every WHERE and HAVING predicate (boolean, comparisons of comparable types, no
+/// comparison with NULL) and every projected expression (no comparison with NULL).
+pub fn check(plan: &LogicalPlan) -> Result<()> {
+    let join = plan.exists(|p| Ok(matches!(p, LogicalPlan::Join(_)))).unwrap_or(false);
+    let mut error = None;
+    let _ = plan.apply(|node| {
+        let found = match node {
+            LogicalPlan::Filter(f) => {
+                let (clause, outputs) = match f.input.as_ref() {
+                    LogicalPlan::Aggregate(a) => ("HAVING", aggregate_outputs(a)),
+                    _ => ("WHERE", HashMap::new()),
+                };
+                let names = Names { join, outputs };
+                predicate(&f.predicate, f.input.schema(), clause, &names)
+            }
+            LogicalPlan::Projection(p) => {
+                let names = Names { join, outputs: HashMap::new() };
+                p.expr.iter().find_map(|e| comparisons(e, p.input.schema(), &names, None))
+            }
+            _ => None,
+        };
+        Ok(match found {
+            Some(e) => {
+                error = Some(e);
+                TreeNodeRecursion::Stop
+            }
+            None => TreeNodeRecursion::Continue,
+        })
+    });
+    error.map_or(Ok(()), Err)
+}
+
+/// How to write expressions in messages: join columns as `ALIAS_NAME` (ksqlDB's names for
+/// them), columns that hold an aggregate's result as the aggregate call.
+struct Names {
+    join: bool,
+    outputs: HashMap<String, Expr>,
+}
+
+impl Names {
+    fn text(&self, e: &Expr) -> String {
+        let rewritten = e
+            .clone()
+            .transform(|e| {
+                Ok(match e {
+                    Expr::Column(c) if self.outputs.contains_key(&c.name) => {
+                        Transformed::yes(self.outputs[&c.name].clone())
+                    }
+                    other => Transformed::no(other),
+                })
+            })
+            .and_then(|t| {
+                t.data.transform(|e| {
+                    Ok(match e {
+                        Expr::Column(c) => {
+                            let name = match (&c.relation, self.join) {
+                                (Some(r), true) => format!("{}_{}", r.table(), c.name),
+                                _ => c.name.clone(),
+                            };
+                            Transformed::yes(Expr::Column(Column::new_unqualified(name)))
+                        }
+                        other => Transformed::no(other),
+                    })
+                })
+            })
+            .map(|t| t.data)
+            .unwrap_or_else(|_| e.clone());
+        ksql_text(&rewritten, &|_| None)
+    }
+}
+
+/// An aggregate's output column names and the expressions that compute them.
+fn aggregate_outputs(a: &datafusion::logical_expr::Aggregate) -> HashMap<String, Expr> {
+    let exprs = a.group_expr.iter().chain(&a.aggr_expr);
+    a.schema.fields().iter().zip(exprs).map(|(f, e)| (f.name().clone(), e.clone().unalias())).collect()
+}
+
+fn predicate(p: &Expr, schema: &DFSchema, clause: &str, names: &Names) -> Option<SqlError> {
+    let statement = || names.text(p);
+    if let Some(e) = comparisons(p, schema, names, Some(clause)) {
+        return Some(e);
+    }
+    match p.get_type(schema) {
+        Ok(DataType::Boolean | DataType::Null) | Err(_) => None,
+        Ok(other) => Some(SqlError::plan(format!(
+            "Type error in {clause} expression: Should evaluate to boolean but is {} ({}) instead.\nStatement: {}",
+            names.text(p),
+            type_name(p, &other),
+            statement()
+        ))),
+    }
+}
+
+/// The first comparison in `e` of incomparable types or with NULL.
+fn comparisons(e: &Expr, schema: &DFSchema, names: &Names, clause: Option<&str>) -> Option<SqlError> {
+    let mut found = None;
+    let _ = e.apply(|x| {
+        let Expr::BinaryExpr(b) = x else { return Ok(TreeNodeRecursion::Continue) };
+        let Some(op) = ksql_operator(&b.op) else { return Ok(TreeNodeRecursion::Continue) };
+        let (Ok(lt), Ok(rt)) = (b.left.get_type(schema), b.right.get_type(schema)) else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        // ROWTIME and the window bounds compare with strings, which ksqlDB reads as times.
+        if [&b.left, &b.right].iter().any(|s| matches!(s.as_ref(), Expr::Column(c) if TIMES.contains(&c.name.as_str())))
+        {
+            return Ok(TreeNodeRecursion::Continue);
+        }
+        let (ln, rn) = (type_name(&b.left, &lt), type_name(&b.right, &rt));
+        let message = if lt == DataType::Null || rt == DataType::Null {
+            let symbol = if b.op == Operator::NotEq { "<>".to_string() } else { b.op.to_string() };
+            Some(format!(
+                "Comparison with NULL not supported: {ln} {symbol} {rn}\nUse 'IS NULL' or 'IS NOT NULL' instead."
+            ))
+        } else if !comparable(&lt, &rt) {
+            Some(format!("Cannot compare {} ({ln}) to {} ({rn}) with {op}.", names.text(&b.left), names.text(&b.right)))
+        } else {
+            None
+        };
+        Ok(match message {
+            Some(m) => {
+                found = Some(SqlError::plan(match clause {
+                    Some(c) => format!("Error in {c} expression: {m}\nStatement: {}", names.text(e)),
+                    None => m,
+                }));
+                TreeNodeRecursion::Stop
+            }
+            None => TreeNodeRecursion::Continue,
+        })
+    });
+    found
+}
+
+fn ksql_operator(op: &Operator) -> Option<&'static str> {
+    Some(match op {
+        Operator::Eq => "EQUAL",
+        Operator::NotEq => "NOT_EQUAL",
+        Operator::Lt => "LESS_THAN",
+        Operator::LtEq => "LESS_THAN_OR_EQUAL",
+        Operator::Gt => "GREATER_THAN",
+        Operator::GtEq => "GREATER_THAN_OR_EQUAL",
+        _ => return None,
+    })
+}
+
+#[derive(PartialEq)]
+enum Kind {
+    Number,
+    Text,
+    Boolean,
+    Other,
+}
+
+fn kind(t: &DataType) -> Kind {
+    match SqlType::from_arrow(t) {
+        Some(s) if s.is_numeric() => Kind::Number,
+        Some(SqlType::String) => Kind::Text,
+        Some(SqlType::Boolean) => Kind::Boolean,
+        _ => Kind::Other,
+    }
+}
+
+/// ksqlDB compares numbers with numbers, strings with strings (and with times, which it
+/// parses), booleans with booleans; Rill refuses only the mixes of those three.
+fn comparable(a: &DataType, b: &DataType) -> bool {
+    let (a, b) = (kind(a), kind(b));
+    a == b || a == Kind::Other || b == Kind::Other
+}
+
+/// The ksqlDB type of an expression for messages: integer literals that fit 32 bits are
+/// INTEGER, untyped NULL is NULL.
+fn type_name(e: &Expr, t: &DataType) -> String {
+    match (e, t) {
+        (_, DataType::Null) => "NULL".into(),
+        (Expr::Literal(ScalarValue::Int64(Some(v)), _), _) if i32::try_from(*v).is_ok() => "INTEGER".into(),
+        _ => SqlType::from_arrow(t).map_or_else(|| t.to_string(), |s| s.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::datatypes::{Field, Schema};
+    use datafusion::catalog::MemTable;
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+
+    async fn verdict(sql: &str) -> String {
+        let ctx = SessionContext::new();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ID", DataType::Int32, true),
+            Field::new("NAME", DataType::Utf8, true),
+            Field::new("ROWTIME", DataType::Int64, true),
+        ]));
+        let table = Arc::new(MemTable::try_new(schema, vec![vec![]]).unwrap());
+        ctx.register_table(datafusion::common::TableReference::bare("T"), table).unwrap();
+        let plan = ctx.state().create_logical_plan(sql).await.unwrap();
+        match check(&plan) {
+            Ok(()) => "ok".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn comparisons_follow_ksqldb_types() {
+        assert_eq!(verdict(r#"SELECT * FROM "T" WHERE "ID" >= 3 AND "NAME" = 'a'"#).await, "ok");
+        assert_eq!(verdict(r#"SELECT * FROM "T" WHERE "ROWTIME" >= '2018'"#).await, "ok", "times compare with strings");
+        let got = verdict(r#"SELECT * FROM "T" WHERE "NAME" = 'a' AND "ID" >= 'x'"#).await;
+        assert!(
+            got.contains(
+                "Error in WHERE expression: Cannot compare ID (INTEGER) to 'x' (STRING) with GREATER_THAN_OR_EQUAL."
+            ),
+            "{got}"
+        );
+        let got = verdict(r#"SELECT "ID" FROM "T" GROUP BY "ID" HAVING SUM("ID") > '100'"#).await;
+        assert!(got.contains("Error in HAVING expression: Cannot compare SUM(ID) (BIGINT) to '100' (STRING)"), "{got}");
+        let got = verdict(r#"SELECT NULL <> NULL FROM "T""#).await;
+        assert!(got.contains("Comparison with NULL not supported: NULL <> NULL"), "{got}");
+        let got = verdict(r#"SELECT * FROM "T" WHERE "ID" = NULL"#).await;
+        assert!(got.contains("Comparison with NULL not supported: INTEGER = NULL"), "{got}");
+    }
+}
