@@ -58,6 +58,8 @@ pub struct KsqlEngine {
     pending: parking_lot::Mutex<Vec<QuerySpec>>,
     /// Materialised views of tables for pull queries, by table name.
     views: parking_lot::Mutex<std::collections::HashMap<String, crate::view::TableView>>,
+    /// Push queries still running (held by their clients; dropped ones are pruned).
+    push: parking_lot::Mutex<Vec<std::sync::Weak<RunningQuery>>>,
     ctx: SessionContext,
     catalog: Mutex<Catalog>,
 }
@@ -75,6 +77,7 @@ impl KsqlEngine {
             state_dir,
             pending: parking_lot::Mutex::new(Vec::new()),
             views: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            push: parking_lot::Mutex::new(Vec::new()),
             ctx,
             catalog: Mutex::new(Catalog::default()),
         });
@@ -181,15 +184,23 @@ impl KsqlEngine {
         }
     }
 
-    /// Waits until every persistent query has read its sources to the end (or failed).
+    /// Every running query: persistent ones, then push queries.
+    async fn running(&self) -> Vec<Arc<RunningQuery>> {
+        let mut queries: Vec<Arc<RunningQuery>> =
+            self.catalog.lock().await.queries.values().map(|q| q.running.clone()).collect();
+        let mut push = self.push.lock();
+        push.retain(|q| q.strong_count() > 0);
+        queries.extend(push.iter().filter_map(std::sync::Weak::upgrade));
+        queries
+    }
+
+    /// Waits until every query, persistent or push, has read its sources to the end (or failed).
     pub async fn wait_until_idle(&self) {
         loop {
-            let queries: Vec<Arc<RunningQuery>> =
-                self.catalog.lock().await.queries.values().map(|q| q.running.clone()).collect();
+            let queries = self.running().await;
             if queries.iter().all(|q| q.caught_up(self.store.as_ref())) {
                 // A query's output may be another's input: check again after all settled.
-                let again: Vec<Arc<RunningQuery>> =
-                    self.catalog.lock().await.queries.values().map(|q| q.running.clone()).collect();
+                let again = self.running().await;
                 if again.iter().all(|q| q.caught_up(self.store.as_ref())) {
                     return;
                 }
@@ -321,7 +332,11 @@ impl KsqlEngine {
                 let plan = planner::plan_push(&self.ctx, catalog, &select).await?;
                 let start = start_from(props, StartFrom::Latest);
                 let (tx, rx) = mpsc::channel(16);
-                let id = format!("transient_{}_{}", plan.source.name, rand_suffix());
+                let id = if is_scalable_push(&plan, props) {
+                    format!("SCALABLE_PUSH_QUERY_{}", rand_suffix())
+                } else {
+                    format!("transient_{}_{}", plan.source.name, rand_suffix())
+                };
                 let columns = plan.columns.clone();
                 let delete_column = plan.delete_column;
                 let spec = QuerySpec {
@@ -338,6 +353,7 @@ impl KsqlEngine {
                     checkpoint: None,
                 };
                 let handle = Arc::new(runtime::start(self.store.clone(), spec)?);
+                self.push.lock().push(Arc::downgrade(&handle));
                 Ok(StatementResult::Push(PushQuery {
                     id,
                     columns,
@@ -1610,6 +1626,19 @@ fn parallelism(props: &Properties) -> Result<usize> {
             ))),
         },
     }
+}
+
+/// ksqlDB's scalable push queries (`ksql.query.push.v2.enabled`): a stateless query from the
+/// latest offsets over a source a persistent query writes, served from that query's output
+/// (as every push query in Rill is served from its source's topic); only the name differs.
+fn is_scalable_push(plan: &planner::QueryPlan, props: &Properties) -> bool {
+    let set = |name: &str, value: &str| props.get(name).is_some_and(|v| v.trim().eq_ignore_ascii_case(value));
+    set("ksql.query.push.v2.enabled", "true")
+        && set("auto.offset.reset", "latest")
+        && plan.stage.is_none()
+        && plan.side_sources.is_empty()
+        && !plan.rekeyed
+        && !plan.source.written_by.is_empty()
 }
 
 fn start_from(props: &Properties, default: StartFrom) -> StartFrom {

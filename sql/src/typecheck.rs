@@ -17,7 +17,7 @@ use crate::{Result, SqlError};
 const TIMES: [&str; 3] = ["ROWTIME", "WINDOWSTART", "WINDOWEND"];
 
 /// Checks every WHERE and HAVING predicate (boolean, comparisons of comparable types, no
-/// comparison with NULL) and every projected expression (no comparison with NULL).
+/// comparison with NULL) and every projected expression (no comparison or arithmetic with NULL).
 pub fn check(plan: &LogicalPlan) -> Result<()> {
     let join = plan.exists(|p| Ok(matches!(p, LogicalPlan::Join(_)))).unwrap_or(false);
     let mut error = None;
@@ -64,6 +64,13 @@ impl Names {
                     Expr::Column(c) if self.outputs.contains_key(&c.name) => {
                         Transformed::yes(self.outputs[&c.name].clone())
                     }
+                    // Rill types integer literals as ksqlDB does with a cast; print the literal.
+                    Expr::Cast(c)
+                        if c.field.data_type() == &DataType::Int32
+                            && matches!(c.expr.as_ref(), Expr::Literal(ScalarValue::Int64(_), _)) =>
+                    {
+                        Transformed::yes(*c.expr)
+                    }
                     other => Transformed::no(other),
                 })
             })
@@ -109,15 +116,26 @@ fn predicate(p: &Expr, schema: &DFSchema, clause: &str, names: &Names) -> Option
     }
 }
 
-/// The first comparison in `e` of incomparable types or with NULL.
+/// The first comparison in `e` of incomparable types or with NULL, or arithmetic with NULL.
 fn comparisons(e: &Expr, schema: &DFSchema, names: &Names, clause: Option<&str>) -> Option<SqlError> {
     let mut found = None;
     let _ = e.apply(|x| {
         let Expr::BinaryExpr(b) = x else { return Ok(TreeNodeRecursion::Continue) };
-        let Some(op) = ksql_operator(&b.op) else { return Ok(TreeNodeRecursion::Continue) };
         let (Ok(lt), Ok(rt)) = (b.left.get_type(schema), b.right.get_type(schema)) else {
             return Ok(TreeNodeRecursion::Continue);
         };
+        if b.op.is_numerical_operators() && (lt == DataType::Null || rt == DataType::Null) {
+            let name = |e: &Expr, t: &DataType| if *t == DataType::Null { "null".into() } else { type_name(e, t) };
+            let m = format!(
+                "Error processing expression: {}. Arithmetic on types {} and {} are not supported.",
+                names.text(x),
+                name(&b.left, &lt),
+                name(&b.right, &rt)
+            );
+            found = Some(SqlError::plan(m));
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        let Some(op) = ksql_operator(&b.op) else { return Ok(TreeNodeRecursion::Continue) };
         // ROWTIME and the window bounds compare with strings, which ksqlDB reads as times.
         if [&b.left, &b.right].iter().any(|s| matches!(s.as_ref(), Expr::Column(c) if TIMES.contains(&c.name.as_str())))
         {
@@ -235,6 +253,8 @@ mod tests {
         assert!(got.contains("Error in HAVING expression: Cannot compare SUM(ID) (BIGINT) to '100' (STRING)"), "{got}");
         let got = verdict(r#"SELECT NULL <> NULL FROM "T""#).await;
         assert!(got.contains("Comparison with NULL not supported: NULL <> NULL"), "{got}");
+        let got = verdict(r#"SELECT 1 + NULL FROM "T""#).await;
+        assert!(got.contains("Error processing expression: (1 + null). Arithmetic on types INTEGER and null"), "{got}");
         let got = verdict(r#"SELECT * FROM "T" WHERE "ID" = NULL"#).await;
         assert!(got.contains("Comparison with NULL not supported: INTEGER = NULL"), "{got}");
     }

@@ -62,8 +62,12 @@ impl CalcOperator {
     }
 
     /// Table mode: also suppress deletes of keys (these output columns) that were never
-    /// emitted, as a KTable filter does. Keeps one entry per live key.
+    /// emitted, as a KTable filter does. Keeps one entry per live key. Without key columns (a
+    /// projection that leaves the key out) there is nothing to track and every change passes.
     pub fn with_emitted_keys(mut self, key_columns: Vec<usize>) -> Result<Self> {
+        if key_columns.is_empty() {
+            return Ok(self);
+        }
         let fields = key_columns.iter().map(|i| SortField::new(self.schema.field(*i).data_type().clone())).collect();
         self.emitted =
             Some(EmittedKeys { columns: key_columns, converter: RowConverter::new(fields)?, keys: HashSet::default() });
@@ -227,5 +231,41 @@ mod tests {
         let Message::Data(b) = &out[0] else { panic!("expected data, got {:?}", out[0]) };
         assert_eq!(b.column(0).as_primitive::<arrow::datatypes::Int64Type>().values(), &[20, 30]);
         assert!(matches!(out[1], Message::Watermark(Watermark::EventTime(5))));
+    }
+
+    #[test]
+    fn a_table_projection_without_its_key_passes_every_change() {
+        let input = Arc::new(Schema::new(vec![
+            Field::new("K", DataType::Int64, true),
+            Field::new("V", DataType::Int64, true),
+            Field::new("DEL", DataType::Boolean, true),
+        ]));
+        let df = DFSchema::try_from(input.as_ref().clone()).unwrap();
+        let (props, ctx) = (ExecutionProps::new(), PhysicalPlanningContext::default());
+        let v = create_physical_expr(&ident("V"), &df, &props, &ctx).unwrap();
+        let del = create_physical_expr(&ident("DEL"), &df, &props, &ctx).unwrap();
+        let out_schema = Arc::new(Schema::new(vec![
+            Field::new("V", DataType::Int64, true),
+            Field::new("DEL", DataType::Boolean, true),
+        ]));
+        let mut op = CalcOperator::try_new(None, vec![v, del], out_schema)
+            .unwrap()
+            .with_table_deletes(2, 1)
+            .with_emitted_keys(vec![])
+            .unwrap();
+        let batch = RecordBatch::try_new(
+            input,
+            vec![
+                Arc::new(Int64Array::from(vec![10, 10])),
+                Arc::new(Int64Array::from(vec![Some(110), None])),
+                Arc::new(BooleanArray::from(vec![false, true])),
+            ],
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        op.process_batch(batch, &mut out).unwrap();
+        let Message::Data(b) = &out[0] else { panic!("expected data, got {:?}", out[0]) };
+        assert_eq!(b.num_rows(), 2, "the row and its delete");
+        assert_eq!(b.column(1).as_boolean(), &BooleanArray::from(vec![false, true]));
     }
 }

@@ -213,7 +213,9 @@ pub async fn run_case(run: &RestRun, dir: &Path) -> Result<(), String> {
         let _ = axum::serve(listener, app).await;
     });
 
-    let props = super::case_properties(&run.properties);
+    // ksqlDB's REST harness runs its server with scalable push queries enabled.
+    let mut props = super::case_properties(&[("ksql.query.push.v2.enabled".to_string(), "true".to_string())].into());
+    props.extend(run.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
     let first_query = run.statements.iter().position(|s| s.starts_with("SELECT ")).unwrap_or(run.statements.len());
     let (admin, queries) = run.statements.split_at(first_query);
     if queries.iter().any(|q| !q.starts_with("SELECT ")) {
@@ -319,13 +321,15 @@ pub async fn run_case(run: &RestRun, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Produces the inputs in file order, then lets the persistent queries catch up.
+/// Produces the inputs in file order, one at a time, letting every query catch up after each
+/// (so that rows of different partitions reach the queries in file order, as Kafka Streams
+/// orders them by time).
 async fn produce(engine: &KsqlEngine, store: &dyn TopicStore, inputs: &[RecordNode]) -> Result<(), String> {
     let sources = engine.sources().await;
     for (i, input) in inputs.iter().enumerate() {
         super::run::append_input(store, &sources, i, input).await?;
+        engine.wait_until_idle().await;
     }
-    engine.wait_until_idle().await;
     Ok(())
 }
 
