@@ -172,6 +172,8 @@ pub enum Statement {
     InsertSelect {
         /// Target.
         target: String,
+        /// Where the target's name is written (for messages).
+        target_at: crate::error::Position,
         /// Query.
         query: Box<Select>,
     },

@@ -294,9 +294,10 @@ impl KsqlEngine {
                     }
                 }
             }
-            Statement::InsertSelect { target, query } => {
+            Statement::InsertSelect { target, target_at, query } => {
                 let Some(sink) = catalog.sources.get(&target).cloned() else {
-                    return Err(SqlError::NotFound(format!("{target} does not exist.")));
+                    let place = target_at.prefix();
+                    return Err(SqlError::NotFound(format!("{place}Source `{target}` does not exist.")));
                 };
                 if sink.kind == SourceKind::Table {
                     return Err(SqlError::plan(format!(
@@ -496,7 +497,7 @@ impl KsqlEngine {
                 ExplainTarget::Statement(statement) => {
                     let (select, sink) = match *statement {
                         Statement::CreateSource { query: Some(q), name, .. } => (q, Some(name)),
-                        Statement::InsertSelect { query, target } => (query, Some(target)),
+                        Statement::InsertSelect { query, target, .. } => (query, Some(target)),
                         Statement::Select(q) => (q, None),
                         _ => return Err(SqlError::plan("EXPLAIN works on queries: CREATE ... AS SELECT, INSERT INTO ... SELECT, SELECT, or a query id")),
                     };
@@ -1379,22 +1380,18 @@ fn check_key_projection(plan: &QueryPlan, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// ksqlDB's refusal of a key column whose type contains a map.
+pub(crate) fn map_key(name: &str, sql_type: &SqlType) -> SqlError {
+    SqlError::plan(format!(
+        "Map keys, including types that contain maps, are not supported as they may lead to unexpected behavior due to inconsistent serialization. Key column name: `{name}`. Column type: {sql_type}. See https://github.com/confluentinc/ksql/issues/6621 for more."
+    ))
+}
+
 /// Checks a new source's key and value columns against ksqlDB's rules.
 fn check_columns(columns: &[Column], with: &Props) -> Result<()> {
-    fn has_map(t: &SqlType) -> bool {
-        match t {
-            SqlType::Map(_, _) => true,
-            SqlType::Array(e) => has_map(e),
-            SqlType::Struct(fields) => fields.iter().any(|(_, t)| has_map(t)),
-            _ => false,
-        }
-    }
     for c in columns.iter().filter(|c| c.key) {
-        if has_map(&c.sql_type) {
-            return Err(SqlError::plan(format!(
-                "Map keys, including types that contain maps, are not supported as they may lead to unexpected behavior due to inconsistent serialization. Key column name: `{}`. Column type: {}. See https://github.com/confluentinc/ksql/issues/6621 for more.",
-                c.name, c.sql_type
-            )));
+        if c.sql_type.contains_map() {
+            return Err(map_key(&c.name, &c.sql_type));
         }
     }
     if with.contains_key("WRAP_SINGLE_VALUE") && columns.iter().filter(|c| !c.key).count() != 1 {

@@ -11,6 +11,22 @@ pub struct Position {
     pub column: u64,
 }
 
+impl Position {
+    /// Where a token starts.
+    pub fn of(location: sqlparser::tokenizer::Location) -> Self {
+        Self { line: location.line, column: location.column }
+    }
+
+    /// ksqlDB's prefix for a message about this place (`Line: 3, Col: 84: `); empty for an
+    /// unknown place (line 0).
+    pub fn prefix(&self) -> String {
+        match self.line {
+            0 => String::new(),
+            line => format!("Line: {line}, Col: {}: ", self.column),
+        }
+    }
+}
+
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "line {}:{}", self.line, self.column)

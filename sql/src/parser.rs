@@ -437,12 +437,14 @@ impl StatementParser {
     fn insert(&mut self) -> Result<Statement> {
         self.expect_kw("INSERT")?;
         self.expect_kw("INTO")?;
+        let target_at =
+            self.toks.get(self.pos).map(|t| Position::of(t.span.start)).unwrap_or(Position { line: 0, column: 0 });
         let target = self.ident()?;
         if self.eat_kw("WITH") {
             let _ = self.props()?;
         }
         if self.is_kw("SELECT") {
-            return Ok(Statement::InsertSelect { target, query: Box::new(self.select()?) });
+            return Ok(Statement::InsertSelect { target, target_at, query: Box::new(self.select()?) });
         }
         let mut columns = None;
         if self.eat(&Token::LParen) {

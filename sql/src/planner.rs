@@ -2207,6 +2207,11 @@ fn join_on(op: &sp::JoinOperator) -> Option<&sp::Expr> {
     }
 }
 
+/// ksqlDB's prefix for a message about a place in the statement (`Line: 3, Col: 84: `).
+fn at(location: sqlparser::tokenizer::Location) -> String {
+    crate::error::Position::of(location).prefix()
+}
+
 /// ksqlDB's checks of a join before planning it: no self joins, one equality in ON, each side
 /// naming columns of exactly one source, and windowed sources joined only to like-windowed
 /// sources on their keys.
@@ -2239,11 +2244,16 @@ fn check_join_sources(op: &sp::JoinOperator, sides: [(&String, &String, &SourceD
                     let (q, c) = (&parts[0].value, &parts[1].value);
                     match sides.iter().position(|s| s.0 == q || s.1 == q) {
                         None => {
-                            problem.get_or_insert(format!("'{q}' is not a valid stream/table name or alias."));
+                            problem.get_or_insert(format!(
+                                "Failed to prepare statement: '{q}' is not a valid stream/table name or alias."
+                            ));
                         }
                         Some(i) => {
                             if !sides[i].2.columns.iter().any(|col| &col.name == c) && !pseudo.contains(&c.as_str()) {
-                                problem.get_or_insert(format!("JOIN ON column '{q}.{c}' cannot be resolved."));
+                                problem.get_or_insert(format!(
+                                    "{}JOIN ON column '{q}.{c}' cannot be resolved.",
+                                    at(parts[0].span.start)
+                                ));
                             }
                             found.push(i);
                         }
@@ -2259,6 +2269,32 @@ fn check_join_sources(op: &sp::JoinOperator, sides: [(&String, &String, &SourceD
     let (ra, rb) = (refs(a), refs(b));
     if let Some(p) = problem {
         return Err(SqlError::plan(p));
+    }
+    // A join key holding a map (ksqlDB names the join's columns `ALIAS_NAME`).
+    for side in [a, b] {
+        let sp::Expr::CompoundIdentifier(parts) = side else { continue };
+        let [q, c] = &parts[..] else { continue };
+        let Some(s) = sides.iter().find(|s| *s.0 == q.value || *s.1 == q.value) else { continue };
+        if let Some(col) = s.2.columns.iter().find(|col| col.name == c.value) {
+            if col.sql_type.contains_map() {
+                return Err(crate::engine::map_key(&format!("{}_{}", q.value, c.value), &col.sql_type));
+            }
+        }
+    }
+    // A side that is an unqualified column both sources have.
+    for side in [a, b] {
+        let sp::Expr::Identifier(id) = side else { continue };
+        let owners: Vec<&String> = sides
+            .iter()
+            .filter(|s| s.2.columns.iter().any(|col| col.name == id.value))
+            .map(|s| if s.1.is_empty() { s.0 } else { s.1 })
+            .collect();
+        if let [l, r] = owners[..] {
+            let (place, name) = (at(id.span.start), &id.value);
+            return Err(SqlError::plan(format!(
+                "Exception while preparing statement: {place}Column '{name}' is ambiguous. Could be {l}.{name} or {r}.{name}."
+            )));
+        }
     }
     for (side, r) in [(a, &ra), (b, &rb)] {
         if r.is_empty() {

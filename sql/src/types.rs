@@ -37,6 +37,16 @@ pub enum SqlType {
 }
 
 impl SqlType {
+    /// Whether the type is a map or holds one (in arrays or structs).
+    pub fn contains_map(&self) -> bool {
+        match self {
+            SqlType::Map(_, _) => true,
+            SqlType::Array(e) => e.contains_map(),
+            SqlType::Struct(fields) => fields.iter().any(|(_, t)| t.contains_map()),
+            _ => false,
+        }
+    }
+
     /// INT, BIGINT, DOUBLE or DECIMAL.
     pub fn is_numeric(&self) -> bool {
         matches!(self, SqlType::Int | SqlType::Bigint | SqlType::Double | SqlType::Decimal(..))

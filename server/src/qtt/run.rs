@@ -43,14 +43,11 @@ pub async fn run_case(run: &Run, dir: &Path) -> Result<(), String> {
     )?;
 
     let case = &run.case;
-    let mut props: Properties = super::case_properties(&run.properties);
-    for (i, sql) in run.statements.iter().enumerate() {
-        if apply_set(sql, &mut props) {
-            continue;
-        }
-        if let Err((_, e)) = engine.execute(sql, &props).await {
-            return refused(case.expected_exception.as_ref(), i, &e.error.to_string());
-        }
+    let props: Properties = super::case_properties(&run.properties);
+    // One script, a statement per line, as upstream's runner parses them: positions in messages
+    // ("Line: 3, Col: 84") count lines of the whole script.
+    if let Err((done, e)) = engine.execute(&run.statements.join("\n"), &props).await {
+        return refused(case.expected_exception.as_ref(), done.len(), &e.error.to_string());
     }
     if let Some(ee) = &case.expected_exception {
         return Err(format!("expected an error{}, but every statement succeeded", expected_text(ee)));
@@ -96,28 +93,6 @@ fn refused(expected: Option<&ExpectedException>, index: usize, message: &str) ->
         Some(ee) => Err(format!("expected an error{}, got: {message}", expected_text(ee))),
         None => Err(format!("statement {index} failed: {message}")),
     }
-}
-
-/// `SET`/`UNSET` change the properties of the statements after them.
-fn apply_set(sql: &str, props: &mut Properties) -> bool {
-    let Ok(parsed) = rill_sql::parser::parse(sql) else { return false };
-    if parsed.is_empty()
-        || !parsed.iter().all(|p| matches!(p.statement, Statement::Set { .. } | Statement::Unset { .. }))
-    {
-        return false;
-    }
-    for p in parsed {
-        match p.statement {
-            Statement::Set { name, value } => {
-                props.insert(name, value);
-            }
-            Statement::Unset { name } => {
-                props.remove(&name);
-            }
-            _ => {}
-        }
-    }
-    true
 }
 
 /// How many partitions [`create_topics`] gives the topics a case does not declare itself.
@@ -362,13 +337,5 @@ mod tests {
         assert_eq!(msg, "expected an error containing \"does not exist\", got: something else");
         assert!(refused(Some(&ExpectedException { message: None }), 0, "any").is_ok());
         assert_eq!(refused(None, 2, "boom").unwrap_err(), "statement 2 failed: boom");
-    }
-
-    #[test]
-    fn set_statements_change_properties() {
-        let mut props = Properties::new();
-        assert!(apply_set("SET 'auto.offset.reset'='latest';", &mut props));
-        assert_eq!(props.get("auto.offset.reset").map(String::as_str), Some("latest"));
-        assert!(!apply_set("CREATE STREAM S (A INT) WITH (kafka_topic='t', value_format='JSON');", &mut props));
     }
 }
