@@ -9,6 +9,7 @@
 //! starts persistent and push queries.
 
 pub mod ast;
+pub mod bytefns;
 pub mod catalog;
 pub mod engine;
 pub mod error;

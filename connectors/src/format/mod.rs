@@ -4,6 +4,7 @@
 //! one `RecordBatch` back, plus the records that failed (which go to the dead-letter topic).
 //! Encoding is batched too: one call turns a `RecordBatch` into one byte value per row.
 
+mod base64_bytes;
 mod delimited;
 mod json;
 mod json_keys;
@@ -100,6 +101,11 @@ pub trait Encoder: Send {
 
 /// A decoder for `schema` in `format`.
 pub fn decoder(format: &Format, schema: SchemaRef) -> Result<Box<dyn Decoder>> {
+    let text = matches!(format.kind, FormatKind::Json | FormatKind::Delimited);
+    if text && schema.fields().iter().any(|f| base64_bytes::has_bytes(f.data_type())) {
+        let inner = decoder(format, base64_bytes::text_schema(&schema))?;
+        return Ok(Box::new(base64_bytes::Base64Decoder { inner, schema }));
+    }
     match format.kind {
         FormatKind::Json => Ok(Box::new(json::JsonDecoder::try_new(schema, format.wrap_single_value)?)),
         FormatKind::Delimited => Ok(Box::new(delimited::DelimitedDecoder::new(schema, format.delimiter))),
@@ -117,6 +123,11 @@ pub fn decoder(format: &Format, schema: SchemaRef) -> Result<Box<dyn Decoder>> {
 
 /// An encoder for rows of `schema` in `format`.
 pub fn encoder(format: &Format, schema: SchemaRef) -> Result<Box<dyn Encoder>> {
+    let text = matches!(format.kind, FormatKind::Json | FormatKind::Delimited);
+    if text && schema.fields().iter().any(|f| base64_bytes::has_bytes(f.data_type())) {
+        let inner = encoder(format, base64_bytes::text_schema(&schema))?;
+        return Ok(Box::new(base64_bytes::Base64Encoder { inner }));
+    }
     match format.kind {
         FormatKind::Json => Ok(Box::new(json::JsonEncoder::new(schema, format.wrap_single_value))),
         FormatKind::Delimited => Ok(Box::new(delimited::DelimitedEncoder::new(format.delimiter))),
