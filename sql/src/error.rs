@@ -92,9 +92,10 @@ impl From<datafusion::error::DataFusionError> for SqlError {
         use datafusion::error::DataFusionError as D;
         match e {
             D::Diagnostic(d, inner) => {
+                let message = unknown_function(&d.message).unwrap_or(d.message.clone());
                 let msg = match d.span {
-                    Some(span) => format!("line {}:{}: {}", span.start.line, span.start.column, d.message),
-                    None => d.message.clone(),
+                    Some(span) => format!("line {}:{}: {message}", span.start.line, span.start.column),
+                    None => message,
                 };
                 let _ = inner;
                 SqlError::Plan(msg)
@@ -110,7 +111,7 @@ impl From<datafusion::error::DataFusionError> for SqlError {
                     let column = column.rsplit('.').next().unwrap_or(column);
                     SqlError::Plan(format!("Non-aggregate SELECT expression(s) not part of GROUP BY: {column}"))
                 }
-                None => SqlError::Plan(m),
+                None => SqlError::Plan(unknown_function(&m).unwrap_or(m)),
             },
             D::NotImplemented(m) => SqlError::Unsupported(m),
             D::SchemaError(e, _) if matches!(*e, datafusion::common::SchemaError::FieldNotFound { .. }) => match *e {
@@ -123,6 +124,12 @@ impl From<datafusion::error::DataFusionError> for SqlError {
             other => SqlError::Plan(other.strip_backtrace()),
         }
     }
+}
+
+/// DataFusion's "Invalid function 'x'" in ksqlDB's words.
+fn unknown_function(message: &str) -> Option<String> {
+    let name = message.strip_prefix("Invalid function '")?.split('\'').next()?;
+    Some(format!("Can't find any functions with the name '{}'", name.to_uppercase()))
 }
 
 impl From<rill_log::LogError> for SqlError {

@@ -1172,12 +1172,12 @@ fn plan_aggregate(
 }
 
 /// ksqlDB's SUM of INT values is an INT (DataFusion's is a BIGINT): the projection casts such
-/// sums back.
+/// sums back where it outputs them as they are. (Inside an expression the sum stays a BIGINT,
+/// as the analyzer typed the expression: `F0 * SUM(F1)` is computed and written as BIGINT.)
 fn int_sums(
     projection: &datafusion::logical_expr::Projection,
     aggregate: &datafusion::logical_expr::Aggregate,
 ) -> Result<datafusion::logical_expr::Projection> {
-    use datafusion::common::tree_node::{Transformed, TreeNode};
     use datafusion::logical_expr::ExprSchemable;
     let groups = aggregate.group_expr.len();
     let mut int_sums = Vec::new();
@@ -1201,16 +1201,22 @@ fn int_sums(
         .expr
         .iter()
         .map(|e| {
-            Ok(e.clone()
-                .transform_up(|x| match &x {
-                    Expr::Column(c) if int_sums.contains(&c.name) => {
-                        Ok(Transformed::yes(datafusion::logical_expr::cast(x.clone(), DataType::Int32)))
-                    }
-                    _ => Ok(Transformed::no(x)),
-                })?
-                .data)
+            // The sum itself, or ksqlDB's `COALESCE(SUM(x), 0)` of it (simplified to a CASE).
+            let is_sum = |x: &Expr| matches!(x, Expr::Column(c) if int_sums.contains(&c.name));
+            let int_sum = |x: &Expr| match x {
+                Expr::ScalarFunction(f) if f.func.name() == "coalesce" => f.args.first().is_some_and(is_sum),
+                Expr::Case(c) => c.when_then_expr.len() == 1 && is_sum(&c.when_then_expr[0].1),
+                other => is_sum(other),
+            };
+            match e {
+                x if int_sum(x) => datafusion::logical_expr::cast(x.clone(), DataType::Int32),
+                Expr::Alias(a) if int_sum(&a.expr) => {
+                    datafusion::logical_expr::cast(a.expr.as_ref().clone(), DataType::Int32).alias(a.name.clone())
+                }
+                other => other.clone(),
+            }
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Vec<_>>();
     // Keep each item's name (a bare `SUM(x)` would otherwise be renamed by the cast).
     let named = exprs
         .into_iter()
@@ -2668,22 +2674,28 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
             }
             sp::Expr::Function(f) => {
                 // ksqlDB's CORRELATION of fewer than two rows is NaN, its STDDEV_SAMP of one row
-                // is 0.0; DataFusion's corr/stddev give NULL there.
+                // is 0.0, its SUM of no (or only null) values is 0; DataFusion's corr/stddev/sum
+                // give NULL there.
                 let name = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_uppercase());
                 let fallback = match name.as_deref() {
-                    Some("CORRELATION") => Some("NaN"),
-                    Some("STDDEV_SAMP" | "STDDEV_SAMPLE") => Some("0"),
+                    Some("CORRELATION") => Some(("NaN", true)),
+                    Some("STDDEV_SAMP" | "STDDEV_SAMPLE") => Some(("0", true)),
+                    Some("SUM") => Some(("0", false)),
                     _ => None,
                 };
                 ksql_function(f);
-                if let Some(v) = fallback {
+                if let Some((v, double)) = fallback {
                     let inner = std::mem::replace(e, sp::Expr::Value(sp::Value::Null.into()));
-                    let default = sp::Expr::Cast {
-                        kind: sp::CastKind::Cast,
-                        expr: Box::new(sp::Expr::Value(sp::Value::SingleQuotedString(v.into()).into())),
-                        data_type: sp::DataType::Double(sp::ExactNumberInfo::None),
-                        array: false,
-                        format: None,
+                    let default = match double {
+                        true => sp::Expr::Cast {
+                            kind: sp::CastKind::Cast,
+                            expr: Box::new(sp::Expr::Value(sp::Value::SingleQuotedString(v.into()).into())),
+                            data_type: sp::DataType::Double(sp::ExactNumberInfo::None),
+                            array: false,
+                            format: None,
+                        },
+                        // (Coerced to the sum's own type.)
+                        false => sp::Expr::Value(sp::Value::Number(v.into(), false).into()),
                     };
                     *e = call("coalesce", vec![inner, default]);
                     return ControlFlow::Continue(());
@@ -2760,9 +2772,22 @@ fn ksql_function(f: &mut sp::Function) {
         return;
     }
     if name == "COUNT" {
+        // COUNT(), COUNT(1) and COUNT(*) all count rows: one aggregate (DataFusion names
+        // COUNT(*) as it names COUNT(1), and two aggregates of one name cannot be planned).
         if let sp::FunctionArguments::List(list) = &mut f.args {
-            if list.args.is_empty() {
-                list.args.push(sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Wildcard));
+            // (Integer literals may already be cast to INT, as ksqlDB types them.)
+            let literal = match &list.args[..] {
+                [sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(e))] => match e {
+                    sp::Expr::Cast { expr, .. } => {
+                        matches!(expr.as_ref(), sp::Expr::Value(v) if !matches!(v.value, sp::Value::Null))
+                    }
+                    sp::Expr::Value(v) => !matches!(v.value, sp::Value::Null),
+                    _ => false,
+                },
+                _ => false,
+            };
+            if list.args.is_empty() || literal {
+                list.args = vec![sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Wildcard)];
             }
         }
         return;

@@ -64,6 +64,15 @@ impl Names {
                     Expr::Column(c) if self.outputs.contains_key(&c.name) => {
                         Transformed::yes(self.outputs[&c.name].clone())
                     }
+                    // Rill writes ksqlDB's SUM of nothing (0) as COALESCE(SUM(x), 0): print SUM(x).
+                    Expr::ScalarFunction(f)
+                        if f.func.name() == "coalesce"
+                            && f.args.len() == 2
+                            && matches!(&f.args[1], Expr::Literal(..))
+                            && matches!(&f.args[0], Expr::AggregateFunction(_)) =>
+                    {
+                        Transformed::yes(f.args[0].clone())
+                    }
                     // Rill types integer literals as ksqlDB does with a cast; print the literal.
                     Expr::Cast(c)
                         if c.field.data_type() == &DataType::Int32

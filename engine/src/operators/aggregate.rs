@@ -552,9 +552,9 @@ impl AggregateOperator {
             steps.sort_unstable();
             for (j, &(r, retract)) in steps.iter().enumerate() {
                 Self::update_row(&mut group.accs, &args, r as usize, retract)?;
-                if !retract {
-                    note_time(group, r);
-                }
+                // A retraction is a change at its own time too (Kafka Streams' table aggregates
+                // stamp a result with the latest time of the records that made it).
+                note_time(group, r);
                 // A table update is a retraction followed by an addition: one output row.
                 if retract && steps.get(j + 1).is_some_and(|&(next, add)| !add && next == r + 1) {
                     continue;

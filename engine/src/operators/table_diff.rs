@@ -4,7 +4,9 @@
 //! KGroupedTable adder/subtractor). This operator keeps the latest row per table key and, for
 //! every input row, emits the previous row of that key marked `__RILL_RETRACT = true` (if there
 //! was one), then the new row marked `false` (unless the input is a delete). The aggregation
-//! then retracts and adds. State: one row per live key of the table (bounded by the table).
+//! then retracts and adds. A retraction carries the time of the change that caused it (in the
+//! `ROWTIME` column, when the input has one), as Kafka Streams' subtractor runs at that record's
+//! time. State: one row per live key of the table (bounded by the table).
 
 use crate::state::HashMap;
 use std::sync::Arc;
@@ -27,6 +29,8 @@ pub struct TableDiffOperator {
     keys: RowConverter,
     rows: RowConverter,
     latest: HashMap<OwnedRow, OwnedRow>,
+    /// The `ROWTIME` column, if any.
+    time_column: Option<usize>,
     schema: SchemaRef,
 }
 
@@ -45,6 +49,7 @@ impl TableDiffOperator {
             keys,
             rows,
             latest: HashMap::default(),
+            time_column: input.index_of(crate::source::ROWTIME).ok(),
             schema: Arc::new(Schema::new(fields)),
         })
     }
@@ -74,23 +79,30 @@ impl Operator for TableDiffOperator {
         let deletes = batch.column(self.delete_column).as_boolean().clone();
         let mut emitted: Vec<OwnedRow> = Vec::new();
         let mut retract = Vec::new();
+        // Per emitted row, the input row whose time it takes.
+        let mut time_of = Vec::new();
         for i in 0..batch.num_rows() {
             let key = keys.row(i).owned();
             if let Some(previous) = self.latest.remove(&key) {
                 emitted.push(previous);
                 retract.push(true);
+                time_of.push(i as u32);
             }
             if !(deletes.is_valid(i) && deletes.value(i)) {
                 let row = rows.row(i).owned();
                 self.latest.insert(key, row.clone());
                 emitted.push(row);
                 retract.push(false);
+                time_of.push(i as u32);
             }
         }
         if emitted.is_empty() {
             return Ok(());
         }
         let mut columns = self.rows.convert_rows(emitted.iter().map(|r| r.row()))?;
+        if let Some(t) = self.time_column {
+            columns[t] = arrow::compute::take(batch.column(t), &arrow::array::UInt32Array::from(time_of), None)?;
+        }
         columns.push(Arc::new(BooleanArray::from(retract)));
         out.push(Message::Data(RecordBatch::try_new(self.schema.clone(), columns)?));
         Ok(())
@@ -141,5 +153,31 @@ mod tests {
         let mut restored = TableDiffOperator::try_new(&input_schema, 1, 3).unwrap();
         restored.restore(op.snapshot().unwrap()).unwrap();
         assert_eq!(restored.latest, op.latest);
+    }
+
+    #[test]
+    fn a_retraction_takes_the_time_of_the_change() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ID", DataType::Utf8, true),
+            Field::new(crate::source::ROWTIME, DataType::Int64, true),
+            Field::new("__RILL_DELETE", DataType::Boolean, true),
+        ]));
+        let mut op = TableDiffOperator::try_new(&schema, 1, 2).unwrap();
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["k", "k", "k"])),
+                Arc::new(Int64Array::from(vec![1, 5, 9])),
+                Arc::new(BooleanArray::from(vec![false, false, true])),
+            ],
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        op.process_batch(batch, &mut out).unwrap();
+        let Message::Data(b) = &out[0] else { panic!("no data") };
+        // add @1; retract (the row of @1) @5, add @5; retract (the row of @5) @9.
+        let times = b.column(1).as_primitive::<arrow::datatypes::Int64Type>().values().to_vec();
+        assert_eq!(times, vec![1, 5, 5, 9]);
+        assert_eq!(b.column(3).as_boolean(), &BooleanArray::from(vec![false, true, false, true]));
     }
 }
