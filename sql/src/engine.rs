@@ -530,17 +530,19 @@ impl KsqlEngine {
         };
         let source =
             catalog.sources.get(&name).cloned().ok_or_else(|| SqlError::NotFound(format!("{name} does not exist.")))?;
-        crate::pull::check(body, &source, props)?;
+        crate::pull::check(body, select.limit, &source, props)?;
         let rows = match source.kind {
             SourceKind::Table => self.view_rows(&source, body.selection.as_ref())?,
             SourceKind::Stream => self.stream_rows(&source)?,
         };
         let (columns, batches) = planner::run_pull(&self.ctx, &source, select, rows).await?;
+        let returned: usize = batches.iter().map(|b| b.num_rows()).sum();
         Ok(StatementResult::Pull {
             id: format!("query_{}", now_ms()),
             columns,
             rows: batches,
             is_table: source.kind == SourceKind::Table,
+            limit_reached: select.limit.is_some_and(|l| returned as u64 >= l),
         })
     }
 

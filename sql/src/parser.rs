@@ -672,7 +672,16 @@ impl StatementParser {
                 }
                 if is_word(&t, "LIMIT") {
                     self.pos += 1;
-                    limit = Some(self.number()?.parse().map_err(|_| SqlError::plan("LIMIT must be a whole number"))?);
+                    let n = self.number()?;
+                    limit = Some(n.parse().map_err(|_| {
+                        SqlError::plan(if n.starts_with('-') && emit.is_none() {
+                            "Pull queries don't support negative integers in the LIMIT clause. See https://cnfl.io/queries for more info."
+                        } else if n.starts_with('-') {
+                            "LIMIT must not be negative"
+                        } else {
+                            "Failed to prepare statement: Value must be integer for command: LIMIT"
+                        })
+                    })?);
                     continue;
                 }
                 if is_word(&t, "PARTITION") && is_word(self.peek_at(1), "BY") {

@@ -1,4 +1,5 @@
 //! ksqlDB's rules for pull queries, checked on the statement as written, before planning.
+//! (`LIMIT` needs `ksql.query.pull.limit.clause.enabled`, on by default.)
 //!
 //! A pull query reads the current state of a materialised table (a `CREATE TABLE AS SELECT`
 //! result or a `CREATE SOURCE TABLE`) or the records of a stream. Always: no `ROWPARTITION` /
@@ -19,7 +20,12 @@ const PSEUDO: [&str; 2] = ["ROWPARTITION", "ROWOFFSET"];
 const WINDOW_BOUNDS: [&str; 2] = ["WINDOWSTART", "WINDOWEND"];
 
 /// Checks a pull query on `source` against ksqlDB's rules (see the module docs).
-pub fn check(body: &sp::Select, source: &SourceDef, props: &Properties) -> Result<()> {
+pub fn check(body: &sp::Select, limit: Option<u64>, source: &SourceDef, props: &Properties) -> Result<()> {
+    if limit.is_some() && !enabled(props, "ksql.query.pull.limit.clause.enabled") {
+        return Err(SqlError::plan(
+            "LIMIT clause in pull queries is currently disabled. You can enable them by setting ksql.query.pull.limit.clause.enabled=true. See https://cnfl.io/queries for more info.\nAdd EMIT CHANGES if you intended to issue a push query.",
+        ));
+    }
     if source.kind == SourceKind::Table && !source.read_only && source.written_by.is_empty() {
         return Err(SqlError::plan(format!(
             "The `{0}` table isn't queryable. To derive a queryable table, you can do 'CREATE TABLE QUERYABLE_{0} AS SELECT * FROM {0}'. See https://cnfl.io/queries for more info.",

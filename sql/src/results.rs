@@ -165,6 +165,8 @@ pub enum StatementResult {
         rows: Vec<RecordBatch>,
         /// Queried a table (key columns are marked in the header).
         is_table: bool,
+        /// A LIMIT cut the result (or it was `LIMIT 0`).
+        limit_reached: bool,
     },
     /// PRINT: records of a topic, rendered as text lines.
     Print {

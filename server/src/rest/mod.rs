@@ -267,9 +267,9 @@ async fn query(State(state): State<AppState>, body: Bytes) -> Result<Response, A
                 |limit| limit.then(|| "{\"finalMessage\":\"Limit Reached\"}]".to_string()),
             );
         }
-        StatementResult::Pull { id, columns, rows, is_table } => {
+        StatementResult::Pull { id, columns, rows, is_table, limit_reached } => {
             // Table pull queries mark key columns and end without a final message; stream
-            // pull queries end with "Query Completed", as ksqlDB's do.
+            // pull queries end with "Query Completed" (or "Limit Reached"), as ksqlDB's do.
             let schema = columns
                 .iter()
                 .map(|c| format!("`{}` {}{}", c.name, c.sql_type, if is_table && c.key { " KEY" } else { "" }))
@@ -282,7 +282,8 @@ async fn query(State(state): State<AppState>, body: Bytes) -> Result<Response, A
                 elements.extend(rendered.into_iter().map(|r| format!("{{\"row\":{{\"columns\":{r}}}}}")));
             }
             if !is_table {
-                elements.push("{\"finalMessage\":\"Query Completed\"}".to_string());
+                let message = if limit_reached { "Limit Reached" } else { "Query Completed" };
+                elements.push(format!("{{\"finalMessage\":\"{message}\"}}"));
             }
             let body = format!("[{}]", elements.join(",\n"));
             return Ok(([(header::CONTENT_TYPE, "application/vnd.ksql.v1+json")], body).into_response());
