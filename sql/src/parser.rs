@@ -574,6 +574,11 @@ impl StatementParser {
     }
 
     fn window(&mut self) -> Result<WindowSpec> {
+        // ksqlDB's grammar lets a window be named (`WINDOW w TUMBLING (...)`): the name is unused.
+        let kinds = ["TUMBLING", "HOPPING", "SESSION"];
+        if !kinds.iter().any(|k| is_word(self.peek(), k)) && kinds.iter().any(|k| is_word(self.peek_at(1), k)) {
+            self.pos += 1;
+        }
         let kind = self.ident()?;
         self.expect(&Token::LParen)?;
         let mut size = None;
@@ -796,6 +801,20 @@ mod tests {
         assert_eq!(s.emit, Some(Emit::Changes));
         assert_eq!(s.limit, Some(3));
         assert_eq!(s.query.to_string(), "SELECT ID, COUNT(*) FROM S WHERE X > 1 GROUP BY ID");
+    }
+
+    #[test]
+    fn windows_may_be_named_and_limits_must_be_whole() {
+        let Statement::Select(s) =
+            one("SELECT id, COUNT(*) FROM s WINDOW w SESSION (5 SECONDS) GROUP BY id EMIT CHANGES;")
+        else {
+            panic!()
+        };
+        assert!(matches!(s.window, Some(WindowSpec::Session { .. })));
+        let e = parse("SELECT * FROM s LIMIT 2.5;").unwrap_err().to_string();
+        assert!(e.contains("Value must be integer for command: LIMIT"), "{e}");
+        let e = parse("SELECT * FROM s LIMIT -1;").unwrap_err().to_string();
+        assert!(e.contains("Pull queries don't support negative integers in the LIMIT clause"), "{e}");
     }
 
     #[test]

@@ -428,8 +428,14 @@ struct CollectSetAccumulator {
 
 impl CollectSetAccumulator {
     fn add(&mut self, v: ScalarValue) {
-        // ksqlDB's set keeps one null too.
-        if !self.values.contains(&v) {
+        // ksqlDB's set keeps one null too; maps with the same entries are one value, whatever
+        // the order of their entries.
+        let key = map_entries(&v);
+        let seen = match &key {
+            Some(entries) => self.values.iter().any(|x| map_entries(x).as_ref() == Some(entries)),
+            None => self.values.contains(&v),
+        };
+        if !seen {
             self.values.push(v);
         }
     }
@@ -457,6 +463,25 @@ impl Accumulator for CollectSetAccumulator {
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
         for_each_item(&states[0], |v| self.add(v))
     }
+}
+
+/// A map value's entries sorted by key (`None` for other values and null maps).
+fn map_entries(v: &ScalarValue) -> Option<Vec<(ScalarValue, ScalarValue)>> {
+    let ScalarValue::Map(m) = v else { return None };
+    if m.is_empty() || m.is_null(0) {
+        return None;
+    }
+    let entries = m.value(0);
+    let mut pairs: Vec<(ScalarValue, ScalarValue)> = (0..entries.len())
+        .map(|i| {
+            Some((
+                ScalarValue::try_from_array(entries.column(0), i).ok()?,
+                ScalarValue::try_from_array(entries.column(1), i).ok()?,
+            ))
+        })
+        .collect::<Option<_>>()?;
+    pairs.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    Some(pairs)
 }
 
 /// The aggregate functions of this module.
