@@ -29,6 +29,17 @@ impl Dialect for KsqlDialect {
     fn is_delimited_identifier_start(&self, ch: char) -> bool {
         ch == '`' || ch == '"'
     }
+    /// ksqlDB's struct dereference `a->b` binds as tightly as a cast (`x->f = y->g` compares
+    /// two fields; sqlparser's default puts `->` below `=`).
+    fn get_next_precedence(
+        &self,
+        parser: &sqlparser::parser::Parser,
+    ) -> Option<std::result::Result<u8, sqlparser::parser::ParserError>> {
+        match parser.peek_token_ref().token {
+            Token::Arrow => Some(Ok(self.prec_value(sqlparser::dialect::Precedence::DoubleColon))),
+            _ => None,
+        }
+    }
 }
 
 /// Parses one or more `;`-separated statements.
@@ -801,6 +812,17 @@ mod tests {
         assert_eq!(s.emit, Some(Emit::Changes));
         assert_eq!(s.limit, Some(3));
         assert_eq!(s.query.to_string(), "SELECT ID, COUNT(*) FROM S WHERE X > 1 GROUP BY ID");
+    }
+
+    #[test]
+    fn struct_dereference_binds_tighter_than_comparison() {
+        let Statement::Select(s) = one("SELECT * FROM s WHERE a->b = c->d EMIT CHANGES;") else { panic!() };
+        let sp::SetExpr::Select(body) = s.query.body.as_ref() else { panic!() };
+        let Some(sp::Expr::BinaryOp { op: sp::BinaryOperator::Eq, left, right }) = &body.selection else {
+            panic!("{:?}", body.selection)
+        };
+        assert!(matches!(left.as_ref(), sp::Expr::BinaryOp { op: sp::BinaryOperator::Arrow, .. }));
+        assert!(matches!(right.as_ref(), sp::Expr::BinaryOp { op: sp::BinaryOperator::Arrow, .. }));
     }
 
     #[test]

@@ -1750,11 +1750,17 @@ async fn plan_join(
         }
         _ => None,
     };
+    // Named ROWKEY, or ROWKEY_<n> with the first n no column of either source uses.
+    let taken = |name: &str| left.columns.iter().chain(&right.columns).any(|c| c.name == name);
+    let synthetic_name = std::iter::once("ROWKEY".to_string())
+        .chain((1..).map(|n| format!("ROWKEY_{n}")))
+        .find(|n| !taken(n))
+        .unwrap_or_else(|| "ROWKEY".into());
     let key_hint = match (&on_sides, &synthetic) {
-        (_, Some(_)) => Some(
-            "the join expression ROWKEY in its projection (eg, SELECT ROWKEY...).\nROWKEY was added as a synthetic key column because the join criteria did not match any source column. This expression must be included in the projection and may be aliased."
-                .to_string(),
-        ),
+        (_, Some(_)) => Some(format!(
+            "the join expression {0} in its projection (eg, SELECT {0}...).\n{0} was added as a synthetic key column because the join criteria did not match any source column. This expression must be included in the projection and may be aliased.",
+            synthetic_name
+        )),
         (Some((a, b)), None) => {
             let (a, b) = (ksql_ast_text(a), ksql_ast_text(b));
             Some(format!("the join expressions {a} or {b} in its projection (eg, SELECT {a}...)."))
@@ -1775,12 +1781,12 @@ async fn plan_join(
     // `*` is every column of both sources, named <ALIAS>_<COLUMN> as in ksqlDB.
     let mut items = Vec::new();
     for item in body.projection.drain(..) {
-        let rowkey = |e: &sp::Expr| matches!(e, sp::Expr::Identifier(id) if id.value == "ROWKEY");
+        let rowkey = |e: &sp::Expr| matches!(e, sp::Expr::Identifier(id) if id.value == synthetic_name);
         if let Some(key) = &synthetic {
             match item {
                 sp::SelectItem::UnnamedExpr(ref e) if rowkey(e) => {
-                    items.push(sp::SelectItem::ExprWithAlias { expr: key.clone(), alias: quoted("ROWKEY") });
-                    synthetic_names.push("ROWKEY".into());
+                    items.push(sp::SelectItem::ExprWithAlias { expr: key.clone(), alias: quoted(&synthetic_name) });
+                    synthetic_names.push(synthetic_name.clone());
                     continue;
                 }
                 sp::SelectItem::ExprWithAlias { ref expr, ref alias } if rowkey(expr) => {
@@ -1789,8 +1795,8 @@ async fn plan_join(
                     continue;
                 }
                 sp::SelectItem::Wildcard(_) => {
-                    items.push(sp::SelectItem::ExprWithAlias { expr: key.clone(), alias: quoted("ROWKEY") });
-                    synthetic_names.push("ROWKEY".into());
+                    items.push(sp::SelectItem::ExprWithAlias { expr: key.clone(), alias: quoted(&synthetic_name) });
+                    synthetic_names.push(synthetic_name.clone());
                 }
                 _ => {}
             }
@@ -2701,6 +2707,21 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
                     return ControlFlow::Continue(());
                 }
             }
+            // `S.B->C` parsed as a field access on `S.B`: DataFusion resolves `S.B.C` (a qualified
+            // column, then its field), not a name after a qualified column.
+            sp::Expr::CompoundFieldAccess { root, access_chain }
+                if matches!(root.as_ref(), sp::Expr::CompoundIdentifier(_))
+                    && matches!(access_chain.first(), Some(sp::AccessExpr::Dot(sp::Expr::Identifier(_)))) =>
+            {
+                let sp::Expr::CompoundIdentifier(ids) = root.as_mut() else { return ControlFlow::Continue(()) };
+                while let Some(sp::AccessExpr::Dot(sp::Expr::Identifier(field))) = access_chain.first() {
+                    ids.push(field.clone());
+                    access_chain.remove(0);
+                }
+                if access_chain.is_empty() {
+                    *e = std::mem::replace(root.as_mut(), sp::Expr::Value(sp::Value::Null.into()));
+                }
+            }
             sp::Expr::BinaryOp { op: sp::BinaryOperator::Arrow, right, .. }
                 if matches!(right.as_ref(), sp::Expr::Identifier(_)) =>
             {
@@ -2709,6 +2730,15 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
                 else {
                     return ControlFlow::Continue(());
                 };
+                // `S.B->C`: DataFusion resolves `S.B.C` (a qualified column, then its field).
+                if let (sp::Expr::CompoundIdentifier(ids), sp::Expr::Identifier(field)) =
+                    (left.as_ref(), right.as_ref())
+                {
+                    let mut ids = ids.clone();
+                    ids.push(field.clone());
+                    *e = sp::Expr::CompoundIdentifier(ids);
+                    return ControlFlow::Continue(());
+                }
                 let field = sp::AccessExpr::Dot(*right);
                 *e = match *left {
                     sp::Expr::CompoundFieldAccess { root, mut access_chain } => {
