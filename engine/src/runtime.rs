@@ -287,6 +287,7 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                 state_measured: None,
                 committer,
                 processed: Vec::new(),
+                commits: shared.commit_group.clone().map(|g| OffsetCommits::new(store.clone(), g)),
             })
         }
         None if inputs.len() > 1 => return Err(EngineError::Internal("side inputs need a stateful stage".into())),
@@ -383,8 +384,7 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                 idle: false,
                 wait_for_tables: (input == 0).then(|| loaded_rx.clone()),
                 committer,
-                offset_committed: None,
-                offset_committed_at: None,
+                commits: shared.commit_group.clone().map(|g| OffsetCommits::new(store.clone(), g)),
             };
             tasks.push(spawn_guarded(task.run(stop_rx.clone()), stats.clone(), shared.id.clone()));
         }
@@ -600,6 +600,8 @@ struct StageTask {
     committer: Option<Committer>,
     /// Per input and partition: everything before this offset has been processed.
     processed: Vec<Vec<u64>>,
+    /// Consumer-group offset commits.
+    commits: Option<OffsetCommits>,
 }
 
 /// One copy of a stage's chain: what it is to do next, and what it did.
@@ -661,6 +663,16 @@ impl StageTask {
             // Stopped (or every input ended): checkpoint what was processed.
             result = self.checkpoint().await;
         }
+        if result.is_ok() && self.committer.is_none() {
+            // At-least-once: the last positions, committed at once.
+            let offsets = self.processed_offsets();
+            if let Some(c) = &mut self.commits {
+                result = c.commit(offsets, true);
+            }
+        }
+        if let (Ok(()), Some(c)) = (&result, &mut self.commits) {
+            result = c.landed().await;
+        }
         if let Err(e) = result {
             tracing::error!(query = %self.shared.id, "query failed: {e}");
             self.stats.fail(e.to_string());
@@ -714,8 +726,9 @@ impl StageTask {
                     match &mut self.committer {
                         Some(c) => c.mark_dirty(),
                         None => {
-                            if let Some(g) = &self.shared.commit_group {
-                                self.store.commit_offsets(g, &[(self.topics[i].clone(), p, next_offset)])?;
+                            let offsets = self.processed_offsets();
+                            if let Some(c) = &mut self.commits {
+                                c.commit(offsets, rx.is_empty())?;
                             }
                             *self.stats.positions.lock() = self.processed.clone();
                             self.stats.progress.notify_waiters();
@@ -799,6 +812,15 @@ impl StageTask {
         }
     }
 
+    /// Every input partition's processed position, as consumer-group offsets.
+    fn processed_offsets(&self) -> Offsets {
+        self.processed
+            .iter()
+            .zip(&self.topics)
+            .flat_map(|(parts, t)| parts.iter().enumerate().map(move |(p, o)| (t.clone(), p as u32, *o)))
+            .collect()
+    }
+
     /// Checkpoints state and positions and commits the output written since the last one;
     /// then the positions count as done (offsets committed, progress reported).
     async fn checkpoint(&mut self) -> Result<()> {
@@ -820,14 +842,9 @@ impl StageTask {
             Ok(state)
         };
         c.checkpoint(snapshot, self.processed.clone(), task)?;
-        if let Some(g) = &self.shared.commit_group {
-            let offsets: Vec<(String, u32, u64)> = self
-                .processed
-                .iter()
-                .zip(&self.topics)
-                .flat_map(|(parts, t)| parts.iter().enumerate().map(move |(p, o)| (t.clone(), p as u32, *o)))
-                .collect();
-            self.store.commit_offsets(g, &offsets)?;
+        let offsets = self.processed_offsets();
+        if let Some(c) = &mut self.commits {
+            c.commit(offsets, true)?;
         }
         *self.stats.positions.lock() = self.processed.clone();
         self.stats.progress.notify_waiters();
@@ -947,13 +964,68 @@ struct PartitionTask {
     wait_for_tables: Option<watch::Receiver<bool>>,
     /// Checkpoints and transactional output (stateless persistent queries).
     committer: Option<Committer>,
-    /// The consumer-group offset last committed, and when.
-    offset_committed: Option<u64>,
-    offset_committed_at: Option<std::time::Instant>,
+    /// Consumer-group offset commits (at-least-once output).
+    commits: Option<OffsetCommits>,
 }
 
-/// How often an at-least-once partition task commits its consumer-group offset while busy.
+/// How often an at-least-once task commits its consumer-group offsets while busy.
 const OFFSET_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A task's consumer-group offset commits, off its hot path: a commit is a synced file write
+/// (under a heavy write load its fsync can take a hundred milliseconds), so it runs on a
+/// blocking thread while the task goes on; each waits for the one before, so commits land in
+/// order. An error surfaces at a later commit or at [`OffsetCommits::landed`].
+struct OffsetCommits {
+    store: Arc<dyn TopicStore>,
+    group: String,
+    in_flight: Option<tokio::task::JoinHandle<Result<()>>>,
+    /// The offsets last committed, and when.
+    last: Option<(Offsets, std::time::Instant)>,
+}
+
+/// Consumer-group offsets: (topic, partition, next offset).
+type Offsets = Vec<(String, u32, u64)>;
+
+impl OffsetCommits {
+    fn new(store: Arc<dyn TopicStore>, group: String) -> Self {
+        Self { store, group, in_flight: None, last: None }
+    }
+
+    /// Commits `offsets` when `now`, else when [`OFFSET_COMMIT_INTERVAL`] has passed since the
+    /// last commit (and only if they changed).
+    fn commit(&mut self, offsets: Offsets, now: bool) -> Result<()> {
+        if self.in_flight.as_ref().is_some_and(|h| h.is_finished()) {
+            if let Some(Some(done)) = self.in_flight.take().map(futures::FutureExt::now_or_never) {
+                done.map_err(|e| EngineError::Internal(format!("offset commit: {e}")))??;
+            }
+        }
+        let due = self.last.as_ref().is_none_or(|(_, at)| at.elapsed() >= OFFSET_COMMIT_INTERVAL);
+        if !(now || due) || self.last.as_ref().is_some_and(|(o, _)| *o == offsets) {
+            return Ok(());
+        }
+        let (store, group, previous) = (self.store.clone(), self.group.clone(), self.in_flight.take());
+        let committing = offsets.clone();
+        self.in_flight = Some(tokio::spawn(async move {
+            if let Some(p) = previous {
+                p.await.map_err(|e| EngineError::Internal(format!("offset commit: {e}")))??;
+            }
+            tokio::task::spawn_blocking(move || store.commit_offsets(&group, &committing))
+                .await
+                .map_err(|e| EngineError::Internal(format!("offset commit: {e}")))?
+                .map_err(EngineError::from)
+        }));
+        self.last = Some((offsets, std::time::Instant::now()));
+        Ok(())
+    }
+
+    /// Waits until every commit has landed.
+    async fn landed(&mut self) -> Result<()> {
+        match self.in_flight.take() {
+            Some(h) => h.await.map_err(|e| EngineError::Internal(format!("offset commit: {e}")))?,
+            None => Ok(()),
+        }
+    }
+}
 
 /// What a partition's prefetcher hands its task.
 enum Fetched {
@@ -1073,6 +1145,11 @@ impl PartitionTask {
                 result = result.and_then(|e| self.publish_position(true).map(|_| e));
             }
         }
+        if let (Ok(_), Some(c)) = (&result, &mut self.commits) {
+            if let Err(e) = c.landed().await {
+                result = Err(e);
+            }
+        }
         if let Err(e) = result {
             tracing::error!(query = %self.shared.id, partition = self.partition, "query failed: {e}");
             self.stats.fail(e.to_string());
@@ -1100,13 +1177,8 @@ impl PartitionTask {
     /// every [`OFFSET_COMMIT_INTERVAL`] (at-least-once output: a crash replays what followed the
     /// last commit; a commit is a synced file write, too slow for every fetch).
     fn publish_position(&mut self, now: bool) -> Result<()> {
-        if let Some(g) = &self.shared.commit_group {
-            let due = self.offset_committed_at.is_none_or(|t| t.elapsed() >= OFFSET_COMMIT_INTERVAL);
-            if (now || due) && self.offset_committed != Some(self.offset) {
-                self.store.commit_offsets(g, &[(self.topic.clone(), self.partition, self.offset)])?;
-                self.offset_committed = Some(self.offset);
-                self.offset_committed_at = Some(std::time::Instant::now());
-            }
+        if let Some(c) = &mut self.commits {
+            c.commit(vec![(self.topic.clone(), self.partition, self.offset)], now)?;
         }
         if let Some(pos) =
             self.stats.positions.lock().get_mut(self.input).and_then(|v| v.get_mut(self.partition as usize))
@@ -1264,5 +1336,31 @@ impl PartitionTask {
                 headers: vec![],
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rill_connectors::EmbeddedStore;
+    use rill_log::TopicConfig;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn offset_commits_land_in_order_and_report_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn TopicStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        let mut commits = OffsetCommits::new(store.clone(), "g".into());
+        for offset in 1..=20u64 {
+            commits.commit(vec![("t".into(), 0, offset)], true).unwrap();
+        }
+        // Not due yet (the interval has not passed) and not forced: skipped.
+        commits.commit(vec![("t".into(), 0, 21)], false).unwrap();
+        commits.landed().await.unwrap();
+        assert_eq!(store.committed_offset("g", "t", 0).unwrap(), Some(20));
+
+        commits.commit(vec![("missing".into(), 0, 1)], true).unwrap();
+        assert!(commits.landed().await.is_err(), "a commit to an unknown topic fails");
     }
 }
