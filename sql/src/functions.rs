@@ -33,7 +33,7 @@ pub fn register(ctx: &SessionContext) -> Result<()> {
             ctx.register_udf(udf.as_ref().clone().with_aliases([*alias]));
         }
     }
-    for udf in crate::udfs::all().into_iter().chain(crate::bytefns::all()) {
+    for udf in crate::udfs::all().into_iter().chain(crate::bytefns::all()).chain(crate::urlfns::all()) {
         ctx.register_udf(udf);
     }
     for udaf in crate::udafs::all() {

@@ -24,6 +24,7 @@ pub mod typecheck;
 pub mod types;
 pub mod udafs;
 pub mod udfs;
+pub mod urlfns;
 pub mod view;
 
 pub use engine::KsqlEngine;
