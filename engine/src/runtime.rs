@@ -260,6 +260,7 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                             Output::Channel(_) => None,
                         },
                         encoded: Vec::new(),
+                        refused: Vec::new(),
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -562,6 +563,16 @@ async fn append_output(
 }
 
 /// Counts and writes dead letters (see [`append_output`]).
+/// The dead-letter record of query `query` for `d` (keyed by the query).
+fn dead_letter(query: &str, d: &DeadLetter) -> Record {
+    Record {
+        timestamp: 0,
+        key: Some(bytes::Bytes::from(query.to_string())),
+        value: Some(dead_letter_value(query, d)),
+        headers: vec![],
+    }
+}
+
 async fn write_dead_letters(
     stats: &QueryStats,
     committer: Option<&mut Committer>,
@@ -614,6 +625,8 @@ struct Shard {
     sink: Option<Sink>,
     /// Encoded output records by output partition.
     encoded: Vec<(u32, Vec<Record>)>,
+    /// Output rows the sink refused (for the dead-letter topic).
+    refused: Vec<DeadLetter>,
 }
 
 /// Input for a shard, in order.
@@ -629,7 +642,15 @@ enum Step {
 impl Shard {
     /// An empty shard holding a place while the real one runs in a task.
     fn placeholder() -> Self {
-        Shard { chain: Chain::new(vec![]), steps: vec![], out: vec![], late: vec![], sink: None, encoded: vec![] }
+        Shard {
+            chain: Chain::new(vec![]),
+            steps: vec![],
+            out: vec![],
+            late: vec![],
+            sink: None,
+            encoded: vec![],
+            refused: vec![],
+        }
     }
 
     /// Runs the pending steps through the chain, then encodes the output (topic output).
@@ -649,6 +670,7 @@ impl Shard {
             for m in self.out.drain(..) {
                 if let Message::Data(b) = m {
                     self.encoded.extend(sink.encode(&b)?);
+                    self.refused.extend(sink.take_refused());
                 }
             }
         }
@@ -919,6 +941,13 @@ impl StageTask {
             self.stats.late_records.fetch_add(records.len() as u64, Ordering::Relaxed);
             append_output(self.committer.as_mut(), self.store.as_ref(), LATE_TOPIC, 0, &records).await?;
         }
+        let refused: Vec<Record> = self
+            .shards
+            .iter_mut()
+            .flat_map(|s| s.refused.drain(..))
+            .map(|d| dead_letter(&self.shared.id, &d))
+            .collect();
+        write_dead_letters(&self.stats, self.committer.as_mut(), self.store.as_ref(), &refused).await?;
         if let Some(topic) = &self.sink_topic {
             // One append per output partition (each is made durable before it returns).
             let mut by_partition: std::collections::BTreeMap<u32, Vec<Record>> = Default::default();
@@ -1292,6 +1321,11 @@ impl PartitionTask {
                     }
                 }
             }
+            if let TaskOutput::Sink(sink) = &mut self.out {
+                let refused = sink.take_refused();
+                let refused = self.dead_letter_records(refused);
+                write_dead_letters(&self.stats, self.committer.as_mut(), self.store.as_ref(), &refused).await?;
+            }
             match &mut self.committer {
                 Some(c) => {
                     c.mark_dirty();
@@ -1328,14 +1362,7 @@ impl PartitionTask {
         if let Some(last) = dead.last() {
             *self.stats.last_error.lock() = Some(last.error.clone());
         }
-        dead.iter()
-            .map(|d| Record {
-                timestamp: 0,
-                key: Some(bytes::Bytes::from(self.shared.id.clone())),
-                value: Some(dead_letter_value(&self.shared.id, d)),
-                headers: vec![],
-            })
-            .collect()
+        dead.iter().map(|d| dead_letter(&self.shared.id, d)).collect()
     }
 }
 

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use rill_connectors::format::{self, Encoder, Format};
 use rill_connectors::store::{Record, TopicStore};
 
+use crate::source::DeadLetter;
 use crate::Result;
 
 /// Where and how a query writes its rows.
@@ -25,7 +26,8 @@ pub struct SinkSpec {
     /// Columns of the incoming batch that form the value.
     pub value_columns: Vec<usize>,
     /// The column holding each row's record timestamp: BIGINT milliseconds, a TIMESTAMP, or a
-    /// STRING in `timestamp_format` (a row without a time gets 0).
+    /// STRING in `timestamp_format` (a row without a time gets 0; a row whose time is negative
+    /// or does not parse is not written: it goes to the dead-letter topic).
     pub timestamp_column: usize,
     /// The chrono format of a STRING timestamp column.
     pub timestamp_format: Option<String>,
@@ -55,6 +57,7 @@ pub struct Sink {
     store: Arc<dyn TopicStore>,
     key_encoder: Box<dyn Encoder>,
     value_encoder: Box<dyn Encoder>,
+    refused: Vec<DeadLetter>,
 }
 
 impl Sink {
@@ -64,7 +67,13 @@ impl Sink {
         let value_schema = Arc::new(spec.input_schema.project(&spec.value_columns)?);
         let key_encoder = format::encoder(&spec.key_format, key_schema)?;
         let value_encoder = format::encoder(&spec.value_format, value_schema)?;
-        Ok(Self { spec, store, key_encoder, value_encoder })
+        Ok(Self { spec, store, key_encoder, value_encoder, refused: Vec::new() })
+    }
+
+    /// Rows [`Sink::encode`] did not turn into records (see `timestamp_column`), since the last
+    /// call: the caller sends them to the dead-letter topic.
+    pub fn take_refused(&mut self) -> Vec<DeadLetter> {
+        std::mem::take(&mut self.refused)
     }
 
     /// Encodes `batch` into records, grouped by output partition.
@@ -97,6 +106,16 @@ impl Sink {
                 arrow::compute::cast(ts_column, &arrow::datatypes::DataType::Int64)?.as_primitive::<Int64Type>().clone()
             }
         };
+        let refused_time: Vec<Option<String>> = match (ts_column.data_type(), &self.spec.timestamp_format) {
+            (arrow::datatypes::DataType::Utf8, Some(format)) => {
+                let mut why = vec![None; n];
+                for (i, e) in crate::source::parse_timestamps(ts_column.as_string::<i32>(), format).1 {
+                    why[i] = Some(e);
+                }
+                why
+            }
+            _ => vec![None; n],
+        };
         let delete = self.spec.delete_column.map(|c| batch.column(c).as_boolean().clone());
         let window = match self.spec.window {
             Some(w) => Some((
@@ -128,6 +147,25 @@ impl Sink {
                 value = None;
             }
             let timestamp = if ts.is_null(i) { 0 } else { ts.value(i) };
+            let why = match &refused_time[i] {
+                Some(e) => Some(e.clone()),
+                None if timestamp < 0 => {
+                    Some(format!("the record's time ({timestamp}) is negative: it must be 0 or later"))
+                }
+                None => None,
+            };
+            if let Some(why) = why {
+                let lossy = |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+                self.refused.push(DeadLetter {
+                    topic: self.spec.topic.clone(),
+                    partition: p,
+                    offset: 0,
+                    error: format!("output record not written: {why}"),
+                    key: lossy(&key),
+                    value: lossy(&value),
+                });
+                continue;
+            }
             by_partition.entry(p).or_default().push(Record { timestamp, key, value, headers: vec![] });
         }
         Ok(by_partition)
@@ -147,5 +185,56 @@ impl Sink {
             written += records.len();
         }
         Ok(written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use rill_connectors::format::FormatKind;
+    use rill_connectors::EmbeddedStore;
+
+    use super::*;
+
+    #[test]
+    fn rows_with_a_bad_output_time_become_dead_letters() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn TopicStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        store.create_topic("out", rill_log::TopicConfig::default()).unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ID", DataType::Int64, true),
+            Field::new("TS", DataType::Utf8, true),
+        ]));
+        let spec = SinkSpec {
+            topic: "out".into(),
+            key_format: Format::new(FormatKind::Kafka),
+            value_format: Format::new(FormatKind::Json),
+            key_columns: vec![],
+            value_columns: vec![0, 1],
+            timestamp_column: 1,
+            timestamp_format: Some("%Y-%m-%dT%H:%M:%S%z".into()),
+            input_schema: schema.clone(),
+            delete_column: None,
+            window: None,
+        };
+        let mut sink = Sink::try_new(spec, store).unwrap();
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3])),
+                Arc::new(StringArray::from(vec!["2018-05-11T21:58:33Z", "not a time", "1960-01-01T00:00:00Z"])),
+            ],
+        )
+        .unwrap();
+        let written: Vec<Record> = sink.encode(&batch).unwrap().into_values().flatten().collect();
+        assert_eq!(written.len(), 1);
+        assert_eq!(written[0].timestamp, 1_526_075_913_000);
+        let refused = sink.take_refused();
+        assert_eq!(refused.len(), 2, "the unparsable and the negative time");
+        assert!(refused[0].error.contains("not a time"), "{}", refused[0].error);
+        assert!(refused[1].error.contains("negative"), "{}", refused[1].error);
+        assert!(refused[1].value.as_deref().is_some_and(|v| v.contains("\"ID\":3")));
+        assert!(sink.take_refused().is_empty(), "taken once");
     }
 }

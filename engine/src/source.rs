@@ -324,6 +324,23 @@ impl SourceReader {
             parsed_times = Some(times);
             time_errors = errors;
         }
+        // A record's time is 0 or later (Kafka's rule; Kafka Streams skips the others).
+        let column_times = match &self.spec.event_time {
+            EventTime::Column(column) => {
+                let col = key_cols.iter().chain(value_cols.iter()).nth(*column).ok_or_else(|| {
+                    EngineError::Internal(format!("event-time column {column} is not among the decoded columns"))
+                })?;
+                Some(cast(col, &DataType::Int64)?.as_primitive::<arrow::datatypes::Int64Type>().clone())
+            }
+            _ => parsed_times.clone(),
+        };
+        if let Some(times) = &column_times {
+            for (i, t) in times.iter().enumerate() {
+                if let Some(t) = t.filter(|t| *t < 0) {
+                    time_errors.push((i, format!("the record's time ({t}) is negative: it must be 0 or later")));
+                }
+            }
+        }
         let mut bad = vec![false; n];
         for (i, e) in key_errors.iter().chain(value_errors.iter()).chain(time_errors.iter()) {
             if !bad[*i] {
