@@ -42,6 +42,9 @@ impl Dialect for KsqlDialect {
     }
 }
 
+/// The field name `s->*` is parsed with: every field of the struct `s` (see the planner).
+pub const STRUCT_ALL: &str = "__RILL_STRUCT_ALL";
+
 /// Parses one or more `;`-separated statements.
 pub fn parse(sql: &str) -> Result<Vec<ParsedStatement>> {
     let tokens = Tokenizer::new(&KsqlDialect, sql).tokenize_with_location().map_err(|e| SqlError::Parse {
@@ -720,7 +723,12 @@ impl StatementParser {
                     continue;
                 }
             }
-            rest.push(self.toks[self.pos].clone());
+            let mut t = self.toks[self.pos].clone();
+            // ksqlDB's `s->*` (every field of a struct) is not SQL: the planner expands it.
+            if t.token == Token::Mul && rest.last().is_some_and(|p| p.token == Token::Arrow) {
+                t.token = Token::make_word(STRUCT_ALL, None);
+            }
+            rest.push(t);
             self.pos += 1;
         }
         // sqlparser gives no location at the end of input: point after the last token.
@@ -823,6 +831,12 @@ mod tests {
         };
         assert!(matches!(left.as_ref(), sp::Expr::BinaryOp { op: sp::BinaryOperator::Arrow, .. }));
         assert!(matches!(right.as_ref(), sp::Expr::BinaryOp { op: sp::BinaryOperator::Arrow, .. }));
+    }
+
+    #[test]
+    fn struct_all_fields_parse_for_the_planner_to_expand() {
+        let Statement::Select(s) = one("SELECT k, s->* FROM t EMIT CHANGES;") else { panic!() };
+        assert_eq!(s.query.to_string(), format!("SELECT K, S -> {STRUCT_ALL} FROM T"));
     }
 
     #[test]

@@ -1837,6 +1837,16 @@ async fn plan_join(
         [rill_engine::source::ROWTIME, rill_engine::source::ROWPARTITION, rill_engine::source::ROWOFFSET]
             .map(String::from),
     );
+    // `A.S->*` of either source (rewrite_projection knows only the left one).
+    let column = |q: Option<&str>, name: &str| {
+        let side = match q {
+            Some(q) if q == left_alias || q == left_name => Some(&left),
+            Some(q) if q == right_alias || q == right_name => Some(&right),
+            _ => None,
+        };
+        side.and_then(|s| s.columns.iter().find(|c| c.name == name)).map(|c| &c.sql_type)
+    };
+    body.projection = std::mem::take(&mut body.projection).into_iter().flat_map(|i| struct_all(i, &column)).collect();
     rewrite_projection(&mut body.projection, &left, false, Some(&shared), false);
     ksql_expressions(&mut query);
     let refs = [(left.name.clone(), left.row_schema()), (right.name.clone(), right.row_schema())];
@@ -2533,6 +2543,50 @@ fn filter_over_scan(plan: &LogicalPlan) -> Result<(Option<&Expr>, &DFSchema)> {
 
 /// ksqlDB's projection rules: `*` means key and value columns (not pseudo columns), and an
 /// expression without an alias is named `KSQL_COL_<i>`.
+/// `s->*`: one item per field of the struct `s` (a column, or a field of one), named as the
+/// field; other items as they are. `column` gives the type of a column by qualifier and name.
+fn struct_all<'a>(
+    item: sp::SelectItem,
+    column: &dyn Fn(Option<&str>, &str) -> Option<&'a SqlType>,
+) -> Vec<sp::SelectItem> {
+    fn type_of<'a>(e: &sp::Expr, column: &dyn Fn(Option<&str>, &str) -> Option<&'a SqlType>) -> Option<&'a SqlType> {
+        match e {
+            sp::Expr::Identifier(id) => column(None, &id.value),
+            sp::Expr::CompoundIdentifier(ids) => match &ids[..] {
+                [q, c] => column(Some(&q.value), &c.value),
+                _ => None,
+            },
+            sp::Expr::Nested(inner) => type_of(inner, column),
+            sp::Expr::BinaryOp { left, op: sp::BinaryOperator::Arrow, right } => {
+                let (SqlType::Struct(fields), sp::Expr::Identifier(f)) = (type_of(left, column)?, right.as_ref())
+                else {
+                    return None;
+                };
+                fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(&f.value)).map(|(_, t)| t)
+            }
+            _ => None,
+        }
+    }
+    let sp::SelectItem::UnnamedExpr(sp::Expr::BinaryOp { left, op: sp::BinaryOperator::Arrow, right }) = &item else {
+        return vec![item];
+    };
+    if !matches!(right.as_ref(), sp::Expr::Identifier(id) if id.value == crate::parser::STRUCT_ALL) {
+        return vec![item];
+    }
+    let Some(SqlType::Struct(fields)) = type_of(left, column) else { return vec![item] };
+    fields
+        .iter()
+        .map(|(name, _)| sp::SelectItem::ExprWithAlias {
+            expr: sp::Expr::BinaryOp {
+                left: left.clone(),
+                op: sp::BinaryOperator::Arrow,
+                right: Box::new(sp::Expr::Identifier(quoted(name))),
+            },
+            alias: quoted(name),
+        })
+        .collect()
+}
+
 fn rewrite_projection(
     items: &mut Vec<sp::SelectItem>,
     source: &SourceDef,
@@ -2543,7 +2597,9 @@ fn rewrite_projection(
     let mut out = Vec::with_capacity(items.len());
     let mut generated = 0usize;
     let taken: std::collections::HashSet<String> = source.columns.iter().map(|c| c.name.clone()).collect();
-    for item in items.drain(..) {
+    // (One source: a qualifier can only name it, by name or alias. Joins expand first.)
+    let column = |_: Option<&str>, name: &str| source.columns.iter().find(|c| c.name == name).map(|c| &c.sql_type);
+    for item in std::mem::take(items).into_iter().flat_map(|i| struct_all(i, &column)) {
         match item {
             sp::SelectItem::Wildcard(_) | sp::SelectItem::QualifiedWildcard(_, _) => {
                 // After PARTITION BY the old key columns follow the value columns, as in ksqlDB.
