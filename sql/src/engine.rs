@@ -952,12 +952,15 @@ impl KsqlEngine {
         let columns = columns.unwrap_or(all);
         if columns.len() != values.len() {
             return Err(SqlError::plan(format!(
-                "Expected number columns and values to match: {}, {}",
+                "Failed to prepare statement: Expected number columns and values to match: {}, {}",
                 columns.len(),
                 values.len()
             )));
         }
         for c in &columns {
+            if c == rill_engine::source::ROWPARTITION || c == rill_engine::source::ROWOFFSET {
+                return Err(SqlError::plan(format!("Inserting into column `{c}` is not allowed.")));
+            }
             if c != "ROWTIME" && !sink.columns.iter().any(|s| &s.name == c) {
                 return Err(SqlError::plan(format!("Column name {c} does not exist.")));
             }
@@ -974,6 +977,8 @@ impl KsqlEngine {
                 .map(|(e, c)| sp::SelectItem::ExprWithAlias { expr: e, alias: sp::Ident::with_quote('"', c) })
                 .collect();
         }
+        // ksqlDB's expressions (STRUCT(a := 1), MAP('k' := v), struct dereference, ...).
+        planner::ksql_expressions(&mut query);
         let plan = self
             .ctx
             .state()
