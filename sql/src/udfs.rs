@@ -114,8 +114,12 @@ impl ScalarUDFImpl for ToJsonString {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let array: &ArrayRef = &arrays[0];
+        // ksqlDB writes TIMESTAMPs with milliseconds, BYTES in base64.
+        let options =
+            EncoderOptions::default().with_explicit_nulls(true).with_timestamp_format("%Y-%m-%dT%H:%M:%S%.3f".into());
+        let array = &rill_connectors::format::bytes_as_base64(array)
+            .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
         let field = Arc::new(Field::new("v", array.data_type().clone(), true));
-        let options = EncoderOptions::default().with_explicit_nulls(true);
         let mut encoder = make_encoder(&field, array.as_ref(), &options)?;
         let mut out = StringBuilder::with_capacity(array.len(), array.len() * 8);
         let mut buf = Vec::new();

@@ -149,7 +149,7 @@ fn per_parent(offsets: &[i32], child_bad: &[bool]) -> Vec<bool> {
 }
 
 /// `array` with every BYTES value written as a base64 string.
-fn to_text(array: &ArrayRef) -> Result<ArrayRef> {
+pub(crate) fn to_text(array: &ArrayRef) -> Result<ArrayRef> {
     if !has_bytes(array.data_type()) {
         return Ok(array.clone());
     }

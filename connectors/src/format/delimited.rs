@@ -11,17 +11,35 @@ use crate::{ConnectorError, Result};
 
 pub(crate) struct DelimitedDecoder {
     schema: SchemaRef,
+    /// The schema the CSV decoder reads: times as the numbers ksqlDB writes them (epoch
+    /// milliseconds, days), cast to `schema`'s types after.
+    numbers: SchemaRef,
     delimiter: u8,
     buf: Vec<u8>,
 }
 
 impl DelimitedDecoder {
     pub(crate) fn new(schema: SchemaRef, delimiter: u8) -> Self {
-        Self { schema, delimiter, buf: Vec::new() }
+        let numbers = super::numbers_schema(&schema);
+        Self { schema, numbers, delimiter, buf: Vec::new() }
+    }
+
+    /// A batch read with `numbers` in `schema`'s types.
+    fn typed(&self, batch: RecordBatch) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+        if self.numbers == self.schema {
+            return Ok(batch);
+        }
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(self.schema.fields())
+            .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        RecordBatch::try_new(self.schema.clone(), columns)
     }
 
     fn build(&self, rows: usize) -> std::result::Result<CsvDecoder, arrow::error::ArrowError> {
-        Ok(ReaderBuilder::new(self.schema.clone())
+        Ok(ReaderBuilder::new(self.numbers.clone())
             .with_header(false)
             .with_delimiter(self.delimiter)
             .with_batch_size(rows.max(1))
@@ -39,7 +57,7 @@ impl DelimitedDecoder {
             off += n;
         }
         d.decode(&[])?;
-        d.flush()
+        d.flush()?.map(|b| self.typed(b)).transpose()
     }
 }
 

@@ -99,6 +99,11 @@ pub trait Encoder: Send {
     fn encode(&mut self, batch: &RecordBatch, out: &mut Vec<Option<Bytes>>) -> Result<()>;
 }
 
+/// `array` with every BYTES value (also nested) as a base64 string, as ksqlDB writes BYTES in text.
+pub fn bytes_as_base64(array: &ArrayRef) -> Result<ArrayRef> {
+    base64_bytes::to_text(array)
+}
+
 /// A decoder for `schema` in `format`.
 pub fn decoder(format: &Format, schema: SchemaRef) -> Result<Box<dyn Decoder>> {
     let text = matches!(format.kind, FormatKind::Json | FormatKind::Delimited);
@@ -178,6 +183,21 @@ pub(crate) fn temporal_to_numbers(batch: &RecordBatch) -> Result<RecordBatch> {
         columns,
         &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
     )?)
+}
+
+/// `schema` with TIMESTAMP and DATE columns as the numbers that encode them.
+pub(crate) fn numbers_schema(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Timestamp(_, _) | DataType::Date32 => {
+                f.as_ref().clone().with_data_type(numeric_type(f.data_type()))
+            }
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
 }
 
 fn needs_numeric(dt: &DataType) -> bool {
