@@ -15,7 +15,6 @@ const SCALAR_ALIASES: &[(&str, &str)] = &[
     ("ceil", "ceil"),
     ("split", "string_to_array"),
     ("sign", "signum"),
-    ("regexp_extract", "regexp_substr"),
 ];
 
 /// (ksqlDB name, DataFusion aggregate) pairs with identical semantics.
@@ -33,7 +32,12 @@ pub fn register(ctx: &SessionContext) -> Result<()> {
             ctx.register_udf(udf.as_ref().clone().with_aliases([*alias]));
         }
     }
-    for udf in crate::udfs::all().into_iter().chain(crate::bytefns::all()).chain(crate::urlfns::all()) {
+    for udf in crate::udfs::all()
+        .into_iter()
+        .chain(crate::bytefns::all())
+        .chain(crate::urlfns::all())
+        .chain(crate::regexfns::all())
+    {
         ctx.register_udf(udf);
     }
     for udaf in crate::udafs::all() {

@@ -18,6 +18,7 @@ pub mod functions;
 pub mod parser;
 pub mod planner;
 pub mod pull;
+pub mod regexfns;
 pub mod results;
 pub mod timefmt;
 pub mod typecheck;

@@ -2857,6 +2857,16 @@ fn ksql_function(f: &mut sp::Function) {
         flatten_assignments(f, |key| key);
         return;
     }
+    if name == "REGEXP_REPLACE" {
+        // ksqlDB replaces every match; DataFusion only the first unless told 'g'.
+        if let sp::FunctionArguments::List(list) = &mut f.args {
+            if list.args.len() == 3 {
+                let g = sp::Expr::Value(sp::Value::SingleQuotedString("g".into()).into());
+                list.args.push(sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(g)));
+            }
+        }
+        return;
+    }
     if name == "COUNT" {
         // COUNT(), COUNT(1) and COUNT(*) all count rows: one aggregate (DataFusion names
         // COUNT(*) as it names COUNT(1), and two aggregates of one name cannot be planned).
