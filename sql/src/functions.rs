@@ -13,7 +13,6 @@ const SCALAR_ALIASES: &[(&str, &str)] = &[
     ("len", "character_length"),
     ("ifnull", "nvl"),
     ("ceil", "ceil"),
-    ("split", "string_to_array"),
     ("sign", "signum"),
 ];
 
@@ -37,6 +36,7 @@ pub fn register(ctx: &SessionContext) -> Result<()> {
         .chain(crate::bytefns::all())
         .chain(crate::urlfns::all())
         .chain(crate::regexfns::all())
+        .chain(crate::regexfns::splits())
     {
         ctx.register_udf(udf);
     }
