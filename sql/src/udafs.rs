@@ -484,7 +484,6 @@ fn map_entries(v: &ScalarValue) -> Option<Vec<(ScalarValue, ScalarValue)>> {
     Some(pairs)
 }
 
-/// The aggregate functions of this module.
 /// `SUM_LIST(list)`: the sum of every element of every list, typed as the elements (INT, BIGINT
 /// or DOUBLE). It retracts, so tables can use it.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -576,8 +575,110 @@ impl Accumulator for SumListAccumulator {
     }
 }
 
+/// `ATTR(col)`: the value when every row of the group has the same one (NULL counts as a
+/// value), else NULL. It retracts, so tables can use it: it keeps each distinct value's count.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Attr {
+    signature: Signature,
+}
+
+impl AggregateUDFImpl for Attr {
+    fn name(&self) -> &str {
+        "attr"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        arg_types.first().cloned().map_or_else(|| exec_err!("ATTR needs a column"), Ok)
+    }
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(AttrAccumulator { item: item_type(&args)?, counts: Vec::new() }))
+    }
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        let values = DataType::List(Arc::new(Field::new("item", args.return_field.data_type().clone(), true)));
+        let counts = DataType::List(Arc::new(Field::new("item", DataType::UInt64, true)));
+        Ok(vec![
+            Arc::new(Field::new(format!("{}_values", args.name), values, true)),
+            Arc::new(Field::new(format!("{}_counts", args.name), counts, true)),
+        ])
+    }
+}
+
+#[derive(Debug)]
+struct AttrAccumulator {
+    item: DataType,
+    /// Each distinct value (NULL too) and how many rows hold it.
+    counts: Vec<(ScalarValue, u64)>,
+}
+
+impl AttrAccumulator {
+    fn add(&mut self, v: ScalarValue, n: u64) {
+        match self.counts.iter_mut().find(|(x, _)| *x == v) {
+            Some((_, c)) => *c += n,
+            None => self.counts.push((v, n)),
+        }
+    }
+    fn remove(&mut self, v: &ScalarValue) {
+        if let Some(i) = self.counts.iter().position(|(x, _)| x == v) {
+            self.counts[i].1 -= 1;
+            if self.counts[i].1 == 0 {
+                self.counts.remove(i);
+            }
+        }
+    }
+}
+
+impl Accumulator for AttrAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        for i in 0..values[0].len() {
+            self.add(ScalarValue::try_from_array(&values[0], i)?, 1);
+        }
+        Ok(())
+    }
+    fn retract_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        for i in 0..values[0].len() {
+            self.remove(&ScalarValue::try_from_array(&values[0], i)?);
+        }
+        Ok(())
+    }
+    fn supports_retract_batch(&self) -> bool {
+        true
+    }
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        match &self.counts[..] {
+            [(v, _)] => Ok(v.clone()),
+            _ => ScalarValue::try_from(&self.item),
+        }
+    }
+    fn size(&self) -> usize {
+        size_of_val(self) + self.counts.iter().map(|(v, _)| v.size()).sum::<usize>()
+    }
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        let values: Vec<ScalarValue> = self.counts.iter().map(|(v, _)| v.clone()).collect();
+        let counts: Vec<ScalarValue> = self.counts.iter().map(|(_, n)| ScalarValue::UInt64(Some(*n))).collect();
+        Ok(vec![
+            ScalarValue::List(ScalarValue::new_list_nullable(&values, &self.item)),
+            ScalarValue::List(ScalarValue::new_list_nullable(&counts, &DataType::UInt64)),
+        ])
+    }
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        let mut values = Vec::new();
+        for_each_item(&states[0], |v| values.push(v))?;
+        let mut counts = Vec::new();
+        for_each_item(&states[1], |n| counts.push(n))?;
+        for (v, n) in values.into_iter().zip(counts) {
+            let ScalarValue::UInt64(Some(n)) = n else { continue };
+            self.add(v, n);
+        }
+        Ok(())
+    }
+}
+
+/// The aggregate functions of this module.
 pub fn all() -> Vec<AggregateUDF> {
     vec![
+        AggregateUDF::from(Attr { signature: Signature::any(1, Volatility::Immutable) }),
         AggregateUDF::from(SumList { signature: Signature::any(1, Volatility::Immutable) }),
         AggregateUDF::from(CollectSet { signature: Signature::any(1, Volatility::Immutable) }),
         AggregateUDF::from(ByOffsetN {
@@ -610,6 +711,24 @@ mod tests {
     use arrow::datatypes::Int32Type;
 
     use super::*;
+
+    #[test]
+    fn attr_is_the_one_value_and_retracts() {
+        let mut acc = AttrAccumulator { item: DataType::Utf8, counts: Vec::new() };
+        let rows = |v: Vec<Option<&str>>| -> Vec<ArrayRef> { vec![Arc::new(arrow::array::StringArray::from(v))] };
+        acc.update_batch(&rows(vec![Some("a"), Some("a")])).unwrap();
+        assert_eq!(acc.evaluate().unwrap(), ScalarValue::Utf8(Some("a".into())));
+        acc.update_batch(&rows(vec![None])).unwrap();
+        assert_eq!(acc.evaluate().unwrap(), ScalarValue::Utf8(None), "NULL is another value");
+        acc.retract_batch(&rows(vec![None])).unwrap();
+        assert_eq!(acc.evaluate().unwrap(), ScalarValue::Utf8(Some("a".into())));
+        // State survives a merge into a fresh accumulator.
+        let state: Vec<ArrayRef> = acc.state().unwrap().iter().map(|v| v.to_array().unwrap()).collect();
+        let mut restored = AttrAccumulator { item: DataType::Utf8, counts: Vec::new() };
+        restored.merge_batch(&state).unwrap();
+        restored.retract_batch(&rows(vec![Some("a")])).unwrap();
+        assert_eq!(restored.evaluate().unwrap(), ScalarValue::Utf8(Some("a".into())), "one of two rows left");
+    }
 
     #[test]
     fn sum_list_adds_and_retracts_lists() {
