@@ -1,6 +1,8 @@
 //! ksqlDB's BYTES functions: `TO_BYTES(s, enc)`, `FROM_BYTES(b, enc)` (encodings `hex`,
-//! `utf8`, `ascii`, `base64`) and `INT_FROM_BYTES` / `BIGINT_FROM_BYTES` / `DOUBLE_FROM_BYTES`
-//! (`b [, 'BIG_ENDIAN' | 'LITTLE_ENDIAN']`). One implementation serves the five names.
+//! `utf8`, `ascii`, `base64`), `INT_FROM_BYTES` / `BIGINT_FROM_BYTES` / `DOUBLE_FROM_BYTES`
+//! (`b [, 'BIG_ENDIAN' | 'LITTLE_ENDIAN']`) and `ENCODE(s, from, to)` (a string re-encoded, as
+//! Java's charsets do it: lower-case hex, `?` for a character ASCII lacks, U+FFFD for a byte it
+//! lacks). One implementation serves the six names.
 
 use std::sync::Arc;
 
@@ -16,6 +18,7 @@ use datafusion::logical_expr::{
 
 #[derive(Debug, PartialEq, Eq, Hash, Clone, Copy)]
 enum Kind {
+    Encode,
     ToBytes,
     FromBytes,
     Int,
@@ -34,6 +37,7 @@ pub fn all() -> Vec<ScalarUDF> {
     let two = || Signature::any(2, Volatility::Immutable);
     let one_or_two = || Signature::one_of(vec![TypeSignature::Any(1), TypeSignature::Any(2)], Volatility::Immutable);
     [
+        (Kind::Encode, Signature::any(3, Volatility::Immutable)),
         (Kind::ToBytes, two()),
         (Kind::FromBytes, two()),
         (Kind::Int, one_or_two()),
@@ -70,9 +74,43 @@ fn decode(text: &str, encoding: &str) -> Option<Vec<u8>> {
     }
 }
 
+/// ENCODE's input: the bytes `text` stands for in `encoding` (ASCII writes `?` for others).
+/// Hex may be written `0x..` (an odd number of digits reads as led by a zero), `X'..'` or bare
+/// (both with an even number of digits).
+fn charset_bytes(text: &str, encoding: &str) -> Option<Vec<u8>> {
+    match encoding.to_ascii_lowercase().as_str() {
+        "ascii" => Some(text.chars().map(|c| if c.is_ascii() { c as u8 } else { b'?' }).collect()),
+        "hex" => {
+            let quoted = |p: &str| text.strip_prefix(p).and_then(|t| t.strip_suffix('\''));
+            let (digits, pad) = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+                Some(d) => (d, true),
+                None => (quoted("X'").or_else(|| quoted("x'")).unwrap_or(text), false),
+            };
+            if !pad && digits.len() % 2 == 1 {
+                return None;
+            }
+            decode(digits, "hex")
+        }
+        other => decode(text, other),
+    }
+}
+
+/// ENCODE's output: `bytes` written in `encoding` (hex in lower case; ASCII and UTF-8 replace
+/// what they cannot read with U+FFFD).
+fn charset_text(bytes: &[u8], encoding: &str) -> Option<String> {
+    match encoding.to_ascii_lowercase().as_str() {
+        "hex" => Some(bytes.iter().map(|b| format!("{b:02x}")).collect()),
+        "ascii" => Some(bytes.iter().map(|b| if b.is_ascii() { *b as char } else { '\u{FFFD}' }).collect()),
+        "utf8" => Some(String::from_utf8_lossy(bytes).into_owned()),
+        "base64" => Some(STANDARD.encode(bytes)),
+        _ => None,
+    }
+}
+
 impl ScalarUDFImpl for BytesFn {
     fn name(&self) -> &str {
         match self.kind {
+            Kind::Encode => "encode",
             Kind::ToBytes => "to_bytes",
             Kind::FromBytes => "from_bytes",
             Kind::Int => "int_from_bytes",
@@ -86,7 +124,7 @@ impl ScalarUDFImpl for BytesFn {
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
         Ok(match self.kind {
             Kind::ToBytes => DataType::Binary,
-            Kind::FromBytes => DataType::Utf8,
+            Kind::FromBytes | Kind::Encode => DataType::Utf8,
             Kind::Int => DataType::Int32,
             Kind::Bigint => DataType::Int64,
             Kind::Double => DataType::Float64,
@@ -102,6 +140,18 @@ impl ScalarUDFImpl for BytesFn {
         let second = second.as_string::<i32>();
         let arg = |i: usize| (!second.is_null(i)).then(|| second.value(i));
         let out: ArrayRef = match self.kind {
+            Kind::Encode => {
+                let text = cast(&arrays[0], &DataType::Utf8)?;
+                let to = cast(&arrays[2], &DataType::Utf8)?;
+                let (text, to) = (text.as_string::<i32>(), to.as_string::<i32>());
+                let values = (0..rows).map(|i| {
+                    let (t, from, to) =
+                        ((!text.is_null(i)).then(|| text.value(i)), arg(i), (!to.is_null(i)).then(|| to.value(i)));
+                    let bytes = t.zip(from).and_then(|(t, from)| charset_bytes(t, from))?;
+                    charset_text(&bytes, to?)
+                });
+                Arc::new(values.collect::<StringArray>())
+            }
             Kind::ToBytes => {
                 let text = cast(&arrays[0], &DataType::Utf8)?;
                 let text = text.as_string::<i32>();
@@ -196,5 +246,13 @@ mod tests {
         assert_eq!(decode("\u{e9}", "ascii"), None);
         assert_eq!(encode(b"#", "utf8").as_deref(), Some("#"));
         assert_eq!(encode(b"x", "ebcdic"), None);
+        let reencode = |t: &str, from: &str, to: &str| charset_bytes(t, from).and_then(|b| charset_text(&b, to));
+        assert_eq!(reencode("4578616d706C6521", "hex", "ascii").as_deref(), Some("Example!"));
+        assert_eq!(reencode("Ελλάδα", "ascii", "hex").as_deref(), Some("3f3f3f3f3f3f"));
+        assert_eq!(reencode("c39c62", "hex", "ascii").as_deref(), Some("\u{FFFD}\u{FFFD}b"));
+        assert_eq!(reencode("x", "null", "utf8"), None);
+        assert_eq!(reencode("0x578616d706C6521", "hex", "base64").as_deref(), Some("BXhhbXBsZSE="));
+        assert_eq!(reencode("x'578616d706C6521'", "hex", "base64"), None);
+        assert_eq!(reencode("X''", "hex", "utf8").as_deref(), Some(""));
     }
 }
