@@ -37,6 +37,7 @@ pub fn register(ctx: &SessionContext) -> Result<()> {
         .chain(crate::urlfns::all())
         .chain(crate::regexfns::all())
         .chain(crate::regexfns::splits())
+        .chain(crate::udfs::elt_field())
     {
         ctx.register_udf(udf);
     }

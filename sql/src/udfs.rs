@@ -1,4 +1,4 @@
-//! ksqlDB scalar functions DataFusion does not have: `EXTRACTJSONFIELD`, `TO_JSON_STRING`,
+//! ksqlDB scalar functions DataFusion does not have: `EXTRACTJSONFIELD`, `TO_JSON_STRING`, `ELT`, `FIELD`,
 //! `GEO_DISTANCE`, `TIMESTAMPTOSTRING`, `FORMAT_TIMESTAMP`.
 
 use std::sync::Arc;
@@ -388,4 +388,76 @@ mod tests {
         assert_eq!(parse_path("$['x y']"), Some(vec![Ok("x y".into())]));
         assert_eq!(parse_path("a.b"), None);
     }
+}
+
+/// `ELT(n, s1, s2, ...)`: the n-th string (from 1), null out of range; `FIELD(s, s1, s2, ...)`:
+/// the position (from 1) of the first `si` equal to `s`, 0 if none (or if `s` is null).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct EltField {
+    field: bool,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for EltField {
+    fn name(&self) -> &str {
+        if self.field {
+            "field"
+        } else {
+            "elt"
+        }
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(if self.field { DataType::Int32 } else { DataType::Utf8 })
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        if arrays.len() < 2 {
+            return exec_err!("{} needs at least two arguments", self.name().to_uppercase());
+        }
+        let strings: Vec<ArrayRef> = arrays[1..]
+            .iter()
+            .map(|a| arrow::compute::cast(a, &DataType::Utf8))
+            .collect::<std::result::Result<_, _>>()?;
+        let strings: Vec<&arrow::array::StringArray> = strings.iter().map(|a| a.as_string::<i32>()).collect();
+        fn value(s: &arrow::array::StringArray, i: usize) -> Option<&str> {
+            (!s.is_null(i)).then(|| s.value(i))
+        }
+        let rows = arrays[0].len();
+        let out: ArrayRef = if self.field {
+            let wanted = arrow::compute::cast(&arrays[0], &DataType::Utf8)?;
+            let wanted = wanted.as_string::<i32>();
+            Arc::new(
+                (0..rows)
+                    .map(|i| {
+                        let w = value(wanted, i);
+                        let pos = strings.iter().position(|s| w.is_some() && value(s, i) == w);
+                        Some(pos.map_or(0, |p| p as i32 + 1))
+                    })
+                    .collect::<arrow::array::Int32Array>(),
+            )
+        } else {
+            let n = arrow::compute::cast(&arrays[0], &DataType::Int64)?;
+            let n = n.as_primitive::<arrow::datatypes::Int64Type>();
+            Arc::new(
+                (0..rows)
+                    .map(|i| {
+                        let k = (!n.is_null(i)).then(|| n.value(i)).filter(|k| *k >= 1)?;
+                        strings.get(k as usize - 1).and_then(|s| value(s, i))
+                    })
+                    .collect::<arrow::array::StringArray>(),
+            )
+        };
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
+/// `ELT` and `FIELD`.
+pub fn elt_field() -> Vec<ScalarUDF> {
+    [false, true]
+        .into_iter()
+        .map(|field| ScalarUDF::from(EltField { field, signature: Signature::variadic_any(Volatility::Immutable) }))
+        .collect()
 }
