@@ -38,6 +38,7 @@ pub fn register(ctx: &SessionContext) -> Result<()> {
         .chain(crate::regexfns::all())
         .chain(crate::regexfns::splits())
         .chain(crate::udfs::elt_field())
+        .chain([crate::udfs::instr_fn()])
     {
         ctx.register_udf(udf);
     }

@@ -1,4 +1,4 @@
-//! ksqlDB scalar functions DataFusion does not have: `EXTRACTJSONFIELD`, `TO_JSON_STRING`, `ELT`, `FIELD`,
+//! ksqlDB scalar functions DataFusion does not have: `EXTRACTJSONFIELD`, `TO_JSON_STRING`, `ELT`, `FIELD`, `INSTR`,
 //! `GEO_DISTANCE`, `TIMESTAMPTOSTRING`, `FORMAT_TIMESTAMP`.
 
 use std::sync::Arc;
@@ -346,50 +346,6 @@ pub fn all() -> Vec<ScalarUDF> {
     ]
 }
 
-#[cfg(test)]
-mod tests {
-    use datafusion::common::ScalarValue;
-
-    use super::*;
-
-    #[test]
-    fn substring_counts_positions_as_ksqldb() {
-        let udf = ScalarUDF::from(Substring { signature: Signature::any(3, Volatility::Immutable) });
-        let run = |pos: i64, len: Option<i64>| {
-            let mut args = vec![
-                ColumnarValue::Scalar(ScalarValue::Utf8(Some("héllo".into()))),
-                ColumnarValue::Scalar(ScalarValue::Int64(Some(pos))),
-            ];
-            args.extend(len.map(|l| ColumnarValue::Scalar(ScalarValue::Int64(Some(l)))));
-            let arg_fields = args.iter().map(|a| Arc::new(Field::new("a", a.data_type(), true))).collect();
-            let out = udf
-                .invoke_with_args(ScalarFunctionArgs {
-                    args,
-                    arg_fields,
-                    number_rows: 1,
-                    return_field: Arc::new(Field::new("r", DataType::Utf8, true)),
-                    config_options: Arc::new(Default::default()),
-                })
-                .unwrap();
-            let ColumnarValue::Array(a) = out else { panic!("scalar") };
-            a.as_string::<i32>().value(0).to_string()
-        };
-        assert_eq!(run(0, Some(2)), "hé");
-        assert_eq!(run(1, Some(2)), "hé");
-        assert_eq!(run(2, None), "éllo");
-        assert_eq!(run(-3, Some(2)), "ll");
-        assert_eq!(run(9, Some(2)), "");
-        assert_eq!(run(-9, Some(1)), "h");
-    }
-
-    #[test]
-    fn json_paths() {
-        assert_eq!(parse_path("$.a.b[0]"), Some(vec![Ok("a".into()), Ok("b".into()), Err(0)]));
-        assert_eq!(parse_path("$['x y']"), Some(vec![Ok("x y".into())]));
-        assert_eq!(parse_path("a.b"), None);
-    }
-}
-
 /// `ELT(n, s1, s2, ...)`: the n-th string (from 1), null out of range; `FIELD(s, s1, s2, ...)`:
 /// the position (from 1) of the first `si` equal to `s`, 0 if none (or if `s` is null).
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -460,4 +416,123 @@ pub fn elt_field() -> Vec<ScalarUDF> {
         .into_iter()
         .map(|field| ScalarUDF::from(EltField { field, signature: Signature::variadic_any(Volatility::Immutable) }))
         .collect()
+}
+
+/// `INSTR(s, sub [, position [, occurrence]])`: the position (from 1) of the occurrence-th `sub`
+/// in `s` searching forward from `position`, or backward from the `-position`-th character from
+/// the end when it is negative; 0 when there is none.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Instr {
+    signature: Signature,
+}
+
+fn instr(s: &str, sub: &str, position: i64, occurrence: i64) -> i32 {
+    let chars: Vec<char> = s.chars().collect();
+    let needle: Vec<char> = sub.chars().collect();
+    let n = chars.len() as i64;
+    if occurrence < 1 || position == 0 || needle.len() as i64 > n {
+        return 0;
+    }
+    let at = |i: i64| chars[i as usize..].starts_with(&needle);
+    let last = n - needle.len() as i64;
+    let starts: Box<dyn Iterator<Item = i64>> =
+        if position > 0 { Box::new((position - 1)..=last) } else { Box::new((0..=(n + position).min(last)).rev()) };
+    starts.filter(|i| at(*i)).nth(occurrence as usize - 1).map_or(0, |i| i as i32 + 1)
+}
+
+impl ScalarUDFImpl for Instr {
+    fn name(&self) -> &str {
+        "instr"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int32)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let text = |i: usize| arrow::compute::cast(&arrays[i], &DataType::Utf8);
+        let int = |i: usize| arrays.get(i).map(|a| arrow::compute::cast(a, &DataType::Int64)).transpose();
+        let (s, sub, pos, occ) = (text(0)?, text(1)?, int(2)?, int(3)?);
+        let (s, sub) = (s.as_string::<i32>(), sub.as_string::<i32>());
+        let get = |a: &Option<ArrayRef>, i: usize, default: i64| match a {
+            Some(a) if a.is_null(i) => None,
+            Some(a) => Some(a.as_primitive::<arrow::datatypes::Int64Type>().value(i)),
+            None => Some(default),
+        };
+        let out: arrow::array::Int32Array = (0..s.len())
+            .map(|i| {
+                if s.is_null(i) || sub.is_null(i) {
+                    return None;
+                }
+                Some(instr(s.value(i), sub.value(i), get(&pos, i, 1)?, get(&occ, i, 1)?))
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// `INSTR`.
+pub fn instr_fn() -> ScalarUDF {
+    ScalarUDF::from(Instr {
+        signature: Signature::one_of(
+            vec![TypeSignature::Any(2), TypeSignature::Any(3), TypeSignature::Any(4)],
+            Volatility::Immutable,
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::common::ScalarValue;
+
+    use super::*;
+
+    #[test]
+    fn substring_counts_positions_as_ksqldb() {
+        let udf = ScalarUDF::from(Substring { signature: Signature::any(3, Volatility::Immutable) });
+        let run = |pos: i64, len: Option<i64>| {
+            let mut args = vec![
+                ColumnarValue::Scalar(ScalarValue::Utf8(Some("héllo".into()))),
+                ColumnarValue::Scalar(ScalarValue::Int64(Some(pos))),
+            ];
+            args.extend(len.map(|l| ColumnarValue::Scalar(ScalarValue::Int64(Some(l)))));
+            let arg_fields = args.iter().map(|a| Arc::new(Field::new("a", a.data_type(), true))).collect();
+            let out = udf
+                .invoke_with_args(ScalarFunctionArgs {
+                    args,
+                    arg_fields,
+                    number_rows: 1,
+                    return_field: Arc::new(Field::new("r", DataType::Utf8, true)),
+                    config_options: Arc::new(Default::default()),
+                })
+                .unwrap();
+            let ColumnarValue::Array(a) = out else { panic!("scalar") };
+            a.as_string::<i32>().value(0).to_string()
+        };
+        assert_eq!(run(0, Some(2)), "hé");
+        assert_eq!(run(1, Some(2)), "hé");
+        assert_eq!(run(2, None), "éllo");
+        assert_eq!(run(-3, Some(2)), "ll");
+        assert_eq!(run(9, Some(2)), "");
+        assert_eq!(run(-9, Some(1)), "h");
+    }
+
+    #[test]
+    fn instr_searches_forward_or_back() {
+        assert_eq!(instr("corporate floor", "or", 1, 1), 2);
+        assert_eq!(instr("corporate floor", "or", 4, 2), 14);
+        assert_eq!(instr("corporate floor", "or", -4, 1), 5);
+        assert_eq!(instr("corporate floor", "or", -4, 2), 2);
+        assert_eq!(instr("short", "or", 4, 1), 0);
+        assert_eq!(instr("no substring", "or", 1, 1), 0);
+    }
+
+    #[test]
+    fn json_paths() {
+        assert_eq!(parse_path("$.a.b[0]"), Some(vec![Ok("a".into()), Ok("b".into()), Err(0)]));
+        assert_eq!(parse_path("$['x y']"), Some(vec![Ok("x y".into())]));
+        assert_eq!(parse_path("a.b"), None);
+    }
 }
