@@ -98,23 +98,19 @@ impl Sink {
         }
         self.value_encoder.encode(&batch.project(&self.spec.value_columns)?, &mut values)?;
         let ts_column = batch.column(self.spec.timestamp_column);
+        // Each row's time, and why a row has none it can be written with.
+        let mut refused_time: Vec<Option<String>> = vec![None; n];
         let ts = match (ts_column.data_type(), &self.spec.timestamp_format) {
             (arrow::datatypes::DataType::Utf8, Some(format)) => {
-                crate::source::parse_timestamps(ts_column.as_string::<i32>(), format).0
+                let (ts, errors) = crate::source::parse_timestamps(ts_column.as_string::<i32>(), format);
+                for (i, e) in errors {
+                    refused_time[i] = Some(e);
+                }
+                ts
             }
             _ => {
                 arrow::compute::cast(ts_column, &arrow::datatypes::DataType::Int64)?.as_primitive::<Int64Type>().clone()
             }
-        };
-        let refused_time: Vec<Option<String>> = match (ts_column.data_type(), &self.spec.timestamp_format) {
-            (arrow::datatypes::DataType::Utf8, Some(format)) => {
-                let mut why = vec![None; n];
-                for (i, e) in crate::source::parse_timestamps(ts_column.as_string::<i32>(), format).1 {
-                    why[i] = Some(e);
-                }
-                why
-            }
-            _ => vec![None; n],
         };
         let delete = self.spec.delete_column.map(|c| batch.column(c).as_boolean().clone());
         let window = match self.spec.window {
