@@ -687,9 +687,8 @@ impl StageTask {
         }
         if result.is_ok() && self.committer.is_none() {
             // At-least-once: the last positions, committed at once.
-            let offsets = self.processed_offsets();
             if let Some(c) = &mut self.commits {
-                result = c.commit(offsets, true);
+                result = c.commit(|| offsets_of(&self.processed, &self.topics), true);
             }
         }
         if let (Ok(()), Some(c)) = (&result, &mut self.commits) {
@@ -748,9 +747,8 @@ impl StageTask {
                     match &mut self.committer {
                         Some(c) => c.mark_dirty(),
                         None => {
-                            let offsets = self.processed_offsets();
                             if let Some(c) = &mut self.commits {
-                                c.commit(offsets, rx.is_empty())?;
+                                c.commit(|| offsets_of(&self.processed, &self.topics), rx.is_empty())?;
                             }
                             *self.stats.positions.lock() = self.processed.clone();
                             self.stats.progress.notify_waiters();
@@ -834,15 +832,6 @@ impl StageTask {
         }
     }
 
-    /// Every input partition's processed position, as consumer-group offsets.
-    fn processed_offsets(&self) -> Offsets {
-        self.processed
-            .iter()
-            .zip(&self.topics)
-            .flat_map(|(parts, t)| parts.iter().enumerate().map(move |(p, o)| (t.clone(), p as u32, *o)))
-            .collect()
-    }
-
     /// Checkpoints state and positions and commits the output written since the last one;
     /// then the positions count as done (offsets committed, progress reported).
     async fn checkpoint(&mut self) -> Result<()> {
@@ -864,9 +853,8 @@ impl StageTask {
             Ok(state)
         };
         c.checkpoint(snapshot, self.processed.clone(), task)?;
-        let offsets = self.processed_offsets();
         if let Some(c) = &mut self.commits {
-            c.commit(offsets, true)?;
+            c.commit(|| offsets_of(&self.processed, &self.topics), true)?;
         }
         *self.stats.positions.lock() = self.processed.clone();
         self.stats.progress.notify_waiters();
@@ -1015,21 +1003,34 @@ struct OffsetCommits {
 /// Consumer-group offsets: (topic, partition, next offset).
 type Offsets = Vec<(String, u32, u64)>;
 
+/// Per input and partition processed positions as consumer-group offsets of `topics`.
+fn offsets_of(processed: &[Vec<u64>], topics: &[String]) -> Offsets {
+    processed
+        .iter()
+        .zip(topics)
+        .flat_map(|(parts, t)| parts.iter().enumerate().map(move |(p, o)| (t.clone(), p as u32, *o)))
+        .collect()
+}
+
 impl OffsetCommits {
     fn new(store: Arc<dyn TopicStore>, group: String) -> Self {
         Self { store, group, in_flight: None, last: None }
     }
 
-    /// Commits `offsets` when `now`, else when [`OFFSET_COMMIT_INTERVAL`] has passed since the
-    /// last commit (and only if they changed).
-    fn commit(&mut self, offsets: Offsets, now: bool) -> Result<()> {
+    /// Commits the `offsets` when `now`, else when [`OFFSET_COMMIT_INTERVAL`] has passed since
+    /// the last commit (and only if they changed); they are only built then.
+    fn commit(&mut self, offsets: impl FnOnce() -> Offsets, now: bool) -> Result<()> {
         if self.in_flight.as_ref().is_some_and(|h| h.is_finished()) {
             if let Some(Some(done)) = self.in_flight.take().map(futures::FutureExt::now_or_never) {
                 done.map_err(|e| EngineError::Internal(format!("offset commit: {e}")))??;
             }
         }
         let due = self.last.as_ref().is_none_or(|(_, at)| at.elapsed() >= OFFSET_COMMIT_INTERVAL);
-        if !(now || due) || self.last.as_ref().is_some_and(|(o, _)| *o == offsets) {
+        if !(now || due) {
+            return Ok(());
+        }
+        let offsets = offsets();
+        if self.last.as_ref().is_some_and(|(o, _)| *o == offsets) {
             return Ok(());
         }
         let (store, group, previous) = (self.store.clone(), self.group.clone(), self.in_flight.take());
@@ -1207,7 +1208,7 @@ impl PartitionTask {
     /// last commit; a commit is a synced file write, too slow for every fetch).
     fn publish_position(&mut self, now: bool) -> Result<()> {
         if let Some(c) = &mut self.commits {
-            c.commit(vec![(self.topic.clone(), self.partition, self.offset)], now)?;
+            c.commit(|| vec![(self.topic.clone(), self.partition, self.offset)], now)?;
         }
         if let Some(pos) =
             self.stats.positions.lock().get_mut(self.input).and_then(|v| v.get_mut(self.partition as usize))
@@ -1380,14 +1381,14 @@ mod tests {
         store.create_topic("t", TopicConfig::default()).unwrap();
         let mut commits = OffsetCommits::new(store.clone(), "g".into());
         for offset in 1..=20u64 {
-            commits.commit(vec![("t".into(), 0, offset)], true).unwrap();
+            commits.commit(|| vec![("t".into(), 0, offset)], true).unwrap();
         }
         // Not due yet (the interval has not passed) and not forced: skipped.
-        commits.commit(vec![("t".into(), 0, 21)], false).unwrap();
+        commits.commit(|| vec![("t".into(), 0, 21)], false).unwrap();
         commits.landed().await.unwrap();
         assert_eq!(store.committed_offset("g", "t", 0).unwrap(), Some(20));
 
-        commits.commit(vec![("missing".into(), 0, 1)], true).unwrap();
+        commits.commit(|| vec![("missing".into(), 0, 1)], true).unwrap();
         assert!(commits.landed().await.is_err(), "a commit to an unknown topic fails");
     }
 }
