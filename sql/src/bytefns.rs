@@ -154,77 +154,44 @@ impl ScalarUDFImpl for BytesFn {
             }
             Kind::ToBytes => {
                 let text = cast(&arrays[0], &DataType::Utf8)?;
-                let text = text.as_string::<i32>();
-                let values = (0..rows).map(|i| {
-                    let (t, e) = ((!text.is_null(i)).then(|| text.value(i)), arg(i));
-                    t.zip(e).and_then(|(t, e)| decode(t, e))
-                });
-                Arc::new(values.collect::<BinaryArray>())
+                let values = text.as_string::<i32>().iter().enumerate();
+                Arc::new(values.map(|(i, t)| t.zip(arg(i)).and_then(|(t, e)| decode(t, e))).collect::<BinaryArray>())
             }
             Kind::FromBytes => {
                 let bytes = cast(&arrays[0], &DataType::Binary)?;
-                let bytes = bytes.as_binary::<i32>();
-                let values = (0..rows).map(|i| {
-                    let (b, e) = ((!bytes.is_null(i)).then(|| bytes.value(i)), arg(i));
-                    b.zip(e).and_then(|(b, e)| encode(b, e))
-                });
-                Arc::new(values.collect::<StringArray>())
+                let values = bytes.as_binary::<i32>().iter().enumerate();
+                Arc::new(values.map(|(i, b)| b.zip(arg(i)).and_then(|(b, e)| encode(b, e))).collect::<StringArray>())
             }
             Kind::Int | Kind::Bigint | Kind::Double => {
                 let bytes = cast(&arrays[0], &DataType::Binary)?;
                 let bytes = bytes.as_binary::<i32>();
                 let width = if self.kind == Kind::Int { 4 } else { 8 };
-                let mut words = Vec::with_capacity(rows);
-                for i in 0..rows {
-                    if bytes.is_null(i) {
+                // Each value as a big-endian word (little-endian ones reversed).
+                let mut words: Vec<Option<[u8; 8]>> = Vec::with_capacity(rows);
+                for (i, b) in bytes.iter().enumerate() {
+                    let Some(b) = b else {
                         words.push(None);
                         continue;
-                    }
-                    let b = bytes.value(i);
+                    };
                     if b.len() != width {
                         return exec_err!("Number of bytes must be equal to {width}, but found {}", b.len());
                     }
                     let mut word = [0u8; 8];
                     word[..width].copy_from_slice(b);
-                    let little = match arg(i).map(|o| o.to_ascii_uppercase()) {
-                        Some(o) if o == "LITTLE_ENDIAN" => true,
-                        Some(o) if o == "BIG_ENDIAN" => false,
+                    match arg(i).map(|o| o.to_ascii_uppercase()) {
+                        Some(o) if o == "LITTLE_ENDIAN" => word[..width].reverse(),
+                        Some(o) if o == "BIG_ENDIAN" => {}
                         other => return exec_err!("Byte order must be BIG_ENDIAN or LITTLE_ENDIAN, got {other:?}"),
-                    };
-                    words.push(Some((word, little)));
+                    }
+                    words.push(Some(word));
                 }
+                let words = words.into_iter();
                 match self.kind {
                     Kind::Int => Arc::new(
-                        words
-                            .iter()
-                            .map(|w| {
-                                w.map(|(b, little)| {
-                                    let b = [b[0], b[1], b[2], b[3]];
-                                    if little {
-                                        i32::from_le_bytes(b)
-                                    } else {
-                                        i32::from_be_bytes(b)
-                                    }
-                                })
-                            })
-                            .collect::<Int32Array>(),
+                        words.map(|w| w.map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))).collect::<Int32Array>(),
                     ),
-                    Kind::Bigint => Arc::new(
-                        words
-                            .iter()
-                            .map(|w| {
-                                w.map(|(b, little)| if little { i64::from_le_bytes(b) } else { i64::from_be_bytes(b) })
-                            })
-                            .collect::<Int64Array>(),
-                    ),
-                    _ => Arc::new(
-                        words
-                            .iter()
-                            .map(|w| {
-                                w.map(|(b, little)| if little { f64::from_le_bytes(b) } else { f64::from_be_bytes(b) })
-                            })
-                            .collect::<Float64Array>(),
-                    ),
+                    Kind::Bigint => Arc::new(words.map(|w| w.map(i64::from_be_bytes)).collect::<Int64Array>()),
+                    _ => Arc::new(words.map(|w| w.map(f64::from_be_bytes)).collect::<Float64Array>()),
                 }
             }
         };
