@@ -93,13 +93,18 @@ fn names(e: &sp::Expr, out: &mut Vec<String>) {
     });
 }
 
+/// The column an expression is, if it is just one (`C`, `T.C`, `(C)`).
+pub(crate) fn column_name(e: &sp::Expr) -> Option<&str> {
+    match e {
+        sp::Expr::Identifier(id) => Some(&id.value),
+        sp::Expr::CompoundIdentifier(ids) => ids.last().map(|id| id.value.as_str()),
+        sp::Expr::Nested(inner) => column_name(inner),
+        _ => None,
+    }
+}
+
 fn key_named<'a>(e: &sp::Expr, keys: &[&'a Column]) -> Option<&'a Column> {
-    let name = match e {
-        sp::Expr::Identifier(id) => &id.value,
-        sp::Expr::CompoundIdentifier(ids) => &ids.last()?.value,
-        sp::Expr::Nested(inner) => return key_named(inner, keys),
-        _ => return None,
-    };
+    let name = column_name(e)?;
     keys.iter().copied().find(|k| k.name.eq_ignore_ascii_case(name))
 }
 
@@ -248,10 +253,11 @@ fn split<'a>(e: &'a sp::Expr, op: sp::BinaryOperator, out: &mut Vec<&'a sp::Expr
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn where_clause(sql: &str) -> sp::Expr {
+    /// The WHERE clause of `SELECT * FROM t WHERE <sql>`.
+    pub(crate) fn where_clause(sql: &str) -> sp::Expr {
         let dialect = sqlparser::dialect::GenericDialect {};
         let stmt = sqlparser::parser::Parser::parse_sql(&dialect, &format!("SELECT * FROM t WHERE {sql}")).unwrap();
         let sp::Statement::Query(q) = &stmt[0] else { panic!("not a query") };

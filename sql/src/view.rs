@@ -198,12 +198,7 @@ impl TableView {
 }
 
 fn is_key(e: &sp::Expr, key_name: &str) -> bool {
-    match e {
-        sp::Expr::Identifier(id) => id.value.eq_ignore_ascii_case(key_name),
-        sp::Expr::CompoundIdentifier(ids) => ids.last().is_some_and(|id| id.value.eq_ignore_ascii_case(key_name)),
-        sp::Expr::Nested(inner) => is_key(inner, key_name),
-        _ => false,
-    }
+    crate::pull::column_name(e).is_some_and(|n| n.eq_ignore_ascii_case(key_name))
 }
 
 fn literal(e: &sp::Expr) -> Option<String> {
@@ -266,14 +261,7 @@ fn collect_key_literals(e: &sp::Expr, key_name: &str, out: &mut Vec<String>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn where_clause(sql: &str) -> sp::Expr {
-        let dialect = sqlparser::dialect::GenericDialect {};
-        let stmt = sqlparser::parser::Parser::parse_sql(&dialect, &format!("SELECT * FROM t WHERE {sql}")).unwrap();
-        let sp::Statement::Query(q) = &stmt[0] else { panic!("not a query") };
-        let sp::SetExpr::Select(s) = q.body.as_ref() else { panic!("not a select") };
-        s.selection.clone().unwrap()
-    }
+    use crate::pull::tests::where_clause;
 
     fn keys(sql: &str) -> Option<Vec<String>> {
         let mut out = Vec::new();
