@@ -110,18 +110,18 @@ fn aggregate_outputs(a: &datafusion::logical_expr::Aggregate) -> HashMap<String,
 }
 
 fn predicate(p: &Expr, schema: &DFSchema, clause: &str, names: &Names) -> Option<SqlError> {
-    let statement = || names.text(p);
     if let Some(e) = comparisons(p, schema, names, Some(clause)) {
         return Some(e);
     }
     match p.get_type(schema) {
         Ok(DataType::Boolean | DataType::Null) | Err(_) => None,
-        Ok(other) => Some(SqlError::plan(format!(
-            "Type error in {clause} expression: Should evaluate to boolean but is {} ({}) instead.\nStatement: {}",
-            names.text(p),
-            type_name(p, &other),
-            statement()
-        ))),
+        Ok(other) => {
+            let text = names.text(p);
+            Some(SqlError::plan(format!(
+                "Type error in {clause} expression: Should evaluate to boolean but is {text} ({}) instead.\nStatement: {text}",
+                type_name(p, &other),
+            )))
+        }
     }
 }
 

@@ -214,8 +214,8 @@ pub async fn run_case(run: &RestRun, dir: &Path) -> Result<(), String> {
     });
 
     // ksqlDB's REST harness runs its server with scalable push queries enabled.
-    let mut props = super::case_properties(&[("ksql.query.push.v2.enabled".to_string(), "true".to_string())].into());
-    props.extend(run.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut props = super::case_properties(&run.properties);
+    props.entry("ksql.query.push.v2.enabled".to_string()).or_insert_with(|| "true".to_string());
     let first_query = run.statements.iter().position(|s| s.starts_with("SELECT ")).unwrap_or(run.statements.len());
     let (admin, queries) = run.statements.split_at(first_query);
     if queries.iter().any(|q| !q.starts_with("SELECT ")) {
