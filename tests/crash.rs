@@ -33,6 +33,10 @@ const STATEMENTS: &[&str] = &[
     "CREATE TABLE BID_STATS WITH (KAFKA_TOPIC='bid_stats') AS SELECT AUCTION, COUNT(*) AS BIDS, \
      SUM(PRICE) AS TOTAL, MAX(PRICE) AS TOP FROM BIDS \
      WINDOW TUMBLING (SIZE 10 SECONDS, GRACE PERIOD 0 SECONDS) GROUP BY AUCTION EMIT FINAL;",
+    // Grouped by a value column: the rows go through a repartition topic.
+    "CREATE TABLE BIDDER_STATS WITH (KAFKA_TOPIC='bidder_stats') AS SELECT BIDDER, COUNT(*) AS BIDS, \
+     SUM(PRICE) AS TOTAL FROM BIDS WINDOW TUMBLING (SIZE 10 SECONDS, GRACE PERIOD 0 SECONDS) GROUP BY BIDDER \
+     EMIT FINAL;",
     "CREATE STREAM MATCHED WITH (KAFKA_TOPIC='matched') AS SELECT B.AUCTION AS AUCTION, B.BIDDER, B.PRICE, \
      A.SELLER FROM BIDS B INNER JOIN AUCTIONS A WITHIN 30 SECONDS ON B.AUCTION = A.ID;",
 ];
@@ -192,7 +196,7 @@ fn output_is_exactly_once_across_sigkill() {
         server.kill();
         // How far the killed run got: open transactions left behind mean it died mid-epoch.
         let log = Log::open(crashed.path()).expect("open");
-        let open: usize = ["bid_stats", "matched"]
+        let open: usize = ["bid_stats", "bidder_stats", "matched"]
             .iter()
             .filter_map(|t| log.topic_config(t).ok().map(|c| (t, c.partitions)))
             .map(|(t, n)| (0..n).map(|p| log.open_transactions(t, p).map(|o| o.len()).unwrap_or(0)).sum::<usize>())
@@ -234,6 +238,19 @@ fn output_is_exactly_once_across_sigkill() {
     for (p, (actual, expected)) in keyed(output(crashed.path(), "bid_stats")).iter().zip(&expected).enumerate() {
         assert_same(actual, expected, &format!("aggregation output, partition {p}, after {kills} kills"));
     }
+
+    // Through a repartition topic: every bidder's windows, record for record, per key.
+    let expected = keyed(output(reference.path(), "bidder_stats"));
+    let total: usize = expected.iter().map(Vec::len).sum();
+    let windows = CHUNKS as usize * (CHUNK_MS / 10_000) as usize;
+    assert_eq!(total, windows * 13, "one final row per bidder and window");
+    for (p, (actual, expected)) in keyed(output(crashed.path(), "bidder_stats")).iter().zip(&expected).enumerate() {
+        assert_same(actual, expected, &format!("repartitioned aggregation, partition {p}, after {kills} kills"));
+    }
+    let log = Log::open(crashed.path()).expect("open");
+    let repartition: Vec<String> = log.topic_names().into_iter().filter(|t| t.ends_with("-repartition")).collect();
+    assert_eq!(repartition.len(), 1, "one repartition topic (GROUP BY BIDDER): {repartition:?}");
+    drop(log);
 
     // Join: the same records, as a multiset.
     let sorted = |o: Output| {

@@ -59,6 +59,10 @@ pub trait TopicStore: Send + Sync + 'static {
     fn commit_offsets(&self, group: &str, offsets: &[(String, u32, u64)]) -> Result<()>;
     /// A consumer group's committed next offset for a partition.
     fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>>;
+    /// Frees records before `offset` that nobody will read again (Kafka's DeleteRecords; a store
+    /// may keep some, e.g. whole segments): the readers of an internal topic call it once their
+    /// position is committed.
+    fn delete_records(&self, topic: &str, partition: u32, offset: u64) -> Result<()>;
 }
 
 /// The default store: topics in Rill's embedded log under the data directory.
@@ -144,6 +148,12 @@ impl TopicStore for EmbeddedStore {
     fn commit_offsets(&self, group: &str, offsets: &[(String, u32, u64)]) -> Result<()> {
         Ok(self.log.commit_offsets(group, offsets)?)
     }
+
+    fn delete_records(&self, topic: &str, partition: u32, offset: u64) -> Result<()> {
+        self.log.delete_records(topic, partition, offset)?;
+        Ok(())
+    }
+
     fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>> {
         Ok(self.log.committed_offset(group, topic, partition)?)
     }

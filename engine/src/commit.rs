@@ -138,6 +138,25 @@ impl Committer {
         Ok(())
     }
 
+    /// Appends records to several partitions of `topic` at once (each partition's records in
+    /// order), as [`Committer::append`] does for one: the appends (and their fsyncs) overlap.
+    pub async fn append_all(&mut self, topic: &str, parts: &[(u32, Vec<Record>)]) -> Result<()> {
+        self.dirty = true;
+        let exactly_once = self.spec.exactly_once;
+        if exactly_once {
+            self.touched.extend(parts.iter().map(|(p, _)| (topic.to_string(), *p)));
+        }
+        let (store, producer, epoch) = (&self.store, self.producer, self.epoch);
+        futures::future::try_join_all(parts.iter().map(|(p, records)| async move {
+            match exactly_once {
+                true => store.append_transactional(topic, *p, records, producer, epoch).await,
+                false => store.append(topic, *p, records).await,
+            }
+        }))
+        .await?;
+        Ok(())
+    }
+
     /// Notes that input was processed (a checkpoint will record the new positions).
     pub fn mark_dirty(&mut self) {
         self.dirty = true;

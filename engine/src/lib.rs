@@ -25,6 +25,7 @@ pub mod message;
 pub mod operator;
 pub mod operators;
 pub mod panes;
+pub mod repartition;
 pub mod runtime;
 pub mod shard;
 pub mod sink;

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use crate::commit::{CheckpointSpec, Committer};
 use crate::message::{Message, Watermark};
 use crate::operator::{ArrivalBound, Chain, LateRow};
+use crate::repartition::{RepartitionWriter, Shuffled};
 use crate::shard::ShardKeys;
 use crate::sink::{Sink, SinkSpec};
 use crate::source::{dead_letter_value, DeadLetter, SourceReader, SourceSpec, ROWOFFSET};
@@ -219,29 +220,68 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
         let outputs = sink_topic.iter().cloned().chain(extra.iter().map(|t| t.to_string())).collect();
         Some(Committer::new(store.clone(), ck, &spec.id, task, outputs))
     };
+    // The stage's checkpoint first: it says whether its inputs come through repartition topics.
+    let mut stage_committer = match &spec.stage {
+        Some(_) => committer("stage", &[LATE_TOPIC, DEAD_LETTER_TOPIC]),
+        None => None,
+    };
+    let recovered = match &mut stage_committer {
+        Some(c) => c.recover_checkpoint()?,
+        None => None,
+    };
+    let shuffle = plan_repartition(&store, &spec, &partitions, recovered.as_ref().map(|c| &c.meta.task))?;
+    let per_shard = shuffle.topics.iter().any(Option::is_some);
+    // Per stage input, the topic it reads: its repartition topic, else its source.
+    let stage_topics: Vec<String> =
+        inputs.iter().zip(&shuffle.topics).map(|((s, _), r)| r.clone().unwrap_or_else(|| s.topic.clone())).collect();
+    // Progress is reported per topic read: the stage's inputs, then the sources of the
+    // repartitioned ones (read by the partition tasks).
+    let mut report_topics = stage_topics.clone();
+    let mut slots: Vec<usize> = (0..inputs.len()).collect();
+    for (i, t) in shuffle.topics.iter().enumerate() {
+        if t.is_some() {
+            slots[i] = report_topics.len();
+            report_topics.push(inputs[i].0.topic.clone());
+        }
+    }
     // Positions restored from the stage's checkpoint.
     let mut restored: Option<Vec<Vec<u64>>> = None;
     let mut tasks = Vec::new();
     let mut stage = match &spec.stage {
         Some(factory) => {
             store.create_topic(LATE_TOPIC, TopicConfig::default())?;
-            let mut tracker = WatermarkTracker::new(partitions.iter().sum::<u32>() as usize);
-            let mut committer = committer("stage", &[LATE_TOPIC, DEAD_LETTER_TOPIC]);
-            let mut shards = if spec.shard_keys.is_some() { spec.parallelism.max(1) } else { 1 };
+            let sources = partitions.iter().sum::<u32>() as usize;
+            let mut shards = match (per_shard, &spec.shard_keys) {
+                (true, _) => shuffle.partitions as usize,
+                (false, Some(_)) => spec.parallelism.max(1),
+                (false, None) => 1,
+            };
+            let mut trackers = vec![WatermarkTracker::new(sources); if per_shard { shards } else { 1 }];
             let mut chains = None;
-            if let Some(c) = &mut committer {
-                if let Some(ckpt) = c.recover_checkpoint()? {
-                    let meta = ckpt.meta;
-                    shards = checkpointed_shards(&meta.task, spec.shard_keys.is_some())?;
-                    let mut built = (0..shards).map(|_| factory()).collect::<Result<Vec<_>>>()?;
-                    restore_shards(&mut built, ckpt.state)?;
-                    chains = Some(built);
-                    if let Some(t) = meta.task.get("tracker").and_then(|t| serde_json::from_value(t.clone()).ok()) {
-                        tracker = t;
-                        tracker.resume();
-                    }
-                    restored = Some(meta.positions);
+            if let Some(ckpt) = recovered {
+                let meta = ckpt.meta;
+                let checkpointed = checkpointed_shards(&meta.task, spec.shard_keys.is_some())?;
+                if per_shard && checkpointed != shards {
+                    return Err(crate::state::bad_state(&format!(
+                        "the checkpoint has {checkpointed} key shards but the repartition topic {} partitions",
+                        shuffle.partitions
+                    )));
                 }
+                shards = checkpointed;
+                let mut built = (0..shards).map(|_| factory()).collect::<Result<Vec<_>>>()?;
+                restore_shards(&mut built, ckpt.state)?;
+                chains = Some(built);
+                let saved: Option<Vec<WatermarkTracker>> = match per_shard {
+                    true => meta.task.get("trackers").and_then(|t| serde_json::from_value(t.clone()).ok()),
+                    false => {
+                        meta.task.get("tracker").and_then(|t| serde_json::from_value(t.clone()).ok()).map(|t| vec![t])
+                    }
+                };
+                if let Some(saved) = saved.filter(|s| s.len() == trackers.len()) {
+                    trackers = saved;
+                    trackers.iter_mut().for_each(WatermarkTracker::resume);
+                }
+                restored = Some(meta.positions);
             }
             let chains = match chains {
                 Some(c) => c,
@@ -267,7 +307,8 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
             Some(StageTask {
                 store: store.clone(),
                 shared: shared.clone(),
-                topics: inputs.iter().map(|(s, _)| s.topic.clone()).collect(),
+                topics: stage_topics.clone(),
+                repartitioned: shuffle.topics.clone(),
                 shards,
                 keys: spec.shard_keys.clone(),
                 sink_topic: sink_topic.clone(),
@@ -276,7 +317,7 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                     Output::Topic(_) => None,
                 },
                 stats: stats.clone(),
-                tracker,
+                trackers,
                 tracker_base: partitions
                     .iter()
                     .scan(0usize, |acc, n| {
@@ -286,15 +327,17 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                     })
                     .collect(),
                 state_measured: None,
-                committer,
+                committer: stage_committer,
                 processed: Vec::new(),
                 commits: shared.commit_group.clone().map(|g| OffsetCommits::new(store.clone(), g)),
+                purged: None,
             })
         }
         None if inputs.len() > 1 => return Err(EngineError::Internal("side inputs need a stateful stage".into())),
         None => None,
     };
-    // Stateless queries: each partition task commits on its own.
+    // Partition tasks that write their own output (stateless queries, repartitioned inputs)
+    // commit on their own.
     let mut partition_chains: Vec<Vec<TaskParts>> = Vec::new();
     for (input, (_, chain)) in inputs.iter().enumerate() {
         let mut per = Vec::new();
@@ -302,8 +345,12 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
             let mut c = chain()?;
             let mut own = None;
             let mut resume = None;
-            if stage.is_none() {
-                own = committer(&format!("p{input}-{p}"), &[DEAD_LETTER_TOPIC]);
+            let own_output = match &shuffle.topics[input] {
+                Some(topic) => Some(vec![DEAD_LETTER_TOPIC, topic.as_str()]),
+                None => stage.is_none().then(|| vec![DEAD_LETTER_TOPIC]),
+            };
+            if let Some(outputs) = own_output {
+                own = committer(&format!("p{input}-{p}"), &outputs);
                 if let Some(committer) = &mut own {
                     resume = committer.recover(&mut c)?.and_then(|m| m.positions.first()?.first().copied());
                 }
@@ -312,37 +359,63 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
         }
         partition_chains.push(per);
     }
-    // Where each partition starts: the checkpoint's position, else the committed offset, else
-    // per `spec.start` (side inputs, i.e. tables, always from the beginning: their current
-    // state is needed).
+    // Where each stage input's partition starts: the checkpoint's position, else the committed
+    // offset, else per `spec.start` (side inputs, i.e. tables, and repartition topics always
+    // from the beginning: the table's current state is needed, and a repartition topic holds
+    // only what this query's partition tasks wrote for it).
+    let position = |topic: &str, p: u32, checkpointed: Option<u64>, from_start: bool| -> Result<u64> {
+        let committed = match (&shared.commit_group, checkpointed) {
+            (_, Some(o)) => Some(o),
+            (Some(g), None) => store.committed_offset(g, topic, p)?,
+            (None, None) => None,
+        };
+        Ok(match committed {
+            Some(o) => o.max(store.start_offset(topic, p)?),
+            None if from_start || spec.start == StartFrom::Earliest => store.start_offset(topic, p)?,
+            None => store.end_offset(topic, p)?,
+        })
+    };
     let mut starts: Vec<Vec<u64>> = Vec::new();
-    for (input, (source, _)) in inputs.iter().enumerate() {
+    for (input, topic) in stage_topics.iter().enumerate() {
+        let count = if shuffle.topics[input].is_some() { shuffle.partitions } else { partitions[input] };
         let mut offsets = Vec::new();
-        for p in 0..partitions[input] {
-            let from_checkpoint = restored
-                .as_ref()
-                .and_then(|r| r.get(input)?.get(p as usize).copied())
-                .or(partition_chains[input][p as usize].2);
-            let committed = match (&shared.commit_group, from_checkpoint) {
-                (_, Some(o)) => Some(o),
-                (Some(g), None) => store.committed_offset(g, &source.topic, p)?,
-                (None, None) => None,
+        for p in 0..count {
+            let checkpointed = match &shuffle.topics[input] {
+                Some(_) => restored.as_ref().and_then(|r| r.get(input)?.get(p as usize).copied()),
+                None => restored
+                    .as_ref()
+                    .and_then(|r| r.get(input)?.get(p as usize).copied())
+                    .or(partition_chains[input][p as usize].2),
             };
-            offsets.push(match committed {
-                Some(o) => o.max(store.start_offset(&source.topic, p)?),
-                None if input > 0 || spec.start == StartFrom::Earliest => store.start_offset(&source.topic, p)?,
-                None => store.end_offset(&source.topic, p)?,
-            });
+            offsets.push(position(topic, p, checkpointed, input > 0 || shuffle.topics[input].is_some())?);
         }
         starts.push(offsets);
     }
-    *stats.positions.lock() = starts.clone();
+    // Partition tasks of repartitioned inputs resume at their own checkpoints.
+    let mut task_starts = starts.clone();
+    for (input, (source, _)) in inputs.iter().enumerate() {
+        if shuffle.topics[input].is_some() {
+            task_starts[input] = (0..partitions[input])
+                .map(|p| position(&source.topic, p, partition_chains[input][p as usize].2, input > 0))
+                .collect::<Result<_>>()?;
+        }
+    }
+    let mut reported = starts.clone();
+    for (input, slot) in slots.iter().enumerate() {
+        if *slot >= reported.len() {
+            reported.push(task_starts[input].clone());
+        }
+    }
+    *stats.positions.lock() = reported;
     // The main input waits until every side input (a joined table) has been read up to where it
     // ended when the query started: a stream row must not miss table rows that already existed.
     let mut targets = Vec::new();
-    for (input, (source, _)) in inputs.iter().enumerate().skip(1) {
+    for (input, topic) in stage_topics.iter().enumerate().skip(1) {
+        if shuffle.topics[input].is_some() {
+            continue;
+        }
         for p in 0..partitions[input] {
-            let end = store.end_offset(&source.topic, p)?;
+            let end = store.end_offset(topic, p)?;
             if starts[input][p as usize] < end {
                 targets.push((input, p, end));
             }
@@ -362,18 +435,41 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
         }
         None => None,
     };
+    // Repartition topics: one reader per partition feeds the stage.
+    if let Some(tx) = &stage_tx {
+        for (input, topic) in shuffle.topics.iter().enumerate() {
+            let Some(topic) = topic else { continue };
+            for r in 0..shuffle.partitions {
+                let feeder = Feeder {
+                    store: store.clone(),
+                    topic: topic.clone(),
+                    input,
+                    partition: r,
+                    offset: starts[input][r as usize],
+                    stale_before: store.end_offset(topic, r)?,
+                    tx: tx.clone(),
+                };
+                tasks.push(spawn_guarded(feeder.run(stop_rx.clone()), stats.clone(), shared.id.clone()));
+            }
+        }
+    }
     for (input, ((source, _), chains)) in inputs.iter().zip(partition_chains).enumerate() {
         for (p, (chain, committer)) in chains.into_iter().map(|(c, k, _)| (c, k)).enumerate() {
-            let start_offset = starts[input][p];
+            let start_offset = task_starts[input][p];
             let p = p as u32;
-            let out = match &stage_tx {
-                Some(tx) => TaskOutput::Stage(tx.clone()),
-                None => make_output()?,
+            let out = match (&shuffle.topics[input], &stage_tx, &spec.shard_keys) {
+                (Some(topic), _, Some(keys)) => TaskOutput::Repartition(Box::new(Repartitioned {
+                    topic: topic.clone(),
+                    writer: RepartitionWriter::new(keys.clone(), input, p, shuffle.partitions),
+                })),
+                (_, Some(tx), _) => TaskOutput::Stage(tx.clone()),
+                _ => make_output()?,
             };
             let task = PartitionTask {
                 store: store.clone(),
                 shared: shared.clone(),
                 input,
+                slot: slots[input],
                 topic: source.topic.clone(),
                 partition: p,
                 offset: start_offset,
@@ -390,13 +486,56 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
             tasks.push(spawn_guarded(task.run(stop_rx.clone()), stats.clone(), shared.id.clone()));
         }
     }
-    Ok(RunningQuery {
-        id: spec.id,
-        topics: inputs.iter().map(|(s, _)| s.topic.clone()).collect(),
-        stop: stop_tx,
-        tasks: Mutex::new(tasks),
-        stats,
-    })
+    Ok(RunningQuery { id: spec.id, topics: report_topics, stop: stop_tx, tasks: Mutex::new(tasks), stats })
+}
+
+/// Which stage inputs go through repartition topics, and how many partitions those have.
+struct Shuffle {
+    /// Per stage input, its repartition topic.
+    topics: Vec<Option<String>>,
+    /// Partitions of every repartition topic of the query (one per stage shard).
+    partitions: u32,
+}
+
+/// Decides (and creates) a query's repartition topics: persistent queries whose keyed stage has
+/// inputs not partitioned by the key (see [`crate::repartition`]). A stage checkpoint says what
+/// its positions refer to: a query checkpointed without repartition topics (before Rill had
+/// them) goes on without. Topics get one partition per shard: the most partitions of any
+/// input, and at least `parallelism`; an existing topic keeps its count.
+fn plan_repartition(
+    store: &Arc<dyn TopicStore>,
+    spec: &QuerySpec,
+    partitions: &[u32],
+    checkpoint: Option<&serde_json::Value>,
+) -> Result<Shuffle> {
+    let none = Shuffle { topics: vec![None; partitions.len()], partitions: 0 };
+    let (Some(keys), Output::Topic(_)) = (&spec.shard_keys, &spec.output) else { return Ok(none) };
+    let topics: Vec<Option<String>> = match checkpoint {
+        Some(task) => match task.get("repartition").and_then(|r| r.as_array()) {
+            Some(saved) => {
+                (0..partitions.len()).map(|i| saved.get(i).and_then(|t| t.as_str()).map(str::to_string)).collect()
+            }
+            None => return Ok(none),
+        },
+        None => (0..partitions.len())
+            .map(|i| keys.repartition.get(i).copied().flatten().map(|s| crate::repartition::topic_name(&spec.id, s)))
+            .collect(),
+    };
+    let Some(existing) = topics.iter().flatten().find(|t| store.topic_config(t).is_ok()) else {
+        let count = partitions.iter().copied().max().unwrap_or(1).max(spec.parallelism as u32).max(1);
+        for t in topics.iter().flatten() {
+            store.create_topic(t, crate::repartition::topic_config(count))?;
+        }
+        return Ok(Shuffle { topics, partitions: count });
+    };
+    let count = store.topic_config(existing)?.partitions;
+    for t in topics.iter().flatten() {
+        store.create_topic(t, crate::repartition::topic_config(count))?;
+        if store.topic_config(t)?.partitions != count {
+            return Err(EngineError::Internal(format!("repartition topic {t} does not have {count} partitions")));
+        }
+    }
+    Ok(Shuffle { topics, partitions: count })
 }
 
 /// A partition task's chain, its committer (stateless queries) and the offset its checkpoint
@@ -499,12 +638,24 @@ enum StageInput {
     /// Side-input positions (input, partition, offset) to reach before the main input may start;
     /// `true` is sent once they are reached.
     Bootstrap(Vec<(usize, u32, u64)>, watch::Sender<bool>),
+    /// What one fetch of partition `partition` of input `input`'s repartition topic held: rows
+    /// and markers for shard `partition` (see [`crate::repartition`]).
+    Shuffled { input: usize, partition: u32, items: Vec<Shuffled>, next_offset: u64 },
+    /// Reading a repartition topic failed.
+    Failed(String),
 }
 
 enum TaskOutput {
     Sink(Box<Sink>),
     Channel(mpsc::Sender<RecordBatch>),
     Stage(mpsc::Sender<StageInput>),
+    Repartition(Box<Repartitioned>),
+}
+
+/// A partition task's rows going to a repartition topic.
+struct Repartitioned {
+    topic: String,
+    writer: RepartitionWriter,
 }
 
 impl TaskOutput {
@@ -539,7 +690,9 @@ impl TaskOutput {
                 stats.records_out.fetch_add(n as u64, Ordering::Relaxed);
                 Ok(true)
             }
-            TaskOutput::Stage(_) => Err(EngineError::Internal("stage output used as a sink".into())),
+            TaskOutput::Stage(_) | TaskOutput::Repartition(_) => {
+                Err(EngineError::Internal("stage output used as a sink".into()))
+            }
         }
     }
 }
@@ -593,7 +746,11 @@ async fn write_dead_letters(
 struct StageTask {
     store: Arc<dyn TopicStore>,
     shared: Arc<Shared>,
+    /// Per input, the topic read: its repartition topic, else its source.
     topics: Vec<String>,
+    /// Per input, its repartition topic, if its rows come through one. With any, shard `r`
+    /// reads partition `r` of each and keeps its own watermark trackers.
+    repartitioned: Vec<Option<String>>,
     shards: Vec<Shard>,
     /// How rows are routed to shards (keyed stages).
     keys: Option<Arc<ShardKeys>>,
@@ -602,8 +759,10 @@ struct StageTask {
     /// Push-query output.
     push: Option<mpsc::Sender<RecordBatch>>,
     stats: Arc<QueryStats>,
-    /// Watermark over every partition of every input (idle ones excluded).
-    tracker: WatermarkTracker,
+    /// Watermark over every source partition of every input (idle ones excluded): one for
+    /// all shards, or one per shard when inputs are repartitioned (each shard hears of the
+    /// source partitions through its partition of the topics).
+    trackers: Vec<WatermarkTracker>,
     /// Index of each input's first partition in `tracker`.
     tracker_base: Vec<usize>,
     state_measured: Option<std::time::Instant>,
@@ -613,6 +772,8 @@ struct StageTask {
     processed: Vec<Vec<u64>>,
     /// Consumer-group offset commits.
     commits: Option<OffsetCommits>,
+    /// When records of the repartition topics were last deleted (at-least-once).
+    purged: Option<std::time::Instant>,
 }
 
 /// One copy of a stage's chain: what it is to do next, and what it did.
@@ -726,34 +887,14 @@ impl StageTask {
                     for m in fetched {
                         match (i, m) {
                             (_, Message::Watermark(w)) => self.watermark(i, p, w),
-                            (0, Message::Data(b)) => {
-                                let slot = self.tracker_base.first().copied().unwrap_or(0) + p as usize;
-                                let bound = self.tracker.bound_for(slot);
-                                self.route_main(b, bound)?;
-                            }
+                            (0, Message::Data(b)) => self.route_main(b, p)?,
                             (0, m) => self.broadcast(m),
                             (side, Message::Data(b)) => self.route_side(side, b)?,
                             (_, _) => {}
                         }
                     }
                     write_dead_letters(&self.stats, self.committer.as_mut(), self.store.as_ref(), &dead).await?;
-                    // Everything before `next_offset` has been processed: make its output
-                    // durable, then record the position (committed now, or with the next
-                    // checkpoint).
-                    self.flush().await?;
-                    if let Some(pos) = self.processed.get_mut(i).and_then(|v| v.get_mut(p as usize)) {
-                        *pos = next_offset;
-                    }
-                    match &mut self.committer {
-                        Some(c) => c.mark_dirty(),
-                        None => {
-                            if let Some(c) = &mut self.commits {
-                                c.commit(|| offsets_of(&self.processed, &self.topics), rx.is_empty())?;
-                            }
-                            *self.stats.positions.lock() = self.processed.clone();
-                            self.stats.progress.notify_waiters();
-                        }
-                    }
+                    self.processed_up_to(i, p, next_offset, rx.is_empty()).await?;
                     if let Some((targets, tx)) = &mut bootstrap {
                         targets.retain(|(ti, tp, end)| !(*ti == i && *tp == p && next_offset >= *end));
                         if targets.is_empty() {
@@ -762,12 +903,88 @@ impl StageTask {
                         }
                     }
                 }
+                StageInput::Shuffled { input, partition, items, next_offset } => {
+                    self.shuffled(input, partition as usize, items)?;
+                    self.processed_up_to(input, partition, next_offset, rx.is_empty()).await?;
+                }
+                StageInput::Failed(e) => return Err(EngineError::Internal(e)),
             }
             self.flush().await?;
             if self.committer.as_ref().is_some_and(|c| c.due(rx.is_empty())) {
                 self.checkpoint().await?;
             }
         }
+    }
+
+    /// Everything of input `i`, partition `p` before `next_offset` has been processed: makes
+    /// its output durable, then records the position (committed now, or with the next
+    /// checkpoint).
+    async fn processed_up_to(&mut self, i: usize, p: u32, next_offset: u64, idle: bool) -> Result<()> {
+        self.flush().await?;
+        if let Some(pos) = self.processed.get_mut(i).and_then(|v| v.get_mut(p as usize)) {
+            *pos = next_offset;
+        }
+        match &mut self.committer {
+            Some(c) => c.mark_dirty(),
+            None => {
+                if let Some(c) = &mut self.commits {
+                    c.commit(|| offsets_of(&self.processed, &self.topics), idle)?;
+                }
+                self.publish_positions();
+                self.purge_at_least_once()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports the stage's positions (its inputs come first in the query's progress).
+    fn publish_positions(&self) {
+        let mut positions = self.stats.positions.lock();
+        for (slot, p) in positions.iter_mut().zip(&self.processed) {
+            slot.clone_from(p);
+        }
+        drop(positions);
+        self.stats.progress.notify_waiters();
+    }
+
+    /// The tracker of shard `shard`.
+    fn tracker(&self, shard: usize) -> &WatermarkTracker {
+        &self.trackers[shard.min(self.trackers.len() - 1)]
+    }
+
+    /// Hands what a fetch of partition `shard` of input `input`'s repartition topic held to
+    /// shard `shard`: rows with how far event time may advance within them (as far as their
+    /// source partition had reached before each, capped by the other source partitions as
+    /// this shard knows them), markers to its tracker.
+    fn shuffled(&mut self, input: usize, shard: usize, items: Vec<Shuffled>) -> Result<()> {
+        let base = self.tracker_base.get(input).copied().unwrap_or(0);
+        if shard >= self.shards.len() || shard >= self.trackers.len() {
+            return Err(EngineError::Internal(format!("repartition partition {shard} has no shard")));
+        }
+        for item in items {
+            match item {
+                Shuffled::Rows { from, batch, reached } => {
+                    let bound = self.trackers[shard].bound_for(base + from as usize);
+                    let step = match input {
+                        0 => Step::Main(
+                            batch,
+                            match reached {
+                                Some(r) => ArrivalBound::PerRow(r.into_iter().map(|t| t.min(bound)).collect()),
+                                None => ArrivalBound::UpTo(bound),
+                            },
+                        ),
+                        side => Step::Side(side, batch),
+                    };
+                    self.shards[shard].steps.push(step);
+                }
+                Shuffled::Mark { from, watermark } => {
+                    if let Some(w) = self.trackers[shard].update(base + from as usize, watermark) {
+                        self.shards[shard].steps.push(Step::Control(Message::Watermark(w)));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Rows of `batch` (input `input`) per shard: split by key when the stage has several
@@ -779,28 +996,31 @@ impl StageTask {
         }
     }
 
-    /// Hands rows of the main input to the shards their keys belong to, with how far event
-    /// time may advance within them: computed per row over the whole batch when it is split
-    /// and the stage judges rows at their arrival (its shards see only some of the rows).
-    fn route_main(&mut self, batch: RecordBatch, bound: i64) -> Result<()> {
+    /// Hands rows of the main input (from partition `p`) to the shards their keys belong to,
+    /// with how far event time may advance within them: computed per row over the whole batch
+    /// when it is split and the stage judges rows at their arrival (its shards see only some
+    /// of the rows).
+    fn route_main(&mut self, batch: RecordBatch, p: u32) -> Result<()> {
+        let slot = self.tracker_base.first().copied().unwrap_or(0) + p as usize;
         let reached = match self.keys.as_ref().and_then(|k| k.time).filter(|_| self.shards.len() > 1) {
             Some(t) => {
                 let times = arrow::compute::cast(batch.column(t), &arrow::datatypes::DataType::Int64)?;
-                Some(ArrivalBound::per_row(times.as_primitive::<Int64Type>(), bound))
+                Some(ArrivalBound::per_row(times.as_primitive::<Int64Type>(), i64::MAX))
             }
             None => None,
         };
         let parts = self.split(0, batch)?;
-        for (shard, part) in self.shards.iter_mut().zip(parts) {
+        for (k, part) in parts.into_iter().enumerate() {
             let Some((rows, picked)) = part else { continue };
+            let bound = self.tracker(k).bound_for(slot);
             let arrival = match (&reached, picked) {
                 (Some(r), Some(picked)) => {
-                    ArrivalBound::PerRow(picked.values().iter().map(|i| r[*i as usize]).collect())
+                    ArrivalBound::PerRow(picked.values().iter().map(|i| r[*i as usize].min(bound)).collect())
                 }
-                (Some(r), None) => ArrivalBound::PerRow(r.clone().into()),
+                (Some(r), None) => ArrivalBound::PerRow(r.iter().map(|t| (*t).min(bound)).collect()),
                 (None, _) => ArrivalBound::UpTo(bound),
             };
-            shard.steps.push(Step::Main(rows, arrival));
+            self.shards[k].steps.push(Step::Main(rows, arrival));
         }
         Ok(())
     }
@@ -827,8 +1047,16 @@ impl StageTask {
     /// if it advanced, to the shards.
     fn watermark(&mut self, i: usize, p: u32, w: Watermark) {
         let slot = self.tracker_base.get(i).copied().unwrap_or(0) + p as usize;
-        if let Some(combined) = self.tracker.update(slot, w) {
-            self.broadcast(Message::Watermark(combined));
+        if self.trackers.len() == 1 {
+            if let Some(combined) = self.trackers[0].update(slot, w) {
+                self.broadcast(Message::Watermark(combined));
+            }
+            return;
+        }
+        for (tracker, shard) in self.trackers.iter_mut().zip(&mut self.shards) {
+            if let Some(combined) = tracker.update(slot, w) {
+                shard.steps.push(Step::Control(Message::Watermark(combined)));
+            }
         }
     }
 
@@ -839,7 +1067,14 @@ impl StageTask {
         if !c.dirty() {
             return Ok(());
         }
-        let mut task = serde_json::json!({ "tracker": self.tracker });
+        let mut task = match self.trackers.as_slice() {
+            [one] => serde_json::json!({ "tracker": one }),
+            all => serde_json::json!({ "trackers": all }),
+        };
+        if self.keys.is_some() && self.sink_topic.is_some() {
+            // What the positions refer to (see `plan_repartition`).
+            task["repartition"] = serde_json::json!(self.repartitioned);
+        }
         if self.shards.len() > 1 {
             task["shards"] = self.shards.len().into();
             task["routing"] = crate::shard::fingerprint().into();
@@ -856,9 +1091,38 @@ impl StageTask {
         if let Some(c) = &mut self.commits {
             c.commit(|| offsets_of(&self.processed, &self.topics), true)?;
         }
-        *self.stats.positions.lock() = self.processed.clone();
-        self.stats.progress.notify_waiters();
+        self.publish_positions();
+        self.purge(&self.processed.clone())
+    }
+
+    /// Deletes the records of the repartition topics before `positions` (committed: never
+    /// read again).
+    fn purge(&self, positions: &[Vec<u64>]) -> Result<()> {
+        for (topic, offsets) in self.repartitioned.iter().zip(positions) {
+            let Some(topic) = topic else { continue };
+            for (p, offset) in offsets.iter().enumerate() {
+                self.store.delete_records(topic, p as u32, *offset)?;
+            }
+        }
         Ok(())
+    }
+
+    /// At-least-once: deletes repartition records before the offsets last committed, once
+    /// their commit has landed, at most once a second.
+    fn purge_at_least_once(&mut self) -> Result<()> {
+        if self.repartitioned.iter().all(Option::is_none)
+            || self.purged.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1))
+        {
+            return Ok(());
+        }
+        let Some(landed) = self.commits.as_ref().and_then(OffsetCommits::landed_offsets) else { return Ok(()) };
+        let positions: Vec<Vec<u64>> = self
+            .topics
+            .iter()
+            .map(|t| landed.iter().filter(|(lt, _, _)| lt == t).map(|(_, _, o)| *o).collect())
+            .collect();
+        self.purged = Some(std::time::Instant::now());
+        self.purge(&positions)
     }
 
     /// Runs the shards' pending steps: inline when one shard has some, else each busy shard
@@ -967,6 +1231,8 @@ struct PartitionTask {
     store: Arc<dyn TopicStore>,
     shared: Arc<Shared>,
     input: usize,
+    /// Where the query's progress reports this task's position.
+    slot: usize,
     topic: String,
     partition: u32,
     offset: u64,
@@ -1046,6 +1312,14 @@ impl OffsetCommits {
         }));
         self.last = Some((offsets, std::time::Instant::now()));
         Ok(())
+    }
+
+    /// The offsets last committed, once that commit has landed.
+    fn landed_offsets(&self) -> Option<&Offsets> {
+        match &self.in_flight {
+            Some(h) if !h.is_finished() => None,
+            _ => self.last.as_ref().map(|(o, _)| o),
+        }
     }
 
     /// Waits until every commit has landed.
@@ -1150,6 +1424,53 @@ impl Prefetch {
     }
 }
 
+/// Reads one partition of a repartition topic (committed records only) for the stage.
+struct Feeder {
+    store: Arc<dyn TopicStore>,
+    topic: String,
+    input: usize,
+    partition: u32,
+    offset: u64,
+    /// Idle markers before this offset were written before the query started (see
+    /// [`crate::repartition::decode_fetch`]).
+    stale_before: u64,
+    tx: mpsc::Sender<StageInput>,
+}
+
+impl Feeder {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        if let Err(e) = self.run_loop(&mut stop).await {
+            // The stage cannot go on without this partition: it ends and reports the error.
+            tracing::error!(topic = %self.topic, partition = self.partition, "reading a repartition topic: {e}");
+            let _ = self.tx.send(StageInput::Failed(e.to_string())).await;
+        }
+    }
+
+    async fn run_loop(&mut self, stop: &mut watch::Receiver<bool>) -> Result<()> {
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            let fetch = self.store.read(&self.topic, self.partition, self.offset, 1 << 20)?;
+            if fetch.next_offset() <= self.offset {
+                tokio::select! {
+                    r = self.store.wait_for(&self.topic, self.partition, self.offset) => r?,
+                    _ = stop.changed() => return Ok(()),
+                }
+                continue;
+            }
+            let items = crate::repartition::decode_fetch(&fetch, self.stale_before)?;
+            self.offset = fetch.next_offset();
+            let shuffled =
+                StageInput::Shuffled { input: self.input, partition: self.partition, items, next_offset: self.offset };
+            tokio::select! {
+                r = self.tx.send(shuffled) => if r.is_err() { return Ok(()) },
+                _ = stop.changed() => return Ok(()),
+            }
+        }
+    }
+}
+
 /// Aborts a spawned task when dropped.
 struct AbortOnDrop(JoinHandle<()>);
 
@@ -1211,7 +1532,7 @@ impl PartitionTask {
             c.commit(|| vec![(self.topic.clone(), self.partition, self.offset)], now)?;
         }
         if let Some(pos) =
-            self.stats.positions.lock().get_mut(self.input).and_then(|v| v.get_mut(self.partition as usize))
+            self.stats.positions.lock().get_mut(self.slot).and_then(|v| v.get_mut(self.partition as usize))
         {
             *pos = self.offset;
         }
@@ -1274,10 +1595,20 @@ impl PartitionTask {
                     // An idle partition must not hold back the stage's watermark.
                     if !self.idle {
                         self.idle = true;
-                        if let TaskOutput::Stage(tx) = &self.out {
-                            if tx.send(StageInput::Idle(self.input, self.partition)).await.is_err() {
-                                return Ok(Ended::Stopped);
+                        let markers = match &self.out {
+                            TaskOutput::Stage(tx) => {
+                                let tx = tx.clone();
+                                if tx.send(StageInput::Idle(self.input, self.partition)).await.is_err() {
+                                    return Ok(Ended::Stopped);
+                                }
+                                None
                             }
+                            TaskOutput::Repartition(r) => Some(r.writer.idle()),
+                            _ => None,
+                        };
+                        if let Some(markers) = markers {
+                            self.repartition(markers).await?;
+                            self.after_output()?;
                         }
                     }
                     continue;
@@ -1315,6 +1646,12 @@ impl PartitionTask {
                 continue;
             }
             write_dead_letters(&self.stats, self.committer.as_mut(), self.store.as_ref(), &dead).await?;
+            if let TaskOutput::Repartition(r) = &self.out {
+                let records = r.writer.records(&messages)?;
+                self.repartition(records).await?;
+                self.after_output()?;
+                continue;
+            }
             for m in messages {
                 if let Message::Data(b) = m {
                     if !self.out.write(b, &self.stats, self.committer.as_mut()).await? {
@@ -1327,14 +1664,40 @@ impl PartitionTask {
                 let refused = self.dead_letter_records(refused);
                 write_dead_letters(&self.stats, self.committer.as_mut(), self.store.as_ref(), &refused).await?;
             }
-            match &mut self.committer {
-                Some(c) => {
-                    c.mark_dirty();
-                    if c.due(false) {
-                        self.checkpoint()?;
-                    }
+            self.after_output()?;
+        }
+    }
+
+    /// After a fetch's output was written: checkpoints when one is due (exactly-once), else
+    /// reports the position.
+    fn after_output(&mut self) -> Result<()> {
+        match &mut self.committer {
+            Some(c) => {
+                c.mark_dirty();
+                if c.due(false) {
+                    self.checkpoint()?;
                 }
-                None => self.publish_position(false)?,
+                Ok(())
+            }
+            None => self.publish_position(false),
+        }
+    }
+
+    /// Appends records for a repartition topic, per partition (all partitions at once).
+    async fn repartition(&mut self, per_partition: Vec<Vec<Record>>) -> Result<()> {
+        let TaskOutput::Repartition(r) = &self.out else { return Ok(()) };
+        let parts: Vec<(u32, Vec<Record>)> =
+            per_partition.into_iter().enumerate().filter(|(_, v)| !v.is_empty()).map(|(p, v)| (p as u32, v)).collect();
+        if parts.is_empty() {
+            return Ok(());
+        }
+        match &mut self.committer {
+            Some(c) => c.append_all(&r.topic, &parts).await,
+            None => {
+                let store = &self.store;
+                futures::future::try_join_all(parts.iter().map(|(p, records)| store.append(&r.topic, *p, records)))
+                    .await?;
+                Ok(())
             }
         }
     }

@@ -34,6 +34,10 @@ pub struct ShardKeys {
     /// against the watermark as it stood at each row's arrival (aggregations): the runtime
     /// then computes that per row over the whole batch before splitting it.
     pub time: Option<usize>,
+    /// Per input: the name of the step whose repartition topic its rows go through (for
+    /// example `Aggregate-GroupBy`), or `None` when its source is already partitioned by the key
+    /// (see [`crate::repartition`]).
+    pub repartition: Vec<Option<&'static str>>,
 }
 
 /// One shard's rows of a batch, and which rows of it they are (`None`: all).
@@ -104,6 +108,7 @@ mod tests {
             inputs: vec![vec![col("K", &left).unwrap()], vec![col("K2", &right).unwrap()]],
             types: vec![DataType::Int64],
             time: None,
+            repartition: vec![None, None],
         };
         let l = RecordBatch::try_new(
             left,

@@ -460,6 +460,10 @@ impl KsqlEngine {
                         q.running.stop().await;
                         self.pending.lock().retain(|spec| &spec.id != id);
                         runtime::remove_checkpoints(&self.checkpoint_dir(id))?;
+                        let internal = rill_engine::repartition::internal_prefix(id);
+                        for topic in self.store.topic_names().into_iter().filter(|t| t.starts_with(&internal)) {
+                            self.store.delete_topic(&topic)?;
+                        }
                         if let Some(s) = catalog.sources.get_mut(&q.sink) {
                             s.written_by.retain(|w| w != id);
                         }

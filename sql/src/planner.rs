@@ -1128,7 +1128,8 @@ fn plan_aggregate(
     } else {
         let types =
             group_exprs.iter().map(|e| e.data_type(&row_schema)).collect::<datafusion::common::Result<Vec<_>>>()?;
-        Some(Arc::new(ShardKeys { inputs: vec![group_exprs.clone()], types, time: Some(rowtime_index) }))
+        let repartition = vec![(!partitioned_by(&group_exprs, &source)).then_some("Aggregate-GroupBy")];
+        Some(Arc::new(ShardKeys { inputs: vec![group_exprs.clone()], types, time: Some(rowtime_index), repartition }))
     };
     let stage: ChainFactory = Arc::new(move || {
         let cfg = AggregateConfig {
@@ -2159,8 +2160,16 @@ async fn plan_join(
         // Rows of different keys never meet: the stage may be split by join key.
         let types =
             stream_key.iter().map(|e| e.data_type(&left_rows)).collect::<datafusion::common::Result<Vec<_>>>()?;
-        shard_keys =
-            Some(Arc::new(ShardKeys { inputs: vec![stream_key.clone(), right_key.clone()], types, time: None }));
+        shard_keys = Some(Arc::new(ShardKeys {
+            repartition: vec![
+                // The join expression (window bounds, if any, follow it).
+                (!partitioned_by(&stream_key[..1], &left)).then_some("Join-left"),
+                (!partitioned_by(&right_key[..1], &right)).then_some("Join-right"),
+            ],
+            inputs: vec![stream_key.clone(), right_key.clone()],
+            types,
+            time: None,
+        }));
         let stage: ChainFactory = Arc::new(move || {
             let join = StreamStreamJoinOperator::try_new(StreamStreamJoinConfig {
                 left_key: stream_key.clone(),
@@ -2464,6 +2473,16 @@ fn fk_key_columns(
         )));
     }
     Ok(())
+}
+
+/// Whether rows keyed by `exprs` are partitioned by that key at `source` already: the
+/// expressions are exactly its key columns, in order (ksqlDB's rule for needing no repartition
+/// topic).
+fn partitioned_by(exprs: &[Arc<dyn PhysicalExpr>], source: &SourceDef) -> bool {
+    let keys: Vec<&str> = source.key_columns().map(|c| c.name.as_str()).collect();
+    let named = |e: &Arc<dyn PhysicalExpr>| e.downcast_ref::<PhysColumn>().map(|c| c.name().to_string());
+    let names: Vec<String> = exprs.iter().map_while(named).collect();
+    !keys.is_empty() && names.len() == exprs.len() && names == keys
 }
 
 /// A per-partition chain that passes a stream's rows through but drops null values

@@ -347,6 +347,19 @@ impl Log {
         first.map_or(Ok(()), Err)
     }
 
+    /// Deletes the closed segments of `topic`/`partition` that hold only records before
+    /// `offset` (Kafka's DeleteRecords, at segment granularity; see [`crate::retention`]):
+    /// for internal topics whose readers have committed everything before `offset`. Returns the
+    /// partition's start offset afterwards.
+    pub fn delete_records(&self, topic: &str, partition: u32, offset: u64) -> Result<u64> {
+        let p = self.partition(topic, partition)?;
+        if p.delete_records(offset)? > 0 {
+            let start = p.start_offset();
+            p.txn.lock().prune(&p.dir, start)?;
+        }
+        Ok(p.start_offset())
+    }
+
     /// Compacts closed segments of `compact` topics (see [`crate::compaction`]).
     pub fn compact(&self, now_ms: i64) -> Result<()> {
         self.compact_with_stats(now_ms).map(|_| ())

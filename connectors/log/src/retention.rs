@@ -36,14 +36,40 @@ impl Partition {
                 n += 1;
             }
         }
+        self.delete_front(&closed[..n], m)
+    }
+
+    /// Deletes the closed segments that hold only records before `offset` (Kafka's
+    /// DeleteRecords, at segment granularity: the log start offset moves to the first segment
+    /// holding `offset` or a later one, never past the active segment); returns how many. For
+    /// internal topics whose readers have committed everything before `offset`.
+    pub(crate) fn delete_records(&self, offset: u64) -> Result<usize> {
+        let m = self.maint.lock();
+        if m.closed {
+            return Ok(0);
+        }
+        let segments = self.state.read().segments.clone();
+        let closed = &segments[..segments.len().saturating_sub(1)];
+        let n = closed.iter().take_while(|s| s.next_offset() <= offset).count();
+        self.delete_front(&closed[..n], m)
+    }
+
+    /// Deletes `doomed`, the first closed segments as read under `maint` (held), unless
+    /// maintenance changed the front meanwhile.
+    fn delete_front(
+        &self,
+        front: &[std::sync::Arc<crate::segment::Segment>],
+        maint: parking_lot::MutexGuard<'_, crate::compaction::MaintState>,
+    ) -> Result<usize> {
+        let n = front.len();
         if n == 0 {
             return Ok(0);
         }
         let doomed = {
             let mut st = self.state.write();
             // Only maintenance removes segments and it holds `maint`: the front is unchanged.
-            let same = st.segments.len() > n
-                && st.segments[..n].iter().zip(&closed[..n]).all(|(a, b)| std::sync::Arc::ptr_eq(a, b));
+            let same =
+                st.segments.len() > n && st.segments[..n].iter().zip(front).all(|(a, b)| std::sync::Arc::ptr_eq(a, b));
             if !same {
                 return Ok(0);
             }
@@ -54,8 +80,8 @@ impl Partition {
             seg.delete_files()?;
         }
         fsutil::fsync_dir(&self.dir)?;
-        tracing::debug!(topic = %self.topic, partition = self.id, segments = n, "retention deleted segments");
-        drop(m);
+        tracing::debug!(topic = %self.topic, partition = self.id, segments = n, "deleted segments from the front");
+        drop(maint);
         Ok(n)
     }
 }

@@ -49,6 +49,34 @@ fn retention_deletes_old_segments_but_never_the_active_one() {
 }
 
 #[test]
+fn delete_records_frees_whole_segments_before_the_offset_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path()).expect("open");
+    let rt = rt();
+    log.create_topic("r", small(1)).expect("create");
+    for i in 0..200i64 {
+        rt.block_on(log.append("r", 0, &[rec(i, Some("k"), Some(&"v".repeat(100)))])).expect("append");
+    }
+    let p = log.partition("r", 0).expect("p");
+    let before = p.segment_count();
+    assert!(before > 3, "small segments: {before}");
+    assert_eq!(log.delete_records("r", 0, 0).expect("nothing"), 0);
+    let start = log.delete_records("r", 0, 120).expect("delete");
+    assert!(start > 0 && start <= 120, "the start moves to the segment holding 120: {start}");
+    assert!(p.segment_count() < before);
+    let rows = read_all(&log, "r", 0);
+    assert_eq!(rows.first().map(|r| r.0), Some(start), "records from the new start are all there");
+    assert_eq!(rows.len() as u64, 200 - start);
+    // Never the active segment, even when every record is before the offset.
+    log.delete_records("r", 0, 1_000).expect("delete all");
+    assert_eq!(p.segment_count(), 1);
+    assert_eq!(log.end_offset("r", 0).expect("end"), 200);
+    drop(log);
+    let log = Log::open(dir.path()).expect("reopen");
+    assert!(log.start_offset("r", 0).expect("start") > start, "the deletion survives a restart");
+}
+
+#[test]
 fn compaction_keeps_newest_per_key_and_expires_tombstones() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = rt();
