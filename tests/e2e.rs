@@ -394,3 +394,56 @@ async fn create_or_replace_keeps_state_when_compatible() {
     assert_eq!(values(&body)[3], r#"{"N":4,"N10":40}"#, "{body}");
     server.stop();
 }
+
+/// Repartition topics: a GROUP BY of a value column reads its rows through one (a GROUP BY of
+/// the key needs none), resumes from it after a restart, and goes with its query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_by_a_value_column_goes_through_a_repartition_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let repartition_topics = |dir: &std::path::Path| -> Vec<String> {
+        let log = rill_log::Log::open(dir).unwrap();
+        log.topic_names().into_iter().filter(|t| t.ends_with("-repartition")).collect()
+    };
+    let server = Server::start(dir.path());
+    server.ok(PAGEVIEWS).await;
+    server.ok("CREATE TABLE per_user AS SELECT user_id, COUNT(*) AS n FROM pageviews GROUP BY user_id;").await;
+    server
+        .ok("CREATE TABLE per_page AS SELECT page, COUNT(*) AS n, SUM(duration) AS total FROM pageviews GROUP BY page;")
+        .await;
+    for (user, page, d) in [("a", "/home", 5), ("b", "/home", 50), ("c", "/buy", 7), ("a", "/buy", 1)] {
+        server.ok(&format!("INSERT INTO pageviews VALUES ('{user}', '{page}', {d});")).await;
+    }
+    server.query("PRINT 'PER_PAGE' FROM BEGINNING LIMIT 4;").await;
+    let (_, body) = server.query("SELECT * FROM per_page WHERE page = '/home';").await;
+    assert_eq!(Server::rows(&body), vec![json!(["/home", 2, 55])], "{body}");
+    server.stop();
+    let topics = repartition_topics(dir.path());
+    assert_eq!(topics.len(), 1, "only GROUP BY page repartitions: {topics:?}");
+    assert!(topics[0].starts_with("_rill-query_CTAS_PER_PAGE_"), "{topics:?}");
+
+    let server = Server::start(dir.path());
+    server.ok("INSERT INTO pageviews VALUES ('d', '/home', 10);").await;
+    server.query("PRINT 'PER_PAGE' FROM BEGINNING LIMIT 5;").await;
+    let (_, body) = server.query("SELECT * FROM per_page WHERE page = '/home';").await;
+    assert_eq!(Server::rows(&body), vec![json!(["/home", 3, 65])], "each row counted once across the restart");
+    let (_, queries) = server.ksql("SHOW QUERIES;").await;
+    let id = queries[0]["queries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|q| q["id"].as_str())
+        .find(|id| id.contains("PER_PAGE"))
+        .unwrap()
+        .to_string();
+    let (_, explained) = server.ksql(&format!("EXPLAIN {id};")).await;
+    let plan = explained[0]["queryDescription"]["executionPlan"].as_str().unwrap_or_default().to_string();
+    assert!(
+        plan.contains(&format!(
+            "REPARTITION Aggregate-GroupBy by key through topic '_rill-query_{id}-Aggregate-GroupBy-repartition'"
+        )),
+        "{plan}"
+    );
+    server.ok(&format!("TERMINATE {id};")).await;
+    server.stop();
+    assert_eq!(repartition_topics(dir.path()), Vec::<String>::new(), "the topic goes with its query");
+}

@@ -308,6 +308,7 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                 store: store.clone(),
                 shared: shared.clone(),
                 topics: stage_topics.clone(),
+                source_topic: spec.source.topic.clone(),
                 repartitioned: shuffle.topics.clone(),
                 shards,
                 keys: spec.shard_keys.clone(),
@@ -748,6 +749,8 @@ struct StageTask {
     shared: Arc<Shared>,
     /// Per input, the topic read: its repartition topic, else its source.
     topics: Vec<String>,
+    /// The main input's source topic (named in late-data records).
+    source_topic: String,
     /// Per input, its repartition topic, if its rows come through one. With any, shard `r`
     /// reads partition `r` of each and keeps its own watermark trackers.
     repartitioned: Vec<Option<String>>,
@@ -1180,7 +1183,7 @@ impl StageTask {
                     let mut v = serde_json::to_value(&l).unwrap_or(serde_json::Value::Null);
                     if let serde_json::Value::Object(m) = &mut v {
                         m.insert("query".into(), serde_json::Value::String(self.shared.id.clone()));
-                        m.insert("topic".into(), serde_json::Value::String(self.topics[0].clone()));
+                        m.insert("topic".into(), serde_json::Value::String(self.source_topic.clone()));
                     }
                     Record {
                         timestamp: l.timestamp,

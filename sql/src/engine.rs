@@ -510,7 +510,7 @@ impl KsqlEngine {
                         statement: text.clone(),
                         id: None,
                         query_text: text.trim_start_matches(|c: char| c.is_alphabetic() && c != ' ').trim().to_string(),
-                        plan: explain(&plan, sink.as_deref())?,
+                        plan: explain(&plan, sink.as_deref(), None)?,
                         sources: vec![plan.source.name.clone()],
                         sinks: sink.into_iter().collect(),
                         state: "NOT RUNNING",
@@ -910,7 +910,7 @@ impl KsqlEngine {
             commit_group: Some(format!("rill-query-{id}")),
             checkpoint: Some(self.checkpoint_spec(id, props)?),
         };
-        let plan_text = explain(&plan, Some(&sink.name))?;
+        let plan_text = explain(&plan, Some(&sink.name), Some(id))?;
         let signature = state_signature(&plan)?;
         let running = if replay.is_some() {
             let topics = std::iter::once(plan.source.topic.clone())
@@ -1171,7 +1171,7 @@ impl KsqlEngine {
 }
 
 /// The operator graph of a plan, with each operator's state and whether it stays bounded.
-fn explain(plan: &QueryPlan, sink: Option<&str>) -> Result<String> {
+fn explain(plan: &QueryPlan, sink: Option<&str>, query: Option<&str>) -> Result<String> {
     let mut lines = vec![format!(
         "SOURCE {} (topic '{}', {} partition{}, event time {})",
         plan.source.name,
@@ -1191,6 +1191,14 @@ fn explain(plan: &QueryPlan, sink: Option<&str>) -> Result<String> {
     };
     for op in (plan.chain)()?.operators() {
         lines.push(describe(op.as_ref(), "one task per source partition"));
+    }
+    // Persistent queries: inputs not partitioned by the stage's key go through a topic.
+    let steps = plan.shard_keys.iter().flat_map(|k| k.repartition.iter().flatten());
+    for step in steps.filter(|_| sink.is_some()) {
+        lines.push(format!(
+            "  > REPARTITION {step} by key through topic '{}' (one partition per stage shard)",
+            rill_engine::repartition::topic_name(query.unwrap_or("<id>"), step)
+        ));
     }
     if let Some(stage) = &plan.stage {
         for op in stage()?.operators() {
