@@ -59,6 +59,9 @@ pub trait TopicStore: Send + Sync + 'static {
     fn commit_offsets(&self, group: &str, offsets: &[(String, u32, u64)]) -> Result<()>;
     /// A consumer group's committed next offset for a partition.
     fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>>;
+    /// Makes everything appended to a partition so far durable (a no-op where appends are
+    /// durable when acknowledged): a task calls it before a checkpoint names what it wrote.
+    fn sync(&self, topic: &str, partition: u32) -> Result<()>;
     /// Frees records before `offset` that nobody will read again (Kafka's DeleteRecords; a store
     /// may keep some, e.g. whole segments): the readers of an internal topic call it once their
     /// position is committed.
@@ -147,6 +150,10 @@ impl TopicStore for EmbeddedStore {
 
     fn commit_offsets(&self, group: &str, offsets: &[(String, u32, u64)]) -> Result<()> {
         Ok(self.log.commit_offsets(group, offsets)?)
+    }
+
+    fn sync(&self, topic: &str, partition: u32) -> Result<()> {
+        Ok(self.log.sync(topic, partition)?)
     }
 
     fn delete_records(&self, topic: &str, partition: u32, offset: u64) -> Result<()> {

@@ -6,8 +6,9 @@
 //! * tags every record the task appends with the task's producer id and the current epoch
 //!   ([`Committer::append`]): with `exactly_once` these appends are transactional, so readers
 //!   do not see them yet; with at-least-once they are visible at once;
-//! * takes a checkpoint ([`Committer::checkpoint`]) when one is due: all output so far is
-//!   durable (appends return after fsync), so it writes the operator state, the input positions
+//! * takes a checkpoint ([`Committer::checkpoint`]) when one is due: it makes all output so far
+//!   durable (appends to most topics return after their fsync; internal topics are synced
+//!   now), writes the operator state, the input positions
 //!   and the epoch into the checkpoint file (the commit point), then commits the epoch's open
 //!   transactions on every partition it wrote, and only then reports the positions as done;
 //! * recovers at start ([`Committer::recover`]): the transactions of the epoch the last
@@ -63,7 +64,7 @@ pub struct Committer {
     producer: i64,
     /// Epoch of the output being written now (last checkpoint's epoch + 1).
     epoch: u64,
-    /// Partitions with an open transaction in this epoch.
+    /// Partitions written in this epoch (with exactly-once, each has an open transaction).
     touched: BTreeSet<(String, u32)>,
     /// Topics the task writes to (to resolve transactions left open by a crash).
     outputs: Vec<String>,
@@ -93,6 +94,13 @@ impl Committer {
             last_cost: Duration::ZERO,
             dirty: false,
         }
+    }
+
+    /// Checkpoints at most `interval` apart while input keeps coming, if that is sooner than
+    /// the query's interval.
+    pub fn at_most(mut self, interval: Duration) -> Self {
+        self.spec.interval = self.spec.interval.min(interval);
+        self
     }
 
     /// Resolves transactions a crash left open, restores `chain` from the last checkpoint and
@@ -129,11 +137,11 @@ impl Committer {
     /// exactly-once); returns once they are durable.
     pub async fn append(&mut self, topic: &str, partition: u32, records: &[Record]) -> Result<()> {
         self.dirty = true;
+        self.touched.insert((topic.to_string(), partition));
         if !self.spec.exactly_once {
             self.store.append(topic, partition, records).await?;
             return Ok(());
         }
-        self.touched.insert((topic.to_string(), partition));
         self.store.append_transactional(topic, partition, records, self.producer, self.epoch).await?;
         Ok(())
     }
@@ -143,9 +151,7 @@ impl Committer {
     pub async fn append_all(&mut self, topic: &str, parts: &[(u32, Vec<Record>)]) -> Result<()> {
         self.dirty = true;
         let exactly_once = self.spec.exactly_once;
-        if exactly_once {
-            self.touched.extend(parts.iter().map(|(p, _)| (topic.to_string(), *p)));
-        }
+        self.touched.extend(parts.iter().map(|(p, _)| (topic.to_string(), *p)));
         let (store, producer, epoch) = (&self.store, self.producer, self.epoch);
         futures::future::try_join_all(parts.iter().map(|(p, records)| async move {
             match exactly_once {
@@ -200,9 +206,16 @@ impl Committer {
         let started = Instant::now();
         let state = snapshot()?;
         let epoch = self.epoch;
+        // What the checkpoint names must be durable first (topics whose appends do not wait
+        // for their fsync, such as repartition topics, are synced here, once per checkpoint).
+        for (topic, p) in &self.touched {
+            self.store.sync(topic, *p)?;
+        }
         self.file.write(&Checkpoint { meta: CheckpointMeta { epoch, positions, task, parts: vec![] }, state })?;
         for (topic, p) in std::mem::take(&mut self.touched) {
-            self.store.end_transaction(&topic, p, self.producer, epoch, TxnEnd::Commit)?;
+            if self.spec.exactly_once {
+                self.store.end_transaction(&topic, p, self.producer, epoch, TxnEnd::Commit)?;
+            }
         }
         self.epoch += 1;
         self.dirty = false;

@@ -63,13 +63,15 @@ pub fn internal_prefix(query: &str) -> String {
 
 /// The configuration of a repartition topic: `partitions` partitions, 16 MiB segments (records
 /// are deleted segment by segment once read), no retention by time or size (only reading
-/// deletes).
+/// deletes), appends acknowledged before their fsync: the writing task syncs the partitions it
+/// wrote once per checkpoint, before the checkpoint names them (see [`crate::commit`]).
 pub fn topic_config(partitions: u32) -> TopicConfig {
     TopicConfig {
         partitions,
         retention_ms: None,
         retention_bytes: None,
         segment_bytes: 16 << 20,
+        durability: rill_log::Durability::None,
         ..TopicConfig::default()
     }
 }

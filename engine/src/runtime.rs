@@ -352,6 +352,11 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
             };
             if let Some(outputs) = own_output {
                 own = committer(&format!("p{input}-{p}"), &outputs);
+                if shuffle.topics[input].is_some() {
+                    // The stage reads what these tasks commit: commit often (as Kafka Streams
+                    // does under exactly-once) so that the stage works alongside.
+                    own = own.map(|c| c.at_most(REPARTITION_COMMIT_INTERVAL));
+                }
                 if let Some(committer) = &mut own {
                     resume = committer.recover(&mut c)?.and_then(|m| m.positions.first()?.first().copied());
                 }
@@ -489,6 +494,9 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
     }
     Ok(RunningQuery { id: spec.id, topics: report_topics, stop: stop_tx, tasks: Mutex::new(tasks), stats })
 }
+
+/// The longest time between checkpoints of a task writing to a repartition topic.
+const REPARTITION_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Which stage inputs go through repartition topics, and how many partitions those have.
 struct Shuffle {

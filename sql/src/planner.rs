@@ -1015,18 +1015,6 @@ fn plan_aggregate(
             None => not_deleted,
         })
     };
-    let identity = identity_exprs(&row_schema);
-    let pre_schema = row_schema.clone();
-    let chain: ChainFactory = Arc::new(move || match &pre_filter {
-        Some(f) => {
-            let mut calc = CalcOperator::try_new(Some(f.clone()), identity.clone(), pre_schema.clone())?;
-            if from_table {
-                calc = calc.with_table_deletes(delete_index, delete_index);
-            }
-            Ok(Chain::new(vec![Box::new(calc)]))
-        }
-        None => Ok(Chain::new(vec![])),
-    });
     // The stage: the aggregation, then the projection over its output.
     let window_groups = if window.is_some() { 2 } else { 0 };
     let user_groups = aggregate.group_expr.len() - window_groups;
@@ -1069,6 +1057,41 @@ fn plan_aggregate(
         aggregates.push(lowered.aggregate);
         aggregate_filters.push(lowered.filter);
     }
+    // Per partition: WHERE, passing on the source row. A stream's columns the stage never reads
+    // are passed on as nulls: rows may go through a repartition topic, and long strings the
+    // aggregation does not use would only weigh on it.
+    let pseudo = [rill_engine::source::ROWOFFSET, rill_engine::source::ROWPARTITION];
+    let mut read: std::collections::HashSet<usize> =
+        pseudo.iter().filter_map(|c| index_in(scan_schema, c).ok()).chain([delete_index]).collect();
+    read.insert(index_in(scan_schema, rill_engine::source::ROWTIME)?);
+    let mut reads = |e: &Arc<dyn PhysicalExpr>| {
+        read.extend(datafusion::physical_expr::utils::collect_columns(e).iter().map(|c| c.index()))
+    };
+    group_exprs.iter().for_each(&mut reads);
+    for (a, f) in aggregates.iter().zip(&aggregate_filters) {
+        a.expressions().iter().for_each(&mut reads);
+        a.order_bys().iter().for_each(|o| reads(&o.expr));
+        f.iter().for_each(&mut reads);
+    }
+    let mut identity = identity_exprs(&row_schema);
+    if !from_table && scan_schema.fields().len() == row_schema.fields().len() {
+        for (i, e) in identity.iter_mut().enumerate().filter(|(i, _)| !read.contains(i)) {
+            if let Ok(null) = datafusion::common::ScalarValue::try_from(row_schema.field(i).data_type()) {
+                *e = Arc::new(datafusion::physical_expr::expressions::Literal::new(null));
+            }
+        }
+    }
+    let pre_schema = row_schema.clone();
+    let chain: ChainFactory = Arc::new(move || match &pre_filter {
+        Some(f) => {
+            let mut calc = CalcOperator::try_new(Some(f.clone()), identity.clone(), pre_schema.clone())?;
+            if from_table {
+                calc = calc.with_table_deletes(delete_index, delete_index);
+            }
+            Ok(Chain::new(vec![Box::new(calc)]))
+        }
+        None => Ok(Chain::new(vec![])),
+    });
     if !not_retractable.is_empty() {
         let noun = if not_retractable.len() == 1 { "function" } else { "functions" };
         return Err(SqlError::plan(format!(

@@ -347,6 +347,12 @@ impl Log {
         first.map_or(Ok(()), Err)
     }
 
+    /// Makes every record appended to `topic`/`partition` so far durable, also on a topic
+    /// whose appends do not wait for their fsync (see [`Partition::sync`]).
+    pub fn sync(&self, topic: &str, partition: u32) -> Result<()> {
+        self.partition(topic, partition)?.sync()
+    }
+
     /// Deletes the closed segments of `topic`/`partition` that hold only records before
     /// `offset` (Kafka's DeleteRecords, at segment granularity; see [`crate::retention`]):
     /// for internal topics whose readers have committed everything before `offset`. Returns the
