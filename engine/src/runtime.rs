@@ -5,6 +5,11 @@
 //! (up to two decoded fetches wait in a channel), so decoding overlaps processing. Backpressure is
 //! natural: the task takes the next fetch only after the previous one's output was appended
 //! (topic output) or accepted by a bounded channel (push-query output).
+//!
+//! A stateful query has one stage task besides, fed by the partition tasks over a channel; when
+//! a persistent query's keyed stage reads an input not partitioned by its key, that input's
+//! partition tasks write to a repartition topic instead, and one feeder per topic partition
+//! reads it for the stage (see [`crate::repartition`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -423,6 +423,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     for statement in split_statements(&query) {
         p.execute(&statement, &earliest).await?;
         p.wait_until_idle().await;
+        if std::env::var_os("RILL_BENCH_TRACE").is_some() {
+            eprintln!("{:.3} s: {}", started.elapsed().as_secs_f64(), statement.lines().next().unwrap_or_default());
+        }
     }
     let wall = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
