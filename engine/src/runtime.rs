@@ -336,7 +336,6 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                 committer: stage_committer,
                 processed: Vec::new(),
                 commits: shared.commit_group.clone().map(|g| OffsetCommits::new(store.clone(), g)),
-                purged: None,
             })
         }
         None if inputs.len() > 1 => return Err(EngineError::Internal("side inputs need a stateful stage".into())),
@@ -788,8 +787,6 @@ struct StageTask {
     processed: Vec<Vec<u64>>,
     /// Consumer-group offset commits.
     commits: Option<OffsetCommits>,
-    /// When records of the repartition topics were last deleted (at-least-once).
-    purged: Option<std::time::Instant>,
 }
 
 /// One copy of a stage's chain: what it is to do next, and what it did.
@@ -947,7 +944,6 @@ impl StageTask {
                     c.commit(|| offsets_of(&self.processed, &self.topics), idle)?;
                 }
                 self.publish_positions();
-                self.purge_at_least_once()?;
             }
         }
         Ok(())
@@ -1108,37 +1104,19 @@ impl StageTask {
             c.commit(|| offsets_of(&self.processed, &self.topics), true)?;
         }
         self.publish_positions();
-        self.purge(&self.processed.clone())
+        self.purge()
     }
 
-    /// Deletes the records of the repartition topics before `positions` (committed: never
-    /// read again).
-    fn purge(&self, positions: &[Vec<u64>]) -> Result<()> {
-        for (topic, offsets) in self.repartitioned.iter().zip(positions) {
+    /// Deletes the records of the repartition topics before the positions just checkpointed
+    /// (never read again).
+    fn purge(&self) -> Result<()> {
+        for (topic, offsets) in self.repartitioned.iter().zip(&self.processed) {
             let Some(topic) = topic else { continue };
             for (p, offset) in offsets.iter().enumerate() {
                 self.store.delete_records(topic, p as u32, *offset)?;
             }
         }
         Ok(())
-    }
-
-    /// At-least-once: deletes repartition records before the offsets last committed, once
-    /// their commit has landed, at most once a second.
-    fn purge_at_least_once(&mut self) -> Result<()> {
-        if self.repartitioned.iter().all(Option::is_none)
-            || self.purged.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1))
-        {
-            return Ok(());
-        }
-        let Some(landed) = self.commits.as_ref().and_then(OffsetCommits::landed_offsets) else { return Ok(()) };
-        let positions: Vec<Vec<u64>> = self
-            .topics
-            .iter()
-            .map(|t| landed.iter().filter(|(lt, _, _)| lt == t).map(|(_, _, o)| *o).collect())
-            .collect();
-        self.purged = Some(std::time::Instant::now());
-        self.purge(&positions)
     }
 
     /// Runs the shards' pending steps: inline when one shard has some, else each busy shard
@@ -1328,14 +1306,6 @@ impl OffsetCommits {
         }));
         self.last = Some((offsets, std::time::Instant::now()));
         Ok(())
-    }
-
-    /// The offsets last committed, once that commit has landed.
-    fn landed_offsets(&self) -> Option<&Offsets> {
-        match &self.in_flight {
-            Some(h) if !h.is_finished() => None,
-            _ => self.last.as_ref().map(|(o, _)| o),
-        }
     }
 
     /// Waits until every commit has landed.
