@@ -136,19 +136,12 @@ impl Committer {
     /// Appends records as this task's output (in the current epoch's transaction with
     /// exactly-once); returns once they are durable.
     pub async fn append(&mut self, topic: &str, partition: u32, records: &[Record]) -> Result<()> {
-        self.dirty = true;
-        self.touched.insert((topic.to_string(), partition));
-        if !self.spec.exactly_once {
-            self.store.append(topic, partition, records).await?;
-            return Ok(());
-        }
-        self.store.append_transactional(topic, partition, records, self.producer, self.epoch).await?;
-        Ok(())
+        self.append_all(topic, &[(partition, records)]).await
     }
 
     /// Appends records to several partitions of `topic` at once (each partition's records in
     /// order), as [`Committer::append`] does for one: the appends (and their fsyncs) overlap.
-    pub async fn append_all(&mut self, topic: &str, parts: &[(u32, Vec<Record>)]) -> Result<()> {
+    pub async fn append_all(&mut self, topic: &str, parts: &[(u32, &[Record])]) -> Result<()> {
         self.dirty = true;
         let exactly_once = self.spec.exactly_once;
         self.touched.extend(parts.iter().map(|(p, _)| (topic.to_string(), *p)));

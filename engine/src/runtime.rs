@@ -1669,22 +1669,21 @@ impl PartitionTask {
         }
     }
 
-    /// Appends records for a repartition topic, per partition (all partitions at once).
+    /// Appends records for a repartition topic, per partition (all partitions at once), in the
+    /// task's transaction: only persistent queries, which always checkpoint, have repartition
+    /// topics.
     async fn repartition(&mut self, per_partition: Vec<Vec<Record>>) -> Result<()> {
         let TaskOutput::Repartition(r) = &self.out else { return Ok(()) };
-        let parts: Vec<(u32, Vec<Record>)> =
-            per_partition.into_iter().enumerate().filter(|(_, v)| !v.is_empty()).map(|(p, v)| (p as u32, v)).collect();
-        if parts.is_empty() {
-            return Ok(());
-        }
+        let parts: Vec<(u32, &[Record])> = per_partition
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(p, v)| (p as u32, v.as_slice()))
+            .collect();
         match &mut self.committer {
-            Some(c) => c.append_all(&r.topic, &parts).await,
-            None => {
-                let store = &self.store;
-                futures::future::try_join_all(parts.iter().map(|(p, records)| store.append(&r.topic, *p, records)))
-                    .await?;
-                Ok(())
-            }
+            Some(c) if !parts.is_empty() => c.append_all(&r.topic, &parts).await,
+            Some(_) => Ok(()),
+            None => Err(EngineError::Internal("a repartition topic written without checkpoints".into())),
         }
     }
 
