@@ -390,13 +390,11 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
         let count = if shuffle.topics[input].is_some() { shuffle.partitions } else { partitions[input] };
         let mut offsets = Vec::new();
         for p in 0..count {
-            let checkpointed = match &shuffle.topics[input] {
-                Some(_) => restored.as_ref().and_then(|r| r.get(input)?.get(p as usize).copied()),
-                None => restored
-                    .as_ref()
-                    .and_then(|r| r.get(input)?.get(p as usize).copied())
-                    .or(partition_chains[input][p as usize].2),
-            };
+            let mut checkpointed = restored.as_ref().and_then(|r| r.get(input)?.get(p as usize).copied());
+            if shuffle.topics[input].is_none() {
+                // A stateless query's partition task resumes at its own checkpoint.
+                checkpointed = checkpointed.or(partition_chains[input][p as usize].2);
+            }
             offsets.push(position(topic, p, checkpointed, input > 0 || shuffle.topics[input].is_some())?);
         }
         starts.push(offsets);
@@ -411,11 +409,7 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
         }
     }
     let mut reported = starts.clone();
-    for (input, slot) in slots.iter().enumerate() {
-        if *slot >= reported.len() {
-            reported.push(task_starts[input].clone());
-        }
-    }
+    reported.extend(slots.iter().enumerate().filter(|(i, slot)| **slot != *i).map(|(i, _)| task_starts[i].clone()));
     *stats.positions.lock() = reported;
     // The main input waits until every side input (a joined table) has been read up to where it
     // ended when the query started: a stream row must not miss table rows that already existed.
@@ -534,14 +528,11 @@ fn plan_repartition(
             .map(|i| keys.repartition.get(i).copied().flatten().map(|s| crate::repartition::topic_name(&spec.id, s)))
             .collect(),
     };
-    let Some(existing) = topics.iter().flatten().find(|t| store.topic_config(t).is_ok()) else {
-        let count = partitions.iter().copied().max().unwrap_or(1).max(spec.parallelism as u32).max(1);
-        for t in topics.iter().flatten() {
-            store.create_topic(t, crate::repartition::topic_config(count))?;
-        }
-        return Ok(Shuffle { topics, partitions: count });
+    // An existing topic (a restart) keeps its count; new ones get one partition per shard.
+    let count = match topics.iter().flatten().find_map(|t| store.topic_config(t).ok()) {
+        Some(existing) => existing.partitions,
+        None => partitions.iter().copied().max().unwrap_or(1).max(spec.parallelism as u32).max(1),
     };
-    let count = store.topic_config(existing)?.partitions;
     for t in topics.iter().flatten() {
         store.create_topic(t, crate::repartition::topic_config(count))?;
         if store.topic_config(t)?.partitions != count {
@@ -549,6 +540,16 @@ fn plan_repartition(
         }
     }
     Ok(Shuffle { topics, partitions: count })
+}
+
+/// How far event time may advance within rows: per row, the time their source partition had
+/// reached before each (when known), capped by `bound`, the other partitions' watermark;
+/// otherwise up to `bound` by the rows' own times.
+fn arrival(reached: Option<impl Iterator<Item = i64>>, bound: i64) -> ArrivalBound {
+    match reached {
+        Some(r) => ArrivalBound::PerRow(r.map(|t| t.min(bound)).collect()),
+        None => ArrivalBound::UpTo(bound),
+    }
 }
 
 /// A partition task's chain, its committer (stateless queries) and the offset its checkpoint
@@ -978,13 +979,7 @@ impl StageTask {
                 Shuffled::Rows { from, batch, reached } => {
                     let bound = self.trackers[shard].bound_for(base + from as usize);
                     let step = match input {
-                        0 => Step::Main(
-                            batch,
-                            match reached {
-                                Some(r) => ArrivalBound::PerRow(r.into_iter().map(|t| t.min(bound)).collect()),
-                                None => ArrivalBound::UpTo(bound),
-                            },
-                        ),
+                        0 => Step::Main(batch, arrival(reached.map(Vec::into_iter), bound)),
                         side => Step::Side(side, batch),
                     };
                     self.shards[shard].steps.push(step);
@@ -1025,11 +1020,9 @@ impl StageTask {
         for (k, part) in parts.into_iter().enumerate() {
             let Some((rows, picked)) = part else { continue };
             let bound = self.tracker(k).bound_for(slot);
-            let arrival = match (&reached, picked) {
-                (Some(r), Some(picked)) => {
-                    ArrivalBound::PerRow(picked.values().iter().map(|i| r[*i as usize].min(bound)).collect())
-                }
-                (Some(r), None) => ArrivalBound::PerRow(r.iter().map(|t| (*t).min(bound)).collect()),
+            let arrival = match (&reached, &picked) {
+                (Some(r), Some(picked)) => arrival(Some(picked.values().iter().map(|i| r[*i as usize])), bound),
+                (Some(r), None) => arrival(Some(r.iter().copied()), bound),
                 (None, _) => ArrivalBound::UpTo(bound),
             };
             self.shards[k].steps.push(Step::Main(rows, arrival));
