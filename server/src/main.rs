@@ -119,6 +119,10 @@ enum Bench {
         /// Skip the latency run.
         #[arg(long)]
         no_latency: bool,
+        /// The latency run's rate as a fraction of the measured throughput (the producer and
+        /// the reader of the latency run share the machine with the query).
+        #[arg(long, default_value_t = 0.5)]
+        latency_at: f64,
         /// Key shards of the query's stateful stage (`num.stream.threads`; default one per core).
         #[arg(long)]
         threads: Option<usize>,
@@ -151,8 +155,18 @@ fn main() -> anyhow::Result<()> {
             let report = runtime()?.block_on(bench::file::run(&opts))?;
             print_report(&report, json, serde_json::to_string_pretty(&report)?)
         }
-        Command::Bench { what: Bench::Nexmark { query, events, partitions, queries, no_latency, threads, json } } => {
-            let opts = bench::nexmark::Options { query, events, partitions, queries_dir: queries, no_latency, threads };
+        Command::Bench {
+            what: Bench::Nexmark { query, events, partitions, queries, no_latency, latency_at, threads, json },
+        } => {
+            let opts = bench::nexmark::Options {
+                query,
+                events,
+                partitions,
+                queries_dir: queries,
+                no_latency,
+                latency_at,
+                threads,
+            };
             let report = runtime()?.block_on(bench::nexmark::run(&opts))?;
             print_report(&report, json, serde_json::to_string_pretty(&report)?)
         }

@@ -46,6 +46,8 @@ pub struct Options {
     pub queries_dir: PathBuf,
     /// Skip the latency run.
     pub no_latency: bool,
+    /// The latency run's rate as a fraction of the measured throughput.
+    pub latency_at: f64,
     /// Key shards of stateful stages (`num.stream.threads`), if not the default.
     pub threads: Option<usize>,
 }
@@ -75,7 +77,9 @@ pub struct Report {
     pub output_rows: u64,
     /// Batch result rows.
     pub batch_rows: u64,
-    /// Latency percentiles at half the measured rate (stateless queries), ms, with
+    /// The latency run's rate (`--latency-at` times the measured rate; half by default), events/s.
+    pub latency_events_per_s: Option<f64>,
+    /// Latency percentiles at that rate (stateless queries), ms, with
     /// `processing.guarantee = at_least_once` (output visible once appended).
     pub p50_latency_ms: Option<f64>,
     /// p99 of the same.
@@ -453,8 +457,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         }
     }
 
-    let (p50, p99, p99_eo) = if spec.latency && !opts.no_latency {
-        let rate = events as f64 / wall / 2.0;
+    let latency_rate = (spec.latency && !opts.no_latency).then(|| events as f64 / wall * opts.latency_at);
+    let (p50, p99, p99_eo) = if let Some(rate) = latency_rate {
         let (p50, p99) = latency(&ddl, &query, spec.output, rate, opts.partitions, "at_least_once").await?;
         let (_, p99_eo) = latency(&ddl, &query, spec.output, rate, opts.partitions, "exactly_once").await?;
         (Some(p50), Some(p99), Some(p99_eo))
@@ -475,6 +479,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         matches_batch: stream_rows == batch_rows,
         output_rows: stream_rows.len() as u64,
         batch_rows: batch_rows.len() as u64,
+        latency_events_per_s: latency_rate,
         p50_latency_ms: p50,
         p99_latency_ms: p99,
         p99_latency_ms_exactly_once: p99_eo,
