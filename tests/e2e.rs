@@ -447,3 +447,42 @@ async fn group_by_a_value_column_goes_through_a_repartition_topic() {
     server.stop();
     assert_eq!(repartition_topics(dir.path()), Vec::<String>::new(), "the topic goes with its query");
 }
+
+/// ALTER STREAM ADD COLUMN widens a stream's schema for the queries that follow; records
+/// written before read the new column as null; the change survives a restart; a stream made by
+/// a query and a read-only source stream cannot be altered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_stream_adds_columns_that_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.ok(PAGEVIEWS).await;
+    server.ok("INSERT INTO pageviews VALUES ('alice', '/home', 12);").await;
+    let altered = server.ok("ALTER STREAM pageviews ADD COLUMN referrer STRING, ADD COLUMN bytes BIGINT;").await;
+    assert_eq!(altered[0]["@type"], "currentStatus", "{altered:#}");
+    server
+        .ok("INSERT INTO pageviews (user_id, page, duration, referrer, bytes) VALUES ('bob', '/buy', 70, 'ad', 512);")
+        .await;
+    let (_, body) = server.query("SELECT user_id, referrer, bytes FROM pageviews EMIT CHANGES LIMIT 2;").await;
+    let mut rows = Server::rows(&body);
+    rows.sort_by_key(|r| r[0].as_str().unwrap_or_default().to_string());
+    assert_eq!(rows, vec![json!(["alice", null, null]), json!(["bob", "ad", 512])]);
+
+    let (status, e) = server.ksql("ALTER STREAM pageviews ADD COLUMN page STRING;").await;
+    assert_eq!(status, 400);
+    assert!(e["message"].as_str().unwrap().contains("A column with the same name already exists"), "{e:#}");
+    server.ok(LONG_VIEWS).await;
+    let (status, e) = server.ksql("ALTER STREAM long_views ADD COLUMN x INT;").await;
+    assert_eq!(status, 400);
+    assert_eq!(e["message"], "ALTER command is not supported for CREATE ... AS statements.");
+    server.ok("CREATE SOURCE STREAM clicks (id STRING KEY, x INT) WITH (kafka_topic='clicks', value_format='JSON', partitions=1);").await;
+    let (_, e) = server.ksql("ALTER STREAM clicks ADD COLUMN y INT;").await;
+    assert_eq!(e["message"], "Cannot alter stream 'CLICKS': ALTER operations are not supported on source streams.");
+    server.stop();
+
+    let server = Server::start(dir.path());
+    let (_, d) = server.ksql("DESCRIBE pageviews;").await;
+    let fields: Vec<&str> =
+        d[0]["sourceDescription"]["fields"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(fields, vec!["USER_ID", "PAGE", "DURATION", "REFERRER", "BYTES"]);
+    server.stop();
+}

@@ -181,6 +181,8 @@ pub struct SourceSpec {
     pub event_time: EventTime,
     /// Tables keep tombstones (null values); streams skip them.
     pub keep_tombstones: bool,
+    /// Records without a key are skipped (a table cannot hold one; Kafka Streams drops them).
+    pub skip_null_keys: bool,
     /// Windowed keys: the rows get [`WINDOWSTART`] and [`WINDOWEND`] after the key columns.
     pub window: Option<SourceWindow>,
 }
@@ -277,7 +279,7 @@ impl SourceReader {
         let mut keys: Vec<Option<&[u8]>> = Vec::new();
         let mut values: Vec<Option<&[u8]>> = Vec::new();
         for r in fetch.records() {
-            if r.value.is_none() && !self.spec.keep_tombstones {
+            if (r.value.is_none() && !self.spec.keep_tombstones) || (r.key.is_none() && self.spec.skip_null_keys) {
                 continue;
             }
             offsets.push(r.offset as i64);

@@ -220,6 +220,15 @@ pub enum Statement {
         /// DELETE TOPIC
         delete_topic: bool,
     },
+    /// ALTER STREAM|TABLE name ADD [COLUMN] name type [, ADD [COLUMN] name type ...]
+    Alter {
+        /// Which.
+        kind: SourceKind,
+        /// Name.
+        name: String,
+        /// The value columns to add, in order.
+        columns: Vec<(String, SqlType)>,
+    },
     /// TERMINATE id | TERMINATE ALL
     Terminate {
         /// Query id; `None` for ALL.

@@ -102,6 +102,7 @@ impl SourceDef {
             event_time,
             // Streams pass null values through too (a projection of a null value is null).
             keep_tombstones: true,
+            skip_null_keys: self.kind == SourceKind::Table,
             window: self.window.map(|w| match w {
                 WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => SourceWindow::Time { size },
                 WindowKind::Session { .. } => SourceWindow::Session,

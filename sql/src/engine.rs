@@ -304,6 +304,9 @@ impl KsqlEngine {
                         "INSERT INTO can only be used to insert into a stream. {target} is a table."
                     )));
                 }
+                if sink.read_only {
+                    return Err(SqlError::plan(format!("Cannot insert into read-only stream: {target}")));
+                }
                 let plan = planner::plan_select(&self.ctx, catalog, &query).await?;
                 check_insert_schema(&plan, &sink)?;
                 let sequence = self.peek_sequence(replay)?;
@@ -440,6 +443,48 @@ impl KsqlEngine {
                 Ok(StatementResult::CommandStatus {
                     statement: text,
                     message: format!("Source `{name}` (topic: {}) was dropped.", source.topic),
+                    query_id: None,
+                    sequence,
+                })
+            }
+            Statement::Alter { kind, name, columns } => {
+                let Some(source) = catalog.sources.get(&name).cloned() else {
+                    return Err(SqlError::NotFound(format!("Source {name} does not exist.")));
+                };
+                let what = source.kind.name().to_lowercase();
+                if source.read_only {
+                    return Err(SqlError::plan(format!(
+                        "Cannot alter {what} '{name}': ALTER operations are not supported on source {what}s."
+                    )));
+                }
+                if source.kind != kind {
+                    return Err(SqlError::plan(format!(
+                        "Incompatible data source type is {}, but statement was ALTER {}",
+                        source.kind.name(),
+                        kind.name()
+                    )));
+                }
+                let created_by_query = crate::parser::parse(&source.statement)
+                    .ok()
+                    .and_then(|s| s.into_iter().next())
+                    .is_some_and(|s| matches!(s.statement, Statement::CreateSource { query: Some(_), .. }));
+                if created_by_query {
+                    return Err(SqlError::plan("ALTER command is not supported for CREATE ... AS statements."));
+                }
+                let mut altered = source;
+                for (column, sql_type) in columns {
+                    if altered.columns.iter().any(|c| c.name == column) {
+                        return Err(SqlError::plan(format!(
+                            "Cannot add column `{column}` to schema. A column with the same name already exists."
+                        )));
+                    }
+                    altered.columns.push(Column { name: column, sql_type, key: false });
+                }
+                let sequence = self.record(&text, props, replay)?;
+                catalog.sources.insert(name.clone(), altered);
+                Ok(StatementResult::CommandStatus {
+                    statement: text,
+                    message: format!("{} {name} altered.", if kind == SourceKind::Stream { "Stream" } else { "Table" }),
                     query_id: None,
                     sequence,
                 })
@@ -644,6 +689,12 @@ impl KsqlEngine {
             if !seen.insert(c.name.clone()) {
                 return Err(SqlError::plan(format!("Duplicate column names: {}", c.name)));
             }
+            if ["ROWPARTITION", "ROWOFFSET"].contains(&c.name.as_str()) {
+                return Err(SqlError::plan(format!(
+                    "'{}' is a reserved column name. You cannot use it as a name for a column.",
+                    c.name
+                )));
+            }
             if kind == SourceKind::Stream && c.primary_key {
                 return Err(SqlError::plan(format!(
                     "Line: {}, Col: {}: Column `{}` is a 'PRIMARY KEY' column: please use 'KEY' for streams.\nTables have PRIMARY KEYs, which are unique and NON NULL.\nStreams have KEYs, which have no uniqueness or NULL constraints.",
@@ -773,8 +824,10 @@ impl KsqlEngine {
         let (mut key_format, value_format) =
             formats(with, Some((&plan.source.key_format, &plan.source.value_format)), props)?;
         if plan.columns.iter().any(|c| c.key) && key_format.kind == FormatKind::None {
-            // A keyless source's query that has a key again (joins, PARTITION BY).
-            key_format = Format::new(FormatKind::Kafka);
+            // A keyless source's query that has a key again (joins, PARTITION BY): the default
+            // key format (ksqlDB's `ksql.persistence.default.format.key`, KAFKA when unset).
+            let default = props.get("ksql.persistence.default.format.key");
+            key_format = Format::new(default.map(|d| FormatKind::parse(d)).transpose()?.unwrap_or(FormatKind::Kafka));
         }
         if !plan.columns.iter().any(|c| c.key) {
             if with.get("KEY_FORMAT").is_some_and(|f| !f.as_text().eq_ignore_ascii_case("NONE")) {

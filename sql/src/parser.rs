@@ -244,6 +244,7 @@ impl StatementParser {
             t if is_word(t, "SHOW") || is_word(t, "LIST") => self.show()?,
             t if is_word(t, "DESCRIBE") => self.describe()?,
             t if is_word(t, "DROP") => self.drop()?,
+            t if is_word(t, "ALTER") => self.alter()?,
             t if is_word(t, "TERMINATE") => {
                 self.pos += 1;
                 if self.eat_kw("ALL") {
@@ -539,6 +540,29 @@ impl StatementParser {
         Ok(Statement::Drop { kind, if_exists, name, delete_topic })
     }
 
+    fn alter(&mut self) -> Result<Statement> {
+        self.expect_kw("ALTER")?;
+        let kind = if self.eat_kw("STREAM") {
+            SourceKind::Stream
+        } else if self.eat_kw("TABLE") {
+            SourceKind::Table
+        } else {
+            return self.error(format!("Syntax error at or near '{}': expected STREAM or TABLE", self.peek()));
+        };
+        let name = self.ident()?;
+        let mut columns = Vec::new();
+        loop {
+            self.expect_kw("ADD")?;
+            self.eat_kw("COLUMN");
+            let column = self.ident()?;
+            columns.push((column, self.sql_type()?));
+            if !self.eat(&Token::Comma) {
+                break;
+            }
+        }
+        Ok(Statement::Alter { kind, name, columns })
+    }
+
     fn print(&mut self) -> Result<Statement> {
         self.expect_kw("PRINT")?;
         let topic = match self.peek().clone() {
@@ -717,9 +741,21 @@ impl StatementParser {
                         self.pos += 1;
                     }
                     let toks = self.toks[start..self.pos].to_vec();
+                    let written: Vec<&Token> =
+                        toks.iter().map(|t| &t.token).filter(|t| !matches!(t, Token::Whitespace(_))).collect();
+                    if matches!(written.as_slice(), [Token::LParen, Token::RParen]) {
+                        return Err(SqlError::plan("PARTITION BY requires at least one expression"));
+                    }
                     let pos = self.position();
                     let mut p = Parser::new(&KsqlDialect).with_tokens_with_locations(toks);
                     partition_by = p.parse_comma_separated(Parser::parse_expr).map_err(|e| parser_error(e, pos))?;
+                    // ksqlDB's grammar takes value expressions here, not conditions.
+                    if partition_by.iter().any(is_condition) {
+                        return Err(SqlError::Parse {
+                            position: pos,
+                            message: "Syntax error: PARTITION BY takes value expressions, not a condition".into(),
+                        });
+                    }
                     continue;
                 }
             }
@@ -749,6 +785,26 @@ impl StatementParser {
 }
 
 /// Turns a sqlparser error (which embeds "at Line: l, Column: c") into a positioned error.
+/// A boolean condition (`AND`, `OR`, `NOT`, a comparison, `IS NULL`, `LIKE`, `IN`, `BETWEEN`):
+/// ksqlDB's grammar allows it where a boolean is expected, not as a value (`PARTITION BY`),
+/// unless in parentheses.
+fn is_condition(e: &sp::Expr) -> bool {
+    use sp::BinaryOperator as B;
+    match e {
+        sp::Expr::BinaryOp { op, .. } => {
+            matches!(op, B::And | B::Or | B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq)
+        }
+        sp::Expr::UnaryOp { op: sp::UnaryOperator::Not, .. } => true,
+        sp::Expr::IsNull(_)
+        | sp::Expr::IsNotNull(_)
+        | sp::Expr::Like { .. }
+        | sp::Expr::InList { .. }
+        | sp::Expr::Between { .. } => true,
+        // `(a AND b)` is a primary expression in ksqlDB's grammar, so a value.
+        _ => false,
+    }
+}
+
 fn parser_error(e: sqlparser::parser::ParserError, fallback: Position) -> SqlError {
     let msg = e.to_string();
     let msg = msg.strip_prefix("sql parser error: ").unwrap_or(&msg).to_string();

@@ -215,6 +215,9 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
         }
     }
     rewrite_projection(&mut body.projection, &source, rekey_by.is_some(), None, push);
+    if push && !grouped && source.kind == SourceKind::Stream {
+        skip_stream_tombstones(body);
+    }
     let mut rekey: Option<Vec<String>> = None;
     if let Some(exprs) = rekey_by {
         let mut names = Vec::new();
@@ -1785,10 +1788,18 @@ async fn plan_join(
             "the join expression {0} in its projection (eg, SELECT {0}...).\n{0} was added as a synthetic key column because the join criteria did not match any source column. This expression must be included in the projection and may be aliased.",
             synthetic_name
         )),
-        (Some((a, b)), None) => {
-            let (a, b) = (ksql_ast_text(a), ksql_ast_text(b));
-            Some(format!("the join expressions {a} or {b} in its projection (eg, SELECT {a}...)."))
-        }
+        // Only the sides that are columns can be selected as the key.
+        (Some((a, b)), None) => match (is_column(a), is_column(b)) {
+            (true, true) => {
+                let (a, b) = (ksql_ast_text(a), ksql_ast_text(b));
+                Some(format!("the join expressions {a} or {b} in its projection (eg, SELECT {a}...)."))
+            }
+            (true, false) | (false, true) => {
+                let c = ksql_ast_text(if is_column(a) { a } else { b });
+                Some(format!("the join expression {c} in its projection (eg, SELECT {c}...)."))
+            }
+            (false, false) => None,
+        },
         _ => None,
     };
     let mut synthetic_names: Vec<String> = Vec::new();
@@ -2979,6 +2990,20 @@ fn ksql_function(f: &mut sp::Function) {
         f.null_treatment = Some(sp::NullTreatment::IgnoreNulls);
     }
     f.name = sp::ObjectName::from(vec![sp::Ident::new(target)]);
+}
+
+/// A push query over a stream shows only records with a value: a null value (a tombstone) is
+/// skipped, as in ksqlDB; persistent queries pass it on as a row of nulls.
+fn skip_stream_tombstones(body: &mut sp::Select) {
+    let valid = sp::Expr::IsNotTrue(Box::new(sp::Expr::Identifier(quoted(rill_engine::source::DELETE))));
+    body.selection = Some(match body.selection.take() {
+        Some(w) => sp::Expr::BinaryOp {
+            left: Box::new(sp::Expr::Nested(Box::new(w))),
+            op: sp::BinaryOperator::And,
+            right: Box::new(valid),
+        },
+        None => valid,
+    });
 }
 
 fn quoted(name: &str) -> sp::Ident {

@@ -7,7 +7,9 @@
 //! goes to `POST /query`. Expected responses are matched in order against the admin entities,
 //! then one response per query: only the fields the test names are compared (a key `k|starts_with`
 //! compares a prefix, `{STATEMENT}` stands for the statement of that index), and a query's rows
-//! must match in number. `expectedError` matches the error's HTTP status, message (substring)
+//! must match in number; their `columns` are compared in order only when the case sets
+//! `outputConditions.verifyOrder`, otherwise as a multiset (upstream's rule: pull-query scans
+//! and push queries over several partitions have no defined order). `expectedError` matches the error's HTTP status, message (substring)
 //! and type (`KsqlStatementErrorMessage` = a `statement_error` naming the last statement). Unlike
 //! upstream, an expected error that never comes is a failure even when no query follows.
 
@@ -63,6 +65,10 @@ pub struct RestCaseNode {
     /// once the first query is running.
     #[serde(default, rename = "inputConditions")]
     pub input_conditions: Option<Value>,
+    /// `{"verifyOrder": true}`: a query's rows must come in the order given; without it, upstream
+    /// compares each query's row columns as a multiset.
+    #[serde(default, rename = "outputConditions")]
+    pub output_conditions: Option<Value>,
     /// Pull queries answered in protobuf.
     #[serde(default, rename = "testPullWithProtoFormat")]
     pub proto: bool,
@@ -311,8 +317,18 @@ pub async fn run_case(run: &RestRun, dir: &Path) -> Result<(), String> {
                         got.join(", ")
                     ));
                 }
-                for (j, (w, a)) in want_rows.iter().zip(rows).enumerate() {
-                    match_fields(a, w, statement, &format!("{path} row {j}"))?;
+                let verify_order = case
+                    .output_conditions
+                    .as_ref()
+                    .and_then(|c| c.get("verifyOrder"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                if verify_order {
+                    for (j, (w, a)) in want_rows.iter().zip(rows).enumerate() {
+                        match_fields(a, w, statement, &format!("{path} row {j}"))?;
+                    }
+                } else {
+                    match_rows_any_order(rows, want_rows, statement, &path)?;
                 }
             }
             _ => match_fields(actual, want, statement, &path)?,
@@ -415,6 +431,47 @@ fn match_fields(actual: &Value, expected: &Value, statement: &str, path: &str) -
             match_fields(a, &value, statement, &here)?;
         } else if let Some(d) = compare::difference(&value, a, "") {
             return Err(format!("{here}: {d}"));
+        }
+    }
+    Ok(())
+}
+
+/// Upstream's comparison of a query's rows without `outputConditions.verifyOrder`: each row's
+/// fields are matched in order, except the `row.columns`, which must be the same multiset.
+fn match_rows_any_order(rows: &[Value], want_rows: &[Value], statement: &str, path: &str) -> Result<(), String> {
+    // Takes `row.columns` out of a row (when the expected row names them).
+    fn split(row: &Value) -> (Value, Option<Value>) {
+        let mut row = row.clone();
+        let columns = row.get_mut("row").and_then(Value::as_object_mut).and_then(|r| r.remove("columns"));
+        (row, columns)
+    }
+    let mut wanted = Vec::new();
+    let mut got = Vec::new();
+    for (j, (w, a)) in want_rows.iter().zip(rows).enumerate() {
+        let (w, w_columns) = split(w);
+        let Some(w_columns) = w_columns else {
+            match_fields(a, &w, statement, &format!("{path} row {j}"))?;
+            continue;
+        };
+        let (a, a_columns) = split(a);
+        match_fields(&a, &w, statement, &format!("{path} row {j}"))?;
+        let Some(a_columns) = a_columns else { return Err(format!("{path} row {j}.row.columns: missing")) };
+        wanted.push(w_columns);
+        got.push(a_columns);
+    }
+    for a in &got {
+        match wanted.iter().position(|w| compare::difference(w, a, "").is_none()) {
+            Some(i) => {
+                wanted.swap_remove(i);
+            }
+            None => {
+                let left: Vec<String> = wanted.iter().map(compare::short).collect();
+                return Err(format!(
+                    "{path}: row {} is not expected (rows in any order); expected rows not yet matched: [{}]",
+                    compare::short(a),
+                    left.join(", ")
+                ));
+            }
         }
     }
     Ok(())
@@ -581,6 +638,21 @@ mod tests {
         let e = match_fields(&actual, &json!({"commandStatus": {"status": "ERROR"}}), "", "r").unwrap_err();
         assert_eq!(e, r#"r.commandStatus.status: expected "ERROR", got "SUCCESS""#);
         assert!(match_fields(&actual, &json!({"nope": 1}), "", "r").unwrap_err().ends_with("missing"));
+    }
+
+    #[test]
+    fn query_rows_match_as_a_multiset_of_columns() {
+        let header = json!({"header": {"schema": "`K` STRING KEY, `V` INTEGER"}});
+        let row = |k: &str, v: i64| json!({"row": {"columns": [k, v]}});
+        let want = [header.clone(), row("10", 1), row("11", 2)];
+        let swapped = [header.clone(), row("11", 2), row("10", 1)];
+        assert!(match_rows_any_order(&swapped, &want, "", "r").is_ok());
+        // Each expected row is used once; the other fields still match in order.
+        let twice = [header.clone(), row("10", 1), row("10", 1)];
+        let e = match_rows_any_order(&twice, &want, "", "r").unwrap_err();
+        assert!(e.starts_with(r#"r: row ["10",1] is not expected"#), "{e}");
+        let other_schema = [json!({"header": {"schema": "`K` STRING KEY"}}), row("10", 1), row("11", 2)];
+        assert!(match_rows_any_order(&other_schema, &want, "", "r").unwrap_err().contains("schema"));
     }
 
     #[test]
