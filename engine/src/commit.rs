@@ -18,8 +18,9 @@
 //!
 //! Cost model: a checkpoint costs one state snapshot and two small fsynced file writes per
 //! partition written. Checkpoints are taken at most every `interval` while input keeps coming,
-//! and sooner when the task runs out of input (after ten times the last checkpoint's duration
-//! and at least 5 ms, so that checkpointing never takes more than about a tenth of the time):
+//! and sooner when the task runs out of input: once no input came for as long as the last
+//! checkpoint took (at least 5 ms: a burst has ended), or ten times that since the last
+//! checkpoint (at least 5 ms: a trickle then spends at most about a tenth of the time on them):
 //! quiet queries with small state publish results within milliseconds (exactly-once output is
 //! visible only once committed), busy ones amortise the cost over `interval`.
 
@@ -62,6 +63,8 @@ pub struct Committer {
     file: CheckpointFile,
     spec: CheckpointSpec,
     producer: i64,
+    /// The task's name (for logs).
+    task: String,
     /// Epoch of the output being written now (last checkpoint's epoch + 1).
     epoch: u64,
     /// Partitions written in this epoch (with exactly-once, each has an open transaction).
@@ -70,6 +73,8 @@ pub struct Committer {
     outputs: Vec<String>,
     last: Instant,
     last_cost: Duration,
+    /// When the task last finished processing input.
+    last_work: Instant,
     dirty: bool,
 }
 
@@ -85,6 +90,7 @@ impl Committer {
         Self {
             file: CheckpointFile::new(&spec.dir, task),
             producer: producer_id(query, task),
+            task: format!("{query}/{task}"),
             store,
             spec,
             epoch: 1,
@@ -92,6 +98,7 @@ impl Committer {
             outputs,
             last: Instant::now(),
             last_cost: Duration::ZERO,
+            last_work: Instant::now(),
             dirty: false,
         }
     }
@@ -166,6 +173,11 @@ impl Committer {
         self.dirty
     }
 
+    /// Notes that the task has just processed input (see [`Committer::idle_deadline`]).
+    pub fn worked(&mut self) {
+        self.last_work = Instant::now();
+    }
+
     /// The shortest time between checkpoints when the task runs out of input: ten times the
     /// last checkpoint's duration, and at least 5 ms (Kafka Streams commits every 100 ms under
     /// exactly-once), never more than `interval`.
@@ -173,9 +185,16 @@ impl Committer {
         (self.last_cost * 10).max(Duration::from_millis(5)).min(self.spec.interval)
     }
 
+    /// How long input must have stopped before a checkpoint is taken sooner than
+    /// [`Committer::idle_wait`]: at least 5 ms, and as long as the last checkpoint took (a burst
+    /// of input has ended; a trickle with shorter gaps waits for `idle_wait`).
+    fn quiet(&self) -> Duration {
+        self.last_cost.max(Duration::from_millis(5))
+    }
+
     /// When a checkpoint is due if no more input arrives.
     pub fn idle_deadline(&self) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(self.last + self.idle_wait())
+        tokio::time::Instant::from_std((self.last + self.idle_wait()).min(self.last_work + self.quiet()))
     }
 
     /// Whether to checkpoint now; `idle` when the task has no input waiting.
@@ -184,7 +203,8 @@ impl Committer {
             return false;
         }
         let elapsed = self.last.elapsed();
-        elapsed >= self.spec.interval || (idle && elapsed >= self.idle_wait())
+        elapsed >= self.spec.interval
+            || (idle && (elapsed >= self.idle_wait() || self.last_work.elapsed() >= self.quiet()))
     }
 
     /// Takes a checkpoint of the state `snapshot` returns (per operator, as [`Chain::snapshot`]
@@ -214,6 +234,7 @@ impl Committer {
         self.dirty = false;
         self.last = Instant::now();
         self.last_cost = started.elapsed();
+        tracing::debug!(task = %self.task, epoch, cost_us = self.last_cost.as_micros() as u64, "checkpoint");
         Ok(epoch)
     }
 
@@ -226,6 +247,30 @@ impl Committer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Once input stops, a checkpoint comes after a quiet spell as long as the last checkpoint
+    /// took (at least 5 ms), not after ten times it: the end of a burst is committed soon.
+    #[test]
+    fn a_burst_is_committed_after_a_short_quiet_spell() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn TopicStore> =
+            Arc::new(rill_connectors::EmbeddedStore::open(&dir.path().join("log")).unwrap());
+        let spec =
+            CheckpointSpec { dir: dir.path().join("ckpt"), interval: Duration::from_secs(60), exactly_once: true };
+        let mut c = Committer::new(store, spec, "Q", "stage", vec![]);
+        assert!(!c.due(true), "nothing to checkpoint");
+        c.mark_dirty();
+        c.checkpoint(|| Ok(vec![]), vec![], serde_json::Value::Null).unwrap();
+        // Pretend the checkpoint was expensive: the trickle rule alone would wait 10 s.
+        c.last_cost = Duration::from_secs(1);
+        c.mark_dirty();
+        c.worked();
+        assert!(!c.due(true), "input has just been processed");
+        let deadline = c.idle_deadline();
+        let now = tokio::time::Instant::now();
+        assert!(deadline <= now + Duration::from_secs(1), "{:?}", deadline - now);
+        assert!(deadline > now + Duration::from_millis(900), "{:?}", deadline - now);
+    }
 
     #[test]
     fn producer_ids_are_stable_and_distinct() {

@@ -13,6 +13,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
@@ -781,7 +782,7 @@ struct StageTask {
     trackers: Vec<WatermarkTracker>,
     /// Index of each input's first partition in `tracker`.
     tracker_base: Vec<usize>,
-    state_measured: Option<std::time::Instant>,
+    state_measured: Option<Instant>,
     /// Checkpoints and transactional output (persistent queries).
     committer: Option<Committer>,
     /// Per input and partition: everything before this offset has been processed.
@@ -924,8 +925,11 @@ impl StageTask {
                 StageInput::Failed(e) => return Err(EngineError::Internal(e)),
             }
             self.flush().await?;
-            if self.committer.as_ref().is_some_and(|c| c.due(rx.is_empty())) {
-                self.checkpoint().await?;
+            if let Some(c) = &mut self.committer {
+                c.worked();
+                if c.due(rx.is_empty()) {
+                    self.checkpoint().await?;
+                }
             }
         }
     }
@@ -1157,7 +1161,7 @@ impl StageTask {
         if self.state_measured.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
             let state: usize = self.shards.iter().flat_map(|s| s.chain.operators()).map(|o| o.state_info().bytes).sum();
             self.stats.state_bytes.store(state as u64, Ordering::Relaxed);
-            self.state_measured = Some(std::time::Instant::now());
+            self.state_measured = Some(Instant::now());
         }
         let late: Vec<LateRow> = self.shards.iter_mut().flat_map(|s| s.late.drain(..)).collect();
         if !late.is_empty() {
@@ -1439,6 +1443,7 @@ impl Feeder {
                 continue;
             }
             let items = crate::repartition::decode_fetch(&fetch, self.stale_before)?;
+            tracing::debug!(topic = %self.topic, partition = self.partition, from = self.offset, to = fetch.next_offset(), "repartition fetch");
             self.offset = fetch.next_offset();
             let shuffled =
                 StageInput::Shuffled { input: self.input, partition: self.partition, items, next_offset: self.offset };
@@ -1653,6 +1658,7 @@ impl PartitionTask {
         match &mut self.committer {
             Some(c) => {
                 c.mark_dirty();
+                c.worked();
                 if c.due(false) {
                     self.checkpoint()?;
                 }

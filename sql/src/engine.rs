@@ -1647,13 +1647,14 @@ fn check_upgrade(old: &SourceDef, new: &SourceDef, old_sig: &[String], new_sig: 
 }
 
 impl KsqlEngine {
-    /// How query `id` checkpoints: `processing.guarantee` (`exactly_once` by default, or
-    /// `at_least_once`) and `commit.interval.ms` (longest time between checkpoints under load,
-    /// 2000 by default), as ksqlDB names them (also with the `ksql.streams.` prefix).
+    /// Where query `id` keeps its checkpoints.
     fn checkpoint_dir(&self, id: &str) -> PathBuf {
         self.state_dir.join("checkpoints").join(id)
     }
 
+    /// How query `id` checkpoints: `processing.guarantee` (`exactly_once` by default, or
+    /// `at_least_once`) and `commit.interval.ms` (longest time between checkpoints under load,
+    /// 2000 by default), as ksqlDB names them (also with the `ksql.streams.` prefix).
     fn checkpoint_spec(&self, id: &str, props: &Properties) -> Result<CheckpointSpec> {
         let prop = |name: &str| props.get(name).or_else(|| props.get(&format!("ksql.streams.{name}")));
         let exactly_once = match prop("processing.guarantee").map(|s| s.to_lowercase()) {
