@@ -1339,6 +1339,7 @@ pub async fn run_pull(
     }
     rewrite_projection(&mut body.projection, source, false, None, true);
     query.limit_clause = None;
+    string_plus(&mut query, source);
     if source.window.is_some() {
         window_bound_literals(&mut query);
     }
@@ -1836,11 +1837,14 @@ async fn plan_join(
                 _ => {}
             }
         }
+        // A windowed source's window bounds follow its key columns (ksqlDB).
         let expand = |source: &SourceDef, alias: &str, items: &mut Vec<sp::SelectItem>| {
-            for c in source.key_columns().chain(source.value_columns()) {
+            let bounds = source.window.map(|_| [WINDOWSTART, WINDOWEND]).into_iter().flatten();
+            let keys = source.key_columns().map(|c| c.name.as_str());
+            for name in keys.chain(bounds).chain(source.value_columns().map(|c| c.name.as_str())) {
                 items.push(sp::SelectItem::ExprWithAlias {
-                    expr: sp::Expr::CompoundIdentifier(vec![quoted(alias), quoted(&c.name)]),
-                    alias: quoted(&format!("{alias}_{}", c.name)),
+                    expr: sp::Expr::CompoundIdentifier(vec![quoted(alias), quoted(name)]),
+                    alias: quoted(&format!("{alias}_{name}")),
                 });
             }
         };
@@ -2400,6 +2404,12 @@ fn check_join_sources(op: &sp::JoinOperator, sides: [(&String, &String, &SourceD
                 WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => size,
                 WindowKind::Session { .. } => 0,
             };
+            let tables = left.kind == SourceKind::Table && right.kind == SourceKind::Table;
+            let source_of = |r: &[usize]| if r.first() == Some(&0) { left } else { right };
+            let one_key = key_of(a, source_of(&ra)) != key_of(b, source_of(&rb));
+            if tables && one_key {
+                return Err(SqlError::plan("Foreign-key table-table joins are not supported on windowed tables."));
+            }
             if size(l) != size(r) || !(key_of(a, left) && key_of(b, right) || key_of(a, right) && key_of(b, left)) {
                 return Err(SqlError::plan(
                     "Implicit repartitioning of windowed sources is not supported. See https://github.com/confluentinc/ksql/issues/4385.",

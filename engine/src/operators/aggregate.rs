@@ -46,8 +46,9 @@ use crate::{EngineError, Result};
 /// Name of the hidden column marking delete (tombstone) rows.
 /// Aggregate functions whose accumulators' `state()` copies the state and leaves the
 /// accumulator as it was (DataFusion 55's `count`, `sum`, `min`, `max`, `avg`, `first_value`,
-/// `last_value`, read in its source; Rill's own UDAFs): a checkpoint reads them in place. Others
-/// are rebuilt from their state after a checkpoint reads it.
+/// `last_value`, read in its source, but not their DISTINCT forms: `COUNT(DISTINCT s)` takes
+/// its set out; Rill's own UDAFs): a checkpoint reads them in place. Others are rebuilt from
+/// their state after a checkpoint reads it.
 const STATE_LEAVES_ACCUMULATOR: &[&str] = &[
     "count",
     "sum",
@@ -854,7 +855,7 @@ impl AggregateOperator {
         for (a, agg) in aggregates.iter().enumerate() {
             let fields = agg.state_fields()?;
             let mut states: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(n); fields.len()];
-            let intact = STATE_LEAVES_ACCUMULATOR.contains(&agg.fun().name());
+            let intact = STATE_LEAVES_ACCUMULATOR.contains(&agg.fun().name()) && !agg.is_distinct();
             for g in groups.iter_mut() {
                 let state = g.accs[a].state()?;
                 if !intact {
