@@ -1,14 +1,16 @@
 //! Reading a source: fetched records → Arrow batches with key, value and pseudo columns.
 //!
 //! The row schema of a source, as SQL sees it, is
-//! `key columns…, value columns…, ROWTIME, ROWPARTITION, ROWOFFSET`.
+//! `key columns…, value columns…, header columns…, ROWTIME, ROWPARTITION, ROWOFFSET`.
 //! Records that fail to decode become [`DeadLetter`]s and never reach operators.
 
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray, UInt32Array,
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Int32Array, Int64Array, ListArray, RecordBatch, StringArray,
+    StructArray, UInt32Array,
 };
+use arrow::buffer::OffsetBuffer;
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
@@ -185,6 +187,46 @@ pub struct SourceSpec {
     pub skip_null_keys: bool,
     /// Windowed keys: the rows get [`WINDOWSTART`] and [`WINDOWEND`] after the key columns.
     pub window: Option<SourceWindow>,
+    /// Columns read from the record headers, after the value columns.
+    pub headers: Vec<HeaderColumn>,
+}
+
+/// A column read from a record's headers (ksqlDB's `HEADERS` and `HEADER('key')` columns).
+#[derive(Clone, Debug)]
+pub struct HeaderColumn {
+    /// Column name.
+    pub name: String,
+    /// `None`: every header, as a list of `(KEY, VALUE)` structs; `Some(k)`: the value of the
+    /// last header named `k`, as bytes.
+    pub key: Option<String>,
+    /// The column's type: `List<Struct<KEY Utf8, VALUE Binary>>` or `Binary`.
+    pub data_type: DataType,
+}
+
+impl HeaderColumn {
+    /// The column for `records` (each record's headers, in order).
+    fn array(&self, records: &[Headers<'_>]) -> Result<ArrayRef> {
+        let Some(key) = &self.key else {
+            let DataType::List(item) = &self.data_type else {
+                return Err(EngineError::Internal(format!("HEADERS column {} is not a list", self.name)));
+            };
+            let DataType::Struct(fields) = item.data_type() else {
+                return Err(EngineError::Internal(format!("HEADERS column {} is not a list of structs", self.name)));
+            };
+            let all = records.iter().flatten();
+            let keys: StringArray = all.clone().map(|(k, _)| Some(*k)).collect();
+            let values: BinaryArray = all.map(|(_, v)| *v).collect();
+            let entries = StructArray::try_new(fields.clone(), vec![Arc::new(keys), Arc::new(values)], None)
+                .map_err(|e| EngineError::Internal(format!("HEADERS column {}: {e}", self.name)))?;
+            let offsets = OffsetBuffer::from_lengths(records.iter().map(Vec::len));
+            let list = ListArray::try_new(item.clone(), offsets, Arc::new(entries), None)
+                .map_err(|e| EngineError::Internal(format!("HEADERS column {}: {e}", self.name)))?;
+            return Ok(Arc::new(list));
+        };
+        let values: BinaryArray =
+            records.iter().map(|h| h.iter().rev().find(|(k, _)| k == key).and_then(|(_, v)| *v)).collect();
+        Ok(Arc::new(values))
+    }
 }
 
 impl SourceSpec {
@@ -200,6 +242,9 @@ impl SourceSpec {
         }
         for f in self.value_schema.fields().iter() {
             fields.push(f.as_ref().clone().with_nullable(true));
+        }
+        for h in &self.headers {
+            fields.push(Field::new(&h.name, h.data_type.clone(), true));
         }
         fields.push(Field::new(ROWTIME, DataType::Int64, true));
         fields.push(Field::new(ROWPARTITION, DataType::Int32, true));
@@ -240,6 +285,9 @@ pub struct ReadBatch {
     pub next_offset: u64,
 }
 
+/// One record's headers, in order: (key, value).
+type Headers<'a> = Vec<(&'a str, Option<&'a [u8]>)>;
+
 /// Decoded columns (one row per input record) and the records that failed, by input index.
 type ColumnsAndErrors = (Vec<ArrayRef>, Vec<(usize, String)>);
 
@@ -278,6 +326,7 @@ impl SourceReader {
         let mut timestamps = Vec::new();
         let mut keys: Vec<Option<&[u8]>> = Vec::new();
         let mut values: Vec<Option<&[u8]>> = Vec::new();
+        let mut headers: Vec<Headers<'_>> = Vec::new();
         for r in fetch.records() {
             if (r.value.is_none() && !self.spec.keep_tombstones) || (r.key.is_none() && self.spec.skip_null_keys) {
                 continue;
@@ -286,6 +335,9 @@ impl SourceReader {
             timestamps.push(r.timestamp);
             keys.push(r.key);
             values.push(r.value);
+            if !self.spec.headers.is_empty() {
+                headers.push(r.headers().collect());
+            }
         }
         let next_offset = fetch.next_offset();
         let n = offsets.len();
@@ -402,6 +454,12 @@ impl SourceReader {
             columns.insert(at, Arc::new(ends));
             columns.insert(at, Arc::new(starts));
         }
+        if !self.spec.headers.is_empty() {
+            let kept: Vec<Headers<'_>> = keep.iter().map(|i| std::mem::take(&mut headers[*i as usize])).collect();
+            for h in &self.spec.headers {
+                columns.push(h.array(&kept)?);
+            }
+        }
         let max_event_time = arrow::compute::max(&rowtime);
         columns.push(Arc::new(rowtime));
         columns.push(Arc::new(Int32Array::from(vec![self.partition as i32; keep.len()])));
@@ -481,6 +539,60 @@ mod tests {
     use super::*;
 
     use chrono::Datelike;
+
+    /// `HEADERS` gives every header of a record in order; `HEADER('k')` the last one named `k`
+    /// (null when absent); the value decoder never sees the header columns.
+    #[tokio::test]
+    async fn header_columns_come_from_the_record_headers() {
+        use rill_connectors::format::FormatKind;
+        use rill_connectors::store::{Record, TopicConfig, TopicStore};
+        let dir = tempfile::tempdir().unwrap();
+        let store = rill_connectors::EmbeddedStore::open(dir.path()).unwrap();
+        store.create_topic("t", TopicConfig { partitions: 1, ..Default::default() }).unwrap();
+        let record = |headers: Vec<(&str, Option<&'static [u8]>)>| Record {
+            timestamp: 5,
+            key: None,
+            value: Some(Bytes::from_static(br#"{"V": 7}"#)),
+            headers: headers.into_iter().map(|(k, v)| (k.to_string(), v.map(Bytes::from_static))).collect(),
+        };
+        let records = [record(vec![]), record(vec![("abc", Some(b"!")), ("def", None), ("abc", Some(b"#"))])];
+        store.append("t", 0, &records).await.unwrap();
+        let entry = DataType::Struct(
+            vec![Field::new("KEY", DataType::Utf8, true), Field::new("VALUE", DataType::Binary, true)].into(),
+        );
+        let list = DataType::List(Arc::new(Field::new("item", entry, true)));
+        let spec = SourceSpec {
+            topic: "t".into(),
+            key_format: Format::new(FormatKind::None),
+            value_format: Format::new(FormatKind::Json),
+            key_schema: Arc::new(Schema::empty()),
+            value_schema: Arc::new(Schema::new(vec![Field::new("V", DataType::Int64, true)])),
+            event_time: EventTime::RecordTimestamp,
+            keep_tombstones: false,
+            skip_null_keys: false,
+            window: None,
+            headers: vec![
+                HeaderColumn { name: "H".into(), key: None, data_type: list },
+                HeaderColumn { name: "ABC".into(), key: Some("abc".into()), data_type: DataType::Binary },
+            ],
+        };
+        let mut reader = SourceReader::try_new(spec, 0).unwrap();
+        let fetch = store.read("t", 0, 0, 1 << 20).unwrap();
+        let batch = reader.read(&fetch).unwrap().batch.unwrap();
+        let schema = batch.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["V", "H", "ABC", ROWTIME, ROWPARTITION, ROWOFFSET]);
+        let all = batch.column(1).as_list::<i32>();
+        assert_eq!(all.value_length(0), 0);
+        let second = all.value(1);
+        let entries = second.as_struct();
+        let keys: Vec<Option<&str>> = entries.column(0).as_string::<i32>().iter().collect();
+        assert_eq!(keys, [Some("abc"), Some("def"), Some("abc")]);
+        let values: Vec<Option<&[u8]>> = entries.column(1).as_binary::<i32>().iter().collect();
+        assert_eq!(values, [Some(&b"!"[..]), None, Some(&b"#"[..])]);
+        let abc: Vec<Option<&[u8]>> = batch.column(2).as_binary::<i32>().iter().collect();
+        assert_eq!(abc, [None, Some(&b"#"[..])]);
+    }
 
     #[test]
     fn windowed_keys_give_their_window() {

@@ -7,7 +7,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use rill_connectors::format::Format;
 use rill_engine::operators::WindowKind;
 use rill_engine::runtime::RunningQuery;
-use rill_engine::source::{EventTime, SourceSpec, SourceWindow};
+use rill_engine::source::{EventTime, HeaderColumn, SourceSpec, SourceWindow};
 
 use crate::ast::SourceKind;
 use crate::types::SqlType;
@@ -21,6 +21,9 @@ pub struct Column {
     pub sql_type: SqlType,
     /// Whether it is (part of) the key.
     pub key: bool,
+    /// Read from the record's headers: `Some(None)` every header (`HEADERS`), `Some(Some(k))`
+    /// the header named `k` (`HEADER('k')`). Header columns come after the value columns.
+    pub header: Option<Option<String>>,
 }
 
 /// A stream or table.
@@ -74,16 +77,23 @@ impl SourceDef {
         Self::schema_of(self.key_columns())
     }
 
-    /// Arrow schema of the value.
+    /// Arrow schema of the value (the columns in the record's value: not the header columns).
     pub fn value_schema(&self) -> SchemaRef {
-        Self::schema_of(self.value_columns())
+        Self::schema_of(self.value_columns().filter(|c| c.header.is_none()))
+    }
+
+    /// Whether some column is read from the record headers.
+    pub fn has_header_columns(&self) -> bool {
+        self.columns.iter().any(|c| c.header.is_some())
     }
 
     /// How the engine reads it.
     pub fn source_spec(&self) -> SourceSpec {
         let event_time = match &self.timestamp {
             Some(ts) => {
-                let idx = self.key_columns().chain(self.value_columns()).position(|c| &c.name == ts);
+                // An index among the decoded columns (header columns come after them).
+                let mut decoded = self.key_columns().chain(self.value_columns().filter(|c| c.header.is_none()));
+                let idx = decoded.position(|c| &c.name == ts);
                 let format = self.timestamp_format.as_ref().and_then(|f| crate::timefmt::java_to_chrono(f).ok());
                 match (idx, format) {
                     (Some(column), Some(format)) => EventTime::Formatted { column, format },
@@ -103,6 +113,14 @@ impl SourceDef {
             // Streams pass null values through too (a projection of a null value is null).
             keep_tombstones: true,
             skip_null_keys: self.kind == SourceKind::Table,
+            headers: self
+                .columns
+                .iter()
+                .filter_map(|c| {
+                    let key = c.header.clone()?;
+                    Some(HeaderColumn { name: c.name.clone(), key, data_type: c.sql_type.to_arrow() })
+                })
+                .collect(),
             window: self.window.map(|w| match w {
                 WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => SourceWindow::Time { size },
                 WindowKind::Session { .. } => SourceWindow::Session,

@@ -307,6 +307,9 @@ impl KsqlEngine {
                 if sink.read_only {
                     return Err(SqlError::plan(format!("Cannot insert into read-only stream: {target}")));
                 }
+                if sink.has_header_columns() {
+                    return Err(SqlError::plan(format!("Cannot insert into {target} because it has header columns")));
+                }
                 let plan = planner::plan_select(&self.ctx, catalog, &query).await?;
                 check_insert_schema(&plan, &sink)?;
                 let sequence = self.peek_sequence(replay)?;
@@ -478,7 +481,9 @@ impl KsqlEngine {
                             "Cannot add column `{column}` to schema. A column with the same name already exists."
                         )));
                     }
-                    altered.columns.push(Column { name: column, sql_type, key: false });
+                    // Value columns come before header columns.
+                    let at = altered.columns.iter().position(|c| c.header.is_some()).unwrap_or(altered.columns.len());
+                    altered.columns.insert(at, Column { name: column, sql_type, key: false, header: None });
                 }
                 let sequence = self.record(&text, props, replay)?;
                 catalog.sources.insert(name.clone(), altered);
@@ -707,8 +712,27 @@ impl KsqlEngine {
                     c.position.line, c.position.column, c.name
                 )));
             }
-            if c.header.is_some() {
-                return Err(SqlError::Unsupported("HEADER columns are not supported yet".into()));
+            let headers_type = SqlType::Array(Box::new(SqlType::Struct(vec![
+                ("KEY".into(), SqlType::String),
+                ("VALUE".into(), SqlType::Bytes),
+            ])));
+            match &c.header {
+                Some(None) if c.sql_type != headers_type => {
+                    return Err(SqlError::plan(format!(
+                        "Invalid type for HEADERS column: expected {headers_type}, got {}",
+                        c.sql_type
+                    )));
+                }
+                Some(Some(key)) if c.sql_type != SqlType::Bytes => {
+                    return Err(SqlError::plan(format!(
+                        "Invalid type for HEADER('{key}') column: expected BYTES, got {}",
+                        c.sql_type
+                    )));
+                }
+                Some(_) if c.key => {
+                    return Err(SqlError::plan(format!("Header column {} cannot be a key column", c.name)));
+                }
+                _ => {}
             }
         }
         if kind == SourceKind::Table && !columns.iter().any(|c| c.key) {
@@ -717,8 +741,14 @@ impl KsqlEngine {
         let cols: Vec<Column> = columns
             .iter()
             .filter(|c| c.key)
-            .chain(columns.iter().filter(|c| !c.key))
-            .map(|c| Column { name: c.name.clone(), sql_type: c.sql_type.clone(), key: c.key })
+            .chain(columns.iter().filter(|c| !c.key && c.header.is_none()))
+            .chain(columns.iter().filter(|c| c.header.is_some()))
+            .map(|c| Column {
+                name: c.name.clone(),
+                sql_type: c.sql_type.clone(),
+                key: c.key,
+                header: c.header.clone(),
+            })
             .collect();
         check_columns(&cols, with)?;
         let timestamp = check_timestamp(&cols, with)?;
@@ -840,7 +870,7 @@ impl KsqlEngine {
             .iter()
             .filter(|c| c.key)
             .chain(plan.columns.iter().filter(|c| !c.key))
-            .map(|c| Column { name: c.name.clone(), sql_type: c.sql_type.clone(), key: c.key })
+            .map(|c| Column { name: c.name.clone(), sql_type: c.sql_type.clone(), key: c.key, header: None })
             .collect();
         check_columns(&columns, with)?;
         let partitions = match with.get("PARTITIONS") {
@@ -1014,6 +1044,14 @@ impl KsqlEngine {
                 values.len()
             )));
         }
+        let headers: Vec<&str> = columns
+            .iter()
+            .filter(|c| sink.columns.iter().any(|s| &s.name == *c && s.header.is_some()))
+            .map(String::as_str)
+            .collect();
+        if !headers.is_empty() {
+            return Err(SqlError::plan(format!("Cannot insert into HEADER columns: {}", headers.join(", "))));
+        }
         for c in &columns {
             if c == rill_engine::source::ROWPARTITION || c == rill_engine::source::ROWOFFSET {
                 return Err(SqlError::plan(format!("Inserting into column `{c}` is not allowed.")));
@@ -1078,6 +1116,9 @@ impl KsqlEngine {
                 sink.kind.name().to_lowercase(),
                 sink.name
             )));
+        }
+        if sink.has_header_columns() {
+            return Err(SqlError::plan(format!("Cannot insert into {} because it has header columns", sink.name)));
         }
         let mut fields: Vec<Field> =
             sink.columns.iter().map(|c| Field::new(&c.name, c.sql_type.to_arrow(), true)).collect();

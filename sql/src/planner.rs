@@ -1566,6 +1566,7 @@ fn derived_source(joined: &QueryPlan, left: &SourceDef) -> Result<(SourceDef, Ve
             name: c.name.clone(),
             sql_type: c.sql_type.clone(),
             key: joined.is_table && c.key,
+            header: None,
         })
         .collect();
     columns.sort_by_key(|c| !c.key);
@@ -2861,7 +2862,14 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
                 let field = sp::AccessExpr::Dot(*right);
                 *e = match *left {
                     sp::Expr::CompoundFieldAccess { root, mut access_chain } => {
-                        access_chain.push(field);
+                        // After a subscript (`H[1]->KEY`) DataFusion takes a field named by a string.
+                        let subscripted = access_chain.iter().any(|a| matches!(a, sp::AccessExpr::Subscript(_)));
+                        access_chain.push(match field {
+                            sp::AccessExpr::Dot(sp::Expr::Identifier(f)) if subscripted => {
+                                sp::AccessExpr::Dot(sp::Expr::Value(sp::Value::SingleQuotedString(f.value).into()))
+                            }
+                            other => other,
+                        });
                         sp::Expr::CompoundFieldAccess { root, access_chain }
                     }
                     root => sp::Expr::CompoundFieldAccess { root: Box::new(root), access_chain: vec![field] },

@@ -266,7 +266,7 @@ pub(crate) mod tests {
     }
 
     fn key(name: &str, sql_type: SqlType) -> Column {
-        Column { name: name.into(), sql_type, key: true }
+        Column { name: name.into(), sql_type, key: true, header: None }
     }
 
     /// The message `by_key_only` gives for `sql` on a table keyed by `keys`, or "ok".

@@ -314,8 +314,13 @@ mod tests {
     #[test]
     fn rill_columns_render_like_ksqldb() {
         let cols = vec![
-            Column { name: "K".into(), sql_type: SqlType::String, key: true },
-            Column { name: "S".into(), sql_type: SqlType::Struct(vec![("A".into(), SqlType::Int)]), key: false },
+            Column { name: "K".into(), sql_type: SqlType::String, key: true, header: None },
+            Column {
+                name: "S".into(),
+                sql_type: SqlType::Struct(vec![("A".into(), SqlType::Int)]),
+                key: false,
+                header: None,
+            },
         ];
         let ours = render_columns(&cols);
         assert_eq!(normalize_schema(&ours).unwrap(), normalize_schema("K STRING KEY, S STRUCT<A INT>").unwrap());

@@ -64,7 +64,7 @@ pub async fn run_case(run: &Run, dir: &Path) -> Result<(), String> {
     }
 
     if case.outputs.iter().any(|r| r.headers.as_ref().is_some_and(|h| !h.is_empty())) {
-        return Err("runner: expected record headers cannot be checked yet (the store API does not expose them)".into());
+        return Err("output record headers: Rill does not carry input records' headers to output records yet".into());
     }
     let sources = engine.sources().await;
     let ran_with_inserts = case.inputs.is_empty();

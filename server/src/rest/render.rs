@@ -23,7 +23,8 @@ pub fn json_rows(batch: &RecordBatch, n: usize) -> Result<Vec<String>, String> {
             DataType::Timestamp(_, _) => arrow::compute::cast(&a, &DataType::Int64).map_err(|e| e.to_string())?,
             DataType::Date32 => arrow::compute::cast(&a, &DataType::Int32).map_err(|e| e.to_string())?,
             DataType::Time32(_) => arrow::compute::cast(&a, &DataType::Int32).map_err(|e| e.to_string())?,
-            _ => a,
+            // BYTES (also nested) as base64 strings.
+            _ => rill_connectors::format::bytes_as_base64(&a).map_err(|e| e.to_string())?,
         };
         cols.push((Arc::new(Field::new(batch.schema().field(i).name(), a.data_type().clone(), true)), a));
     }
