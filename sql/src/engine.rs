@@ -1595,10 +1595,19 @@ fn formats(with: &Props, inherit: Option<(&Format, &Format)>, props: &Properties
     }
     // WRAP_SINGLE_VALUE is not inherited from a query's source (ksqlDB).
     if let Some(PropValue::Bool(b)) = with.get("WRAP_SINGLE_VALUE") {
+        if *b && value.kind == FormatKind::Delimited {
+            return Err(SqlError::plan("Format 'DELIMITED' does not support 'WRAP_SINGLE_VALUE' set to 'true'."));
+        }
         value.wrap_single_value = *b;
     }
     for (prop, f) in [("VALUE_DELIMITER", &mut value), ("KEY_DELIMITER", &mut key)] {
         if let Some(d) = get(prop) {
+            if f.kind != FormatKind::Delimited {
+                return Err(SqlError::plan(format!(
+                    "{} does not support the following configs: [delimiter]",
+                    f.kind.name()
+                )));
+            }
             f.delimiter = match d.to_uppercase().as_str() {
                 "TAB" => b'\t',
                 "SPACE" => b' ',

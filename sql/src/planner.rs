@@ -144,6 +144,12 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
     let sp::SetExpr::Select(body) = query.body.as_mut() else {
         return Err(SqlError::Unsupported("Only simple SELECT statements are supported".into()));
     };
+    // `GROUP BY (a, b)`: one grouping set, the same as `GROUP BY a, b` (ksqlDB).
+    if let sp::GroupByExpr::Expressions(exprs, _) = &mut body.group_by {
+        if let [sp::Expr::Tuple(items)] = exprs.as_slice() {
+            *exprs = items.clone();
+        }
+    }
     let mut grouped = !matches!(body.group_by, sp::GroupByExpr::Expressions(ref e, _) if e.is_empty());
     if push && !grouped && select.window.is_none() {
         // A push query may aggregate without GROUP BY: one group of every row (ksqlDB).

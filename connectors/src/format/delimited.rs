@@ -1,9 +1,10 @@
-//! DELIMITED values: arrow-csv's decoder and writer, one record per value, no header.
+//! DELIMITED values, one record per value, no header: arrow-csv's decoder; written with arrow's
+//! value formatters and the quoting of ksqlDB's writer (Apache Commons CSV, minimal quoting).
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
 use arrow_csv::reader::{Decoder as CsvDecoder, ReaderBuilder};
-use arrow_csv::WriterBuilder;
 use bytes::Bytes;
 
 use super::{decode_one_by_one, temporal_to_numbers, Decoded, Decoder, Encoder};
@@ -111,27 +112,62 @@ impl DelimitedEncoder {
 impl Encoder for DelimitedEncoder {
     fn encode(&mut self, batch: &RecordBatch, out: &mut Vec<Option<Bytes>>) -> Result<()> {
         let batch = temporal_to_numbers(batch)?;
-        let mut buf = Vec::new();
-        {
-            let mut w = WriterBuilder::new().with_header(false).with_delimiter(self.delimiter).build(&mut buf);
-            w.write(&batch).map_err(|e| ConnectorError::Encode(e.to_string()))?;
-        }
-        let all = Bytes::from(buf);
-        // Split into records at newlines outside quotes.
-        let mut start = 0;
-        let mut quoted = false;
-        for (i, c) in all.iter().enumerate() {
-            match c {
-                b'"' => quoted = !quoted,
-                b'\n' if !quoted => {
-                    let end = if i > start && all[i - 1] == b'\r' { i - 1 } else { i };
-                    out.push(Some(all.slice(start..end)));
-                    start = i + 1;
+        let options = FormatOptions::default();
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|a| ArrayFormatter::try_new(a.as_ref(), &options))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| ConnectorError::Encode(e.to_string()))?;
+        let mut field = String::new();
+        for row in 0..batch.num_rows() {
+            let mut record = Vec::new();
+            for (i, (f, column)) in formatters.iter().zip(batch.columns()).enumerate() {
+                if i > 0 {
+                    record.push(self.delimiter);
                 }
-                _ => {}
+                // A null is an empty field, never quoted.
+                if column.is_null(row) {
+                    continue;
+                }
+                field.clear();
+                f.value(row).write(&mut field).map_err(|e| ConnectorError::Encode(e.to_string()))?;
+                self.push_field(&mut record, &field, i == 0);
             }
+            out.push(Some(Bytes::from(record)));
         }
         Ok(())
+    }
+}
+
+impl DelimitedEncoder {
+    /// Appends `field`, quoted where ksqlDB's writer (Apache Commons CSV, minimal quoting)
+    /// quotes it: an empty first field; a first field not starting with a letter or digit;
+    /// any field starting with a character up to `#`, holding a delimiter, quote or line
+    /// break, or ending in a space or control character. Quotes inside are doubled.
+    fn push_field(&self, record: &mut Vec<u8>, field: &str, first: bool) {
+        let bytes = field.as_bytes();
+        let quote = match bytes.first() {
+            None => first,
+            Some(&c) => {
+                (first && !c.is_ascii_alphanumeric())
+                    || c <= b'#'
+                    || bytes.iter().any(|&b| b == b'\n' || b == b'\r' || b == b'"' || b == self.delimiter)
+                    || bytes.last().is_some_and(|&b| b <= b' ')
+            }
+        };
+        if !quote {
+            record.extend_from_slice(bytes);
+            return;
+        }
+        record.push(b'"');
+        for &b in bytes {
+            if b == b'"' {
+                record.push(b'"');
+            }
+            record.push(b);
+        }
+        record.push(b'"');
     }
 }
 
@@ -168,5 +204,37 @@ mod tests {
         DelimitedEncoder::new(b',').encode(&batch, &mut enc).unwrap();
         assert_eq!(enc[0].as_deref(), Some(&b"1,\"a\"\"b\",0.0"[..]));
         assert_eq!(enc[1].as_deref(), Some(&b"2,x,1.5"[..]));
+    }
+
+    /// The fields ksqlDB quotes: a first field not starting with a letter or digit (or empty),
+    /// any field starting with `#` or below, or ending in white space; nulls are empty.
+    #[test]
+    fn fields_are_quoted_as_ksqldb_quotes_them() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("A", DataType::Utf8, true),
+            Field::new("B", DataType::Utf8, true),
+            Field::new("C", DataType::Int64, true),
+        ]));
+        let rows = [
+            (Some("-1"), Some("-1"), Some(-1)),
+            (Some("!"), Some("!"), None),
+            (Some(""), Some(""), Some(7)),
+            (None, Some("a b "), Some(7)),
+            (Some("x"), Some("#"), Some(7)),
+        ];
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+                Arc::new(StringArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+                Arc::new(Int64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+            ],
+        )
+        .unwrap();
+        let mut enc = Vec::new();
+        DelimitedEncoder::new(b',').encode(&batch, &mut enc).unwrap();
+        let text: Vec<String> =
+            enc.iter().map(|v| String::from_utf8_lossy(v.as_deref().unwrap()).into_owned()).collect();
+        assert_eq!(text, ["\"-1\",-1,-1", "\"!\",\"!\",", "\"\",,7", ",\"a b \",7", "x,\"#\",7"]);
     }
 }
