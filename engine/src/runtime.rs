@@ -1279,7 +1279,7 @@ impl OffsetCommits {
     fn commit(&mut self, offsets: impl FnOnce() -> Offsets, now: bool) -> Result<()> {
         if self.in_flight.as_ref().is_some_and(|h| h.is_finished()) {
             if let Some(Some(done)) = self.in_flight.take().map(futures::FutureExt::now_or_never) {
-                done.map_err(|e| EngineError::Internal(format!("offset commit: {e}")))??;
+                commit_result(done)?;
             }
         }
         let due = self.last.as_ref().is_none_or(|(_, at)| at.elapsed() >= OFFSET_COMMIT_INTERVAL);
@@ -1294,12 +1294,12 @@ impl OffsetCommits {
         let committing = offsets.clone();
         self.in_flight = Some(tokio::spawn(async move {
             if let Some(p) = previous {
-                p.await.map_err(|e| EngineError::Internal(format!("offset commit: {e}")))??;
+                commit_result(p.await)?;
             }
-            tokio::task::spawn_blocking(move || store.commit_offsets(&group, &committing))
-                .await
-                .map_err(|e| EngineError::Internal(format!("offset commit: {e}")))?
-                .map_err(EngineError::from)
+            match tokio::task::spawn_blocking(move || store.commit_offsets(&group, &committing)).await {
+                Ok(r) => r.map_err(EngineError::from),
+                Err(e) => commit_result(Err(e)),
+            }
         }));
         self.last = Some((offsets, std::time::Instant::now()));
         Ok(())
@@ -1308,9 +1308,19 @@ impl OffsetCommits {
     /// Waits until every commit has landed.
     async fn landed(&mut self) -> Result<()> {
         match self.in_flight.take() {
-            Some(h) => h.await.map_err(|e| EngineError::Internal(format!("offset commit: {e}")))?,
+            Some(h) => commit_result(h.await),
             None => Ok(()),
         }
+    }
+}
+
+/// The outcome of a commit task. One cancelled because the runtime is shutting down is not an
+/// error: its offsets were not committed, so at-least-once reading resumes before them.
+fn commit_result(joined: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    match joined {
+        Ok(r) => r,
+        Err(e) if e.is_cancelled() => Ok(()),
+        Err(e) => Err(EngineError::Internal(format!("offset commit: {e}"))),
     }
 }
 

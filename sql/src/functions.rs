@@ -11,7 +11,7 @@ const SCALAR_ALIASES: &[(&str, &str)] = &[
     ("ucase", "upper"),
     ("lcase", "lower"),
     ("len", "character_length"),
-    ("ifnull", "nvl"),
+    ("ifnull", "coalesce"),
     ("ceil", "ceil"),
     ("sign", "signum"),
 ];
@@ -38,7 +38,7 @@ pub fn register(ctx: &SessionContext) -> Result<()> {
         .chain(crate::regexfns::all())
         .chain(crate::regexfns::splits())
         .chain(crate::udfs::elt_field())
-        .chain([crate::udfs::instr_fn()])
+        .chain([crate::udfs::instr_fn(), crate::castfn::udf()])
     {
         ctx.register_udf(udf);
     }

@@ -10,6 +10,7 @@
 
 pub mod ast;
 pub mod bytefns;
+pub mod castfn;
 pub mod catalog;
 pub mod engine;
 pub mod error;

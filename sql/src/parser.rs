@@ -65,6 +65,7 @@ pub fn parse(sql: &str) -> Result<Vec<ParsedStatement>> {
             None => sql.len(),
         };
         let text = sql.get(start..stop).unwrap_or(sql).trim().to_string();
+        complex_casts(current)?;
         let statement = StatementParser::new(std::mem::take(current)).statement()?;
         out.push(ParsedStatement { statement, text });
         Ok(())
@@ -83,6 +84,74 @@ pub fn parse(sql: &str) -> Result<Vec<ParsedStatement>> {
     }
     flush(&mut current, None)?;
     Ok(out)
+}
+
+/// Parses a ksqlDB type, as written in a column definition (`MAP<STRING, ARRAY<INT>>`).
+pub fn parse_type(text: &str) -> Result<SqlType> {
+    let tokens = Tokenizer::new(&KsqlDialect, text).tokenize_with_location().map_err(|e| SqlError::Parse {
+        position: Position { line: e.location.line, column: e.location.column },
+        message: format!("Syntax error: {}", e.message),
+    })?;
+    let mut toks: Vec<TokenWithSpan> =
+        tokens.into_iter().filter(|t| !matches!(t.token, Token::Whitespace(_))).collect();
+    for t in &mut toks {
+        if let Token::Word(w) = &mut t.token {
+            if w.quote_style.is_none() {
+                w.value = w.value.to_uppercase();
+            }
+        }
+    }
+    let n = toks.len();
+    let mut p = StatementParser::new(toks);
+    let t = p.sql_type()?;
+    if p.pos < n {
+        return p.error(format!("Syntax error at or near '{}': expected the end of the type", p.peek()));
+    }
+    Ok(t)
+}
+
+/// `CAST(x AS ARRAY<..> | MAP<..> | STRUCT<..>)` becomes `RILL_CAST(x, 'type')` (see
+/// [`crate::castfn`]); other casts stay as they are.
+fn complex_casts(toks: &mut Vec<TokenWithSpan>) -> Result<()> {
+    let mut i = 0;
+    while i + 1 < toks.len() {
+        if !(is_word(&toks[i].token, "CAST") && toks[i + 1].token == Token::LParen) {
+            i += 1;
+            continue;
+        }
+        let (mut depth, mut as_at, mut close) = (0usize, None, None);
+        for (j, t) in toks.iter().enumerate().skip(i + 1) {
+            match &t.token {
+                Token::LParen => depth += 1,
+                Token::RParen => {
+                    depth -= 1;
+                    if depth == 0 {
+                        close = Some(j);
+                        break;
+                    }
+                }
+                t if depth == 1 && is_word(t, "AS") => as_at = Some(j),
+                _ => {}
+            }
+        }
+        let (Some(a), Some(c)) = (as_at, close) else { break };
+        let complex = ["ARRAY", "MAP", "STRUCT"].iter().any(|k| a + 1 < c && is_word(&toks[a + 1].token, k));
+        if complex {
+            let mut p = StatementParser::new(toks[a + 1..c].to_vec());
+            let sql_type = p.sql_type()?;
+            let span = toks[a].span;
+            let replacement = [
+                TokenWithSpan { token: Token::Comma, span },
+                TokenWithSpan { token: Token::SingleQuotedString(sql_type.to_string()), span },
+            ];
+            toks.splice(a..c, replacement);
+            if let Token::Word(w) = &mut toks[i].token {
+                w.value = crate::castfn::NAME.to_uppercase();
+            }
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 fn line_starts(sql: &str) -> Vec<usize> {
