@@ -29,6 +29,10 @@ impl Dialect for KsqlDialect {
     fn is_delimited_identifier_start(&self, ch: char) -> bool {
         ch == '`' || ch == '"'
     }
+    /// ksqlDB's identifiers may start with digits (`AS 1R`).
+    fn supports_numeric_prefix(&self) -> bool {
+        true
+    }
     /// ksqlDB's struct dereference `a->b` binds as tightly as a cast (`x->f = y->g` compares
     /// two fields; sqlparser's default puts `->` below `=`).
     fn get_next_precedence(

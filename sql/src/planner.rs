@@ -2809,6 +2809,15 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
                 // is 0.0, its SUM of no (or only null) values is 0; DataFusion's corr/stddev/sum
                 // give NULL there.
                 let name = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_uppercase());
+                // ksqlDB's one-argument LOG is the natural logarithm (DataFusion's is base 10).
+                if name.as_deref() == Some("LOG") {
+                    if let sp::FunctionArguments::List(list) = &f.args {
+                        if list.args.len() == 1 {
+                            f.name = sp::ObjectName::from(vec![sp::Ident::new("ln")]);
+                            return ControlFlow::Continue(());
+                        }
+                    }
+                }
                 let fallback = match name.as_deref() {
                     Some("CORRELATION") => Some(("NaN", true)),
                     Some("STDDEV_SAMP" | "STDDEV_SAMPLE") => Some(("0", true)),
@@ -2869,7 +2878,8 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
                 *e = match *left {
                     sp::Expr::CompoundFieldAccess { root, mut access_chain } => {
                         // After a subscript (`H[1]->KEY`) DataFusion takes a field named by a string.
-                        let subscripted = access_chain.iter().any(|a| matches!(a, sp::AccessExpr::Subscript(_)));
+                        let subscripted = access_chain.iter().any(|a| matches!(a, sp::AccessExpr::Subscript(_)))
+                            || !matches!(root.as_ref(), sp::Expr::Identifier(_) | sp::Expr::CompoundIdentifier(_));
                         access_chain.push(match field {
                             sp::AccessExpr::Dot(sp::Expr::Identifier(f)) if subscripted => {
                                 sp::AccessExpr::Dot(sp::Expr::Value(sp::Value::SingleQuotedString(f.value).into()))
@@ -2878,7 +2888,19 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
                         });
                         sp::Expr::CompoundFieldAccess { root, access_chain }
                     }
-                    root => sp::Expr::CompoundFieldAccess { root: Box::new(root), access_chain: vec![field] },
+                    // On a computed value (`EXPLODE(a)->F1`), too.
+                    root @ (sp::Expr::Identifier(_) | sp::Expr::CompoundIdentifier(_) | sp::Expr::Nested(_)) => {
+                        sp::Expr::CompoundFieldAccess { root: Box::new(root), access_chain: vec![field] }
+                    }
+                    root => {
+                        let field = match field {
+                            sp::AccessExpr::Dot(sp::Expr::Identifier(f)) => {
+                                sp::AccessExpr::Dot(sp::Expr::Value(sp::Value::SingleQuotedString(f.value).into()))
+                            }
+                            other => other,
+                        };
+                        sp::Expr::CompoundFieldAccess { root: Box::new(root), access_chain: vec![field] }
+                    }
                 };
             }
             _ => {}
