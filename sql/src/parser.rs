@@ -356,15 +356,10 @@ impl StatementParser {
         self.expect_kw("CREATE")?;
         let or_replace = self.eat_kws(&["OR", "REPLACE"]);
         let read_only = self.eat_kw("SOURCE");
-        let kind = if self.eat_kw("STREAM") {
-            SourceKind::Stream
-        } else if self.eat_kw("TABLE") {
-            SourceKind::Table
-        } else if self.is_kw("TYPE") || self.is_kw("CONNECTOR") {
+        if self.is_kw("TYPE") || self.is_kw("CONNECTOR") {
             return Err(SqlError::Unsupported(format!("CREATE {} is not supported yet", self.peek())));
-        } else {
-            return self.error(format!("Syntax error at or near '{}': expected STREAM or TABLE", self.peek()));
-        };
+        }
+        let kind = self.stream_or_table()?;
         let if_not_exists = self.eat_kws(&["IF", "NOT", "EXISTS"]);
         let name = self.ident()?;
         let mut columns = Vec::new();
@@ -598,15 +593,20 @@ impl StatementParser {
         Ok(Statement::Describe { name, extended })
     }
 
+    /// `STREAM` or `TABLE`.
+    fn stream_or_table(&mut self) -> Result<SourceKind> {
+        if self.eat_kw("STREAM") {
+            Ok(SourceKind::Stream)
+        } else if self.eat_kw("TABLE") {
+            Ok(SourceKind::Table)
+        } else {
+            self.error(format!("Syntax error at or near '{}': expected STREAM or TABLE", self.peek()))
+        }
+    }
+
     fn drop(&mut self) -> Result<Statement> {
         self.expect_kw("DROP")?;
-        let kind = if self.eat_kw("STREAM") {
-            SourceKind::Stream
-        } else if self.eat_kw("TABLE") {
-            SourceKind::Table
-        } else {
-            return self.error(format!("Syntax error at or near '{}': expected STREAM or TABLE", self.peek()));
-        };
+        let kind = self.stream_or_table()?;
         let if_exists = self.eat_kws(&["IF", "EXISTS"]);
         let name = self.ident()?;
         let delete_topic = self.eat_kws(&["DELETE", "TOPIC"]);
@@ -615,13 +615,7 @@ impl StatementParser {
 
     fn alter(&mut self) -> Result<Statement> {
         self.expect_kw("ALTER")?;
-        let kind = if self.eat_kw("STREAM") {
-            SourceKind::Stream
-        } else if self.eat_kw("TABLE") {
-            SourceKind::Table
-        } else {
-            return self.error(format!("Syntax error at or near '{}': expected STREAM or TABLE", self.peek()));
-        };
+        let kind = self.stream_or_table()?;
         let name = self.ident()?;
         let mut columns = Vec::new();
         loop {
