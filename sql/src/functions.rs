@@ -31,6 +31,9 @@ pub fn register(ctx: &SessionContext) -> Result<()> {
             ctx.register_udf(udf.as_ref().clone().with_aliases([*alias]));
         }
     }
+    if let Ok(round) = state.udf("round") {
+        ctx.register_udf(crate::roundfn::udf(round.as_ref().clone()));
+    }
     for udf in crate::udfs::all()
         .into_iter()
         .chain(crate::bytefns::all())

@@ -21,6 +21,7 @@ pub mod planner;
 pub mod pull;
 pub mod regexfns;
 pub mod results;
+pub mod roundfn;
 pub mod timefmt;
 pub mod typecheck;
 pub mod types;
