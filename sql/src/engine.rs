@@ -854,10 +854,21 @@ impl KsqlEngine {
         let (mut key_format, value_format) =
             formats(with, Some((&plan.source.key_format, &plan.source.value_format)), props)?;
         if plan.columns.iter().any(|c| c.key) && key_format.kind == FormatKind::None {
-            // A keyless source's query that has a key again (joins, PARTITION BY): the default
-            // key format (ksqlDB's `ksql.persistence.default.format.key`, KAFKA when unset).
+            let explicit = with.get("KEY_FORMAT").or(with.get("FORMAT"));
+            if explicit.is_some_and(|f| f.as_text().eq_ignore_ascii_case("NONE")) {
+                let keys: Vec<String> =
+                    plan.columns.iter().filter(|c| c.key).map(|c| format!("`{}` {} KEY", c.name, c.sql_type)).collect();
+                return Err(SqlError::plan(format!(
+                    "The 'NONE' format can only be used when no columns are defined. Got: [{}]",
+                    keys.join(", ")
+                )));
+            }
+            // A keyless source's query that has a key again (joins, PARTITION BY, GROUP BY): the
+            // default key format (ksqlDB's `ksql.persistence.default.format.key`, KAFKA when
+            // unset), a single key column unwrapped.
             let default = props.get("ksql.persistence.default.format.key");
             key_format = Format::new(default.map(|d| FormatKind::parse(d)).transpose()?.unwrap_or(FormatKind::Kafka));
+            key_format.wrap_single_value = false;
         }
         if !plan.columns.iter().any(|c| c.key) {
             if with.get("KEY_FORMAT").is_some_and(|f| !f.as_text().eq_ignore_ascii_case("NONE")) {
