@@ -37,6 +37,26 @@ pub struct SinkSpec {
     pub delete_column: Option<usize>,
     /// Windowed keys: the window start and end columns, and whether windows are sessions.
     pub window: Option<WindowKey>,
+    /// A column of each row's record headers (`ARRAY<STRUCT<KEY, VALUE>>`, see
+    /// [`crate::source::HEADERS`]) to write with it.
+    pub headers_column: Option<usize>,
+}
+
+/// Row `i` of a headers column as record headers.
+fn headers_of(column: &arrow::array::ListArray, i: usize) -> Vec<(String, Option<Bytes>)> {
+    let offsets = column.value_offsets();
+    let (from, to) = (offsets[i] as usize, offsets[i + 1] as usize);
+    if from == to || column.is_null(i) {
+        return Vec::new();
+    }
+    let entries = column.values().as_struct();
+    let (keys, values) = (entries.column(0).as_string::<i32>(), entries.column(1).as_binary::<i32>());
+    (from..to)
+        .map(|j| {
+            let value = (!values.is_null(j)).then(|| Bytes::copy_from_slice(values.value(j)));
+            (keys.value(j).to_string(), value)
+        })
+        .collect()
 }
 
 /// How window bounds are appended to the key bytes, as Kafka Streams' windowed serdes do:
@@ -113,6 +133,7 @@ impl Sink {
             }
         };
         let delete = self.spec.delete_column.map(|c| batch.column(c).as_boolean().clone());
+        let headers = self.spec.headers_column.map(|c| batch.column(c).as_list::<i32>().clone());
         let window = match self.spec.window {
             Some(w) => Some((
                 arrow::compute::cast(batch.column(w.start), &arrow::datatypes::DataType::Int64)?,
@@ -162,7 +183,8 @@ impl Sink {
                 });
                 continue;
             }
-            by_partition.entry(p).or_default().push(Record { timestamp, key, value, headers: vec![] });
+            let headers = headers.as_ref().map(|h| headers_of(h, i)).unwrap_or_default();
+            by_partition.entry(p).or_default().push(Record { timestamp, key, value, headers });
         }
         Ok(by_partition)
     }
@@ -213,6 +235,7 @@ mod tests {
             input_schema: schema.clone(),
             delete_column: None,
             window: None,
+            headers_column: None,
         };
         let mut sink = Sink::try_new(spec, store).unwrap();
         let batch = RecordBatch::try_new(
@@ -232,5 +255,51 @@ mod tests {
         assert!(refused[1].error.contains("negative"), "{}", refused[1].error);
         assert!(refused[1].value.as_deref().is_some_and(|v| v.contains("\"ID\":3")));
         assert!(sink.take_refused().is_empty(), "taken once");
+    }
+
+    /// A row's headers column becomes its record's headers, in order, null values kept.
+    #[test]
+    fn rows_carry_their_headers_to_their_records() {
+        use arrow::array::{BinaryArray, ListArray, StructArray};
+        use arrow::buffer::OffsetBuffer;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn TopicStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        store.create_topic("out", rill_log::TopicConfig::default()).unwrap();
+        let headers_type = crate::source::headers_type();
+        let DataType::List(item) = &headers_type else { unreachable!() };
+        let DataType::Struct(fields) = item.data_type() else { unreachable!() };
+        let entries = StructArray::new(
+            fields.clone(),
+            vec![Arc::new(StringArray::from(vec!["a", "b"])), Arc::new(BinaryArray::from(vec![Some(&b"1"[..]), None]))],
+            None,
+        );
+        let headers = ListArray::new(item.clone(), OffsetBuffer::from_lengths([0, 2]), Arc::new(entries), None);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ID", DataType::Int64, true),
+            Field::new(crate::source::HEADERS, headers_type.clone(), true),
+        ]));
+        let spec = SinkSpec {
+            topic: "out".into(),
+            key_format: Format::new(FormatKind::Kafka),
+            value_format: Format::new(FormatKind::Json),
+            key_columns: vec![],
+            value_columns: vec![0],
+            timestamp_column: 0,
+            timestamp_format: None,
+            input_schema: schema.clone(),
+            delete_column: None,
+            window: None,
+            headers_column: Some(1),
+        };
+        let mut sink = Sink::try_new(spec, store).unwrap();
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2])), Arc::new(headers)]).unwrap();
+        let written: Vec<Record> = sink.encode(&batch).unwrap().into_values().flatten().collect();
+        assert!(written[0].headers.is_empty());
+        assert_eq!(
+            written[1].headers,
+            vec![("a".to_string(), Some(Bytes::from_static(b"1"))), ("b".to_string(), None)]
+        );
+        assert_eq!(written[1].value.as_deref(), Some(&br#"{"ID":2}"#[..]), "the headers are not in the value");
     }
 }

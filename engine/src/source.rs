@@ -27,6 +27,17 @@ pub const ROWPARTITION: &str = "ROWPARTITION";
 pub const ROWOFFSET: &str = "ROWOFFSET";
 /// Hidden column of table sources: the record is a tombstone (its key was deleted).
 pub const DELETE: &str = "__RILL_DELETE";
+/// Hidden last column when [`SourceSpec::carry_headers`]: each record's headers, for its output
+/// record (ksqlDB forwards an input record's headers to what it produces).
+pub const HEADERS: &str = "__RILL_HEADERS";
+
+/// The type of a record's headers as a column: `ARRAY<STRUCT<KEY STRING, VALUE BYTES>>`.
+pub fn headers_type() -> DataType {
+    let entry = DataType::Struct(
+        vec![Field::new("KEY", DataType::Utf8, true), Field::new("VALUE", DataType::Binary, true)].into(),
+    );
+    DataType::List(Arc::new(Field::new("item", entry, true)))
+}
 /// Window start column of windowed sources (a key column).
 pub const WINDOWSTART: &str = "WINDOWSTART";
 /// Window end column of windowed sources (a key column).
@@ -189,6 +200,9 @@ pub struct SourceSpec {
     pub window: Option<SourceWindow>,
     /// Columns read from the record headers, after the value columns.
     pub headers: Vec<HeaderColumn>,
+    /// Rows end with a hidden [`HEADERS`] column (after every other column), which a
+    /// stateless query carries to its output records.
+    pub carry_headers: bool,
 }
 
 /// A column read from a record's headers (ksqlDB's `HEADERS` and `HEADER('key')` columns).
@@ -251,6 +265,9 @@ impl SourceSpec {
         fields.push(Field::new(ROWOFFSET, DataType::Int64, true));
         if self.keep_tombstones {
             fields.push(Field::new(DELETE, DataType::Boolean, true));
+        }
+        if self.carry_headers {
+            fields.push(Field::new(HEADERS, headers_type(), true));
         }
         Arc::new(Schema::new(fields))
     }
@@ -335,7 +352,7 @@ impl SourceReader {
             timestamps.push(r.timestamp);
             keys.push(r.key);
             values.push(r.value);
-            if !self.spec.headers.is_empty() {
+            if !self.spec.headers.is_empty() || self.spec.carry_headers {
                 headers.push(r.headers().collect());
             }
         }
@@ -454,11 +471,12 @@ impl SourceReader {
             columns.insert(at, Arc::new(ends));
             columns.insert(at, Arc::new(starts));
         }
-        if !self.spec.headers.is_empty() {
-            let kept: Vec<Headers<'_>> = keep.iter().map(|i| std::mem::take(&mut headers[*i as usize])).collect();
-            for h in &self.spec.headers {
-                columns.push(h.array(&kept)?);
-            }
+        let kept: Vec<Headers<'_>> = match headers.is_empty() {
+            true => Vec::new(),
+            false => keep.iter().map(|i| std::mem::take(&mut headers[*i as usize])).collect(),
+        };
+        for h in &self.spec.headers {
+            columns.push(h.array(&kept)?);
         }
         let max_event_time = arrow::compute::max(&rowtime);
         columns.push(Arc::new(rowtime));
@@ -468,6 +486,10 @@ impl SourceReader {
             columns.push(Arc::new(BooleanArray::from(
                 keep.iter().map(|i| values[*i as usize].is_none()).collect::<Vec<_>>(),
             )));
+        }
+        if self.spec.carry_headers {
+            let all = HeaderColumn { name: HEADERS.into(), key: None, data_type: headers_type() };
+            columns.push(all.array(&kept)?);
         }
         let batch = RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(|e| EngineError::Internal(format!("source batch: {e}")))?;
@@ -575,6 +597,7 @@ mod tests {
                 HeaderColumn { name: "H".into(), key: None, data_type: list },
                 HeaderColumn { name: "ABC".into(), key: Some("abc".into()), data_type: DataType::Binary },
             ],
+            carry_headers: false,
         };
         let mut reader = SourceReader::try_new(spec, 0).unwrap();
         let fetch = store.read("t", 0, 0, 1 << 20).unwrap();

@@ -121,6 +121,7 @@ impl SourceDef {
                     Some(HeaderColumn { name: c.name.clone(), key, data_type: c.sql_type.to_arrow() })
                 })
                 .collect(),
+            carry_headers: false,
             window: self.window.map(|w| match w {
                 WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => SourceWindow::Time { size },
                 WindowKind::Session { .. } => SourceWindow::Session,

@@ -348,7 +348,7 @@ impl KsqlEngine {
                 let delete_column = plan.delete_column;
                 let spec = QuerySpec {
                     id: id.clone(),
-                    source: plan.source.source_spec(),
+                    source: reader_spec(&plan),
                     chain: plan.chain.clone(),
                     stage: plan.stage.clone(),
                     shard_keys: plan.shard_keys.clone(),
@@ -990,10 +990,11 @@ impl KsqlEngine {
                 end,
                 session: matches!(kind, WindowKind::Session { .. }),
             }),
+            headers_column: plan.headers_column,
         };
         let spec = QuerySpec {
             id: id.to_string(),
-            source: plan.source.source_spec(),
+            source: reader_spec(&plan),
             chain: plan.chain.clone(),
             stage: plan.stage.clone(),
             shard_keys: plan.shard_keys.clone(),
@@ -1171,6 +1172,7 @@ impl KsqlEngine {
             input_schema: schema,
             delete_column: None,
             window: None,
+            headers_column: None,
         };
         Ok(Sink::try_new(spec, self.store.clone())?)
     }
@@ -1559,6 +1561,13 @@ fn cast_value(a: &ArrayRef, dt: &DataType, column: &str) -> Result<ArrayRef> {
             SqlType::from_arrow(dt).map(|t| t.to_string()).unwrap_or_default()
         ))
     })
+}
+
+/// How a query's source is read: with each record's headers when the plan carries them.
+fn reader_spec(plan: &QueryPlan) -> rill_engine::source::SourceSpec {
+    let mut spec = plan.source.source_spec();
+    spec.carry_headers = plan.headers_column.is_some();
+    spec
 }
 
 fn formats(with: &Props, inherit: Option<(&Format, &Format)>, props: &Properties) -> Result<(Format, Format)> {

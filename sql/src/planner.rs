@@ -74,6 +74,9 @@ pub struct QueryPlan {
     pub delete_column: Option<usize>,
     /// Hidden window bound columns and the window kind (windowed aggregations).
     pub window: Option<(usize, usize, WindowKind)>,
+    /// Hidden column with each row's input record headers (stateless queries of a source:
+    /// its reader must carry them, see `SourceSpec::carry_headers`); sinks write them.
+    pub headers_column: Option<usize>,
     /// The output is a changelog keyed by the GROUP BY columns.
     pub is_table: bool,
     /// PARTITION BY chose a new key.
@@ -911,6 +914,7 @@ fn plan_unnest(
         rekeyed: false,
         side_sources: vec![],
         key_hint: None,
+        headers_column: None,
     })
 }
 
@@ -964,6 +968,13 @@ fn plan_stateless(
     let delete_out = fields.len() - 1;
     let deletes = is_table.then_some((input_delete, delete_out));
     let key_columns: Vec<usize> = (0..columns.len()).filter(|i| columns[*i].key).collect();
+    // Each row's record headers go on to its output record: the reader of a source (not of a
+    // join's output) appends them after the row's other columns.
+    let headers_column = (source.name != JOINED).then(|| {
+        exprs.push(Arc::new(PhysColumn::new(rill_engine::source::HEADERS, scan_schema.fields().len())));
+        fields.push(Field::new(rill_engine::source::HEADERS, rill_engine::source::headers_type(), true));
+        fields.len() - 1
+    });
     let ts_index = index_in(scan_schema, rill_engine::source::ROWTIME)?;
     exprs.push(Arc::new(PhysColumn::new(rill_engine::source::ROWTIME, ts_index)));
     fields.push(Field::new(HIDDEN_TS, DataType::Int64, true));
@@ -991,6 +1002,7 @@ fn plan_stateless(
         rekeyed,
         side_sources: vec![],
         key_hint: None,
+        headers_column,
     })
 }
 
@@ -1201,6 +1213,7 @@ fn plan_aggregate(
         rekeyed: false,
         side_sources: vec![],
         key_hint: None,
+        headers_column: None,
     })
 }
 
@@ -1557,6 +1570,7 @@ async fn plan_joins(ctx: &SessionContext, catalog: &Catalog, select: &Select) ->
         // The joins of one statement are keyed differently: one chain.
         shard_keys: None,
         side_sources,
+        headers_column: None,
         ..rest
     })
 }
@@ -2263,6 +2277,7 @@ async fn plan_join(
         rekeyed: true,
         side_sources: vec![(right, side_chain)],
         key_hint: if foreign_key || has_key { None } else { key_hint },
+        headers_column: None,
     })
 }
 

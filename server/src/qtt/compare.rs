@@ -27,6 +27,8 @@ pub struct Actual {
     pub timestamp: i64,
     /// Window of a windowed key.
     pub window: Option<ActualWindow>,
+    /// Headers: key and base64 value.
+    pub headers: Vec<(String, Option<String>)>,
 }
 
 /// A window read off a key.
@@ -165,6 +167,12 @@ pub fn record_difference(expected: &RecordNode, actual: &Actual, ran_with_insert
             return Some(format!("timestamp: expected {t}, got {}", actual.timestamp));
         }
     }
+    if let Some(headers) = &expected.headers {
+        let want: Vec<(String, Option<String>)> = headers.iter().map(|h| (h.key.clone(), h.value.clone())).collect();
+        if want != actual.headers {
+            return Some(format!("headers: expected {want:?}, got {:?}", actual.headers));
+        }
+    }
     None
 }
 
@@ -219,7 +227,7 @@ mod tests {
     }
 
     fn act(key: Value, value: Value, ts: i64) -> Actual {
-        Actual { key, value, timestamp: ts, window: None }
+        Actual { key, value, timestamp: ts, window: None, headers: vec![] }
     }
 
     #[test]

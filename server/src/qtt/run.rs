@@ -63,9 +63,6 @@ pub async fn run_case(run: &Run, dir: &Path) -> Result<(), String> {
         outputs.collect(store.as_ref(), i + 1)?;
     }
 
-    if case.outputs.iter().any(|r| r.headers.as_ref().is_some_and(|h| !h.is_empty())) {
-        return Err("output record headers: Rill does not carry input records' headers to output records yet".into());
-    }
     let sources = engine.sources().await;
     let ran_with_inserts = case.inputs.is_empty();
     for topic in outputs.topics.clone() {
@@ -220,6 +217,7 @@ struct Raw {
     timestamp: i64,
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// Reads the expected output topics as the inputs go in.
@@ -262,6 +260,7 @@ impl Collector {
                             timestamp: r.timestamp,
                             key: r.key.map(<[u8]>::to_vec),
                             value: r.value.map(<[u8]>::to_vec),
+                            headers: r.headers().map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec))).collect(),
                         });
                     }
                     if fetch.next_offset() <= *pos {
@@ -307,7 +306,13 @@ impl Collector {
                 codec::decode(key_layout.as_ref(), key_bytes).map_err(|e| at(format!("cannot read the key: {e}")))?;
             let value = codec::decode(value_layout.as_ref(), raw.value.as_deref())
                 .map_err(|e| at(format!("cannot read the value: {e}")))?;
-            out.push(Actual { key, value, timestamp: raw.timestamp, window });
+            use base64::Engine as _;
+            let headers = raw
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_ref().map(|v| base64::engine::general_purpose::STANDARD.encode(v))))
+                .collect();
+            out.push(Actual { key, value, timestamp: raw.timestamp, window, headers });
         }
         Ok(out)
     }
