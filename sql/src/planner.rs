@@ -191,7 +191,8 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
     if select.window.is_some() && !grouped {
         return Err(SqlError::plan("WINDOW clause requires a GROUP BY clause."));
     }
-    let window = select.window.as_ref().map(window_config);
+    let emit_final = select.emit == Some(Emit::Final);
+    let window = select.window.as_ref().map(|w| window_config(w, emit_final));
     if window.is_some() {
         // WINDOWSTART and WINDOWEND are group columns of every windowed aggregation.
         if let sp::GroupByExpr::Expressions(exprs, _) = &mut body.group_by {
@@ -1312,9 +1313,10 @@ fn peel_having(plan: &LogicalPlan) -> (Option<&Expr>, &LogicalPlan) {
     }
 }
 
-/// Window bounds as configured, with ksqlDB's default grace period of 24 hours.
-fn window_config(w: &WindowSpec) -> WindowConfig {
-    const DEFAULT_GRACE: i64 = 24 * 3_600_000;
+/// Window bounds as configured, with ksqlDB's default grace period: 24 hours, none with `EMIT
+/// FINAL` (a final result comes at the window's end unless a grace period is given).
+fn window_config(w: &WindowSpec, emit_final: bool) -> WindowConfig {
+    let default_grace: i64 = if emit_final { 0 } else { 24 * 3_600_000 };
     let (kind, retention, grace) = match w {
         WindowSpec::Tumbling { size, retention, grace } => {
             (WindowKind::Tumbling { size: size.millis }, retention, grace)
@@ -1324,7 +1326,7 @@ fn window_config(w: &WindowSpec) -> WindowConfig {
         }
         WindowSpec::Session { gap, retention, grace } => (WindowKind::Session { gap: gap.millis }, retention, grace),
     };
-    let grace = grace.map(|g| g.millis).unwrap_or(DEFAULT_GRACE);
+    let grace = grace.map(|g| g.millis).unwrap_or(default_grace);
     let retention = retention.map(|r| r.millis).unwrap_or(0).max(grace);
     WindowConfig { kind, grace, retention }
 }
