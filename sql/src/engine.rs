@@ -1072,6 +1072,21 @@ impl KsqlEngine {
                 return Err(SqlError::plan(format!("Column name {c} does not exist.")));
             }
         }
+        // Values are literals: a qualified name refers to no source here.
+        for v in &values {
+            let mut qualifier = None;
+            let _ = sp::visit_expressions(v, |e: &sp::Expr| {
+                if let sp::Expr::CompoundIdentifier(ids) = e {
+                    qualifier = qualifier.take().or_else(|| ids.first().map(|i| i.value.clone()));
+                }
+                std::ops::ControlFlow::<()>::Continue(())
+            });
+            if let Some(q) = qualifier {
+                return Err(SqlError::plan(format!(
+                    "Failed to prepare statement: '{q}' is not a valid stream/table name or alias."
+                )));
+            }
+        }
         // Evaluate the literals with DataFusion: SELECT v1 AS c1, ...
         let mut query = *sqlparser::parser::Parser::new(&parser::KsqlDialect)
             .try_with_sql("SELECT NULL")
