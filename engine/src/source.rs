@@ -161,8 +161,9 @@ pub fn parse_timestamps(values: &StringArray, format: &str) -> (Int64Array, Vec<
                     .map_err(|e| e.to_string()),
             }
         };
-        // Java's zone patterns accept `Z` for UTC, chrono's offsets do not.
-        let ms = attempt(v).or_else(|e| match v.strip_suffix('Z') {
+        // Java's zone patterns accept `Z` for UTC (ksqlDB parses case-insensitively), chrono's
+        // offsets do not.
+        let ms = attempt(v).or_else(|e| match v.strip_suffix(['Z', 'z']) {
             Some(rest) => attempt(&format!("{rest}+0000")),
             None => Err(e),
         });

@@ -14,6 +14,10 @@ const SCALAR_ALIASES: &[(&str, &str)] = &[
     ("ifnull", "coalesce"),
     ("ceil", "ceil"),
     ("sign", "signum"),
+    // 1-based, inclusive bounds in both.
+    ("slice", "array_slice"),
+    // ksqlDB removes every occurrence.
+    ("array_remove", "array_remove_all"),
 ];
 
 /// (ksqlDB name, DataFusion aggregate) pairs with identical semantics.
@@ -38,6 +42,7 @@ pub fn register(ctx: &SessionContext) -> Result<()> {
         .into_iter()
         .chain(crate::bytefns::all())
         .chain(crate::urlfns::all())
+        .chain(crate::parsetime::all())
         .chain(crate::regexfns::all())
         .chain(crate::regexfns::splits())
         .chain(crate::udfs::elt_field())

@@ -17,6 +17,7 @@ pub mod error;
 pub mod exprtext;
 pub mod functions;
 pub mod parser;
+pub mod parsetime;
 pub mod planner;
 pub mod pull;
 pub mod regexfns;
