@@ -2835,6 +2835,39 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
                         }
                     }
                 }
+                // ksqlDB's ARRAY_JOIN writes nulls as `null`, joins with `,` by default and with
+                // nothing for a null delimiter, and takes arrays of any primitive type.
+                if name.as_deref() == Some("ARRAY_JOIN") {
+                    if let sp::FunctionArguments::List(list) = &f.args {
+                        let args: Vec<sp::Expr> = list
+                            .args
+                            .iter()
+                            .filter_map(|a| match a {
+                                sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(x)) => Some(x.clone()),
+                                _ => None,
+                            })
+                            .collect();
+                        if (1..=2).contains(&args.len()) && args.len() == list.args.len() {
+                            let text = |t: &str| sp::Expr::Value(sp::Value::SingleQuotedString(t.into()).into());
+                            let strings = sp::Expr::Cast {
+                                kind: sp::CastKind::Cast,
+                                expr: Box::new(args[0].clone()),
+                                data_type: sp::DataType::Array(sp::ArrayElemTypeDef::SquareBracket(
+                                    Box::new(sp::DataType::Varchar(None)),
+                                    None,
+                                )),
+                                array: false,
+                                format: None,
+                            };
+                            let delimiter = match args.get(1) {
+                                Some(d) => call("coalesce", vec![d.clone(), text("")]),
+                                None => text(","),
+                            };
+                            *e = call("array_to_string", vec![strings, delimiter, text("null")]);
+                            return ControlFlow::Continue(());
+                        }
+                    }
+                }
                 let fallback = match name.as_deref() {
                     Some("CORRELATION") => Some(("NaN", true)),
                     Some("STDDEV_SAMP" | "STDDEV_SAMPLE") => Some(("0", true)),
