@@ -2835,6 +2835,43 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
                         }
                     }
                 }
+                // ksqlDB's LPAD/RPAD are null for a negative length or an empty padding.
+                if matches!(name.as_deref(), Some("LPAD" | "RPAD")) {
+                    if let sp::FunctionArguments::List(list) = &f.args {
+                        if let [_, sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(len)), sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(pad))] =
+                            list.args.as_slice()
+                        {
+                            let zero = || sp::Expr::Value(sp::Value::Number("0".into(), false).into());
+                            let invalid = sp::Expr::BinaryOp {
+                                left: Box::new(sp::Expr::BinaryOp {
+                                    left: Box::new(sp::Expr::Nested(Box::new(len.clone()))),
+                                    op: sp::BinaryOperator::Lt,
+                                    right: Box::new(zero()),
+                                }),
+                                op: sp::BinaryOperator::Or,
+                                right: Box::new(sp::Expr::BinaryOp {
+                                    left: Box::new(sp::Expr::Nested(Box::new(pad.clone()))),
+                                    op: sp::BinaryOperator::Eq,
+                                    right: Box::new(sp::Expr::Value(
+                                        sp::Value::SingleQuotedString(String::new()).into(),
+                                    )),
+                                }),
+                            };
+                            let padded = e.clone();
+                            *e = sp::Expr::Case {
+                                case_token: sp::helpers::attached_token::AttachedToken::empty(),
+                                end_token: sp::helpers::attached_token::AttachedToken::empty(),
+                                operand: None,
+                                conditions: vec![sp::CaseWhen {
+                                    condition: invalid,
+                                    result: sp::Expr::Value(sp::Value::Null.into()),
+                                }],
+                                else_result: Some(Box::new(padded)),
+                            };
+                            return ControlFlow::Continue(());
+                        }
+                    }
+                }
                 // ksqlDB's ARRAY_JOIN writes nulls as `null`, joins with `,` by default and with
                 // nothing for a null delimiter, and takes arrays of any primitive type.
                 if name.as_deref() == Some("ARRAY_JOIN") {
