@@ -750,7 +750,7 @@ impl KsqlEngine {
                 header: c.header.clone(),
             })
             .collect();
-        check_columns(&cols, with)?;
+        check_columns(&cols, with, &value_format)?;
         let timestamp = check_timestamp(&cols, with)?;
         let window = declared_window(with)?;
         if window.is_some() && !cols.iter().any(|c| c.key) {
@@ -883,7 +883,7 @@ impl KsqlEngine {
             .chain(plan.columns.iter().filter(|c| !c.key))
             .map(|c| Column { name: c.name.clone(), sql_type: c.sql_type.clone(), key: c.key, header: None })
             .collect();
-        check_columns(&columns, with)?;
+        check_columns(&columns, with, &value_format)?;
         let partitions = match with.get("PARTITIONS") {
             Some(p) => Some(p.clone()),
             None => Some(PropValue::Number(plan.source.partitions.to_string())),
@@ -1529,11 +1529,24 @@ pub(crate) fn map_key(name: &str, sql_type: &SqlType) -> SqlError {
 }
 
 /// Checks a new source's key and value columns against ksqlDB's rules.
-fn check_columns(columns: &[Column], with: &Props) -> Result<()> {
+fn check_columns(columns: &[Column], with: &Props, value_format: &Format) -> Result<()> {
     for c in columns.iter().filter(|c| c.key) {
         if c.sql_type.contains_map() {
             return Err(map_key(&c.name, &c.sql_type));
         }
+    }
+    // JSON objects have string keys.
+    fn non_string_map_key(t: &SqlType) -> bool {
+        match t {
+            SqlType::Map(k, v) => **k != SqlType::String || non_string_map_key(v),
+            SqlType::Array(t) => non_string_map_key(t),
+            SqlType::Struct(fields) => fields.iter().any(|(_, t)| non_string_map_key(t)),
+            _ => false,
+        }
+    }
+    let mut value_columns = columns.iter().filter(|c| !c.key && c.header.is_none());
+    if value_format.kind == FormatKind::Json && value_columns.any(|c| non_string_map_key(&c.sql_type)) {
+        return Err(SqlError::plan("JSON only supports MAP types with STRING keys"));
     }
     if with.contains_key("WRAP_SINGLE_VALUE") && columns.iter().filter(|c| !c.key).count() != 1 {
         return Err(SqlError::plan("'WRAP_SINGLE_VALUE' is only valid for single-field value schemas"));
