@@ -1296,10 +1296,8 @@ impl OffsetCommits {
             if let Some(p) = previous {
                 commit_result(p.await)?;
             }
-            match tokio::task::spawn_blocking(move || store.commit_offsets(&group, &committing)).await {
-                Ok(r) => r.map_err(EngineError::from),
-                Err(e) => commit_result(Err(e)),
-            }
+            let joined = tokio::task::spawn_blocking(move || store.commit_offsets(&group, &committing)).await;
+            commit_result(joined.map(|r| r.map_err(EngineError::from)))
         }));
         self.last = Some((offsets, std::time::Instant::now()));
         Ok(())

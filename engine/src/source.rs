@@ -580,10 +580,6 @@ mod tests {
         };
         let records = [record(vec![]), record(vec![("abc", Some(b"!")), ("def", None), ("abc", Some(b"#"))])];
         store.append("t", 0, &records).await.unwrap();
-        let entry = DataType::Struct(
-            vec![Field::new("KEY", DataType::Utf8, true), Field::new("VALUE", DataType::Binary, true)].into(),
-        );
-        let list = DataType::List(Arc::new(Field::new("item", entry, true)));
         let spec = SourceSpec {
             topic: "t".into(),
             key_format: Format::new(FormatKind::None),
@@ -595,7 +591,7 @@ mod tests {
             skip_null_keys: false,
             window: None,
             headers: vec![
-                HeaderColumn { name: "H".into(), key: None, data_type: list },
+                HeaderColumn { name: "H".into(), key: None, data_type: headers_type() },
                 HeaderColumn { name: "ABC".into(), key: Some("abc".into()), data_type: DataType::Binary },
             ],
             carry_headers: false,

@@ -690,6 +690,10 @@ impl KsqlEngine {
         })?;
         let (key_format, value_format) = formats(with, None, props)?;
         let mut seen = std::collections::HashSet::new();
+        let headers_type = SqlType::Array(Box::new(SqlType::Struct(vec![
+            ("KEY".into(), SqlType::String),
+            ("VALUE".into(), SqlType::Bytes),
+        ])));
         for c in &columns {
             if !seen.insert(c.name.clone()) {
                 return Err(SqlError::plan(format!("Duplicate column names: {}", c.name)));
@@ -712,10 +716,6 @@ impl KsqlEngine {
                     c.position.line, c.position.column, c.name
                 )));
             }
-            let headers_type = SqlType::Array(Box::new(SqlType::Struct(vec![
-                ("KEY".into(), SqlType::String),
-                ("VALUE".into(), SqlType::Bytes),
-            ])));
             match &c.header {
                 Some(None) if c.sql_type != headers_type => {
                     return Err(SqlError::plan(format!(

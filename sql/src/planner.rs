@@ -2776,6 +2776,18 @@ fn check_reserved_names(items: &[sp::SelectItem], windowed: bool, persistent: bo
 }
 
 /// A call of the function `name` with `args`.
+/// A call's arguments when they are all plain expressions (no names, no `*`).
+fn plain_args(f: &sp::Function) -> Option<Vec<sp::Expr>> {
+    let sp::FunctionArguments::List(list) = &f.args else { return None };
+    list.args
+        .iter()
+        .map(|a| match a {
+            sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(x)) => Some(x.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn call(name: &str, args: Vec<sp::Expr>) -> sp::Expr {
     sp::Expr::Function(sp::Function {
         name: sp::ObjectName::from(vec![sp::Ident::new(name)]),
@@ -2822,89 +2834,70 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
                 *e = call("substring", args);
             }
             sp::Expr::Function(f) => {
-                // ksqlDB's CORRELATION of fewer than two rows is NaN, its STDDEV_SAMP of one row
-                // is 0.0, its SUM of no (or only null) values is 0; DataFusion's corr/stddev/sum
-                // give NULL there.
                 let name = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_uppercase());
+                let args = plain_args(f);
                 // ksqlDB's one-argument LOG is the natural logarithm (DataFusion's is base 10).
-                if name.as_deref() == Some("LOG") {
-                    if let sp::FunctionArguments::List(list) = &f.args {
-                        if list.args.len() == 1 {
-                            f.name = sp::ObjectName::from(vec![sp::Ident::new("ln")]);
-                            return ControlFlow::Continue(());
-                        }
-                    }
+                if name.as_deref() == Some("LOG") && args.as_ref().is_some_and(|a| a.len() == 1) {
+                    f.name = sp::ObjectName::from(vec![sp::Ident::new("ln")]);
+                    return ControlFlow::Continue(());
                 }
                 // ksqlDB's LPAD/RPAD are null for a negative length or an empty padding.
                 if matches!(name.as_deref(), Some("LPAD" | "RPAD")) {
-                    if let sp::FunctionArguments::List(list) = &f.args {
-                        if let [_, sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(len)), sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(pad))] =
-                            list.args.as_slice()
-                        {
-                            let zero = || sp::Expr::Value(sp::Value::Number("0".into(), false).into());
-                            let invalid = sp::Expr::BinaryOp {
-                                left: Box::new(sp::Expr::BinaryOp {
-                                    left: Box::new(sp::Expr::Nested(Box::new(len.clone()))),
-                                    op: sp::BinaryOperator::Lt,
-                                    right: Box::new(zero()),
-                                }),
-                                op: sp::BinaryOperator::Or,
-                                right: Box::new(sp::Expr::BinaryOp {
-                                    left: Box::new(sp::Expr::Nested(Box::new(pad.clone()))),
-                                    op: sp::BinaryOperator::Eq,
-                                    right: Box::new(sp::Expr::Value(
-                                        sp::Value::SingleQuotedString(String::new()).into(),
-                                    )),
-                                }),
-                            };
-                            let padded = e.clone();
-                            *e = sp::Expr::Case {
-                                case_token: sp::helpers::attached_token::AttachedToken::empty(),
-                                end_token: sp::helpers::attached_token::AttachedToken::empty(),
-                                operand: None,
-                                conditions: vec![sp::CaseWhen {
-                                    condition: invalid,
-                                    result: sp::Expr::Value(sp::Value::Null.into()),
-                                }],
-                                else_result: Some(Box::new(padded)),
-                            };
-                            return ControlFlow::Continue(());
-                        }
+                    if let Some([_, len, pad]) = args.as_deref() {
+                        let zero = || sp::Expr::Value(sp::Value::Number("0".into(), false).into());
+                        let invalid = sp::Expr::BinaryOp {
+                            left: Box::new(sp::Expr::BinaryOp {
+                                left: Box::new(sp::Expr::Nested(Box::new(len.clone()))),
+                                op: sp::BinaryOperator::Lt,
+                                right: Box::new(zero()),
+                            }),
+                            op: sp::BinaryOperator::Or,
+                            right: Box::new(sp::Expr::BinaryOp {
+                                left: Box::new(sp::Expr::Nested(Box::new(pad.clone()))),
+                                op: sp::BinaryOperator::Eq,
+                                right: Box::new(sp::Expr::Value(sp::Value::SingleQuotedString(String::new()).into())),
+                            }),
+                        };
+                        let padded = e.clone();
+                        *e = sp::Expr::Case {
+                            case_token: sp::helpers::attached_token::AttachedToken::empty(),
+                            end_token: sp::helpers::attached_token::AttachedToken::empty(),
+                            operand: None,
+                            conditions: vec![sp::CaseWhen {
+                                condition: invalid,
+                                result: sp::Expr::Value(sp::Value::Null.into()),
+                            }],
+                            else_result: Some(Box::new(padded)),
+                        };
+                        return ControlFlow::Continue(());
                     }
                 }
                 // ksqlDB's ARRAY_JOIN writes nulls as `null`, joins with `,` by default and with
                 // nothing for a null delimiter, and takes arrays of any primitive type.
                 if name.as_deref() == Some("ARRAY_JOIN") {
-                    if let sp::FunctionArguments::List(list) = &f.args {
-                        let args: Vec<sp::Expr> = list
-                            .args
-                            .iter()
-                            .filter_map(|a| match a {
-                                sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(x)) => Some(x.clone()),
-                                _ => None,
-                            })
-                            .collect();
-                        if (1..=2).contains(&args.len()) && args.len() == list.args.len() {
-                            let text = |t: &str| sp::Expr::Value(sp::Value::SingleQuotedString(t.into()).into());
-                            let strings = sp::Expr::Cast {
-                                kind: sp::CastKind::Cast,
-                                expr: Box::new(args[0].clone()),
-                                data_type: sp::DataType::Array(sp::ArrayElemTypeDef::SquareBracket(
-                                    Box::new(sp::DataType::Varchar(None)),
-                                    None,
-                                )),
-                                array: false,
-                                format: None,
-                            };
-                            let delimiter = match args.get(1) {
-                                Some(d) => call("coalesce", vec![d.clone(), text("")]),
-                                None => text(","),
-                            };
-                            *e = call("array_to_string", vec![strings, delimiter, text("null")]);
-                            return ControlFlow::Continue(());
-                        }
+                    if let Some(args) = args.filter(|a| (1..=2).contains(&a.len())) {
+                        let text = |t: &str| sp::Expr::Value(sp::Value::SingleQuotedString(t.into()).into());
+                        let strings = sp::Expr::Cast {
+                            kind: sp::CastKind::Cast,
+                            expr: Box::new(args[0].clone()),
+                            data_type: sp::DataType::Array(sp::ArrayElemTypeDef::SquareBracket(
+                                Box::new(sp::DataType::Varchar(None)),
+                                None,
+                            )),
+                            array: false,
+                            format: None,
+                        };
+                        let delimiter = match args.get(1) {
+                            Some(d) => call("coalesce", vec![d.clone(), text("")]),
+                            None => text(","),
+                        };
+                        *e = call("array_to_string", vec![strings, delimiter, text("null")]);
+                        return ControlFlow::Continue(());
                     }
                 }
+                // ksqlDB's CORRELATION of fewer than two rows is NaN, its STDDEV_SAMP of one row
+                // is 0.0, its SUM of no (or only null) values is 0; DataFusion's corr/stddev/sum
+                // give NULL there.
                 let fallback = match name.as_deref() {
                     Some("CORRELATION") => Some(("NaN", true)),
                     Some("STDDEV_SAMP" | "STDDEV_SAMPLE") => Some(("0", true)),
