@@ -1550,7 +1550,7 @@ impl PartitionTask {
             decoding: Default::default(),
             caught_up: false,
         };
-        let _prefetch = AbortOnDrop(tokio::spawn(prefetch.run(tx)));
+        let mut prefetch = AbortOnDrop(tokio::spawn(prefetch.run(tx)));
         if let Some(mut loaded) = self.wait_for_tables.take() {
             tokio::select! {
                 r = loaded.wait_for(|l| *l) => { if r.is_err() { return Ok(Ended::Stopped) } }
@@ -1579,7 +1579,15 @@ impl PartitionTask {
             let read = match next {
                 Some(Fetched::Read(read)) => read,
                 Some(Fetched::Failed(e)) => return Err(e),
-                None => return Err(EngineError::Internal("the partition reader ended".into())),
+                None => {
+                    // The reader runs until this task drops it: it was cancelled (the runtime
+                    // is shutting down) or it panicked.
+                    return match (&mut prefetch.0).await {
+                        Err(e) if e.is_cancelled() => Ok(Ended::Stopped),
+                        Err(e) => Err(EngineError::Internal(format!("the partition reader failed: {e}"))),
+                        Ok(()) => Err(EngineError::Internal("the partition reader ended".into())),
+                    };
+                }
                 Some(Fetched::CaughtUp) => {
                     if self.at_least_once_output() {
                         self.publish_position(true)?;

@@ -43,12 +43,16 @@ pub fn register(ctx: &SessionContext) -> Result<()> {
         .chain(crate::bytefns::all())
         .chain(crate::urlfns::all())
         .chain(crate::parsetime::all())
+        .chain(crate::datefns::all())
         .chain(crate::regexfns::all())
         .chain(crate::regexfns::splits())
         .chain(crate::udfs::elt_field())
         .chain([crate::udfs::instr_fn(), crate::castfn::udf()])
     {
         ctx.register_udf(udf);
+    }
+    for hof in crate::lambdas::all() {
+        ctx.register_higher_order_function(hof);
     }
     for udaf in crate::udafs::all() {
         ctx.register_udaf(udaf);

@@ -44,6 +44,69 @@ impl Dialect for KsqlDialect {
             _ => None,
         }
     }
+    /// `x => x + 1` and `(s, x) => s + x`: ksqlDB's lambdas (arguments of TRANSFORM, FILTER and
+    /// REDUCE), sqlparser's `Expr::Lambda` for DataFusion's higher-order functions.
+    fn parse_prefix(
+        &self,
+        parser: &mut Parser,
+    ) -> Option<std::result::Result<sp::Expr, sqlparser::parser::ParserError>> {
+        let names = lambda_parameters(parser)?;
+        let params = names
+            .into_iter()
+            // Quoted, so that DataFusion keeps their case (the body's identifiers keep theirs:
+            // identifier normalisation is off, see the engine's session).
+            .map(|name| sp::LambdaFunctionParameter { name: sp::Ident::with_quote('"', name), data_type: None })
+            .collect::<Vec<_>>();
+        let body = match parser.parse_expr() {
+            Ok(body) => body,
+            Err(e) => return Some(Err(e)),
+        };
+        let params = match params.len() {
+            1 => sp::OneOrManyWithParens::One(params.into_iter().next()?),
+            _ => sp::OneOrManyWithParens::Many(params),
+        };
+        Some(Ok(sp::Expr::Lambda(sp::LambdaFunction { params, body: Box::new(body), syntax: sp::LambdaSyntax::Arrow })))
+    }
+    /// `=>` introduces lambdas, not named arguments.
+    fn supports_named_fn_args_with_rarrow_operator(&self) -> bool {
+        false
+    }
+}
+
+/// The parameter names of a lambda that starts at the parser's position (`x =>` or
+/// `(a, b) =>`), consuming them and the arrow; `None` (nothing consumed) otherwise.
+fn lambda_parameters(parser: &mut Parser) -> Option<Vec<String>> {
+    let word = |t: &Token| match t {
+        Token::Word(w) => Some(w.value.clone()),
+        _ => None,
+    };
+    let mut names = Vec::new();
+    let mut n = 0;
+    if let Some(name) = word(&parser.peek_nth_token_ref(0).token) {
+        names.push(name);
+        n = 1;
+    } else if parser.peek_nth_token_ref(0).token == Token::LParen {
+        n = 1;
+        loop {
+            names.push(word(&parser.peek_nth_token_ref(n).token)?);
+            n += 1;
+            match parser.peek_nth_token_ref(n).token {
+                Token::Comma => n += 1,
+                Token::RParen => {
+                    n += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    if names.is_empty() || parser.peek_nth_token_ref(n).token != Token::RArrow {
+        return None;
+    }
+    for _ in 0..=n {
+        parser.next_token();
+    }
+    Some(names)
 }
 
 /// The field name `s->*` is parsed with: every field of the struct `s` (see the planner).
@@ -903,6 +966,28 @@ mod tests {
         let mut v = parse(sql).unwrap();
         assert_eq!(v.len(), 1);
         v.remove(0).statement
+    }
+
+    #[test]
+    fn lambdas_parse_with_one_or_more_parameters() {
+        let Statement::Select(select) =
+            one("SELECT REDUCE(m, 0, (s, k, v) => s + v), TRANSFORM(a, x => x * 2) FROM t EMIT CHANGES;")
+        else {
+            panic!()
+        };
+        let text = select.query.to_string();
+        assert!(text.contains(r#"REDUCE(M, 0, ("S", "K", "V") -> S + V)"#), "{text}");
+        assert!(text.contains(r#"TRANSFORM(A, "X" -> X * 2)"#), "{text}");
+        let Statement::CreateSource { query: Some(select), .. } =
+            one("CREATE STREAM OUTPUT AS SELECT ID, REDUCE(numbers, 2, (s, x) => s + x) AS reduce FROM test;")
+        else {
+            panic!()
+        };
+        assert!(select.query.to_string().contains(r#"("S", "X") -> S + X"#));
+        parse("CREATE STREAM test (ID STRING KEY, numbers ARRAY<INTEGER>) WITH (kafka_topic='test_topic', value_format='JSON');\nCREATE STREAM OUTPUT AS SELECT ID, REDUCE(numbers, 2, (s, x) => s + x) AS reduce FROM test;").unwrap();
+        // A parenthesised expression is not a lambda.
+        let Statement::Select(select) = one("SELECT (a + b) * 2 FROM t EMIT CHANGES;") else { panic!() };
+        assert!(select.query.to_string().contains("(A + B) * 2"));
     }
 
     #[test]

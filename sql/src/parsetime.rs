@@ -1,6 +1,7 @@
 //! ksqlDB's functions that read times from text with a Java date pattern:
 //! `STRINGTOTIMESTAMP(text, pattern)` (epoch milliseconds, BIGINT), `PARSE_TIMESTAMP(text,
-//! pattern)` (a TIMESTAMP) and `STRINGTODATE(text, pattern)` (days since the epoch, INTEGER).
+//! pattern)` (a TIMESTAMP), `STRINGTODATE(text, pattern)` (days since the epoch, INTEGER),
+//! `PARSE_DATE(text, pattern)` (a DATE) and `PARSE_TIME(text, pattern)` (a TIME).
 //! Texts without a zone are UTC; zone names (`z`) are refused rather than misread. The pattern may
 //! differ from row to row; each is translated
 //! once per batch (`crate::timefmt`), and the parsing is the one `TIMESTAMP_FORMAT` uses.
@@ -21,6 +22,10 @@ enum Out {
     Millis,
     Timestamp,
     Days,
+    /// A DATE (`PARSE_DATE`).
+    Date,
+    /// A TIME (`PARSE_TIME`): the time of day alone.
+    Time,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -42,6 +47,8 @@ impl ScalarUDFImpl for ParseTime {
             Out::Millis => DataType::Int64,
             Out::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, None),
             Out::Days => DataType::Int32,
+            Out::Date => DataType::Date32,
+            Out::Time => DataType::Time32(TimeUnit::Millisecond),
         })
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
@@ -71,9 +78,18 @@ impl ScalarUDFImpl for ParseTime {
                 };
             }
             let text = texts.value(i);
-            if self.out == Out::Days {
+            if self.out == Out::Time {
+                match chrono::NaiveTime::parse_from_str(text, &formats[pattern]) {
+                    Ok(t) => millis.append_value(t.signed_duration_since(chrono::NaiveTime::MIN).num_milliseconds()),
+                    Err(e) => {
+                        return exec_err!("{}: failed to parse '{text}' with pattern '{pattern}': {e}", self.name)
+                    }
+                }
+                continue;
+            }
+            if matches!(self.out, Out::Days | Out::Date) {
                 // A date alone (a pattern without a time of day).
-                match chrono::NaiveDate::parse_from_str(text, &formats[pattern]) {
+                match parse_date(text, &formats[pattern]) {
                     Ok(d) => millis.append_value(d.and_time(chrono::NaiveTime::MIN).and_utc().timestamp_millis()),
                     Err(e) => {
                         return exec_err!("{}: failed to parse '{text}' with pattern '{pattern}': {e}", self.name)
@@ -92,6 +108,14 @@ impl ScalarUDFImpl for ParseTime {
         let out: ArrayRef = match self.out {
             Out::Millis => Arc::new(millis),
             Out::Timestamp => Arc::new(TimestampMillisecondArray::from(millis.iter().collect::<Vec<_>>())),
+            Out::Date | Out::Time => {
+                let days_or_ms = millis.unary::<_, arrow::datatypes::Int64Type>(|ms| match self.out {
+                    Out::Date => ms.div_euclid(86_400_000),
+                    _ => ms,
+                });
+                let t = self.return_type(&[])?;
+                arrow::compute::cast(&arrow::compute::cast(&days_or_ms, &DataType::Int32)?, &t)?
+            }
             Out::Days => {
                 let mut days = Int32Builder::with_capacity(millis.len());
                 for v in millis.iter() {
@@ -104,6 +128,20 @@ impl ScalarUDFImpl for ParseTime {
     }
 }
 
+/// A date read with a chrono format; a pattern without the day (or month) reads the first
+/// (as Java's formatters default them for ksqlDB).
+fn parse_date(text: &str, format: &str) -> chrono::ParseResult<chrono::NaiveDate> {
+    let mut parsed = chrono::format::Parsed::new();
+    chrono::format::parse(&mut parsed, text, chrono::format::StrftimeItems::new(format))?;
+    if parsed.day().is_none() && parsed.ordinal().is_none() {
+        parsed.set_day(1)?;
+        if parsed.month().is_none() {
+            parsed.set_month(1)?;
+        }
+    }
+    parsed.to_naive_date()
+}
+
 /// The functions, for registration.
 pub fn all() -> Vec<ScalarUDF> {
     let signature = || {
@@ -112,10 +150,16 @@ pub fn all() -> Vec<ScalarUDF> {
             Volatility::Immutable,
         )
     };
-    [("stringtotimestamp", Out::Millis), ("parse_timestamp", Out::Timestamp), ("stringtodate", Out::Days)]
-        .into_iter()
-        .map(|(name, out)| ScalarUDF::new_from_impl(ParseTime { name, out, signature: signature() }))
-        .collect()
+    [
+        ("stringtotimestamp", Out::Millis),
+        ("parse_timestamp", Out::Timestamp),
+        ("stringtodate", Out::Days),
+        ("parse_date", Out::Date),
+        ("parse_time", Out::Time),
+    ]
+    .into_iter()
+    .map(|(name, out)| ScalarUDF::new_from_impl(ParseTime { name, out, signature: signature() }))
+    .collect()
 }
 
 #[cfg(test)]

@@ -927,7 +927,17 @@ fn plan_stateless(
     pctx: &PhysicalPlanningContext,
 ) -> Result<QueryPlan> {
     let (filter, scan_schema) = filter_over_scan(&projection.input)?;
-    let physical = |e: &Expr| create_physical_expr(e, scan_schema, props, pctx).map_err(SqlError::from);
+    // Each row's record headers go on to its output record: the reader of a source (not of a
+    // join's output) appends them after the row's other columns. The expressions are planned
+    // over the batch as it comes, headers included (a lambda's parameters are numbered after
+    // the batch's columns).
+    let carries_headers = source.name != JOINED;
+    let headers = Field::new(rill_engine::source::HEADERS, rill_engine::source::headers_type(), true);
+    let exec_schema = match carries_headers {
+        true => scan_schema.join(&DFSchema::try_from(Schema::new(vec![headers.clone()]))?)?,
+        false => scan_schema.clone(),
+    };
+    let physical = |e: &Expr| create_physical_expr(e, &exec_schema, props, pctx).map_err(SqlError::from);
     let mut filter = filter.map(physical).transpose()?;
     if source.kind == SourceKind::Stream {
         // A stream's null values pass through a projection, but a WHERE clause drops them.
@@ -969,11 +979,9 @@ fn plan_stateless(
     let delete_out = fields.len() - 1;
     let deletes = is_table.then_some((input_delete, delete_out));
     let key_columns: Vec<usize> = (0..columns.len()).filter(|i| columns[*i].key).collect();
-    // Each row's record headers go on to its output record: the reader of a source (not of a
-    // join's output) appends them after the row's other columns.
-    let headers_column = (source.name != JOINED).then(|| {
+    let headers_column = carries_headers.then(|| {
         exprs.push(Arc::new(PhysColumn::new(rill_engine::source::HEADERS, scan_schema.fields().len())));
-        fields.push(Field::new(rill_engine::source::HEADERS, rill_engine::source::headers_type(), true));
+        fields.push(headers);
         fields.len() - 1
     });
     let ts_index = index_in(scan_schema, rill_engine::source::ROWTIME)?;
@@ -2826,6 +2834,9 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
                     }
                 }
             }
+            // DataFusion plans the elements of an `ARRAY[...]` literal without the enclosing
+            // lambda's parameters; `make_array(...)` is the same function, planned with them.
+            sp::Expr::Array(array) => *e = call("make_array", std::mem::take(&mut array.elem)),
             sp::Expr::Substring { expr, substring_from, substring_for, .. } => {
                 // ksqlDB counts SUBSTRING's positions its own way (the `substring` UDF).
                 let mut args = vec![expr.as_ref().clone()];
@@ -2836,6 +2847,20 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
             sp::Expr::Function(f) => {
                 let name = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_uppercase());
                 let args = plain_args(f);
+                // DATEADD(DAYS, n, d) and the like: the unit keyword is passed as text.
+                if name.as_deref().is_some_and(|n| crate::datefns::WITH_UNIT.contains(&n)) {
+                    if let sp::FunctionArguments::List(list) = &mut f.args {
+                        if let Some(sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(first))) = list.args.first_mut()
+                        {
+                            if let sp::Expr::Identifier(id) = first {
+                                if id.quote_style.is_none() && crate::datefns::is_unit(&id.value) {
+                                    *first = sp::Expr::Value(sp::Value::SingleQuotedString(id.value.clone()).into());
+                                }
+                            }
+                        }
+                    }
+                    return ControlFlow::Continue(());
+                }
                 // ksqlDB's one-argument LOG is the natural logarithm (DataFusion's is base 10).
                 if name.as_deref() == Some("LOG") && args.as_ref().is_some_and(|a| a.len() == 1) {
                     f.name = sp::ObjectName::from(vec![sp::Ident::new("ln")]);

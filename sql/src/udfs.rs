@@ -1,5 +1,5 @@
 //! ksqlDB scalar functions DataFusion does not have: `EXTRACTJSONFIELD`, `TO_JSON_STRING`, `ELT`, `FIELD`, `INSTR`,
-//! `GEO_DISTANCE`, `TIMESTAMPTOSTRING`, `FORMAT_TIMESTAMP`.
+//! `GEO_DISTANCE`, `TIMESTAMPTOSTRING`, `FORMAT_TIMESTAMP`, `FORMAT_DATE`, `FORMAT_TIME`, `DATETOSTRING`.
 
 use std::sync::Arc;
 
@@ -282,9 +282,13 @@ impl ScalarUDFImpl for Substring {
 /// The scalar functions of this module.
 /// `TIMESTAMPTOSTRING(epoch_ms, 'pattern'[, 'zone'])` and `FORMAT_TIMESTAMP(ts, 'pattern'[, 'zone'])`:
 /// a time as text in a Java `DateTimeFormatter` pattern, in a zone (IANA name; UTC by default).
+/// `FORMAT_DATE(date, 'pattern')`, `DATETOSTRING(days, 'pattern')` and `FORMAT_TIME(time,
+/// 'pattern')` format dates and times of day the same way. Patterns may differ from row to row.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct FormatTimestamp {
     name: &'static str,
+    /// The first argument counts days (DATETOSTRING's INT), not milliseconds.
+    days: bool,
     signature: Signature,
 }
 
@@ -300,32 +304,53 @@ impl ScalarUDFImpl for FormatTimestamp {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let millis = arrow::compute::cast(&arrays[0], &DataType::Int64)?;
+        let day_ms = |a: &ArrayRef| -> Result<ArrayRef> {
+            let days = arrow::compute::cast(a, &DataType::Int64)?;
+            Ok(Arc::new(
+                days.as_primitive::<arrow::datatypes::Int64Type>()
+                    .unary::<_, arrow::datatypes::Int64Type>(|d| d * 86_400_000),
+            ))
+        };
+        let millis = match arrays[0].data_type() {
+            DataType::Date32 => day_ms(&arrays[0])?,
+            _ if self.days => day_ms(&arrays[0])?,
+            _ => arrow::compute::cast(&arrays[0], &DataType::Int64)?,
+        };
         let millis = millis.as_primitive::<arrow::datatypes::Int64Type>();
-        let text = |i: usize| -> Option<String> {
-            let a = arrays.get(i)?;
-            let a = arrow::compute::cast(a, &DataType::Utf8).ok()?;
-            let a = a.as_string::<i32>();
-            (a.len() > 0 && a.is_valid(0)).then(|| a.value(0).to_string())
+        let texts = |i: usize| -> Result<Option<ArrayRef>> {
+            arrays.get(i).map(|a| arrow::compute::cast(a, &DataType::Utf8)).transpose().map_err(Into::into)
         };
-        let Some(pattern) = text(1) else { return exec_err!("{}: the format must be a string", self.name) };
-        let format = match crate::timefmt::java_to_chrono(&pattern) {
-            Ok(f) => f,
-            Err(e) => return exec_err!("{}: {e}", self.name),
-        };
-        let zone: chrono_tz::Tz = match text(2) {
-            Some(z) => match z.parse() {
-                Ok(tz) => tz,
-                Err(_) => return exec_err!("Unknown time zone: '{z}'"),
-            },
-            None => chrono_tz::UTC,
-        };
+        let Some(patterns) = texts(1)? else { return exec_err!("{}: the format must be a string", self.name) };
+        let patterns = patterns.as_string::<i32>();
+        let zones = texts(2)?;
+        let zones = zones.as_ref().map(|z| z.as_string::<i32>());
+        let mut formats: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
+        let mut tzs: std::collections::HashMap<&str, chrono_tz::Tz> = std::collections::HashMap::new();
         let mut out = StringBuilder::with_capacity(millis.len(), millis.len() * 24);
         for i in 0..millis.len() {
-            match (millis.is_valid(i)).then(|| chrono::DateTime::from_timestamp_millis(millis.value(i))).flatten() {
-                Some(t) => out.append_value(t.with_timezone(&zone).format(&format).to_string()),
-                None => out.append_null(),
+            let time = millis.is_valid(i).then(|| chrono::DateTime::from_timestamp_millis(millis.value(i))).flatten();
+            let (Some(t), false) = (time, patterns.is_null(i)) else {
+                out.append_null();
+                continue;
+            };
+            let pattern = patterns.value(i);
+            if !formats.contains_key(pattern) {
+                match crate::timefmt::java_to_chrono(pattern) {
+                    Ok(f) => formats.insert(pattern, f),
+                    Err(e) => return exec_err!("{}: {e}", self.name),
+                };
             }
+            let zone = match zones.filter(|z| z.is_valid(i)).map(|z| z.value(i)) {
+                None => chrono_tz::UTC,
+                Some(z) => match tzs.get(z) {
+                    Some(tz) => *tz,
+                    None => match z.parse::<chrono_tz::Tz>() {
+                        Ok(tz) => *tzs.entry(z).or_insert(tz),
+                        Err(_) => return exec_err!("Unknown time zone: '{z}'"),
+                    },
+                },
+            };
+            out.append_value(t.with_timezone(&zone).format(&formats[pattern]).to_string());
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish())))
     }
@@ -334,8 +359,23 @@ impl ScalarUDFImpl for FormatTimestamp {
 pub fn all() -> Vec<ScalarUDF> {
     let two_or_three = || Signature::one_of(vec![TypeSignature::Any(2), TypeSignature::Any(3)], Volatility::Immutable);
     vec![
-        ScalarUDF::from(FormatTimestamp { name: "timestamptostring", signature: two_or_three() }),
-        ScalarUDF::from(FormatTimestamp { name: "format_timestamp", signature: two_or_three() }),
+        ScalarUDF::from(FormatTimestamp { name: "timestamptostring", days: false, signature: two_or_three() }),
+        ScalarUDF::from(FormatTimestamp { name: "format_timestamp", days: false, signature: two_or_three() }),
+        ScalarUDF::from(FormatTimestamp {
+            name: "format_date",
+            days: false,
+            signature: Signature::any(2, Volatility::Immutable),
+        }),
+        ScalarUDF::from(FormatTimestamp {
+            name: "format_time",
+            days: false,
+            signature: Signature::any(2, Volatility::Immutable),
+        }),
+        ScalarUDF::from(FormatTimestamp {
+            name: "datetostring",
+            days: true,
+            signature: Signature::any(2, Volatility::Immutable),
+        }),
         ScalarUDF::from(ExtractJsonField { signature: Signature::any(2, Volatility::Immutable) }),
         ScalarUDF::from(ToJsonString { signature: Signature::any(1, Volatility::Immutable) }),
         ScalarUDF::from(AsValue { signature: Signature::any(1, Volatility::Immutable) }),
