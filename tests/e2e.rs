@@ -486,3 +486,35 @@ async fn alter_stream_adds_columns_that_survive_a_restart() {
     assert_eq!(fields, vec!["USER_ID", "PAGE", "DURATION", "REFERRER", "BYTES"]);
     server.stop();
 }
+
+/// Lambdas work in every shape of query: a filter with a projection, the projection of an
+/// aggregation (over its output, which carries hidden columns), a table-table join and a pull
+/// query over its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambdas_in_projections_aggregations_joins_and_pull_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.ok("CREATE STREAM s (id STRING KEY, a ARRAY<INT>, n INT) WITH (kafka_topic='s', value_format='JSON', partitions=1);").await;
+    server.ok("CREATE TABLE t (id STRING PRIMARY KEY, b ARRAY<INT>) WITH (kafka_topic='t', value_format='JSON', partitions=1);").await;
+    server.ok("CREATE TABLE u (id STRING PRIMARY KEY, m MAP<STRING, INT>) WITH (kafka_topic='u', value_format='JSON', partitions=1);").await;
+    server.ok("CREATE STREAM plus AS SELECT id, TRANSFORM(a, x => x + n) AS a2 FROM s WHERE REDUCE(a, 0, (acc, x) => acc + x) > 0;").await;
+    server.ok("CREATE TABLE lists AS SELECT id, TRANSFORM(COLLECT_LIST(n), x => x * 2) AS doubled FROM s GROUP BY id;").await;
+    server.ok("CREATE TABLE both AS SELECT t.id, FILTER(b, x => x > 2) AS big, TRANSFORM(m, (k, v) => UCASE(k), (k, v) => v * 10) AS m2 FROM t JOIN u ON t.id = u.id;").await;
+    server.ok("INSERT INTO s (id, a, n) VALUES ('k', ARRAY[1, 2], 10);").await;
+    server.ok("INSERT INTO s (id, a, n) VALUES ('k', ARRAY[-5], 20);").await;
+    server.ok("INSERT INTO s (id, a, n) VALUES ('k', ARRAY[3], 30);").await;
+    server.ok("INSERT INTO t (id, b) VALUES ('k', ARRAY[1, 3, 5]);").await;
+    server.ok("INSERT INTO u (id, m) VALUES ('k', MAP('x' := 1));").await;
+    let values = |body: &str| -> Vec<String> {
+        body.lines().map(|l| l.split(", value: ").nth(1).unwrap_or_default().replace(", partition: 0", "")).collect()
+    };
+    let (_, body) = server.query("PRINT 'PLUS' FROM BEGINNING LIMIT 2;").await;
+    assert_eq!(values(&body), [r#"{"A2":[11,12]}"#, r#"{"A2":[33]}"#], "{body}");
+    let (_, body) = server.query("PRINT 'LISTS' FROM BEGINNING LIMIT 3;").await;
+    assert_eq!(values(&body), [r#"{"DOUBLED":[20]}"#, r#"{"DOUBLED":[20,40]}"#, r#"{"DOUBLED":[20,40,60]}"#], "{body}");
+    let (_, body) = server.query("PRINT 'BOTH' FROM BEGINNING LIMIT 1;").await;
+    assert_eq!(values(&body), [r#"{"BIG":[3,5],"M2":{"X":10}}"#], "{body}");
+    let (_, body) = server.query("SELECT T_ID, REDUCE(BIG, 0, (acc, x) => acc + x) AS total FROM BOTH WHERE T_ID = 'k';").await;
+    assert!(body.contains(r#"["k",8]"#), "{body}");
+    server.stop();
+}

@@ -18,11 +18,93 @@ use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::compute::{cast, filter, interleave, take, take_arrays};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use arrow::row::{RowConverter, SortField};
+use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{exec_err, plan_err, Result};
 use datafusion::logical_expr::{
     ColumnarValue, HigherOrderFunctionArgs, HigherOrderReturnFieldArgs, HigherOrderSignature, HigherOrderUDF,
     HigherOrderUDFImpl, LambdaArgument, LambdaParametersProgress, ValueOrLambda, Volatility,
 };
+use datafusion::physical_expr::PhysicalExpr;
+
+/// Plans `e` over `schema` like DataFusion's `create_physical_expr`; an expression with lambdas
+/// is wrapped so that it sees only the columns it was planned over. (DataFusion numbers a
+/// lambda's parameters after its input's columns: the hidden columns Rill's operators append to
+/// their batches would take their places.)
+pub fn create_physical_expr(
+    e: &datafusion::logical_expr::Expr,
+    schema: &datafusion::common::DFSchema,
+    props: &datafusion::execution::context::ExecutionProps,
+    pctx: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
+) -> Result<Arc<dyn PhysicalExpr>> {
+    let inner = datafusion::physical_expr::create_physical_expr(e, schema, props, pctx)?;
+    let has_lambda =
+        e.exists(|x| Ok(matches!(x, datafusion::logical_expr::Expr::HigherOrderFunction(_)))).unwrap_or(true);
+    Ok(match has_lambda {
+        true => Arc::new(PlannedColumns { inner, width: schema.fields().len() }),
+        false => inner,
+    })
+}
+
+/// An expression evaluated over the first `width` columns of its batches only.
+#[derive(Debug)]
+struct PlannedColumns {
+    inner: Arc<dyn PhysicalExpr>,
+    width: usize,
+}
+
+impl PartialEq for PlannedColumns {
+    fn eq(&self, other: &Self) -> bool {
+        self.width == other.width && self.inner.as_ref() == other.inner.as_ref()
+    }
+}
+
+impl Eq for PlannedColumns {}
+
+impl std::hash::Hash for PlannedColumns {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.inner.as_ref().hash(state);
+        self.width.hash(state);
+    }
+}
+
+impl PlannedColumns {
+    fn indices(&self, columns: usize) -> Option<Vec<usize>> {
+        (columns > self.width).then(|| (0..self.width).collect())
+    }
+}
+
+impl std::fmt::Display for PlannedColumns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl PhysicalExpr for PlannedColumns {
+    fn return_field(&self, input_schema: &arrow::datatypes::Schema) -> Result<FieldRef> {
+        match self.indices(input_schema.fields().len()) {
+            Some(i) => self.inner.return_field(&input_schema.project(&i)?),
+            None => self.inner.return_field(input_schema),
+        }
+    }
+    fn evaluate(&self, batch: &arrow::array::RecordBatch) -> Result<ColumnarValue> {
+        match self.indices(batch.num_columns()) {
+            Some(i) => self.inner.evaluate(&batch.project(&i)?),
+            None => self.inner.evaluate(batch),
+        }
+    }
+    fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
+        vec![&self.inner]
+    }
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn PhysicalExpr>>) -> Result<Arc<dyn PhysicalExpr>> {
+        match <[_; 1]>::try_from(children) {
+            Ok([inner]) => Ok(Arc::new(PlannedColumns { inner, width: self.width })),
+            Err(_) => exec_err!("an expression with lambdas has one child"),
+        }
+    }
+    fn fmt_sql(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt_sql(f)
+    }
+}
 
 /// The three lambda functions, under ksqlDB's names.
 pub fn all() -> Vec<Arc<HigherOrderUDF>> {

@@ -13,7 +13,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::execution_props::ExecutionProps;
 use datafusion::physical_expr::expressions::{BinaryExpr, NotExpr};
-use datafusion::physical_expr::{create_physical_expr, expressions::Column as PhysColumn, PhysicalExpr};
+use datafusion::physical_expr::{expressions::Column as PhysColumn, PhysicalExpr};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
 use rill_engine::operator::Chain;
@@ -31,6 +31,7 @@ use sqlparser::ast as sp;
 use crate::ast::{Emit, Select, SourceKind, WindowSpec};
 use crate::catalog::{Catalog, SourceDef};
 use crate::error::{Result, SqlError};
+use crate::lambdas::create_physical_expr;
 use crate::types::SqlType;
 
 /// Name of the hidden last column carrying each output row's record timestamp.
@@ -1134,7 +1135,13 @@ fn plan_aggregate(
     let having = having.map(|h| create_physical_expr(h, &agg_schema, props, pctx)).transpose()?;
     let output_schema: SchemaRef = Arc::new(agg_schema.as_arrow().clone());
     let group_names: Vec<String> = agg_schema.fields().iter().take(user_groups).map(|f| f.name().clone()).collect();
-    let post_physical = |e: &Expr| create_physical_expr(e, &agg_schema, props, pctx).map_err(SqlError::from);
+    // The projection reads the aggregation's output batches: its columns, then the delete flag
+    // and the row time (a lambda's parameters are numbered after all of them).
+    let post_input = agg_schema.join(&DFSchema::try_from(Schema::new(vec![
+        Field::new(DELETE_COLUMN, DataType::Boolean, true),
+        Field::new(HIDDEN_TS, DataType::Int64, true),
+    ]))?)?;
+    let post_physical = |e: &Expr| create_physical_expr(e, &post_input, props, pctx).map_err(SqlError::from);
     let (mut exprs, mut columns, mut fields) =
         output_columns(projection, &post_physical, |c| group_names.iter().any(|g| g == c))?;
     // Key columns are ordered as in GROUP BY, not as in the projection.
