@@ -498,7 +498,9 @@ async fn lambdas_in_projections_aggregations_joins_and_pull_queries() {
     server.ok("CREATE TABLE t (id STRING PRIMARY KEY, b ARRAY<INT>) WITH (kafka_topic='t', value_format='JSON', partitions=1);").await;
     server.ok("CREATE TABLE u (id STRING PRIMARY KEY, m MAP<STRING, INT>) WITH (kafka_topic='u', value_format='JSON', partitions=1);").await;
     server.ok("CREATE STREAM plus AS SELECT id, TRANSFORM(a, x => x + n) AS a2 FROM s WHERE REDUCE(a, 0, (acc, x) => acc + x) > 0;").await;
-    server.ok("CREATE TABLE lists AS SELECT id, TRANSFORM(COLLECT_LIST(n), x => x * 2) AS doubled FROM s GROUP BY id;").await;
+    server
+        .ok("CREATE TABLE lists AS SELECT id, TRANSFORM(COLLECT_LIST(n), x => x * 2) AS doubled FROM s GROUP BY id;")
+        .await;
     server.ok("CREATE TABLE both AS SELECT t.id, FILTER(b, x => x > 2) AS big, TRANSFORM(m, (k, v) => UCASE(k), (k, v) => v * 10) AS m2 FROM t JOIN u ON t.id = u.id;").await;
     server.ok("INSERT INTO s (id, a, n) VALUES ('k', ARRAY[1, 2], 10);").await;
     server.ok("INSERT INTO s (id, a, n) VALUES ('k', ARRAY[-5], 20);").await;
@@ -514,7 +516,8 @@ async fn lambdas_in_projections_aggregations_joins_and_pull_queries() {
     assert_eq!(values(&body), [r#"{"DOUBLED":[20]}"#, r#"{"DOUBLED":[20,40]}"#, r#"{"DOUBLED":[20,40,60]}"#], "{body}");
     let (_, body) = server.query("PRINT 'BOTH' FROM BEGINNING LIMIT 1;").await;
     assert_eq!(values(&body), [r#"{"BIG":[3,5],"M2":{"X":10}}"#], "{body}");
-    let (_, body) = server.query("SELECT T_ID, REDUCE(BIG, 0, (acc, x) => acc + x) AS total FROM BOTH WHERE T_ID = 'k';").await;
+    let (_, body) =
+        server.query("SELECT T_ID, REDUCE(BIG, 0, (acc, x) => acc + x) AS total FROM BOTH WHERE T_ID = 'k';").await;
     assert!(body.contains(r#"["k",8]"#), "{body}");
     server.stop();
 }

@@ -44,6 +44,7 @@ pub fn register(ctx: &SessionContext) -> Result<()> {
         .chain(crate::urlfns::all())
         .chain(crate::parsetime::all())
         .chain(crate::datefns::all())
+        .chain(crate::jsonfns::all())
         .chain(crate::regexfns::all())
         .chain(crate::regexfns::splits())
         .chain(crate::udfs::elt_field())

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod error;
 pub mod exprtext;
 pub mod functions;
+pub mod jsonfns;
 pub mod lambdas;
 pub mod parser;
 pub mod parsetime;

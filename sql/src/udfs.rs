@@ -77,8 +77,10 @@ impl ScalarUDFImpl for ExtractJsonField {
                 out.append_null();
                 continue;
             }
-            // A JSON parser (serde_json) reads the document; only the path walk is ours.
-            let value: Option<serde_json::Value> = serde_json::from_str(json.value(i)).ok();
+            // A JSON parser (serde_json) reads the document; only the path walk is ours. As
+            // ksqlDB's reader, it reads the first value and ignores what follows it.
+            let value: Option<serde_json::Value> =
+                serde_json::Deserializer::from_str(json.value(i)).into_iter().next().and_then(|v| v.ok());
             let found = value.as_ref().zip(parse_path(paths.value(i))).and_then(|(v, steps)| {
                 steps.iter().try_fold(v, |v, step| match step {
                     Ok(name) => v.get(name),
