@@ -45,6 +45,7 @@ pub fn register(ctx: &SessionContext) -> Result<()> {
         .chain(crate::parsetime::all())
         .chain(crate::datefns::all())
         .chain(crate::jsonfns::all())
+        .chain(crate::textfns::all())
         .chain(crate::regexfns::all())
         .chain(crate::regexfns::splits())
         .chain(crate::udfs::elt_field())

@@ -26,6 +26,7 @@ pub mod pull;
 pub mod regexfns;
 pub mod results;
 pub mod roundfn;
+pub mod textfns;
 pub mod timefmt;
 pub mod typecheck;
 pub mod types;

@@ -2844,6 +2844,12 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
             // DataFusion plans the elements of an `ARRAY[...]` literal without the enclosing
             // lambda's parameters; `make_array(...)` is the same function, planned with them.
             sp::Expr::Array(array) => *e = call("make_array", std::mem::take(&mut array.elem)),
+            // ksqlDB's TRIM is Java's: every character up to the space (tabs, line breaks...).
+            sp::Expr::Trim { expr, trim_where: None, trim_what: None, trim_characters: None } => {
+                let java_space: String = ('\u{0}'..=' ').collect();
+                let chars = sp::Expr::Value(sp::Value::SingleQuotedString(java_space).into());
+                *e = call("btrim", vec![expr.as_ref().clone(), chars]);
+            }
             sp::Expr::Substring { expr, substring_from, substring_for, .. } => {
                 // ksqlDB counts SUBSTRING's positions its own way (the `substring` UDF).
                 let mut args = vec![expr.as_ref().clone()];
@@ -3049,6 +3055,33 @@ fn ksql_function(f: &mut sp::Function) {
     if name == "EXPLODE" {
         // DataFusion plans `unnest(list)` in a projection as an Unnest node.
         f.name = sp::ObjectName::from(vec![sp::Ident::new("unnest")]);
+        return;
+    }
+    if name == "CUBE_EXPLODE" {
+        // A row per combination of the elements (see `crate::textfns`).
+        if let Some(args) = plain_args(f) {
+            *f = match call("unnest", vec![call("cube_combinations", args)]) {
+                sp::Expr::Function(g) => g,
+                _ => return,
+            };
+        }
+        return;
+    }
+    if name == "ARRAY_SORT" {
+        // ksqlDB puts nulls last in either direction.
+        if let sp::FunctionArguments::List(list) = &mut f.args {
+            let text = |s: &str| {
+                sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(sp::Expr::Value(
+                    sp::Value::SingleQuotedString(s.into()).into(),
+                )))
+            };
+            if list.args.len() == 1 {
+                list.args.push(text("ASC"));
+            }
+            if list.args.len() == 2 {
+                list.args.push(text("NULLS LAST"));
+            }
+        }
         return;
     }
     if name == "STRUCT" {
