@@ -15,6 +15,9 @@ pub enum ConnectorError {
     /// The format cannot represent the requested schema (for example KAFKA with two columns).
     #[error("{0}")]
     Unsupported(String),
+    /// The schema registry could not be read or written.
+    #[error("schema registry: {0}")]
+    Registry(String),
     /// Arrow failed on data that the format layer produced; this is a bug.
     #[error("internal error in record format: {0}")]
     Arrow(#[from] arrow::error::ArrowError),

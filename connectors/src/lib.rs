@@ -11,7 +11,9 @@
 
 pub mod error;
 pub mod format;
+pub mod registry;
 pub mod store;
 
 pub use error::{ConnectorError, Result};
+pub use registry::{FileRegistry, SchemaRegistry};
 pub use store::{EmbeddedStore, TopicStore};

@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 pub use rill_log::{AppendInfo, CleanupPolicy, Durability, Fetch, Log, OpenTxn, Record, TopicConfig, TxnEnd};
 
+use crate::registry::{FileRegistry, SchemaRegistry};
 use crate::Result;
 
 /// What the engine needs from a home for topics.
@@ -66,18 +67,23 @@ pub trait TopicStore: Send + Sync + 'static {
     /// may keep some, e.g. whole segments): the readers of an internal topic call it once their
     /// position is committed.
     fn delete_records(&self, topic: &str, partition: u32, offset: u64) -> Result<()>;
+    /// The schema registry of this store's topics (for AVRO records).
+    fn schema_registry(&self) -> Arc<dyn SchemaRegistry>;
 }
 
 /// The default store: topics in Rill's embedded log under the data directory.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     log: Arc<Log>,
+    registry: Arc<FileRegistry>,
 }
 
 impl EmbeddedStore {
     /// Opens (and recovers) the log under `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        Ok(Self { log: Log::open(dir)? })
+        let log = Log::open(dir)?;
+        let registry = Arc::new(FileRegistry::open(&dir.join("schema-registry.json"))?);
+        Ok(Self { log, registry })
     }
 
     /// The underlying log, for maintenance and benchmarks.
@@ -159,6 +165,9 @@ impl TopicStore for EmbeddedStore {
     fn delete_records(&self, topic: &str, partition: u32, offset: u64) -> Result<()> {
         self.log.delete_records(topic, partition, offset)?;
         Ok(())
+    }
+    fn schema_registry(&self) -> Arc<dyn SchemaRegistry> {
+        self.registry.clone()
     }
 
     fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>> {

@@ -478,7 +478,7 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                 topic: source.topic.clone(),
                 partition: p,
                 offset: start_offset,
-                reader: Some(SourceReader::try_new(source.clone(), p)?),
+                reader: Some(SourceReader::try_new(source.clone(), p, store.schema_registry())?),
                 chain,
                 out,
                 stats: stats.clone(),

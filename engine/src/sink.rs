@@ -6,7 +6,8 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int64Type, SchemaRef};
 use bytes::Bytes;
-use rill_connectors::format::{self, Encoder, Format};
+use rill_connectors::format::{self, Encoder, Format, Registered};
+use rill_connectors::registry::subject;
 use rill_connectors::store::{Record, TopicStore};
 
 use crate::source::DeadLetter;
@@ -85,8 +86,9 @@ impl Sink {
     pub fn try_new(spec: SinkSpec, store: Arc<dyn TopicStore>) -> Result<Self> {
         let key_schema = Arc::new(spec.input_schema.project(&spec.key_columns)?);
         let value_schema = Arc::new(spec.input_schema.project(&spec.value_columns)?);
-        let key_encoder = format::encoder(&spec.key_format, key_schema)?;
-        let value_encoder = format::encoder(&spec.value_format, value_schema)?;
+        let on = |key: bool| Registered { registry: store.schema_registry(), subject: subject(&spec.topic, key) };
+        let key_encoder = format::encoder(&spec.key_format, key_schema, Some(&on(true)))?;
+        let value_encoder = format::encoder(&spec.value_format, value_schema, Some(&on(false)))?;
         Ok(Self { spec, store, key_encoder, value_encoder, refused: Vec::new() })
     }
 

@@ -14,7 +14,8 @@ use arrow::buffer::OffsetBuffer;
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
-use rill_connectors::format::{self, Decoder, Format};
+use rill_connectors::format::{self, Decoder, Format, Registered};
+use rill_connectors::registry::{subject, SchemaRegistry};
 use rill_connectors::store::Fetch;
 
 use crate::{EngineError, Result};
@@ -316,20 +317,22 @@ pub struct SourceReader {
     schema: SchemaRef,
     key_decoder: Box<dyn Decoder>,
     value_decoder: Box<dyn Decoder>,
+    registry: Arc<dyn SchemaRegistry>,
 }
 
 impl SourceReader {
-    /// A reader for one partition of `spec`.
-    pub fn try_new(spec: SourceSpec, partition: u32) -> Result<Self> {
-        let key_decoder = format::decoder(&spec.key_format, spec.key_schema.clone())?;
-        let value_decoder = format::decoder(&spec.value_format, spec.value_schema.clone())?;
+    /// A reader for one partition of `spec`; AVRO records find their schemas in `registry`.
+    pub fn try_new(spec: SourceSpec, partition: u32, registry: Arc<dyn SchemaRegistry>) -> Result<Self> {
+        let on = |key: bool| Registered { registry: registry.clone(), subject: subject(&spec.topic, key) };
+        let key_decoder = format::decoder(&spec.key_format, spec.key_schema.clone(), Some(&on(true)))?;
+        let value_decoder = format::decoder(&spec.value_format, spec.value_schema.clone(), Some(&on(false)))?;
         let schema = spec.row_schema();
-        Ok(Self { spec, partition, schema, key_decoder, value_decoder })
+        Ok(Self { spec, partition, schema, key_decoder, value_decoder, registry })
     }
 
     /// Another reader of the same partition (to decode fetches side by side).
     pub fn fork(&self) -> Result<Self> {
-        Self::try_new(self.spec.clone(), self.partition)
+        Self::try_new(self.spec.clone(), self.partition, self.registry.clone())
     }
 
     /// The schema of produced batches.
@@ -596,7 +599,7 @@ mod tests {
             ],
             carry_headers: false,
         };
-        let mut reader = SourceReader::try_new(spec, 0).unwrap();
+        let mut reader = SourceReader::try_new(spec, 0, Arc::new(rill_connectors::FileRegistry::in_memory())).unwrap();
         let fetch = store.read("t", 0, 0, 1 << 20).unwrap();
         let batch = reader.read(&fetch).unwrap().batch.unwrap();
         let schema = batch.schema();

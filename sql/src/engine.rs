@@ -626,7 +626,7 @@ impl KsqlEngine {
         let schema = spec.row_schema();
         let mut batches = Vec::new();
         for p in 0..self.store.topic_config(&source.topic)?.partitions {
-            let mut reader = rill_engine::source::SourceReader::try_new(spec.clone(), p)?;
+            let mut reader = rill_engine::source::SourceReader::try_new(spec.clone(), p, self.store.schema_registry())?;
             let mut offset = self.store.start_offset(&source.topic, p)?;
             let end = self.store.end_offset(&source.topic, p)?;
             while offset < end {
@@ -688,7 +688,28 @@ impl KsqlEngine {
         let topic = with.get("KAFKA_TOPIC").map(|v| v.as_text()).ok_or_else(|| {
             SqlError::plan(format!("Missing required property \"KAFKA_TOPIC\" for \"CREATE {}\"", kind.name()))
         })?;
-        let (key_format, value_format) = formats(with, None, props)?;
+        let (key_format, mut value_format) = formats(with, None, props)?;
+        let mut columns = columns;
+        // AVRO sources declared without value (or key) columns take them from the latest schema
+        // registered for the topic, as ksqlDB does.
+        if value_format.kind.uses_registry() && !columns.iter().any(|c| !c.key && c.header.is_none()) {
+            let whole = matches!(with.get("WRAP_SINGLE_VALUE"), Some(PropValue::Bool(false)));
+            let (inferred, single) = self.inferred_columns(&topic, false, whole)?;
+            if single {
+                value_format.wrap_single_value = false;
+            }
+            columns.extend(inferred);
+        }
+        if key_format.kind.uses_registry() && !columns.iter().any(|c| c.key) {
+            let subject = rill_connectors::registry::subject(&topic, true);
+            if self.store.schema_registry().latest(&subject)?.is_some() {
+                let (mut inferred, _) = self.inferred_columns(&topic, true, false)?;
+                for c in &mut inferred {
+                    c.primary_key = kind == SourceKind::Table;
+                }
+                columns.splice(0..0, inferred);
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         let headers_type = SqlType::Array(Box::new(SqlType::Struct(vec![
             ("KEY".into(), SqlType::String),
@@ -773,7 +794,66 @@ impl KsqlEngine {
         };
         check_formats(&def)?;
         let partitions = self.ensure_topic(&topic, with.get("PARTITIONS"), kind == SourceKind::Table)?;
+        self.register_schemas(&def)?;
         Ok(SourceDef { partitions, ..def })
+    }
+
+    /// The columns of the latest AVRO schema registered for a topic's values (`key == false`) or
+    /// keys, upper-cased as ksqlDB infers them; `whole`: the schema is one column even if it is a
+    /// record. Returns whether the columns are one unwrapped value.
+    fn inferred_columns(&self, topic: &str, key: bool, whole: bool) -> Result<(Vec<ColumnDef>, bool)> {
+        let subject = rill_connectors::registry::subject(topic, key);
+        let Some((_, text)) = self.store.schema_registry().latest(&subject)? else {
+            return Err(SqlError::plan(format!(
+                "Schema for message {} on topic '{topic}' does not exist in the Schema Registry.\nSubject: {subject}",
+                if key { "keys" } else { "values" }
+            )));
+        };
+        let avro: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| SqlError::plan(format!("Invalid schema for {subject}: {e}")))?;
+        let single = if key { "ROWKEY" } else { "ROWVAL" };
+        let fields = if whole {
+            format::avro_arrow_type(&avro).map(|t| vec![arrow::datatypes::Field::new(single, t, true)].into())
+        } else {
+            format::avro_columns(&avro, single)
+        };
+        let unsupported = || SqlError::plan(format!("Unsupported schema for {subject} (no SQL type for it): {text}"));
+        let fields = fields.ok_or_else(unsupported)?;
+        let unwrapped = whole || (fields.len() == 1 && fields[0].name() == single && !avro_is_record(&avro));
+        let mut out = Vec::with_capacity(fields.len());
+        for f in fields.iter() {
+            let sql_type = SqlType::from_arrow(f.data_type()).ok_or_else(unsupported)?;
+            out.push(ColumnDef {
+                name: f.name().to_uppercase(),
+                sql_type: upper_fields(sql_type),
+                key,
+                primary_key: false,
+                header: None,
+                position: Default::default(),
+            });
+        }
+        Ok((out, unwrapped))
+    }
+
+    /// Registers the schemas of a new AVRO source's keys and values unless their subjects have
+    /// some already (a producer's): producers can then fetch them.
+    fn register_schemas(&self, def: &SourceDef) -> Result<()> {
+        let registry = self.store.schema_registry();
+        for (key, format) in [(true, &def.key_format), (false, &def.value_format)] {
+            let cols: Vec<&Column> = if key { def.key_columns().collect() } else { def.value_columns().collect() };
+            if !format.kind.uses_registry() || cols.is_empty() {
+                continue;
+            }
+            let subject = rill_connectors::registry::subject(&def.topic, key);
+            if registry.latest(&subject)?.is_some() {
+                continue;
+            }
+            let schema =
+                Schema::new(cols.iter().map(|c| Field::new(&c.name, c.sql_type.to_arrow(), true)).collect::<Vec<_>>());
+            let avro = format::avro_schema_for(&schema, !format.wrap_single_value || key)?;
+            registry.register(&subject, &avro.to_string())?;
+        }
+        Ok(())
     }
 
     /// Creates the topic if PARTITIONS says how; returns its partition count.
@@ -1151,7 +1231,7 @@ impl KsqlEngine {
             sink.columns.iter().map(|c| Field::new(&c.name, c.sql_type.to_arrow(), true)).collect();
         fields.push(Field::new("ROWTIME", DataType::Int64, true));
         let schema = Arc::new(Schema::new(fields));
-        let mut decoder = format::decoder(&Format::new(FormatKind::Json), schema.clone())?;
+        let mut decoder = format::decoder(&Format::new(FormatKind::Json), schema.clone(), None)?;
         let decoded = decoder.decode(rows)?;
         let mut results: Vec<std::result::Result<(), String>> = vec![Ok(()); rows.len()];
         for (i, e) in &decoded.errors {
@@ -1429,6 +1509,23 @@ fn check_timestamp(cols: &[Column], with: &Props) -> Result<Option<String>> {
         }
     }
     Ok(timestamp)
+}
+
+/// Whether an Avro schema is a record.
+fn avro_is_record(avro: &serde_json::Value) -> bool {
+    avro.get("type").and_then(|t| t.as_str()) == Some("record")
+}
+
+/// A type with its struct fields' names upper-cased (as ksqlDB infers them from a schema).
+fn upper_fields(t: SqlType) -> SqlType {
+    match t {
+        SqlType::Struct(fields) => {
+            SqlType::Struct(fields.into_iter().map(|(n, t)| (n.to_uppercase(), upper_fields(t))).collect())
+        }
+        SqlType::Array(t) => SqlType::Array(Box::new(upper_fields(*t))),
+        SqlType::Map(k, v) => SqlType::Map(k, Box::new(upper_fields(*v))),
+        other => other,
+    }
 }
 
 /// What the key and value formats can carry, with ksqlDB's messages (the one place CREATE

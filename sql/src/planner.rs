@@ -272,6 +272,7 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
         sp::SetExpr::Select(b) => b.selection.clone(),
         _ => None,
     };
+    two_valued_comparisons(&mut query);
     ksql_expressions(&mut query);
 
     // Plan with DataFusion against the source's row schema (plus window bounds when windowed).
@@ -1379,6 +1380,7 @@ pub async fn run_pull(
     if source.window.is_some() {
         window_bound_literals(&mut query);
     }
+    two_valued_comparisons(&mut query);
     ksql_expressions(&mut query);
     let table = MemTable::try_new(rows.schema(), vec![vec![rows]])?;
     let reference = TableReference::bare(source.name.clone());
@@ -1925,6 +1927,7 @@ async fn plan_join(
     };
     body.projection = std::mem::take(&mut body.projection).into_iter().flat_map(|i| struct_all(i, &column)).collect();
     rewrite_projection(&mut body.projection, &left, false, Some(&shared), false);
+    two_valued_comparisons(&mut query);
     ksql_expressions(&mut query);
     let refs = [(left.name.clone(), left.row_schema()), (right.name.clone(), right.row_schema())];
     for (name, schema) in &refs {
@@ -2818,6 +2821,57 @@ fn call(name: &str, args: Vec<sp::Expr>) -> sp::Expr {
         over: None,
         within_group: vec![],
     })
+}
+
+/// ksqlDB's comparisons are two-valued: comparing with a null is false, not null (`A = B` with
+/// `A` null is false; so `NOT (A = B)` is true). Wraps comparisons in `coalesce(.., false)` in the
+/// projection, and in WHERE and HAVING below anything but AND and OR (a null and a false filter
+/// a row out alike there, so top-level comparisons stay as they are and keep their speed).
+pub fn two_valued_comparisons(query: &mut sp::Query) {
+    let sp::SetExpr::Select(body) = query.body.as_mut() else { return };
+    for item in &mut body.projection {
+        if let sp::SelectItem::UnnamedExpr(e) | sp::SelectItem::ExprWithAlias { expr: e, .. } = item {
+            false_for_null(e);
+        }
+    }
+    for filter in [&mut body.selection, &mut body.having].into_iter().flatten() {
+        below_connectives(filter);
+    }
+}
+
+fn below_connectives(e: &mut sp::Expr) {
+    match e {
+        sp::Expr::BinaryOp { left, op: sp::BinaryOperator::And | sp::BinaryOperator::Or, right } => {
+            below_connectives(left);
+            below_connectives(right);
+        }
+        sp::Expr::Nested(inner) => below_connectives(inner),
+        sp::Expr::BinaryOp { left, op, right } if is_comparison(op) => {
+            false_for_null(left);
+            false_for_null(right);
+        }
+        other => false_for_null(other),
+    }
+}
+
+fn is_comparison(op: &sp::BinaryOperator) -> bool {
+    use sp::BinaryOperator as B;
+    matches!(op, B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq)
+}
+
+fn false_for_null(e: &mut sp::Expr) {
+    let _ = sp::visit_expressions_mut(e, |e| {
+        let compares = match e {
+            sp::Expr::BinaryOp { op, .. } => is_comparison(op),
+            sp::Expr::Between { .. } => true,
+            _ => false,
+        };
+        if compares {
+            let compared = std::mem::replace(e, sp::Expr::Value(sp::Value::Null.into()));
+            *e = call("coalesce", vec![compared, sp::Expr::Value(sp::Value::Boolean(false).into())]);
+        }
+        ControlFlow::<()>::Continue(())
+    });
 }
 
 /// ksqlDB expression rules that differ from DataFusion's:

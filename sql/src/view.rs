@@ -15,7 +15,8 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter, SortField};
 use bytes::Bytes;
-use rill_connectors::format::{encoder, Encoder};
+use rill_connectors::format::{encoder, Encoder, Registered};
+use rill_connectors::registry::subject;
 use rill_connectors::TopicStore;
 use rill_engine::source::{SourceReader, DELETE};
 use sqlparser::ast as sp;
@@ -62,14 +63,18 @@ impl TableView {
         let nkeys = inner + if source.window.is_some() { 2 } else { 0 };
         let key_schema = Arc::new(Schema::new(schema.fields()[..inner].to_vec()));
         let partitions = store.topic_config(&source.topic)?.partitions;
-        let readers = (0..partitions).map(|p| SourceReader::try_new(spec.clone(), p)).collect::<Result<_, _>>()?;
+        let registry = store.schema_registry();
+        let readers = (0..partitions)
+            .map(|p| SourceReader::try_new(spec.clone(), p, registry.clone()))
+            .collect::<Result<_, _>>()?;
+        let key_subject = Registered { registry, subject: subject(&source.topic, true) };
         let positions = (0..partitions).map(|p| store.start_offset(&source.topic, p)).collect::<Result<_, _>>()?;
         let field = |f: &Arc<arrow::datatypes::Field>| SortField::new(f.data_type().clone());
         Ok(Self {
             statement: source.statement.clone(),
             topic: source.topic.clone(),
             delete: schema.index_of(DELETE).map_err(|e| SqlError::Internal(e.to_string()))?,
-            key_bytes: encoder(&spec.key_format, key_schema.clone())?,
+            key_bytes: encoder(&spec.key_format, key_schema.clone(), Some(&key_subject))?,
             key_schema,
             keys: RowConverter::new(schema.fields().iter().take(nkeys).map(field).collect())?,
             rows: RowConverter::new(schema.fields().iter().map(field).collect())?,

@@ -231,7 +231,7 @@ mod tests {
             Field::new("B", DataType::Binary, true),
             Field::new("A", DataType::List(Arc::new(Field::new("item", DataType::Binary, true))), true),
         ]));
-        let mut dec = decoder(&Format::new(FormatKind::Json), schema.clone()).unwrap();
+        let mut dec = decoder(&Format::new(FormatKind::Json), schema.clone(), None).unwrap();
         let values: Vec<&[u8]> =
             vec![br#"{"B":"ew==","A":["YQ==",null]}"#, br#"{"B":"not base64!","A":[]}"#, br#"{"B":null,"A":null}"#];
         let d = dec.decode(&values).unwrap();
@@ -243,7 +243,7 @@ mod tests {
         let list = d.batch.column(1).as_list::<i32>();
         assert_eq!(list.value(0).as_binary::<i32>().value(0), b"a");
 
-        let mut enc = encoder(&Format::new(FormatKind::Json), schema).unwrap();
+        let mut enc = encoder(&Format::new(FormatKind::Json), schema, None).unwrap();
         let mut out = Vec::new();
         enc.encode(&d.batch, &mut out).unwrap();
         assert_eq!(out[0].as_deref(), Some(br#"{"B":"ew==","A":["YQ==",null]}"#.as_slice()));

@@ -4,6 +4,7 @@
 //! one `RecordBatch` back, plus the records that failed (which go to the dead-letter topic).
 //! Encoding is batched too: one call turns a `RecordBatch` into one byte value per row.
 
+mod avro;
 mod base64_bytes;
 mod delimited;
 mod json;
@@ -17,6 +18,12 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
 
+pub use avro::{
+    arrow_type as avro_arrow_type, columns_of as avro_columns, decode_json as avro_decode_json,
+    encode_json as avro_encode_json, schema_for as avro_schema_for, split_frame as avro_frame,
+};
+
+use crate::registry::SchemaRegistry;
 use crate::{ConnectorError, Result};
 
 /// The serialization formats Rill reads and writes (ksqlDB's names).
@@ -30,6 +37,8 @@ pub enum FormatKind {
     Kafka,
     /// No data at all (a stream without key columns).
     None,
+    /// Avro in Confluent's wire format, schemas in the schema registry.
+    Avro,
 }
 
 impl FormatKind {
@@ -40,7 +49,8 @@ impl FormatKind {
             "DELIMITED" => Ok(Self::Delimited),
             "KAFKA" => Ok(Self::Kafka),
             "NONE" => Ok(Self::None),
-            "AVRO" | "PROTOBUF" | "PROTOBUF_NOSR" | "JSON_SR" => Err(ConnectorError::Unsupported(format!(
+            "AVRO" => Ok(Self::Avro),
+            "PROTOBUF" | "PROTOBUF_NOSR" | "JSON_SR" => Err(ConnectorError::Unsupported(format!(
                 "The {} format needs a schema registry, which Rill does not support yet",
                 name.to_ascii_uppercase()
             ))),
@@ -55,7 +65,13 @@ impl FormatKind {
             Self::Delimited => "DELIMITED",
             Self::Kafka => "KAFKA",
             Self::None => "NONE",
+            Self::Avro => "AVRO",
         }
+    }
+
+    /// Whether records of this format name their schema in a schema registry.
+    pub fn uses_registry(&self) -> bool {
+        matches!(self, Self::Avro)
     }
 }
 
@@ -104,17 +120,37 @@ pub fn bytes_as_base64(array: &ArrayRef) -> Result<ArrayRef> {
     base64_bytes::to_text(array)
 }
 
-/// A decoder for `schema` in `format`.
-pub fn decoder(format: &Format, schema: SchemaRef) -> Result<Box<dyn Decoder>> {
+/// Where a registry format (AVRO) finds its schemas: the registry, and the subject its rows are
+/// registered under when written (`<topic>-value` or `<topic>-key`).
+#[derive(Clone)]
+pub struct Registered {
+    /// The schema registry.
+    pub registry: Arc<dyn SchemaRegistry>,
+    /// The subject written rows register their schema under.
+    pub subject: String,
+}
+
+fn registered<'a>(format: &Format, registered: Option<&'a Registered>) -> Result<&'a Registered> {
+    registered.ok_or_else(|| {
+        ConnectorError::Unsupported(format!("The {} format needs a schema registry", format.kind.name()))
+    })
+}
+
+/// A decoder for `schema` in `format` (`registry`: for AVRO).
+pub fn decoder(format: &Format, schema: SchemaRef, registry: Option<&Registered>) -> Result<Box<dyn Decoder>> {
     let text = matches!(format.kind, FormatKind::Json | FormatKind::Delimited);
     if text && schema.fields().iter().any(|f| base64_bytes::has_bytes(f.data_type())) {
-        let inner = decoder(format, base64_bytes::text_schema(&schema))?;
+        let inner = decoder(format, base64_bytes::text_schema(&schema), None)?;
         return Ok(Box::new(base64_bytes::Base64Decoder { inner, schema }));
     }
     match format.kind {
         FormatKind::Json => Ok(Box::new(json::JsonDecoder::try_new(schema, format.wrap_single_value)?)),
         FormatKind::Delimited => Ok(Box::new(delimited::DelimitedDecoder::new(schema, format.delimiter))),
         FormatKind::Kafka => Ok(Box::new(kafka::KafkaDecoder::try_new(schema)?)),
+        FormatKind::Avro => {
+            let r = registered(format, registry)?;
+            Ok(Box::new(avro::AvroDecoder::try_new(schema, format.wrap_single_value, r.registry.clone())?))
+        }
         FormatKind::None => {
             if !schema.fields().is_empty() {
                 return Err(ConnectorError::Unsupported(
@@ -126,17 +162,23 @@ pub fn decoder(format: &Format, schema: SchemaRef) -> Result<Box<dyn Decoder>> {
     }
 }
 
-/// An encoder for rows of `schema` in `format`.
-pub fn encoder(format: &Format, schema: SchemaRef) -> Result<Box<dyn Encoder>> {
+/// An encoder for rows of `schema` in `format` (`registry`: for AVRO, which registers the rows'
+/// schema under its subject).
+pub fn encoder(format: &Format, schema: SchemaRef, registry: Option<&Registered>) -> Result<Box<dyn Encoder>> {
     let text = matches!(format.kind, FormatKind::Json | FormatKind::Delimited);
     if text && schema.fields().iter().any(|f| base64_bytes::has_bytes(f.data_type())) {
-        let inner = encoder(format, base64_bytes::text_schema(&schema))?;
+        let inner = encoder(format, base64_bytes::text_schema(&schema), None)?;
         return Ok(Box::new(base64_bytes::Base64Encoder { inner }));
     }
     match format.kind {
         FormatKind::Json => Ok(Box::new(json::JsonEncoder::new(schema, format.wrap_single_value))),
         FormatKind::Delimited => Ok(Box::new(delimited::DelimitedEncoder::new(format.delimiter))),
         FormatKind::Kafka => Ok(Box::new(kafka::KafkaEncoder::try_new(schema)?)),
+        FormatKind::Avro => {
+            let r = registered(format, registry)?;
+            let wrap = format.wrap_single_value;
+            Ok(Box::new(avro::AvroEncoder::try_new(schema, wrap, r.registry.as_ref(), &r.subject)?))
+        }
         FormatKind::None => Ok(Box::new(NoneCodec)),
     }
 }

@@ -9,7 +9,8 @@
 //! big-endian) to the inner key; a session window appends the end, then the start.
 
 use base64::Engine as _;
-use rill_connectors::format::FormatKind;
+use rill_connectors::format::{self, FormatKind};
+use rill_connectors::SchemaRegistry;
 use rill_sql::types::SqlType;
 use serde_json::Value;
 
@@ -22,11 +23,15 @@ pub struct Layout {
     pub kind: FormatKind,
     /// The column types on this side, in order.
     pub types: Vec<SqlType>,
+    /// The schema-registry subject of this side (`<topic>-key` or `<topic>-value`).
+    pub subject: String,
 }
 
 /// Serializes a test value. `None` layout: the topic has no source; strings are written as-is
-/// and anything else as JSON text. Returns `None` for a null (tombstone) value.
-pub fn encode(layout: Option<&Layout>, v: &Value) -> Result<Option<Vec<u8>>, String> {
+/// and anything else as JSON text. AVRO values are written with the latest schema registered for
+/// the side's subject (the case's own, or the one its `CREATE` registered). Returns `None` for a
+/// null (tombstone) value.
+pub fn encode(layout: Option<&Layout>, v: &Value, registry: &dyn SchemaRegistry) -> Result<Option<Vec<u8>>, String> {
     if v.is_null() {
         return Ok(None);
     }
@@ -35,6 +40,14 @@ pub fn encode(layout: Option<&Layout>, v: &Value) -> Result<Option<Vec<u8>>, Str
         FormatKind::Json => serde_json::to_vec(v).map(Some).map_err(|e| e.to_string()),
         FormatKind::Delimited => Ok(Some(plain(v))),
         FormatKind::None => Ok(None),
+        FormatKind::Avro => {
+            let (id, schema) = registry
+                .latest(&layout.subject)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no schema registered for subject {}", layout.subject))?;
+            let mut out = format::avro_encode_json(&schema, id, std::slice::from_ref(v)).map_err(|e| e.to_string())?;
+            Ok(out.pop().flatten().map(|b| b.to_vec()))
+        }
         FormatKind::Kafka => match layout.types.as_slice() {
             [] => Ok(Some(plain(v))),
             [t] => encode_kafka(t, v).map(Some),
@@ -68,8 +81,9 @@ fn encode_kafka(t: &SqlType, v: &Value) -> Result<Vec<u8>, String> {
     }
 }
 
-/// Deserializes record bytes into the JSON value upstream's test serdes would produce.
-pub fn decode(layout: Option<&Layout>, bytes: Option<&[u8]>) -> Result<Value, String> {
+/// Deserializes record bytes into the JSON value upstream's test serdes would produce (AVRO: with
+/// the schema the record names).
+pub fn decode(layout: Option<&Layout>, bytes: Option<&[u8]>, registry: &dyn SchemaRegistry) -> Result<Value, String> {
     let Some(bytes) = bytes else { return Ok(Value::Null) };
     let Some(layout) = layout else {
         return Ok(serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(lossy(bytes))));
@@ -78,6 +92,7 @@ pub fn decode(layout: Option<&Layout>, bytes: Option<&[u8]>) -> Result<Value, St
         FormatKind::Json => serde_json::from_slice(bytes).map_err(|e| format!("not JSON ({e}): {}", lossy(bytes))),
         FormatKind::Delimited => Ok(Value::String(lossy(bytes))),
         FormatKind::None => Ok(Value::Null),
+        FormatKind::Avro => format::avro_decode_json(registry, bytes).map_err(|e| e.to_string()),
         FormatKind::Kafka => match layout.types.as_slice() {
             [] => Ok(Value::String(lossy(bytes))),
             [t] => decode_kafka(t, bytes),
@@ -169,7 +184,23 @@ mod tests {
     use super::*;
 
     fn kafka(t: SqlType) -> Layout {
-        Layout { kind: FormatKind::Kafka, types: vec![t] }
+        Layout { kind: FormatKind::Kafka, types: vec![t], subject: "t-value".into() }
+    }
+
+    fn no_registry() -> rill_connectors::FileRegistry {
+        rill_connectors::FileRegistry::in_memory()
+    }
+
+    #[test]
+    fn avro_uses_the_latest_registered_schema() {
+        let r = no_registry();
+        let l = Layout { kind: FormatKind::Avro, types: vec![], subject: "t-value".into() };
+        assert!(encode(Some(&l), &serde_json::json!(1), &r).unwrap_err().contains("no schema registered"));
+        r.register("t-value", r#"{"type": "record", "name": "x", "fields": [{"name": "A", "type": "long"}]}"#).unwrap();
+        let v = serde_json::json!({"A": 7});
+        let bytes = encode(Some(&l), &v, &r).unwrap().unwrap();
+        assert_eq!(bytes[..5], [0, 0, 0, 0, 1]);
+        assert_eq!(decode(Some(&l), Some(&bytes), &r).unwrap(), v);
     }
 
     #[test]
@@ -181,28 +212,31 @@ mod tests {
             (SqlType::String, serde_json::json!("héllo")),
         ] {
             let l = kafka(t);
-            let bytes = encode(Some(&l), &v).unwrap().unwrap();
-            assert_eq!(decode(Some(&l), Some(&bytes)).unwrap(), v);
+            let bytes = encode(Some(&l), &v, &no_registry()).unwrap().unwrap();
+            assert_eq!(decode(Some(&l), Some(&bytes), &no_registry()).unwrap(), v);
         }
-        assert_eq!(encode(Some(&kafka(SqlType::Int)), &serde_json::json!(1)).unwrap().unwrap(), vec![0, 0, 0, 1]);
-        assert!(decode(Some(&kafka(SqlType::Int)), Some(&[1, 2])).is_err());
-        assert!(encode(Some(&kafka(SqlType::Boolean)), &serde_json::json!(true)).is_err());
+        let r = no_registry();
+        assert_eq!(encode(Some(&kafka(SqlType::Int)), &serde_json::json!(1), &r).unwrap().unwrap(), vec![0, 0, 0, 1]);
+        assert!(decode(Some(&kafka(SqlType::Int)), Some(&[1, 2]), &r).is_err());
+        assert!(encode(Some(&kafka(SqlType::Boolean)), &serde_json::json!(true), &r).is_err());
     }
 
     #[test]
     fn json_delimited_none_and_nulls() {
-        let json = Layout { kind: FormatKind::Json, types: vec![] };
+        let r = no_registry();
+        let layout = |kind| Layout { kind, types: vec![], subject: "t-value".into() };
+        let json = layout(FormatKind::Json);
         let v = serde_json::json!({"B": 1, "A": [1.0, "x"]});
-        let bytes = encode(Some(&json), &v).unwrap().unwrap();
+        let bytes = encode(Some(&json), &v, &r).unwrap().unwrap();
         assert_eq!(String::from_utf8(bytes.clone()).unwrap(), r#"{"B":1,"A":[1.0,"x"]}"#);
-        assert_eq!(decode(Some(&json), Some(&bytes)).unwrap(), v);
-        let delimited = Layout { kind: FormatKind::Delimited, types: vec![] };
-        assert_eq!(encode(Some(&delimited), &serde_json::json!("1,a")).unwrap().unwrap(), b"1,a");
-        assert_eq!(decode(Some(&delimited), Some(b"1,a")).unwrap(), serde_json::json!("1,a"));
-        assert_eq!(encode(Some(&json), &Value::Null).unwrap(), None);
-        assert_eq!(decode(Some(&json), None).unwrap(), Value::Null);
-        let none = Layout { kind: FormatKind::None, types: vec![] };
-        assert_eq!(decode(Some(&none), Some(b"x")).unwrap(), Value::Null);
+        assert_eq!(decode(Some(&json), Some(&bytes), &r).unwrap(), v);
+        let delimited = layout(FormatKind::Delimited);
+        assert_eq!(encode(Some(&delimited), &serde_json::json!("1,a"), &r).unwrap().unwrap(), b"1,a");
+        assert_eq!(decode(Some(&delimited), Some(b"1,a"), &r).unwrap(), serde_json::json!("1,a"));
+        assert_eq!(encode(Some(&json), &Value::Null, &r).unwrap(), None);
+        assert_eq!(decode(Some(&json), None, &r).unwrap(), Value::Null);
+        let none = layout(FormatKind::None);
+        assert_eq!(decode(Some(&none), Some(b"x"), &r).unwrap(), Value::Null);
     }
 
     #[test]

@@ -212,6 +212,7 @@ pub async fn run_case(run: &RestRun, dir: &Path) -> Result<(), String> {
         store.as_ref(),
         super::run::Partitions::Rest,
     )?;
+    super::run::register_schemas(&case.topics, store.as_ref())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("runner: binding: {e}"))?;
     let addr = listener.local_addr().map_err(|e| format!("runner: {e}"))?;
     let app = crate::rest::router(crate::rest::AppState::new(engine.clone()));
@@ -286,7 +287,7 @@ pub async fn run_case(run: &RestRun, dir: &Path) -> Result<(), String> {
     let sources = engine.sources().await;
     for topic in outputs.topics.clone() {
         let expected: Vec<RecordNode> = case.outputs.iter().filter(|r| r.topic == topic).cloned().collect();
-        let actual = outputs.decode(&topic, &expected, &sources)?;
+        let actual = outputs.decode(&topic, &expected, &sources, store.schema_registry().as_ref())?;
         if actual.len() < expected.len() {
             return Err(format!("topic '{topic}': expected {} records, got {}", expected.len(), actual.len()));
         }

@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use rill_connectors::registry::subject;
 use rill_connectors::store::{Durability, Record, TopicConfig};
-use rill_connectors::{EmbeddedStore, TopicStore};
+use rill_connectors::{EmbeddedStore, SchemaRegistry, TopicStore};
 use rill_sql::ast::{Statement, WindowSpec};
 use rill_sql::catalog::SourceDef;
 use rill_sql::engine::Properties;
@@ -41,6 +42,7 @@ pub async fn run_case(run: &Run, dir: &Path) -> Result<(), String> {
         store.as_ref(),
         Partitions::Driver,
     )?;
+    register_schemas(&run.case.topics, store.as_ref())?;
 
     let case = &run.case;
     let props: Properties = super::case_properties(&run.properties);
@@ -67,7 +69,7 @@ pub async fn run_case(run: &Run, dir: &Path) -> Result<(), String> {
     let ran_with_inserts = case.inputs.is_empty();
     for topic in outputs.topics.clone() {
         let expected: Vec<RecordNode> = case.outputs.iter().filter(|r| r.topic == topic).cloned().collect();
-        let actual = outputs.decode(&topic, &expected, &sources)?;
+        let actual = outputs.decode(&topic, &expected, &sources, store.schema_registry().as_ref())?;
         compare::compare_topic(&topic, &expected, &actual, ran_with_inserts)?;
     }
     if let Some(post) = &case.post {
@@ -155,10 +157,36 @@ fn layouts(source: Option<&SourceDef>) -> (Option<Layout>, Option<Layout>) {
     match source {
         None => (None, None),
         Some(s) => (
-            Some(Layout { kind: s.key_format.kind, types: s.key_columns().map(|c| c.sql_type.clone()).collect() }),
-            Some(Layout { kind: s.value_format.kind, types: s.value_columns().map(|c| c.sql_type.clone()).collect() }),
+            Some(Layout {
+                kind: s.key_format.kind,
+                types: s.key_columns().map(|c| c.sql_type.clone()).collect(),
+                subject: subject(&s.topic, true),
+            }),
+            Some(Layout {
+                kind: s.value_format.kind,
+                types: s.value_columns().map(|c| c.sql_type.clone()).collect(),
+                subject: subject(&s.topic, false),
+            }),
         ),
     }
+}
+
+/// Registers the schemas a case gives its topics (`valueSchema`, `keySchema`; `schema` is the
+/// older spelling of the value's) before its statements run, as upstream's runner does.
+pub(super) fn register_schemas(topics: &[TopicNode], store: &dyn TopicStore) -> Result<(), String> {
+    let registry = store.schema_registry();
+    for t in topics {
+        for (key, schema) in [(true, t.key_schema.as_ref()), (false, t.value_schema.as_ref().or(t.schema.as_ref()))]
+            .into_iter()
+            .map(|(k, s)| (k, s.filter(|v| !v.is_null())))
+        {
+            let Some(schema) = schema else { continue };
+            registry
+                .register(&subject(&t.name, key), &schema.to_string())
+                .map_err(|e| format!("runner: registering the schema of '{}': {e}", t.name))?;
+        }
+    }
+    Ok(())
 }
 
 /// Serializes input `i` with the formats of the source on its topic and appends it alone.
@@ -168,8 +196,8 @@ pub(super) async fn append_input(
     i: usize,
     input: &RecordNode,
 ) -> Result<(), String> {
-    let (record, partition_key) =
-        input_record(input, sources).map_err(|e| format!("input {i} (topic '{}'): {e}", input.topic))?;
+    let (record, partition_key) = input_record(input, sources, store.schema_registry().as_ref())
+        .map_err(|e| format!("input {i} (topic '{}'): {e}", input.topic))?;
     let partition = store
         .partition_for_key(&input.topic, partition_key.as_deref())
         .map_err(|e| format!("input {i}: topic '{}': {e}", input.topic))?;
@@ -182,14 +210,18 @@ pub(super) async fn append_input(
 
 /// The record to append, and the key to partition it by (a windowed key without its window,
 /// as Rill's sink does, so that all windows of a key share a partition).
-fn input_record(input: &RecordNode, sources: &[SourceDef]) -> Result<(Record, Option<Vec<u8>>), String> {
+fn input_record(
+    input: &RecordNode,
+    sources: &[SourceDef],
+    registry: &dyn SchemaRegistry,
+) -> Result<(Record, Option<Vec<u8>>), String> {
     let (key_layout, value_layout) = layouts(source_for(sources, &input.topic, false));
-    let partition_key = codec::encode(key_layout.as_ref(), &input.key).map_err(|e| format!("key: {e}"))?;
+    let partition_key = codec::encode(key_layout.as_ref(), &input.key, registry).map_err(|e| format!("key: {e}"))?;
     let key = match &input.window {
         Some(w) => Some(codec::append_window(partition_key.clone(), w)),
         None => partition_key.clone(),
     };
-    let value = codec::encode(value_layout.as_ref(), &input.value).map_err(|e| format!("value: {e}"))?;
+    let value = codec::encode(value_layout.as_ref(), &input.value, registry).map_err(|e| format!("value: {e}"))?;
     let mut headers = Vec::new();
     for h in input.headers.iter().flatten() {
         let value = match &h.value {
@@ -279,6 +311,7 @@ impl Collector {
         topic: &str,
         expected: &[RecordNode],
         sources: &[SourceDef],
+        registry: &dyn SchemaRegistry,
     ) -> Result<Vec<Actual>, String> {
         let mut raws = self.records.remove(topic).unwrap_or_default();
         raws.sort_by_key(|r| (r.step, r.partition, r.offset));
@@ -302,9 +335,9 @@ impl Collector {
                 }
                 (_, k) => (k, None),
             };
-            let key =
-                codec::decode(key_layout.as_ref(), key_bytes).map_err(|e| at(format!("cannot read the key: {e}")))?;
-            let value = codec::decode(value_layout.as_ref(), raw.value.as_deref())
+            let key = codec::decode(key_layout.as_ref(), key_bytes, registry)
+                .map_err(|e| at(format!("cannot read the key: {e}")))?;
+            let value = codec::decode(value_layout.as_ref(), raw.value.as_deref(), registry)
                 .map_err(|e| at(format!("cannot read the value: {e}")))?;
             use base64::Engine as _;
             let headers = raw
