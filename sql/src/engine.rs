@@ -703,7 +703,8 @@ impl KsqlEngine {
         if key_format.kind.uses_registry() && !columns.iter().any(|c| c.key) {
             let subject = rill_connectors::registry::subject(&topic, true);
             if self.store.schema_registry().latest(&subject)?.is_some() {
-                let (mut inferred, _) = self.inferred_columns(&topic, true, false)?;
+                // A key is one column (ROWKEY), a record key a STRUCT: keys are unwrapped.
+                let (mut inferred, _) = self.inferred_columns(&topic, true, true)?;
                 for c in &mut inferred {
                     c.primary_key = kind == SourceKind::Table;
                 }

@@ -30,7 +30,6 @@ use arrow_avro::writer::WriterBuilder;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::json::JsonDecoder;
 use super::{Decoded, Decoder, Encoder};
 use crate::registry::SchemaRegistry;
 use crate::{ConnectorError, Result};
@@ -211,7 +210,8 @@ pub(crate) struct AvroDecoder {
     unwrapped: bool,
     registry: Arc<dyn SchemaRegistry>,
     by_id: HashMap<u32, ById>,
-    json: JsonDecoder,
+    /// Reads the JSON text of rows written with another schema.
+    json: Box<dyn Decoder>,
 }
 
 impl AvroDecoder {
@@ -221,7 +221,9 @@ impl AvroDecoder {
         registry: Arc<dyn SchemaRegistry>,
     ) -> Result<Self> {
         let unwrapped = !wrap_single_value && schema.fields().len() == 1;
-        let json = JsonDecoder::try_new(schema.clone(), !unwrapped)?;
+        let mut format = super::Format::new(super::FormatKind::Json);
+        format.wrap_single_value = !unwrapped;
+        let json = super::decoder(&format, schema.clone(), None)?;
         Ok(Self { schema, unwrapped, registry, by_id: HashMap::new(), json })
     }
 
@@ -490,7 +492,7 @@ pub fn encode_json(schema_text: &str, id: u32, values: &[Value]) -> Result<Vec<O
         arrow_schema
             .fields()
             .iter()
-            .map(|f| f.as_ref().clone().with_data_type(undictionary(f.data_type())))
+            .map(|f| f.as_ref().clone().with_data_type(json_friendly(f.data_type())))
             .collect::<Vec<_>>(),
     );
     let mut format = super::Format::new(super::FormatKind::Json);
@@ -525,18 +527,17 @@ pub fn encode_json(schema_text: &str, id: u32, values: &[Value]) -> Result<Vec<O
     Ok(values.iter().map(|v| if v.is_null() { None } else { rows.next() }).collect())
 }
 
-/// `dt` with dictionaries (Avro enums) as their value type.
-fn undictionary(dt: &DataType) -> DataType {
+/// The type JSON is read as before it is cast to `dt`: enums' dictionaries as strings, temporal
+/// values as the numbers Avro encodes them with (so that text like "10" reads as a number).
+fn json_friendly(dt: &DataType) -> DataType {
+    let field = |f: &Field| f.clone().with_data_type(json_friendly(f.data_type()));
     match dt {
-        DataType::Dictionary(_, v) => undictionary(v),
-        DataType::List(f) => DataType::List(Arc::new(f.as_ref().clone().with_data_type(undictionary(f.data_type())))),
-        DataType::Struct(fields) => DataType::Struct(
-            fields
-                .iter()
-                .map(|f| f.as_ref().clone().with_data_type(undictionary(f.data_type())))
-                .collect::<Vec<_>>()
-                .into(),
-        ),
+        DataType::Dictionary(_, v) => json_friendly(v),
+        DataType::Timestamp(_, _) | DataType::Time64(_) => DataType::Int64,
+        DataType::Date32 | DataType::Time32(_) => DataType::Int32,
+        DataType::List(f) => DataType::List(Arc::new(field(f))),
+        DataType::Struct(fields) => DataType::Struct(fields.iter().map(|f| field(f)).collect::<Vec<_>>().into()),
+        DataType::Map(entries, sorted) => DataType::Map(Arc::new(field(entries)), *sorted),
         other => other.clone(),
     }
 }
@@ -664,7 +665,7 @@ mod tests {
             {"name": "c2", "type": {"type": "array", "items": ["null", "string"]}},
             {"name": "t", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}"#;
         let id = registry.register("t-value", text).unwrap();
-        let values = [json!({"C1": 5, "c2": [1, "a", null], "t": 1000}), Value::Null];
+        let values = [json!({"C1": 5, "c2": [1, "a", null], "t": "1000"}), Value::Null];
         let out = encode_json(text, id, &values).unwrap();
         assert!(out[1].is_none());
         let back = decode_json(&registry, out[0].as_deref().unwrap()).unwrap();

@@ -2,12 +2,16 @@
 //!
 //! Stateless. The planner fuses every `WHERE` and `SELECT` expression of a stream-to-stream
 //! query into one of these; DataFusion's `PhysicalExpr`s do the vectorised evaluation.
+//!
+//! An expression that fails on a batch (a division by zero, a cast of bad text) is evaluated again
+//! row by row: as in ksqlDB, the rows it fails on get a null there (a failing filter drops the
+//! row), the other rows and columns are unaffected, and the failures are logged.
 
 use std::sync::Arc;
 
 use crate::state::HashSet;
 
-use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, RecordBatchOptions};
+use arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter, SortField};
@@ -79,7 +83,7 @@ impl CalcOperator {
             let deleted = batch.column(input_delete).as_boolean().clone();
             let delete = match &self.filter {
                 Some(f) => {
-                    let mask = f.evaluate(&batch)?.into_array(batch.num_rows())?;
+                    let mask = evaluate(f, &batch, &DataType::Boolean)?;
                     // A null predicate does not keep the row. (arrow's prep_null_mask_filter
                     // requires a null buffer, so only call it when there are nulls.)
                     let mask = mask.as_boolean();
@@ -117,7 +121,7 @@ impl CalcOperator {
         }
         let batch = match &self.filter {
             Some(f) => {
-                let mask = f.evaluate(&batch)?.into_array(batch.num_rows())?;
+                let mask = evaluate(f, &batch, &DataType::Boolean)?;
                 if mask.data_type() != &DataType::Boolean {
                     return Err(EngineError::Internal(format!("filter returned {}", mask.data_type())));
                 }
@@ -134,14 +138,7 @@ impl CalcOperator {
             .projection
             .iter()
             .zip(self.schema.fields())
-            .map(|(e, field)| {
-                let a = e.evaluate(batch)?.into_array(rows)?;
-                if a.data_type() == field.data_type() {
-                    Ok(a)
-                } else {
-                    Ok(arrow::compute::cast(&a, field.data_type())?)
-                }
-            })
+            .map(|(e, field)| evaluate(e, batch, field.data_type()))
             .collect::<Result<Vec<_>>>()?;
         Ok(RecordBatch::try_new_with_options(
             self.schema.clone(),
@@ -149,6 +146,36 @@ impl CalcOperator {
             &RecordBatchOptions::new().with_row_count(Some(rows)),
         )?)
     }
+}
+
+/// Evaluates `e` over `batch` as `dt`; if it fails, row by row, with a null for each row it fails
+/// on (the failures are logged, as ksqlDB's processing log records them).
+fn evaluate(e: &Arc<dyn PhysicalExpr>, batch: &RecordBatch, dt: &DataType) -> Result<ArrayRef> {
+    let whole = |b: &RecordBatch| -> Result<ArrayRef> {
+        let a = e.evaluate(b)?.into_array(b.num_rows())?;
+        Ok(if a.data_type() == dt { a } else { arrow::compute::cast(&a, dt)? })
+    };
+    let error = match whole(batch) {
+        Ok(a) => return Ok(a),
+        Err(error) => error,
+    };
+    let mut parts = Vec::with_capacity(batch.num_rows());
+    let mut failed = 0;
+    for i in 0..batch.num_rows() {
+        match whole(&batch.slice(i, 1)) {
+            Ok(a) => parts.push(a),
+            Err(_) => {
+                failed += 1;
+                parts.push(new_null_array(dt, 1));
+            }
+        }
+    }
+    tracing::warn!(expression = %e, rows = failed, "expression failed, null on those rows: {error}");
+    let parts: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+    if parts.is_empty() {
+        return Ok(new_null_array(dt, 0));
+    }
+    Ok(arrow::compute::concat(&parts)?)
 }
 
 impl Operator for CalcOperator {
@@ -206,6 +233,38 @@ mod tests {
 
     use super::*;
     use crate::Watermark;
+
+    #[test]
+    fn a_failing_expression_is_null_on_the_rows_it_fails_on() {
+        let input = Arc::new(Schema::new(vec![Field::new("ID", DataType::Int64, true)]));
+        let df = DFSchema::try_from(input.as_ref().clone()).unwrap();
+        let props = ExecutionProps::new();
+        let ctx = PhysicalPlanningContext::default();
+        // 100 / ID fails where ID is 0; 100 / ID > 10 then fails there too (a filter).
+        let div = ident("ID");
+        let quotient = lit(100i64) / div;
+        let filter = create_physical_expr(&quotient.clone().gt(lit(10i64)), &df, &props, &ctx).unwrap();
+        let proj = vec![
+            create_physical_expr(&ident("ID"), &df, &props, &ctx).unwrap(),
+            create_physical_expr(&quotient, &df, &props, &ctx).unwrap(),
+        ];
+        let out_schema = Arc::new(Schema::new(vec![
+            Field::new("ID", DataType::Int64, true),
+            Field::new("Q", DataType::Int64, true),
+        ]));
+        let batch = RecordBatch::try_new(input, vec![Arc::new(Int64Array::from(vec![5, 0, 2, 50]))]).unwrap();
+        let mut op = CalcOperator::try_new(None, proj.clone(), out_schema.clone()).unwrap();
+        let mut out = Vec::new();
+        op.process_batch(batch.clone(), &mut out).unwrap();
+        let Message::Data(b) = &out[0] else { panic!("expected data") };
+        let q: Vec<Option<i64>> = b.column(1).as_primitive::<arrow::datatypes::Int64Type>().iter().collect();
+        assert_eq!(q, vec![Some(20), None, Some(50), Some(2)]);
+        let mut op = CalcOperator::try_new(Some(filter), proj, out_schema).unwrap();
+        let mut out = Vec::new();
+        op.process_batch(batch, &mut out).unwrap();
+        let Message::Data(b) = &out[0] else { panic!("expected data") };
+        assert_eq!(b.column(0).as_primitive::<arrow::datatypes::Int64Type>().values(), &[5, 2]);
+    }
 
     #[test]
     fn filters_projects_and_forwards_watermarks() {
