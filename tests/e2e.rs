@@ -521,3 +521,53 @@ async fn lambdas_in_projections_aggregations_joins_and_pull_queries() {
     assert!(body.contains(r#"["k",8]"#), "{body}");
     server.stop();
 }
+
+/// AVRO end to end: a stream declared with columns registers its schema, an aggregation writes
+/// AVRO under its own registered schema, a stream declared without value columns takes them from
+/// the registry, PRINT shows AVRO as JSON, and the registry outlives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_streams_tables_and_the_schema_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server
+        .ok("CREATE STREAM payments (id STRING KEY, amount DECIMAL(10, 2), at TIMESTAMP, tags ARRAY<STRING>) \
+             WITH (kafka_topic='payments', value_format='AVRO', partitions=1);")
+        .await;
+    server.ok("CREATE TABLE totals AS SELECT id, SUM(amount) AS total, COUNT(*) AS n FROM payments GROUP BY id;").await;
+    server.ok("INSERT INTO payments (id, amount, at, tags) VALUES ('a', 10.50, 1000, ARRAY['x']);").await;
+    server.ok("INSERT INTO payments (id, amount, at, tags) VALUES ('a', 2.25, 2000, ARRAY['y', 'z']);").await;
+    server.ok("INSERT INTO payments (id, amount, at, tags) VALUES ('b', 1.00, 3000, ARRAY[]);").await;
+    // Columns from the schema CREATE registered for the topic's values.
+    server.ok("CREATE STREAM again (id STRING KEY) WITH (kafka_topic='payments', value_format='AVRO');").await;
+    let (_, d) = server.ksql("DESCRIBE again;").await;
+    let fields: Vec<String> = d[0]["sourceDescription"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| format!("{} {}", f["name"].as_str().unwrap(), f["schema"]["type"].as_str().unwrap()))
+        .collect();
+    assert_eq!(fields, ["ID STRING", "AMOUNT DECIMAL", "AT TIMESTAMP", "TAGS ARRAY"], "{d:#}");
+    let (_, body) = server.query("SELECT id, amount, tags FROM again EMIT CHANGES LIMIT 3;").await;
+    assert_eq!(
+        Server::rows(&body),
+        vec![json!(["a", 10.5, ["x"]]), json!(["a", 2.25, ["y", "z"]]), json!(["b", 1.0, []])],
+        "{body}"
+    );
+    let (_, body) = server.query("PRINT 'TOTALS' FROM BEGINNING LIMIT 3;").await;
+    let values: Vec<&str> = body
+        .lines()
+        .map(|l| l.split(", value: ").nth(1).unwrap_or_default().split(", partition").next().unwrap())
+        .collect();
+    assert_eq!(values, [r#"{"TOTAL":10.5,"N":1}"#, r#"{"TOTAL":12.75,"N":2}"#, r#"{"TOTAL":1.0,"N":1}"#], "{body}");
+    server.stop();
+
+    // The registry is in the data directory: after a restart the table's records still decode.
+    let server = Server::start(dir.path());
+    let (_, body) = server.query("SELECT * FROM totals WHERE id = 'a';").await;
+    assert!(body.contains(r#"["a",12.75,2]"#), "{body}");
+    let (status, e) =
+        server.ksql("CREATE STREAM nothing WITH (kafka_topic='nowhere', value_format='AVRO', partitions=1);").await;
+    assert_eq!(status, 400);
+    assert!(e["message"].as_str().unwrap().contains("Subject: nowhere-value"), "{e:#}");
+    server.stop();
+}

@@ -1280,6 +1280,7 @@ impl KsqlEngine {
             .map_err(|_| SqlError::NotFound(format!("Could not find topic '{topic}', or the KSQL user does not have permissions to list the topic. Topic names are case-sensitive.")))?;
         let (tx, rx) = mpsc::channel(64);
         let store = self.store.clone();
+        let registry = store.schema_registry();
         let topic_name = topic.to_string();
         tokio::spawn(async move {
             let mut sent = 0u64;
@@ -1297,8 +1298,8 @@ impl KsqlEngine {
                         let line = format!(
                             "rowtime: {}, key: {}, value: {}, partition: {}",
                             r.timestamp,
-                            r.key.map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_else(|| "<null>".into()),
-                            r.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_else(|| "<null>".into()),
+                            r.key.map(|k| printable(registry.as_ref(), k)).unwrap_or_else(|| "<null>".into()),
+                            r.value.map(|v| printable(registry.as_ref(), v)).unwrap_or_else(|| "<null>".into()),
                             p
                         );
                         if tx.send(line).await.is_err() {
@@ -1510,6 +1511,17 @@ fn check_timestamp(cols: &[Column], with: &Props) -> Result<Option<String>> {
         }
     }
     Ok(timestamp)
+}
+
+/// A record key or value as PRINT shows it: AVRO (a registered schema id and a body that
+/// decodes with it) as JSON, anything else as text.
+fn printable(registry: &dyn rill_connectors::SchemaRegistry, bytes: &[u8]) -> String {
+    if format::avro_frame(bytes).is_ok() {
+        if let Ok(v) = format::avro_decode_json(registry, bytes) {
+            return v.to_string();
+        }
+    }
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Whether an Avro schema is a record.
