@@ -190,6 +190,14 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
         Some(if by_null { vec![] } else { select.partition_by.clone() })
     };
     if select.window.is_some() && !grouped {
+        // An aggregation without GROUP BY: its other items are what is not grouped (ksqlDB).
+        let state = ctx.state();
+        let is_aggregate = |name: &str| state.aggregate_functions().contains_key(&name.to_lowercase());
+        if calls_aggregate(&body.projection, &is_aggregate) {
+            if let Some(m) = ungrouped_items(&body.projection, &body.group_by, None, &is_aggregate) {
+                return Err(SqlError::plan(m));
+            }
+        }
         return Err(SqlError::plan("WINDOW clause requires a GROUP BY clause."));
     }
     let emit_final = select.emit == Some(Emit::Final);
@@ -268,6 +276,10 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
         sp::SetExpr::Select(b) => Some((b.projection.clone(), b.group_by.clone())),
         _ => None,
     };
+    let having = match query.body.as_ref() {
+        sp::SetExpr::Select(b) => b.having.clone(),
+        _ => None,
+    };
     let body_selection = match query.body.as_ref() {
         sp::SetExpr::Select(b) => b.selection.clone(),
         _ => None,
@@ -306,7 +318,7 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
                 || e.to_string().contains("not part of GROUP BY") =>
         {
             let is_aggregate = |name: &str| state.aggregate_functions().contains_key(&name.to_lowercase());
-            return Err(match ungrouped_items(&items, &groups, &is_aggregate) {
+            return Err(match ungrouped_items(&items, &groups, having.as_ref(), &is_aggregate) {
                 Some(m) => SqlError::plan(m),
                 None => e,
             });
@@ -775,6 +787,7 @@ fn unqualified(e: &sp::Expr, source: &str) -> sp::Expr {
 fn ungrouped_items(
     items: &[sp::SelectItem],
     group_by: &sp::GroupByExpr,
+    having: Option<&sp::Expr>,
     is_aggregate: &dyn Fn(&str) -> bool,
 ) -> Option<String> {
     let groups: Vec<String> = match group_by {
@@ -839,12 +852,34 @@ fn ungrouped_items(
         return Some("GROUP BY requires aggregate functions in either the SELECT or HAVING clause.".into());
     }
     let listed: Vec<String> = exprs.filter(|e| !covered(e, &groups, is_aggregate)).map(ksql_ast_text).collect();
-    (!listed.is_empty()).then(|| {
-        format!(
+    if !listed.is_empty() {
+        return Some(format!(
             "Non-aggregate SELECT expression(s) not part of GROUP BY: {}\nEither add the column(s) to the GROUP BY or remove them from the SELECT.",
             listed.join(", ")
-        )
-    })
+        ));
+    }
+    // HAVING: the columns it uses outside aggregate calls and grouped expressions.
+    fn uncovered(e: &sp::Expr, groups: &[String], is_aggregate: &dyn Fn(&str) -> bool, out: &mut Vec<String>) {
+        if groups.contains(&ksql_ast_text(e)) {
+            return;
+        }
+        match e {
+            sp::Expr::Function(f) if is_aggregate(&f.name.to_string()) => {}
+            sp::Expr::Identifier(_) | sp::Expr::CompoundIdentifier(_) => {
+                let name = ksql_ast_text(e);
+                if !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+            other => children(other).into_iter().for_each(|c| uncovered(c, groups, is_aggregate, out)),
+        }
+    }
+    let mut columns = Vec::new();
+    if let Some(h) = having {
+        uncovered(h, &groups, is_aggregate, &mut columns);
+    }
+    (!columns.is_empty())
+        .then(|| format!("Non-aggregate HAVING expression not part of GROUP BY: {}", columns.join(", ")))
 }
 
 /// `EXPLODE` (DataFusion's unnest): projection inside, unnest, projection outside; the record

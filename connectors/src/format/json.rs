@@ -61,12 +61,9 @@ impl JsonDecoder {
     fn decode_spelled(&mut self, values: &[&[u8]]) -> std::result::Result<RecordBatch, Option<usize>> {
         let Some(spelled) = self.spelled.as_mut() else { return Err(None) };
         let Some(decoder) = spelled.decoder.as_mut() else { return Err(None) };
-        self.buf.clear();
-        for v in values {
-            self.buf.extend_from_slice(v);
-            self.buf.push(b'\n');
-        }
-        let parts = decode_all(decoder, &self.buf).ok().filter(|parts| {
+        // The values go to the tokenizer as they are, one after the other (no copy): a value that
+        // is not one whole JSON value shows in the row count or as a partial record.
+        let parts = decode_values(decoder, values).ok().filter(|parts| {
             parts.iter().map(|b| b.num_rows()).sum::<usize>() == values.len() && !decoder.has_partial_record()
         });
         let Some(mut parts) = parts else {
@@ -189,6 +186,35 @@ fn decode_all(
                 batches.push(b);
             } else if n == 0 {
                 break;
+            }
+        }
+    }
+    if let Some(b) = decoder.flush()? {
+        batches.push(b);
+    }
+    Ok(batches)
+}
+
+/// Decodes each of `values` in turn (arrow-json reads values that follow each other).
+fn decode_values(
+    decoder: &mut ArrowJsonDecoder,
+    values: &[&[u8]],
+) -> std::result::Result<Vec<RecordBatch>, arrow::error::ArrowError> {
+    let mut batches = Vec::new();
+    for v in values {
+        let mut rest: &[u8] = v;
+        while !rest.is_empty() {
+            let n = decoder.decode(rest)?;
+            rest = &rest[n..];
+            if !rest.is_empty() {
+                // The batch is full: take it and go on.
+                match decoder.flush()? {
+                    Some(b) => batches.push(b),
+                    None if n == 0 => {
+                        return Err(arrow::error::ArrowError::JsonError("the decoder took no input".into()))
+                    }
+                    None => {}
+                }
             }
         }
     }
@@ -400,6 +426,7 @@ mod tests {
             vec![(Some(2), None), (None, Some("c".into()))]
         );
         assert_eq!(d.spelled.as_ref().unwrap().names, vec!["id", "Name"]);
+        assert!(d.spelled.as_ref().unwrap().decoder.is_some(), "values read one after the other, as they are");
         // A record spelled otherwise in the middle of a batch: still found, and learned.
         assert_eq!(
             ids(&mut d, &[br#"{"id": 3, "Name": "d"}"#, br#"{"ID": 4, "name": "e"}"#]),

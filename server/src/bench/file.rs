@@ -77,23 +77,22 @@ async fn append_file(p: &Pipeline, topic: &str, path: &PathBuf, partitions: u32)
     let mut pending: Vec<u8> = Vec::with_capacity(CHUNK);
     let mut eof = false;
     while !eof {
-        let filled = pending.len();
-        pending.resize(filled + CHUNK, 0);
-        let read = file.read(&mut pending[filled..])?;
-        pending.truncate(filled + read);
+        // read_to_end fills the spare capacity without zeroing it first.
+        let read = (&mut file).take(CHUNK as u64).read_to_end(&mut pending)?;
         eof = read == 0;
         // Whole lines go now; a partial last line waits for the next chunk (or the end).
-        let cut = match pending.iter().rposition(|&b| b == b'\n') {
+        let cut = match memchr::memrchr(b'\n', &pending) {
             Some(i) if !eof => i + 1,
             _ if eof => pending.len(),
             _ => continue,
         };
-        let rest = pending[cut..].to_vec();
+        let mut rest = Vec::with_capacity(CHUNK + pending.len() - cut);
+        rest.extend_from_slice(&pending[cut..]);
         pending.truncate(cut);
         let chunk = Bytes::from(std::mem::replace(&mut pending, rest));
         let mut start = 0;
         while start < chunk.len() {
-            let end = chunk[start..].iter().position(|&b| b == b'\n').map_or(chunk.len(), |i| start + i);
+            let end = memchr::memchr(b'\n', &chunk[start..]).map_or(chunk.len(), |i| start + i);
             if end > start {
                 batch.push(Record { timestamp: 0, key: None, value: Some(chunk.slice(start..end)), headers: vec![] });
             }
