@@ -559,6 +559,18 @@ async fn avro_streams_tables_and_the_schema_registry() {
         .map(|l| l.split(", value: ").nth(1).unwrap_or_default().split(", partition").next().unwrap())
         .collect();
     assert_eq!(values, [r#"{"TOTAL":10.5,"N":1}"#, r#"{"TOTAL":12.75,"N":2}"#, r#"{"TOTAL":1.0,"N":1}"#], "{body}");
+    // JSON_SR: JSON text after the registry header; a stream over it takes its columns from the
+    // registered JSON Schema.
+    server
+        .ok("CREATE STREAM big WITH (value_format='JSON_SR') AS SELECT id, amount * 2 AS doubled FROM payments;")
+        .await;
+    server.ok("CREATE STREAM big_again (id STRING KEY) WITH (kafka_topic='BIG', value_format='JSON_SR');").await;
+    let (_, body) = server.query("SELECT * FROM big_again EMIT CHANGES LIMIT 3;").await;
+    assert_eq!(
+        Server::rows(&body),
+        vec![json!(["a", 21.0]), json!(["a", 4.5]), json!(["b", 2.0])],
+        "{body}"
+    );
     server.stop();
 
     // The registry is in the data directory: after a restart the table's records still decode.

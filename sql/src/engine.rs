@@ -694,7 +694,7 @@ impl KsqlEngine {
         // registered for the topic, as ksqlDB does.
         if value_format.kind.uses_registry() && !columns.iter().any(|c| !c.key && c.header.is_none()) {
             let whole = matches!(with.get("WRAP_SINGLE_VALUE"), Some(PropValue::Bool(false)));
-            let (inferred, single) = self.inferred_columns(&topic, false, whole)?;
+            let (inferred, single) = self.inferred_columns(&topic, false, whole, value_format.kind)?;
             if single {
                 value_format.wrap_single_value = false;
             }
@@ -704,7 +704,7 @@ impl KsqlEngine {
             let subject = rill_connectors::registry::subject(&topic, true);
             if self.store.schema_registry().latest(&subject)?.is_some() {
                 // A key is one column (ROWKEY), a record key a STRUCT: keys are unwrapped.
-                let (mut inferred, _) = self.inferred_columns(&topic, true, true)?;
+                let (mut inferred, _) = self.inferred_columns(&topic, true, true, key_format.kind)?;
                 for c in &mut inferred {
                     c.primary_key = kind == SourceKind::Table;
                 }
@@ -802,7 +802,13 @@ impl KsqlEngine {
     /// The columns of the latest AVRO schema registered for a topic's values (`key == false`) or
     /// keys, upper-cased as ksqlDB infers them; `whole`: the schema is one column even if it is a
     /// record. Returns whether the columns are one unwrapped value.
-    fn inferred_columns(&self, topic: &str, key: bool, whole: bool) -> Result<(Vec<ColumnDef>, bool)> {
+    fn inferred_columns(
+        &self,
+        topic: &str,
+        key: bool,
+        whole: bool,
+        kind: FormatKind,
+    ) -> Result<(Vec<ColumnDef>, bool)> {
         let subject = rill_connectors::registry::subject(topic, key);
         let Some((_, text)) = self.store.schema_registry().latest(&subject)? else {
             return Err(SqlError::plan(format!(
@@ -810,17 +816,24 @@ impl KsqlEngine {
                 if key { "keys" } else { "values" }
             )));
         };
-        let avro: serde_json::Value =
+        let schema: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| SqlError::plan(format!("Invalid schema for {subject}: {e}")))?;
         let single = if key { "ROWKEY" } else { "ROWVAL" };
-        let fields = if whole {
-            format::avro_arrow_type(&avro).map(|t| vec![arrow::datatypes::Field::new(single, t, true)].into())
-        } else {
-            format::avro_columns(&avro, single)
+        let json = kind == FormatKind::JsonSr;
+        let fields = match (whole, json) {
+            (true, false) => format::avro_arrow_type(&schema).map(|t| vec![Field::new(single, t, true)].into()),
+            (true, true) => format::json_schema_arrow_type(&schema).map(|t| vec![Field::new(single, t, true)].into()),
+            (false, false) => format::avro_columns(&schema, single),
+            (false, true) => format::json_schema_columns(&schema, single),
         };
         let unsupported = || SqlError::plan(format!("Unsupported schema for {subject} (no SQL type for it): {text}"));
         let fields = fields.ok_or_else(unsupported)?;
-        let unwrapped = whole || (fields.len() == 1 && fields[0].name() == single && !avro_is_record(&avro));
+        let is_record = if json {
+            schema.get("type").and_then(|t| t.as_str()) == Some("object") && schema.get("properties").is_some()
+        } else {
+            avro_is_record(&schema)
+        };
+        let unwrapped = whole || (fields.len() == 1 && fields[0].name() == single && !is_record);
         let mut out = Vec::with_capacity(fields.len());
         for f in fields.iter() {
             let sql_type = SqlType::from_arrow(f.data_type()).ok_or_else(unsupported)?;
@@ -851,8 +864,12 @@ impl KsqlEngine {
             }
             let schema =
                 Schema::new(cols.iter().map(|c| Field::new(&c.name, c.sql_type.to_arrow(), true)).collect::<Vec<_>>());
-            let avro = format::avro_schema_for(&schema, !format.wrap_single_value || key)?;
-            registry.register(&subject, &avro.to_string())?;
+            let unwrapped = !format.wrap_single_value || key;
+            let registered = match format.kind {
+                FormatKind::JsonSr => format::json_schema_for(&schema, unwrapped)?,
+                _ => format::avro_schema_for(&schema, unwrapped)?,
+            };
+            registry.register(&subject, &registered.to_string())?;
         }
         Ok(())
     }
@@ -1514,11 +1531,15 @@ fn check_timestamp(cols: &[Column], with: &Props) -> Result<Option<String>> {
 }
 
 /// A record key or value as PRINT shows it: AVRO (a registered schema id and a body that
-/// decodes with it) as JSON, anything else as text.
+/// decodes with it) as JSON, JSON_SR without its header, anything else as text.
 fn printable(registry: &dyn rill_connectors::SchemaRegistry, bytes: &[u8]) -> String {
-    if format::avro_frame(bytes).is_ok() {
+    if let Ok((_, body)) = format::avro_frame(bytes) {
         if let Ok(v) = format::avro_decode_json(registry, bytes) {
             return v.to_string();
+        }
+        // JSON_SR: JSON text after the header.
+        if serde_json::from_slice::<serde_json::Value>(body).is_ok() {
+            return String::from_utf8_lossy(body).into_owned();
         }
     }
     String::from_utf8_lossy(bytes).into_owned()
@@ -1655,7 +1676,9 @@ fn check_columns(columns: &[Column], with: &Props, value_format: &Format) -> Res
         }
     }
     let mut value_columns = columns.iter().filter(|c| !c.key && c.header.is_none());
-    if value_format.kind == FormatKind::Json && value_columns.any(|c| non_string_map_key(&c.sql_type)) {
+    if matches!(value_format.kind, FormatKind::Json | FormatKind::JsonSr)
+        && value_columns.any(|c| non_string_map_key(&c.sql_type))
+    {
         return Err(SqlError::plan("JSON only supports MAP types with STRING keys"));
     }
     if with.contains_key("WRAP_SINGLE_VALUE") && columns.iter().filter(|c| !c.key).count() != 1 {

@@ -9,6 +9,7 @@ mod base64_bytes;
 mod delimited;
 mod json;
 mod json_keys;
+mod json_sr;
 mod kafka;
 
 use std::sync::Arc;
@@ -21,6 +22,10 @@ use bytes::Bytes;
 pub use avro::{
     arrow_type as avro_arrow_type, columns_of as avro_columns, decode_json as avro_decode_json,
     encode_json as avro_encode_json, schema_for as avro_schema_for, split_frame as avro_frame,
+};
+pub use json_sr::{
+    arrow_type as json_schema_arrow_type, columns_of as json_schema_columns, frame_header,
+    schema_for as json_schema_for,
 };
 
 use crate::registry::SchemaRegistry;
@@ -39,6 +44,8 @@ pub enum FormatKind {
     None,
     /// Avro in Confluent's wire format, schemas in the schema registry.
     Avro,
+    /// JSON in Confluent's wire format (a JSON Schema in the schema registry).
+    JsonSr,
 }
 
 impl FormatKind {
@@ -50,7 +57,8 @@ impl FormatKind {
             "KAFKA" => Ok(Self::Kafka),
             "NONE" => Ok(Self::None),
             "AVRO" => Ok(Self::Avro),
-            "PROTOBUF" | "PROTOBUF_NOSR" | "JSON_SR" => Err(ConnectorError::Unsupported(format!(
+            "JSON_SR" => Ok(Self::JsonSr),
+            "PROTOBUF" | "PROTOBUF_NOSR" => Err(ConnectorError::Unsupported(format!(
                 "The {} format needs a schema registry, which Rill does not support yet",
                 name.to_ascii_uppercase()
             ))),
@@ -66,12 +74,13 @@ impl FormatKind {
             Self::Kafka => "KAFKA",
             Self::None => "NONE",
             Self::Avro => "AVRO",
+            Self::JsonSr => "JSON_SR",
         }
     }
 
     /// Whether records of this format name their schema in a schema registry.
     pub fn uses_registry(&self) -> bool {
-        matches!(self, Self::Avro)
+        matches!(self, Self::Avro | Self::JsonSr)
     }
 }
 
@@ -147,6 +156,11 @@ pub fn decoder(format: &Format, schema: SchemaRef, registry: Option<&Registered>
         FormatKind::Json => Ok(Box::new(json::JsonDecoder::try_new(schema, format.wrap_single_value)?)),
         FormatKind::Delimited => Ok(Box::new(delimited::DelimitedDecoder::new(schema, format.delimiter))),
         FormatKind::Kafka => Ok(Box::new(kafka::KafkaDecoder::try_new(schema)?)),
+        FormatKind::JsonSr => {
+            // The header is checked here, the text read as JSON.
+            let json = Format { kind: FormatKind::Json, ..format.clone() };
+            Ok(Box::new(json_sr::JsonSrDecoder { inner: decoder(&json, schema.clone(), None)?, schema }))
+        }
         FormatKind::Avro => {
             let r = registered(format, registry)?;
             Ok(Box::new(avro::AvroDecoder::try_new(schema, format.wrap_single_value, r.registry.clone())?))
@@ -174,6 +188,13 @@ pub fn encoder(format: &Format, schema: SchemaRef, registry: Option<&Registered>
         FormatKind::Json => Ok(Box::new(json::JsonEncoder::new(schema, format.wrap_single_value))),
         FormatKind::Delimited => Ok(Box::new(delimited::DelimitedEncoder::new(format.delimiter))),
         FormatKind::Kafka => Ok(Box::new(kafka::KafkaEncoder::try_new(schema)?)),
+        FormatKind::JsonSr => {
+            let r = registered(format, registry)?;
+            let json = Format { kind: FormatKind::Json, ..format.clone() };
+            let unwrapped = !format.wrap_single_value;
+            let inner = encoder(&json, schema.clone(), None)?;
+            Ok(Box::new(json_sr::JsonSrEncoder::try_new(inner, &schema, unwrapped, r.registry.as_ref(), &r.subject)?))
+        }
         FormatKind::Avro => {
             let r = registered(format, registry)?;
             let wrap = format.wrap_single_value;

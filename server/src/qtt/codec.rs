@@ -40,6 +40,15 @@ pub fn encode(layout: Option<&Layout>, v: &Value, registry: &dyn SchemaRegistry)
         FormatKind::Json => serde_json::to_vec(v).map(Some).map_err(|e| e.to_string()),
         FormatKind::Delimited => Ok(Some(plain(v))),
         FormatKind::None => Ok(None),
+        FormatKind::JsonSr => {
+            let (id, _) = registry
+                .latest(&layout.subject)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no schema registered for subject {}", layout.subject))?;
+            let mut out = format::frame_header(id).to_vec();
+            serde_json::to_writer(&mut out, v).map_err(|e| e.to_string())?;
+            Ok(Some(out))
+        }
         FormatKind::Avro => {
             let (id, schema) = registry
                 .latest(&layout.subject)
@@ -93,6 +102,10 @@ pub fn decode(layout: Option<&Layout>, bytes: Option<&[u8]>, registry: &dyn Sche
         FormatKind::Delimited => Ok(Value::String(lossy(bytes))),
         FormatKind::None => Ok(Value::Null),
         FormatKind::Avro => format::avro_decode_json(registry, bytes).map_err(|e| e.to_string()),
+        FormatKind::JsonSr => {
+            let (_, text) = format::avro_frame(bytes)?;
+            serde_json::from_slice(text).map_err(|e| format!("not JSON ({e}): {}", lossy(text)))
+        }
         FormatKind::Kafka => match layout.types.as_slice() {
             [] => Ok(Value::String(lossy(bytes))),
             [t] => decode_kafka(t, bytes),
