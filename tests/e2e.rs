@@ -522,11 +522,12 @@ async fn lambdas_in_projections_aggregations_joins_and_pull_queries() {
     server.stop();
 }
 
-/// AVRO end to end: a stream declared with columns registers its schema, an aggregation writes
-/// AVRO under its own registered schema, a stream declared without value columns takes them from
-/// the registry, PRINT shows AVRO as JSON, and the registry outlives a restart.
+/// Schema-registry formats end to end: an AVRO stream declared with columns registers its schema,
+/// an aggregation writes AVRO under its own registered schema, streams declared without value
+/// columns take them from the registry (AVRO, JSON_SR, PROTOBUF), PRINT shows AVRO as JSON, and
+/// the registry outlives a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn avro_streams_tables_and_the_schema_registry() {
+async fn schema_registry_formats_avro_json_sr_and_protobuf() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     server
@@ -566,9 +567,16 @@ async fn avro_streams_tables_and_the_schema_registry() {
         .await;
     server.ok("CREATE STREAM big_again (id STRING KEY) WITH (kafka_topic='BIG', value_format='JSON_SR');").await;
     let (_, body) = server.query("SELECT * FROM big_again EMIT CHANGES LIMIT 3;").await;
+    assert_eq!(Server::rows(&body), vec![json!(["a", 21.0]), json!(["a", 4.5]), json!(["b", 2.0])], "{body}");
+    // PROTOBUF: a registered .proto schema; proto3 has no null scalars (ksqlDB writes defaults).
+    server
+        .ok("CREATE STREAM tagged WITH (value_format='PROTOBUF') AS SELECT id, at, tags, tags[2] AS second FROM payments;")
+        .await;
+    server.ok("CREATE STREAM tagged_again (id STRING KEY) WITH (kafka_topic='TAGGED', value_format='PROTOBUF');").await;
+    let (_, body) = server.query("SELECT * FROM tagged_again EMIT CHANGES LIMIT 3;").await;
     assert_eq!(
         Server::rows(&body),
-        vec![json!(["a", 21.0]), json!(["a", 4.5]), json!(["b", 2.0])],
+        vec![json!(["a", 1000, ["x"], ""]), json!(["a", 2000, ["y", "z"], "z"]), json!(["b", 3000, [], ""])],
         "{body}"
     );
     server.stop();

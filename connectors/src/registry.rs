@@ -83,11 +83,20 @@ impl FileRegistry {
     }
 }
 
-/// The schema's canonical text: compact JSON (so formatting does not make a new id).
+/// The schema's canonical text: JSON schemas (Avro, JSON Schema) as compact JSON, so that
+/// formatting does not make a new id; other schemas (`.proto` text) as they are.
 fn canonical(schema: &str) -> Result<String> {
-    let v: serde_json::Value = serde_json::from_str(schema)
-        .map_err(|e| ConnectorError::Unsupported(format!("Invalid Avro schema ({e}): {schema}")))?;
-    Ok(v.to_string())
+    let text = schema.trim();
+    if text.is_empty() {
+        return Err(ConnectorError::Unsupported("Empty schema".into()));
+    }
+    Ok(match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v) => v.to_string(),
+        Err(_) if text.starts_with(['{', '[', '"']) => {
+            return Err(ConnectorError::Unsupported(format!("Invalid schema (not JSON): {schema}")))
+        }
+        Err(_) => text.to_string(),
+    })
 }
 
 impl SchemaRegistry for FileRegistry {
@@ -153,5 +162,7 @@ mod tests {
         assert_eq!(r.subjects(), vec!["t-value".to_string(), "u-value".to_string()]);
         assert_eq!(r.latest("nope").unwrap(), None);
         assert!(r.register("t-value", "{not json").is_err());
+        let proto = r.register("p-value", "syntax = \"proto3\"; message M {}").unwrap();
+        assert_eq!(r.schema(proto).unwrap().as_deref(), Some("syntax = \"proto3\"; message M {}"));
     }
 }

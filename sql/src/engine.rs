@@ -816,10 +816,29 @@ impl KsqlEngine {
                 if key { "keys" } else { "values" }
             )));
         };
-        let schema: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| SqlError::plan(format!("Invalid schema for {subject}: {e}")))?;
         let single = if key { "ROWKEY" } else { "ROWVAL" };
         let json = kind == FormatKind::JsonSr;
+        if kind == FormatKind::Protobuf {
+            let fields = format::protobuf_columns(&text)?.ok_or_else(|| {
+                SqlError::plan(format!("Unsupported schema for {subject} (no SQL type for it): {text}"))
+            })?;
+            let mut out = Vec::with_capacity(fields.len());
+            for f in fields.iter() {
+                let sql_type = SqlType::from_arrow(f.data_type())
+                    .ok_or_else(|| SqlError::plan(format!("Unsupported field {} in {subject}", f.name())))?;
+                out.push(ColumnDef {
+                    name: f.name().to_uppercase(),
+                    sql_type: upper_fields(sql_type),
+                    key,
+                    primary_key: false,
+                    header: None,
+                    position: Default::default(),
+                });
+            }
+            return Ok((out, false));
+        }
+        let schema: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| SqlError::plan(format!("Invalid schema for {subject}: {e}")))?;
         let fields = match (whole, json) {
             (true, false) => format::avro_arrow_type(&schema).map(|t| vec![Field::new(single, t, true)].into()),
             (true, true) => format::json_schema_arrow_type(&schema).map(|t| vec![Field::new(single, t, true)].into()),
@@ -866,10 +885,11 @@ impl KsqlEngine {
                 Schema::new(cols.iter().map(|c| Field::new(&c.name, c.sql_type.to_arrow(), true)).collect::<Vec<_>>());
             let unwrapped = !format.wrap_single_value || key;
             let registered = match format.kind {
-                FormatKind::JsonSr => format::json_schema_for(&schema, unwrapped)?,
-                _ => format::avro_schema_for(&schema, unwrapped)?,
+                FormatKind::JsonSr => format::json_schema_for(&schema, unwrapped)?.to_string(),
+                FormatKind::Protobuf => format::protobuf_schema_for(&schema)?,
+                _ => format::avro_schema_for(&schema, unwrapped)?.to_string(),
             };
-            registry.register(&subject, &registered.to_string())?;
+            registry.register(&subject, &registered)?;
         }
         Ok(())
     }
@@ -1676,10 +1696,15 @@ fn check_columns(columns: &[Column], with: &Props, value_format: &Format) -> Res
         }
     }
     let mut value_columns = columns.iter().filter(|c| !c.key && c.header.is_none());
-    if matches!(value_format.kind, FormatKind::Json | FormatKind::JsonSr)
-        && value_columns.any(|c| non_string_map_key(&c.sql_type))
-    {
-        return Err(SqlError::plan("JSON only supports MAP types with STRING keys"));
+    let non_string_keys = value_columns.any(|c| non_string_map_key(&c.sql_type));
+    match value_format.kind {
+        FormatKind::Json | FormatKind::JsonSr if non_string_keys => {
+            return Err(SqlError::plan("JSON only supports MAP types with STRING keys"));
+        }
+        FormatKind::Protobuf | FormatKind::ProtobufNosr if non_string_keys => {
+            return Err(SqlError::plan("PROTOBUF format only supports MAP types with STRING keys"));
+        }
+        _ => {}
     }
     if with.contains_key("WRAP_SINGLE_VALUE") && columns.iter().filter(|c| !c.key).count() != 1 {
         return Err(SqlError::plan("'WRAP_SINGLE_VALUE' is only valid for single-field value schemas"));
@@ -1778,6 +1803,12 @@ fn formats(with: &Props, inherit: Option<(&Format, &Format)>, props: &Properties
     if let Some(PropValue::Bool(b)) = with.get("WRAP_SINGLE_VALUE") {
         if *b && value.kind == FormatKind::Delimited {
             return Err(SqlError::plan("Format 'DELIMITED' does not support 'WRAP_SINGLE_VALUE' set to 'true'."));
+        }
+        if !*b && matches!(value.kind, FormatKind::Protobuf | FormatKind::ProtobufNosr) {
+            return Err(SqlError::plan(format!(
+                "Format '{}' does not support 'WRAP_SINGLE_VALUE' set to 'false'.",
+                value.kind.name()
+            )));
         }
         value.wrap_single_value = *b;
     }

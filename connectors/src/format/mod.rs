@@ -11,6 +11,7 @@ mod json;
 mod json_keys;
 mod json_sr;
 mod kafka;
+mod protobuf;
 
 use std::sync::Arc;
 
@@ -26,6 +27,10 @@ pub use avro::{
 pub use json_sr::{
     arrow_type as json_schema_arrow_type, columns_of as json_schema_columns, frame_header,
     schema_for as json_schema_for,
+};
+pub use protobuf::{
+    columns_of as protobuf_columns, decode_json as protobuf_decode_json, encode_json as protobuf_encode_json,
+    schema_for as protobuf_schema_for,
 };
 
 use crate::registry::SchemaRegistry;
@@ -46,6 +51,10 @@ pub enum FormatKind {
     Avro,
     /// JSON in Confluent's wire format (a JSON Schema in the schema registry).
     JsonSr,
+    /// Protobuf in Confluent's wire format (a `.proto` schema in the schema registry).
+    Protobuf,
+    /// Protobuf messages alone, their schema the columns'.
+    ProtobufNosr,
 }
 
 impl FormatKind {
@@ -58,10 +67,8 @@ impl FormatKind {
             "NONE" => Ok(Self::None),
             "AVRO" => Ok(Self::Avro),
             "JSON_SR" => Ok(Self::JsonSr),
-            "PROTOBUF" | "PROTOBUF_NOSR" => Err(ConnectorError::Unsupported(format!(
-                "The {} format needs a schema registry, which Rill does not support yet",
-                name.to_ascii_uppercase()
-            ))),
+            "PROTOBUF" => Ok(Self::Protobuf),
+            "PROTOBUF_NOSR" => Ok(Self::ProtobufNosr),
             other => Err(ConnectorError::Unsupported(format!("Unknown format: {other}"))),
         }
     }
@@ -75,12 +82,14 @@ impl FormatKind {
             Self::None => "NONE",
             Self::Avro => "AVRO",
             Self::JsonSr => "JSON_SR",
+            Self::Protobuf => "PROTOBUF",
+            Self::ProtobufNosr => "PROTOBUF_NOSR",
         }
     }
 
     /// Whether records of this format name their schema in a schema registry.
     pub fn uses_registry(&self) -> bool {
-        matches!(self, Self::Avro | Self::JsonSr)
+        matches!(self, Self::Avro | Self::JsonSr | Self::Protobuf)
     }
 }
 
@@ -156,6 +165,11 @@ pub fn decoder(format: &Format, schema: SchemaRef, registry: Option<&Registered>
         FormatKind::Json => Ok(Box::new(json::JsonDecoder::try_new(schema, format.wrap_single_value)?)),
         FormatKind::Delimited => Ok(Box::new(delimited::DelimitedDecoder::new(schema, format.delimiter))),
         FormatKind::Kafka => Ok(Box::new(kafka::KafkaDecoder::try_new(schema)?)),
+        FormatKind::Protobuf => {
+            let r = registered(format, registry)?;
+            Ok(Box::new(protobuf::ProtobufDecoder::try_new(schema, Some(r.registry.clone()))?))
+        }
+        FormatKind::ProtobufNosr => Ok(Box::new(protobuf::ProtobufDecoder::try_new(schema, None)?)),
         FormatKind::JsonSr => {
             // The header is checked here, the text read as JSON.
             let json = Format { kind: FormatKind::Json, ..format.clone() };
@@ -188,6 +202,11 @@ pub fn encoder(format: &Format, schema: SchemaRef, registry: Option<&Registered>
         FormatKind::Json => Ok(Box::new(json::JsonEncoder::new(schema, format.wrap_single_value))),
         FormatKind::Delimited => Ok(Box::new(delimited::DelimitedEncoder::new(format.delimiter))),
         FormatKind::Kafka => Ok(Box::new(kafka::KafkaEncoder::try_new(schema)?)),
+        FormatKind::Protobuf => {
+            let r = registered(format, registry)?;
+            Ok(Box::new(protobuf::ProtobufEncoder::try_new(schema, Some((r.registry.as_ref(), &r.subject)))?))
+        }
+        FormatKind::ProtobufNosr => Ok(Box::new(protobuf::ProtobufEncoder::try_new(schema, None)?)),
         FormatKind::JsonSr => {
             let r = registered(format, registry)?;
             let json = Format { kind: FormatKind::Json, ..format.clone() };

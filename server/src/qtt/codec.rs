@@ -23,6 +23,8 @@ pub struct Layout {
     pub kind: FormatKind,
     /// The column types on this side, in order.
     pub types: Vec<SqlType>,
+    /// The column names on this side, in order.
+    pub names: Vec<String>,
     /// The schema-registry subject of this side (`<topic>-key` or `<topic>-value`).
     pub subject: String,
 }
@@ -40,6 +42,21 @@ pub fn encode(layout: Option<&Layout>, v: &Value, registry: &dyn SchemaRegistry)
         FormatKind::Json => serde_json::to_vec(v).map(Some).map_err(|e| e.to_string()),
         FormatKind::Delimited => Ok(Some(plain(v))),
         FormatKind::None => Ok(None),
+        FormatKind::Protobuf => {
+            let (id, schema) = registry
+                .latest(&layout.subject)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no schema registered for subject {}", layout.subject))?;
+            let mut out =
+                format::protobuf_encode_json(&schema, Some(id), std::slice::from_ref(v)).map_err(|e| e.to_string())?;
+            Ok(out.pop().flatten().map(|b| b.to_vec()))
+        }
+        FormatKind::ProtobufNosr => {
+            let schema = columns_proto(layout)?;
+            let mut out =
+                format::protobuf_encode_json(&schema, None, std::slice::from_ref(v)).map_err(|e| e.to_string())?;
+            Ok(out.pop().flatten().map(|b| b.to_vec()))
+        }
         FormatKind::JsonSr => {
             let (id, _) = registry
                 .latest(&layout.subject)
@@ -63,6 +80,17 @@ pub fn encode(layout: Option<&Layout>, v: &Value, registry: &dyn SchemaRegistry)
             many => Err(format!("the KAFKA format carries one column, the schema has {}", many.len())),
         },
     }
+}
+
+/// The `.proto` schema of a side's columns (PROTOBUF_NOSR has no registry).
+fn columns_proto(layout: &Layout) -> Result<String, String> {
+    let fields: Vec<arrow::datatypes::Field> = layout
+        .names
+        .iter()
+        .zip(&layout.types)
+        .map(|(n, t)| arrow::datatypes::Field::new(n, t.to_arrow(), true))
+        .collect();
+    format::protobuf_schema_for(&arrow::datatypes::Schema::new(fields)).map_err(|e| e.to_string())
 }
 
 fn plain(v: &Value) -> Vec<u8> {
@@ -102,6 +130,11 @@ pub fn decode(layout: Option<&Layout>, bytes: Option<&[u8]>, registry: &dyn Sche
         FormatKind::Delimited => Ok(Value::String(lossy(bytes))),
         FormatKind::None => Ok(Value::Null),
         FormatKind::Avro => format::avro_decode_json(registry, bytes).map_err(|e| e.to_string()),
+        FormatKind::Protobuf => format::protobuf_decode_json(registry, None, bytes).map_err(|e| e.to_string()),
+        FormatKind::ProtobufNosr => {
+            let schema = columns_proto(layout)?;
+            format::protobuf_decode_json(registry, Some(&schema), bytes).map_err(|e| e.to_string())
+        }
         FormatKind::JsonSr => {
             let (_, text) = format::avro_frame(bytes)?;
             serde_json::from_slice(text).map_err(|e| format!("not JSON ({e}): {}", lossy(text)))
@@ -197,7 +230,7 @@ mod tests {
     use super::*;
 
     fn kafka(t: SqlType) -> Layout {
-        Layout { kind: FormatKind::Kafka, types: vec![t], subject: "t-value".into() }
+        Layout { kind: FormatKind::Kafka, types: vec![t], names: vec!["V".into()], subject: "t-value".into() }
     }
 
     fn no_registry() -> rill_connectors::FileRegistry {
@@ -207,7 +240,7 @@ mod tests {
     #[test]
     fn avro_uses_the_latest_registered_schema() {
         let r = no_registry();
-        let l = Layout { kind: FormatKind::Avro, types: vec![], subject: "t-value".into() };
+        let l = Layout { kind: FormatKind::Avro, types: vec![], names: vec![], subject: "t-value".into() };
         assert!(encode(Some(&l), &serde_json::json!(1), &r).unwrap_err().contains("no schema registered"));
         r.register("t-value", r#"{"type": "record", "name": "x", "fields": [{"name": "A", "type": "long"}]}"#).unwrap();
         let v = serde_json::json!({"A": 7});
@@ -237,7 +270,7 @@ mod tests {
     #[test]
     fn json_delimited_none_and_nulls() {
         let r = no_registry();
-        let layout = |kind| Layout { kind, types: vec![], subject: "t-value".into() };
+        let layout = |kind| Layout { kind, types: vec![], names: vec![], subject: "t-value".into() };
         let json = layout(FormatKind::Json);
         let v = serde_json::json!({"B": 1, "A": [1.0, "x"]});
         let bytes = encode(Some(&json), &v, &r).unwrap().unwrap();

@@ -263,8 +263,6 @@ pub struct Run {
     pub stem: String,
     /// The case.
     pub case: Arc<CaseNode>,
-    /// The format of this run, if the case has `format`.
-    pub format: Option<String>,
     /// Statements with `{FORMAT}` substituted.
     pub statements: Vec<String>,
     /// Properties with `{CONFIG}` substituted, as text.
@@ -359,7 +357,6 @@ pub fn expand(stem: &str, case: CaseNode) -> Result<Vec<Run>, String> {
                 name: run_name(stem, &case.name, format.as_deref(), cfg),
                 stem: stem.to_string(),
                 case: case.clone(),
-                format: format.clone(),
                 statements,
                 properties,
             });

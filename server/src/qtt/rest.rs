@@ -104,8 +104,6 @@ pub struct RestRun {
     pub stem: String,
     /// The case.
     pub case: Arc<RestCaseNode>,
-    /// Format of this run.
-    pub format: Option<String>,
     /// Statements with `{FORMAT}` substituted.
     pub statements: Vec<String>,
     /// Properties as text.
@@ -180,7 +178,6 @@ fn expand(stem: &str, case: RestCaseNode) -> Vec<RestRun> {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
                 .collect(),
-            format,
             case: case.clone(),
         })
         .collect()
@@ -191,7 +188,7 @@ pub fn skip_reason(run: &RestRun) -> Option<String> {
     if run.case.proto || run.case.responses.iter().any(|r| r.get("queryProto").is_some()) {
         return Some("query responses in protobuf (schema registry)".into());
     }
-    super::skip::reason_for(run.format.as_deref(), &run.statements, run.properties.values(), &run.case.topics, None)
+    super::skip::reason_for(&run.statements, &run.case.topics)
 }
 
 /// Runs one REST case in `dir`: a fresh log, engine and server on loopback.

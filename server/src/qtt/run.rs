@@ -160,11 +160,13 @@ fn layouts(source: Option<&SourceDef>) -> (Option<Layout>, Option<Layout>) {
             Some(Layout {
                 kind: s.key_format.kind,
                 types: s.key_columns().map(|c| c.sql_type.clone()).collect(),
+                names: s.key_columns().map(|c| c.name.clone()).collect(),
                 subject: subject(&s.topic, true),
             }),
             Some(Layout {
                 kind: s.value_format.kind,
                 types: s.value_columns().map(|c| c.sql_type.clone()).collect(),
+                names: s.value_columns().map(|c| c.name.clone()).collect(),
                 subject: subject(&s.topic, false),
             }),
         ),

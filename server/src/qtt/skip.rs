@@ -1,11 +1,8 @@
-//! Which runs are skipped, and why: those in formats Rill does not have yet (PROTOBUF,
-//! PROTOBUF_NOSR; AVRO and JSON_SR runs go, with the schemas a case registers for its topics) and
-//! those that call the functions ksqlDB registers only in its own tests.
+//! Which runs are skipped, and why: those whose topics name registered schemas by id (or register
+//! schemas of a format without a registry), and those that call the functions ksqlDB registers
+//! only in its own tests. Every format runs.
 
-use super::load::{format_name, PostNode, Run, TopicNode};
-
-/// Schema-registry formats Rill does not have yet.
-const REGISTRY_FORMATS: [&str; 2] = ["PROTOBUF", "PROTOBUF_NOSR"];
+use super::load::{format_name, Run, TopicNode};
 
 /// Functions from ksqlDB's test sources (`ksqldb-engine/src/test/.../function/udf|udaf` and the
 /// `udf-example` jar), not part of ksqlDB itself.
@@ -30,63 +27,27 @@ const TEST_ONLY_FUNCTIONS: [&str; 18] = [
     "OBJ_COL_ARG",
 ];
 
-fn registry_format(name: &str) -> Option<&'static str> {
-    let upper = name.trim().to_uppercase();
-    REGISTRY_FORMATS.iter().find(|f| **f == upper).copied()
-}
-
-fn needs_registry(f: &str) -> String {
-    format!("format {f} needs a schema registry")
-}
+/// Formats whose schemas live in the schema registry.
+const REGISTRY_FORMATS: [&str; 3] = ["AVRO", "JSON_SR", "PROTOBUF"];
 
 /// Why `run` is skipped, or `None` to run it.
 pub fn reason(run: &Run) -> Option<String> {
-    let case = &run.case;
-    reason_for(run.format.as_deref(), &run.statements, run.properties.values(), &case.topics, case.post.as_ref())
+    reason_for(&run.statements, &run.case.topics)
 }
 
-/// Why a run with these parts is skipped, or `None` to run it.
-pub fn reason_for<'a>(
-    format: Option<&str>,
-    statements: &[String],
-    mut properties: impl Iterator<Item = &'a String>,
-    topics: &[TopicNode],
-    post: Option<&PostNode>,
-) -> Option<String> {
-    if let Some(f) = format.and_then(registry_format) {
-        return Some(needs_registry(f));
-    }
-    for sql in statements {
-        if let Some(f) = string_literals(sql).iter().find_map(|l| registry_format(l)) {
-            return Some(needs_registry(f));
+/// Why a run with these statements and topics is skipped, or `None` to run it.
+pub fn reason_for(statements: &[String], topics: &[TopicNode]) -> Option<String> {
+    for t in topics.iter().filter(|t| t.uses_schema_registry()) {
+        if t.value_schema_id.is_some() || t.key_schema_id.is_some() {
+            return Some(format!("topic {} names its registered schemas by id", t.name));
         }
-    }
-    if let Some(f) = properties.find_map(|v| registry_format(v)) {
-        return Some(needs_registry(f));
-    }
-    for t in topics {
         let formats = [&t.format, &t.key_format, &t.value_format];
-        if let Some(f) =
-            formats.iter().filter_map(|v| v.as_ref().and_then(format_name)).find_map(|n| registry_format(&n))
-        {
-            return Some(needs_registry(f));
-        }
-        if t.uses_schema_registry() {
-            let avro =
-                formats.iter().filter_map(|v| v.as_ref().and_then(format_name)).all(|n| n.eq_ignore_ascii_case("AVRO"));
-            if !avro || t.value_schema_id.is_some() || t.key_schema_id.is_some() {
-                return Some(format!("topic {} has registered schemas of another format, or by id", t.name));
-            }
-        }
-    }
-    if let Some(post) = post {
-        let formats = post
-            .sources
+        let other = formats
             .iter()
-            .flat_map(|s| [&s.key_format, &s.value_format])
-            .chain(post.topics.iter().flat_map(|t| t.topics.iter().flat_map(|t| [&t.key_format, &t.value_format])));
-        if let Some(f) = formats.filter_map(|v| v.as_ref().and_then(format_name)).find_map(|n| registry_format(&n)) {
-            return Some(needs_registry(f));
+            .filter_map(|v| v.as_ref().and_then(format_name))
+            .find(|n| !REGISTRY_FORMATS.iter().any(|f| n.eq_ignore_ascii_case(f)));
+        if let Some(f) = other {
+            return Some(format!("topic {} registers schemas for {f}, a format without a registry", t.name));
         }
     }
     for sql in statements {
@@ -95,32 +56,6 @@ pub fn reason_for<'a>(
         }
     }
     None
-}
-
-/// The contents of the `'...'` literals in `sql` (`''` is a quote).
-fn string_literals(sql: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '\'' {
-            continue;
-        }
-        let mut lit = String::new();
-        while let Some(ch) = chars.next() {
-            if ch == '\'' {
-                if chars.peek() == Some(&'\'') {
-                    chars.next();
-                    lit.push('\'');
-                } else {
-                    break;
-                }
-            } else {
-                lit.push(ch);
-            }
-        }
-        out.push(lit);
-    }
-    out
 }
 
 /// Upper-cased names directly followed by `(`, outside string literals and quoted names.
@@ -170,33 +105,26 @@ mod tests {
     }
 
     #[test]
-    fn finds_literals_and_calls() {
-        assert_eq!(string_literals("a 'b''c' d 'e'"), ["b'c", "e"]);
+    fn finds_calls() {
         let calls = function_calls("SELECT test_udf (a, 'x(y') AS `q(`, CAST(b AS INT) FROM s WHERE c IN (1);");
         assert_eq!(calls, ["TEST_UDF", "CAST", "IN"]);
     }
 
     #[test]
-    fn skips_registry_formats_and_test_functions() {
+    fn every_format_runs_but_schema_ids_and_test_functions_skip() {
         let r = runs(
-            r#"{"name": "n", "format": ["AVRO", "JSON"], "statements": ["CREATE STREAM S (A INT) WITH (kafka_topic='t', value_format='{FORMAT}');"]}"#,
+            r#"{"name": "n", "format": ["AVRO", "PROTOBUF"], "statements": ["CREATE STREAM S (A INT) WITH (kafka_topic='t', value_format='{FORMAT}');"]}"#,
         );
         assert_eq!(reason(&r[0]), None);
         assert_eq!(reason(&r[1]), None);
-        let r = runs(
-            r#"{"name": "n", "format": ["PROTOBUF"], "statements": ["CREATE STREAM S (A INT) WITH (kafka_topic='t', value_format='{FORMAT}');"]}"#,
-        );
-        assert_eq!(reason(&r[0]).unwrap(), "format PROTOBUF needs a schema registry");
-        let r = runs(
-            r#"{"name": "n", "statements": ["CREATE STREAM S WITH (kafka_topic='t', value_format='Protobuf_Nosr');"]}"#,
-        );
-        assert!(reason(&r[0]).is_some());
         let r = runs(r#"{"name": "n", "statements": ["CREATE STREAM O AS SELECT Test_Udf(A) FROM S;"]}"#);
         assert_eq!(reason(&r[0]).unwrap(), "calls TEST_UDF, a function of ksqlDB's tests");
         let r = runs(
             r#"{"name": "n", "statements": [], "topics": [{"name": "t", "valueSchema": {"type": "int"}, "valueFormat": "JSON"}]}"#,
         );
-        assert!(reason(&r[0]).unwrap().contains("registered schemas"));
+        assert!(reason(&r[0]).unwrap().contains("a format without a registry"));
+        let r = runs(r#"{"name": "n", "statements": [], "topics": [{"name": "t", "valueSchemaId": 1}]}"#);
+        assert!(reason(&r[0]).unwrap().contains("by id"));
         let r = runs(r#"{"name": "n", "statements": [], "topics": [{"name": "t", "valueSchema": {"type": "int"}}]}"#);
         assert_eq!(reason(&r[0]), None);
     }
