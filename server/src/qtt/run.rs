@@ -183,8 +183,13 @@ pub(super) fn register_schemas(topics: &[TopicNode], store: &dyn TopicStore) -> 
             .map(|(k, s)| (k, s.filter(|v| !v.is_null())))
         {
             let Some(schema) = schema else { continue };
+            // A `.proto` schema is text; Avro and JSON Schema are JSON (a string is a JSON name).
+            let text = match schema {
+                serde_json::Value::String(s) if s.contains("message ") => s.clone(),
+                other => other.to_string(),
+            };
             registry
-                .register(&subject(&t.name, key), &schema.to_string())
+                .register(&subject(&t.name, key), &text)
                 .map_err(|e| format!("runner: registering the schema of '{}': {e}", t.name))?;
         }
     }
