@@ -817,42 +817,29 @@ impl KsqlEngine {
             )));
         };
         let single = if key { "ROWKEY" } else { "ROWVAL" };
-        let json = kind == FormatKind::JsonSr;
-        if kind == FormatKind::Protobuf {
-            let fields = format::protobuf_columns(&text)?.ok_or_else(|| {
-                SqlError::plan(format!("Unsupported schema for {subject} (no SQL type for it): {text}"))
-            })?;
-            let mut out = Vec::with_capacity(fields.len());
-            for f in fields.iter() {
-                let sql_type = SqlType::from_arrow(f.data_type())
-                    .ok_or_else(|| SqlError::plan(format!("Unsupported field {} in {subject}", f.name())))?;
-                out.push(ColumnDef {
-                    name: f.name().to_uppercase(),
-                    sql_type: upper_fields(sql_type),
-                    key,
-                    primary_key: false,
-                    header: None,
-                    position: Default::default(),
-                });
-            }
-            return Ok((out, false));
-        }
-        let schema: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| SqlError::plan(format!("Invalid schema for {subject}: {e}")))?;
-        let fields = match (whole, json) {
-            (true, false) => format::avro_arrow_type(&schema).map(|t| vec![Field::new(single, t, true)].into()),
-            (true, true) => format::json_schema_arrow_type(&schema).map(|t| vec![Field::new(single, t, true)].into()),
-            (false, false) => format::avro_columns(&schema, single),
-            (false, true) => format::json_schema_columns(&schema, single),
-        };
         let unsupported = || SqlError::plan(format!("Unsupported schema for {subject} (no SQL type for it): {text}"));
-        let fields = fields.ok_or_else(unsupported)?;
-        let is_record = if json {
-            schema.get("type").and_then(|t| t.as_str()) == Some("object") && schema.get("properties").is_some()
+        let (fields, unwrapped) = if kind == FormatKind::Protobuf {
+            (format::protobuf_columns(&text)?, false)
         } else {
-            avro_is_record(&schema)
+            let schema: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| SqlError::plan(format!("Invalid schema for {subject}: {e}")))?;
+            let json = kind == FormatKind::JsonSr;
+            let whole_type = |t: DataType| vec![Field::new(single, t, true)].into();
+            let fields = match (whole, json) {
+                (true, false) => format::avro_arrow_type(&schema).map(whole_type),
+                (true, true) => format::json_schema_arrow_type(&schema).map(whole_type),
+                (false, false) => format::avro_columns(&schema, single),
+                (false, true) => format::json_schema_columns(&schema, single),
+            };
+            let is_record = if json {
+                schema.get("type").and_then(|t| t.as_str()) == Some("object") && schema.get("properties").is_some()
+            } else {
+                avro_is_record(&schema)
+            };
+            let single_value = fields.as_ref().is_some_and(|f| f.len() == 1 && f[0].name() == single);
+            (fields, whole || (single_value && !is_record))
         };
-        let unwrapped = whole || (fields.len() == 1 && fields[0].name() == single && !is_record);
+        let fields = fields.ok_or_else(unsupported)?;
         let mut out = Vec::with_capacity(fields.len());
         for f in fields.iter() {
             let sql_type = SqlType::from_arrow(f.data_type()).ok_or_else(unsupported)?;

@@ -184,6 +184,31 @@ fn as_record(avro: &Value) -> Value {
     }
 }
 
+/// arrow-avro's decoder of records framed with schema `id`, whose schema is `avro` (read as a
+/// record, see [`as_record`]).
+fn body_decoder(
+    id: u32,
+    avro: &Value,
+    batch_size: usize,
+) -> std::result::Result<AvroBodyDecoder, arrow::error::ArrowError> {
+    let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
+    store.set(Fingerprint::Id(id), AvroSchema::new(as_record(avro).to_string()))?;
+    ReaderBuilder::new()
+        .with_writer_schema_store(store)
+        .with_active_fingerprint(Fingerprint::Id(id))
+        .with_batch_size(batch_size)
+        .build_decoder()
+}
+
+/// `columns` cast to the types of `fields` where they differ.
+fn cast_to(columns: &[ArrayRef], fields: &Fields) -> std::result::Result<Vec<ArrayRef>, arrow::error::ArrowError> {
+    columns
+        .iter()
+        .zip(fields)
+        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
+        .collect()
+}
+
 /// Splits a Confluent-framed value into its schema id and body.
 pub fn split_frame(value: &[u8]) -> std::result::Result<(u32, &[u8]), String> {
     match value {
@@ -236,16 +261,7 @@ impl AvroDecoder {
                 .ok_or_else(|| format!("Schema id {id} is not in the schema registry"))?;
             let writer: Value = serde_json::from_str(&text).map_err(|e| format!("schema {id}: {e}"))?;
             let record = is_record(&writer);
-            let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
-            store
-                .set(Fingerprint::Id(id), AvroSchema::new(as_record(&writer).to_string()))
-                .map_err(|e| format!("schema {id}: {e}"))?;
-            let body = ReaderBuilder::new()
-                .with_writer_schema_store(store)
-                .with_active_fingerprint(Fingerprint::Id(id))
-                .with_batch_size(usize::MAX / 2)
-                .build_decoder()
-                .map_err(|e| format!("schema {id}: {e}"))?;
+            let body = body_decoder(id, &writer, usize::MAX / 2).map_err(|e| format!("schema {id}: {e}"))?;
             let direct = record != self.unwrapped && same_columns(&body.schema(), &self.schema);
             self.by_id.insert(id, ById { body, record, direct });
         }
@@ -272,21 +288,7 @@ impl AvroDecoder {
             return batches
                 .into_iter()
                 .map(|b| {
-                    let columns = b
-                        .columns()
-                        .iter()
-                        .zip(schema.fields())
-                        .map(
-                            |(c, f)| {
-                                if c.data_type() == f.data_type() {
-                                    Ok(c.clone())
-                                } else {
-                                    cast(c, f.data_type())
-                                }
-                            },
-                        )
-                        .collect::<std::result::Result<Vec<ArrayRef>, _>>()
-                        .map_err(|e| e.to_string())?;
+                    let columns = cast_to(b.columns(), schema.fields()).map_err(|e| e.to_string())?;
                     RecordBatch::try_new_with_options(
                         schema.clone(),
                         columns,
@@ -454,12 +456,7 @@ fn writable(dt: &DataType) -> DataType {
 
 impl Encoder for AvroEncoder {
     fn encode(&mut self, batch: &RecordBatch, out: &mut Vec<Option<Bytes>>) -> Result<()> {
-        let columns = batch
-            .columns()
-            .iter()
-            .zip(self.schema.fields())
-            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
-            .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
+        let columns = cast_to(batch.columns(), self.schema.fields())?;
         let rows = RecordBatch::try_new_with_options(
             self.schema.clone(),
             columns,
@@ -480,13 +477,7 @@ pub fn encode_json(schema_text: &str, id: u32, values: &[Value]) -> Result<Vec<O
         .map_err(|e| ConnectorError::Unsupported(format!("Invalid Avro schema ({e}): {schema_text}")))?;
     let wrapped = as_record(&avro).to_string();
     // The Arrow schema arrow-avro itself reads and writes this Avro schema as.
-    let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
-    store.set(Fingerprint::Id(id), AvroSchema::new(wrapped.clone()))?;
-    let decoder = ReaderBuilder::new()
-        .with_writer_schema_store(store)
-        .with_active_fingerprint(Fingerprint::Id(id))
-        .build_decoder()?;
-    let arrow_schema = decoder.schema();
+    let arrow_schema = body_decoder(id, &avro, 1024)?.schema();
     // JSON is read into plain types (enums' dictionaries as strings), then cast to arrow-avro's.
     let plain = Schema::new(
         arrow_schema
@@ -510,13 +501,7 @@ pub fn encode_json(schema_text: &str, id: u32, values: &[Value]) -> Result<Vec<O
         .with_fingerprint_strategy(FingerprintStrategy::Id(id))
         .build_encoder::<AvroSoeFormat>()
         .map_err(|e| ConnectorError::Encode(format!("AVRO: {e}")))?;
-    let columns = decoded
-        .batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
-        .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
+    let columns = cast_to(decoded.batch.columns(), schema.fields())?;
     let batch = RecordBatch::try_new_with_options(
         Arc::new(schema),
         columns,
@@ -549,12 +534,7 @@ pub fn decode_json(registry: &dyn SchemaRegistry, value: &[u8]) -> Result<Value>
     let text =
         registry.schema(id)?.ok_or_else(|| ConnectorError::Decode(format!("Schema id {id} is not registered")))?;
     let avro: Value = serde_json::from_str(&text).map_err(|e| ConnectorError::Decode(format!("schema {id}: {e}")))?;
-    let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
-    store.set(Fingerprint::Id(id), AvroSchema::new(as_record(&avro).to_string()))?;
-    let mut decoder = ReaderBuilder::new()
-        .with_writer_schema_store(store)
-        .with_active_fingerprint(Fingerprint::Id(id))
-        .build_decoder()?;
+    let mut decoder = body_decoder(id, &avro, 1024)?;
     if decoder.decode(value).map_err(|e| ConnectorError::Decode(e.to_string()))? != value.len() {
         return Err(ConnectorError::Decode("AVRO value longer or shorter than its schema says".into()));
     }

@@ -184,21 +184,7 @@ impl Decoder for JsonSrDecoder {
                 Err(e) => errors.push((i, e)),
             }
         }
-        if errors.is_empty() {
-            return self.inner.decode(&texts);
-        }
-        let inner = if texts.is_empty() {
-            Decoded { batch: RecordBatch::new_empty(self.schema.clone()), good: Some(vec![]), errors: vec![] }
-        } else {
-            self.inner.decode(&texts)?
-        };
-        let good = match inner.good {
-            Some(g) => g.into_iter().map(|j| at[j as usize] as u32).collect(),
-            None => at.iter().map(|i| *i as u32).collect(),
-        };
-        errors.extend(inner.errors.into_iter().map(|(j, e)| (at[j], e)));
-        errors.sort_by_key(|(i, _)| *i);
-        Ok(Decoded { batch: inner.batch, good: Some(good), errors })
+        super::decode_passed(self.inner.as_mut(), &self.schema, &texts, &at, errors)
     }
 }
 

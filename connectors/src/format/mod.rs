@@ -304,6 +304,32 @@ pub fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, None)
 }
 
+/// Decodes the records that passed a first step (their bytes `passed`, their input indices `at`)
+/// with `inner`, and reports both steps' failures by input index.
+pub(crate) fn decode_passed(
+    inner: &mut dyn Decoder,
+    schema: &SchemaRef,
+    passed: &[&[u8]],
+    at: &[usize],
+    mut errors: Vec<(usize, String)>,
+) -> Result<Decoded> {
+    if errors.is_empty() {
+        return inner.decode(passed);
+    }
+    let decoded = if passed.is_empty() {
+        Decoded { batch: RecordBatch::new_empty(schema.clone()), good: Some(vec![]), errors: vec![] }
+    } else {
+        inner.decode(passed)?
+    };
+    let good = match decoded.good {
+        Some(g) => g.into_iter().map(|j| at[j as usize] as u32).collect(),
+        None => at.iter().map(|i| *i as u32).collect(),
+    };
+    errors.extend(decoded.errors.into_iter().map(|(j, e)| (at[j], e)));
+    errors.sort_by_key(|(i, _)| *i);
+    Ok(Decoded { batch: decoded.batch, good: Some(good), errors })
+}
+
 /// Decodes record by record after a batched decode failed, so that the bad records can be
 /// reported and the good ones kept.
 pub(crate) fn decode_one_by_one(

@@ -366,6 +366,7 @@ pub(crate) struct ProtobufDecoder {
     registry: Option<Arc<dyn SchemaRegistry>>,
     by_id: std::collections::HashMap<u32, MessageDescriptor>,
     json: Box<dyn Decoder>,
+    schema: SchemaRef,
 }
 
 impl ProtobufDecoder {
@@ -374,8 +375,8 @@ impl ProtobufDecoder {
             None => Some(first_message(&schema_for(&schema)?)?),
             Some(_) => None,
         };
-        let json = super::decoder(&Format::new(FormatKind::Json), schema, None)?;
-        Ok(Self { fixed, registry, by_id: Default::default(), json })
+        let json = super::decoder(&Format::new(FormatKind::Json), schema.clone(), None)?;
+        Ok(Self { fixed, registry, by_id: Default::default(), json, schema })
     }
 
     fn message(&mut self, value: &[u8]) -> std::result::Result<Vec<u8>, String> {
@@ -417,17 +418,7 @@ impl Decoder for ProtobufDecoder {
             }
         }
         let slices: Vec<&[u8]> = texts.iter().map(Vec::as_slice).collect();
-        let inner = self.json.decode(&slices)?;
-        if errors.is_empty() {
-            return Ok(inner);
-        }
-        let good = match inner.good {
-            Some(g) => g.into_iter().map(|j| at[j as usize] as u32).collect(),
-            None => at.iter().map(|i| *i as u32).collect(),
-        };
-        errors.extend(inner.errors.into_iter().map(|(j, e)| (at[j], e)));
-        errors.sort_by_key(|(i, _)| *i);
-        Ok(Decoded { batch: inner.batch, good: Some(good), errors })
+        super::decode_passed(self.json.as_mut(), &self.schema, &slices, &at, errors)
     }
 }
 
