@@ -855,28 +855,22 @@ impl KsqlEngine {
         Ok((out, unwrapped))
     }
 
-    /// Registers the schemas of a new AVRO source's keys and values unless their subjects have
-    /// some already (a producer's): producers can then fetch them.
+    /// Registers the schemas of a new source in a registry format (keys and values, unless their
+    /// subjects have some already: a producer's), so that producers can fetch them. They are the
+    /// schemas a sink of these columns registers: building its encoder registers them.
     fn register_schemas(&self, def: &SourceDef) -> Result<()> {
         let registry = self.store.schema_registry();
-        for (key, format) in [(true, &def.key_format), (false, &def.value_format)] {
-            let cols: Vec<&Column> = if key { def.key_columns().collect() } else { def.value_columns().collect() };
-            if !format.kind.uses_registry() || cols.is_empty() {
+        for (key, format, schema) in
+            [(true, &def.key_format, def.key_schema()), (false, &def.value_format, def.value_schema())]
+        {
+            if !format.kind.uses_registry() || schema.fields().is_empty() {
                 continue;
             }
             let subject = rill_connectors::registry::subject(&def.topic, key);
             if registry.latest(&subject)?.is_some() {
                 continue;
             }
-            let schema =
-                Schema::new(cols.iter().map(|c| Field::new(&c.name, c.sql_type.to_arrow(), true)).collect::<Vec<_>>());
-            let unwrapped = !format.wrap_single_value || key;
-            let registered = match format.kind {
-                FormatKind::JsonSr => format::json_schema_for(&schema, unwrapped)?.to_string(),
-                FormatKind::Protobuf => format::protobuf_schema_for(&schema)?,
-                _ => format::avro_schema_for(&schema, unwrapped)?.to_string(),
-            };
-            registry.register(&subject, &registered)?;
+            format::encoder(format, schema, Some(&format::Registered { registry: registry.clone(), subject }))?;
         }
         Ok(())
     }
@@ -1540,7 +1534,7 @@ fn check_timestamp(cols: &[Column], with: &Props) -> Result<Option<String>> {
 /// A record key or value as PRINT shows it: AVRO (a registered schema id and a body that
 /// decodes with it) as JSON, JSON_SR without its header, anything else as text.
 fn printable(registry: &dyn rill_connectors::SchemaRegistry, bytes: &[u8]) -> String {
-    if let Ok((_, body)) = format::avro_frame(bytes) {
+    if let Ok((_, body)) = format::split_frame("AVRO", bytes) {
         if let Ok(v) = format::avro_decode_json(registry, bytes) {
             return v.to_string();
         }

@@ -209,14 +209,9 @@ fn cast_to(columns: &[ArrayRef], fields: &Fields) -> std::result::Result<Vec<Arr
         .collect()
 }
 
-/// Splits a Confluent-framed value into its schema id and body.
-pub fn split_frame(value: &[u8]) -> std::result::Result<(u32, &[u8]), String> {
-    match value {
-        [0, a, b, c, d, body @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), body)),
-        [] => Err("empty AVRO value".into()),
-        [m, ..] if *m != 0 => Err(format!("Unknown magic byte {m}: not an AVRO value from a schema registry")),
-        _ => Err("AVRO value shorter than its 5-byte header".into()),
-    }
+/// Splits an AVRO value into its schema id and body.
+fn split_frame(value: &[u8]) -> std::result::Result<(u32, &[u8]), String> {
+    super::split_frame("AVRO", value)
 }
 
 /// How records written with one schema id are read.

@@ -156,14 +156,6 @@ pub fn columns_of(schema: &Value, single: &str) -> Option<Fields> {
     }
 }
 
-/// Splits a JSON_SR value into its schema id and JSON text.
-fn split(value: &[u8]) -> std::result::Result<&[u8], String> {
-    match value {
-        [0, _, _, _, _, text @ ..] => Ok(text),
-        _ => Err("JSON_SR value without the schema registry's 5-byte header (magic byte 0, schema id)".into()),
-    }
-}
-
 /// Reads JSON_SR values: the header off, the text through the JSON decoder.
 pub(crate) struct JsonSrDecoder {
     pub(crate) inner: Box<dyn Decoder>,
@@ -176,8 +168,8 @@ impl Decoder for JsonSrDecoder {
         let mut at = Vec::with_capacity(values.len());
         let mut errors = Vec::new();
         for (i, v) in values.iter().enumerate() {
-            match split(v) {
-                Ok(t) => {
+            match super::split_frame("JSON_SR", v) {
+                Ok((_, t)) => {
                     texts.push(t);
                     at.push(i);
                 }
@@ -204,14 +196,8 @@ impl JsonSrEncoder {
         subject: &str,
     ) -> Result<Self> {
         let id = registry.register(subject, &schema_for(schema, unwrapped)?.to_string())?;
-        Ok(Self { inner, header: frame_header(id) })
+        Ok(Self { inner, header: super::frame_header(id) })
     }
-}
-
-/// The 5 bytes before a registry format's body: magic byte 0, then the schema id.
-pub fn frame_header(id: u32) -> [u8; 5] {
-    let b = id.to_be_bytes();
-    [0, b[0], b[1], b[2], b[3]]
 }
 
 impl Encoder for JsonSrEncoder {

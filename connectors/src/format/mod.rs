@@ -22,11 +22,10 @@ use bytes::Bytes;
 
 pub use avro::{
     arrow_type as avro_arrow_type, columns_of as avro_columns, decode_json as avro_decode_json,
-    encode_json as avro_encode_json, schema_for as avro_schema_for, split_frame as avro_frame,
+    encode_json as avro_encode_json, schema_for as avro_schema_for,
 };
 pub use json_sr::{
-    arrow_type as json_schema_arrow_type, columns_of as json_schema_columns, frame_header,
-    schema_for as json_schema_for,
+    arrow_type as json_schema_arrow_type, columns_of as json_schema_columns, schema_for as json_schema_for,
 };
 pub use protobuf::{
     columns_of as protobuf_columns, decode_json as protobuf_decode_json, encode_json as protobuf_encode_json,
@@ -136,6 +135,23 @@ pub trait Encoder: Send {
 /// `array` with every BYTES value (also nested) as a base64 string, as ksqlDB writes BYTES in text.
 pub fn bytes_as_base64(array: &ArrayRef) -> Result<ArrayRef> {
     base64_bytes::to_text(array)
+}
+
+/// The 5 bytes before a registry format's body (Confluent's wire format): magic byte 0, then the
+/// 4-byte big-endian schema id.
+pub fn frame_header(id: u32) -> [u8; 5] {
+    let b = id.to_be_bytes();
+    [0, b[0], b[1], b[2], b[3]]
+}
+
+/// Splits a value of a registry format (`format` names it in errors) into its schema id and body.
+pub fn split_frame<'a>(format: &str, value: &'a [u8]) -> std::result::Result<(u32, &'a [u8]), String> {
+    match value {
+        [0, a, b, c, d, body @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), body)),
+        [] => Err(format!("empty {format} value")),
+        [m, ..] if *m != 0 => Err(format!("Unknown magic byte {m}: not a {format} value from a schema registry")),
+        _ => Err(format!("{format} value shorter than its 5-byte header (magic byte 0, schema id)")),
+    }
 }
 
 /// Where a registry format (AVRO) finds its schemas: the registry, and the subject its rows are

@@ -187,10 +187,7 @@ fn kind_type(kind: &Kind) -> Option<DataType> {
 
 /// Strips the registry header and message indexes: the schema id and the message.
 fn split_frame(value: &[u8]) -> std::result::Result<(u32, &[u8]), String> {
-    let [0, a, b, c, d, rest @ ..] = value else {
-        return Err("PROTOBUF value without the schema registry's header (magic byte 0, schema id)".into());
-    };
-    let id = u32::from_be_bytes([*a, *b, *c, *d]);
+    let (id, rest) = super::split_frame("PROTOBUF", value)?;
     // Message indexes: a zig-zag varint count, then that many indexes; a lone 0 means [0].
     let mut buf = rest;
     let count = prost::encoding::decode_varint(&mut buf).map_err(|e| e.to_string())?;
@@ -352,7 +349,7 @@ pub fn decode_json(registry: &dyn SchemaRegistry, proto: Option<&str>, value: &[
 fn frame(m: &DynamicMessage, id: Option<u32>) -> Result<Bytes> {
     let mut out = Vec::with_capacity(m.encoded_len() + 6);
     if let Some(id) = id {
-        out.extend_from_slice(&super::json_sr::frame_header(id));
+        out.extend_from_slice(&super::frame_header(id));
         out.push(0); // message indexes: the first message
     }
     m.encode(&mut out).map_err(|e| ConnectorError::Encode(e.to_string()))?;

@@ -136,7 +136,7 @@ pub fn decode(layout: Option<&Layout>, bytes: Option<&[u8]>, registry: &dyn Sche
             format::protobuf_decode_json(registry, Some(&schema), bytes).map_err(|e| e.to_string())
         }
         FormatKind::JsonSr => {
-            let (_, text) = format::avro_frame(bytes)?;
+            let (_, text) = format::split_frame("JSON_SR", bytes)?;
             serde_json::from_slice(text).map_err(|e| format!("not JSON ({e}): {}", lossy(text)))
         }
         FormatKind::Kafka => match layout.types.as_slice() {
