@@ -236,7 +236,14 @@ impl KsqlEngine {
         replay: Option<u64>,
     ) -> Result<StatementResult> {
         let text = p.text.clone();
-        match p.statement {
+        let mut statement = p.statement;
+        if let Statement::CreateSource { query: Some(q), .. }
+        | Statement::InsertSelect { query: q, .. }
+        | Statement::Select(q) = &mut statement
+        {
+            crate::udafs::collection_limits(&mut q.query, props);
+        }
+        match statement {
             Statement::CreateSource {
                 or_replace,
                 kind,

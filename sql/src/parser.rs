@@ -133,7 +133,13 @@ pub fn parse(sql: &str) -> Result<Vec<ParsedStatement>> {
         };
         let text = sql.get(start..stop).unwrap_or(sql).trim().to_string();
         complex_casts(current)?;
-        let statement = StatementParser::new(std::mem::take(current)).statement()?;
+        let statement = StatementParser::new(std::mem::take(current)).statement().map_err(|e| match e {
+            // ANTLR-style "Expecting {...}" messages name the statement, as ksqlDB's do.
+            SqlError::Parse { position, message } if message.starts_with("Expecting ") => {
+                SqlError::Parse { position, message: format!("{message}\nStatement: {text}") }
+            }
+            other => other,
+        })?;
         out.push(ParsedStatement { statement, text });
         Ok(())
     };
@@ -433,6 +439,9 @@ impl StatementParser {
                     break;
                 }
             }
+            if self.peek() != &Token::RParen {
+                return self.error("Expecting {',', ')'}");
+            }
             self.expect(&Token::RParen)?;
         }
         let props = if self.eat_kw("WITH") { self.props()? } else { Props::new() };
@@ -471,6 +480,30 @@ impl StatementParser {
             }
             _ => return self.error(format!("Syntax error at or near '{}': expected a type", self.peek())),
         };
+        // ksqlDB's grammar lets any type name take parameters, numbers or STRING
+        // (`VARCHAR(STRING)`); only STRING and VARCHAR accept them (and ignore them).
+        if matches!(name.as_str(), "STRING" | "VARCHAR") && self.eat(&Token::LParen) {
+            loop {
+                match self.peek() {
+                    Token::Number(..) => self.pos += 1,
+                    t if is_word(t, "STRING") => self.pos += 1,
+                    _ => return self.error("Expecting {'STRING', INTEGER_VALUE}"),
+                }
+                if !self.eat(&Token::Comma) {
+                    break;
+                }
+            }
+            self.expect(&Token::RParen)?;
+            return Ok(SqlType::String);
+        }
+        if name != "DECIMAL" && self.peek() == &Token::LParen && !matches!(self.peek_at(1), Token::Number(..)) {
+            if let Token::Word(w) = self.peek_at(1) {
+                if w.value != "STRING" {
+                    self.pos += 1;
+                    return self.error("Expecting {'STRING', INTEGER_VALUE}");
+                }
+            }
+        }
         Ok(match name.as_str() {
             "BOOLEAN" => SqlType::Boolean,
             "INT" | "INTEGER" => SqlType::Int,
@@ -1067,6 +1100,21 @@ mod tests {
         assert_eq!(e.to_string(), "line 2:1: Syntax Error\nSyntax error at or near 'SELEC' at line 2:1");
         let e = parse("SELECT * FROM s WHERE;").unwrap_err();
         assert!(e.to_string().starts_with("line 1:22: Syntax Error\n"), "{e}");
+    }
+
+    #[test]
+    fn type_parameters_follow_ksqldb_grammar() {
+        let v = parse("CREATE STREAM I (K VARCHAR(STRING) KEY, V STRING) WITH (kafka_topic='i');").unwrap();
+        let Statement::CreateSource { columns, .. } = &v[0].statement else { panic!("not a CREATE") };
+        assert_eq!(columns[0].sql_type, SqlType::String);
+        assert!(columns[0].key);
+        let e = parse("CREATE STREAM I (K INT (KEY)) WITH (kafka_topic='i');").unwrap_err().to_string();
+        assert!(
+            e.starts_with("line 1:25: Syntax Error\nExpecting {'STRING', INTEGER_VALUE}\nStatement: CREATE"),
+            "{e}"
+        );
+        let e = parse("CREATE STREAM I (K VARCHAR(STRING) (KEY)) WITH (kafka_topic='i');").unwrap_err().to_string();
+        assert!(e.contains("line 1:36: Syntax Error\nExpecting {',', ')'}"), "{e}");
     }
 
     #[test]

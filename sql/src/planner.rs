@@ -284,8 +284,7 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
         sp::SetExpr::Select(b) => b.selection.clone(),
         _ => None,
     };
-    two_valued_comparisons(&mut query);
-    ksql_expressions(&mut query);
+    ksql_rules(&mut query)?;
 
     // Plan with DataFusion against the source's row schema (plus window bounds when windowed).
     let row_schema = source.row_schema();
@@ -326,6 +325,7 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
         (plan, _) => plan?,
     };
     crate::typecheck::check(&plan)?;
+    let plan = crate::typecheck::extremes(plan)?;
     // The analyzer adds DataFusion's type coercions (casts) to the plan.
     let plan = simplify(state.analyzer().execute_and_check(plan, state.config_options(), |_, _| {})?);
     let LogicalPlan::Projection(projection) = &plan else {
@@ -1412,11 +1412,7 @@ pub async fn run_pull(
     rewrite_projection(&mut body.projection, source, false, None, true);
     query.limit_clause = None;
     string_plus(&mut query, source);
-    if source.window.is_some() {
-        window_bound_literals(&mut query);
-    }
-    two_valued_comparisons(&mut query);
-    ksql_expressions(&mut query);
+    ksql_rules(&mut query)?;
     let table = MemTable::try_new(rows.schema(), vec![vec![rows]])?;
     let reference = TableReference::bare(source.name.clone());
     let _ = ctx.deregister_table(reference.clone());
@@ -1426,6 +1422,7 @@ pub async fn run_pull(
     let result = async {
         let plan = plan?;
         crate::typecheck::check(&plan)?;
+        let plan = crate::typecheck::extremes(plan)?;
         let mut key_names: Vec<&str> = source.key_columns().map(|c| c.name.as_str()).collect();
         if source.window.is_some() {
             key_names.extend([WINDOWSTART, WINDOWEND]);
@@ -1477,30 +1474,72 @@ pub async fn run_pull(
     Ok((columns, batches))
 }
 
-/// Window bounds compared with text (`WINDOWSTART >= '2020-02-23T23:45:12.000'`, also with a
-/// zone or only partly given) compare with the epoch milliseconds it names, as in ksqlDB.
-fn window_bound_literals(query: &mut sp::Query) {
-    let is_bound =
-        |e: &sp::Expr| matches!(e, sp::Expr::Identifier(id) if id.value == WINDOWSTART || id.value == WINDOWEND);
-    let millis = |e: &sp::Expr| match e {
-        sp::Expr::Value(v) => match &v.value {
-            sp::Value::SingleQuotedString(s) => crate::timefmt::parse_iso_prefix(s),
-            _ => None,
-        },
-        _ => None,
-    };
-    let _ = sp::visit_expressions_mut(query, |e| {
-        if let sp::Expr::BinaryOp { left, right, .. } = e {
-            let number = |ms: i64| sp::Expr::value(sp::Value::Number(ms.to_string(), false));
-            if is_bound(left) {
-                if let Some(ms) = millis(right) {
-                    **right = number(ms);
+/// The rewrites of a query's expressions to ksqlDB's rules, before DataFusion plans it: magic
+/// timestamps, two-valued comparisons, [`ksql_expressions`]; and the argument counts of
+/// GREATEST and LEAST.
+fn ksql_rules(query: &mut sp::Query) -> Result<()> {
+    let mut empty = None;
+    let _ = sp::visit_expressions(query, |e: &sp::Expr| {
+        if let sp::Expr::Function(f) = e {
+            let name = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_lowercase());
+            let no_args = match &f.args {
+                sp::FunctionArguments::None => true,
+                sp::FunctionArguments::List(l) => {
+                    l.args.iter().all(|a| matches!(a, sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Wildcard)))
                 }
-            } else if is_bound(right) {
-                if let Some(ms) = millis(left) {
-                    **left = number(ms);
+                sp::FunctionArguments::Subquery(_) => false,
+            };
+            if no_args && matches!(name.as_deref(), Some("greatest" | "least")) {
+                empty = name;
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    if let Some(name) = empty {
+        return Err(SqlError::plan(format!("Function '{name}' does not accept parameters ().")));
+    }
+    magic_timestamps(query);
+    two_valued_comparisons(query);
+    ksql_expressions(query);
+    Ok(())
+}
+
+/// ksqlDB's "magic" timestamps: in WHERE, a text literal compared with `ROWTIME`, `WINDOWSTART`
+/// or `WINDOWEND` (by `=`, `<`, `BETWEEN`, ...) is a date-time (`'2020-02-10T08:31:44.001+0000'`,
+/// or a prefix of one such as `'2020-02-10'`; UTC unless it has an offset), compared as its epoch
+/// milliseconds. Text that is no date-time is left as it is (and fails to plan as a comparison of
+/// a BIGINT with a STRING).
+fn magic_timestamps(query: &mut sp::Query) {
+    let sp::SetExpr::Select(body) = query.body.as_mut() else { return };
+    let Some(selection) = body.selection.as_mut() else { return };
+    let is_time = |e: &sp::Expr| {
+        crate::pull::column_name(e).is_some_and(|n| {
+            [rill_engine::source::ROWTIME, WINDOWSTART, WINDOWEND].iter().any(|t| n.eq_ignore_ascii_case(t))
+        })
+    };
+    let to_millis = |e: &mut sp::Expr| {
+        let sp::Expr::Value(v) = e else { return };
+        let sp::Value::SingleQuotedString(s) = &v.value else { return };
+        if let Some(ms) = crate::timefmt::parse_iso_prefix(s) {
+            *e = sp::Expr::value(sp::Value::Number(ms.to_string(), false));
+        }
+    };
+    let _ = sp::visit_expressions_mut(selection, |e| {
+        match e {
+            sp::Expr::BinaryOp { left, op, right } if is_comparison(op) => {
+                if is_time(left) {
+                    to_millis(right);
+                } else if is_time(right) {
+                    to_millis(left);
                 }
             }
+            sp::Expr::Between { expr, low, high, .. } if is_time(expr) => {
+                to_millis(low);
+                to_millis(high);
+            }
+            sp::Expr::InList { expr, list, .. } if is_time(expr) => list.iter_mut().for_each(to_millis),
+            _ => {}
         }
         ControlFlow::<()>::Continue(())
     });
@@ -1568,9 +1607,10 @@ async fn plan_joins(ctx: &SessionContext, catalog: &Catalog, select: &Select) ->
         b.projection = sides[..first]
             .iter()
             .flat_map(|(_, alias, source)| {
-                source.columns.iter().map(move |c| sp::SelectItem::ExprWithAlias {
-                    expr: sp::Expr::CompoundIdentifier(vec![quoted(alias), quoted(&c.name)]),
-                    alias: quoted(&format!("{alias}_{}", c.name)),
+                let names = source.columns.iter().map(|c| c.name.as_str()).chain(side_pseudo_columns(source));
+                names.map(move |c| sp::SelectItem::ExprWithAlias {
+                    expr: sp::Expr::CompoundIdentifier(vec![quoted(alias), quoted(c)]),
+                    alias: quoted(&format!("{alias}_{c}")),
                 })
             })
             .collect();
@@ -1685,22 +1725,34 @@ fn derived_source(joined: &QueryPlan, left: &SourceDef) -> Result<(SourceDef, Ve
 fn over_derived(select: &mut Select, sides: &[Side], first: usize) {
     let in_derived = |q: &str| sides[..first].iter().position(|s| s.0 == q || s.1 == q);
     let has = |s: &Side, c: &str| s.2.columns.iter().any(|x| x.name == c);
+    // A qualified pseudo column of a joined source is a column of the derived source too.
+    let has_qualified =
+        |i: usize, c: &str| has(&sides[i], c) || (i < first && side_pseudo_columns(&sides[i].2).any(|p| p == c));
+    // ksqlDB's `SELECT *` of joins re-keyed by PARTITION BY: each source's value columns, its
+    // pseudo columns, then its key columns.
+    let rekeyed = !select.partition_by.is_empty();
     let sp::SetExpr::Select(b) = select.query.body.as_mut() else { return };
     let mut items = Vec::new();
     for item in b.projection.drain(..) {
-        let expand = |s: &Side| {
-            for c in s.2.key_columns().chain(s.2.value_columns()) {
+        let expand = |(i, s): (usize, &Side)| {
+            let names: Vec<&str> = if rekeyed && i < first {
+                let values = s.2.value_columns().map(|c| c.name.as_str());
+                values.chain(side_pseudo_columns(&s.2)).chain(s.2.key_columns().map(|c| c.name.as_str())).collect()
+            } else {
+                s.2.key_columns().chain(s.2.value_columns()).map(|c| c.name.as_str()).collect()
+            };
+            for c in names {
                 items.push(sp::SelectItem::ExprWithAlias {
-                    expr: sp::Expr::CompoundIdentifier(vec![quoted(&s.1), quoted(&c.name)]),
-                    alias: quoted(&format!("{}_{}", s.1, c.name)),
+                    expr: sp::Expr::CompoundIdentifier(vec![quoted(&s.1), quoted(c)]),
+                    alias: quoted(&format!("{}_{c}", s.1)),
                 });
             }
         };
         match item {
-            sp::SelectItem::Wildcard(_) => sides.iter().for_each(expand),
+            sp::SelectItem::Wildcard(_) => sides.iter().enumerate().for_each(expand),
             sp::SelectItem::QualifiedWildcard(sp::SelectItemQualifiedWildcardKind::ObjectName(name), _) => {
                 let q = name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.clone()).unwrap_or_default();
-                sides.iter().filter(|s| s.0 == q || s.1 == q).for_each(expand);
+                sides.iter().enumerate().filter(|(_, s)| s.0 == q || s.1 == q).for_each(expand);
             }
             sp::SelectItem::UnnamedExpr(sp::Expr::CompoundIdentifier(parts)) if parts.len() == 2 => {
                 let c = parts[1].value.clone();
@@ -1736,7 +1788,7 @@ fn over_derived(select: &mut Select, sides: &[Side], first: usize) {
         let column = |i: usize, c: &str| sp::Expr::Identifier(quoted(&format!("{}_{c}", sides[i].1)));
         let replacement = match e {
             sp::Expr::CompoundIdentifier(parts) if parts.len() == 2 => in_derived(&parts[0].value)
-                .filter(|i| has(&sides[*i], &parts[1].value))
+                .filter(|i| has_qualified(*i, &parts[1].value))
                 .map(|i| column(i, &parts[1].value)),
             sp::Expr::Identifier(id) => {
                 let owners: Vec<usize> = (0..sides.len()).filter(|i| has(&sides[*i], &id.value)).collect();
@@ -1756,6 +1808,15 @@ fn over_derived(select: &mut Select, sides: &[Side], first: usize) {
     for e in &mut select.partition_by {
         let _ = sp::visit_expressions_mut(e, rewrite);
     }
+}
+
+/// The pseudo columns a joined source passes on, as `<ALIAS>_<NAME>` columns of the derived
+/// source: a stream's ROWTIME, ROWPARTITION and ROWOFFSET; a table's ROWTIME.
+fn side_pseudo_columns<'a>(source: &SourceDef) -> impl Iterator<Item = &'a str> + use<'a> {
+    let all: [&'a str; 3] =
+        [rill_engine::source::ROWTIME, rill_engine::source::ROWPARTITION, rill_engine::source::ROWOFFSET];
+    let n = if source.kind == SourceKind::Stream { 3 } else { 1 };
+    all.into_iter().take(n)
 }
 
 /// A stream-table join: `FROM stream [LEFT] JOIN table ON <stream expr> = table.<key>`.
@@ -1962,8 +2023,7 @@ async fn plan_join(
     };
     body.projection = std::mem::take(&mut body.projection).into_iter().flat_map(|i| struct_all(i, &column)).collect();
     rewrite_projection(&mut body.projection, &left, false, Some(&shared), false);
-    two_valued_comparisons(&mut query);
-    ksql_expressions(&mut query);
+    ksql_rules(&mut query)?;
     let refs = [(left.name.clone(), left.row_schema()), (right.name.clone(), right.row_schema())];
     for (name, schema) in &refs {
         let reference = TableReference::bare(name.clone());
@@ -1978,6 +2038,7 @@ async fn plan_join(
     }
     let plan = plan?;
     crate::typecheck::check(&plan)?;
+    let plan = crate::typecheck::extremes(plan)?;
     let source_of = |q: &str| {
         Some(if q == left_alias {
             left_name.clone()
@@ -2737,6 +2798,7 @@ fn rewrite_projection(
     let mut out = Vec::with_capacity(items.len());
     let mut generated = 0usize;
     let taken: std::collections::HashSet<String> = source.columns.iter().map(|c| c.name.clone()).collect();
+    let mut fields = std::collections::HashSet::new();
     // (One source: a qualifier can only name it, by name or alias. Joins expand first.)
     let column = |_: Option<&str>, name: &str| source.columns.iter().find(|c| c.name == name).map(|c| &c.sql_type);
     for item in std::mem::take(items).into_iter().flat_map(|i| struct_all(i, &column)) {
@@ -2770,12 +2832,19 @@ fn rewrite_projection(
                     };
                     out.push(sp::SelectItem::ExprWithAlias { expr: e, alias: quoted(&name) });
                 }
-                // `s->f` is named after the field.
+                // `s->f` is named after the field; `F_1`, `F_2`... when a source column or an
+                // earlier field is named so (ksqlDB's rule).
                 sp::Expr::BinaryOp { op: sp::BinaryOperator::Arrow, ref right, .. }
                     if matches!(right.as_ref(), sp::Expr::Identifier(_)) =>
                 {
                     let sp::Expr::Identifier(field) = right.as_ref() else { continue };
-                    let alias = field.clone();
+                    let mut alias = field.clone();
+                    let mut n = 0;
+                    while taken.contains(&alias.value) || fields.contains(&alias.value) {
+                        n += 1;
+                        alias.value = format!("{}_{n}", field.value);
+                    }
+                    fields.insert(alias.value.clone());
                     out.push(sp::SelectItem::ExprWithAlias { expr: e, alias });
                 }
                 other => {

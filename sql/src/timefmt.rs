@@ -36,7 +36,13 @@ pub fn parse_iso_prefix(text: &str) -> Option<i64> {
     if let Ok(t) = NaiveDateTime::parse_from_str(&format!("{base}:00"), "%Y-%m-%dT%H:%M") {
         return Some(t.and_utc().timestamp_millis());
     }
-    NaiveDate::parse_from_str(&base, "%Y-%m-%d")
+    // A year, or a year and month, alone: their first day.
+    let day = match base.len() {
+        4 => format!("{base}-01-01"),
+        7 => format!("{base}-01"),
+        _ => base,
+    };
+    NaiveDate::parse_from_str(&day, "%Y-%m-%d")
         .ok()
         .and_then(|d| Some(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis()))
 }
@@ -55,6 +61,8 @@ mod iso_tests {
         assert_eq!(parse_iso_prefix("2020-02-23T02:30:00.250+0100"), Some(day + 5_400_250));
         assert_eq!(parse_iso_prefix("2020-02-23T01:30:00Z"), Some(day + 5_400_000));
         assert_eq!(parse_iso_prefix("2020-02-22T24"), Some(day));
+        assert_eq!(parse_iso_prefix("2020-02"), Some(day - 22 * 86_400_000));
+        assert_eq!(parse_iso_prefix("2018"), Some(1_514_764_800_000));
         assert_eq!(parse_iso_prefix("yesterday"), None);
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, DFSchema};
+use datafusion::common::{plan_err, Column, DFSchema};
 use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan, Operator};
 use datafusion::scalar::ScalarValue;
 
@@ -219,6 +219,86 @@ fn type_name(e: &Expr, t: &DataType) -> String {
         (Expr::Literal(ScalarValue::Int64(Some(v)), _), _) if i32::try_from(*v).is_ok() => "INTEGER".into(),
         _ => SqlType::from_arrow(t).map_or_else(|| t.to_string(), |s| s.to_string()),
     }
+}
+
+/// ksqlDB's `GREATEST` and `LEAST` are Java overloads (INT, BIGINT, DOUBLE, DECIMAL, STRING,
+/// BYTES, DATE, TIME, TIMESTAMP varargs): arguments of one numeric type keep it; numbers of
+/// several types are DOUBLEs when one of them is (the only overload taking them all), and
+/// otherwise ambiguous; numbers never mix with text; NULLs alone match every overload.
+/// Integer literals take any numeric type. Returns the plan with the DOUBLE casts made.
+pub fn extremes(plan: LogicalPlan) -> Result<LogicalPlan> {
+    let out = plan.transform_up(|node| {
+        let Some(input) = node.inputs().first().map(|i| i.schema().clone()) else {
+            return Ok(Transformed::no(node));
+        };
+        let mapped = node.map_expressions(|e| e.transform_up(|e| extreme(e, &input)))?;
+        if mapped.transformed {
+            mapped.map_data(|p| p.recompute_schema())
+        } else {
+            Ok(mapped)
+        }
+    })?;
+    Ok(out.data)
+}
+
+fn extreme(e: Expr, schema: &DFSchema) -> datafusion::common::Result<Transformed<Expr>> {
+    let mut f = match e {
+        Expr::ScalarFunction(f) if matches!(f.func.name(), "greatest" | "least") => f,
+        other => return Ok(Transformed::no(other)),
+    };
+    let name = f.func.name().to_string();
+    let types = f.args.iter().map(|a| a.get_type(schema)).collect::<datafusion::common::Result<Vec<_>>>()?;
+    let listed = || {
+        let names: Vec<String> = types
+            .iter()
+            .map(|t| match t {
+                DataType::Null => "null".to_string(),
+                t => SqlType::from_arrow(t).map_or_else(|| t.to_string(), |s| s.to_string()),
+            })
+            .collect();
+        names.join(", ")
+    };
+    let literal = |a: &Expr| match a {
+        Expr::Literal(..) => true,
+        Expr::Cast(c) => matches!(c.expr.as_ref(), Expr::Literal(..)),
+        _ => false,
+    };
+    let typed: Vec<&DataType> = types
+        .iter()
+        .zip(&f.args)
+        .filter(|(t, a)| **t != DataType::Null && !(t.is_integer() && literal(a)))
+        .map(|(t, _)| t)
+        .collect();
+    if types.iter().all(|t| *t == DataType::Null) {
+        return plan_err!("Function '{name}' cannot be resolved due to ambiguous method parameters ({}).", listed());
+    }
+    let numeric = |t: &DataType| t.is_numeric();
+    if typed.iter().any(|t| numeric(t)) && typed.iter().any(|t| !numeric(t)) {
+        return plan_err!("Function '{name}' does not accept parameters ({}).", listed());
+    }
+    let class = |t: &DataType| match t {
+        DataType::Decimal128(..) | DataType::Decimal256(..) => DataType::Decimal128(1, 0),
+        other => other.clone(),
+    };
+    let mixed = typed.windows(2).any(|w| class(w[0]) != class(w[1]));
+    if !mixed || !typed.iter().all(|t| numeric(t)) {
+        return Ok(Transformed::no(Expr::ScalarFunction(f)));
+    }
+    if !typed.contains(&&DataType::Float64) {
+        return plan_err!("Function '{name}' cannot be resolved due to ambiguous method parameters ({}).", listed());
+    }
+    f.args = std::mem::take(&mut f.args)
+        .into_iter()
+        .zip(&types)
+        .map(|(a, t)| {
+            if *t == DataType::Float64 || *t == DataType::Null {
+                a
+            } else {
+                datafusion::logical_expr::cast(a, DataType::Float64)
+            }
+        })
+        .collect();
+    Ok(Transformed::yes(Expr::ScalarFunction(f)))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use arrow::array::{Array, ArrayRef, AsArray, Int64Builder, MapBuilder, StringBui
 use arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use datafusion::common::{exec_err, Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
-use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, TypeSignature, Volatility};
 
 /// A list of the first argument's type: what the list-valued aggregates return.
 fn list_of(arg_types: &[DataType], name: &str) -> Result<DataType> {
@@ -394,8 +394,9 @@ impl Accumulator for ByOffsetNAccumulator {
     }
 }
 
-/// `COLLECT_SET(col)`: the distinct values in the order they first arrived (ksqlDB keeps
-/// insertion order; DataFusion's `array_agg(DISTINCT)` does not).
+/// `COLLECT_SET(col[, limit])`: the distinct values in the order they first arrived (ksqlDB keeps
+/// insertion order; DataFusion's `array_agg(DISTINCT)` does not), at most `limit` of them when
+/// given (see [`collection_limits`]).
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct CollectSet {
     signature: Signature,
@@ -413,7 +414,7 @@ impl AggregateUDFImpl for CollectSet {
     }
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         let item = item_type(&args)?;
-        Ok(Box::new(CollectSetAccumulator { values: Vec::new(), item }))
+        Ok(Box::new(CollectSetAccumulator { values: Vec::new(), item, limit: None }))
     }
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
         Ok(vec![Arc::new(args.return_field.as_ref().clone().with_name(format!("{}_values", args.name)))])
@@ -424,6 +425,8 @@ impl AggregateUDFImpl for CollectSet {
 struct CollectSetAccumulator {
     values: Vec<ScalarValue>,
     item: DataType,
+    /// The limit argument, once read.
+    limit: Option<usize>,
 }
 
 impl CollectSetAccumulator {
@@ -435,7 +438,7 @@ impl CollectSetAccumulator {
             Some(entries) => self.values.iter().any(|x| map_entries(x).as_ref() == Some(entries)),
             None => self.values.contains(&v),
         };
-        if !seen {
+        if !seen && self.values.len() < self.limit.unwrap_or(usize::MAX) {
             self.values.push(v);
         }
     }
@@ -446,6 +449,9 @@ impl CollectSetAccumulator {
 
 impl Accumulator for CollectSetAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        if let Some(limit) = values.get(1).filter(|_| self.limit.is_none()) {
+            self.limit = count_arg(limit, "the limit")?;
+        }
         for i in 0..values[0].len() {
             self.add(ScalarValue::try_from_array(&values[0], i)?);
         }
@@ -680,7 +686,9 @@ pub fn all() -> Vec<AggregateUDF> {
     vec![
         AggregateUDF::from(Attr { signature: Signature::any(1, Volatility::Immutable) }),
         AggregateUDF::from(SumList { signature: Signature::any(1, Volatility::Immutable) }),
-        AggregateUDF::from(CollectSet { signature: Signature::any(1, Volatility::Immutable) }),
+        AggregateUDF::from(CollectSet {
+            signature: Signature::one_of(vec![TypeSignature::Any(1), TypeSignature::Any(2)], Volatility::Immutable),
+        }),
         AggregateUDF::from(ByOffsetN {
             name: "earliest_by_offset_n",
             latest: false,
@@ -703,6 +711,42 @@ pub fn all() -> Vec<AggregateUDF> {
         }),
         AggregateUDF::from(Histogram { signature: Signature::any(1, Volatility::Immutable) }),
     ]
+}
+
+/// ksqlDB's `ksql.functions.collect_list.limit` and `ksql.functions.collect_set.limit`: when a
+/// statement's properties set them, `COLLECT_LIST(x)` keeps its first N values
+/// (`EARLIEST_BY_OFFSET(x, N, false)`, nulls included) and `COLLECT_SET(x)` its first N distinct
+/// ones (`COLLECT_SET(x, N)`). Unset, the lists are unbounded (ksqlDB's default of 1000 would
+/// drop values silently).
+pub fn collection_limits(query: &mut sqlparser::ast::Query, props: &crate::engine::Properties) {
+    use sqlparser::ast as sp;
+    let limit = |name: &str| props.get(&format!("ksql.functions.{name}.limit"))?.trim().parse::<u32>().ok();
+    let (list, set) = (limit("collect_list"), limit("collect_set"));
+    if list.is_none() && set.is_none() {
+        return;
+    }
+    let number = |n: u32| {
+        sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(sp::Expr::value(sp::Value::Number(n.to_string(), false))))
+    };
+    let _ = sp::visit_expressions_mut(query, |e| {
+        if let sp::Expr::Function(f) = e {
+            let name = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_lowercase());
+            if let sp::FunctionArguments::List(args) = &mut f.args {
+                match (name.as_deref(), list, set) {
+                    (Some("collect_list"), Some(n), _) if args.args.len() == 1 => {
+                        f.name = sp::ObjectName::from(vec![sp::Ident::new("earliest_by_offset_n")]);
+                        args.args.push(number(n));
+                        args.args.push(sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(sp::Expr::value(
+                            sp::Value::Boolean(false),
+                        ))));
+                    }
+                    (Some("collect_set"), _, Some(n)) if args.args.len() == 1 => args.args.push(number(n)),
+                    _ => {}
+                }
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
 }
 
 #[cfg(test)]

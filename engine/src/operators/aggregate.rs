@@ -242,7 +242,7 @@ impl AggregateOperator {
                 let last = ts - ts.rem_euclid(advance);
                 let mut out = Vec::new();
                 let mut start = last;
-                while start > ts - size {
+                while start > ts - size && starts_in_time(start, ts) {
                     out.push((start, start + size));
                     start -= advance;
                 }
@@ -404,7 +404,7 @@ impl AggregateOperator {
             let last = t - t.rem_euclid(advance);
             let mut start = last - ((size - 1) / advance) * advance;
             while start <= last {
-                if start > t - size {
+                if start > t - size && starts_in_time(start, t) {
                     let end = start + size;
                     if self.is_late(end, row_wm[i]) {
                         let late = self.late_row(batch, i, (start, end), row_wm[i]);
@@ -441,10 +441,9 @@ impl AggregateOperator {
             if n == 0 {
                 continue;
             }
+            // Key order within a window, as Kafka Streams emits a closing window's results.
             let mut order: Vec<u32> = (0..n as u32).collect();
-            order.sort_unstable_by(|a, b| {
-                (max_ts[*a as usize], &keys[*a as usize]).cmp(&(max_ts[*b as usize], &keys[*b as usize]))
-            });
+            order.sort_unstable_by(|a, b| keys[*a as usize].cmp(&keys[*b as usize]));
             let parser = self.converter.parser();
             let mut columns = self.converter.convert_rows(keys.iter().map(|k| parser.parse(k)))?;
             columns.push(Arc::new(Int64Array::from(vec![start; n])));
@@ -786,11 +785,10 @@ impl AggregateOperator {
                     was_emitted: false,
                 });
             }
-            // A total order (window, time, key): the same windows close in the same order
-            // whatever the batching, so recovery replays produce identical output.
-            finals.sort_by(|a, b| {
-                (a.window.0, a.ts).cmp(&(b.window.0, b.ts)).then_with(|| a.key.row().cmp(&b.key.row()))
-            });
+            // A total order (window start, key), Kafka Streams' order of final results: the
+            // same windows close in the same order whatever the batching, so recovery replays
+            // produce identical output.
+            finals.sort_by(|a, b| a.window.0.cmp(&b.window.0).then_with(|| a.key.row().cmp(&b.key.row())));
         } else {
             let retention = w.retention.max(close_delay(&w));
             self.groups.retain(|_, g| !closed(g.window.1, retention));
@@ -940,6 +938,13 @@ impl AggregateOperator {
 /// How long after its end a window stays open: the grace period, plus the gap for sessions (a
 /// session can still grow until no record within `gap` of its end can arrive, as in Kafka
 /// Streams, whose session windows close at end + gap + grace).
+/// Whether a hopping window starting at `start` takes a record of time `ts`: as in Kafka Streams,
+/// windows start at time 0 or later (a record at time 3 with a 5-unit window is in `[0, 5)` but
+/// not in `[-2, 3)`); a record before time 0 (Kafka refuses those) keeps every window.
+fn starts_in_time(start: i64, ts: i64) -> bool {
+    start >= 0 || ts < 0
+}
+
 fn close_delay(w: &WindowConfig) -> i64 {
     match w.kind {
         WindowKind::Session { gap } => w.grace.saturating_add(gap),
@@ -1181,6 +1186,19 @@ mod tests {
             &[In::Rows(&[("a", 1, 700), ("a", 2, 1200)]), In::Watermark(1099), In::Watermark(1100), In::End],
         );
         insta::assert_snapshot!(text);
+    }
+
+    /// As in Kafka Streams, hopping windows start at time 0 or later: a row at 300 is in
+    /// [0, 1000) only (not in [-500, 500)), on both the changes and the final-results paths.
+    #[test]
+    fn hopping_windows_start_at_time_zero() {
+        let window = WindowConfig { kind: WindowKind::Hopping { size: 1000, advance: 500 }, grace: 0, retention: 0 };
+        for emit_final in [false, true] {
+            let mut op = operator(Some(window), emit_final, false);
+            let text = run(&mut op, &[In::Rows(&[("a", 1, 300)]), In::End]);
+            assert!(text.contains("| a | 0           | 1000      |"), "{text}");
+            assert!(!text.contains("-500"), "a window before time 0:\n{text}");
+        }
     }
 
     #[test]
