@@ -28,6 +28,27 @@ enum Out {
     Time,
 }
 
+/// Texts that did not parse: as in ksqlDB, the function is null on those rows (and says so in
+/// the log) rather than failing the whole expression.
+#[derive(Default)]
+struct Failures {
+    rows: usize,
+    first: Option<String>,
+}
+
+impl Failures {
+    fn note(&mut self, text: &str, pattern: &str, error: &str) {
+        self.rows += 1;
+        self.first.get_or_insert_with(|| format!("'{text}' with pattern '{pattern}': {error}"));
+    }
+
+    fn report(&self, function: &str) {
+        if let Some(first) = &self.first {
+            tracing::warn!(function, rows = self.rows, first = %first, "texts that do not parse: null on those rows");
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct ParseTime {
     name: &'static str,
@@ -58,6 +79,7 @@ impl ScalarUDFImpl for ParseTime {
         let (texts, patterns) = (texts.as_string::<i32>(), patterns.as_string::<i32>());
         let mut formats: HashMap<&str, String> = HashMap::new();
         let mut millis = Int64Builder::with_capacity(texts.len());
+        let mut failed = Failures::default();
         for i in 0..texts.len() {
             if texts.is_null(i) || patterns.is_null(i) {
                 millis.append_null();
@@ -82,7 +104,8 @@ impl ScalarUDFImpl for ParseTime {
                 match chrono::NaiveTime::parse_from_str(text, &formats[pattern]) {
                     Ok(t) => millis.append_value(t.signed_duration_since(chrono::NaiveTime::MIN).num_milliseconds()),
                     Err(e) => {
-                        return exec_err!("{}: failed to parse '{text}' with pattern '{pattern}': {e}", self.name)
+                        millis.append_null();
+                        failed.note(text, pattern, &e.to_string());
                     }
                 }
                 continue;
@@ -92,7 +115,8 @@ impl ScalarUDFImpl for ParseTime {
                 match parse_date(text, &formats[pattern]) {
                     Ok(d) => millis.append_value(d.and_time(chrono::NaiveTime::MIN).and_utc().timestamp_millis()),
                     Err(e) => {
-                        return exec_err!("{}: failed to parse '{text}' with pattern '{pattern}': {e}", self.name)
+                        millis.append_null();
+                        failed.note(text, pattern, &e.to_string());
                     }
                 }
                 continue;
@@ -100,10 +124,13 @@ impl ScalarUDFImpl for ParseTime {
             let one = StringArray::from(vec![text]);
             let (ms, errors) = rill_engine::source::parse_timestamps(&one, &formats[pattern]);
             if let Some((_, e)) = errors.first() {
-                return exec_err!("{}: failed to parse '{text}' with pattern '{pattern}': {e}", self.name);
+                millis.append_null();
+                failed.note(text, pattern, &e.to_string());
+                continue;
             }
             millis.append_option((!ms.is_null(0)).then(|| ms.value(0)));
         }
+        failed.report(self.name);
         let millis = millis.finish();
         let out: ArrayRef = match self.out {
             Out::Millis => Arc::new(millis),
@@ -132,7 +159,9 @@ impl ScalarUDFImpl for ParseTime {
 /// (as Java's formatters default them for ksqlDB).
 fn parse_date(text: &str, format: &str) -> chrono::ParseResult<chrono::NaiveDate> {
     let mut parsed = chrono::format::Parsed::new();
-    chrono::format::parse(&mut parsed, text, chrono::format::StrftimeItems::new(format))?;
+    // Text after the date is ignored, as Java's parser does (`'2003-12-24-01-01'` is read as
+    // 2003-12-24 with `yyyy-MM-dd`).
+    chrono::format::parse_and_remainder(&mut parsed, text, chrono::format::StrftimeItems::new(format))?;
     if parsed.day().is_none() && parsed.ordinal().is_none() {
         parsed.set_day(1)?;
         if parsed.month().is_none() {

@@ -1476,7 +1476,7 @@ pub async fn run_pull(
 
 /// The rewrites of a query's expressions to ksqlDB's rules, before DataFusion plans it: magic
 /// timestamps, two-valued comparisons, [`ksql_expressions`]; and the argument counts of
-/// GREATEST and LEAST.
+/// GREATEST, LEAST and COALESCE (ksqlDB names the first two in lower case, the last in upper).
 fn ksql_rules(query: &mut sp::Query) -> Result<()> {
     let mut empty = None;
     let _ = sp::visit_expressions(query, |e: &sp::Expr| {
@@ -1491,6 +1491,10 @@ fn ksql_rules(query: &mut sp::Query) -> Result<()> {
             };
             if no_args && matches!(name.as_deref(), Some("greatest" | "least")) {
                 empty = name;
+                return ControlFlow::Break(());
+            }
+            if no_args && name.as_deref() == Some("coalesce") {
+                empty = Some("COALESCE".to_string());
                 return ControlFlow::Break(());
             }
         }
