@@ -431,6 +431,16 @@ fn in_list_literals(query: &mut sp::Query, source: &SourceDef) -> Result<()> {
     let _ = sp::visit_expressions_mut(query, |e| {
         let sp::Expr::InList { expr, list, .. } = e else { return ControlFlow::<()>::Continue(()) };
         let Some(t) = column_type(expr) else { return ControlFlow::Continue(()) };
+        if let SqlType::Struct(fields) = &t {
+            if let Err(p) = struct_in_list(list, fields, &t, &column_type) {
+                problem.get_or_insert(p);
+            }
+            if list.is_empty() {
+                let negated = matches!(e, sp::Expr::InList { negated: true, .. });
+                *e = sp::Expr::value(sp::Value::Boolean(negated));
+            }
+            return ControlFlow::Continue(());
+        }
         if !(numeric(&t) || matches!(t, SqlType::Boolean | SqlType::String)) {
             return ControlFlow::Continue(());
         }
@@ -514,6 +524,84 @@ fn in_list_literals(query: &mut sp::Query, source: &SourceDef) -> Result<()> {
     }
 }
 
+/// `S IN (STRUCT(...), ...)` with `S` a STRUCT column, as ksqlDB compares structs: a constructor
+/// naming a field `S` does not have can never be equal (it leaves the list); other items but
+/// columns are cast to `S`'s type, field by field by name (missing fields null, `'7'` a number).
+fn struct_in_list(
+    list: &mut Vec<sp::Expr>,
+    fields: &[(String, SqlType)],
+    t: &SqlType,
+    column_type: &dyn Fn(&sp::Expr) -> Option<SqlType>,
+) -> std::result::Result<(), String> {
+    let numeric = |t: &SqlType| matches!(t, SqlType::Int | SqlType::Bigint | SqlType::Double | SqlType::Decimal(..));
+    // A constructor's values must fit the fields: columns of a comparable type, text that reads
+    // as a number for a numeric field.
+    for item in list.iter() {
+        let Some(assigned) = struct_assignments(item) else { continue };
+        let mut types = Vec::new();
+        for (name, value) in &assigned {
+            let Some((_, field)) = fields.iter().find(|(n, _)| n == name) else { break };
+            if let sp::Expr::Value(v) = value {
+                if let sp::Value::SingleQuotedString(text) = &v.value {
+                    if numeric(field) && text.trim().parse::<f64>().is_err() {
+                        return Err(format!("Invalid Predicate: invalid input syntax for type {field}: \"{text}\"."));
+                    }
+                }
+            }
+            match column_type(value) {
+                Some(c) if c == *field || (numeric(&c) && numeric(field)) => types.push((name.clone(), c)),
+                Some(c) => {
+                    types.push((name.clone(), c));
+                    let written = SqlType::Struct(std::mem::take(&mut types));
+                    return Err(format!(
+                        "Invalid Predicate: operator does not exist: {t} = {written} ({})\nHint: You might need to add explicit type casts.",
+                        ksql_ast_text(item)
+                    ));
+                }
+                None => {}
+            }
+        }
+    }
+    let foreign = |item: &sp::Expr| {
+        struct_assignments(item).is_some_and(|a| a.iter().any(|(n, _)| !fields.iter().any(|(f, _)| f == n)))
+    };
+    list.retain(|item| !foreign(item));
+    for item in list.iter_mut() {
+        // Columns keep their types (DataFusion widens both sides to a common one).
+        if column_type(item).is_some() {
+            continue;
+        }
+        let original = std::mem::replace(item, sp::Expr::value(sp::Value::Null));
+        *item =
+            call(crate::castfn::NAME, vec![original, sp::Expr::value(sp::Value::SingleQuotedString(t.to_string()))]);
+    }
+    Ok(())
+}
+
+/// The `name := value` pairs of a `STRUCT(...)` constructor.
+fn struct_assignments(item: &sp::Expr) -> Option<Vec<(String, &sp::Expr)>> {
+    let sp::Expr::Function(f) = item else { return None };
+    let is_struct = f.name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| i.value.eq_ignore_ascii_case("STRUCT"));
+    let sp::FunctionArguments::List(args) = &f.args else { return None };
+    if !is_struct {
+        return None;
+    }
+    args.args
+        .iter()
+        .map(|a| match a {
+            sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(sp::Expr::BinaryOp {
+                left,
+                op: sp::BinaryOperator::Assignment,
+                right,
+            })) => match left.as_ref() {
+                sp::Expr::Identifier(id) => Some((id.value.clone(), right.as_ref())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
 /// ksqlDB's `+` also concatenates strings: `a + b` with a string literal or STRING column on
 /// either side becomes `a || b`.
 fn string_plus(query: &mut sp::Query, source: &SourceDef) {
@@ -546,6 +634,11 @@ pub(crate) fn ksql_ast_text(e: &sp::Expr) -> String {
             format!("({} {op} {})", ksql_ast_text(left), ksql_ast_text(right))
         }
         sp::Expr::Nested(inner) => ksql_ast_text(inner),
+        sp::Expr::Function(_) if struct_assignments(e).is_some() => {
+            let fields = struct_assignments(e).unwrap_or_default();
+            let fields: Vec<String> = fields.iter().map(|(n, v)| format!("{n}:={}", ksql_ast_text(v))).collect();
+            format!("STRUCT({})", fields.join(", "))
+        }
         sp::Expr::Identifier(id) => id.value.clone(),
         sp::Expr::CompoundIdentifier(ids) => ids.iter().map(|i| i.value.as_str()).collect::<Vec<_>>().join("."),
         other => other.to_string(),
