@@ -431,8 +431,8 @@ fn in_list_literals(query: &mut sp::Query, source: &SourceDef) -> Result<()> {
     let _ = sp::visit_expressions_mut(query, |e| {
         let sp::Expr::InList { expr, list, .. } = e else { return ControlFlow::<()>::Continue(()) };
         let Some(t) = column_type(expr) else { return ControlFlow::Continue(()) };
-        if let SqlType::Struct(fields) = &t {
-            if let Err(p) = struct_in_list(list, fields, &t, &column_type) {
+        if matches!(t, SqlType::Struct(_) | SqlType::Array(_) | SqlType::Map(..)) {
+            if let Err(p) = complex_in_list(list, &t, &column_type) {
                 problem.get_or_insert(p);
             }
             if list.is_empty() {
@@ -524,46 +524,74 @@ fn in_list_literals(query: &mut sp::Query, source: &SourceDef) -> Result<()> {
     }
 }
 
-/// `S IN (STRUCT(...), ...)` with `S` a STRUCT column, as ksqlDB compares structs: a constructor
-/// naming a field `S` does not have can never be equal (it leaves the list); other items but
-/// columns are cast to `S`'s type, field by field by name (missing fields null, `'7'` a number).
-fn struct_in_list(
+/// `C IN (...)` with `C` an ARRAY, MAP or STRUCT column, as ksqlDB compares them. The values of
+/// constructors (`ARRAY[..]`, `MAP(k := v)`, `STRUCT(f := v)`) must fit `C`'s element, value or
+/// field types: columns of a comparable type, text that reads as a number for a numeric one; a
+/// number is no container. For a STRUCT, a constructor naming a field `C` does not have can never
+/// be equal (it leaves the list), and other items but columns are cast to `C`'s type field by
+/// field by name (missing fields null, `'7'` a number).
+fn complex_in_list(
     list: &mut Vec<sp::Expr>,
-    fields: &[(String, SqlType)],
     t: &SqlType,
     column_type: &dyn Fn(&sp::Expr) -> Option<SqlType>,
 ) -> std::result::Result<(), String> {
     let numeric = |t: &SqlType| matches!(t, SqlType::Int | SqlType::Bigint | SqlType::Double | SqlType::Decimal(..));
-    // A constructor's values must fit the fields: columns of a comparable type, text that reads
-    // as a number for a numeric field.
+    let mismatch = |written: &dyn std::fmt::Display, item: &sp::Expr| {
+        format!(
+            "Invalid Predicate: operator does not exist: {t} = {written} ({})\nHint: You might need to add explicit type casts.",
+            ksql_ast_text(item)
+        )
+    };
     for item in list.iter() {
-        let Some(assigned) = struct_assignments(item) else { continue };
-        let mut types = Vec::new();
-        for (name, value) in &assigned {
-            let Some((_, field)) = fields.iter().find(|(n, _)| n == name) else { break };
+        if let sp::Expr::Value(v) = item {
+            if let sp::Value::Number(n, _) = &v.value {
+                let kind = if n.contains('.') {
+                    "DECIMAL"
+                } else if n.parse::<i32>().is_ok() {
+                    "INTEGER"
+                } else {
+                    "BIGINT"
+                };
+                return Err(mismatch(&kind, item));
+            }
+        }
+        let Some((kind, parts)) = constructor_parts(item) else { continue };
+        let mut fields_so_far = Vec::new();
+        for (label, value) in parts {
+            let expected = match (kind, t) {
+                ("ARRAY", SqlType::Array(e)) | ("MAP", SqlType::Map(_, e)) => e.as_ref(),
+                ("STRUCT", SqlType::Struct(fields)) => match fields.iter().find(|(n, _)| Some(n) == label.as_ref()) {
+                    Some((_, f)) => f,
+                    None => break,
+                },
+                _ => break,
+            };
             if let sp::Expr::Value(v) = value {
                 if let sp::Value::SingleQuotedString(text) = &v.value {
-                    if numeric(field) && text.trim().parse::<f64>().is_err() {
-                        return Err(format!("Invalid Predicate: invalid input syntax for type {field}: \"{text}\"."));
+                    if numeric(expected) && text.trim().parse::<f64>().is_err() {
+                        return Err(format!(
+                            "Invalid Predicate: invalid input syntax for type {expected}: \"{text}\"."
+                        ));
                     }
                 }
             }
-            match column_type(value) {
-                Some(c) if c == *field || (numeric(&c) && numeric(field)) => types.push((name.clone(), c)),
-                Some(c) => {
-                    types.push((name.clone(), c));
-                    let written = SqlType::Struct(std::mem::take(&mut types));
-                    return Err(format!(
-                        "Invalid Predicate: operator does not exist: {t} = {written} ({})\nHint: You might need to add explicit type casts.",
-                        ksql_ast_text(item)
-                    ));
-                }
-                None => {}
+            let Some(c) = column_type(value) else { continue };
+            let fits = c == *expected || (numeric(&c) && numeric(expected));
+            fields_so_far.push((label.unwrap_or_default(), c.clone()));
+            if !fits {
+                let written = match kind {
+                    "ARRAY" => SqlType::Array(Box::new(c)),
+                    "MAP" => SqlType::Map(Box::new(SqlType::String), Box::new(c)),
+                    _ => SqlType::Struct(fields_so_far),
+                };
+                return Err(mismatch(&written, item));
             }
         }
     }
-    let foreign = |item: &sp::Expr| {
-        struct_assignments(item).is_some_and(|a| a.iter().any(|(n, _)| !fields.iter().any(|(f, _)| f == n)))
+    let SqlType::Struct(fields) = t else { return Ok(()) };
+    let foreign = |item: &sp::Expr| match constructor_parts(item) {
+        Some(("STRUCT", parts)) => parts.iter().any(|(n, _)| !fields.iter().any(|(f, _)| Some(f) == n.as_ref())),
+        _ => false,
     };
     list.retain(|item| !foreign(item));
     for item in list.iter_mut() {
@@ -578,14 +606,25 @@ fn struct_in_list(
     Ok(())
 }
 
-/// The `name := value` pairs of a `STRUCT(...)` constructor.
-fn struct_assignments(item: &sp::Expr) -> Option<Vec<(String, &sp::Expr)>> {
-    let sp::Expr::Function(f) = item else { return None };
-    let is_struct = f.name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| i.value.eq_ignore_ascii_case("STRUCT"));
-    let sp::FunctionArguments::List(args) = &f.args else { return None };
-    if !is_struct {
-        return None;
+/// One value of a constructor, with its field name or map key when it is a name.
+type ConstructorPart<'a> = (Option<String>, &'a sp::Expr);
+
+/// A constructor's kind and values: `ARRAY[..]`'s elements; `MAP(k := v, ..)`'s values and
+/// `STRUCT(f := v, ..)`'s fields, with their names (None for elements and map keys that are not
+/// names).
+fn constructor_parts(item: &sp::Expr) -> Option<(&'static str, Vec<ConstructorPart<'_>>)> {
+    if let sp::Expr::Array(a) = item {
+        return Some(("ARRAY", a.elem.iter().map(|e| (None, e)).collect()));
     }
+    let sp::Expr::Function(f) = item else { return None };
+    let name = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_uppercase());
+    let kind = match name.as_deref() {
+        Some("STRUCT") => "STRUCT",
+        Some("MAP") => "MAP",
+        Some("ARRAY") => "ARRAY",
+        _ => return None,
+    };
+    let sp::FunctionArguments::List(args) = &f.args else { return None };
     args.args
         .iter()
         .map(|a| match a {
@@ -593,13 +632,15 @@ fn struct_assignments(item: &sp::Expr) -> Option<Vec<(String, &sp::Expr)>> {
                 left,
                 op: sp::BinaryOperator::Assignment,
                 right,
-            })) => match left.as_ref() {
-                sp::Expr::Identifier(id) => Some((id.value.clone(), right.as_ref())),
-                _ => None,
+            })) if kind != "ARRAY" => match left.as_ref() {
+                sp::Expr::Identifier(id) => Some((Some(id.value.clone()), right.as_ref())),
+                _ => Some((None, right.as_ref())),
             },
+            sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(e)) if kind == "ARRAY" => Some((None, e)),
             _ => None,
         })
-        .collect()
+        .collect::<Option<Vec<_>>>()
+        .map(|parts| (kind, parts))
 }
 
 /// ksqlDB's `+` also concatenates strings: `a + b` with a string literal or STRING column on
@@ -634,10 +675,22 @@ pub(crate) fn ksql_ast_text(e: &sp::Expr) -> String {
             format!("({} {op} {})", ksql_ast_text(left), ksql_ast_text(right))
         }
         sp::Expr::Nested(inner) => ksql_ast_text(inner),
-        sp::Expr::Function(_) if struct_assignments(e).is_some() => {
-            let fields = struct_assignments(e).unwrap_or_default();
-            let fields: Vec<String> = fields.iter().map(|(n, v)| format!("{n}:={}", ksql_ast_text(v))).collect();
-            format!("STRUCT({})", fields.join(", "))
+        sp::Expr::Function(f) if matches!(constructor_parts(e), Some(("STRUCT" | "MAP", _))) => {
+            // `STRUCT(F0:=V)`, `MAP('a':=V)`: assignments without spaces, as ksqlDB writes them.
+            let sp::FunctionArguments::List(args) = &f.args else { return e.to_string() };
+            let parts: Vec<String> = args
+                .args
+                .iter()
+                .map(|a| match a {
+                    sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(sp::Expr::BinaryOp {
+                        left,
+                        op: sp::BinaryOperator::Assignment,
+                        right,
+                    })) => format!("{}:={}", ksql_ast_text(left), ksql_ast_text(right)),
+                    other => other.to_string(),
+                })
+                .collect();
+            format!("{}({})", f.name.to_string().to_uppercase(), parts.join(", "))
         }
         sp::Expr::Identifier(id) => id.value.clone(),
         sp::Expr::CompoundIdentifier(ids) => ids.iter().map(|i| i.value.as_str()).collect::<Vec<_>>().join("."),
