@@ -5,7 +5,9 @@
 //! * struct to struct matches fields by name: fields the source lacks are null;
 //! * arrays, maps and struct fields cast element by element;
 //! * BIGINT to INT wraps around as Java's narrowing does (2147483648 becomes -2147483648);
-//! * a cast between a complex type and a different kind of type is refused when planned.
+//! * a cast between a complex type and a different kind of type is refused when planned;
+//! * a STRUCT or MAP cast to STRING is written as Java writes them (`Struct{F0=1,F1=3}`,
+//!   `{k=1, k2=2}`): [`java_text_udf`], put in place of such casts by the planner.
 
 use std::sync::Arc;
 
@@ -123,6 +125,75 @@ fn cast(array: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
     }
 }
 
+/// The function a STRUCT or MAP cast to STRING becomes.
+pub const JAVA_TEXT: &str = "rill_java_text";
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JavaText {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for JavaText {
+    fn name(&self) -> &str {
+        JAVA_TEXT
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let array = args.args[0].to_array(args.number_rows)?;
+        let mut out = arrow::array::StringBuilder::with_capacity(array.len(), array.len() * 16);
+        for i in 0..array.len() {
+            if array.is_null(i) {
+                out.append_null();
+            } else {
+                out.append_value(java_text(&ScalarValue::try_from_array(&array, i)?)?);
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// A value as Java's `toString` writes it: Kafka Connect's `Struct{F=v,...}` (null fields left
+/// out), maps `{k=v, ...}`, lists `[a, b]`, doubles with a decimal point, `null`.
+fn java_text(v: &ScalarValue) -> Result<String> {
+    if v.is_null() {
+        return Ok("null".into());
+    }
+    let items = |array: &ArrayRef| -> Result<Vec<String>> {
+        (0..array.len()).map(|i| java_text(&ScalarValue::try_from_array(array, i)?)).collect()
+    };
+    Ok(match v {
+        ScalarValue::Struct(s) => {
+            let mut fields = Vec::new();
+            for (f, c) in s.fields().iter().zip(s.columns()) {
+                if c.is_valid(0) {
+                    fields.push(format!("{}={}", f.name(), java_text(&ScalarValue::try_from_array(c, 0)?)?));
+                }
+            }
+            format!("Struct{{{}}}", fields.join(","))
+        }
+        ScalarValue::Map(m) => {
+            let entries = m.value(0);
+            let (keys, values) = (items(entries.column(0))?, items(entries.column(1))?);
+            let pairs: Vec<String> = keys.iter().zip(&values).map(|(k, v)| format!("{k}={v}")).collect();
+            format!("{{{}}}", pairs.join(", "))
+        }
+        ScalarValue::List(l) => format!("[{}]", items(&l.value(0))?.join(", ")),
+        ScalarValue::Float64(Some(f)) if f.is_finite() && f.fract() == 0.0 => format!("{f:.1}"),
+        ScalarValue::Utf8(Some(t)) | ScalarValue::Utf8View(Some(t)) | ScalarValue::LargeUtf8(Some(t)) => t.clone(),
+        other => other.to_string(),
+    })
+}
+
+/// The Java-text UDF, for registration.
+pub fn java_text_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(JavaText { signature: Signature::any(1, Volatility::Immutable) })
+}
+
 /// The UDF, for registration.
 pub fn udf() -> ScalarUDF {
     ScalarUDF::new_from_impl(RillCast { signature: Signature::any(2, Volatility::Immutable) })
@@ -134,6 +205,27 @@ mod tests {
     use arrow::datatypes::Fields;
 
     use super::*;
+
+    #[test]
+    fn structs_and_maps_are_written_as_java_writes_them() {
+        let fields =
+            Fields::from(vec![Field::new("F0", DataType::Int32, true), Field::new("f1", DataType::Utf8, true)]);
+        let s = StructArray::try_new(
+            fields,
+            vec![
+                Arc::new(Int32Array::from(vec![Some(1), None])) as ArrayRef,
+                Arc::new(StringArray::from(vec![Some("a"), Some("b")])) as ArrayRef,
+            ],
+            None,
+        )
+        .unwrap();
+        let array: ArrayRef = Arc::new(s);
+        let text = |i| java_text(&ScalarValue::try_from_array(&array, i).unwrap()).unwrap();
+        assert_eq!(text(0), "Struct{F0=1,f1=a}");
+        assert_eq!(text(1), "Struct{f1=b}", "null fields are left out");
+        assert_eq!(java_text(&ScalarValue::Float64(Some(2.0))).unwrap(), "2.0");
+        assert_eq!(java_text(&ScalarValue::Int32(None)).unwrap(), "null");
+    }
 
     #[test]
     fn structs_cast_by_field_name_and_numbers_wrap() {

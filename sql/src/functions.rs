@@ -49,7 +49,7 @@ pub fn register(ctx: &SessionContext) -> Result<()> {
         .chain(crate::regexfns::all())
         .chain(crate::regexfns::splits())
         .chain(crate::udfs::elt_field())
-        .chain([crate::udfs::instr_fn(), crate::castfn::udf()])
+        .chain([crate::udfs::instr_fn(), crate::castfn::udf(), crate::castfn::java_text_udf()])
     {
         ctx.register_udf(udf);
     }

@@ -242,6 +242,17 @@ pub fn extremes(plan: LogicalPlan) -> Result<LogicalPlan> {
 }
 
 fn extreme(e: Expr, schema: &DFSchema) -> datafusion::common::Result<Transformed<Expr>> {
+    // (Also: a STRUCT or MAP cast to STRING is written as Java writes it.)
+    if let Expr::Cast(c) = &e {
+        let text = matches!(c.field.data_type(), DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8);
+        if text && matches!(c.expr.get_type(schema)?, DataType::Struct(_) | DataType::Map(..)) {
+            let Expr::Cast(c) = e else { return Ok(Transformed::no(e)) };
+            let udf = std::sync::Arc::new(crate::castfn::java_text_udf());
+            let call =
+                Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(udf, vec![*c.expr]));
+            return Ok(Transformed::yes(call));
+        }
+    }
     let mut f = match e {
         Expr::ScalarFunction(f) if matches!(f.func.name(), "greatest" | "least") => f,
         other => return Ok(Transformed::no(other)),
