@@ -1649,10 +1649,53 @@ fn ksql_rules(query: &mut sp::Query) -> Result<()> {
     if let Some(name) = empty {
         return Err(SqlError::plan(format!("Function '{name}' does not accept parameters ().")));
     }
+    number_literals(query)?;
     magic_timestamps(query);
     two_valued_comparisons(query);
     ksql_expressions(query);
     Ok(())
+}
+
+/// Number literals out of range, refused as ksqlDB's parser refuses them: an integer beyond
+/// BIGINT, a number with an exponent beyond DOUBLE. (ksqlDB's column in these messages is one
+/// past the literal's first character.)
+fn number_literals(query: &sp::Query) -> Result<()> {
+    let mut negated = std::collections::HashSet::new();
+    let mut problem = None;
+    let _ = sp::visit_expressions(query, |e: &sp::Expr| {
+        let (text, at) = match e {
+            sp::Expr::UnaryOp { op: sp::UnaryOperator::Minus, expr } => match expr.as_ref() {
+                sp::Expr::Value(v) => match &v.value {
+                    sp::Value::Number(n, _) => {
+                        negated.insert((v.span.start.line, v.span.start.column));
+                        (format!("-{n}"), v.span.start)
+                    }
+                    _ => return ControlFlow::Continue(()),
+                },
+                _ => return ControlFlow::Continue(()),
+            },
+            sp::Expr::Value(v) if !negated.contains(&(v.span.start.line, v.span.start.column)) => match &v.value {
+                sp::Value::Number(n, _) => (n.clone(), v.span.start),
+                _ => return ControlFlow::Continue(()),
+            },
+            _ => return ControlFlow::Continue(()),
+        };
+        let found = if text.contains(['e', 'E']) {
+            text.parse::<f64>().is_ok_and(|f| f.is_infinite()).then(|| format!("Number overflows DOUBLE: {text}"))
+        } else if !text.contains('.') {
+            text.parse::<i64>().is_err().then(|| format!("Invalid numeric literal: {text}"))
+        } else {
+            None
+        };
+        match found {
+            Some(m) => {
+                problem = Some(format!("Failed to prepare statement: line {}:{}: {m}", at.line, at.column + 1));
+                ControlFlow::Break(())
+            }
+            None => ControlFlow::Continue(()),
+        }
+    });
+    problem.map_or(Ok(()), |p| Err(SqlError::plan(p)))
 }
 
 /// ksqlDB's "magic" timestamps: in WHERE, a text literal compared with `ROWTIME`, `WINDOWSTART`
