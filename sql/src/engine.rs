@@ -422,7 +422,11 @@ impl KsqlEngine {
                     if if_exists {
                         return Ok(self.status(&text, format!("Source `{name}` does not exist."), None));
                     }
-                    return Err(SqlError::NotFound(format!("Source {name} does not exist.")));
+                    let kind = match kind {
+                        SourceKind::Stream => "Stream",
+                        SourceKind::Table => "Table",
+                    };
+                    return Err(SqlError::NotFound(format!("{kind} {name} does not exist.")));
                 };
                 if delete_topic && source.read_only {
                     return Err(SqlError::plan(format!("Cannot delete topic for read-only source: {name}")));

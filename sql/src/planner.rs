@@ -102,6 +102,20 @@ pub async fn plan_push(ctx: &SessionContext, catalog: &Catalog, select: &Select)
 }
 
 async fn plan_query(ctx: &SessionContext, catalog: &Catalog, select: &Select, push: bool) -> Result<QueryPlan> {
+    let planned = plan_query_as_written(ctx, catalog, select, push).await;
+    // DataFusion's messages for columns it cannot resolve become ksqlDB's.
+    match planned {
+        Err(e) if datafusion_column_error(&e.to_string()) => Err(selected_columns_error(select, catalog).unwrap_or(e)),
+        other => other,
+    }
+}
+
+async fn plan_query_as_written(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    select: &Select,
+    push: bool,
+) -> Result<QueryPlan> {
     let mut query = select.query.clone();
     let sp::SetExpr::Select(body) = query.body.as_mut() else {
         return Err(SqlError::Unsupported("Only simple SELECT statements are supported".into()));
@@ -1749,6 +1763,73 @@ fn table_name(f: &sp::TableFactor) -> Result<(String, String)> {
     }
 }
 
+/// Whether a planning error is DataFusion's about a column (not one of Rill's ksqlDB messages,
+/// which say where: `Line: 3, Col: 84: ...`).
+fn datafusion_column_error(message: &str) -> bool {
+    let columns = ["not found", "is ambiguous", "require unique expression names"];
+    columns.iter().any(|m| message.contains(m)) && !message.contains("Line: ")
+}
+
+/// Why the SELECT list names a column that does not resolve, if it does: of the sources of
+/// `select`'s FROM (see [`check_selected_columns`]).
+fn selected_columns_error(select: &Select, catalog: &Catalog) -> Option<SqlError> {
+    let sp::SetExpr::Select(body) = select.query.body.as_ref() else { return None };
+    let from = body.from.first()?;
+    let mut sides: Vec<Side> = Vec::new();
+    for relation in std::iter::once(&from.relation).chain(from.joins.iter().map(|j| &j.relation)) {
+        let (name, alias) = table_name(relation).ok()?;
+        let def = catalog.sources.get(&name)?.clone();
+        sides.push((name, alias, def));
+    }
+    check_selected_columns(body, &sides).err()
+}
+
+/// The columns a SELECT list names directly (`C`, `A.C`, `A.*`) must exist, with ksqlDB's
+/// messages: an unknown qualifier, an unknown column, a column of several joined sources.
+fn check_selected_columns(body: &sp::Select, sides: &[Side]) -> Result<()> {
+    let pseudo = ["ROWTIME", "ROWPARTITION", "ROWOFFSET", WINDOWSTART, WINDOWEND];
+    let has = |s: &Side, c: &str| s.2.columns.iter().any(|x| x.name == c);
+    let side = |q: &str| {
+        sides
+            .iter()
+            .find(|s| s.0 == q || s.1 == q)
+            .ok_or_else(|| SqlError::plan(format!("'{q}' is not a valid stream/table name or alias.")))
+    };
+    for item in &body.projection {
+        match item {
+            sp::SelectItem::QualifiedWildcard(sp::SelectItemQualifiedWildcardKind::ObjectName(name), _) => {
+                let q = name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.clone()).unwrap_or_default();
+                side(&q)?;
+            }
+            sp::SelectItem::UnnamedExpr(e) | sp::SelectItem::ExprWithAlias { expr: e, .. } => match e {
+                sp::Expr::Identifier(id) if !pseudo.contains(&id.value.as_str()) => {
+                    let owners: Vec<&Side> = sides.iter().filter(|s| has(s, &id.value)).collect();
+                    match owners[..] {
+                        [] => return Err(SqlError::plan(format!("SELECT column '{}' cannot be resolved.", id.value))),
+                        [_] => {}
+                        [a, b, ..] => {
+                            let at = id.span.start;
+                            return Err(SqlError::plan(format!(
+                                "Line: {}, Col: {}: Column '{2}' is ambiguous. Could be {3}.{2} or {4}.{2}.",
+                                at.line, at.column, id.value, a.1, b.1
+                            )));
+                        }
+                    }
+                }
+                sp::Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
+                    let (q, c) = (&parts[0].value, &parts[1].value);
+                    if !has(side(q)?, c) && !pseudo.contains(&c.as_str()) {
+                        return Err(SqlError::plan(format!("SELECT column '{q}.{c}' cannot be resolved.")));
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Name of the derived source a join becomes when more follows it (another join, GROUP BY,
 /// WINDOW or PARTITION BY).
 const JOINED: &str = "__RILL_JOIN";
@@ -1783,6 +1864,14 @@ async fn plan_joins(ctx: &SessionContext, catalog: &Catalog, select: &Select) ->
             "Source(s) {} are using the 'KAFKA' value format. This format does not yet support JOIN.",
             kafka.join(", ")
         )));
+    }
+    for item in &body.projection {
+        if let sp::SelectItem::QualifiedWildcard(sp::SelectItemQualifiedWildcardKind::ObjectName(name), _) = item {
+            let q = name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.clone()).unwrap_or_default();
+            if !sides.iter().any(|s| s.0 == q || s.1 == q) {
+                return Err(SqlError::plan(format!("'{q}' is not a valid stream/table name or alias.")));
+            }
+        }
     }
     let grouped = !matches!(body.group_by, sp::GroupByExpr::Expressions(ref e, _) if e.is_empty());
     let more = grouped || select.window.is_some() || !select.partition_by.is_empty();
