@@ -1664,10 +1664,81 @@ fn ksql_rules(query: &mut sp::Query) -> Result<()> {
         return Err(SqlError::plan(format!("Function '{name}' does not accept parameters ().")));
     }
     number_literals(query)?;
+    constructors(query)?;
     magic_timestamps(query);
     two_valued_comparisons(query);
     ksql_expressions(query);
     Ok(())
+}
+
+/// ksqlDB's rules for ARRAY[...] and MAP(...) constructors: not empty, not only untyped NULLs
+/// (keys or values), and text beside integer literals must read as an integer.
+fn constructors(query: &sp::Query) -> Result<()> {
+    const ISSUE: &str = "(see https://github.com/confluentinc/ksql/issues/4239)";
+    let is_null = |e: &sp::Expr| matches!(e, sp::Expr::Value(v) if v.value == sp::Value::Null);
+    let mut problem = None;
+    let _ = sp::visit_expressions(query, |e: &sp::Expr| {
+        let found = match constructor_parts(e) {
+            Some(("ARRAY", parts)) if parts.is_empty() => {
+                Some(format!("Array constructor cannot be empty. Please supply at least one element {ISSUE}."))
+            }
+            Some(("ARRAY", parts)) if parts.iter().all(|(_, v)| is_null(v)) => Some(format!(
+                "Cannot construct an array with all NULL elements {ISSUE}. As a workaround, you may cast a NULL value to the desired type."
+            )),
+            Some(("ARRAY", parts)) => {
+                let integer = |v: &sp::Expr| matches!(v, sp::Expr::Value(x) if matches!(&x.value, sp::Value::Number(n, _) if n.parse::<i32>().is_ok()));
+                let text = parts.iter().find_map(|(_, v)| match v {
+                    sp::Expr::Value(x) => match &x.value {
+                        sp::Value::SingleQuotedString(t) if t.trim().parse::<f64>().is_err() => Some(t.clone()),
+                        _ => None,
+                    },
+                    _ => None,
+                });
+                match text {
+                    Some(t) if parts.iter().any(|(_, v)| integer(v)) => {
+                        Some(format!("invalid input syntax for type INTEGER: \"{t}\""))
+                    }
+                    _ => None,
+                }
+            }
+            Some(("MAP", _)) => {
+                let sp::Expr::Function(f) = e else { return ControlFlow::Continue(()) };
+                let sp::FunctionArguments::List(args) = &f.args else { return ControlFlow::Continue(()) };
+                let pairs: Vec<(&sp::Expr, &sp::Expr)> = args
+                    .args
+                    .iter()
+                    .filter_map(|a| match a {
+                        sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(sp::Expr::BinaryOp {
+                            left,
+                            op: sp::BinaryOperator::Assignment,
+                            right,
+                        })) => Some((left.as_ref(), right.as_ref())),
+                        _ => None,
+                    })
+                    .collect();
+                if args.args.is_empty() {
+                    Some(format!(
+                        "Map constructor cannot be empty. Please supply at least one key value pair {ISSUE}."
+                    ))
+                } else if pairs.len() == args.args.len() && pairs.iter().all(|(k, _)| is_null(k)) {
+                    Some("Cannot construct a map with all NULL keys".to_string())
+                } else if pairs.len() == args.args.len() && pairs.iter().all(|(_, v)| is_null(v)) {
+                    Some("Cannot construct a map with all NULL values".to_string())
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        match found {
+            Some(m) => {
+                problem = Some(m);
+                ControlFlow::Break(())
+            }
+            None => ControlFlow::Continue(()),
+        }
+    });
+    problem.map_or(Ok(()), |p| Err(SqlError::plan(p)))
 }
 
 /// Number literals out of range, refused as ksqlDB's parser refuses them: an integer beyond
