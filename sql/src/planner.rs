@@ -488,14 +488,7 @@ fn in_list_literals(query: &mut sp::Query, source: &SourceDef) -> Result<()> {
                     }
                 }
                 (SqlType::Boolean, Some(sp::Value::Number(n, _))) => {
-                    let kind = if n.contains('.') {
-                        "DECIMAL"
-                    } else if n.parse::<i32>().is_ok() {
-                        "INTEGER"
-                    } else {
-                        "BIGINT"
-                    };
-                    problem.get_or_insert(mismatch(kind, item));
+                    problem.get_or_insert(mismatch(number_type(&n), item));
                     None
                 }
                 (t, Some(sp::Value::SingleQuotedString(text))) if numeric(t) => match text.trim().parse::<f64>() {
@@ -559,14 +552,7 @@ fn complex_in_list(
     for item in list.iter() {
         if let sp::Expr::Value(v) = item {
             if let sp::Value::Number(n, _) = &v.value {
-                let kind = if n.contains('.') {
-                    "DECIMAL"
-                } else if n.parse::<i32>().is_ok() {
-                    "INTEGER"
-                } else {
-                    "BIGINT"
-                };
-                return Err(mismatch(&kind, item));
+                return Err(mismatch(&number_type(n), item));
             }
         }
         let Some((kind, parts)) = constructor_parts(item) else { continue };
@@ -641,20 +627,37 @@ fn constructor_parts(item: &sp::Expr) -> Option<(&'static str, Vec<ConstructorPa
     let sp::FunctionArguments::List(args) = &f.args else { return None };
     args.args
         .iter()
-        .map(|a| match a {
-            sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(sp::Expr::BinaryOp {
-                left,
-                op: sp::BinaryOperator::Assignment,
-                right,
-            })) if kind != "ARRAY" => match left.as_ref() {
-                sp::Expr::Identifier(id) => Some((Some(id.value.clone()), right.as_ref())),
-                _ => Some((None, right.as_ref())),
-            },
-            sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(e)) if kind == "ARRAY" => Some((None, e)),
+        .map(|a| match (assignment(a), a) {
+            (Some((sp::Expr::Identifier(id), value)), _) if kind != "ARRAY" => Some((Some(id.value.clone()), value)),
+            (Some((_, value)), _) if kind != "ARRAY" => Some((None, value)),
+            (None, sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(e))) if kind == "ARRAY" => Some((None, e)),
             _ => None,
         })
         .collect::<Option<Vec<_>>>()
         .map(|parts| (kind, parts))
+}
+
+/// The ksqlDB type of a number literal as written: DECIMAL with a point, else INTEGER or BIGINT.
+fn number_type(n: &str) -> &'static str {
+    if n.contains('.') {
+        "DECIMAL"
+    } else if n.parse::<i32>().is_ok() {
+        "INTEGER"
+    } else {
+        "BIGINT"
+    }
+}
+
+/// The two sides of a `name := value` argument (of `STRUCT(...)` or `MAP(...)`).
+fn assignment(arg: &sp::FunctionArg) -> Option<(&sp::Expr, &sp::Expr)> {
+    match arg {
+        sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(sp::Expr::BinaryOp {
+            left,
+            op: sp::BinaryOperator::Assignment,
+            right,
+        })) => Some((left.as_ref(), right.as_ref())),
+        _ => None,
+    }
 }
 
 /// ksqlDB's `+` also concatenates strings: `a + b` with a string literal or STRING column on
@@ -695,13 +698,9 @@ pub(crate) fn ksql_ast_text(e: &sp::Expr) -> String {
             let parts: Vec<String> = args
                 .args
                 .iter()
-                .map(|a| match a {
-                    sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(sp::Expr::BinaryOp {
-                        left,
-                        op: sp::BinaryOperator::Assignment,
-                        right,
-                    })) => format!("{}:={}", ksql_ast_text(left), ksql_ast_text(right)),
-                    other => other.to_string(),
+                .map(|a| match assignment(a) {
+                    Some((left, right)) => format!("{}:={}", ksql_ast_text(left), ksql_ast_text(right)),
+                    None => a.to_string(),
                 })
                 .collect();
             format!("{}({})", f.name.to_string().to_uppercase(), parts.join(", "))
@@ -1704,18 +1703,7 @@ fn constructors(query: &sp::Query) -> Result<()> {
             Some(("MAP", _)) => {
                 let sp::Expr::Function(f) = e else { return ControlFlow::Continue(()) };
                 let sp::FunctionArguments::List(args) = &f.args else { return ControlFlow::Continue(()) };
-                let pairs: Vec<(&sp::Expr, &sp::Expr)> = args
-                    .args
-                    .iter()
-                    .filter_map(|a| match a {
-                        sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(sp::Expr::BinaryOp {
-                            left,
-                            op: sp::BinaryOperator::Assignment,
-                            right,
-                        })) => Some((left.as_ref(), right.as_ref())),
-                        _ => None,
-                    })
-                    .collect();
+                let pairs: Vec<(&sp::Expr, &sp::Expr)> = args.args.iter().filter_map(assignment).collect();
                 if args.args.is_empty() {
                     Some(format!(
                         "Map constructor cannot be empty. Please supply at least one key value pair {ISSUE}."
