@@ -358,9 +358,35 @@ impl ScalarUDFImpl for FormatTimestamp {
     }
 }
 
+/// `SQRT(x)` as Java's `Math.sqrt`: a DOUBLE, NaN for a negative number (DataFusion's fails the
+/// whole expression).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Sqrt {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Sqrt {
+    fn name(&self) -> &str {
+        "sqrt"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let x = args.args[0].to_array(args.number_rows)?;
+        let x = arrow::compute::cast(&x, &DataType::Float64)?;
+        let roots: Float64Array = x.as_primitive::<Float64Type>().unary(f64::sqrt);
+        Ok(ColumnarValue::Array(Arc::new(roots)))
+    }
+}
+
 pub fn all() -> Vec<ScalarUDF> {
     let two_or_three = || Signature::one_of(vec![TypeSignature::Any(2), TypeSignature::Any(3)], Volatility::Immutable);
     vec![
+        ScalarUDF::from(Sqrt { signature: Signature::uniform(1, vec![DataType::Float64], Volatility::Immutable) }),
         ScalarUDF::from(FormatTimestamp { name: "timestamptostring", days: false, signature: two_or_three() }),
         ScalarUDF::from(FormatTimestamp { name: "format_timestamp", days: false, signature: two_or_three() }),
         ScalarUDF::from(FormatTimestamp {
