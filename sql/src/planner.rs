@@ -3373,9 +3373,14 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
                     }
                     return ControlFlow::Continue(());
                 }
-                // ksqlDB's one-argument LOG is the natural logarithm (DataFusion's is base 10).
+                // ksqlDB's one-argument LOG is the natural logarithm (DataFusion's is base 10);
+                // its two-argument LOG is NaN for bases DataFusion's computes something for.
                 if name.as_deref() == Some("LOG") && args.as_ref().is_some_and(|a| a.len() == 1) {
                     f.name = sp::ObjectName::from(vec![sp::Ident::new("ln")]);
+                    return ControlFlow::Continue(());
+                }
+                if name.as_deref() == Some("LOG") && args.as_ref().is_some_and(|a| a.len() == 2) {
+                    f.name = sp::ObjectName::from(vec![sp::Ident::new("ksql_log")]);
                     return ControlFlow::Continue(());
                 }
                 // ksqlDB's LPAD/RPAD are null for a negative length or an empty padding.

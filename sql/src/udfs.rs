@@ -383,10 +383,40 @@ impl ScalarUDFImpl for Sqrt {
     }
 }
 
+/// `LOG(base, x)` as ksqlDB's: `ln(x) / ln(base)`, NaN for a base of 0 or less or of 1.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct LogBase {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for LogBase {
+    fn name(&self) -> &str {
+        "ksql_log"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let base = arrow::compute::cast(&arrays[0], &DataType::Float64)?;
+        let x = arrow::compute::cast(&arrays[1], &DataType::Float64)?;
+        let logs: Float64Array = arrow::compute::kernels::arity::binary(
+            base.as_primitive::<Float64Type>(),
+            x.as_primitive::<Float64Type>(),
+            |b, v| if b <= 0.0 || b == 1.0 { f64::NAN } else { v.ln() / b.ln() },
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(logs)))
+    }
+}
+
 pub fn all() -> Vec<ScalarUDF> {
     let two_or_three = || Signature::one_of(vec![TypeSignature::Any(2), TypeSignature::Any(3)], Volatility::Immutable);
     vec![
         ScalarUDF::from(Sqrt { signature: Signature::uniform(1, vec![DataType::Float64], Volatility::Immutable) }),
+        ScalarUDF::from(LogBase { signature: Signature::uniform(2, vec![DataType::Float64], Volatility::Immutable) }),
         ScalarUDF::from(FormatTimestamp { name: "timestamptostring", days: false, signature: two_or_three() }),
         ScalarUDF::from(FormatTimestamp { name: "format_timestamp", days: false, signature: two_or_three() }),
         ScalarUDF::from(FormatTimestamp {
