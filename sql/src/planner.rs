@@ -38,6 +38,8 @@ use crate::types::SqlType;
 pub const HIDDEN_TS: &str = rill_engine::operators::aggregate::ROWTIME_COLUMN;
 /// Window start pseudo column.
 pub const WINDOWSTART: &str = "WINDOWSTART";
+/// ksqlDB's pseudo columns: a record's time, partition and offset; a window's bounds.
+const PSEUDO_COLUMNS: [&str; 5] = ["ROWTIME", "ROWPARTITION", "ROWOFFSET", WINDOWSTART, WINDOWEND];
 /// Window end pseudo column.
 pub const WINDOWEND: &str = "WINDOWEND";
 
@@ -339,7 +341,7 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
         (plan, _) => plan?,
     };
     crate::typecheck::check(&plan)?;
-    let plan = crate::typecheck::extremes(plan)?;
+    let plan = crate::typecheck::typed_rules(plan)?;
     // The analyzer adds DataFusion's type coercions (casts) to the plan.
     let plan = simplify(state.analyzer().execute_and_check(plan, state.config_options(), |_, _| {})?);
     let LogicalPlan::Projection(projection) = &plan else {
@@ -405,10 +407,7 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
 
 /// ksqlDB's message for a column that does not exist, naming the clause it is in.
 fn unresolved_column(items: &[sp::SelectItem], selection: Option<&sp::Expr>, source: &SourceDef) -> Option<SqlError> {
-    let known = |c: &str| {
-        source.columns.iter().any(|x| x.name == c)
-            || ["ROWTIME", "ROWPARTITION", "ROWOFFSET", WINDOWSTART, WINDOWEND].contains(&c)
-    };
+    let known = |c: &str| source.columns.iter().any(|x| x.name == c) || PSEUDO_COLUMNS.contains(&c);
     let unknown = |e: &sp::Expr| {
         let mut found = None;
         let _ = sp::visit_expressions(e, |x: &sp::Expr| {
@@ -719,7 +718,7 @@ fn check_partition_by(projection: &[sp::SelectItem], source: &SourceDef, exprs: 
     if exprs.len() > 1 && exprs.iter().any(is_null) {
         return Err(SqlError::plan("Cannot PARTITION BY multiple columns including NULL"));
     }
-    let pseudo = ["ROWTIME", "ROWPARTITION", "ROWOFFSET", WINDOWSTART, WINDOWEND];
+    let pseudo = PSEUDO_COLUMNS;
     let known = |name: &str| {
         source.columns.iter().any(|c| c.name.eq_ignore_ascii_case(name))
             || pseudo.iter().any(|p| p.eq_ignore_ascii_case(name))
@@ -1581,7 +1580,7 @@ pub async fn run_pull(
     let result = async {
         let plan = plan?;
         crate::typecheck::check(&plan)?;
-        let plan = crate::typecheck::extremes(plan)?;
+        let plan = crate::typecheck::typed_rules(plan)?;
         let mut key_names: Vec<&str> = source.key_columns().map(|c| c.name.as_str()).collect();
         if source.window.is_some() {
             key_names.extend([WINDOWSTART, WINDOWEND]);
@@ -1846,20 +1845,11 @@ fn selected_columns_error(select: &Select, catalog: &Catalog) -> Option<SqlError
 /// The columns a SELECT list names directly (`C`, `A.C`, `A.*`) must exist, with ksqlDB's
 /// messages: an unknown qualifier, an unknown column, a column of several joined sources.
 fn check_selected_columns(body: &sp::Select, sides: &[Side]) -> Result<()> {
-    let pseudo = ["ROWTIME", "ROWPARTITION", "ROWOFFSET", WINDOWSTART, WINDOWEND];
+    let pseudo = PSEUDO_COLUMNS;
     let has = |s: &Side, c: &str| s.2.columns.iter().any(|x| x.name == c);
-    let side = |q: &str| {
-        sides
-            .iter()
-            .find(|s| s.0 == q || s.1 == q)
-            .ok_or_else(|| SqlError::plan(format!("'{q}' is not a valid stream/table name or alias.")))
-    };
+    known_qualifiers(body, sides)?;
     for item in &body.projection {
         match item {
-            sp::SelectItem::QualifiedWildcard(sp::SelectItemQualifiedWildcardKind::ObjectName(name), _) => {
-                let q = name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.clone()).unwrap_or_default();
-                side(&q)?;
-            }
             sp::SelectItem::UnnamedExpr(e) | sp::SelectItem::ExprWithAlias { expr: e, .. } => match e {
                 sp::Expr::Identifier(id) if !pseudo.contains(&id.value.as_str()) => {
                     let owners: Vec<&Side> = sides.iter().filter(|s| has(s, &id.value)).collect();
@@ -1877,13 +1867,32 @@ fn check_selected_columns(body: &sp::Select, sides: &[Side]) -> Result<()> {
                 }
                 sp::Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
                     let (q, c) = (&parts[0].value, &parts[1].value);
-                    if !has(side(q)?, c) && !pseudo.contains(&c.as_str()) {
+                    if !has(side(sides, q)?, c) && !pseudo.contains(&c.as_str()) {
                         return Err(SqlError::plan(format!("SELECT column '{q}.{c}' cannot be resolved.")));
                     }
                 }
                 _ => {}
             },
             _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The source named `q` (by name or alias), or ksqlDB's message that there is none.
+fn side<'a>(sides: &'a [Side], q: &str) -> Result<&'a Side> {
+    sides
+        .iter()
+        .find(|s| s.0 == q || s.1 == q)
+        .ok_or_else(|| SqlError::plan(format!("'{q}' is not a valid stream/table name or alias.")))
+}
+
+/// Every `X.*` of the SELECT list names one of the sources.
+fn known_qualifiers(body: &sp::Select, sides: &[Side]) -> Result<()> {
+    for item in &body.projection {
+        if let sp::SelectItem::QualifiedWildcard(sp::SelectItemQualifiedWildcardKind::ObjectName(name), _) = item {
+            let q = name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.clone()).unwrap_or_default();
+            side(sides, &q)?;
         }
     }
     Ok(())
@@ -1924,14 +1933,8 @@ async fn plan_joins(ctx: &SessionContext, catalog: &Catalog, select: &Select) ->
             kafka.join(", ")
         )));
     }
-    for item in &body.projection {
-        if let sp::SelectItem::QualifiedWildcard(sp::SelectItemQualifiedWildcardKind::ObjectName(name), _) = item {
-            let q = name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.clone()).unwrap_or_default();
-            if !sides.iter().any(|s| s.0 == q || s.1 == q) {
-                return Err(SqlError::plan(format!("'{q}' is not a valid stream/table name or alias.")));
-            }
-        }
-    }
+    // (`X.*` of no source would otherwise select nothing.)
+    known_qualifiers(body, &sides)?;
     let grouped = !matches!(body.group_by, sp::GroupByExpr::Expressions(ref e, _) if e.is_empty());
     let more = grouped || select.window.is_some() || !select.partition_by.is_empty();
     if sides.len() == 2 && !more {
@@ -2283,7 +2286,7 @@ async fn plan_join(
     let mut synthetic_names: Vec<String> = Vec::new();
     for item in &body.projection {
         if let sp::SelectItem::ExprWithAlias { alias, .. } = item {
-            if ["ROWTIME", "ROWPARTITION", "ROWOFFSET", WINDOWSTART, WINDOWEND].contains(&alias.value.as_str()) {
+            if PSEUDO_COLUMNS.contains(&alias.value.as_str()) {
                 return Err(SqlError::plan(format!(
                     "Reserved column name in select: `{}`. Please remove or alias the column.",
                     alias.value
@@ -2379,7 +2382,7 @@ async fn plan_join(
     }
     let plan = plan?;
     crate::typecheck::check(&plan)?;
-    let plan = crate::typecheck::extremes(plan)?;
+    let plan = crate::typecheck::typed_rules(plan)?;
     let source_of = |q: &str| {
         Some(if q == left_alias {
             left_name.clone()
@@ -3206,7 +3209,7 @@ fn rewrite_projection(
 /// ksqlDB reserves the pseudo column names: they cannot be aliases, and window bounds can only
 /// be selected from windowed aggregations.
 fn check_reserved_names(items: &[sp::SelectItem], windowed: bool, persistent: bool) -> Result<()> {
-    const RESERVED: [&str; 5] = ["ROWTIME", "ROWPARTITION", "ROWOFFSET", WINDOWSTART, WINDOWEND];
+    const RESERVED: [&str; 5] = PSEUDO_COLUMNS;
     let reserved_in_select = |name: &str| {
         SqlError::plan(format!("Reserved column name in select: `{name}`. Please remove or alias the column."))
     };

@@ -221,17 +221,17 @@ fn type_name(e: &Expr, t: &DataType) -> String {
     }
 }
 
-/// ksqlDB's `GREATEST` and `LEAST` are Java overloads (INT, BIGINT, DOUBLE, DECIMAL, STRING,
-/// BYTES, DATE, TIME, TIMESTAMP varargs): arguments of one numeric type keep it; numbers of
-/// several types are DOUBLEs when one of them is (the only overload taking them all), and
-/// otherwise ambiguous; numbers never mix with text; NULLs alone match every overload.
-/// Integer literals take any numeric type. Returns the plan with the DOUBLE casts made.
-pub fn extremes(plan: LogicalPlan) -> Result<LogicalPlan> {
+/// ksqlDB's rules that need the expressions' types, applied to the plan after [`check`]:
+/// GREATEST and LEAST resolved as ksqlDB's overloads ([`extreme`]), and STRUCT or MAP cast to
+/// STRING written as Java writes them ([`java_text_cast`]).
+pub fn typed_rules(plan: LogicalPlan) -> Result<LogicalPlan> {
     let out = plan.transform_up(|node| {
         let Some(input) = node.inputs().first().map(|i| i.schema().clone()) else {
             return Ok(Transformed::no(node));
         };
-        let mapped = node.map_expressions(|e| e.transform_up(|e| extreme(e, &input)))?;
+        let mapped = node.map_expressions(|e| {
+            e.transform_up(|e| java_text_cast(e, &input)?.transform_data(|e| extreme(e, &input)))
+        })?;
         if mapped.transformed {
             mapped.map_data(|p| p.recompute_schema())
         } else {
@@ -241,18 +241,28 @@ pub fn extremes(plan: LogicalPlan) -> Result<LogicalPlan> {
     Ok(out.data)
 }
 
-fn extreme(e: Expr, schema: &DFSchema) -> datafusion::common::Result<Transformed<Expr>> {
-    // (Also: a STRUCT or MAP cast to STRING is written as Java writes it.)
-    if let Expr::Cast(c) = &e {
-        let text = matches!(c.field.data_type(), DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8);
-        if text && matches!(c.expr.get_type(schema)?, DataType::Struct(_) | DataType::Map(..)) {
-            let Expr::Cast(c) = e else { return Ok(Transformed::no(e)) };
-            let udf = std::sync::Arc::new(crate::castfn::java_text_udf());
-            let call =
-                Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(udf, vec![*c.expr]));
-            return Ok(Transformed::yes(call));
-        }
+/// `CAST(x AS STRING)` of a STRUCT or MAP `x` is [`crate::castfn::java_text_udf`] of `x`.
+fn java_text_cast(e: Expr, schema: &DFSchema) -> datafusion::common::Result<Transformed<Expr>> {
+    let c = match e {
+        Expr::Cast(c) if matches!(c.field.data_type(), DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8) => c,
+        other => return Ok(Transformed::no(other)),
+    };
+    if !matches!(c.expr.get_type(schema)?, DataType::Struct(_) | DataType::Map(..)) {
+        return Ok(Transformed::no(Expr::Cast(c)));
     }
+    let udf = std::sync::Arc::new(crate::castfn::java_text_udf());
+    Ok(Transformed::yes(Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
+        udf,
+        vec![*c.expr],
+    ))))
+}
+
+/// ksqlDB's `GREATEST` and `LEAST` are Java overloads (INT, BIGINT, DOUBLE, DECIMAL, STRING,
+/// BYTES, DATE, TIME, TIMESTAMP varargs): arguments of one numeric type keep it; numbers of
+/// several types are DOUBLEs when one of them is (the only overload taking them all), and
+/// otherwise ambiguous; numbers never mix with text; NULLs alone match every overload.
+/// Integer literals take any numeric type; the DOUBLE casts are made here.
+fn extreme(e: Expr, schema: &DFSchema) -> datafusion::common::Result<Transformed<Expr>> {
     let mut f = match e {
         Expr::ScalarFunction(f) if matches!(f.func.name(), "greatest" | "least") => f,
         other => return Ok(Transformed::no(other)),

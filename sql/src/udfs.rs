@@ -358,40 +358,19 @@ impl ScalarUDFImpl for FormatTimestamp {
     }
 }
 
-/// `SQRT(x)` as Java's `Math.sqrt`: a DOUBLE, NaN for a negative number (DataFusion's fails the
-/// whole expression).
+/// ksqlDB's math functions where DataFusion's differ, as Java computes them (DOUBLEs):
+/// `SQRT(x)` is NaN for a negative number (DataFusion's fails the whole expression);
+/// `LOG(base, x)` is `ln(x) / ln(base)`, NaN for a base of 0 or less or of 1 (the planner renames
+/// the two-argument LOG to `ksql_log`).
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct Sqrt {
+struct JavaMath {
+    name: &'static str,
     signature: Signature,
 }
 
-impl ScalarUDFImpl for Sqrt {
+impl ScalarUDFImpl for JavaMath {
     fn name(&self) -> &str {
-        "sqrt"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Float64)
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let x = args.args[0].to_array(args.number_rows)?;
-        let x = arrow::compute::cast(&x, &DataType::Float64)?;
-        let roots: Float64Array = x.as_primitive::<Float64Type>().unary(f64::sqrt);
-        Ok(ColumnarValue::Array(Arc::new(roots)))
-    }
-}
-
-/// `LOG(base, x)` as ksqlDB's: `ln(x) / ln(base)`, NaN for a base of 0 or less or of 1.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct LogBase {
-    signature: Signature,
-}
-
-impl ScalarUDFImpl for LogBase {
-    fn name(&self) -> &str {
-        "ksql_log"
+        self.name
     }
     fn signature(&self) -> &Signature {
         &self.signature
@@ -401,22 +380,36 @@ impl ScalarUDFImpl for LogBase {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let base = arrow::compute::cast(&arrays[0], &DataType::Float64)?;
-        let x = arrow::compute::cast(&arrays[1], &DataType::Float64)?;
-        let logs: Float64Array = arrow::compute::kernels::arity::binary(
-            base.as_primitive::<Float64Type>(),
-            x.as_primitive::<Float64Type>(),
-            |b, v| if b <= 0.0 || b == 1.0 { f64::NAN } else { v.ln() / b.ln() },
-        )?;
-        Ok(ColumnarValue::Array(Arc::new(logs)))
+        let doubles = arrays
+            .iter()
+            .map(|a| arrow::compute::cast(a, &DataType::Float64))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let arg = |i: usize| doubles[i].as_primitive::<Float64Type>();
+        let out: Float64Array = match self.name {
+            "sqrt" => arg(0).unary(f64::sqrt),
+            _ => arrow::compute::kernels::arity::binary(arg(0), arg(1), |b, v| {
+                if b <= 0.0 || b == 1.0 {
+                    f64::NAN
+                } else {
+                    v.ln() / b.ln()
+                }
+            })?,
+        };
+        Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
 
 pub fn all() -> Vec<ScalarUDF> {
     let two_or_three = || Signature::one_of(vec![TypeSignature::Any(2), TypeSignature::Any(3)], Volatility::Immutable);
     vec![
-        ScalarUDF::from(Sqrt { signature: Signature::uniform(1, vec![DataType::Float64], Volatility::Immutable) }),
-        ScalarUDF::from(LogBase { signature: Signature::uniform(2, vec![DataType::Float64], Volatility::Immutable) }),
+        ScalarUDF::from(JavaMath {
+            name: "sqrt",
+            signature: Signature::uniform(1, vec![DataType::Float64], Volatility::Immutable),
+        }),
+        ScalarUDF::from(JavaMath {
+            name: "ksql_log",
+            signature: Signature::uniform(2, vec![DataType::Float64], Volatility::Immutable),
+        }),
         ScalarUDF::from(FormatTimestamp { name: "timestamptostring", days: false, signature: two_or_three() }),
         ScalarUDF::from(FormatTimestamp { name: "format_timestamp", days: false, signature: two_or_three() }),
         ScalarUDF::from(FormatTimestamp {
