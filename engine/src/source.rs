@@ -14,7 +14,7 @@ use arrow::buffer::OffsetBuffer;
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
-use rill_connectors::format::{self, Decoder, Format, Registered};
+use rill_connectors::format::{self, Decoder, Format, FormatKind, Registered};
 use rill_connectors::registry::{subject, SchemaRegistry};
 use rill_connectors::store::Fetch;
 
@@ -205,6 +205,9 @@ pub struct SourceSpec {
     /// Rows end with a hidden [`HEADERS`] column (after every other column), which a
     /// stateless query carries to its output records.
     pub carry_headers: bool,
+    /// The value columns the query reads (indices into `value_schema`), when it reads only
+    /// some: JSON values then decode only those, and the others come out null. `None`: all.
+    pub read_values: Option<Vec<usize>>,
 }
 
 /// A column read from a record's headers (ksqlDB's `HEADERS` and `HEADER('key')` columns).
@@ -246,6 +249,27 @@ impl HeaderColumn {
 }
 
 impl SourceSpec {
+    /// The value columns to decode when not all (see [`SourceSpec::read_values`]): JSON objects
+    /// only (fields found by name), of at least one column, and every column the reader itself
+    /// needs (a formatted event time).
+    fn projected_values(&self) -> Option<Vec<usize>> {
+        let mut read = self.read_values.clone()?;
+        let values = self.value_schema.fields().len();
+        if self.value_format.kind != FormatKind::Json || !self.value_format.wrap_single_value || values < 2 {
+            return None;
+        }
+        let keys = self.key_schema.fields().len();
+        if let EventTime::Formatted { column, .. } | EventTime::Column(column) = &self.event_time {
+            if *column >= keys && !read.contains(&(column - keys)) {
+                read.push(column - keys);
+            }
+        }
+        read.sort_unstable();
+        read.dedup();
+        read.retain(|i| *i < values);
+        (!read.is_empty() && read.len() < values).then_some(read)
+    }
+
     /// The schema of the batches the reader produces.
     pub fn row_schema(&self) -> SchemaRef {
         let mut fields: Vec<Field> = Vec::new();
@@ -318,6 +342,8 @@ pub struct SourceReader {
     key_decoder: Box<dyn Decoder>,
     value_decoder: Box<dyn Decoder>,
     registry: Arc<dyn SchemaRegistry>,
+    /// The value columns decoded, when not all are (see [`SourceSpec::read_values`]).
+    read_values: Option<Vec<usize>>,
 }
 
 impl SourceReader {
@@ -325,9 +351,14 @@ impl SourceReader {
     pub fn try_new(spec: SourceSpec, partition: u32, registry: Arc<dyn SchemaRegistry>) -> Result<Self> {
         let on = |key: bool| Registered { registry: registry.clone(), subject: subject(&spec.topic, key) };
         let key_decoder = format::decoder(&spec.key_format, spec.key_schema.clone(), Some(&on(true)))?;
-        let value_decoder = format::decoder(&spec.value_format, spec.value_schema.clone(), Some(&on(false)))?;
+        let read_values = spec.projected_values();
+        let value_schema = match &read_values {
+            Some(read) => Arc::new(spec.value_schema.project(read)?),
+            None => spec.value_schema.clone(),
+        };
+        let value_decoder = format::decoder(&spec.value_format, value_schema, Some(&on(false)))?;
         let schema = spec.row_schema();
-        Ok(Self { spec, partition, schema, key_decoder, value_decoder, registry })
+        Ok(Self { spec, partition, schema, key_decoder, value_decoder, registry, read_values })
     }
 
     /// Another reader of the same partition (to decode fetches side by side).
@@ -503,6 +534,25 @@ impl SourceReader {
     /// Decodes values; tombstones become rows of nulls. One array per value column, one row
     /// per input, and the failures.
     fn decode_values(&mut self, values: &[Option<&[u8]>]) -> Result<ColumnsAndErrors> {
+        let (mut cols, errors) = self.decode_read_values(values)?;
+        // Columns the query does not read: null.
+        if let Some(read) = &self.read_values {
+            let mut decoded = std::mem::take(&mut cols).into_iter();
+            for (i, f) in self.spec.value_schema.fields().iter().enumerate() {
+                match read.contains(&i) {
+                    true => {
+                        cols.push(decoded.next().ok_or_else(|| {
+                            EngineError::Internal("the value decoder returned too few columns".into())
+                        })?)
+                    }
+                    false => cols.push(arrow::array::new_null_array(f.data_type(), values.len())),
+                }
+            }
+        }
+        Ok((cols, errors))
+    }
+
+    fn decode_read_values(&mut self, values: &[Option<&[u8]>]) -> Result<ColumnsAndErrors> {
         let present: Vec<usize> = (0..values.len()).filter(|i| values[*i].is_some()).collect();
         let bytes: Vec<&[u8]> = present.iter().filter_map(|i| values[*i]).collect();
         let decoded = self.value_decoder.decode(&bytes)?;
@@ -570,7 +620,6 @@ mod tests {
     /// (null when absent); the value decoder never sees the header columns.
     #[tokio::test]
     async fn header_columns_come_from_the_record_headers() {
-        use rill_connectors::format::FormatKind;
         use rill_connectors::store::{Record, TopicConfig, TopicStore};
         let dir = tempfile::tempdir().unwrap();
         let store = rill_connectors::EmbeddedStore::open(dir.path()).unwrap();
@@ -598,6 +647,7 @@ mod tests {
                 HeaderColumn { name: "ABC".into(), key: Some("abc".into()), data_type: DataType::Binary },
             ],
             carry_headers: false,
+            read_values: None,
         };
         let mut reader = SourceReader::try_new(spec, 0, Arc::new(rill_connectors::FileRegistry::in_memory())).unwrap();
         let fetch = store.read("t", 0, 0, 1 << 20).unwrap();
@@ -615,6 +665,60 @@ mod tests {
         assert_eq!(values, [Some(&b"!"[..]), None, Some(&b"#"[..])]);
         let abc: Vec<Option<&[u8]>> = batch.column(2).as_binary::<i32>().iter().collect();
         assert_eq!(abc, [None, Some(&b"#"[..])]);
+    }
+
+    /// A query reading some value columns of JSON records decodes only those: the others come
+    /// out null, and a record is not refused for a column the query does not read.
+    #[tokio::test]
+    async fn unread_json_columns_are_not_decoded() {
+        use rill_connectors::store::{Record, TopicConfig, TopicStore};
+        let dir = tempfile::tempdir().unwrap();
+        let store = rill_connectors::EmbeddedStore::open(dir.path()).unwrap();
+        store.create_topic("t", TopicConfig { partitions: 1, ..Default::default() }).unwrap();
+        let record = |v: &'static str| Record {
+            timestamp: 5,
+            key: None,
+            value: Some(Bytes::from_static(v.as_bytes())),
+            headers: vec![],
+        };
+        let records = [record(r#"{"A": 1, "B": "x", "C": 2}"#), record(r#"{"A": 3, "B": "y", "C": "not a number"}"#)];
+        store.append("t", 0, &records).await.unwrap();
+        let value_schema = Schema::new(vec![
+            Field::new("A", DataType::Int64, true),
+            Field::new("B", DataType::Utf8, true),
+            Field::new("C", DataType::Int64, true),
+        ]);
+        let mut spec = SourceSpec {
+            topic: "t".into(),
+            key_format: Format::new(FormatKind::None),
+            value_format: Format::new(FormatKind::Json),
+            key_schema: Arc::new(Schema::empty()),
+            value_schema: Arc::new(value_schema),
+            event_time: EventTime::RecordTimestamp,
+            keep_tombstones: false,
+            skip_null_keys: false,
+            window: None,
+            headers: vec![],
+            carry_headers: false,
+            read_values: Some(vec![0, 1]),
+        };
+        let registry = Arc::new(rill_connectors::FileRegistry::in_memory());
+        let fetch = store.read("t", 0, 0, 1 << 20).unwrap();
+        let mut reader = SourceReader::try_new(spec.clone(), 0, registry.clone()).unwrap();
+        let read = reader.read(&fetch).unwrap();
+        let batch = read.batch.unwrap();
+        assert!(read.dead.is_empty());
+        let a: Vec<Option<i64>> = batch.column(0).as_primitive::<arrow::datatypes::Int64Type>().iter().collect();
+        assert_eq!(a, [Some(1), Some(3)]);
+        let b: Vec<Option<&str>> = batch.column(1).as_string::<i32>().iter().collect();
+        assert_eq!(b, [Some("x"), Some("y")]);
+        assert_eq!(batch.column(2).null_count(), 2);
+        // Reading every column, the second record is bad.
+        spec.read_values = None;
+        let mut reader = SourceReader::try_new(spec, 0, registry).unwrap();
+        let read = reader.read(&fetch).unwrap();
+        assert_eq!(read.batch.unwrap().num_rows(), 1);
+        assert_eq!(read.dead.len(), 1);
     }
 
     #[test]

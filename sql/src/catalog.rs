@@ -122,6 +122,7 @@ impl SourceDef {
                 })
                 .collect(),
             carry_headers: false,
+            read_values: None,
             window: self.window.map(|w| match w {
                 WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => SourceWindow::Time { size },
                 WindowKind::Session { .. } => SourceWindow::Session,

@@ -317,6 +317,7 @@ impl KsqlEngine {
                 if sink.has_header_columns() {
                     return Err(SqlError::plan(format!("Cannot insert into {target} because it has header columns")));
                 }
+                let query = literals_as_sink_decimals(*query, &sink);
                 let plan = planner::plan_select(&self.ctx, catalog, &query).await?;
                 check_insert_schema(&plan, &sink)?;
                 let sequence = self.peek_sequence(replay)?;
@@ -332,9 +333,7 @@ impl KsqlEngine {
             }
             Statement::InsertValues { target, columns, values } => {
                 let Some(sink) = catalog.sources.get(&target).cloned() else {
-                    return Err(SqlError::NotFound(format!(
-                        "Cannot insert values into an unknown stream/table: {target}"
-                    )));
+                    return Err(unknown_insert_target(catalog, &target));
                 };
                 self.insert_values(&sink, columns, values).await?;
                 Ok(StatementResult::Nothing)
@@ -701,11 +700,29 @@ impl KsqlEngine {
         })?;
         let (key_format, mut value_format) = formats(with, None, props)?;
         let mut columns = columns;
+        for (prop, format, key) in [("KEY_SCHEMA_ID", &key_format, true), ("VALUE_SCHEMA_ID", &value_format, false)] {
+            if !with.contains_key(prop) {
+                continue;
+            }
+            let side = if key { "KEY" } else { "VALUE" };
+            if !format.kind.uses_registry() {
+                return Err(SqlError::plan(format!(
+                    "{side}_FORMAT should support schema inference when {prop} is provided. Current format is {}.",
+                    format.kind.name()
+                )));
+            }
+            if columns.iter().any(|c| c.key == key && c.header.is_none()) {
+                return Err(SqlError::plan(format!(
+                    "Table elements and {prop} cannot both exist for create statement."
+                )));
+            }
+        }
         // AVRO sources declared without value (or key) columns take them from the latest schema
         // registered for the topic, as ksqlDB does.
         if value_format.kind.uses_registry() && !columns.iter().any(|c| !c.key && c.header.is_none()) {
             let whole = matches!(with.get("WRAP_SINGLE_VALUE"), Some(PropValue::Bool(false)));
-            let (inferred, single) = self.inferred_columns(&topic, false, whole, value_format.kind)?;
+            let named = with.contains_key("VALUE_SCHEMA_ID");
+            let (inferred, single) = self.inferred_columns(&topic, false, whole, named, value_format.kind)?;
             if single {
                 value_format.wrap_single_value = false;
             }
@@ -715,12 +732,16 @@ impl KsqlEngine {
             let subject = rill_connectors::registry::subject(&topic, true);
             if self.store.schema_registry().latest(&subject)?.is_some() {
                 // A key is one column (ROWKEY), a record key a STRUCT: keys are unwrapped.
-                let (mut inferred, _) = self.inferred_columns(&topic, true, true, key_format.kind)?;
+                let named = with.contains_key("KEY_SCHEMA_ID");
+                let (mut inferred, _) = self.inferred_columns(&topic, true, true, named, key_format.kind)?;
                 for c in &mut inferred {
                     c.primary_key = kind == SourceKind::Table;
                 }
                 columns.splice(0..0, inferred);
             }
+        }
+        if columns.is_empty() {
+            return Err(SqlError::plan("No columns supplied."));
         }
         let mut seen = std::collections::HashSet::new();
         let headers_type = SqlType::Array(Box::new(SqlType::Struct(vec![
@@ -811,13 +832,15 @@ impl KsqlEngine {
     }
 
     /// The columns of the latest AVRO schema registered for a topic's values (`key == false`) or
-    /// keys, upper-cased as ksqlDB infers them; `whole`: the schema is one column even if it is a
-    /// record. Returns whether the columns are one unwrapped value.
+    /// keys, upper-cased as ksqlDB infers them, or as the schema names them when the statement
+    /// names the schema by id (`named`); `whole`: the schema is one column even if it is a record.
+    /// Returns whether the columns are one unwrapped value.
     fn inferred_columns(
         &self,
         topic: &str,
         key: bool,
         whole: bool,
+        named: bool,
         kind: FormatKind,
     ) -> Result<(Vec<ColumnDef>, bool)> {
         let subject = rill_connectors::registry::subject(topic, key);
@@ -854,14 +877,11 @@ impl KsqlEngine {
         let mut out = Vec::with_capacity(fields.len());
         for f in fields.iter() {
             let sql_type = SqlType::from_arrow(f.data_type()).ok_or_else(unsupported)?;
-            out.push(ColumnDef {
-                name: f.name().to_uppercase(),
-                sql_type: upper_fields(sql_type),
-                key,
-                primary_key: false,
-                header: None,
-                position: Default::default(),
-            });
+            let (name, sql_type) = match named {
+                true => (f.name().clone(), sql_type),
+                false => (f.name().to_uppercase(), upper_fields(sql_type)),
+            };
+            out.push(ColumnDef { name, sql_type, key, primary_key: false, header: None, position: Default::default() });
         }
         Ok((out, unwrapped))
     }
@@ -1244,9 +1264,9 @@ impl KsqlEngine {
     /// Inserts rows given as JSON objects (the `/inserts-stream` endpoint); field names match
     /// columns case-insensitively, `ROWTIME` sets the record timestamp. Returns one result per row.
     pub async fn insert_json(&self, target: &str, rows: &[&[u8]]) -> Result<Vec<std::result::Result<(), String>>> {
-        let sink = self.source(target).await.ok_or_else(|| {
-            SqlError::NotFound(format!("Cannot insert values into an unknown stream/table: {target}"))
-        })?;
+        let Some(sink) = self.source(target).await else {
+            return Err(unknown_insert_target(&*self.catalog.lock().await, target));
+        };
         if sink.read_only {
             return Err(SqlError::plan(format!(
                 "Cannot insert values into read-only {}: {}",
@@ -1704,6 +1724,33 @@ fn check_columns(columns: &[Column], with: &Props, value_format: &Format) -> Res
     Ok(())
 }
 
+/// INSERT INTO casts a number literal selected into a DECIMAL column of the sink to that
+/// column's type, as ksqlDB does (`INSERT INTO T SELECT 1 AS C1` with C1 DECIMAL(5, 2)).
+fn literals_as_sink_decimals(mut query: Select, sink: &SourceDef) -> Select {
+    let sp::SetExpr::Select(body) = query.query.body.as_mut() else { return query };
+    for item in &mut body.projection {
+        let sp::SelectItem::ExprWithAlias { expr, alias } = item else { continue };
+        let number = match &*expr {
+            sp::Expr::UnaryOp { op: sp::UnaryOperator::Minus, expr } => expr.as_ref(),
+            e => e,
+        };
+        if !matches!(number, sp::Expr::Value(v) if matches!(v.value, sp::Value::Number(..))) {
+            continue;
+        }
+        let Some(column) = sink.columns.iter().find(|c| c.name == alias.value) else { continue };
+        let SqlType::Decimal(precision, scale) = column.sql_type else { continue };
+        let data_type = sp::DataType::Decimal(sp::ExactNumberInfo::PrecisionAndScale(precision as u64, scale as i64));
+        *expr = sp::Expr::Cast {
+            kind: sp::CastKind::Cast,
+            expr: Box::new(expr.clone()),
+            data_type,
+            array: false,
+            format: None,
+        };
+    }
+    query
+}
+
 fn check_insert_schema(plan: &QueryPlan, sink: &SourceDef) -> Result<()> {
     let ours: Vec<(&str, &SqlType, bool)> =
         plan.columns.iter().map(|c| (c.name.as_str(), &c.sql_type, c.key)).collect();
@@ -1745,6 +1792,11 @@ fn cast_value(a: &ArrayRef, dt: &DataType, column: &str) -> Result<ArrayRef> {
 fn reader_spec(plan: &QueryPlan) -> rill_engine::source::SourceSpec {
     let mut spec = plan.source.source_spec();
     spec.carry_headers = plan.headers_column.is_some();
+    // Value columns the query never reads need not be decoded.
+    spec.read_values = plan.read_columns.as_ref().map(|read| {
+        let fields = spec.value_schema.fields().iter().enumerate();
+        fields.filter(|(_, f)| read.contains(f.name())).map(|(i, _)| i).collect()
+    });
     spec
 }
 
@@ -1793,8 +1845,11 @@ fn formats(with: &Props, inherit: Option<(&Format, &Format)>, props: &Properties
     }
     // WRAP_SINGLE_VALUE is not inherited from a query's source (ksqlDB).
     if let Some(PropValue::Bool(b)) = with.get("WRAP_SINGLE_VALUE") {
-        if *b && value.kind == FormatKind::Delimited {
-            return Err(SqlError::plan("Format 'DELIMITED' does not support 'WRAP_SINGLE_VALUE' set to 'true'."));
+        if *b && matches!(value.kind, FormatKind::Delimited | FormatKind::Kafka) {
+            return Err(SqlError::plan(format!(
+                "Format '{}' does not support 'WRAP_SINGLE_VALUE' set to 'true'.",
+                value.kind.name()
+            )));
         }
         if !*b && matches!(value.kind, FormatKind::Protobuf | FormatKind::ProtobufNosr) {
             return Err(SqlError::plan(format!(
@@ -1832,6 +1887,20 @@ fn formats(with: &Props, inherit: Option<(&Format, &Format)>, props: &Properties
                     )))
                 }
             };
+        }
+    }
+    for (prop, f) in
+        [("VALUE_AVRO_SCHEMA_FULL_NAME", &value), ("VALUE_SCHEMA_FULL_NAME", &value), ("KEY_SCHEMA_FULL_NAME", &key)]
+    {
+        let Some(name) = get(prop) else { continue };
+        if !f.kind.uses_registry() {
+            return Err(SqlError::plan(format!(
+                "{} does not support the following configs: [fullSchemaName]",
+                f.kind.name()
+            )));
+        }
+        if name.trim().is_empty() {
+            return Err(SqlError::plan("fullSchemaName cannot be empty. Format configuration: {fullSchemaName=}"));
         }
     }
     // ksqlDB keys are unwrapped single values.
@@ -1986,4 +2055,23 @@ fn rand_suffix() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_i64(now_ms());
     h.finish() % 10_000_000_000
+}
+
+/// ksqlDB's message for INSERT into a source that does not exist, with a hint when one exists
+/// under the same name in another case (the name was or was not quoted when it should not or
+/// should have been).
+fn unknown_insert_target(catalog: &Catalog, target: &str) -> SqlError {
+    let mut message = format!("Cannot insert values into an unknown stream/table: `{target}`");
+    let other = catalog.sources.keys().find(|n| n.eq_ignore_ascii_case(target) && n.as_str() != target);
+    if let Some(other) = other {
+        if target == target.to_uppercase() {
+            message.push_str(&format!(
+                "\nDid you mean \"{other}\"? Hint: wrap the source name in double quotes to make it case-sensitive."
+            ));
+        } else {
+            message
+                .push_str(&format!("\nDid you mean {other}? Hint: try removing double quotes from the source name."));
+        }
+    }
+    SqlError::NotFound(message)
 }

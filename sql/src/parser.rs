@@ -415,6 +415,15 @@ impl StatementParser {
                     Statement::Explain { target: ExplainTarget::Statement(Box::new(self.statement()?)) }
                 }
             }
+            t if is_word(t, "ASSERT") => {
+                self.pos += 1;
+                if self.is_kw("TOPIC") || self.is_kw("SCHEMA") || self.is_kw("NOT") {
+                    return Err(SqlError::Unsupported("ASSERT TOPIC and ASSERT SCHEMA are not supported yet".into()));
+                }
+                return self.unexpected();
+            }
+            // The CLI's RUN SCRIPT is no statement of the server's.
+            t if is_word(t, "RUN") => return self.error("Unknown statement 'RUN'"),
             _ => return self.unexpected(),
         };
         self.end()?;
@@ -923,6 +932,14 @@ impl StatementParser {
                 }
             }
             let mut t = self.toks[self.pos].clone();
+            // NULL is no type (`CAST(x AS NULL)`) nor a name.
+            let previous = rest.iter().rev().find(|p| !matches!(p.token, Token::Whitespace(_)));
+            if is_word(&t.token, "NULL") && previous.is_some_and(|p| is_word(&p.token, "AS")) {
+                return Err(SqlError::Parse {
+                    position: Position::of(t.span.start),
+                    message: "Syntax error at or near 'NULL'".into(),
+                });
+            }
             // ksqlDB's `s->*` (every field of a struct) is not SQL: the planner expands it.
             if t.token == Token::Mul && rest.last().is_some_and(|p| p.token == Token::Arrow) {
                 t.token = Token::make_word(STRUCT_ALL, None);
@@ -934,7 +951,7 @@ impl StatementParser {
         let pos =
             rest.last().map(|t| Position { line: t.span.end.line, column: t.span.end.column }).unwrap_or_default();
         let n = rest.len();
-        let mut p = Parser::new(&KsqlDialect).with_tokens_with_locations(rest);
+        let mut p = Parser::new(&KsqlDialect).with_tokens_with_locations(rest.clone());
         let query = p.parse_query().map_err(|e| parser_error(e, pos))?;
         if p.index() < n {
             let t = p.peek_token();
@@ -943,11 +960,47 @@ impl StatementParser {
                 message: format!("Syntax error at or near '{}'", t.token),
             });
         }
+        group_by_values(&query, &rest)?;
         Ok(Select { query: *query, window, within, partition_by, emit, limit })
     }
 }
 
-/// Turns a sqlparser error (which embeds "at Line: l, Column: c") into a positioned error.
+/// ksqlDB's grammar groups by value expressions, or by one parenthesised list of them:
+/// `GROUP BY a, (b, c)` fails at the comma in the parentheses ("missing ')'"), and a condition
+/// (`GROUP BY a AND b`) at its operator.
+fn group_by_values(query: &sp::Query, toks: &[TokenWithSpan]) -> Result<()> {
+    use sqlparser::ast::Spanned;
+    let sp::SetExpr::Select(select) = query.body.as_ref() else { return Ok(()) };
+    let sp::GroupByExpr::Expressions(exprs, _) = &select.group_by else { return Ok(()) };
+    // The first token of `kind` at or after `from`.
+    let token_after = |from: sqlparser::tokenizer::Location, kind: &dyn Fn(&Token) -> bool| {
+        toks.iter()
+            .find(|t| (t.span.start.line, t.span.start.column) >= (from.line, from.column) && kind(&t.token))
+            .map(|t| Position::of(t.span.start))
+            .unwrap_or(Position::of(from))
+    };
+    for e in exprs {
+        // `GROUP BY (a, b)` alone is one grouping of several expressions.
+        if let (sp::Expr::Tuple(items), true) = (e, exprs.len() > 1) {
+            let first = items.first().map_or(e.span().start, |i| i.span().end);
+            let position = token_after(first, &|t| *t == Token::Comma);
+            return Err(SqlError::Parse { position, message: "missing ')' at ','".into() });
+        }
+        if is_condition(e) {
+            let at = match e {
+                sp::Expr::BinaryOp { left, .. } => left.span().end,
+                _ => e.span().start,
+            };
+            let position = token_after(at, &|t| !matches!(t, Token::Whitespace(_)));
+            return Err(SqlError::Parse {
+                position,
+                message: "Syntax error: GROUP BY takes value expressions, not a condition".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A boolean condition (`AND`, `OR`, `NOT`, a comparison, `IS NULL`, `LIKE`, `IN`, `BETWEEN`):
 /// ksqlDB's grammar allows it where a boolean is expected, not as a value (`PARTITION BY`),
 /// unless in parentheses.
@@ -968,6 +1021,7 @@ fn is_condition(e: &sp::Expr) -> bool {
     }
 }
 
+/// Turns a sqlparser error (which embeds "at Line: l, Column: c") into a positioned error.
 fn parser_error(e: sqlparser::parser::ParserError, fallback: Position) -> SqlError {
     let msg = e.to_string();
     let msg = msg.strip_prefix("sql parser error: ").unwrap_or(&msg).to_string();

@@ -80,6 +80,9 @@ pub struct QueryPlan {
     /// Hidden column with each row's input record headers (stateless queries of a source:
     /// its reader must carry them, see `SourceSpec::carry_headers`); sinks write them.
     pub headers_column: Option<usize>,
+    /// The source's columns the query reads, when known (a single source); the reader may
+    /// leave the others undecoded (see `SourceSpec::read_values`).
+    pub read_columns: Option<Vec<String>>,
     /// The output is a changelog keyed by the GROUP BY columns.
     pub is_table: bool,
     /// PARTITION BY chose a new key.
@@ -107,9 +110,82 @@ async fn plan_query(ctx: &SessionContext, catalog: &Catalog, select: &Select, pu
     let planned = plan_query_as_written(ctx, catalog, select, push).await;
     // DataFusion's messages for columns it cannot resolve become ksqlDB's.
     match planned {
+        Err(e) if e.to_string().contains("require unique expression names") => {
+            let unresolved = selected_columns_error(select, catalog);
+            let duplicate = match unresolved {
+                Some(u) => Some(u),
+                None => duplicate_column_error(ctx, catalog, select, push).await,
+            };
+            Err(duplicate.unwrap_or(e))
+        }
         Err(e) if datafusion_column_error(&e.to_string()) => Err(selected_columns_error(select, catalog).unwrap_or(e)),
+        Err(e) => {
+            Err(non_boolean_where(select, &e.to_string()).or_else(|| select_cast(select, &e.to_string())).unwrap_or(e))
+        }
         other => other,
     }
+}
+
+/// ksqlDB's message for a CAST in the SELECT list between kinds of types that do not convert
+/// (`CAST(text AS ARRAY<INT>)`): "Invalid Select: Cast of ... is not supported".
+fn select_cast(select: &Select, message: &str) -> Option<SqlError> {
+    let cast = &message[message.find("Cast of ")?..];
+    let sp::SetExpr::Select(body) = select.query.body.as_ref() else { return None };
+    // (The parser writes casts to ARRAY, MAP and STRUCT as calls of `crate::castfn`.)
+    let complex = |f: &sp::Function| f.name.to_string().eq_ignore_ascii_case(crate::castfn::NAME);
+    let in_projection = sp::visit_expressions(&body.projection, |e: &sp::Expr| {
+        if matches!(e, sp::Expr::Cast { .. }) || matches!(e, sp::Expr::Function(f) if complex(f)) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    in_projection.is_break().then(|| SqlError::plan(format!("Invalid Select: {cast}")))
+}
+
+/// ksqlDB's message for a WHERE clause that is not a condition (`WHERE 'text'`), from
+/// DataFusion's ("Cannot create filter with non-boolean predicate '...' returning Utf8").
+fn non_boolean_where(select: &Select, message: &str) -> Option<SqlError> {
+    let (_, returning) = message.split_once("Cannot create filter with non-boolean predicate")?;
+    let (_, arrow_type) = returning.rsplit_once(" returning ")?;
+    let data_type: DataType = arrow_type.trim().parse().ok()?;
+    let sql_type = SqlType::from_arrow(&data_type)?;
+    let sp::SetExpr::Select(body) = select.query.body.as_ref() else { return None };
+    let text = ksql_ast_text(body.selection.as_ref()?);
+    Some(SqlError::plan(format!(
+        "Type error in WHERE expression: Should evaluate to boolean but is {text} ({sql_type}) instead."
+    )))
+}
+
+/// ksqlDB's message for a SELECT list naming two columns alike (`SELECT A AS X, B AS X`):
+/// "Duplicate value columns found in schema: `X` TYPE", of the second. Its type comes from
+/// planning the query again with that column renamed.
+async fn duplicate_column_error(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    select: &Select,
+    push: bool,
+) -> Option<SqlError> {
+    const RENAMED: &str = "__RILL_DUPLICATE";
+    let mut select = select.clone();
+    let sp::SetExpr::Select(body) = select.query.body.as_mut() else { return None };
+    let name = |item: &sp::SelectItem| match item {
+        sp::SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.clone()),
+        sp::SelectItem::UnnamedExpr(sp::Expr::Identifier(id)) => Some(id.value.clone()),
+        sp::SelectItem::UnnamedExpr(sp::Expr::CompoundIdentifier(parts)) => parts.last().map(|p| p.value.clone()),
+        _ => None,
+    };
+    let names: Vec<Option<String>> = body.projection.iter().map(name).collect();
+    let second = (1..names.len()).find(|&j| names[j].is_some() && names[..j].contains(&names[j]))?;
+    let duplicate = names[second].clone()?;
+    let expr = match &body.projection[second] {
+        sp::SelectItem::ExprWithAlias { expr, .. } | sp::SelectItem::UnnamedExpr(expr) => expr.clone(),
+        _ => return None,
+    };
+    body.projection[second] = sp::SelectItem::ExprWithAlias { expr, alias: sp::Ident::new(RENAMED) };
+    let plan = Box::pin(plan_query_as_written(ctx, catalog, &select, push)).await.ok()?;
+    let column = plan.columns.iter().find(|c| c.name == RENAMED)?;
+    Some(SqlError::plan(format!("Duplicate value columns found in schema: `{duplicate}` {}", column.sql_type)))
 }
 
 async fn plan_query_as_written(
@@ -143,8 +219,49 @@ async fn plan_query_as_written(
     plan_single(ctx, source, select, push).await
 }
 
+/// ksqlDB's rules for table functions (`EXPLODE`, `CUBE_EXPLODE`): of a stream's rows, not with
+/// aggregations, and EXPLODE of an array.
+fn table_functions(select: &Select, source: &SourceDef) -> Result<()> {
+    let sp::SetExpr::Select(body) = select.query.body.as_ref() else { return Ok(()) };
+    let mut found = None;
+    for item in &body.projection {
+        let _ = sp::visit_expressions(item, |e: &sp::Expr| {
+            if let sp::Expr::Function(f) = e {
+                let name = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_uppercase());
+                if matches!(name.as_deref(), Some("EXPLODE" | "CUBE_EXPLODE")) {
+                    found = Some((name.unwrap_or_default(), plain_args(f).unwrap_or_default()));
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        });
+        if found.is_some() {
+            break;
+        }
+    }
+    let Some((name, args)) = found else { return Ok(()) };
+    if source.kind == SourceKind::Table {
+        return Err(SqlError::plan("Table source is not supported with table functions"));
+    }
+    let grouped = !matches!(body.group_by, sp::GroupByExpr::Expressions(ref e, _) if e.is_empty());
+    if grouped || select.window.is_some() {
+        return Err(SqlError::plan("Table functions cannot be used with aggregations."));
+    }
+    if let (Some(sp::Expr::Identifier(id)), "EXPLODE") = (args.first(), name.as_str()) {
+        let column = source.columns.iter().find(|c| c.name == id.value);
+        if let Some(c) = column.filter(|c| !matches!(c.sql_type, SqlType::Array(_))) {
+            return Err(SqlError::plan(format!(
+                "Function 'explode' does not accept parameters ({}).\nValid alternatives are:\nexplode(ARRAY<DECIMAL> input)\nexplode(ARRAY<T> list)",
+                c.sql_type
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Plans `select` reading FROM `source` alone (no join).
 async fn plan_single(ctx: &SessionContext, source: SourceDef, select: &Select, push: bool) -> Result<QueryPlan> {
+    table_functions(select, &source)?;
     let partition_hint = match select.query.body.as_ref() {
         sp::SetExpr::Select(body) if !push && !select.partition_by.is_empty() => {
             check_partition_by(&body.projection, &source, &select.partition_by)?
@@ -279,13 +396,37 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
                     }
                 },
             };
-            body.projection
-                .push(sp::SelectItem::ExprWithAlias { expr: e.clone(), alias: quoted(&format!("__RILL_PKEY_{i}")) });
+            // A stream's tombstone (no value) has a null key unless the key reads only key columns:
+            // ksqlDB evaluates the expression on the value, which is null.
+            let mut of_value = false;
+            let _ = sp::visit_expressions(e, |x: &sp::Expr| {
+                if let sp::Expr::Identifier(id) = x {
+                    of_value |= !source.columns.iter().any(|c| c.key && c.name == id.value);
+                }
+                ControlFlow::<()>::Continue(())
+            });
+            let expr = if of_value && source.kind == SourceKind::Stream {
+                sp::Expr::Case {
+                    case_token: sp::helpers::attached_token::AttachedToken::empty(),
+                    end_token: sp::helpers::attached_token::AttachedToken::empty(),
+                    operand: None,
+                    conditions: vec![sp::CaseWhen {
+                        condition: sp::Expr::IsTrue(Box::new(sp::Expr::Identifier(quoted(
+                            rill_engine::source::DELETE,
+                        )))),
+                        result: sp::Expr::Value(sp::Value::Null.into()),
+                    }],
+                    else_result: Some(Box::new(e.clone())),
+                }
+            } else {
+                e.clone()
+            };
+            body.projection.push(sp::SelectItem::ExprWithAlias { expr, alias: quoted(&format!("__RILL_PKEY_{i}")) });
             names.push(name);
         }
         rekey = Some(names);
     }
-    string_plus(&mut query, &source);
+    string_plus(&mut query, &[(&[source.name.as_str()], &source)]);
     in_list_literals(&mut query, &source)?;
     // For ksqlDB's message if DataFusion finds a non-aggregate item that is not grouped.
     let written = match query.body.as_ref() {
@@ -347,9 +488,10 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
     let LogicalPlan::Projection(projection) = &plan else {
         return Err(SqlError::Internal(format!("expected a projection, planned:\n{}", plan.display_indent())));
     };
+    let read_columns = referenced_columns(&plan);
     let props = ExecutionProps::new();
     let pctx = PhysicalPlanningContext::default();
-    match peel_having(&projection.input) {
+    let planned = match peel_having(&projection.input) {
         (having, LogicalPlan::Aggregate(aggregate)) => {
             let groups = aggregate.group_expr.len() - if window.is_some() { 2 } else { 0 };
             let names: Vec<String> = aggregate.schema.fields().iter().take(groups).map(|f| f.name().clone()).collect();
@@ -402,7 +544,26 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
             }
             plan_stateless(source, projection, rekey, &props, &pctx)
         }
-    }
+    };
+    planned.map(|plan| QueryPlan { read_columns, ..plan })
+}
+
+/// The names of the columns a plan's expressions read (None if one is a wildcard).
+fn referenced_columns(plan: &LogicalPlan) -> Option<Vec<String>> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut names = std::collections::BTreeSet::new();
+    let mut wildcard = false;
+    let _ = plan.apply(|node| {
+        node.apply_expressions(|e| {
+            #[allow(deprecated)]
+            let is_wildcard = e.exists(|x| Ok(matches!(x, Expr::Wildcard { .. })))?;
+            wildcard |= is_wildcard;
+            names.extend(e.column_refs().into_iter().map(|c| c.name.clone()));
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        Ok(TreeNodeRecursion::Continue)
+    });
+    (!wildcard).then(|| names.into_iter().collect())
 }
 
 /// ksqlDB's message for a column that does not exist, naming the clause it is in.
@@ -660,22 +821,34 @@ fn assignment(arg: &sp::FunctionArg) -> Option<(&sp::Expr, &sp::Expr)> {
 }
 
 /// ksqlDB's `+` also concatenates strings: `a + b` with a string literal or STRING column on
-/// either side becomes `a || b`.
-fn string_plus(query: &mut sp::Query, source: &SourceDef) {
-    fn stringy(e: &sp::Expr, source: &SourceDef) -> bool {
-        let string_column = |name: &str| source.columns.iter().any(|c| c.name == name && c.sql_type == SqlType::String);
-        match e {
-            sp::Expr::Value(v) => matches!(v.value, sp::Value::SingleQuotedString(_)),
-            sp::Expr::Identifier(id) => string_column(&id.value),
-            sp::Expr::CompoundIdentifier(ids) => ids.last().is_some_and(|id| string_column(&id.value)),
-            sp::Expr::BinaryOp { op: sp::BinaryOperator::StringConcat, .. } => true,
-            sp::Expr::Nested(inner) => stringy(inner, source),
-            _ => false,
+/// either side becomes `a || b`. `sources`: the query's sources, each with the names that
+/// qualify its columns (name and alias); with one source, any qualifier is its.
+fn string_plus(query: &mut sp::Query, sources: &[(&[&str], &SourceDef)]) {
+    let string_column = |qualifier: Option<&str>, name: &str| {
+        sources
+            .iter()
+            .filter(|(names, _)| sources.len() == 1 || qualifier.is_none_or(|q| names.contains(&q)))
+            .any(|(_, s)| s.columns.iter().any(|c| c.name == name && c.sql_type == SqlType::String))
+    };
+    let stringy = |e: &sp::Expr| -> bool {
+        fn walk(e: &sp::Expr, column: &dyn Fn(Option<&str>, &str) -> bool) -> bool {
+            match e {
+                sp::Expr::Value(v) => matches!(v.value, sp::Value::SingleQuotedString(_)),
+                sp::Expr::Identifier(id) => column(None, &id.value),
+                sp::Expr::CompoundIdentifier(ids) => match &ids[..] {
+                    [q, c] => column(Some(&q.value), &c.value),
+                    _ => ids.last().is_some_and(|id| column(None, &id.value)),
+                },
+                sp::Expr::BinaryOp { op: sp::BinaryOperator::StringConcat, .. } => true,
+                sp::Expr::Nested(inner) => walk(inner, column),
+                _ => false,
+            }
         }
-    }
+        walk(e, &string_column)
+    };
     let _ = sp::visit_expressions_mut(query, |e| {
         if let sp::Expr::BinaryOp { left, op, right } = e {
-            if *op == sp::BinaryOperator::Plus && (stringy(left, source) || stringy(right, source)) {
+            if *op == sp::BinaryOperator::Plus && (stringy(left) || stringy(right)) {
                 *op = sp::BinaryOperator::StringConcat;
             }
         }
@@ -706,6 +879,7 @@ pub(crate) fn ksql_ast_text(e: &sp::Expr) -> String {
         }
         sp::Expr::Identifier(id) => id.value.clone(),
         sp::Expr::CompoundIdentifier(ids) => ids.iter().map(|i| i.value.as_str()).collect::<Vec<_>>().join("."),
+        sp::Expr::Value(v) if v.value == sp::Value::Null => "null".into(),
         other => other.to_string(),
     }
 }
@@ -1111,6 +1285,7 @@ fn plan_unnest(
         side_sources: vec![],
         key_hint: None,
         headers_column: None,
+        read_columns: None,
     })
 }
 
@@ -1207,6 +1382,7 @@ fn plan_stateless(
         side_sources: vec![],
         key_hint: None,
         headers_column,
+        read_columns: None,
     })
 }
 
@@ -1424,6 +1600,7 @@ fn plan_aggregate(
         side_sources: vec![],
         key_hint: None,
         headers_column: None,
+        read_columns: None,
     })
 }
 
@@ -1569,7 +1746,7 @@ pub async fn run_pull(
     }
     rewrite_projection(&mut body.projection, source, false, None, true);
     query.limit_clause = None;
-    string_plus(&mut query, source);
+    string_plus(&mut query, &[(&[source.name.as_str()], source)]);
     ksql_rules(&mut query)?;
     let table = MemTable::try_new(rows.schema(), vec![vec![rows]])?;
     let reference = TableReference::bare(source.name.clone());
@@ -1637,9 +1814,32 @@ pub async fn run_pull(
 /// GREATEST, LEAST and COALESCE (ksqlDB names the first two in lower case, the last in upper).
 fn ksql_rules(query: &mut sp::Query) -> Result<()> {
     let mut empty = None;
+    let mut not_literal = None;
     let _ = sp::visit_expressions(query, |e: &sp::Expr| {
         if let sp::Expr::Function(f) = e {
             let name = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_lowercase());
+            // The count and the null flag of LATEST/EARLIEST_BY_OFFSET are literals.
+            if let (Some("latest_by_offset" | "earliest_by_offset"), sp::FunctionArguments::List(l)) =
+                (name.as_deref(), &f.args)
+            {
+                let literal = |e: &sp::Expr| match e {
+                    sp::Expr::UnaryOp { op: sp::UnaryOperator::Minus, expr } => matches!(**expr, sp::Expr::Value(_)),
+                    e => matches!(e, sp::Expr::Value(_)),
+                };
+                for (i, arg) in l.args.iter().enumerate().skip(1) {
+                    if let sp::FunctionArg::Unnamed(sp::FunctionArgExpr::Expr(a)) = arg {
+                        if !literal(a) {
+                            not_literal = Some(format!(
+                                "Parameter {} passed to function {} must be a literal constant, but was expression: '{}'",
+                                i + 1,
+                                name.unwrap_or_default().to_uppercase(),
+                                ksql_ast_text(a)
+                            ));
+                            return ControlFlow::Break(());
+                        }
+                    }
+                }
+            }
             let no_args = match &f.args {
                 sp::FunctionArguments::None => true,
                 sp::FunctionArguments::List(l) => {
@@ -1661,12 +1861,43 @@ fn ksql_rules(query: &mut sp::Query) -> Result<()> {
     if let Some(name) = empty {
         return Err(SqlError::plan(format!("Function '{name}' does not accept parameters ().")));
     }
+    if let Some(message) = not_literal {
+        return Err(SqlError::plan(message));
+    }
+    if let sp::SetExpr::Select(body) = query.body.as_ref() {
+        let null = |e: &sp::Expr| matches!(e, sp::Expr::Value(v) if v.value == sp::Value::Null);
+        if body.projection.iter().any(
+            |i| matches!(i, sp::SelectItem::UnnamedExpr(e) | sp::SelectItem::ExprWithAlias { expr: e, .. } if null(e)),
+        ) {
+            return Err(SqlError::plan(
+                "Can't infer a type of null. Please explicitly cast it to a required type, e.g. CAST(null AS VARCHAR).",
+            ));
+        }
+    }
     number_literals(query)?;
     constructors(query)?;
+    like_escapes(query);
     magic_timestamps(query);
     two_valued_comparisons(query);
     ksql_expressions(query);
     Ok(())
+}
+
+/// `x LIKE p ESCAPE '!'`: DataFusion's LIKE escapes with the backslash only, so the pattern is
+/// rewritten to it (`like_escape`, see `crate::textfns`).
+fn like_escapes(query: &mut sp::Query) {
+    let _ = sp::visit_expressions_mut(query, |e| {
+        if let sp::Expr::Like { pattern, escape_char, .. } | sp::Expr::ILike { pattern, escape_char, .. } = e {
+            let escape = match escape_char.as_ref().map(|c| &c.value) {
+                Some(sp::Value::SingleQuotedString(c)) if c != "\\" => c.clone(),
+                _ => return ControlFlow::<()>::Continue(()),
+            };
+            let text = sp::Expr::Value(sp::Value::SingleQuotedString(escape).into());
+            **pattern = call("like_escape", vec![(**pattern).clone(), text]);
+            *escape_char = None;
+        }
+        ControlFlow::Continue(())
+    });
 }
 
 /// ksqlDB's rules for ARRAY[...] and MAP(...) constructors: not empty, not only untyped NULLs
@@ -1714,6 +1945,11 @@ fn constructors(query: &sp::Query) -> Result<()> {
                 } else {
                     None
                 }
+            }
+            Some(("STRUCT", parts)) => {
+                let names: Vec<&String> = parts.iter().filter_map(|(n, _)| n.as_ref()).collect();
+                let unique: std::collections::HashSet<&&String> = names.iter().collect();
+                (unique.len() < names.len()).then(|| "Duplicate field names found in STRUCT".to_string())
             }
             _ => None,
         };
@@ -2009,6 +2245,7 @@ async fn plan_joins(ctx: &SessionContext, catalog: &Catalog, select: &Select) ->
         shard_keys: None,
         side_sources,
         headers_column: None,
+        read_columns: None,
         ..rest
     })
 }
@@ -2367,6 +2604,10 @@ async fn plan_join(
     };
     body.projection = std::mem::take(&mut body.projection).into_iter().flat_map(|i| struct_all(i, &column)).collect();
     rewrite_projection(&mut body.projection, &left, false, Some(&shared), false);
+    string_plus(
+        &mut query,
+        &[(&[left_name.as_str(), left_alias.as_str()], &left), (&[right_name.as_str(), right_alias.as_str()], &right)],
+    );
     ksql_rules(&mut query)?;
     let refs = [(left.name.clone(), left.row_schema()), (right.name.clone(), right.row_schema())];
     for (name, schema) in &refs {
@@ -2738,6 +2979,7 @@ async fn plan_join(
         side_sources: vec![(right, side_chain)],
         key_hint: if foreign_key || has_key { None } else { key_hint },
         headers_column: None,
+        read_columns: None,
     })
 }
 
@@ -3562,6 +3804,29 @@ fn ksql_function(f: &mut sp::Function) {
     if name == "EXPLODE" {
         // DataFusion plans `unnest(list)` in a projection as an Unnest node.
         f.name = sp::ObjectName::from(vec![sp::Ident::new("unnest")]);
+        return;
+    }
+    if name == "GENERATE_SERIES" {
+        // ksqlDB counts down from a start above the end (DataFusion's default step is 1).
+        if let Some([start, end]) = plain_args(f).as_deref() {
+            let step = sp::Expr::Case {
+                case_token: sp::helpers::attached_token::AttachedToken::empty(),
+                end_token: sp::helpers::attached_token::AttachedToken::empty(),
+                operand: None,
+                conditions: vec![sp::CaseWhen {
+                    condition: sp::Expr::BinaryOp {
+                        left: Box::new(start.clone()),
+                        op: sp::BinaryOperator::Gt,
+                        right: Box::new(end.clone()),
+                    },
+                    result: sp::Expr::Value(sp::Value::Number("-1".into(), false).into()),
+                }],
+                else_result: Some(Box::new(sp::Expr::Value(sp::Value::Number("1".into(), false).into()))),
+            };
+            if let sp::Expr::Function(g) = call("generate_series", vec![start.clone(), end.clone(), step]) {
+                *f = g;
+            }
+        }
         return;
     }
     if name == "CUBE_EXPLODE" {

@@ -5,7 +5,9 @@
 //! * `CUBE_EXPLODE(array)` is `unnest(cube_combinations(array))` (see the planner): every
 //!   combination of the elements and nulls in their places, in ksqlDB's order (the first element
 //!   is the most significant: `[null, null], [null, b], [a, null], [a, b]`), without repeats (a
-//!   null element gives the same combination kept or not).
+//!   null element gives the same combination kept or not);
+//! * `like_escape(pattern, c)`: a LIKE pattern with escape character `c` (`x LIKE p ESCAPE '!'`)
+//!   rewritten with DataFusion's escape character, the backslash.
 
 use std::sync::Arc;
 
@@ -20,6 +22,7 @@ enum Kind {
     Chr,
     Initcap,
     Cube,
+    LikeEscape,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -52,6 +55,23 @@ fn initcap(s: &str) -> String {
             out.extend(c.to_lowercase());
         }
         start = c.is_whitespace();
+    }
+    out
+}
+
+/// `pattern` with `escape` as its escape character, rewritten with the backslash.
+fn like_escape(pattern: &str, escape: char) -> String {
+    let mut out = String::with_capacity(pattern.len() + 4);
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c == escape {
+            out.push('\\');
+            out.push(chars.next().unwrap_or(escape));
+        } else if c == '\\' {
+            out.push_str("\\\\");
+        } else {
+            out.push(c);
+        }
     }
     out
 }
@@ -98,6 +118,7 @@ impl ScalarUDFImpl for TextFn {
             Kind::Chr => "chr",
             Kind::Initcap => "initcap",
             Kind::Cube => "cube_combinations",
+            Kind::LikeEscape => "like_escape",
         }
     }
     fn signature(&self) -> &Signature {
@@ -129,6 +150,19 @@ impl ScalarUDFImpl for TextFn {
                 }
                 Arc::new(b.finish())
             }
+            Kind::LikeEscape => {
+                // The escape is a literal: any row's (none without rows).
+                let escapes = arrow::compute::cast(&arrays[1], &DataType::Utf8)?;
+                let escape = escapes.as_string::<i32>().iter().flatten().next().and_then(|e| e.chars().next());
+                let escape = escape.unwrap_or('\\');
+                let texts = arrow::compute::cast(a, &DataType::Utf8)?;
+                let texts = texts.as_string::<i32>();
+                let mut b = StringBuilder::with_capacity(rows, rows * 8);
+                for t in texts.iter() {
+                    b.append_option(t.map(|t| like_escape(t, escape)));
+                }
+                Arc::new(b.finish())
+            }
             Kind::Chr | Kind::Initcap => {
                 let texts = arrow::compute::cast(a, &DataType::Utf8)?;
                 let texts = texts.as_string::<i32>();
@@ -148,9 +182,12 @@ impl ScalarUDFImpl for TextFn {
 
 /// The functions, for registration (CHR and INITCAP replace DataFusion's).
 pub fn all() -> Vec<ScalarUDF> {
-    [Kind::Chr, Kind::Initcap, Kind::Cube]
+    [Kind::Chr, Kind::Initcap, Kind::Cube, Kind::LikeEscape]
         .into_iter()
-        .map(|kind| ScalarUDF::new_from_impl(TextFn { kind, signature: Signature::any(1, Volatility::Immutable) }))
+        .map(|kind| {
+            let arguments = if kind == Kind::LikeEscape { 2 } else { 1 };
+            ScalarUDF::new_from_impl(TextFn { kind, signature: Signature::any(arguments, Volatility::Immutable) })
+        })
         .collect()
 }
 
@@ -167,6 +204,13 @@ mod tests {
         for bad in ["75", "004b", "bogus", "", "\\u004b\\u004b", "\\ud820"] {
             assert_eq!(chr_of_escapes(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn like_patterns_take_the_backslash_as_escape() {
+        // `!%` is a literal percent sign; a backslash of the pattern is a literal backslash.
+        assert_eq!(like_escape("!%a%\\", '!'), "\\%a%\\\\");
+        assert_eq!(like_escape("a!!b!", '!'), "a\\!b\\!");
     }
 
     #[test]

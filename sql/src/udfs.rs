@@ -1,10 +1,15 @@
 //! ksqlDB scalar functions DataFusion does not have: `EXTRACTJSONFIELD`, `TO_JSON_STRING`, `ELT`, `FIELD`, `INSTR`,
-//! `GEO_DISTANCE`, `TIMESTAMPTOSTRING`, `FORMAT_TIMESTAMP`, `FORMAT_DATE`, `FORMAT_TIME`, `DATETOSTRING`.
+//! `GEO_DISTANCE`, `TIMESTAMPTOSTRING`, `FORMAT_TIMESTAMP`, `FORMAT_DATE`, `FORMAT_TIME`, `DATETOSTRING`,
+//! `MAP_UNION`, `ENTRIES`.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringBuilder};
-use arrow::datatypes::{DataType, Field, Float64Type};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, ListArray, MapArray, StringBuilder, StructArray, UInt32Array,
+};
+use arrow::buffer::{NullBuffer, OffsetBuffer};
+use arrow::datatypes::{DataType, Field, Fields, Float64Type};
+use arrow::row::{RowConverter, SortField};
 use arrow_json::writer::{make_encoder, EncoderOptions};
 use datafusion::common::{exec_err, Result};
 use datafusion::logical_expr::{
@@ -226,6 +231,139 @@ impl ScalarUDFImpl for AsValue {
     }
 }
 
+/// `MAP_UNION(m1, m2, ...)`: every map's entries, a later map's value winning for a key several
+/// have (in the place the key first appeared); null maps are skipped, null when all are.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct MapUnion {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for MapUnion {
+    fn name(&self) -> &str {
+        "map_union"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        match arg_types {
+            [first @ DataType::Map(..), rest @ ..] if rest.iter().all(|t| t == first) => Ok(first.clone()),
+            _ => exec_err!("MAP_UNION takes maps of one type, got {arg_types:?}"),
+        }
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let maps: Vec<&MapArray> = arrays.iter().filter_map(|a| a.as_map_opt()).collect();
+        let (Some(first), true) = (maps.first(), maps.len() == arrays.len()) else {
+            return exec_err!("MAP_UNION takes maps");
+        };
+        let DataType::Map(field, sorted) = first.data_type() else { return exec_err!("MAP_UNION takes maps") };
+        // Every map's entries one after another; `bases[i]`: where map i's start.
+        let entries: Vec<&dyn Array> = maps.iter().map(|m| m.entries() as &dyn Array).collect();
+        let all = arrow::compute::concat(&entries)?;
+        let bases: Vec<usize> =
+            maps.iter().scan(0, |n, m| Some(std::mem::replace(n, *n + m.entries().len()))).collect();
+        let keys = all.as_struct().column(0).clone();
+        let converter = RowConverter::new(vec![SortField::new(keys.data_type().clone())])?;
+        let keys = converter.convert_columns(&[keys])?;
+        let (mut picks, mut lengths, mut valid) = (Vec::new(), Vec::with_capacity(rows), Vec::with_capacity(rows));
+        for row in 0..rows {
+            let mut order: Vec<usize> = Vec::new();
+            let mut any = false;
+            for (m, base) in maps.iter().zip(&bases) {
+                if m.is_null(row) {
+                    continue;
+                }
+                any = true;
+                let offsets = m.value_offsets();
+                for i in offsets[row] as usize..offsets[row + 1] as usize {
+                    let at = base + i;
+                    match order.iter().position(|&j| keys.row(j) == keys.row(at)) {
+                        Some(p) => order[p] = at,
+                        None => order.push(at),
+                    }
+                }
+            }
+            valid.push(any);
+            lengths.push(order.len());
+            picks.extend(order.into_iter().map(|i| i as u32));
+        }
+        let taken = arrow::compute::take(&all, &UInt32Array::from(picks), None)?;
+        let map = MapArray::try_new(
+            field.clone(),
+            OffsetBuffer::from_lengths(lengths),
+            taken.as_struct().clone(),
+            Some(NullBuffer::from(valid)),
+            *sorted,
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(map)))
+    }
+}
+
+/// `ENTRIES(map, sorted)`: a map's entries as an array of `STRUCT<K, V>`, in key order when
+/// `sorted` is true (else in the map's order).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Entries {
+    signature: Signature,
+}
+
+impl Entries {
+    fn fields(map: &DataType) -> Result<Fields> {
+        match map {
+            DataType::Map(entries, _) => match entries.data_type() {
+                DataType::Struct(kv) if kv.len() == 2 => Ok(Fields::from(vec![
+                    Field::new("K", kv[0].data_type().clone(), true),
+                    Field::new("V", kv[1].data_type().clone(), true),
+                ])),
+                _ => exec_err!("ENTRIES takes a map"),
+            },
+            other => exec_err!("ENTRIES takes a map, got {other}"),
+        }
+    }
+}
+
+impl ScalarUDFImpl for Entries {
+    fn name(&self) -> &str {
+        "entries"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        let fields = Self::fields(&arg_types[0])?;
+        Ok(DataType::List(Arc::new(Field::new("item", DataType::Struct(fields), true))))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let Some(map) = arrays[0].as_map_opt() else { return exec_err!("ENTRIES takes a map") };
+        let sorted = arrays[1].as_boolean_opt().and_then(|b| b.iter().flatten().next()).unwrap_or(false);
+        let entries = map.entries();
+        let keys = RowConverter::new(vec![SortField::new(entries.column(0).data_type().clone())])?
+            .convert_columns(&[entries.column(0).clone()])?;
+        let offsets = map.value_offsets();
+        let mut picks: Vec<u32> = Vec::with_capacity(entries.len());
+        for row in 0..map.len() {
+            let start = picks.len();
+            picks.extend(offsets[row] as u32..offsets[row + 1] as u32);
+            if sorted {
+                picks[start..].sort_by(|&a, &b| keys.row(a as usize).cmp(&keys.row(b as usize)));
+            }
+        }
+        let taken = arrow::compute::take(entries, &UInt32Array::from(picks), None)?;
+        let fields = Self::fields(map.data_type())?;
+        let item = StructArray::try_new(fields.clone(), taken.as_struct().columns().to_vec(), None)?;
+        let lengths = (0..map.len()).map(|r| (offsets[r + 1] - offsets[r]) as usize);
+        let list = ListArray::try_new(
+            Arc::new(Field::new("item", DataType::Struct(fields), true)),
+            OffsetBuffer::from_lengths(lengths),
+            Arc::new(item),
+            map.nulls().cloned(),
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(list)))
+    }
+}
+
 /// `SUBSTRING(s, pos[, len])` as ksqlDB counts: `pos` is 1-based, 0 means the start, a negative
 /// `pos` counts from the end; positions beyond the string clamp to it. (SQL's SUBSTRING counts
 /// position 0 as before the first character.) The planner rewrites SUBSTRING syntax to calls of
@@ -430,6 +568,8 @@ pub fn all() -> Vec<ScalarUDF> {
         ScalarUDF::from(ExtractJsonField { signature: Signature::any(2, Volatility::Immutable) }),
         ScalarUDF::from(ToJsonString { signature: Signature::any(1, Volatility::Immutable) }),
         ScalarUDF::from(AsValue { signature: Signature::any(1, Volatility::Immutable) }),
+        ScalarUDF::from(MapUnion { signature: Signature::variadic_any(Volatility::Immutable) }),
+        ScalarUDF::from(Entries { signature: Signature::any(2, Volatility::Immutable) }),
         ScalarUDF::from(Substring { signature: two_or_three() }),
         ScalarUDF::from(GeoDistance {
             signature: Signature::one_of(vec![TypeSignature::Any(4), TypeSignature::Any(5)], Volatility::Immutable),

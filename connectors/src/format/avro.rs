@@ -51,6 +51,7 @@ pub fn schema_for(schema: &Schema, unwrapped: bool) -> Result<Value> {
 fn record(name: &str, namespace: Option<&str>, fields: &Fields) -> Result<Value> {
     let mut out = Vec::with_capacity(fields.len());
     for f in fields {
+        avro_name(f.name())?;
         let nested = format!("{name}_{}", f.name());
         out.push(json!({"name": f.name(), "type": optional(f.data_type(), &nested)?, "default": null}));
     }
@@ -60,6 +61,18 @@ fn record(name: &str, namespace: Option<&str>, fields: &Fields) -> Result<Value>
         r["connect.name"] = json!(format!("{ns}.{name}"));
     }
     Ok(r)
+}
+
+/// Avro names start with a letter or `_` and go on with letters, digits and `_`.
+fn avro_name(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let problem = match chars.next() {
+        Some(c) if !(c.is_ascii_alphabetic() || c == '_') => "Illegal initial character",
+        None => "Empty name",
+        Some(_) if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') => "Illegal character in",
+        Some(_) => return Ok(()),
+    };
+    Err(ConnectorError::Unsupported(format!("Schema is not compatible with Avro: {problem}: {name}")))
 }
 
 /// `["null", T]`: ksqlDB's columns, elements and map values are all optional.
@@ -84,7 +97,7 @@ fn avro_type(dt: &DataType, name: &str) -> Result<Value> {
             DataType::Struct(kv) if kv.len() == 2 && matches!(kv[0].data_type(), DataType::Utf8) => {
                 json!({"type": "map", "values": optional(kv[1].data_type(), name)?})
             }
-            _ => return Err(ConnectorError::Unsupported("Avro only supports MAP types with STRING keys".into())),
+            _ => return Err(ConnectorError::Unsupported("Avro only supports MAPs with STRING keys".into())),
         },
         DataType::Struct(fields) => record(name, None, fields)?,
         other => return Err(ConnectorError::Unsupported(format!("AVRO cannot carry values of type {other}"))),
