@@ -488,7 +488,7 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
     let LogicalPlan::Projection(projection) = &plan else {
         return Err(SqlError::Internal(format!("expected a projection, planned:\n{}", plan.display_indent())));
     };
-    let read_columns = referenced_columns(&plan);
+    let read_columns = referenced_columns(&plan, None);
     let props = ExecutionProps::new();
     let pctx = PhysicalPlanningContext::default();
     let planned = match peel_having(&projection.input) {
@@ -548,8 +548,9 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
     planned.map(|plan| QueryPlan { read_columns, ..plan })
 }
 
-/// The names of the columns a plan's expressions read (None if one is a wildcard).
-fn referenced_columns(plan: &LogicalPlan) -> Option<Vec<String>> {
+/// The names of the columns a plan's expressions read (None if one is a wildcard); with
+/// `qualifiers`, only those of that source (by name or alias) and unqualified ones.
+fn referenced_columns(plan: &LogicalPlan, qualifiers: Option<&[&str]>) -> Option<Vec<String>> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     let mut names = std::collections::BTreeSet::new();
     let mut wildcard = false;
@@ -558,7 +559,11 @@ fn referenced_columns(plan: &LogicalPlan) -> Option<Vec<String>> {
             #[allow(deprecated)]
             let is_wildcard = e.exists(|x| Ok(matches!(x, Expr::Wildcard { .. })))?;
             wildcard |= is_wildcard;
-            names.extend(e.column_refs().into_iter().map(|c| c.name.clone()));
+            let ours = |c: &&datafusion::common::Column| match (&c.relation, qualifiers) {
+                (Some(r), Some(q)) => q.contains(&r.table()),
+                _ => true,
+            };
+            names.extend(e.column_refs().into_iter().filter(ours).map(|c| c.name.clone()));
             Ok(TreeNodeRecursion::Continue)
         })?;
         Ok(TreeNodeRecursion::Continue)
@@ -2635,6 +2640,7 @@ async fn plan_join(
     };
     check_join_types(&plan, &source_of)?;
     let plan = simplify(state.analyzer().execute_and_check(plan, state.config_options(), |_, _| {})?);
+    let read_columns = referenced_columns(&plan, Some(&[left_name.as_str(), left_alias.as_str()]));
     let LogicalPlan::Projection(projection) = &plan else {
         return Err(SqlError::Internal(format!("expected a projection, planned:\n{}", plan.display_indent())));
     };
@@ -2979,7 +2985,7 @@ async fn plan_join(
         side_sources: vec![(right, side_chain)],
         key_hint: if foreign_key || has_key { None } else { key_hint },
         headers_column: None,
-        read_columns: None,
+        read_columns,
     })
 }
 
