@@ -16,8 +16,6 @@ const SCALAR_ALIASES: &[(&str, &str)] = &[
     ("sign", "signum"),
     // 1-based, inclusive bounds in both.
     ("slice", "array_slice"),
-    // ksqlDB removes every occurrence.
-    ("array_remove", "array_remove_all"),
 ];
 
 /// (ksqlDB name, DataFusion aggregate) pairs with identical semantics.

@@ -1,6 +1,6 @@
 //! ksqlDB scalar functions DataFusion does not have: `EXTRACTJSONFIELD`, `TO_JSON_STRING`, `ELT`, `FIELD`, `INSTR`,
 //! `GEO_DISTANCE`, `TIMESTAMPTOSTRING`, `FORMAT_TIMESTAMP`, `FORMAT_DATE`, `FORMAT_TIME`, `DATETOSTRING`,
-//! `MAP_UNION`, `ENTRIES`.
+//! `MAP_UNION`, `ENTRIES`, `ARRAY_REMOVE`.
 
 use std::sync::Arc;
 
@@ -364,6 +364,61 @@ impl ScalarUDFImpl for Entries {
     }
 }
 
+/// `ARRAY_REMOVE(array, x)`: the array without every element equal to `x` (nested values
+/// compared whole; maps entry by entry in their order); a null `x` removes the null elements.
+/// (DataFusion's `array_remove_all` gives null for a null `x` and cannot compare maps.)
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ArrayRemove {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for ArrayRemove {
+    fn name(&self) -> &str {
+        "array_remove"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        match &arg_types[0] {
+            t @ (DataType::List(_) | DataType::Null) => Ok(t.clone()),
+            other => exec_err!("ARRAY_REMOVE takes an array, got {other}"),
+        }
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let Some(list) = arrays[0].as_list_opt::<i32>() else { return Ok(ColumnarValue::Array(arrays[0].clone())) };
+        let values = list.values();
+        let removed = match arrays[1].data_type() {
+            DataType::Null => arrays[1].clone(),
+            _ => arrow::compute::cast(&arrays[1], values.data_type())?,
+        };
+        let same = match removed.data_type() {
+            DataType::Null => None,
+            _ => Some(arrow::array::make_comparator(values.as_ref(), removed.as_ref(), Default::default())?),
+        };
+        let offsets = list.value_offsets();
+        let (mut picks, mut lengths) = (Vec::new(), Vec::with_capacity(list.len()));
+        for row in 0..list.len() {
+            let before = picks.len();
+            for i in offsets[row] as usize..offsets[row + 1] as usize {
+                let remove = match (&same, removed.is_null(row)) {
+                    (Some(same), false) => values.is_valid(i) && same(i, row).is_eq(),
+                    _ => values.is_null(i),
+                };
+                if !remove {
+                    picks.push(i as u32);
+                }
+            }
+            lengths.push(picks.len() - before);
+        }
+        let kept = arrow::compute::take(values.as_ref(), &UInt32Array::from(picks), None)?;
+        let DataType::List(item) = list.data_type() else { return exec_err!("ARRAY_REMOVE takes an array") };
+        let out = ListArray::try_new(item.clone(), OffsetBuffer::from_lengths(lengths), kept, list.nulls().cloned())?;
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
 /// `SUBSTRING(s, pos[, len])` as ksqlDB counts: `pos` is 1-based, 0 means the start, a negative
 /// `pos` counts from the end; positions beyond the string clamp to it. (SQL's SUBSTRING counts
 /// position 0 as before the first character.) The planner rewrites SUBSTRING syntax to calls of
@@ -570,6 +625,7 @@ pub fn all() -> Vec<ScalarUDF> {
         ScalarUDF::from(AsValue { signature: Signature::any(1, Volatility::Immutable) }),
         ScalarUDF::from(MapUnion { signature: Signature::variadic_any(Volatility::Immutable) }),
         ScalarUDF::from(Entries { signature: Signature::any(2, Volatility::Immutable) }),
+        ScalarUDF::from(ArrayRemove { signature: Signature::any(2, Volatility::Immutable) }),
         ScalarUDF::from(Substring { signature: two_or_three() }),
         ScalarUDF::from(GeoDistance {
             signature: Signature::one_of(vec![TypeSignature::Any(4), TypeSignature::Any(5)], Volatility::Immutable),
