@@ -227,7 +227,7 @@ fn table_functions(select: &Select, source: &SourceDef) -> Result<()> {
     for item in &body.projection {
         let _ = sp::visit_expressions(item, |e: &sp::Expr| {
             if let sp::Expr::Function(f) = e {
-                let name = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_uppercase());
+                let name = function_name(f);
                 if matches!(name.as_deref(), Some("EXPLODE" | "CUBE_EXPLODE")) {
                     found = Some((name.unwrap_or_default(), plain_args(f).unwrap_or_default()));
                     return ControlFlow::Break(());
@@ -318,8 +318,7 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
     let rekey_by = if select.partition_by.is_empty() {
         None
     } else {
-        let by_null = select.partition_by.len() == 1
-            && matches!(&select.partition_by[0], sp::Expr::Value(v) if v.value == sp::Value::Null);
+        let by_null = select.partition_by.len() == 1 && is_null_literal(&select.partition_by[0]);
         Some(if by_null { vec![] } else { select.partition_by.clone() })
     };
     if select.window.is_some() && !grouped {
@@ -406,18 +405,8 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
                 ControlFlow::<()>::Continue(())
             });
             let expr = if of_value && source.kind == SourceKind::Stream {
-                sp::Expr::Case {
-                    case_token: sp::helpers::attached_token::AttachedToken::empty(),
-                    end_token: sp::helpers::attached_token::AttachedToken::empty(),
-                    operand: None,
-                    conditions: vec![sp::CaseWhen {
-                        condition: sp::Expr::IsTrue(Box::new(sp::Expr::Identifier(quoted(
-                            rill_engine::source::DELETE,
-                        )))),
-                        result: sp::Expr::Value(sp::Value::Null.into()),
-                    }],
-                    else_result: Some(Box::new(e.clone())),
-                }
+                let deleted = sp::Expr::IsTrue(Box::new(sp::Expr::Identifier(quoted(rill_engine::source::DELETE))));
+                case_when(deleted, sp::Expr::Value(sp::Value::Null.into()), e.clone())
             } else {
                 e.clone()
             };
@@ -782,7 +771,7 @@ fn constructor_parts(item: &sp::Expr) -> Option<(&'static str, Vec<ConstructorPa
         return Some(("ARRAY", a.elem.iter().map(|e| (None, e)).collect()));
     }
     let sp::Expr::Function(f) = item else { return None };
-    let name = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_uppercase());
+    let name = function_name(f);
     let kind = match name.as_deref() {
         Some("STRUCT") => "STRUCT",
         Some("MAP") => "MAP",
@@ -884,7 +873,7 @@ pub(crate) fn ksql_ast_text(e: &sp::Expr) -> String {
         }
         sp::Expr::Identifier(id) => id.value.clone(),
         sp::Expr::CompoundIdentifier(ids) => ids.iter().map(|i| i.value.as_str()).collect::<Vec<_>>().join("."),
-        sp::Expr::Value(v) if v.value == sp::Value::Null => "null".into(),
+        e if is_null_literal(e) => "null".into(),
         other => other.to_string(),
     }
 }
@@ -893,8 +882,7 @@ pub(crate) fn ksql_ast_text(e: &sp::Expr) -> String {
 /// columns of the source (PARTITION BY applies to the input), every expression projected (unless
 /// the projection is `*`; else the key hint is returned), and each key column projected once.
 fn check_partition_by(projection: &[sp::SelectItem], source: &SourceDef, exprs: &[sp::Expr]) -> Result<Option<String>> {
-    let is_null = |e: &sp::Expr| matches!(e, sp::Expr::Value(v) if v.value == sp::Value::Null);
-    if exprs.len() > 1 && exprs.iter().any(is_null) {
+    if exprs.len() > 1 && exprs.iter().any(is_null_literal) {
         return Err(SqlError::plan("Cannot PARTITION BY multiple columns including NULL"));
     }
     let pseudo = PSEUDO_COLUMNS;
@@ -926,7 +914,7 @@ fn check_partition_by(projection: &[sp::SelectItem], source: &SourceDef, exprs: 
             return Err(SqlError::plan(message));
         }
     }
-    if exprs.iter().any(is_null) {
+    if exprs.iter().any(is_null_literal) {
         return Ok(None);
     }
     // Expressions compare as text, without quotes and qualifiers.
@@ -1822,7 +1810,7 @@ fn ksql_rules(query: &mut sp::Query) -> Result<()> {
     let mut not_literal = None;
     let _ = sp::visit_expressions(query, |e: &sp::Expr| {
         if let sp::Expr::Function(f) = e {
-            let name = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_lowercase());
+            let name = function_name(f).map(|n| n.to_lowercase());
             // The count and the null flag of LATEST/EARLIEST_BY_OFFSET are literals.
             if let (Some("latest_by_offset" | "earliest_by_offset"), sp::FunctionArguments::List(l)) =
                 (name.as_deref(), &f.args)
@@ -1870,10 +1858,9 @@ fn ksql_rules(query: &mut sp::Query) -> Result<()> {
         return Err(SqlError::plan(message));
     }
     if let sp::SetExpr::Select(body) = query.body.as_ref() {
-        let null = |e: &sp::Expr| matches!(e, sp::Expr::Value(v) if v.value == sp::Value::Null);
-        if body.projection.iter().any(
-            |i| matches!(i, sp::SelectItem::UnnamedExpr(e) | sp::SelectItem::ExprWithAlias { expr: e, .. } if null(e)),
-        ) {
+        if body.projection.iter().any(|i| {
+            matches!(i, sp::SelectItem::UnnamedExpr(e) | sp::SelectItem::ExprWithAlias { expr: e, .. } if is_null_literal(e))
+        }) {
             return Err(SqlError::plan(
                 "Can't infer a type of null. Please explicitly cast it to a required type, e.g. CAST(null AS VARCHAR).",
             ));
@@ -1909,14 +1896,13 @@ fn like_escapes(query: &mut sp::Query) {
 /// (keys or values), and text beside integer literals must read as an integer.
 fn constructors(query: &sp::Query) -> Result<()> {
     const ISSUE: &str = "(see https://github.com/confluentinc/ksql/issues/4239)";
-    let is_null = |e: &sp::Expr| matches!(e, sp::Expr::Value(v) if v.value == sp::Value::Null);
     let mut problem = None;
     let _ = sp::visit_expressions(query, |e: &sp::Expr| {
         let found = match constructor_parts(e) {
             Some(("ARRAY", parts)) if parts.is_empty() => {
                 Some(format!("Array constructor cannot be empty. Please supply at least one element {ISSUE}."))
             }
-            Some(("ARRAY", parts)) if parts.iter().all(|(_, v)| is_null(v)) => Some(format!(
+            Some(("ARRAY", parts)) if parts.iter().all(|(_, v)| is_null_literal(v)) => Some(format!(
                 "Cannot construct an array with all NULL elements {ISSUE}. As a workaround, you may cast a NULL value to the desired type."
             )),
             Some(("ARRAY", parts)) => {
@@ -1943,9 +1929,9 @@ fn constructors(query: &sp::Query) -> Result<()> {
                     Some(format!(
                         "Map constructor cannot be empty. Please supply at least one key value pair {ISSUE}."
                     ))
-                } else if pairs.len() == args.args.len() && pairs.iter().all(|(k, _)| is_null(k)) {
+                } else if pairs.len() == args.args.len() && pairs.iter().all(|(k, _)| is_null_literal(k)) {
                     Some("Cannot construct a map with all NULL keys".to_string())
-                } else if pairs.len() == args.args.len() && pairs.iter().all(|(_, v)| is_null(v)) {
+                } else if pairs.len() == args.args.len() && pairs.iter().all(|(_, v)| is_null_literal(v)) {
                     Some("Cannot construct a map with all NULL values".to_string())
                 } else {
                     None
@@ -3502,6 +3488,27 @@ fn plain_args(f: &sp::Function) -> Option<Vec<sp::Expr>> {
         .collect()
 }
 
+/// `CASE WHEN condition THEN then ELSE otherwise END`.
+fn case_when(condition: sp::Expr, then: sp::Expr, otherwise: sp::Expr) -> sp::Expr {
+    sp::Expr::Case {
+        case_token: sp::helpers::attached_token::AttachedToken::empty(),
+        end_token: sp::helpers::attached_token::AttachedToken::empty(),
+        operand: None,
+        conditions: vec![sp::CaseWhen { condition, result: then }],
+        else_result: Some(Box::new(otherwise)),
+    }
+}
+
+/// The untyped `NULL` literal.
+fn is_null_literal(e: &sp::Expr) -> bool {
+    matches!(e, sp::Expr::Value(v) if v.value == sp::Value::Null)
+}
+
+/// A function call's name, upper-cased (None for a qualified or quoted-odd name).
+pub(crate) fn function_name(f: &sp::Function) -> Option<String> {
+    f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_uppercase())
+}
+
 fn call(name: &str, args: Vec<sp::Expr>) -> sp::Expr {
     sp::Expr::Function(sp::Function {
         name: sp::ObjectName::from(vec![sp::Ident::new(name)]),
@@ -3608,7 +3615,7 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
                 *e = call("substring", args);
             }
             sp::Expr::Function(f) => {
-                let name = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_uppercase());
+                let name = function_name(f);
                 let args = plain_args(f);
                 // DATEADD(DAYS, n, d) and the like: the unit keyword is passed as text.
                 if name.as_deref().is_some_and(|n| crate::datefns::WITH_UNIT.contains(&n)) {
@@ -3651,17 +3658,7 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
                                 right: Box::new(sp::Expr::Value(sp::Value::SingleQuotedString(String::new()).into())),
                             }),
                         };
-                        let padded = e.clone();
-                        *e = sp::Expr::Case {
-                            case_token: sp::helpers::attached_token::AttachedToken::empty(),
-                            end_token: sp::helpers::attached_token::AttachedToken::empty(),
-                            operand: None,
-                            conditions: vec![sp::CaseWhen {
-                                condition: invalid,
-                                result: sp::Expr::Value(sp::Value::Null.into()),
-                            }],
-                            else_result: Some(Box::new(padded)),
-                        };
+                        *e = case_when(invalid, sp::Expr::Value(sp::Value::Null.into()), e.clone());
                         return ControlFlow::Continue(());
                     }
                 }
@@ -3806,7 +3803,7 @@ fn flatten_assignments(f: &mut sp::Function, left: impl Fn(sp::Expr) -> sp::Expr
 /// `COUNT_DISTINCT(x)` is `count(DISTINCT x)` (`COLLECT_SET` is a UDAF keeping insertion order),
 /// `LATEST_BY_OFFSET(x)`/`EARLIEST_BY_OFFSET(x)` are `last_value`/`first_value` ignoring nulls.
 fn ksql_function(f: &mut sp::Function) {
-    let Some(name) = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_uppercase()) else { return };
+    let Some(name) = function_name(f) else { return };
     if name == "EXPLODE" {
         // DataFusion plans `unnest(list)` in a projection as an Unnest node.
         f.name = sp::ObjectName::from(vec![sp::Ident::new("unnest")]);
@@ -3815,20 +3812,13 @@ fn ksql_function(f: &mut sp::Function) {
     if name == "GENERATE_SERIES" {
         // ksqlDB counts down from a start above the end (DataFusion's default step is 1).
         if let Some([start, end]) = plain_args(f).as_deref() {
-            let step = sp::Expr::Case {
-                case_token: sp::helpers::attached_token::AttachedToken::empty(),
-                end_token: sp::helpers::attached_token::AttachedToken::empty(),
-                operand: None,
-                conditions: vec![sp::CaseWhen {
-                    condition: sp::Expr::BinaryOp {
-                        left: Box::new(start.clone()),
-                        op: sp::BinaryOperator::Gt,
-                        right: Box::new(end.clone()),
-                    },
-                    result: sp::Expr::Value(sp::Value::Number("-1".into(), false).into()),
-                }],
-                else_result: Some(Box::new(sp::Expr::Value(sp::Value::Number("1".into(), false).into()))),
+            let number = |n: &str| sp::Expr::Value(sp::Value::Number(n.into(), false).into());
+            let descending = sp::Expr::BinaryOp {
+                left: Box::new(start.clone()),
+                op: sp::BinaryOperator::Gt,
+                right: Box::new(end.clone()),
             };
+            let step = case_when(descending, number("-1"), number("1"));
             if let sp::Expr::Function(g) = call("generate_series", vec![start.clone(), end.clone(), step]) {
                 *f = g;
             }

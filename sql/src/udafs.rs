@@ -730,7 +730,7 @@ pub fn collection_limits(query: &mut sqlparser::ast::Query, props: &crate::engin
     };
     let _ = sp::visit_expressions_mut(query, |e| {
         if let sp::Expr::Function(f) = e {
-            let name = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_lowercase());
+            let name = crate::planner::function_name(f).map(|n| n.to_lowercase());
             if let sp::FunctionArguments::List(args) = &mut f.args {
                 match (name.as_deref(), list, set) {
                     (Some("collect_list"), Some(n), _) if args.args.len() == 1 => {

@@ -935,9 +935,6 @@ impl AggregateOperator {
     }
 }
 
-/// How long after its end a window stays open: the grace period, plus the gap for sessions (a
-/// session can still grow until no record within `gap` of its end can arrive, as in Kafka
-/// Streams, whose session windows close at end + gap + grace).
 /// Whether a hopping window starting at `start` takes a record of time `ts`: as in Kafka Streams,
 /// windows start at time 0 or later (a record at time 3 with a 5-unit window is in `[0, 5)` but
 /// not in `[-2, 3)`); a record before time 0 (Kafka refuses those) keeps every window.
@@ -945,6 +942,9 @@ fn starts_in_time(start: i64, ts: i64) -> bool {
     start >= 0 || ts < 0
 }
 
+/// How long after its end a window stays open: the grace period, plus the gap for sessions (a
+/// session can still grow until no record within `gap` of its end can arrive, as in Kafka
+/// Streams, whose session windows close at end + gap + grace).
 fn close_delay(w: &WindowConfig) -> i64 {
     match w.kind {
         WindowKind::Session { gap } => w.grace.saturating_add(gap),
