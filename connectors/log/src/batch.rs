@@ -336,6 +336,7 @@ pub(crate) fn encode(records: &[Record], meta: &ProducerMeta) -> Result<Encoded,
             n += 1;
         }
         let batch = &records[i..i + n];
+        out.buf.reserve(size);
         let start = out.buf.len();
         let parts = batch.iter().enumerate().map(|(j, r)| RecordParts {
             timestamp_delta: r.timestamp.wrapping_sub(base_ts),

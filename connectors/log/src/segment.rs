@@ -3,14 +3,20 @@
 //! Readers use positioned reads (`pread`) on a shared handle and see only the *committed* prefix
 //! (`size`), which the partition writer advances after the bytes are durable. Closed segments
 //! are immutable until compaction replaces them with a new file.
+//!
+//! The writer also hands the segment the buffers it has just written (up to [`RECENT_BYTES`]):
+//! a reader that keeps up with the writer (a running query) is served from them, without a
+//! `pread` copying the bytes back out of the page cache.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::batch::{self, BatchHeader, BatchRecords, Check, HEADER_LEN, LOG_OVERHEAD};
 use crate::error::{IoContext, LogError, Result};
@@ -26,6 +32,9 @@ pub(crate) const TIME_INDEX_EXT: &str = "timeindex";
 
 /// Read size of sequential scans.
 const SCAN_CHUNK: usize = 1 << 20;
+
+/// Bytes of recently written batches a segment keeps in memory for readers at the tail.
+pub(crate) const RECENT_BYTES: usize = 4 << 20;
 
 /// `<base as 20 digits>.<ext>`, Kafka's naming.
 pub(crate) fn file_name(base: u64, ext: &str) -> String {
@@ -56,6 +65,9 @@ pub(crate) struct Segment {
     max_ts: AtomicI64,
     index: RwLock<OffsetIndex>,
     time_index: RwLock<TimeIndex>,
+    /// The last buffers written, each whole batches at its file position, oldest first; all
+    /// committed (see the module docs).
+    recent: Mutex<VecDeque<(u64, Bytes)>>,
 }
 
 /// The writer's view of a segment recovered as the active one.
@@ -99,6 +111,7 @@ impl Segment {
             max_ts: AtomicI64::new(max_ts),
             index: RwLock::new(index),
             time_index: RwLock::new(time_index),
+            recent: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -135,12 +148,70 @@ impl Segment {
         LogError::Corrupt { file: self.log_path.display().to_string(), position, reason: reason.into() }
     }
 
-    /// Reads exactly `len` bytes at `pos`.
+    /// Up to `len` bytes at `pos` (a batch boundary). From the recently written buffers if one
+    /// holds `pos`: the rest of that buffer without a copy if it is `len` or 256 KiB long,
+    /// else copied together with the buffers after it; either way whole batches, possibly
+    /// fewer than `len` bytes. Else exactly `len` bytes from the file.
+    fn read_at(&self, pos: u64, len: usize) -> Result<Bytes> {
+        {
+            let recent = self.recent.lock();
+            let i = recent.partition_point(|(at, _)| *at <= pos);
+            if let Some(first) = i.checked_sub(1) {
+                let (at, bytes) = &recent[first];
+                let from = (pos - at) as usize;
+                if from < bytes.len() {
+                    let rest = bytes.len() - from;
+                    if rest >= len.min(256 << 10) || first + 1 == recent.len() {
+                        return Ok(bytes.slice(from..bytes.len().min(from + len)));
+                    }
+                    // Small buffers: gather whole ones while they fit (the first one always).
+                    let mut out = Vec::with_capacity(len);
+                    out.extend_from_slice(&bytes[from..]);
+                    for (_, b) in recent.range(first + 1..) {
+                        if out.len() + b.len() > len {
+                            break;
+                        }
+                        out.extend_from_slice(b);
+                    }
+                    return Ok(Bytes::from(out));
+                }
+            }
+        }
+        Ok(Bytes::from(self.read_exact_at(pos, len)?))
+    }
+
+    /// Reads exactly `len` bytes at `pos` (into a buffer it does not zero first).
     fn read_exact_at(&self, pos: u64, len: usize) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; len];
-        self.file
-            .read_exact_at(&mut buf, pos)
-            .ctx(|| format!("reading {} bytes at {} of {}", len, pos, self.log_path.display()))?;
+        use std::os::fd::AsRawFd;
+        let err = |e: std::io::Error| {
+            LogError::io(format!("reading {} bytes at {} of {}", len, pos, self.log_path.display()), e)
+        };
+        let mut buf: Vec<u8> = Vec::with_capacity(len);
+        let mut done = 0usize;
+        while done < len {
+            // SAFETY: the kernel writes at most `len - done` bytes into the buffer's spare
+            // capacity from `done`; only the bytes it reports written are counted.
+            let n = unsafe {
+                libc::pread(
+                    self.file.as_raw_fd(),
+                    buf.as_mut_ptr().add(done).cast::<libc::c_void>(),
+                    len - done,
+                    (pos + done as u64) as libc::off_t,
+                )
+            };
+            match n {
+                0 => return Err(err(std::io::ErrorKind::UnexpectedEof.into())),
+                n if n < 0 => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(err(e));
+                    }
+                }
+                n => done += n as usize,
+            }
+        }
+        // SAFETY: all `len` bytes were written by pread above.
+        unsafe { buf.set_len(len) };
         Ok(buf)
     }
 
@@ -152,14 +223,107 @@ impl Segment {
         self.file.write_all_at(buf, pos).ctx(|| format!("appending to {}", self.log_path.display()))
     }
 
+    /// Writes `parts` one after the other from `pos` (not yet committed), with as few
+    /// `pwritev` calls as the kernel allows.
+    pub fn write_parts_at(&self, pos: u64, parts: &[Vec<u8>]) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        const MAX_IOV: usize = 1024;
+        let err = |e: std::io::Error| LogError::io(format!("appending to {}", self.log_path.display()), e);
+        let (mut part, mut skip, mut at) = (0usize, 0usize, pos);
+        while part < parts.len() {
+            let iov: Vec<libc::iovec> = parts[part..]
+                .iter()
+                .take(MAX_IOV)
+                .enumerate()
+                .map(|(i, p)| {
+                    let from = if i == 0 { skip } else { 0 };
+                    libc::iovec { iov_base: p[from..].as_ptr() as *mut libc::c_void, iov_len: p.len() - from }
+                })
+                .collect();
+            // SAFETY: every iovec points into a buffer of `parts`, which outlives the call; the
+            // kernel only reads from them.
+            let n = unsafe { libc::pwritev(self.file.as_raw_fd(), iov.as_ptr(), iov.len() as i32, at as libc::off_t) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err(e));
+            }
+            if n == 0 {
+                return Err(err(std::io::Error::from(std::io::ErrorKind::WriteZero)));
+            }
+            at += n as u64;
+            // Step past what was written.
+            let mut left = n as usize;
+            while left > 0 {
+                let rest = parts[part].len() - skip;
+                if left >= rest {
+                    left -= rest;
+                    part += 1;
+                    skip = 0;
+                } else {
+                    skip += left;
+                    left = 0;
+                }
+            }
+            while part < parts.len() && parts[part].len() == skip {
+                part += 1;
+                skip = 0;
+            }
+        }
+        Ok(())
+    }
+
     /// Cuts the file back to `len` bytes (after a failed write).
     pub fn truncate(&self, len: u64) -> Result<()> {
+        self.recent.lock().retain(|(at, b)| at + b.len() as u64 <= len);
         self.file.set_len(len).ctx(|| format!("truncating {} to {} bytes", self.log_path.display(), len))
+    }
+
+    /// Starts writing `len` bytes from `pos` back to disk without waiting for it (Linux
+    /// `sync_file_range`), so that dirty data does not pile up until the segment's closing
+    /// fsync. A hint: failures are ignored (the closing fsync reports real errors).
+    pub fn start_writeback(&self, pos: u64, len: u64) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain syscall on our own descriptor; it reads no memory of ours.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    pos as libc::off64_t,
+                    len as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (pos, len);
     }
 
     /// `fdatasync` of the data file.
     pub fn sync(&self) -> Result<()> {
         self.file.sync_data().ctx(|| format!("fsyncing {}", self.log_path.display()))
+    }
+
+    /// Keeps `written` (whole batches, published, starting at byte `pos`) for readers at the
+    /// tail, dropping the oldest buffers beyond [`RECENT_BYTES`].
+    pub fn remember(&self, pos: u64, written: Bytes) {
+        let mut recent = self.recent.lock();
+        if recent.back().is_some_and(|(at, b)| at + b.len() as u64 != pos) {
+            recent.clear(); // not contiguous with what is kept: start over
+        }
+        recent.push_back((pos, written));
+        let mut kept: usize = recent.iter().map(|(_, b)| b.len()).sum();
+        while kept > RECENT_BYTES && recent.len() > 1 {
+            kept -= recent.pop_front().map_or(0, |(_, b)| b.len());
+        }
+    }
+
+    /// Drops the buffers kept for readers (the segment is no longer written).
+    pub fn forget_recent(&self) {
+        self.recent.lock().clear();
     }
 
     /// Makes written bytes visible to readers, with the index entries they produced.
@@ -219,7 +383,7 @@ impl Segment {
             if want < HEADER_LEN {
                 return Err(self.corrupt(pos, "committed data ends inside a batch header"));
             }
-            let buf = self.read_exact_at(pos, want)?;
+            let buf = self.read_at(pos, want)?;
             // Skip batches that end before `offset`.
             let mut i = 0usize;
             let mut found = None;
@@ -262,7 +426,7 @@ impl Segment {
                 }
                 end += t;
             }
-            return Ok(Some((Bytes::from(buf).slice(i..end), at)));
+            return Ok(Some((buf.slice(i..end), at)));
         }
     }
 
@@ -571,6 +735,18 @@ mod tests {
             seg.publish(pos, next, enc.spans[0].max_timestamp, &[e]);
         }
         seg
+    }
+
+    /// More buffers than one `pwritev` takes, of all sizes, land in order.
+    #[test]
+    fn parts_are_written_in_order_past_the_iovec_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seg = Segment::create(dir.path(), 0).expect("create");
+        let parts: Vec<Vec<u8>> = (0..2500usize).map(|i| vec![(i % 251) as u8; (i * 37) % 300]).collect();
+        seg.write_at(0, b"head").expect("write");
+        seg.write_parts_at(4, &parts).expect("write parts");
+        let want: Vec<u8> = b"head".iter().copied().chain(parts.concat()).collect();
+        assert_eq!(fs::read(seg.log_path()).expect("read"), want);
     }
 
     #[test]

@@ -3,10 +3,17 @@
 //! Producers encode their batches (CRC included) on their own task and queue them on the
 //! partition. If no writer is running, the producer starts one on Tokio's blocking pool (or a
 //! plain thread outside a runtime). The writer drains *everything* queued, assigns offsets,
-//! writes the group with one `pwrite`, makes it durable with one `fdatasync` (for
+//! writes the group with one `pwritev` (the producers' buffers as they are: large ones are not
+//! copied again; small ones are gathered into one), makes it durable with one `fdatasync` (for
 //! [`Durability::Fsync`]), publishes the new high watermark and acknowledges every request of
 //! the group; then it drains again, and exits when the queue is empty. Producers that arrive
 //! while an fsync is in flight therefore share the next one: that is the group commit.
+//!
+//! Topics written without fsync ([`Durability::None`]) have their data handed to the disk as it
+//! accumulates ([`WRITEBACK_BYTES`] at a time, without waiting): otherwise a segment's dirty
+//! pages pile up until it closes, and its closing fsync (closed segments are always durable)
+//! would stall every other fsync on the file system (ext4 commits them in one journal) for as
+//! long as writing a whole segment takes.
 //!
 //! Failure handling: if a write or fsync fails, the file is cut back to the last acknowledged
 //! position and offsets are rolled back, so the log stays exactly as it was before the group. A
@@ -74,7 +81,8 @@ pub(crate) struct WriterCtx {
     builder: IndexBuilder,
     /// Wall-clock time of the first append into the active segment (for `segment.ms`).
     first_append_ms: Option<i64>,
-    buf: Vec<u8>,
+    /// Position up to which writeback was started (no-fsync topics).
+    writeback_pos: u64,
 }
 
 impl WriterCtx {
@@ -92,7 +100,7 @@ impl WriterCtx {
             active,
             builder,
             first_append_ms: non_empty.then(now_ms),
-            buf: Vec::new(),
+            writeback_pos: 0,
         }
     }
 }
@@ -102,7 +110,43 @@ pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Requests written in one `pwrite` (all into the same segment).
+/// Written bytes of a topic without fsync after which the writer starts their writeback.
+pub(crate) const WRITEBACK_BYTES: u64 = 8 << 20;
+
+/// Requests smaller than this are copied into one buffer rather than written as their own.
+const SMALL_REQUEST: usize = 64 << 10;
+
+/// The buffers of a unit, in file order.
+#[derive(Default)]
+struct Parts {
+    bufs: Vec<Vec<u8>>,
+    /// Total bytes.
+    len: u64,
+    /// The last buffer gathers small requests.
+    gathering: bool,
+}
+
+impl Parts {
+    fn push(&mut self, buf: Vec<u8>) {
+        self.len += buf.len() as u64;
+        let small = buf.len() < SMALL_REQUEST;
+        match self.bufs.last_mut() {
+            Some(last) if small && self.gathering && last.len() < crate::segment::RECENT_BYTES / 4 => {
+                last.extend_from_slice(&buf)
+            }
+            _ => {
+                self.gathering = small;
+                self.bufs.push(buf);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Requests written in one `pwritev` (all into the same segment).
 struct Unit {
     start_pos: u64,
     start_offset: u64,
@@ -171,8 +215,7 @@ impl Partition {
     fn write_group(&self, ctx: &mut WriterCtx, group: Vec<Request>) {
         let now = now_ms();
         let mut unit = Unit::begin(ctx);
-        let mut buf = std::mem::take(&mut ctx.buf);
-        buf.clear();
+        let mut parts = Parts::default();
         let mut failed: Option<LogError> = None;
         for mut req in group {
             if let Some(e) = &failed {
@@ -180,8 +223,8 @@ impl Partition {
                 continue;
             }
             let len = req.enc.buf.len() as u64;
-            if self.needs_roll(ctx, buf.len() as u64, len, req.enc.offsets(), now) {
-                let step = if buf.is_empty() { Ok(()) } else { self.flush(ctx, &mut unit, &mut buf) }
+            if self.needs_roll(ctx, parts.len, len, req.enc.offsets(), now) {
+                let step = if parts.is_empty() { Ok(()) } else { self.flush(ctx, &mut unit, &mut parts) }
                     .and_then(|()| self.roll(ctx));
                 unit = Unit::begin(ctx);
                 if let Err(e) = step {
@@ -191,7 +234,7 @@ impl Partition {
                 }
             }
             let base_offset = ctx.next_offset;
-            let mut pos = ctx.write_pos + buf.len() as u64;
+            let mut pos = ctx.write_pos + parts.len;
             for span in &req.enc.spans {
                 let bytes = &mut req.enc.buf[span.start..span.start + span.len];
                 batch::set_base_offset(bytes, ctx.next_offset);
@@ -204,16 +247,14 @@ impl Partition {
                 ctx.next_offset += u64::from(span.offsets);
                 pos += span.len as u64;
             }
-            buf.extend_from_slice(&req.enc.buf);
+            parts.push(std::mem::take(&mut req.enc.buf));
             let info = AppendInfo { partition: self.id, base_offset, last_offset: ctx.next_offset - 1 };
             unit.acks.push((req.ack, info));
         }
-        if failed.is_none() && !buf.is_empty() {
+        if failed.is_none() && !parts.is_empty() {
             // Errors were sent to the unit's producers.
-            let _ = self.flush(ctx, &mut unit, &mut buf);
+            let _ = self.flush(ctx, &mut unit, &mut parts);
         }
-        buf.clear();
-        ctx.buf = buf;
     }
 
     /// Whether the next request must go to a new segment.
@@ -230,10 +271,11 @@ impl Partition {
             || matches!((self.config.segment_ms, ctx.first_append_ms), (Some(ms), Some(t)) if now.saturating_sub(t) >= ms)
     }
 
-    /// Writes and (per policy) fsyncs the unit, then publishes and acknowledges it. On failure
-    /// the file and offsets are rolled back and every producer of the unit gets the error.
-    fn flush(&self, ctx: &mut WriterCtx, unit: &mut Unit, buf: &mut Vec<u8>) -> Result<()> {
-        let result = self.write_durably(ctx, unit, buf);
+    /// Writes and (per policy) fsyncs the unit, then publishes and acknowledges it, and hands
+    /// its buffers to the segment for readers at the tail. On failure the file and offsets are
+    /// rolled back and every producer of the unit gets the error.
+    fn flush(&self, ctx: &mut WriterCtx, unit: &mut Unit, parts: &mut Parts) -> Result<()> {
+        let result = self.write_durably(ctx, unit, &parts.bufs);
         if let Err(e) = &result {
             ctx.next_offset = unit.start_offset;
             ctx.builder = unit.saved_builder.clone();
@@ -241,36 +283,47 @@ impl Partition {
                 let _ = ack.send(Err(duplicate(e)));
             }
         } else {
-            ctx.write_pos += buf.len() as u64;
+            ctx.write_pos += parts.len;
+            if self.config.durability == Durability::None && ctx.write_pos - ctx.writeback_pos >= WRITEBACK_BYTES {
+                ctx.active.start_writeback(ctx.writeback_pos, ctx.write_pos - ctx.writeback_pos);
+                ctx.writeback_pos = ctx.write_pos;
+            }
             if ctx.first_append_ms.is_none() {
                 ctx.first_append_ms = Some(now_ms());
             }
             ctx.active.publish(ctx.write_pos, ctx.next_offset, unit.max_ts, &unit.entries);
+            let mut pos = unit.start_pos;
+            for buf in parts.bufs.drain(..) {
+                let len = buf.len() as u64;
+                ctx.active.remember(pos, bytes::Bytes::from(buf));
+                pos += len;
+            }
             self.advance_hw(ctx.next_offset);
             if let Some(trace) = self.trace.lock().as_mut() {
-                trace.push(buf.len() as u64);
+                trace.push(parts.len);
             }
             for (ack, info) in unit.acks.drain(..) {
                 let _ = ack.send(Ok(info));
             }
         }
-        buf.clear();
+        *parts = Parts::default();
         *unit = Unit::begin(ctx);
         result
     }
 
-    fn write_durably(&self, ctx: &WriterCtx, unit: &Unit, buf: &[u8]) -> Result<()> {
+    fn write_durably(&self, ctx: &WriterCtx, unit: &Unit, parts: &[Vec<u8>]) -> Result<()> {
         #[cfg(test)]
         let fault = self.fault.lock().take();
         #[cfg(not(test))]
         let fault: Option<Fault> = None;
         let written = match fault {
             Some(Fault::DiskFullMidWrite) => {
-                ctx.active.write_at(unit.start_pos, &buf[..buf.len() / 2]).and_then(|()| {
+                let all = parts.concat();
+                ctx.active.write_at(unit.start_pos, &all[..all.len() / 2]).and_then(|()| {
                     Err(LogError::io("appending (injected)", std::io::Error::from_raw_os_error(libc::ENOSPC)))
                 })
             }
-            _ => ctx.active.write_at(unit.start_pos, buf),
+            _ => ctx.active.write_parts_at(unit.start_pos, parts),
         };
         if let Err(e) = written {
             if let Err(t) = ctx.active.truncate(unit.start_pos) {
@@ -321,8 +374,10 @@ impl Partition {
             return Err(e);
         }
         self.state.write().segments.push(new.clone());
+        old.forget_recent();
         ctx.active = new;
         ctx.write_pos = 0;
+        ctx.writeback_pos = 0;
         ctx.builder = IndexBuilder::default();
         ctx.first_append_ms = None;
         Ok(())
