@@ -430,7 +430,7 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
     let stage_tx = match stage.take() {
         Some(mut stage) => {
             stage.processed = starts.clone();
-            let (tx, rx) = mpsc::channel(16);
+            let (tx, rx) = mpsc::channel(STAGE_INPUTS_AT_ONCE);
             // Hand the targets to the stage, which reports when they are reached.
             if tx.try_send(StageInput::Bootstrap(targets, loaded_tx)).is_err() {
                 return Err(EngineError::Internal("stage channel full at start".into()));
@@ -791,6 +791,9 @@ struct StageTask {
     commits: Option<OffsetCommits>,
 }
 
+/// Inputs a stage takes from its channel before running its shards.
+const STAGE_INPUTS_AT_ONCE: usize = 16;
+
 /// One copy of a stage's chain: what it is to do next, and what it did.
 struct Shard {
     chain: Chain,
@@ -892,37 +895,51 @@ impl StageTask {
                 None => rx.recv().await,
             };
             let Some(input) = input else { return Ok(()) };
-            match input {
-                StageInput::Bootstrap(targets, tx) => {
-                    bootstrap = Some((targets, tx));
-                    continue;
-                }
-                StageInput::Idle(i, p) => self.watermark(i, p, Watermark::Idle),
-                StageInput::Fetch { input: i, partition: p, messages: fetched, dead, next_offset } => {
-                    for m in fetched {
-                        match (i, m) {
-                            (_, Message::Watermark(w)) => self.watermark(i, p, w),
-                            (0, Message::Data(b)) => self.route_main(b, p)?,
-                            (0, m) => self.broadcast(m),
-                            (side, Message::Data(b)) => self.route_side(side, b)?,
-                            (_, _) => {}
+            // Take what else is waiting (up to a limit) before running the shards: inputs of
+            // different shards (each repartition partition feeds one) then run side by side
+            // instead of one after the other. Each shard still sees its steps in arrival order.
+            // (input, partition, next offset, read from the source topic).
+            let mut done: Vec<(usize, u32, u64, bool)> = Vec::new();
+            let mut next = Some(input);
+            let mut taken = 0;
+            while let Some(input) = next.take() {
+                match input {
+                    StageInput::Bootstrap(targets, tx) => bootstrap = Some((targets, tx)),
+                    StageInput::Idle(i, p) => self.watermark(i, p, Watermark::Idle),
+                    StageInput::Fetch { input: i, partition: p, messages: fetched, dead, next_offset } => {
+                        for m in fetched {
+                            match (i, m) {
+                                (_, Message::Watermark(w)) => self.watermark(i, p, w),
+                                (0, Message::Data(b)) => self.route_main(b, p)?,
+                                (0, m) => self.broadcast(m),
+                                (side, Message::Data(b)) => self.route_side(side, b)?,
+                                (_, _) => {}
+                            }
                         }
+                        write_dead_letters(&self.stats, self.committer.as_mut(), self.store.as_ref(), &dead).await?;
+                        done.push((i, p, next_offset, true));
                     }
-                    write_dead_letters(&self.stats, self.committer.as_mut(), self.store.as_ref(), &dead).await?;
-                    self.processed_up_to(i, p, next_offset, rx.is_empty()).await?;
-                    if let Some((targets, tx)) = &mut bootstrap {
-                        targets.retain(|(ti, tp, end)| !(*ti == i && *tp == p && next_offset >= *end));
-                        if targets.is_empty() {
-                            let _ = tx.send(true);
-                            bootstrap = None;
-                        }
+                    StageInput::Shuffled { input, partition, items, next_offset } => {
+                        self.shuffled(input, partition as usize, items)?;
+                        done.push((input, partition, next_offset, false));
+                    }
+                    StageInput::Failed(e) => return Err(EngineError::Internal(e)),
+                }
+                taken += 1;
+                if taken < STAGE_INPUTS_AT_ONCE {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.flush().await?;
+            for (i, p, next_offset, source) in done {
+                self.processed_up_to(i, p, next_offset, rx.is_empty()).await?;
+                if let (true, Some((targets, tx))) = (source, &mut bootstrap) {
+                    targets.retain(|(ti, tp, end)| !(*ti == i && *tp == p && next_offset >= *end));
+                    if targets.is_empty() {
+                        let _ = tx.send(true);
+                        bootstrap = None;
                     }
                 }
-                StageInput::Shuffled { input, partition, items, next_offset } => {
-                    self.shuffled(input, partition as usize, items)?;
-                    self.processed_up_to(input, partition, next_offset, rx.is_empty()).await?;
-                }
-                StageInput::Failed(e) => return Err(EngineError::Internal(e)),
             }
             self.flush().await?;
             if let Some(c) = &mut self.committer {
@@ -1120,6 +1137,7 @@ impl StageTask {
     /// as a task of its own (the runtime's workers take them side by side).
     async fn run_shards(&mut self) -> Result<()> {
         let busy = self.shards.iter().filter(|s| !s.steps.is_empty()).count();
+        tracing::trace!(query = %self.shared.id, steps = ?self.shards.iter().map(|s| s.steps.len()).collect::<Vec<_>>(), "running shards");
         if busy <= 1 {
             return self.shards.iter_mut().filter(|s| !s.steps.is_empty()).try_for_each(Shard::run);
         }
