@@ -793,6 +793,13 @@ struct StageTask {
 
 /// Inputs a stage takes from its channel before running its shards.
 const STAGE_INPUTS_AT_ONCE: usize = 16;
+/// Repartition fetches a stage holds before it stops taking input (each up to about 1 MiB).
+const STAGE_QUEUED_FETCHES: usize = 32;
+/// A repartition partition's fetches a stage has taken but not run: items and next offset.
+type QueuedFetches = std::collections::VecDeque<(Vec<Shuffled>, u64)>;
+
+/// Repartition fetches of each partition a stage runs at most in one round.
+const STAGE_FETCHES_PER_PARTITION: usize = 2;
 
 /// One copy of a stage's chain: what it is to do next, and what it did.
 struct Shard {
@@ -881,26 +888,36 @@ impl StageTask {
 
     async fn run_loop(&mut self, rx: &mut mpsc::Receiver<StageInput>) -> Result<()> {
         let mut bootstrap: Option<Bootstrap> = None;
+        // Repartition fetches not run yet, per (input, partition): each round runs a fair share
+        // of every partition's, so that the shards they feed work side by side (one feeder
+        // often fills the channel while another waits its turn).
+        let mut queued: std::collections::BTreeMap<(usize, u32), QueuedFetches> = Default::default();
+        let mut queued_len = 0usize;
         loop {
-            // With output waiting for its checkpoint, wait for input only until one is due.
-            let deadline = self.committer.as_ref().filter(|c| c.dirty()).map(|c| c.idle_deadline());
-            let input = match deadline {
-                Some(deadline) => tokio::select! {
-                    m = rx.recv() => m,
-                    _ = tokio::time::sleep_until(deadline) => {
-                        self.checkpoint().await?;
-                        continue;
-                    }
-                },
-                None => rx.recv().await,
+            let input = if queued_len > 0 {
+                // Work is waiting: take what has arrived, without waiting for more.
+                rx.try_recv().ok()
+            } else {
+                // With output waiting for its checkpoint, wait for input only until one is due.
+                let deadline = self.committer.as_ref().filter(|c| c.dirty()).map(|c| c.idle_deadline());
+                let input = match deadline {
+                    Some(deadline) => tokio::select! {
+                        m = rx.recv() => m,
+                        _ = tokio::time::sleep_until(deadline) => {
+                            self.checkpoint().await?;
+                            continue;
+                        }
+                    },
+                    None => rx.recv().await,
+                };
+                let Some(input) = input else { return Ok(()) };
+                Some(input)
             };
-            let Some(input) = input else { return Ok(()) };
-            // Take what else is waiting (up to a limit) before running the shards: inputs of
-            // different shards (each repartition partition feeds one) then run side by side
-            // instead of one after the other. Each shard still sees its steps in arrival order.
+            // Take what else is waiting (up to a limit) before running the shards. Each shard
+            // still sees its steps in arrival order.
             // (input, partition, next offset, read from the source topic).
             let mut done: Vec<(usize, u32, u64, bool)> = Vec::new();
-            let mut next = Some(input);
+            let mut next = input;
             let mut taken = 0;
             while let Some(input) = next.take() {
                 match input {
@@ -920,19 +937,29 @@ impl StageTask {
                         done.push((i, p, next_offset, true));
                     }
                     StageInput::Shuffled { input, partition, items, next_offset } => {
-                        self.shuffled(input, partition as usize, items)?;
-                        done.push((input, partition, next_offset, false));
+                        queued.entry((input, partition)).or_default().push_back((items, next_offset));
+                        queued_len += 1;
                     }
                     StageInput::Failed(e) => return Err(EngineError::Internal(e)),
                 }
                 taken += 1;
-                if taken < STAGE_INPUTS_AT_ONCE {
+                if taken < STAGE_INPUTS_AT_ONCE && queued_len < STAGE_QUEUED_FETCHES {
                     next = rx.try_recv().ok();
                 }
             }
+            for _ in 0..STAGE_FETCHES_PER_PARTITION {
+                for (&(input, partition), fetches) in queued.iter_mut() {
+                    if let Some((items, next_offset)) = fetches.pop_front() {
+                        self.shuffled(input, partition as usize, items)?;
+                        done.push((input, partition, next_offset, false));
+                        queued_len -= 1;
+                    }
+                }
+            }
+            queued.retain(|_, fetches| !fetches.is_empty());
             self.flush().await?;
             for (i, p, next_offset, source) in done {
-                self.processed_up_to(i, p, next_offset, rx.is_empty()).await?;
+                self.processed_up_to(i, p, next_offset, rx.is_empty() && queued_len == 0).await?;
                 if let (true, Some((targets, tx))) = (source, &mut bootstrap) {
                     targets.retain(|(ti, tp, end)| !(*ti == i && *tp == p && next_offset >= *end));
                     if targets.is_empty() {
@@ -941,10 +968,9 @@ impl StageTask {
                     }
                 }
             }
-            self.flush().await?;
             if let Some(c) = &mut self.committer {
                 c.worked();
-                if c.due(rx.is_empty()) {
+                if c.due(rx.is_empty() && queued_len == 0) {
                     self.checkpoint().await?;
                 }
             }
