@@ -964,6 +964,14 @@ impl KsqlEngine {
             }
             _ => {}
         }
+        // ksqlDB checks the sink's TIMESTAMP column before the key projection.
+        if let Some(ts) = with.get("TIMESTAMP").map(|v| v.as_text().to_uppercase()) {
+            if !plan.columns.iter().any(|c| c.name == ts) {
+                return Err(SqlError::plan(format!(
+                    "The TIMESTAMP column set in the WITH clause does not exist in the schema: '{ts}'"
+                )));
+            }
+        }
         if let Some(hint) = &plan.key_hint {
             return Err(SqlError::plan(format!(
                 "Key missing from projection (ie, SELECT). See https://cnfl.io/2LV7ouS.\nThe query used to build `{name}` must include {hint}"
@@ -980,7 +988,11 @@ impl KsqlEngine {
         if !plan.columns.iter().any(|c| !c.key) {
             return Err(SqlError::plan("The projection contains no value columns."));
         }
-        let topic = with.get("KAFKA_TOPIC").map(|v| v.as_text()).unwrap_or_else(|| name.to_string());
+        // The default topic: the sink's name, after `ksql.output.topic.name.prefix` if set.
+        let topic = with.get("KAFKA_TOPIC").map(|v| v.as_text()).unwrap_or_else(|| {
+            let prefix = props.get("ksql.output.topic.name.prefix").map(String::as_str).unwrap_or("");
+            format!("{prefix}{name}")
+        });
         let (mut key_format, value_format) =
             formats(with, Some((&plan.source.key_format, &plan.source.value_format)), props)?;
         if plan.columns.iter().any(|c| c.key) && key_format.kind == FormatKind::None {

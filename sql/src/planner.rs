@@ -3735,48 +3735,72 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
                 else {
                     return ControlFlow::Continue(());
                 };
-                // `S.B->C`: DataFusion resolves `S.B.C` (a qualified column, then its field).
-                if let (sp::Expr::CompoundIdentifier(ids), sp::Expr::Identifier(field)) =
-                    (left.as_ref(), right.as_ref())
-                {
-                    let mut ids = ids.clone();
-                    ids.push(field.clone());
-                    *e = sp::Expr::CompoundIdentifier(ids);
+                *e = arrow_access(*left, *right);
+            }
+            // `A->B[1]` parses as `A -> (B[1])` (a subscript binds tighter than an operator):
+            // the field, then the subscript, `(A->B)[1]`.
+            sp::Expr::BinaryOp { op: sp::BinaryOperator::Arrow, right, .. }
+                if matches!(right.as_ref(), sp::Expr::CompoundFieldAccess { root, .. }
+                    if matches!(root.as_ref(), sp::Expr::Identifier(_))) =>
+            {
+                let sp::Expr::BinaryOp { left, right, .. } =
+                    std::mem::replace(e, sp::Expr::Value(sp::Value::Null.into()))
+                else {
                     return ControlFlow::Continue(());
-                }
-                let field = sp::AccessExpr::Dot(*right);
-                *e = match *left {
+                };
+                let sp::Expr::CompoundFieldAccess { root: field, access_chain: rest } = *right else {
+                    return ControlFlow::Continue(());
+                };
+                *e = match arrow_access(*left, *field) {
                     sp::Expr::CompoundFieldAccess { root, mut access_chain } => {
-                        // After a subscript (`H[1]->KEY`) DataFusion takes a field named by a string.
-                        let subscripted = access_chain.iter().any(|a| matches!(a, sp::AccessExpr::Subscript(_)))
-                            || !matches!(root.as_ref(), sp::Expr::Identifier(_) | sp::Expr::CompoundIdentifier(_));
-                        access_chain.push(match field {
-                            sp::AccessExpr::Dot(sp::Expr::Identifier(f)) if subscripted => {
-                                sp::AccessExpr::Dot(sp::Expr::Value(sp::Value::SingleQuotedString(f.value).into()))
-                            }
-                            other => other,
-                        });
+                        access_chain.extend(rest);
                         sp::Expr::CompoundFieldAccess { root, access_chain }
                     }
-                    // On a computed value (`EXPLODE(a)->F1`), too.
-                    root @ (sp::Expr::Identifier(_) | sp::Expr::CompoundIdentifier(_) | sp::Expr::Nested(_)) => {
-                        sp::Expr::CompoundFieldAccess { root: Box::new(root), access_chain: vec![field] }
-                    }
-                    root => {
-                        let field = match field {
-                            sp::AccessExpr::Dot(sp::Expr::Identifier(f)) => {
-                                sp::AccessExpr::Dot(sp::Expr::Value(sp::Value::SingleQuotedString(f.value).into()))
-                            }
-                            other => other,
-                        };
-                        sp::Expr::CompoundFieldAccess { root: Box::new(root), access_chain: vec![field] }
-                    }
+                    other => sp::Expr::CompoundFieldAccess { root: Box::new(other), access_chain: rest },
                 };
             }
             _ => {}
         }
         ControlFlow::<()>::Continue(())
     });
+}
+
+/// `left->right` (a field name) as DataFusion field access.
+fn arrow_access(left: sp::Expr, right: sp::Expr) -> sp::Expr {
+    // `S.B->C`: DataFusion resolves `S.B.C` (a qualified column, then its field).
+    if let (sp::Expr::CompoundIdentifier(ids), sp::Expr::Identifier(field)) = (&left, &right) {
+        let mut ids = ids.clone();
+        ids.push(field.clone());
+        return sp::Expr::CompoundIdentifier(ids);
+    }
+    let field = sp::AccessExpr::Dot(right);
+    match left {
+        sp::Expr::CompoundFieldAccess { root, mut access_chain } => {
+            // After a subscript (`H[1]->KEY`) DataFusion takes a field named by a string.
+            let subscripted = access_chain.iter().any(|a| matches!(a, sp::AccessExpr::Subscript(_)))
+                || !matches!(root.as_ref(), sp::Expr::Identifier(_) | sp::Expr::CompoundIdentifier(_));
+            access_chain.push(match field {
+                sp::AccessExpr::Dot(sp::Expr::Identifier(f)) if subscripted => {
+                    sp::AccessExpr::Dot(sp::Expr::Value(sp::Value::SingleQuotedString(f.value).into()))
+                }
+                other => other,
+            });
+            sp::Expr::CompoundFieldAccess { root, access_chain }
+        }
+        // On a computed value (`EXPLODE(a)->F1`), too.
+        root @ (sp::Expr::Identifier(_) | sp::Expr::CompoundIdentifier(_) | sp::Expr::Nested(_)) => {
+            sp::Expr::CompoundFieldAccess { root: Box::new(root), access_chain: vec![field] }
+        }
+        root => {
+            let field = match field {
+                sp::AccessExpr::Dot(sp::Expr::Identifier(f)) => {
+                    sp::AccessExpr::Dot(sp::Expr::Value(sp::Value::SingleQuotedString(f.value).into()))
+                }
+                other => other,
+            };
+            sp::Expr::CompoundFieldAccess { root: Box::new(root), access_chain: vec![field] }
+        }
+    }
 }
 
 /// Turns arguments `a := b` into the two arguments `left(a), b`.
