@@ -3776,8 +3776,11 @@ fn arrow_access(left: sp::Expr, right: sp::Expr) -> sp::Expr {
     let field = sp::AccessExpr::Dot(right);
     match left {
         sp::Expr::CompoundFieldAccess { root, mut access_chain } => {
-            // After a subscript (`H[1]->KEY`) DataFusion takes a field named by a string.
-            let subscripted = access_chain.iter().any(|a| matches!(a, sp::AccessExpr::Subscript(_)))
+            // After a subscript (`H[1]->KEY`) or a field named by a string, DataFusion takes a
+            // field named by a string.
+            let subscripted = access_chain
+                .iter()
+                .any(|a| matches!(a, sp::AccessExpr::Subscript(_) | sp::AccessExpr::Dot(sp::Expr::Value(_))))
                 || !matches!(root.as_ref(), sp::Expr::Identifier(_) | sp::Expr::CompoundIdentifier(_));
             access_chain.push(match field {
                 sp::AccessExpr::Dot(sp::Expr::Identifier(f)) if subscripted => {
@@ -3788,9 +3791,11 @@ fn arrow_access(left: sp::Expr, right: sp::Expr) -> sp::Expr {
             sp::Expr::CompoundFieldAccess { root, access_chain }
         }
         // On a computed value (`EXPLODE(a)->F1`), too.
-        root @ (sp::Expr::Identifier(_) | sp::Expr::CompoundIdentifier(_) | sp::Expr::Nested(_)) => {
+        root @ (sp::Expr::CompoundIdentifier(_) | sp::Expr::Nested(_)) => {
             sp::Expr::CompoundFieldAccess { root: Box::new(root), access_chain: vec![field] }
         }
+        // A column's field by name as a string: `S->S` is field S of column S even where a
+        // source is called S (DataFusion reads `S.S` as column S of source S).
         root => {
             let field = match field {
                 sp::AccessExpr::Dot(sp::Expr::Identifier(f)) => {

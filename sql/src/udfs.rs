@@ -301,6 +301,92 @@ impl ScalarUDFImpl for MapUnion {
     }
 }
 
+/// `AS_MAP(keys, values)`: a map of each key to the value at its position (null past the end of
+/// `values`), a later duplicate key winning in the place the key first appeared; null keys are
+/// skipped; null when either list is.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct AsMap {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for AsMap {
+    fn name(&self) -> &str {
+        "as_map"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        match arg_types {
+            [DataType::List(k), DataType::List(v)] if matches!(k.data_type(), DataType::Utf8 | DataType::Null) => {
+                let entries = Fields::from(vec![
+                    Field::new("key", DataType::Utf8, false),
+                    Field::new("value", v.data_type().clone(), true),
+                ]);
+                Ok(DataType::Map(Arc::new(Field::new("entries", DataType::Struct(entries), false)), false))
+            }
+            _ => exec_err!("AS_MAP takes an ARRAY<STRING> of keys and an ARRAY of values, got {arg_types:?}"),
+        }
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let DataType::Map(field, sorted) = args.return_field.data_type().clone() else {
+            return exec_err!("AS_MAP returns a map");
+        };
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let (Some(keys), Some(values)) = (arrays[0].as_list_opt::<i32>(), arrays[1].as_list_opt::<i32>()) else {
+            return exec_err!("AS_MAP takes two arrays");
+        };
+        let key_strings = arrow::compute::cast(keys.values(), &DataType::Utf8)?;
+        let key_strings = key_strings.as_string::<i32>();
+        // Value positions to take (None: null), keys by entry, per row the entry count.
+        let (mut picks, mut names, mut lengths, mut valid) =
+            (Vec::<Option<u32>>::new(), Vec::<String>::new(), Vec::with_capacity(rows), Vec::with_capacity(rows));
+        for row in 0..rows {
+            if keys.is_null(row) || values.is_null(row) {
+                valid.push(false);
+                lengths.push(0);
+                continue;
+            }
+            valid.push(true);
+            let (ko, vo) = (keys.value_offsets(), values.value_offsets());
+            let (k0, k1, v0, v1) = (ko[row] as usize, ko[row + 1] as usize, vo[row] as usize, vo[row + 1] as usize);
+            let start = names.len();
+            for (i, k) in (k0..k1).enumerate() {
+                if key_strings.is_null(k) {
+                    continue;
+                }
+                let value = (v0 + i < v1).then_some((v0 + i) as u32);
+                let name = key_strings.value(k);
+                match names[start..].iter().position(|n| n == name) {
+                    Some(p) => picks[start + p] = value,
+                    None => {
+                        names.push(name.to_string());
+                        picks.push(value);
+                    }
+                }
+            }
+            lengths.push(names.len() - start);
+        }
+        let DataType::Struct(kv) = field.data_type() else { return exec_err!("AS_MAP returns a map") };
+        let taken = arrow::compute::take(values.values(), &UInt32Array::from(picks), None)?;
+        let taken = arrow::compute::cast(&taken, kv[1].data_type())?;
+        let entries = arrow::array::StructArray::try_new(
+            kv.clone(),
+            vec![Arc::new(arrow::array::StringArray::from(names)) as ArrayRef, taken],
+            None,
+        )?;
+        let map = MapArray::try_new(
+            field,
+            OffsetBuffer::from_lengths(lengths),
+            entries,
+            Some(NullBuffer::from(valid)),
+            sorted,
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(map)))
+    }
+}
+
 /// `ENTRIES(map, sorted)`: a map's entries as an array of `STRUCT<K, V>`, in key order when
 /// `sorted` is true (else in the map's order).
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -625,6 +711,7 @@ pub fn all() -> Vec<ScalarUDF> {
         ScalarUDF::from(AsValue { signature: Signature::any(1, Volatility::Immutable) }),
         ScalarUDF::from(MapUnion { signature: Signature::variadic_any(Volatility::Immutable) }),
         ScalarUDF::from(Entries { signature: Signature::any(2, Volatility::Immutable) }),
+        ScalarUDF::from(AsMap { signature: Signature::any(2, Volatility::Immutable) }),
         ScalarUDF::from(ArrayRemove { signature: Signature::any(2, Volatility::Immutable) }),
         ScalarUDF::from(Substring { signature: two_or_three() }),
         ScalarUDF::from(GeoDistance {
@@ -804,6 +891,45 @@ mod tests {
         assert_eq!(run(-3, Some(2)), "ll");
         assert_eq!(run(9, Some(2)), "");
         assert_eq!(run(-9, Some(1)), "h");
+    }
+
+    /// Keys pair with the values at their positions (null past the end); a duplicate key keeps
+    /// its first place with the later value; null keys are skipped; a null list gives null.
+    #[test]
+    fn as_map_pairs_keys_with_values() {
+        use arrow::array::{Int32Array, StringArray};
+        let udf = ScalarUDF::from(AsMap { signature: Signature::any(2, Volatility::Immutable) });
+        let list = |values: ArrayRef, offsets: Vec<i32>, nulls: Option<Vec<bool>>| -> ArrayRef {
+            let field = Arc::new(Field::new("item", values.data_type().clone(), true));
+            Arc::new(ListArray::new(field, OffsetBuffer::new(offsets.into()), values, nulls.map(NullBuffer::from)))
+        };
+        let keys = list(
+            Arc::new(StringArray::from(vec![Some("a"), Some("b"), Some("a"), None, Some("c"), Some("x")])),
+            vec![0, 5, 6],
+            None,
+        );
+        let values = list(Arc::new(Int32Array::from(vec![1, 2, 3, 4])), vec![0, 4, 4], Some(vec![true, false]));
+        let types = [keys.data_type().clone(), values.data_type().clone()];
+        let return_type = udf.return_type(&types).unwrap();
+        let args = vec![ColumnarValue::Array(keys), ColumnarValue::Array(values)];
+        let arg_fields = args.iter().map(|a| Arc::new(Field::new("a", a.data_type(), true))).collect();
+        let out = udf
+            .invoke_with_args(ScalarFunctionArgs {
+                args,
+                arg_fields,
+                number_rows: 2,
+                return_field: Arc::new(Field::new("r", return_type, true)),
+                config_options: Arc::new(Default::default()),
+            })
+            .unwrap();
+        let ColumnarValue::Array(a) = out else { panic!("scalar") };
+        let map = a.as_map();
+        assert!(map.is_valid(0) && map.is_null(1));
+        let entries = map.value(0);
+        let keys: Vec<&str> = entries.column(0).as_string::<i32>().iter().map(|k| k.unwrap()).collect();
+        let values: Vec<Option<i32>> = entries.column(1).as_primitive::<arrow::datatypes::Int32Type>().iter().collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        assert_eq!(values, [Some(3), Some(2), None]);
     }
 
     #[test]
