@@ -156,7 +156,15 @@ impl ScalarUDFImpl for GeoDistance {
     fn signature(&self) -> &Signature {
         &self.signature
     }
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        // The coordinates are numbers: ksqlDB does not read a string as one.
+        if arg_types.iter().take(4).any(|t| !(t.is_numeric() || *t == DataType::Null)) {
+            let names: Vec<String> = arg_types
+                .iter()
+                .map(|t| crate::types::SqlType::from_arrow(t).map_or_else(|| t.to_string(), |s| s.to_string()))
+                .collect();
+            return exec_err!("Function 'geo_distance' does not accept parameters ({}).", names.join(", "));
+        }
         Ok(DataType::Float64)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
