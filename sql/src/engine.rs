@@ -964,14 +964,16 @@ impl KsqlEngine {
             }
             _ => {}
         }
-        // ksqlDB checks the sink's TIMESTAMP column before the key projection.
-        if let Some(ts) = with.get("TIMESTAMP").map(|v| v.as_text().to_uppercase()) {
-            if !plan.columns.iter().any(|c| c.name == ts) {
-                return Err(SqlError::plan(format!(
-                    "The TIMESTAMP column set in the WITH clause does not exist in the schema: '{ts}'"
-                )));
-            }
-        }
+        let columns: Vec<Column> = plan
+            .columns
+            .iter()
+            .filter(|c| c.key)
+            .chain(plan.columns.iter().filter(|c| !c.key))
+            .map(|c| Column { name: c.name.clone(), sql_type: c.sql_type.clone(), key: c.key, header: None })
+            .collect();
+        // WITH (TIMESTAMP=...) on the result: its records carry that column's time. ksqlDB checks
+        // it before the key projection.
+        let timestamp = check_timestamp(&columns, with)?;
         if let Some(hint) = &plan.key_hint {
             return Err(SqlError::plan(format!(
                 "Key missing from projection (ie, SELECT). See https://cnfl.io/2LV7ouS.\nThe query used to build `{name}` must include {hint}"
@@ -1018,20 +1020,11 @@ impl KsqlEngine {
             }
             key_format = Format::new(FormatKind::None);
         }
-        let columns: Vec<Column> = plan
-            .columns
-            .iter()
-            .filter(|c| c.key)
-            .chain(plan.columns.iter().filter(|c| !c.key))
-            .map(|c| Column { name: c.name.clone(), sql_type: c.sql_type.clone(), key: c.key, header: None })
-            .collect();
         check_columns(&columns, with, &value_format)?;
         let partitions = match with.get("PARTITIONS") {
             Some(p) => Some(p.clone()),
             None => Some(PropValue::Number(plan.source.partitions.to_string())),
         };
-        // WITH (TIMESTAMP=...) on the result: its records carry that column's time.
-        let timestamp = check_timestamp(&columns, with)?;
         let timestamp_format = timestamp.as_ref().and_then(|_| with.get("TIMESTAMP_FORMAT")).map(|v| v.as_text());
         let mut sink = SourceDef {
             name: name.to_string(),

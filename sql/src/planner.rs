@@ -3773,39 +3773,29 @@ fn arrow_access(left: sp::Expr, right: sp::Expr) -> sp::Expr {
         ids.push(field.clone());
         return sp::Expr::CompoundIdentifier(ids);
     }
-    let field = sp::AccessExpr::Dot(right);
-    match left {
-        sp::Expr::CompoundFieldAccess { root, mut access_chain } => {
-            // After a subscript (`H[1]->KEY`) or a field named by a string, DataFusion takes a
-            // field named by a string.
-            let subscripted = access_chain
+    // DataFusion takes a field named by an identifier only right after a (qualified) column
+    // name; after a subscript (`H[1]->KEY`), a field named by a string, or on a computed value
+    // (`EXPLODE(a)->F1`) it takes one named by a string. A column's own field is named by a
+    // string too: `S->S` is field S of column S even where a source is called S (DataFusion reads
+    // `S.S` as column S of source S).
+    let (root, mut access_chain, by_string) = match left {
+        sp::Expr::CompoundFieldAccess { root, access_chain } => {
+            let by_string = access_chain
                 .iter()
                 .any(|a| matches!(a, sp::AccessExpr::Subscript(_) | sp::AccessExpr::Dot(sp::Expr::Value(_))))
                 || !matches!(root.as_ref(), sp::Expr::Identifier(_) | sp::Expr::CompoundIdentifier(_));
-            access_chain.push(match field {
-                sp::AccessExpr::Dot(sp::Expr::Identifier(f)) if subscripted => {
-                    sp::AccessExpr::Dot(sp::Expr::Value(sp::Value::SingleQuotedString(f.value).into()))
-                }
-                other => other,
-            });
-            sp::Expr::CompoundFieldAccess { root, access_chain }
+            (root, access_chain, by_string)
         }
-        // On a computed value (`EXPLODE(a)->F1`), too.
-        root @ (sp::Expr::CompoundIdentifier(_) | sp::Expr::Nested(_)) => {
-            sp::Expr::CompoundFieldAccess { root: Box::new(root), access_chain: vec![field] }
+        root @ sp::Expr::Nested(_) => (Box::new(root), vec![], false),
+        root => (Box::new(root), vec![], true),
+    };
+    access_chain.push(match right {
+        sp::Expr::Identifier(f) if by_string => {
+            sp::AccessExpr::Dot(sp::Expr::Value(sp::Value::SingleQuotedString(f.value).into()))
         }
-        // A column's field by name as a string: `S->S` is field S of column S even where a
-        // source is called S (DataFusion reads `S.S` as column S of source S).
-        root => {
-            let field = match field {
-                sp::AccessExpr::Dot(sp::Expr::Identifier(f)) => {
-                    sp::AccessExpr::Dot(sp::Expr::Value(sp::Value::SingleQuotedString(f.value).into()))
-                }
-                other => other,
-            };
-            sp::Expr::CompoundFieldAccess { root: Box::new(root), access_chain: vec![field] }
-        }
-    }
+        other => sp::AccessExpr::Dot(other),
+    });
+    sp::Expr::CompoundFieldAccess { root, access_chain }
 }
 
 /// Turns arguments `a := b` into the two arguments `left(a), b`.

@@ -36,6 +36,12 @@ pub enum SqlType {
     Struct(Vec<(String, SqlType)>),
 }
 
+/// The Arrow type of ksqlDB's maps: entries `key` (never null) and `value`.
+pub fn map_type(key: DataType, value: DataType) -> DataType {
+    let entries = Fields::from(vec![Field::new("key", key, false), Field::new("value", value, true)]);
+    DataType::Map(Arc::new(Field::new("entries", DataType::Struct(entries), false)), false)
+}
+
 impl SqlType {
     /// Whether the type is a map or holds one (in arrays or structs).
     pub fn contains_map(&self) -> bool {
@@ -66,17 +72,7 @@ impl SqlType {
             SqlType::Date => DataType::Date32,
             SqlType::Time => DataType::Time32(TimeUnit::Millisecond),
             SqlType::Array(t) => DataType::List(Arc::new(Field::new("item", t.to_arrow(), true))),
-            SqlType::Map(k, v) => DataType::Map(
-                Arc::new(Field::new(
-                    "entries",
-                    DataType::Struct(Fields::from(vec![
-                        Field::new("key", k.to_arrow(), false),
-                        Field::new("value", v.to_arrow(), true),
-                    ])),
-                    false,
-                )),
-                false,
-            ),
+            SqlType::Map(k, v) => map_type(k.to_arrow(), v.to_arrow()),
             SqlType::Struct(fields) => DataType::Struct(
                 fields.iter().map(|(n, t)| Field::new(n, t.to_arrow(), true)).collect::<Vec<_>>().into(),
             ),

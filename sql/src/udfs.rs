@@ -327,11 +327,7 @@ impl ScalarUDFImpl for AsMap {
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
         match arg_types {
             [DataType::List(k), DataType::List(v)] if matches!(k.data_type(), DataType::Utf8 | DataType::Null) => {
-                let entries = Fields::from(vec![
-                    Field::new("key", DataType::Utf8, false),
-                    Field::new("value", v.data_type().clone(), true),
-                ]);
-                Ok(DataType::Map(Arc::new(Field::new("entries", DataType::Struct(entries), false)), false))
+                Ok(crate::types::map_type(DataType::Utf8, v.data_type().clone()))
             }
             _ => exec_err!("AS_MAP takes an ARRAY<STRING> of keys and an ARRAY of values, got {arg_types:?}"),
         }

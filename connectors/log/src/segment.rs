@@ -8,12 +8,11 @@
 //! a reader that keeps up with the writer (a running query) is served from them, without a
 //! `pread` copying the bytes back out of the page cache.
 
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-
-use std::collections::VecDeque;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -65,9 +64,16 @@ pub(crate) struct Segment {
     max_ts: AtomicI64,
     index: RwLock<OffsetIndex>,
     time_index: RwLock<TimeIndex>,
-    /// The last buffers written, each whole batches at its file position, oldest first; all
-    /// committed (see the module docs).
-    recent: Mutex<VecDeque<(u64, Bytes)>>,
+    /// The last buffers written (see the module docs).
+    recent: Mutex<Recent>,
+}
+
+/// Buffers the writer wrote last, each whole batches at its file position, oldest first, all
+/// committed; `bytes` is their total length.
+#[derive(Debug, Default)]
+struct Recent {
+    buffers: VecDeque<(u64, Bytes)>,
+    bytes: usize,
 }
 
 /// The writer's view of a segment recovered as the active one.
@@ -111,7 +117,7 @@ impl Segment {
             max_ts: AtomicI64::new(max_ts),
             index: RwLock::new(index),
             time_index: RwLock::new(time_index),
-            recent: Mutex::new(VecDeque::new()),
+            recent: Mutex::new(Recent::default()),
         }
     }
 
@@ -154,7 +160,7 @@ impl Segment {
     /// fewer than `len` bytes. Else exactly `len` bytes from the file.
     fn read_at(&self, pos: u64, len: usize) -> Result<Bytes> {
         {
-            let recent = self.recent.lock();
+            let recent = &self.recent.lock().buffers;
             let i = recent.partition_point(|(at, _)| *at <= pos);
             if let Some(first) = i.checked_sub(1) {
                 let (at, bytes) = &recent[first];
@@ -220,12 +226,12 @@ impl Segment {
 
     /// Writes `buf` at `pos` (not yet committed).
     pub fn write_at(&self, pos: u64, buf: &[u8]) -> Result<()> {
-        self.file.write_all_at(buf, pos).ctx(|| format!("appending to {}", self.log_path.display()))
+        self.write_parts_at(pos, &[buf])
     }
 
     /// Writes `parts` one after the other from `pos` (not yet committed), with as few
     /// `pwritev` calls as the kernel allows.
-    pub fn write_parts_at(&self, pos: u64, parts: &[Vec<u8>]) -> Result<()> {
+    pub fn write_parts_at<B: AsRef<[u8]>>(&self, pos: u64, parts: &[B]) -> Result<()> {
         use std::os::fd::AsRawFd;
         const MAX_IOV: usize = 1024;
         let err = |e: std::io::Error| LogError::io(format!("appending to {}", self.log_path.display()), e);
@@ -236,6 +242,7 @@ impl Segment {
                 .take(MAX_IOV)
                 .enumerate()
                 .map(|(i, p)| {
+                    let p = p.as_ref();
                     let from = if i == 0 { skip } else { 0 };
                     libc::iovec { iov_base: p[from..].as_ptr() as *mut libc::c_void, iov_len: p.len() - from }
                 })
@@ -257,7 +264,7 @@ impl Segment {
             // Step past what was written.
             let mut left = n as usize;
             while left > 0 {
-                let rest = parts[part].len() - skip;
+                let rest = parts[part].as_ref().len() - skip;
                 if left >= rest {
                     left -= rest;
                     part += 1;
@@ -267,7 +274,7 @@ impl Segment {
                     left = 0;
                 }
             }
-            while part < parts.len() && parts[part].len() == skip {
+            while part < parts.len() && parts[part].as_ref().len() == skip {
                 part += 1;
                 skip = 0;
             }
@@ -277,7 +284,11 @@ impl Segment {
 
     /// Cuts the file back to `len` bytes (after a failed write).
     pub fn truncate(&self, len: u64) -> Result<()> {
-        self.recent.lock().retain(|(at, b)| at + b.len() as u64 <= len);
+        let mut recent = self.recent.lock();
+        while recent.buffers.back().is_some_and(|(at, b)| at + b.len() as u64 > len) {
+            recent.bytes -= recent.buffers.pop_back().map_or(0, |(_, b)| b.len());
+        }
+        drop(recent);
         self.file.set_len(len).ctx(|| format!("truncating {} to {} bytes", self.log_path.display(), len))
     }
 
@@ -311,19 +322,19 @@ impl Segment {
     /// tail, dropping the oldest buffers beyond [`RECENT_BYTES`].
     pub fn remember(&self, pos: u64, written: Bytes) {
         let mut recent = self.recent.lock();
-        if recent.back().is_some_and(|(at, b)| at + b.len() as u64 != pos) {
-            recent.clear(); // not contiguous with what is kept: start over
+        if recent.buffers.back().is_some_and(|(at, b)| at + b.len() as u64 != pos) {
+            *recent = Recent::default(); // not contiguous with what is kept: start over
         }
-        recent.push_back((pos, written));
-        let mut kept: usize = recent.iter().map(|(_, b)| b.len()).sum();
-        while kept > RECENT_BYTES && recent.len() > 1 {
-            kept -= recent.pop_front().map_or(0, |(_, b)| b.len());
+        recent.bytes += written.len();
+        recent.buffers.push_back((pos, written));
+        while recent.bytes > RECENT_BYTES && recent.buffers.len() > 1 {
+            recent.bytes -= recent.buffers.pop_front().map_or(0, |(_, b)| b.len());
         }
     }
 
     /// Drops the buffers kept for readers (the segment is no longer written).
     pub fn forget_recent(&self) {
-        self.recent.lock().clear();
+        *self.recent.lock() = Recent::default();
     }
 
     /// Makes written bytes visible to readers, with the index entries they produced.
