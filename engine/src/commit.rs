@@ -218,13 +218,16 @@ impl Committer {
     ) -> Result<u64> {
         let started = Instant::now();
         let state = snapshot()?;
+        let snapshot_us = started.elapsed().as_micros() as u64;
         let epoch = self.epoch;
         // What the checkpoint names must be durable first (topics whose appends do not wait
         // for their fsync, such as repartition topics, are synced here, once per checkpoint).
         for (topic, p) in &self.touched {
             self.store.sync(topic, *p)?;
         }
+        let synced_us = started.elapsed().as_micros() as u64;
         self.file.write(&Checkpoint { meta: CheckpointMeta { epoch, positions, task, parts: vec![] }, state })?;
+        let written_us = started.elapsed().as_micros() as u64;
         for (topic, p) in std::mem::take(&mut self.touched) {
             if self.spec.exactly_once {
                 self.store.end_transaction(&topic, p, self.producer, epoch, TxnEnd::Commit)?;
@@ -234,7 +237,15 @@ impl Committer {
         self.dirty = false;
         self.last = Instant::now();
         self.last_cost = started.elapsed();
-        tracing::debug!(task = %self.task, epoch, cost_us = self.last_cost.as_micros() as u64, "checkpoint");
+        tracing::debug!(
+            task = %self.task,
+            epoch,
+            snapshot_us,
+            synced_us,
+            written_us,
+            cost_us = self.last_cost.as_micros() as u64,
+            "checkpoint"
+        );
         Ok(epoch)
     }
 

@@ -53,7 +53,7 @@ pub enum StartFrom {
 /// Where a query's rows go.
 pub enum Output {
     /// Appended to a topic (persistent queries).
-    Topic(SinkSpec),
+    Topic(Box<SinkSpec>),
     /// Sent to a client (push queries). The channel is bounded: a slow client slows the query.
     Channel(mpsc::Sender<RecordBatch>),
 }
@@ -213,7 +213,7 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
         inputs.iter().map(|(s, _)| Ok(store.topic_config(&s.topic)?.partitions)).collect::<Result<_>>()?;
     let make_output = || -> Result<TaskOutput> {
         Ok(match &spec.output {
-            Output::Topic(s) => TaskOutput::Sink(Box::new(Sink::try_new(s.clone(), store.clone())?)),
+            Output::Topic(s) => TaskOutput::Sink(Box::new(Sink::try_new(s.as_ref().clone(), store.clone())?)),
             Output::Channel(tx) => TaskOutput::Channel(tx.clone()),
         })
     };
@@ -302,7 +302,7 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
                         out: Vec::new(),
                         late: Vec::new(),
                         sink: match &spec.output {
-                            Output::Topic(s) => Some(Sink::try_new(s.clone(), store.clone())?),
+                            Output::Topic(s) => Some(Sink::try_new(s.as_ref().clone(), store.clone())?),
                             Output::Channel(_) => None,
                         },
                         encoded: Vec::new(),

@@ -9,7 +9,7 @@ use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
-use rill_connectors::format::{self, Format, FormatKind};
+use rill_connectors::format::{self, Format, FormatKind, ProtobufNullable};
 use rill_connectors::store::{CleanupPolicy, Record, TopicConfig, TopicStore};
 use rill_engine::commit::CheckpointSpec;
 use rill_engine::operators::WindowKind;
@@ -722,7 +722,7 @@ impl KsqlEngine {
         if value_format.kind.uses_registry() && !columns.iter().any(|c| !c.key && c.header.is_none()) {
             let whole = matches!(with.get("WRAP_SINGLE_VALUE"), Some(PropValue::Bool(false)));
             let named = with.contains_key("VALUE_SCHEMA_ID");
-            let (inferred, single) = self.inferred_columns(&topic, false, whole, named, value_format.kind)?;
+            let (inferred, single) = self.inferred_columns(&topic, false, whole, named, &value_format)?;
             if single {
                 value_format.wrap_single_value = false;
             }
@@ -733,7 +733,7 @@ impl KsqlEngine {
             if self.store.schema_registry().latest(&subject)?.is_some() {
                 // A key is one column (ROWKEY), a record key a STRUCT: keys are unwrapped.
                 let named = with.contains_key("KEY_SCHEMA_ID");
-                let (mut inferred, _) = self.inferred_columns(&topic, true, true, named, key_format.kind)?;
+                let (mut inferred, _) = self.inferred_columns(&topic, true, true, named, &key_format)?;
                 for c in &mut inferred {
                     c.primary_key = kind == SourceKind::Table;
                 }
@@ -841,8 +841,9 @@ impl KsqlEngine {
         key: bool,
         whole: bool,
         named: bool,
-        kind: FormatKind,
+        format: &Format,
     ) -> Result<(Vec<ColumnDef>, bool)> {
+        let kind = format.kind;
         let subject = rill_connectors::registry::subject(topic, key);
         let Some((_, text)) = self.store.schema_registry().latest(&subject)? else {
             return Err(SqlError::plan(format!(
@@ -853,7 +854,14 @@ impl KsqlEngine {
         let single = if key { "ROWKEY" } else { "ROWVAL" };
         let unsupported = || SqlError::plan(format!("Unsupported schema for {subject} (no SQL type for it): {text}"));
         let (fields, unwrapped) = if kind == FormatKind::Protobuf {
-            (format::protobuf_columns(&text)?, false)
+            (
+                format::protobuf_columns(
+                    &text,
+                    self.store.schema_registry().as_ref(),
+                    format.schema_full_name.as_deref(),
+                )?,
+                false,
+            )
         } else {
             let schema: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| SqlError::plan(format!("Invalid schema for {subject}: {e}")))?;
@@ -1135,7 +1143,7 @@ impl KsqlEngine {
             shard_keys: plan.shard_keys.clone(),
             parallelism: parallelism(props)?,
             side_inputs: side_inputs(&plan),
-            output: Output::Topic(sink_spec),
+            output: Output::Topic(Box::new(sink_spec)),
             start: start_from(props, StartFrom::Latest),
             commit_group: Some(format!("rill-query-{id}")),
             checkpoint: Some(self.checkpoint_spec(id, props)?),
@@ -1846,6 +1854,10 @@ fn formats(with: &Props, inherit: Option<(&Format, &Format)>, props: &Properties
         }
         if v.kind == value.kind {
             value.delimiter = v.delimiter;
+            value.protobuf_nullable = v.protobuf_nullable;
+        }
+        if k.kind == key.kind {
+            key.protobuf_nullable = k.protobuf_nullable;
         }
     }
     // WRAP_SINGLE_VALUE is not inherited from a query's source (ksqlDB).
@@ -1863,6 +1875,26 @@ fn formats(with: &Props, inherit: Option<(&Format, &Format)>, props: &Properties
             )));
         }
         value.wrap_single_value = *b;
+    }
+    for (prop, f) in
+        [("VALUE_PROTOBUF_NULLABLE_REPRESENTATION", &mut value), ("KEY_PROTOBUF_NULLABLE_REPRESENTATION", &mut key)]
+    {
+        let Some(r) = get(prop) else { continue };
+        if !matches!(f.kind, FormatKind::Protobuf | FormatKind::ProtobufNosr) {
+            return Err(SqlError::plan(format!(
+                "{} does not support the following configs: [nullableRepresentation]",
+                f.kind.name()
+            )));
+        }
+        f.protobuf_nullable = match r.to_uppercase().as_str() {
+            "OPTIONAL" => ProtobufNullable::Optional,
+            "WRAPPER" => ProtobufNullable::Wrapper,
+            _ => {
+                return Err(SqlError::plan(format!(
+                    "Invalid value for {prop}: '{r}'. Valid values are: OPTIONAL, WRAPPER"
+                )))
+            }
+        };
     }
     for (prop, f) in [("VALUE_DELIMITER", &mut value), ("KEY_DELIMITER", &mut key)] {
         if let Some(d) = get(prop) {
@@ -1894,9 +1926,10 @@ fn formats(with: &Props, inherit: Option<(&Format, &Format)>, props: &Properties
             };
         }
     }
-    for (prop, f) in
-        [("VALUE_AVRO_SCHEMA_FULL_NAME", &value), ("VALUE_SCHEMA_FULL_NAME", &value), ("KEY_SCHEMA_FULL_NAME", &key)]
+    for (prop, is_key) in
+        [("VALUE_AVRO_SCHEMA_FULL_NAME", false), ("VALUE_SCHEMA_FULL_NAME", false), ("KEY_SCHEMA_FULL_NAME", true)]
     {
+        let f = if is_key { &mut key } else { &mut value };
         let Some(name) = get(prop) else { continue };
         if !f.kind.uses_registry() {
             return Err(SqlError::plan(format!(
@@ -1907,6 +1940,7 @@ fn formats(with: &Props, inherit: Option<(&Format, &Format)>, props: &Properties
         if name.trim().is_empty() {
             return Err(SqlError::plan("fullSchemaName cannot be empty. Format configuration: {fullSchemaName=}"));
         }
+        f.schema_full_name = Some(name);
     }
     // ksqlDB keys are unwrapped single values.
     key.wrap_single_value = false;

@@ -101,13 +101,37 @@ pub struct Format {
     pub wrap_single_value: bool,
     /// Field delimiter for DELIMITED.
     pub delimiter: u8,
+    /// How PROTOBUF and PROTOBUF_NOSR write a null scalar.
+    #[serde(default)]
+    pub protobuf_nullable: ProtobufNullable,
+    /// The registered schema's record or message to read and write (`*_SCHEMA_FULL_NAME`).
+    #[serde(default)]
+    pub schema_full_name: Option<String>,
 }
 
 impl Format {
     /// A format with default options.
     pub fn new(kind: FormatKind) -> Self {
-        Self { kind, wrap_single_value: true, delimiter: b',' }
+        Self {
+            kind,
+            wrap_single_value: true,
+            delimiter: b',',
+            protobuf_nullable: ProtobufNullable::Default,
+            schema_full_name: None,
+        }
     }
+}
+
+/// How PROTOBUF carries a nullable scalar column (ksqlDB's `*_PROTOBUF_NULLABLE_REPRESENTATION`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ProtobufNullable {
+    /// A plain proto3 field: a null is written as the type's default and read back as it.
+    #[default]
+    Default,
+    /// An `optional` field: a null is a field that is not set.
+    Optional,
+    /// A `google.protobuf.*Value` wrapper message: a null is a wrapper that is not set.
+    Wrapper,
 }
 
 /// The result of decoding a set of record values.
@@ -183,9 +207,15 @@ pub fn decoder(format: &Format, schema: SchemaRef, registry: Option<&Registered>
         FormatKind::Kafka => Ok(Box::new(kafka::KafkaDecoder::try_new(schema)?)),
         FormatKind::Protobuf => {
             let r = registered(format, registry)?;
-            Ok(Box::new(protobuf::ProtobufDecoder::try_new(schema, Some(r.registry.clone()))?))
+            Ok(Box::new(protobuf::ProtobufDecoder::try_new(
+                schema,
+                format.protobuf_nullable,
+                Some(r.registry.clone()),
+            )?))
         }
-        FormatKind::ProtobufNosr => Ok(Box::new(protobuf::ProtobufDecoder::try_new(schema, None)?)),
+        FormatKind::ProtobufNosr => {
+            Ok(Box::new(protobuf::ProtobufDecoder::try_new(schema, format.protobuf_nullable, None)?))
+        }
         FormatKind::JsonSr => {
             // The header is checked here, the text read as JSON.
             let json = Format { kind: FormatKind::Json, ..format.clone() };
@@ -220,9 +250,15 @@ pub fn encoder(format: &Format, schema: SchemaRef, registry: Option<&Registered>
         FormatKind::Kafka => Ok(Box::new(kafka::KafkaEncoder::try_new(schema)?)),
         FormatKind::Protobuf => {
             let r = registered(format, registry)?;
-            Ok(Box::new(protobuf::ProtobufEncoder::try_new(schema, Some((r.registry.as_ref(), &r.subject)))?))
+            Ok(Box::new(protobuf::ProtobufEncoder::try_new(
+                schema,
+                format.protobuf_nullable,
+                Some((r.registry.as_ref(), &r.subject)),
+            )?))
         }
-        FormatKind::ProtobufNosr => Ok(Box::new(protobuf::ProtobufEncoder::try_new(schema, None)?)),
+        FormatKind::ProtobufNosr => {
+            Ok(Box::new(protobuf::ProtobufEncoder::try_new(schema, format.protobuf_nullable, None)?))
+        }
         FormatKind::JsonSr => {
             let r = registered(format, registry)?;
             let json = Format { kind: FormatKind::Json, ..format.clone() };

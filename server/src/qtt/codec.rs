@@ -21,6 +21,10 @@ use super::load::WindowNode;
 pub struct Layout {
     /// The format.
     pub kind: FormatKind,
+    /// How PROTOBUF_NOSR carries nulls (its schema is the columns').
+    pub protobuf_nullable: format::ProtobufNullable,
+    /// The registered schema's message (`*_SCHEMA_FULL_NAME`).
+    pub full_name: Option<String>,
     /// The column types on this side, in order.
     pub types: Vec<SqlType>,
     /// The column names on this side, in order.
@@ -47,14 +51,19 @@ pub fn encode(layout: Option<&Layout>, v: &Value, registry: &dyn SchemaRegistry)
                 .latest(&layout.subject)
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no schema registered for subject {}", layout.subject))?;
-            let mut out =
-                format::protobuf_encode_json(&schema, Some(id), std::slice::from_ref(v)).map_err(|e| e.to_string())?;
+            let mut out = format::protobuf_encode_json(
+                registry,
+                (&schema, layout.full_name.as_deref()),
+                Some(id),
+                std::slice::from_ref(v),
+            )
+            .map_err(|e| e.to_string())?;
             Ok(out.pop().flatten().map(|b| b.to_vec()))
         }
         FormatKind::ProtobufNosr => {
             let schema = columns_proto(layout)?;
-            let mut out =
-                format::protobuf_encode_json(&schema, None, std::slice::from_ref(v)).map_err(|e| e.to_string())?;
+            let mut out = format::protobuf_encode_json(registry, (&schema, None), None, std::slice::from_ref(v))
+                .map_err(|e| e.to_string())?;
             Ok(out.pop().flatten().map(|b| b.to_vec()))
         }
         FormatKind::JsonSr => {
@@ -90,7 +99,8 @@ fn columns_proto(layout: &Layout) -> Result<String, String> {
         .zip(&layout.types)
         .map(|(n, t)| arrow::datatypes::Field::new(n, t.to_arrow(), true))
         .collect();
-    format::protobuf_schema_for(&arrow::datatypes::Schema::new(fields)).map_err(|e| e.to_string())
+    format::protobuf_schema_for(&arrow::datatypes::Schema::new(fields), layout.protobuf_nullable)
+        .map_err(|e| e.to_string())
 }
 
 fn plain(v: &Value) -> Vec<u8> {
@@ -230,7 +240,14 @@ mod tests {
     use super::*;
 
     fn kafka(t: SqlType) -> Layout {
-        Layout { kind: FormatKind::Kafka, types: vec![t], names: vec!["V".into()], subject: "t-value".into() }
+        Layout {
+            kind: FormatKind::Kafka,
+            protobuf_nullable: Default::default(),
+            full_name: None,
+            types: vec![t],
+            names: vec!["V".into()],
+            subject: "t-value".into(),
+        }
     }
 
     fn no_registry() -> rill_connectors::FileRegistry {
@@ -240,7 +257,14 @@ mod tests {
     #[test]
     fn avro_uses_the_latest_registered_schema() {
         let r = no_registry();
-        let l = Layout { kind: FormatKind::Avro, types: vec![], names: vec![], subject: "t-value".into() };
+        let l = Layout {
+            kind: FormatKind::Avro,
+            protobuf_nullable: Default::default(),
+            full_name: None,
+            types: vec![],
+            names: vec![],
+            subject: "t-value".into(),
+        };
         assert!(encode(Some(&l), &serde_json::json!(1), &r).unwrap_err().contains("no schema registered"));
         r.register("t-value", r#"{"type": "record", "name": "x", "fields": [{"name": "A", "type": "long"}]}"#).unwrap();
         let v = serde_json::json!({"A": 7});
@@ -270,7 +294,14 @@ mod tests {
     #[test]
     fn json_delimited_none_and_nulls() {
         let r = no_registry();
-        let layout = |kind| Layout { kind, types: vec![], names: vec![], subject: "t-value".into() };
+        let layout = |kind| Layout {
+            kind,
+            protobuf_nullable: Default::default(),
+            full_name: None,
+            types: vec![],
+            names: vec![],
+            subject: "t-value".into(),
+        };
         let json = layout(FormatKind::Json);
         let v = serde_json::json!({"B": 1, "A": [1.0, "x"]});
         let bytes = encode(Some(&json), &v, &r).unwrap().unwrap();

@@ -166,6 +166,21 @@ pub struct TopicNode {
     /// Registered key schema id.
     #[serde(default, rename = "keySchemaId")]
     pub key_schema_id: Option<Value>,
+    /// Schemas the value schema references (imports), registered first.
+    #[serde(default, rename = "valueSchemaReferences")]
+    pub value_schema_references: Vec<SchemaReference>,
+    /// Schemas the key schema references.
+    #[serde(default, rename = "keySchemaReferences")]
+    pub key_schema_references: Vec<SchemaReference>,
+}
+
+/// A schema another one references, by the name it is imported as.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SchemaReference {
+    /// The import name (and its subject).
+    pub name: String,
+    /// The schema text.
+    pub schema: String,
 }
 
 impl TopicNode {

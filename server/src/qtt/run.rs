@@ -159,12 +159,16 @@ fn layouts(source: Option<&SourceDef>) -> (Option<Layout>, Option<Layout>) {
         Some(s) => (
             Some(Layout {
                 kind: s.key_format.kind,
+                protobuf_nullable: s.key_format.protobuf_nullable,
+                full_name: s.key_format.schema_full_name.clone(),
                 types: s.key_columns().map(|c| c.sql_type.clone()).collect(),
                 names: s.key_columns().map(|c| c.name.clone()).collect(),
                 subject: subject(&s.topic, true),
             }),
             Some(Layout {
                 kind: s.value_format.kind,
+                protobuf_nullable: s.value_format.protobuf_nullable,
+                full_name: s.value_format.schema_full_name.clone(),
                 types: s.value_columns().map(|c| c.sql_type.clone()).collect(),
                 names: s.value_columns().map(|c| c.name.clone()).collect(),
                 subject: subject(&s.topic, false),
@@ -178,6 +182,12 @@ fn layouts(source: Option<&SourceDef>) -> (Option<Layout>, Option<Layout>) {
 pub(super) fn register_schemas(topics: &[TopicNode], store: &dyn TopicStore) -> Result<(), String> {
     let registry = store.schema_registry();
     for t in topics {
+        // Referenced schemas first, under their import names (Confluent's subjects for them).
+        for r in t.value_schema_references.iter().chain(&t.key_schema_references) {
+            registry
+                .register(&r.name, &r.schema)
+                .map_err(|e| format!("runner: registering the schema '{}' of '{}': {e}", r.name, t.name))?;
+        }
         for (key, schema) in [(true, t.key_schema.as_ref()), (false, t.value_schema.as_ref().or(t.schema.as_ref()))]
             .into_iter()
             .map(|(k, s)| (k, s.filter(|v| !v.is_null())))
