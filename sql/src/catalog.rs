@@ -94,7 +94,7 @@ impl SourceDef {
                 // An index among the decoded columns (header columns come after them).
                 let mut decoded = self.key_columns().chain(self.value_columns().filter(|c| c.header.is_none()));
                 let idx = decoded.position(|c| &c.name == ts);
-                let format = self.timestamp_format.as_ref().and_then(|f| crate::timefmt::java_to_chrono(f).ok());
+                let format = self.timestamp_format.as_ref().and_then(|f| crate::timefmt::java_to_chrono_parse(f).ok());
                 match (idx, format) {
                     (Some(column), Some(format)) => EventTime::Formatted { column, format },
                     (Some(column), None) => EventTime::Column(column),

@@ -1123,7 +1123,7 @@ impl KsqlEngine {
                 None => plan.rowtime_column,
             },
             timestamp_format: match &sink.timestamp_format {
-                Some(f) => Some(crate::timefmt::java_to_chrono(f)?),
+                Some(f) => Some(crate::timefmt::java_to_chrono_parse(f)?),
                 None => None,
             },
             input_schema: input_schema.clone(),

@@ -295,8 +295,10 @@ impl HigherOrderUDFImpl for LambdaFn {
                 let rows_of = elements.all_rows();
                 let keys = elements.eval(k, &rows_of)?;
                 let vals = elements.eval(v, &rows_of)?;
-                let keep = last_of_each_key(&elements.offsets, &keys)?;
-                elements.rebuild(return_type, vec![keys, vals], Some(&keep))?
+                let (keep, duplicated) = last_of_each_key(&elements.offsets, &keys)?;
+                let map = elements.rebuild(return_type, vec![keys, vals], Some(&keep))?;
+                // Two entries with one key: ksqlDB's TRANSFORM fails on the row, which is null.
+                arrow::compute::nullif(&map, &duplicated)?
             }
             (Kind::Filter, [p]) => {
                 let kept = elements.eval(p, &elements.all_rows())?;
@@ -412,20 +414,23 @@ impl Elements {
     }
 }
 
-/// Keeps, per row, the last entry of each key (and no entry with a null key): the map a
-/// `TRANSFORM` of keys makes, as a Java map's `put` would.
-fn last_of_each_key(offsets: &OffsetBuffer<i32>, keys: &ArrayRef) -> Result<BooleanArray> {
+/// Keeps, per row, the entries with a key (the last of each key), and says which rows had a
+/// key twice (`TRANSFORM` makes those null).
+fn last_of_each_key(offsets: &OffsetBuffer<i32>, keys: &ArrayRef) -> Result<(BooleanArray, BooleanArray)> {
     let converter = RowConverter::new(vec![SortField::new(keys.data_type().clone())])?;
     let encoded = converter.convert_columns(std::slice::from_ref(keys))?;
     let mut keep = vec![true; keys.len()];
+    let mut duplicated = vec![false; offsets.len() - 1];
     for r in 0..offsets.len() - 1 {
         let (a, b) = (offsets[r] as usize, offsets[r + 1] as usize);
         let mut seen = std::collections::HashSet::new();
         for i in (a..b).rev() {
-            keep[i] = keys.is_valid(i) && seen.insert(encoded.row(i));
+            let first = seen.insert(encoded.row(i));
+            duplicated[r] |= keys.is_valid(i) && !first;
+            keep[i] = keys.is_valid(i) && first;
         }
     }
-    Ok(BooleanArray::from(keep))
+    Ok((BooleanArray::from(keep), BooleanArray::from(duplicated)))
 }
 
 /// `REDUCE`: the lambda applied at each element position in turn, over the rows that have an
@@ -542,8 +547,8 @@ mod tests {
             eval("TRANSFORM(M, (k, v) => UCASE(k), (k, v) => v * 10)").await,
             ["{ABC: 10, DE: 20}", "{X: null}", "null", "{}"]
         );
-        // Keys made equal: the last entry stays.
-        assert_eq!(eval("TRANSFORM(M, (k, v) => 'K', (k, v) => v)").await, ["{K: 2}", "{K: null}", "null", "{}"]);
+        // Keys made equal: the row is null (ksqlDB fails on it); a row with one entry keeps it.
+        assert_eq!(eval("TRANSFORM(M, (k, v) => 'K', (k, v) => v)").await, ["null", "{K: null}", "null", "{}"]);
         assert_eq!(eval("FILTER(M, (k, v) => LEN(k) > 2)").await, ["{abc: 1}", "{}", "null", "{}"]);
         assert_eq!(eval("REDUCE(M, 0, (s, k, v) => s + LEN(k) * v)").await, ["7", "null", "0", "0"]);
         // Lambdas nest, and an inner lambda may use an outer one's parameters.

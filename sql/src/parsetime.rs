@@ -87,7 +87,7 @@ impl ScalarUDFImpl for ParseTime {
             }
             let pattern = patterns.value(i);
             if !formats.contains_key(pattern) {
-                match crate::timefmt::java_to_chrono(pattern) {
+                match crate::timefmt::java_to_chrono_parse(pattern) {
                     // chrono skips a zone name when parsing: the time would be read as UTC.
                     Ok(f) if f.contains("%Z") => {
                         return exec_err!(

@@ -67,8 +67,18 @@ mod iso_tests {
     }
 }
 
-/// Translates a Java `DateTimeFormatter` pattern into a chrono format string.
+/// Translates a Java `DateTimeFormatter` pattern into a chrono format string (to format with).
 pub fn java_to_chrono(pattern: &str) -> Result<String> {
+    translate(pattern, false)
+}
+
+/// [`java_to_chrono`] for parsing: a fraction of one or two digits after a `.` (`ss.S`) reads
+/// as Java reads it (`.2` is 200 ms), where chrono's fixed-width fraction wants three digits.
+pub fn java_to_chrono_parse(pattern: &str) -> Result<String> {
+    translate(pattern, true)
+}
+
+fn translate(pattern: &str, parsing: bool) -> Result<String> {
     let unsupported = |what: &str| {
         SqlError::plan(format!("Invalid date format: {pattern}: the pattern letter(s) {what} are not supported"))
     };
@@ -110,6 +120,12 @@ pub fn java_to_chrono(pattern: &str) -> Result<String> {
             n += 1;
         }
         let run: String = std::iter::repeat_n(c, n).collect();
+        if parsing && c == 'S' && n < 3 && out.ends_with('.') {
+            out.pop();
+            out.push_str("%.f");
+            i += n;
+            continue;
+        }
         out.push_str(match (c, n) {
             ('y' | 'u', 2) => "%y",
             ('y' | 'u', _) => "%Y",
@@ -154,6 +170,9 @@ mod tests {
     #[test]
     fn common_patterns() {
         assert_eq!(java_to_chrono("yyyy-MM-dd HH:mm:ss.SSS").unwrap(), "%Y-%m-%d %H:%M:%S.%3f");
+        assert_eq!(java_to_chrono_parse("HH:mm:ss.S").unwrap(), "%H:%M:%S%.f");
+        let t = chrono::NaiveTime::parse_from_str("13:31:09.2", &java_to_chrono_parse("HH:mm:ss.S").unwrap()).unwrap();
+        assert_eq!(t, chrono::NaiveTime::from_hms_milli_opt(13, 31, 9, 200).unwrap());
         assert_eq!(java_to_chrono("yyyy-MM-dd'T'HH:mm:ssX").unwrap(), "%Y-%m-%dT%H:%M:%S%z");
         assert_eq!(java_to_chrono("dd/MMM/yyyy 'o''clock' h a").unwrap(), "%d/%b/%Y o'clock %I %p");
         assert!(java_to_chrono("yyyy QQ").is_err());

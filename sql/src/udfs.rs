@@ -2,6 +2,7 @@
 //! `GEO_DISTANCE`, `TIMESTAMPTOSTRING`, `FORMAT_TIMESTAMP`, `FORMAT_DATE`, `FORMAT_TIME`, `DATETOSTRING`,
 //! `MAP_UNION`, `ENTRIES`, `ARRAY_REMOVE`.
 
+use serde_json::value::RawValue;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -83,19 +84,31 @@ impl ScalarUDFImpl for ExtractJsonField {
                 continue;
             }
             // A JSON parser (serde_json) reads the document; only the path walk is ours. As
-            // ksqlDB's reader, it reads the first value and ignores what follows it.
-            let value: Option<serde_json::Value> =
+            // ksqlDB's reader, it reads the first value and ignores what follows it. Values are
+            // walked as raw text, so a number comes back as written (`1.23450`).
+            let value: Option<&RawValue> =
                 serde_json::Deserializer::from_str(json.value(i)).into_iter().next().and_then(|v| v.ok());
-            let found = value.as_ref().zip(parse_path(paths.value(i))).and_then(|(v, steps)| {
+            let found = value.zip(parse_path(paths.value(i))).and_then(|(v, steps)| {
                 steps.iter().try_fold(v, |v, step| match step {
-                    Ok(name) => v.get(name),
-                    Err(index) => v.get(index),
+                    Ok(name) => {
+                        serde_json::from_str::<std::collections::HashMap<String, &RawValue>>(v.get()).ok()?.remove(name)
+                    }
+                    Err(index) => serde_json::from_str::<Vec<&RawValue>>(v.get()).ok()?.get(*index).copied(),
                 })
             });
-            match found {
-                None | Some(serde_json::Value::Null) => out.append_null(),
-                Some(serde_json::Value::String(s)) => out.append_value(s),
-                Some(other) => out.append_value(other.to_string()),
+            let text = found.map(|v| v.get().trim());
+            match text.and_then(|t| t.chars().next()) {
+                None | Some('n') => out.append_null(),
+                Some('"') => match serde_json::from_str::<String>(text.unwrap_or_default()) {
+                    Ok(s) => out.append_value(s),
+                    Err(_) => out.append_null(),
+                },
+                // Objects and arrays as compact JSON text.
+                Some('{' | '[') => match serde_json::from_str::<serde_json::Value>(text.unwrap_or_default()) {
+                    Ok(v) => out.append_value(v.to_string()),
+                    Err(_) => out.append_null(),
+                },
+                Some(_) => out.append_value(text.unwrap_or_default()),
             }
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish())))
