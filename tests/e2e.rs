@@ -579,6 +579,18 @@ async fn schema_registry_formats_avro_json_sr_and_protobuf() {
         vec![json!(["a", 1000, ["x"], ""]), json!(["a", 2000, ["y", "z"], "z"]), json!(["b", 3000, [], ""])],
         "{body}"
     );
+    // A sink may write with a schema already registered (its id): the query's columns must be
+    // the schema's, in order; then nothing new is registered and the records name that id.
+    let (status, e) = server
+        .ksql("CREATE STREAM reordered WITH (value_schema_id=1) AS SELECT id, tags, amount, at FROM payments;")
+        .await;
+    assert_eq!(status, 400, "{e:#}");
+    let message = e["message"].as_str().unwrap();
+    assert!(message.contains("The following value columns are changed, missing or reordered: [`TAGS` ARRAY<STRING>, `AMOUNT` DECIMAL(10, 2), `AT` TIMESTAMP]"), "{message}");
+    server.ok("CREATE STREAM same WITH (value_schema_id=1) AS SELECT id, amount, at, tags FROM payments;").await;
+    server.ok("CREATE STREAM same_again (id STRING KEY) WITH (kafka_topic='SAME', value_format='AVRO', value_schema_id=1);").await;
+    let (_, body) = server.query("SELECT id, amount FROM same_again EMIT CHANGES LIMIT 3;").await;
+    assert_eq!(Server::rows(&body), vec![json!(["a", 10.5]), json!(["a", 2.25]), json!(["b", 1.0])], "{body}");
     server.stop();
 
     // The registry is in the data directory: after a restart the table's records still decode.

@@ -721,8 +721,8 @@ impl KsqlEngine {
         // registered for the topic, as ksqlDB does.
         if value_format.kind.uses_registry() && !columns.iter().any(|c| !c.key && c.header.is_none()) {
             let whole = matches!(with.get("WRAP_SINGLE_VALUE"), Some(PropValue::Bool(false)));
-            let named = with.contains_key("VALUE_SCHEMA_ID");
-            let (inferred, single) = self.inferred_columns(&topic, false, whole, named, &value_format)?;
+            let id = schema_id(with, "VALUE_SCHEMA_ID")?;
+            let (inferred, single) = self.inferred_columns(&topic, false, whole, id, &value_format)?;
             if single {
                 value_format.wrap_single_value = false;
             }
@@ -730,10 +730,10 @@ impl KsqlEngine {
         }
         if key_format.kind.uses_registry() && !columns.iter().any(|c| c.key) {
             let subject = rill_connectors::registry::subject(&topic, true);
-            if self.store.schema_registry().latest(&subject)?.is_some() {
+            let id = schema_id(with, "KEY_SCHEMA_ID")?;
+            if id.is_some() || self.store.schema_registry().latest(&subject)?.is_some() {
                 // A key is one column (ROWKEY), a record key a STRUCT: keys are unwrapped.
-                let named = with.contains_key("KEY_SCHEMA_ID");
-                let (mut inferred, _) = self.inferred_columns(&topic, true, true, named, &key_format)?;
+                let (mut inferred, _) = self.inferred_columns(&topic, true, true, id, &key_format)?;
                 for c in &mut inferred {
                     c.primary_key = kind == SourceKind::Table;
                 }
@@ -831,40 +831,60 @@ impl KsqlEngine {
         Ok(SourceDef { partitions, ..def })
     }
 
-    /// The columns of the latest AVRO schema registered for a topic's values (`key == false`) or
-    /// keys, upper-cased as ksqlDB infers them, or as the schema names them when the statement
-    /// names the schema by id (`named`); `whole`: the schema is one column even if it is a record.
+    /// The columns of the latest schema registered for a topic's values (`key == false`) or keys,
+    /// upper-cased as ksqlDB infers them; or of the schema the statement names by `id`
+    /// (`*_SCHEMA_ID`), named as it names them; `whole`: the schema is one column even if it is a
+    /// record.
     /// Returns whether the columns are one unwrapped value.
     fn inferred_columns(
         &self,
         topic: &str,
         key: bool,
         whole: bool,
-        named: bool,
+        id: Option<u32>,
+        format: &Format,
+    ) -> Result<(Vec<ColumnDef>, bool)> {
+        let subject = rill_connectors::registry::subject(topic, key);
+        let registered = match id {
+            Some(id) => self.store.schema_registry().schema(id)?,
+            None => self.store.schema_registry().latest(&subject)?.map(|(_, text)| text),
+        };
+        let Some(text) = registered else {
+            return Err(SqlError::plan(match id {
+                Some(id) => format!("Schema with id {id} does not exist in the Schema Registry."),
+                None => format!(
+                    "Schema for message {} on topic '{topic}' does not exist in the Schema Registry.\nSubject: {subject}",
+                    if key { "keys" } else { "values" }
+                ),
+            }));
+        };
+        self.schema_columns(&text, &subject, key, (whole, id.is_some()), format)
+    }
+
+    /// The columns of registered schema `text` (see [`Self::inferred_columns`]).
+    fn schema_columns(
+        &self,
+        text: &str,
+        subject: &str,
+        key: bool,
+        (whole, named): (bool, bool),
         format: &Format,
     ) -> Result<(Vec<ColumnDef>, bool)> {
         let kind = format.kind;
-        let subject = rill_connectors::registry::subject(topic, key);
-        let Some((_, text)) = self.store.schema_registry().latest(&subject)? else {
-            return Err(SqlError::plan(format!(
-                "Schema for message {} on topic '{topic}' does not exist in the Schema Registry.\nSubject: {subject}",
-                if key { "keys" } else { "values" }
-            )));
-        };
         let single = if key { "ROWKEY" } else { "ROWVAL" };
         let unsupported = || SqlError::plan(format!("Unsupported schema for {subject} (no SQL type for it): {text}"));
         let (fields, unwrapped) = if kind == FormatKind::Protobuf {
             (
                 format::protobuf_columns(
-                    &text,
+                    text,
                     self.store.schema_registry().as_ref(),
                     format.schema_full_name.as_deref(),
                 )?,
                 false,
             )
         } else {
-            let schema: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| SqlError::plan(format!("Invalid schema for {subject}: {e}")))?;
+            let schema: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| SqlError::plan(format!("Invalid schema for {subject}: {e}")))?;
             let json = kind == FormatKind::JsonSr;
             let whole_type = |t: DataType| vec![Field::new(single, t, true)].into();
             let fields = match (whole, json) {
@@ -892,6 +912,50 @@ impl KsqlEngine {
             out.push(ColumnDef { name, sql_type, key, primary_key: false, header: None, position: Default::default() });
         }
         Ok((out, unwrapped))
+    }
+
+    /// A sink given `KEY_SCHEMA_ID` / `VALUE_SCHEMA_ID` writes with that registered schema: the
+    /// query's columns must be the schema's first columns, in order and of the same types (the
+    /// schema may have more, written as their default or null).
+    fn use_registered_schemas(&self, sink: &mut SourceDef, with: &Props) -> Result<()> {
+        for (key, prop) in [(true, "KEY_SCHEMA_ID"), (false, "VALUE_SCHEMA_ID")] {
+            let format = if key { &sink.key_format } else { &sink.value_format };
+            if !format.kind.uses_registry() {
+                continue;
+            }
+            let Some(id) = schema_id(with, prop)? else { continue };
+            let text =
+                self.store.schema_registry().schema(id)?.ok_or_else(|| {
+                    SqlError::plan(format!("Schema with id {id} does not exist in the Schema Registry."))
+                })?;
+            let subject = format!("schema id {id}");
+            let (registered, _) = self.schema_columns(&text, &subject, key, (key, true), format)?;
+            let ours: Vec<&Column> = sink.columns.iter().filter(|c| c.key == key && c.header.is_none()).collect();
+            let show = |cols: Vec<(&str, &SqlType)>| {
+                let items: Vec<String> = cols.iter().map(|(n, t)| format!("`{n}` {t}")).collect();
+                format!("[{}]", items.join(", "))
+            };
+            let changed: Vec<(&str, &SqlType)> = ours
+                .iter()
+                .enumerate()
+                .filter(|(i, c)| registered.get(*i).is_none_or(|r| r.name != c.name || r.sql_type != c.sql_type))
+                .map(|(_, c)| (c.name.as_str(), &c.sql_type))
+                .collect();
+            if !changed.is_empty() {
+                return Err(SqlError::plan(format!(
+                    "The following {} columns are changed, missing or reordered: {}. Schema from schema registry is {}",
+                    if key { "key" } else { "value" },
+                    show(changed),
+                    show(registered.iter().map(|r| (r.name.as_str(), &r.sql_type)).collect())
+                )));
+            }
+            if key {
+                sink.key_format.schema_id = Some(id);
+            } else {
+                sink.value_format.schema_id = Some(id);
+            }
+        }
+        Ok(())
     }
 
     /// Registers the schemas of a new source in a registry format (keys and values, unless their
@@ -1050,6 +1114,7 @@ impl KsqlEngine {
             window: None,
         };
         check_formats(&sink)?;
+        self.use_registered_schemas(&mut sink, with)?;
         sink.partitions = self.ensure_topic(&topic, partitions.as_ref(), plan.is_table)?;
         sink.window = plan.window.map(|(_, _, k)| k);
         let sequence = self.peek_sequence(replay)?;
@@ -1952,6 +2017,13 @@ fn side_inputs(plan: &QueryPlan) -> Vec<runtime::SideInput> {
         .iter()
         .map(|(s, chain)| runtime::SideInput { source: s.source_spec(), chain: chain.clone() })
         .collect()
+}
+
+/// A `*_SCHEMA_ID` property's schema id.
+fn schema_id(with: &Props, prop: &str) -> Result<Option<u32>> {
+    with.get(prop)
+        .map(|v| v.as_text().parse().map_err(|_| SqlError::plan(format!("{prop} must be a schema id (a number)"))))
+        .transpose()
 }
 
 /// The state signatures of a plan's operators (see `Operator::state_signature`).

@@ -403,6 +403,15 @@ pub(crate) struct AvroEncoder {
     /// The rows' schema as arrow-avro writes it (Avro types, the Avro schema in its metadata).
     schema: SchemaRef,
     body: arrow_avro::writer::Encoder,
+    /// With a given registered schema: per field of it, the row column it takes (by name, in
+    /// any case), or its default (a one-row array) when the rows have no such column.
+    fill: Option<Vec<Fill>>,
+}
+
+/// Where a field of a given schema comes from.
+enum Fill {
+    Column(usize),
+    Default(ArrayRef),
 }
 
 impl AvroEncoder {
@@ -427,7 +436,55 @@ impl AvroEncoder {
             .with_fingerprint_strategy(FingerprintStrategy::Id(id))
             .build_encoder::<AvroSoeFormat>()
             .map_err(|e| ConnectorError::Encode(format!("AVRO: {e}")))?;
-        Ok(Self { schema, body })
+        Ok(Self { schema, body, fill: None })
+    }
+
+    /// Encodes rows of `rows` with the schema registered as `id` (a sink's `VALUE_SCHEMA_ID`):
+    /// its fields take the row columns of their names; the others their default, else null.
+    pub(crate) fn with_schema_id(rows: &Schema, registry: &dyn SchemaRegistry, id: u32) -> Result<Self> {
+        let text = registry
+            .schema(id)?
+            .ok_or_else(|| ConnectorError::Unsupported(format!("Schema id {id} is not in the schema registry")))?;
+        let avro: Value = serde_json::from_str(&text)
+            .map_err(|e| ConnectorError::Unsupported(format!("Invalid Avro schema ({e}): {text}")))?;
+        let record = as_record(&avro);
+        let fields = body_decoder(id, &avro, 1)?.schema().fields().clone();
+        let declared = record.get("fields").and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut fill = Vec::with_capacity(fields.len());
+        for (f, d) in fields.iter().zip(&declared) {
+            match rows.fields().iter().position(|r| r.name().eq_ignore_ascii_case(f.name())) {
+                Some(i) => fill.push(Fill::Column(i)),
+                None => {
+                    // The default, read as a JSON value of the field's type.
+                    let default = d.get("default").cloned().unwrap_or(Value::Null);
+                    if default.is_null() && !f.is_nullable() {
+                        return Err(ConnectorError::Unsupported(format!(
+                            "Schema id {id} has a field '{}' that no column fills and that has no default",
+                            f.name()
+                        )));
+                    }
+                    let plain =
+                        Arc::new(Schema::new(vec![f.as_ref().clone().with_data_type(json_friendly(f.data_type()))]));
+                    let mut json = super::decoder(&super::Format::new(super::FormatKind::Json), plain, None)?;
+                    let text = json!({ f.name(): default }).to_string();
+                    let decoded = json.decode(&[text.as_bytes()])?;
+                    let column = match decoded.errors.first() {
+                        Some((_, e)) => {
+                            return Err(ConnectorError::Unsupported(format!("the default of field {}: {e}", f.name())))
+                        }
+                        None => cast(decoded.batch.column(0), f.data_type())?,
+                    };
+                    fill.push(Fill::Default(column));
+                }
+            }
+        }
+        let metadata = HashMap::from([(SCHEMA_METADATA_KEY.to_string(), record.to_string())]);
+        let schema = Arc::new(Schema::new_with_metadata(fields, metadata));
+        let body = WriterBuilder::new(schema.as_ref().clone())
+            .with_fingerprint_strategy(FingerprintStrategy::Id(id))
+            .build_encoder::<AvroSoeFormat>()
+            .map_err(|e| ConnectorError::Encode(format!("AVRO: {e}")))?;
+        Ok(Self { schema, body, fill: Some(fill) })
     }
 }
 
@@ -464,7 +521,19 @@ fn writable(dt: &DataType) -> DataType {
 
 impl Encoder for AvroEncoder {
     fn encode(&mut self, batch: &RecordBatch, out: &mut Vec<Option<Bytes>>) -> Result<()> {
-        let columns = cast_to(batch.columns(), self.schema.fields())?;
+        let columns = match &self.fill {
+            None => batch.columns().to_vec(),
+            Some(fill) => {
+                let zeros = arrow::array::UInt32Array::from(vec![0; batch.num_rows()]);
+                fill.iter()
+                    .map(|f| match f {
+                        Fill::Column(i) => Ok(batch.column(*i).clone()),
+                        Fill::Default(one) => Ok(arrow::compute::take(one.as_ref(), &zeros, None)?),
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
+        };
+        let columns = cast_to(&columns, self.schema.fields())?;
         let rows = RecordBatch::try_new_with_options(
             self.schema.clone(),
             columns,
@@ -662,6 +731,33 @@ mod tests {
         let out = encode_json(r#""long""#, id, &[json!(7)]).unwrap();
         assert_eq!(decode_json(&registry, out[0].as_deref().unwrap()).unwrap(), json!(7));
         assert!(encode_json(text, 1, &[json!({"c1": "x"})]).is_err());
+    }
+
+    /// A sink given a registered schema (`VALUE_SCHEMA_ID`) writes its columns into the fields
+    /// of their names (any case); other fields get their default, or null; a schema with a
+    /// required field that has neither is refused.
+    #[test]
+    fn rows_are_written_with_a_given_registered_schema() {
+        let registry = FileRegistry::in_memory();
+        let text = r#"{"type": "record", "name": "blah", "fields": [{"name": "c1", "type": "int"},
+            {"name": "c2", "type": "int", "default": 100}, {"name": "c3", "type": ["null", "string"], "default": null}]}"#;
+        let id = registry.register("other-value", text).unwrap();
+        let rows = Arc::new(Schema::new(vec![Field::new("C1", DataType::Int32, true)]));
+        let batch = RecordBatch::try_new(rows.clone(), vec![Arc::new(Int32Array::from(vec![4, 5]))]).unwrap();
+        let mut enc = AvroEncoder::with_schema_id(&rows, &registry, id).unwrap();
+        let mut out = Vec::new();
+        enc.encode(&batch, &mut out).unwrap();
+        assert_eq!(super::super::split_frame("AVRO", out[0].as_deref().unwrap()).unwrap().0, id);
+        assert_eq!(
+            decode_json(&registry, out[1].as_deref().unwrap()).unwrap(),
+            json!({"c1": 5, "c2": 100, "c3": null})
+        );
+        assert_eq!(registry.subjects(), vec!["other-value".to_string()], "nothing registered");
+        let required = registry
+            .register("r-value", r#"{"type": "record", "name": "r", "fields": [{"name": "c1", "type": "int"}, {"name": "c2", "type": "double"}]}"#)
+            .unwrap();
+        let err = AvroEncoder::with_schema_id(&rows, &registry, required).err().unwrap();
+        assert!(err.to_string().contains("field 'c2' that no column fills"), "{err}");
     }
 
     #[test]

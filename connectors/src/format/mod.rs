@@ -107,6 +107,9 @@ pub struct Format {
     /// The registered schema's record or message to read and write (`*_SCHEMA_FULL_NAME`).
     #[serde(default)]
     pub schema_full_name: Option<String>,
+    /// The registered schema a sink writes with (`*_SCHEMA_ID`), instead of registering its own.
+    #[serde(default)]
+    pub schema_id: Option<u32>,
 }
 
 impl Format {
@@ -118,6 +121,7 @@ impl Format {
             delimiter: b',',
             protobuf_nullable: ProtobufNullable::Default,
             schema_full_name: None,
+            schema_id: None,
         }
     }
 }
@@ -250,6 +254,10 @@ pub fn encoder(format: &Format, schema: SchemaRef, registry: Option<&Registered>
         FormatKind::Kafka => Ok(Box::new(kafka::KafkaEncoder::try_new(schema)?)),
         FormatKind::Protobuf => {
             let r = registered(format, registry)?;
+            if let Some(id) = format.schema_id {
+                let name = format.schema_full_name.as_deref();
+                return Ok(Box::new(protobuf::ProtobufEncoder::with_schema_id(schema, r.registry.as_ref(), id, name)?));
+            }
             Ok(Box::new(protobuf::ProtobufEncoder::try_new(
                 schema,
                 format.protobuf_nullable,
@@ -269,6 +277,9 @@ pub fn encoder(format: &Format, schema: SchemaRef, registry: Option<&Registered>
         FormatKind::Avro => {
             let r = registered(format, registry)?;
             let wrap = format.wrap_single_value;
+            if let Some(id) = format.schema_id {
+                return Ok(Box::new(avro::AvroEncoder::with_schema_id(&schema, r.registry.as_ref(), id)?));
+            }
             Ok(Box::new(avro::AvroEncoder::try_new(schema, wrap, r.registry.as_ref(), &r.subject)?))
         }
         FormatKind::None => Ok(Box::new(NoneCodec)),

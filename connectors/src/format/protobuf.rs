@@ -710,6 +710,29 @@ impl ProtobufEncoder {
     ) -> Result<Self> {
         let proto = schema_for(&schema, nullable)?;
         let desc = first_message(&proto, None)?;
+        let id = match registered {
+            Some((registry, subject)) => Some(registry.register(subject, &proto)?),
+            None => None,
+        };
+        Self::with_message(schema, desc, id)
+    }
+
+    /// Writes rows as messages of the schema registered as `id` (a sink's `*_SCHEMA_ID`; its
+    /// message `name`, else the first): fields take the row columns of their names, in any case;
+    /// the others keep their defaults.
+    pub(crate) fn with_schema_id(
+        schema: SchemaRef,
+        registry: &dyn SchemaRegistry,
+        id: u32,
+        name: Option<&str>,
+    ) -> Result<Self> {
+        let proto = registry
+            .schema(id)?
+            .ok_or_else(|| ConnectorError::Unsupported(format!("Schema id {id} is not in the schema registry")))?;
+        Self::with_message(schema, named_message(&proto, Some(registry), name)?, Some(id))
+    }
+
+    fn with_message(schema: SchemaRef, desc: MessageDescriptor, id: Option<u32>) -> Result<Self> {
         // DECIMAL columns go to JSON as text, read exactly into their messages.
         let schema = Arc::new(Schema::new(
             schema
@@ -721,10 +744,6 @@ impl ProtobufEncoder {
                 })
                 .collect::<Vec<_>>(),
         ));
-        let id = match registered {
-            Some((registry, subject)) => Some(registry.register(subject, &proto)?),
-            None => None,
-        };
         let json = super::encoder(&Format::new(FormatKind::Json), schema.clone(), None)?;
         Ok(Self { desc, id, json, schema })
     }

@@ -182,12 +182,6 @@ fn layouts(source: Option<&SourceDef>) -> (Option<Layout>, Option<Layout>) {
 pub(super) fn register_schemas(topics: &[TopicNode], store: &dyn TopicStore) -> Result<(), String> {
     let registry = store.schema_registry();
     for t in topics {
-        // Referenced schemas first, under their import names (Confluent's subjects for them).
-        for r in t.value_schema_references.iter().chain(&t.key_schema_references) {
-            registry
-                .register(&r.name, &r.schema)
-                .map_err(|e| format!("runner: registering the schema '{}' of '{}': {e}", r.name, t.name))?;
-        }
         for (key, schema) in [(true, t.key_schema.as_ref()), (false, t.value_schema.as_ref().or(t.schema.as_ref()))]
             .into_iter()
             .map(|(k, s)| (k, s.filter(|v| !v.is_null())))
@@ -201,6 +195,13 @@ pub(super) fn register_schemas(topics: &[TopicNode], store: &dyn TopicStore) -> 
             registry
                 .register(&subject(&t.name, key), &text)
                 .map_err(|e| format!("runner: registering the schema of '{}': {e}", t.name))?;
+        }
+        // The schemas they reference, under their import names (Confluent's subjects for them),
+        // after them (upstream's ids: the topic's schema is id 1).
+        for r in t.value_schema_references.iter().chain(&t.key_schema_references) {
+            registry
+                .register(&r.name, &r.schema)
+                .map_err(|e| format!("runner: registering the schema '{}' of '{}': {e}", r.name, t.name))?;
         }
     }
     Ok(())
