@@ -158,26 +158,15 @@ impl Panes {
         self.hop.map(|h| h.slice)
     }
 
-    fn new_pane(&self, end: i64) -> Result<Pane> {
-        let accs = self.aggregates.iter().map(|a| Ok(a.create_groups_accumulator()?)).collect::<Result<Vec<_>>>()?;
-        Ok(Pane { end, index: HashMap::default(), keys: Vec::new(), max_ts: Vec::new(), accs })
-    }
-
     /// The pane of `(start, end)`: a window's, or with slices a slice's (or, a window's width,
     /// the window's partial pane).
     fn pane(&mut self, start: i64, end: i64) -> Result<&mut Pane> {
         let partial = self.hop.is_some_and(|h| end - start == h.size);
-        let exists = if partial { self.partial.contains_key(&start) } else { self.panes.contains_key(&start) };
-        if !exists {
-            let pane = self.new_pane(end)?;
-            if partial {
-                self.partial.insert(start, pane)
-            } else {
-                self.panes.insert(start, pane)
-            };
-        }
         let panes = if partial { &mut self.partial } else { &mut self.panes };
-        Ok(panes.get_mut(&start).expect("inserted above"))
+        Ok(match panes.entry(start) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(new_pane(&self.aggregates, end)?),
+        })
     }
 
     /// Applies rows `rows` (indices into a batch of `n` rows, ascending) to window
@@ -250,7 +239,7 @@ impl Panes {
                     self.frozen.entry(a).or_default().push(pane.freeze()?);
                 }
             }
-            let mut window = self.new_pane(end)?;
+            let mut window = new_pane(&self.aggregates, end)?;
             for part in self.frozen.range(range).flat_map(|(_, parts)| parts) {
                 window.merge(part)?;
             }
@@ -374,6 +363,12 @@ impl Panes {
             .sum::<usize>()
             + self.frozen.values().flatten().map(Frozen::size).sum::<usize>()
     }
+}
+
+/// An empty pane of `aggregates` for a window (or slice) ending at `end`.
+fn new_pane(aggregates: &[Arc<AggregateFunctionExpr>], end: i64) -> Result<Pane> {
+    let accs = aggregates.iter().map(|a| Ok(a.create_groups_accumulator()?)).collect::<Result<Vec<_>>>()?;
+    Ok(Pane { end, index: HashMap::default(), keys: Vec::new(), max_ts: Vec::new(), accs })
 }
 
 fn gcd(a: i64, b: i64) -> i64 {
