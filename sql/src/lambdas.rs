@@ -7,7 +7,8 @@
 //!
 //! ksqlDB's rules kept here: `REDUCE` of a null collection is its initial state, of a null
 //! initial state null; the result of `REDUCE` has the initial state's type. A `TRANSFORM` of a
-//! map whose new keys collide keeps the last entry; entries given a null key are dropped. Unlike
+//! map whose new keys collide is null for that row (ksqlDB's fails on it); entries given a null
+//! key are dropped. Unlike
 //! ksqlDB, arithmetic on a null element inside a lambda gives null for that element (ksqlDB
 //! fails the whole expression and logs a processing error).
 
