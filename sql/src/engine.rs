@@ -929,8 +929,10 @@ impl KsqlEngine {
                     SqlError::plan(format!("Schema with id {id} does not exist in the Schema Registry."))
                 })?;
             let subject = format!("schema id {id}");
-            let (registered, _) = self.schema_columns(&text, &subject, key, (key, true), format)?;
+            let (registered, unwrapped) = self.schema_columns(&text, &subject, key, (false, true), format)?;
             let ours: Vec<&Column> = sink.columns.iter().filter(|c| c.key == key && c.header.is_none()).collect();
+            // A schema of one unnamed value (not a record) names no column: its type must fit.
+            let same_name = |r: &ColumnDef, c: &Column| unwrapped || r.name == c.name;
             let show = |cols: Vec<(&str, &SqlType)>| {
                 let items: Vec<String> = cols.iter().map(|(n, t)| format!("`{n}` {t}")).collect();
                 format!("[{}]", items.join(", "))
@@ -938,7 +940,7 @@ impl KsqlEngine {
             let changed: Vec<(&str, &SqlType)> = ours
                 .iter()
                 .enumerate()
-                .filter(|(i, c)| registered.get(*i).is_none_or(|r| r.name != c.name || r.sql_type != c.sql_type))
+                .filter(|(i, c)| registered.get(*i).is_none_or(|r| !same_name(r, c) || r.sql_type != c.sql_type))
                 .map(|(_, c)| (c.name.as_str(), &c.sql_type))
                 .collect();
             if !changed.is_empty() {

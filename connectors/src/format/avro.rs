@@ -451,8 +451,14 @@ impl AvroEncoder {
         let fields = body_decoder(id, &avro, 1)?.schema().fields().clone();
         let declared = record.get("fields").and_then(Value::as_array).cloned().unwrap_or_default();
         let mut fill = Vec::with_capacity(fields.len());
+        // A schema of one value (not a record) takes a single column whatever its name.
+        let single = !is_record(&avro) && rows.fields().len() == 1;
         for (f, d) in fields.iter().zip(&declared) {
-            match rows.fields().iter().position(|r| r.name().eq_ignore_ascii_case(f.name())) {
+            let found = match single {
+                true => Some(0),
+                false => rows.fields().iter().position(|r| r.name().eq_ignore_ascii_case(f.name())),
+            };
+            match found {
                 Some(i) => fill.push(Fill::Column(i)),
                 None => {
                     // The default, read as a JSON value of the field's type.
@@ -753,6 +759,11 @@ mod tests {
             json!({"c1": 5, "c2": 100, "c3": null})
         );
         assert_eq!(registry.subjects(), vec!["other-value".to_string()], "nothing registered");
+        // A schema of one value takes the one column.
+        let long = registry.register("l-value", r#""long""#).unwrap();
+        let mut out = Vec::new();
+        AvroEncoder::with_schema_id(&rows, &registry, long).unwrap().encode(&batch, &mut out).unwrap();
+        assert_eq!(decode_json(&registry, out[0].as_deref().unwrap()).unwrap(), json!(4));
         let required = registry
             .register("r-value", r#"{"type": "record", "name": "r", "fields": [{"name": "c1", "type": "int"}, {"name": "c2", "type": "double"}]}"#)
             .unwrap();
