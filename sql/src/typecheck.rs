@@ -230,7 +230,11 @@ pub fn typed_rules(plan: LogicalPlan) -> Result<LogicalPlan> {
             return Ok(Transformed::no(node));
         };
         let mapped = node.map_expressions(|e| {
-            e.transform_up(|e| java_text_cast(e, &input)?.transform_data(|e| extreme(e, &input)))
+            e.transform_up(|e| {
+                java_text_cast(e, &input)?
+                    .transform_data(|e| extreme(e, &input))?
+                    .transform_data(|e| constructor_literals(e, &input))
+            })
         })?;
         if mapped.transformed {
             mapped.map_data(|p| p.recompute_schema())
@@ -239,6 +243,77 @@ pub fn typed_rules(plan: LogicalPlan) -> Result<LogicalPlan> {
         }
     })?;
     Ok(out.data)
+}
+
+/// ksqlDB's `ARRAY[...]` (and `MAP(...)`'s keys and values, each an array here): text literals
+/// beside numbers are numbers of their type, read as ksqlDB reads them (`'2e1'` beside integers
+/// is 20); one that does not read so refuses the statement ("invalid input syntax for type
+/// INTEGER"). (Text beside booleans cannot be planned yet: DataFusion refuses to unify them
+/// before these rules run.)
+fn constructor_literals(e: Expr, schema: &DFSchema) -> datafusion::common::Result<Transformed<Expr>> {
+    let mut f = match e {
+        Expr::ScalarFunction(f) if f.func.name() == "make_array" => f,
+        other => return Ok(Transformed::no(other)),
+    };
+    let text = |e: &Expr| match e {
+        Expr::Literal(
+            ScalarValue::Utf8(Some(t)) | ScalarValue::LargeUtf8(Some(t)) | ScalarValue::Utf8View(Some(t)),
+            _,
+        ) => Some(t.clone()),
+        _ => None,
+    };
+    let mut others = Vec::new();
+    for a in f.args.iter().filter(|a| text(a).is_none()) {
+        match a.get_type(schema)? {
+            DataType::Null => {}
+            t => others.push(t),
+        }
+    }
+    let target = if !others.is_empty() && others.iter().all(|t| t.is_integer()) {
+        if others.iter().all(|t| matches!(t, DataType::Int8 | DataType::Int16 | DataType::Int32)) {
+            DataType::Int32
+        } else {
+            DataType::Int64
+        }
+    } else if !others.is_empty() && others.iter().all(|t| t.is_integer() || t.is_floating()) {
+        DataType::Float64
+    } else {
+        return Ok(Transformed::no(Expr::ScalarFunction(f)));
+    };
+    let mut changed = false;
+    for a in f.args.iter_mut() {
+        let Some(t) = text(a) else { continue };
+        let v = t.trim();
+        let invalid = |name: &str| plan_err!("invalid input syntax for type {name}: \"{t}\".");
+        let value = match &target {
+            DataType::Float64 => match v.parse::<f64>() {
+                Ok(x) => ScalarValue::Float64(Some(x)),
+                Err(_) => return invalid("DOUBLE"),
+            },
+            int => {
+                let name = if *int == DataType::Int32 { "INTEGER" } else { "BIGINT" };
+                // As a decimal number first ('2e1' is 20), then an integer of the type.
+                let whole = v.parse::<i64>().ok().or_else(|| {
+                    v.parse::<f64>()
+                        .ok()
+                        .filter(|x| x.is_finite() && x.fract() == 0.0 && x.abs() < 9.2e18)
+                        .map(|x| x as i64)
+                });
+                match (whole, int) {
+                    (Some(n), DataType::Int32) => match i32::try_from(n) {
+                        Ok(n) => ScalarValue::Int32(Some(n)),
+                        Err(_) => return invalid(name),
+                    },
+                    (Some(n), _) => ScalarValue::Int64(Some(n)),
+                    (None, _) => return invalid(name),
+                }
+            }
+        };
+        *a = Expr::Literal(value, None);
+        changed = true;
+    }
+    let e = Expr::ScalarFunction(f);
+    Ok(if changed { Transformed::yes(e) } else { Transformed::no(e) })
 }
 
 /// `CAST(x AS STRING)` of a STRUCT or MAP `x` is [`crate::castfn::java_text_udf`] of `x`.
@@ -367,5 +442,35 @@ mod tests {
         assert!(got.contains("Error processing expression: (1 + null). Arithmetic on types INTEGER and null"), "{got}");
         let got = verdict(r#"SELECT * FROM "T" WHERE "ID" = NULL"#).await;
         assert!(got.contains("Comparison with NULL not supported: INTEGER = NULL"), "{got}");
+    }
+
+    /// The constructor's elements after [`typed_rules`] (types and values), or its error.
+    async fn constructed(sql: &str) -> String {
+        let ctx = SessionContext::new();
+        let schema =
+            Arc::new(Schema::new(vec![Field::new("A", DataType::Int32, true), Field::new("B", DataType::Int64, true)]));
+        let table = Arc::new(MemTable::try_new(schema, vec![vec![]]).unwrap());
+        ctx.register_table(datafusion::common::TableReference::bare("T"), table).unwrap();
+        let plan = ctx.state().create_logical_plan(sql).await.unwrap();
+        match typed_rules(plan) {
+            Ok(p) => {
+                let LogicalPlan::Projection(p) = p else { panic!("a projection") };
+                p.expr.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+            }
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn text_literals_in_constructors_take_the_other_elements_type() {
+        let got = constructed(r#"SELECT make_array(NULL, "A", '2e1', "B") FROM "T""#).await;
+        assert!(got.contains("make_array(NULL, T.A, Int64(20), T.B)"), "{got}");
+        let got = constructed(r#"SELECT make_array("A", 1.5, '2.25') FROM "T""#).await;
+        assert!(got.contains("make_array(T.A, Float64(1.5), Float64(2.25))"), "{got}");
+        let got = constructed(r#"SELECT make_array("A", 'hello') FROM "T""#).await;
+        assert!(got.contains(r#"invalid input syntax for type INTEGER: "hello"."#), "{got}");
+        // Text among text stays text.
+        let got = constructed(r#"SELECT make_array('x', 'y') FROM "T""#).await;
+        assert!(got.contains(r#"make_array(Utf8("x"), Utf8("y"))"#), "{got}");
     }
 }
