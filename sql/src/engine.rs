@@ -1860,6 +1860,16 @@ fn cast_value(a: &ArrayRef, dt: &DataType, column: &str) -> Result<ArrayRef> {
     if a.data_type() == dt {
         return Ok(a.clone());
     }
+    // `STRUCT()` into a STRUCT column: every field null.
+    if let (DataType::Struct(empty), DataType::Struct(fields)) = (a.data_type(), dt) {
+        if empty.is_empty() {
+            let children = fields.iter().map(|f| arrow::array::new_null_array(f.data_type(), a.len())).collect();
+            let nulls = a.logical_nulls();
+            let array = arrow::array::StructArray::try_new_with_length(fields.clone(), children, nulls, a.len())
+                .map_err(|e| SqlError::plan(format!("column {column}: {e}")))?;
+            return Ok(Arc::new(array));
+        }
+    }
     arrow::compute::cast(a, dt).map_err(|e| {
         SqlError::plan(format!(
             "Expected type {} for column {column}: {e}",

@@ -3871,6 +3871,10 @@ fn ksql_function(f: &mut sp::Function) {
         }
         return;
     }
+    if name == "STRUCT" && matches!(&f.args, sp::FunctionArguments::List(l) if l.args.is_empty()) {
+        f.name = sp::ObjectName::from(vec![sp::Ident::new("empty_struct")]);
+        return;
+    }
     if name == "STRUCT" {
         // ksqlDB's STRUCT(name := value, ...) is DataFusion's named_struct('NAME', value, ...).
         flatten_assignments(f, |name| {

@@ -322,6 +322,27 @@ impl ScalarUDFImpl for MapUnion {
     }
 }
 
+/// ksqlDB's `STRUCT()`: a struct of no fields (the planner names it `empty_struct`).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct EmptyStruct {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for EmptyStruct {
+    fn name(&self) -> &str {
+        "empty_struct"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Struct(Fields::empty()))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Array(Arc::new(arrow::array::StructArray::new_empty_fields(args.number_rows, None))))
+    }
+}
+
 /// `AS_MAP(keys, values)`: a map of each key to the value at its position (null past the end of
 /// `values`), a later duplicate key winning in the place the key first appeared; null keys are
 /// skipped; null when either list is.
@@ -729,6 +750,7 @@ pub fn all() -> Vec<ScalarUDF> {
         ScalarUDF::from(MapUnion { signature: Signature::variadic_any(Volatility::Immutable) }),
         ScalarUDF::from(Entries { signature: Signature::any(2, Volatility::Immutable) }),
         ScalarUDF::from(AsMap { signature: Signature::any(2, Volatility::Immutable) }),
+        ScalarUDF::from(EmptyStruct { signature: Signature::nullary(Volatility::Immutable) }),
         ScalarUDF::from(ArrayRemove { signature: Signature::any(2, Volatility::Immutable) }),
         ScalarUDF::from(Substring { signature: two_or_three() }),
         ScalarUDF::from(GeoDistance {
