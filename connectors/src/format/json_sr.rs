@@ -198,6 +198,11 @@ impl JsonSrEncoder {
         let id = registry.register(subject, &schema_for(schema, unwrapped)?.to_string())?;
         Ok(Self { inner, header: super::frame_header(id) })
     }
+
+    /// Encodes with the schema registered as `id` (a sink's `*_SCHEMA_ID`), registering none.
+    pub(crate) fn with_schema_id(inner: Box<dyn Encoder>, id: u32) -> Self {
+        Self { inner, header: super::frame_header(id) }
+    }
 }
 
 impl Encoder for JsonSrEncoder {

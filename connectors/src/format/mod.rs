@@ -272,6 +272,9 @@ pub fn encoder(format: &Format, schema: SchemaRef, registry: Option<&Registered>
             let json = Format { kind: FormatKind::Json, ..format.clone() };
             let unwrapped = !format.wrap_single_value;
             let inner = encoder(&json, schema.clone(), None)?;
+            if let Some(id) = format.schema_id {
+                return Ok(Box::new(json_sr::JsonSrEncoder::with_schema_id(inner, id)));
+            }
             Ok(Box::new(json_sr::JsonSrEncoder::try_new(inner, &schema, unwrapped, r.registry.as_ref(), &r.subject)?))
         }
         FormatKind::Avro => {
