@@ -118,7 +118,8 @@ impl JsonDecoder {
     }
 
     fn push_value(&mut self, v: &[u8]) {
-        if !self.shape.has_structs() || !normalize(v, &self.shape, &mut self.buf) {
+        let rewrites = self.shape.has_structs() || self.shape.has_text();
+        if !rewrites || !normalize(v, &self.shape, &mut self.buf) {
             self.buf.extend_from_slice(v);
         }
         self.buf.push(b'\n');

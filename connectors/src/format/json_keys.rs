@@ -3,7 +3,8 @@
 //! [`normalize`] copies one JSON value, rewriting the names of object fields that are STRUCT
 //! fields in the schema to the schema's spelling. It only tracks structure (strings, brackets,
 //! separators) to know where keys are; all parsing and type checking stays with arrow-json,
-//! which also reports malformed input (on malformed input this copy is left unchanged).
+//! which also reports malformed input (on malformed input this copy is left unchanged). An object
+//! or array where the schema has a STRING becomes that value's JSON text, as ksqlDB reads it.
 
 use arrow::datatypes::DataType;
 
@@ -16,6 +17,8 @@ pub(crate) enum Shape {
     Map(Box<Shape>),
     /// An array.
     List(Box<Shape>),
+    /// A string: an object or array there becomes its JSON text.
+    Text,
     /// Anything else: copied verbatim.
     Leaf,
 }
@@ -31,6 +34,7 @@ impl Shape {
                 _ => Shape::Leaf,
             },
             DataType::List(f) | DataType::LargeList(f) => Shape::List(Box::new(Shape::of(f.data_type()))),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Shape::Text,
             _ => Shape::Leaf,
         }
     }
@@ -40,6 +44,16 @@ impl Shape {
         match self {
             Shape::Struct(_) => true,
             Shape::Map(s) | Shape::List(s) => s.has_structs(),
+            Shape::Text | Shape::Leaf => false,
+        }
+    }
+
+    /// Whether a string sits anywhere (an object or array there would need its text).
+    pub(crate) fn has_text(&self) -> bool {
+        match self {
+            Shape::Struct(fields) => fields.iter().any(|(_, s)| s.has_text()),
+            Shape::Map(s) | Shape::List(s) => s.has_text(),
+            Shape::Text => true,
             Shape::Leaf => false,
         }
     }
@@ -170,6 +184,14 @@ impl Scanner<'_, '_> {
                     }
                 }
             }
+            (b'{' | b'[', Shape::Text) => {
+                // The value's compact JSON text, as a JSON string (serde_json reads and writes).
+                let (begin, written) = (self.pos, self.out.len());
+                self.skip_value()?;
+                let value: serde_json::Value = serde_json::from_slice(&self.input[begin..self.pos]).ok()?;
+                self.out.truncate(written);
+                serde_json::to_writer(&mut *self.out, &value.to_string()).ok()
+            }
             _ => self.skip_value(),
         }
     }
@@ -293,6 +315,14 @@ mod tests {
             run(r#"{"id": 1, "s": {"x": 2}, "m": {"k": "v"}, "other": [1,{"a":"}"}]}"#, &dt),
             r#"{"ID":1,"S":{"X":2},"M":{"k":"v"},"other":[1,{"a":"}"}]}"#
         );
+    }
+
+    /// ksqlDB reads an object or array given for a STRING as its compact JSON text.
+    #[test]
+    fn objects_for_strings_become_their_text() {
+        let dt = DataType::Struct(Fields::from(vec![Field::new("T", DataType::Utf8, true)]));
+        assert_eq!(run(r#"{"t": {"b": 1,  "a": [1, "x"]}}"#, &dt), r#"{"T":"{\"b\":1,\"a\":[1,\"x\"]}"}"#);
+        assert_eq!(run(r#"{"T": "plain"}"#, &dt), r#"{"T":"plain"}"#);
     }
 
     #[test]
