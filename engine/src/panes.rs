@@ -217,17 +217,7 @@ impl Panes {
             let starts: Vec<i64> = self.panes.iter().filter(|(_, p)| closed(p.end)).map(|(s, _)| *s).collect();
             return Ok(starts.into_iter().filter_map(|s| self.panes.remove(&s).map(|p| (s, p))).collect());
         };
-        // The windows over any slice (or with a partial pane) that have closed, oldest first.
-        let mut starts: Vec<i64> = self
-            .panes
-            .keys()
-            .chain(self.frozen.keys())
-            .flat_map(|a| hop.windows_over(*a).collect::<Vec<_>>())
-            .chain(self.partial.keys().copied())
-            .filter(|s| *s > self.done && closed(s.saturating_add(hop.size)))
-            .collect();
-        starts.sort_unstable();
-        starts.dedup();
+        let starts = self.closing(hop, &closed);
         let mut windows = Vec::with_capacity(starts.len());
         for s in starts {
             let end = s.saturating_add(hop.size);
@@ -307,13 +297,31 @@ impl Panes {
         Ok((groups, columns))
     }
 
-    /// After [`Panes::restore`]: forgets the windows that `closed` says were closed before the
-    /// checkpoint (their results were emitted then).
-    pub fn skip_closed(&mut self, closed: impl Fn(i64) -> bool) -> Result<()> {
-        if self.hop.is_some() {
-            self.close(closed)?;
+    /// The starts of the windows over any slice (or with a partial pane) that `closed` says
+    /// have closed and that were not closed before, oldest first.
+    fn closing(&self, hop: Hop, closed: &impl Fn(i64) -> bool) -> Vec<i64> {
+        let mut starts: Vec<i64> = self
+            .panes
+            .keys()
+            .chain(self.frozen.keys())
+            .flat_map(|a| hop.windows_over(*a).collect::<Vec<_>>())
+            .chain(self.partial.keys().copied())
+            .filter(|s| *s > self.done && closed(s.saturating_add(hop.size)))
+            .collect();
+        starts.sort_unstable();
+        starts.dedup();
+        starts
+    }
+
+    /// After [`Panes::restore`]: the windows that `closed` says were closed before the checkpoint
+    /// (their results were emitted then) are not closed again. (Slices stay as restored; the
+    /// next close reads and drops them as usual.)
+    pub fn skip_closed(&mut self, closed: impl Fn(i64) -> bool) {
+        if let Some(hop) = self.hop {
+            if let Some(last) = self.closing(hop, &closed).last() {
+                self.done = *last;
+            }
         }
-        Ok(())
     }
 
     /// Replaces the panes with groups `keys` (row format) in windows

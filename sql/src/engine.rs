@@ -845,18 +845,17 @@ impl KsqlEngine {
         format: &Format,
     ) -> Result<(Vec<ColumnDef>, bool)> {
         let subject = rill_connectors::registry::subject(topic, key);
-        let registered = match id {
-            Some(id) => self.store.schema_registry().schema(id)?,
-            None => self.store.schema_registry().latest(&subject)?.map(|(_, text)| text),
-        };
-        let Some(text) = registered else {
-            return Err(SqlError::plan(match id {
-                Some(id) => format!("Schema with id {id} does not exist in the Schema Registry."),
-                None => format!(
-                    "Schema for message {} on topic '{topic}' does not exist in the Schema Registry.\nSubject: {subject}",
-                    if key { "keys" } else { "values" }
-                ),
-            }));
+        let text = match id {
+            Some(id) => self.schema_by_id(id)?,
+            None => match self.store.schema_registry().latest(&subject)? {
+                Some((_, text)) => text,
+                None => {
+                    return Err(SqlError::plan(format!(
+                        "Schema for message {} on topic '{topic}' does not exist in the Schema Registry.\nSubject: {subject}",
+                        if key { "keys" } else { "values" }
+                    )))
+                }
+            },
         };
         self.schema_columns(&text, &subject, key, (whole, id.is_some()), format)
     }
@@ -914,6 +913,14 @@ impl KsqlEngine {
         Ok((out, unwrapped))
     }
 
+    /// The schema registered as `id` (a statement's `*_SCHEMA_ID`).
+    fn schema_by_id(&self, id: u32) -> Result<String> {
+        self.store
+            .schema_registry()
+            .schema(id)?
+            .ok_or_else(|| SqlError::plan(format!("Schema with id {id} does not exist in the Schema Registry.")))
+    }
+
     /// A sink given `KEY_SCHEMA_ID` / `VALUE_SCHEMA_ID` writes with that registered schema: the
     /// query's columns must be the schema's first columns, in order and of the same types (the
     /// schema may have more, written as their default or null).
@@ -924,31 +931,24 @@ impl KsqlEngine {
                 continue;
             }
             let Some(id) = schema_id(with, prop)? else { continue };
-            let text =
-                self.store.schema_registry().schema(id)?.ok_or_else(|| {
-                    SqlError::plan(format!("Schema with id {id} does not exist in the Schema Registry."))
-                })?;
+            let text = self.schema_by_id(id)?;
             let subject = format!("schema id {id}");
             let (registered, unwrapped) = self.schema_columns(&text, &subject, key, (false, true), format)?;
             let ours: Vec<&Column> = sink.columns.iter().filter(|c| c.key == key && c.header.is_none()).collect();
             // A schema of one unnamed value (not a record) names no column: its type must fit.
             let same_name = |r: &ColumnDef, c: &Column| unwrapped || r.name == c.name;
-            let show = |cols: Vec<(&str, &SqlType)>| {
-                let items: Vec<String> = cols.iter().map(|(n, t)| format!("`{n}` {t}")).collect();
-                format!("[{}]", items.join(", "))
-            };
-            let changed: Vec<(&str, &SqlType)> = ours
+            let changed: Vec<(&str, &SqlType, bool)> = ours
                 .iter()
                 .enumerate()
                 .filter(|(i, c)| registered.get(*i).is_none_or(|r| !same_name(r, c) || r.sql_type != c.sql_type))
-                .map(|(_, c)| (c.name.as_str(), &c.sql_type))
+                .map(|(_, c)| (c.name.as_str(), &c.sql_type, false))
                 .collect();
             if !changed.is_empty() {
                 return Err(SqlError::plan(format!(
-                    "The following {} columns are changed, missing or reordered: {}. Schema from schema registry is {}",
+                    "The following {} columns are changed, missing or reordered: [{}]. Schema from schema registry is [{}]",
                     if key { "key" } else { "value" },
-                    show(changed),
-                    show(registered.iter().map(|r| (r.name.as_str(), &r.sql_type)).collect())
+                    column_list(changed),
+                    column_list(registered.iter().map(|r| (r.name.as_str(), &r.sql_type, false)))
                 )));
             }
             if key {
@@ -1677,11 +1677,8 @@ fn upper_fields(t: SqlType) -> SqlType {
 /// What the key and value formats can carry, with ksqlDB's messages (the one place CREATE
 /// statements check it; the codecs refuse the same schemas at run time).
 fn check_formats(def: &SourceDef) -> Result<()> {
-    let show = |cols: &[&Column]| {
-        let items: Vec<String> =
-            cols.iter().map(|c| format!("`{}` {}{}", c.name, c.sql_type, if c.key { " KEY" } else { "" })).collect();
-        format!("[{}]", items.join(", "))
-    };
+    let show =
+        |cols: &[&Column]| format!("[{}]", column_list(cols.iter().map(|c| (c.name.as_str(), &c.sql_type, c.key))));
     let base = |t: &SqlType| t.to_string().split(['<', '(']).next().unwrap_or_default().trim().to_string();
     // Why `format` cannot carry `cols`, if it cannot.
     let problem = |format: &Format, cols: &[&Column]| -> Option<String> {
@@ -1841,12 +1838,7 @@ fn check_insert_schema(plan: &QueryPlan, sink: &SourceDef) -> Result<()> {
     a.sort_by_key(|c| (!c.2, c.0));
     b.sort_by_key(|c| (!c.2, c.0));
     if a != b {
-        let render = |cols: &[(&str, &SqlType, bool)]| {
-            cols.iter()
-                .map(|(n, t, k)| format!("`{n}` {t}{}", if *k { " KEY" } else { "" }))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let render = |cols: &[(&str, &SqlType, bool)]| column_list(cols.iter().copied());
         return Err(SqlError::plan(format!(
             "Incompatible schema between results and sink.\nResult schema is {}\nSink schema is {}",
             render(&ours),
@@ -2029,6 +2021,13 @@ fn side_inputs(plan: &QueryPlan) -> Vec<runtime::SideInput> {
         .iter()
         .map(|(s, chain)| runtime::SideInput { source: s.source_spec(), chain: chain.clone() })
         .collect()
+}
+
+/// Columns as ksqlDB lists them in messages: `` `NAME` TYPE[ KEY]``, comma-separated.
+fn column_list<'a>(cols: impl IntoIterator<Item = (&'a str, &'a SqlType, bool)>) -> String {
+    let items: Vec<String> =
+        cols.into_iter().map(|(n, t, k)| format!("`{n}` {t}{}", if k { " KEY" } else { "" })).collect();
+    items.join(", ")
 }
 
 /// A `*_SCHEMA_ID` property's schema id.

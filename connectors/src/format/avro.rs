@@ -213,6 +213,14 @@ fn body_decoder(
         .build_decoder()
 }
 
+/// arrow-avro's encoder of rows of `schema` (the Avro schema in its metadata), framed with `id`.
+fn body_encoder(schema: &Schema, id: u32) -> Result<arrow_avro::writer::Encoder> {
+    WriterBuilder::new(schema.clone())
+        .with_fingerprint_strategy(FingerprintStrategy::Id(id))
+        .build_encoder::<AvroSoeFormat>()
+        .map_err(|e| ConnectorError::Encode(format!("AVRO: {e}")))
+}
+
 /// `columns` cast to the types of `fields` where they differ.
 fn cast_to(columns: &[ArrayRef], fields: &Fields) -> std::result::Result<Vec<ArrayRef>, arrow::error::ArrowError> {
     columns
@@ -432,10 +440,7 @@ impl AvroEncoder {
         };
         let metadata = HashMap::from([(SCHEMA_METADATA_KEY.to_string(), as_record(&avro).to_string())]);
         let schema = Arc::new(Schema::new_with_metadata(fields, metadata));
-        let body = WriterBuilder::new(schema.as_ref().clone())
-            .with_fingerprint_strategy(FingerprintStrategy::Id(id))
-            .build_encoder::<AvroSoeFormat>()
-            .map_err(|e| ConnectorError::Encode(format!("AVRO: {e}")))?;
+        let body = body_encoder(&schema, id)?;
         Ok(Self { schema, body, fill: None })
     }
 
@@ -486,10 +491,7 @@ impl AvroEncoder {
         }
         let metadata = HashMap::from([(SCHEMA_METADATA_KEY.to_string(), record.to_string())]);
         let schema = Arc::new(Schema::new_with_metadata(fields, metadata));
-        let body = WriterBuilder::new(schema.as_ref().clone())
-            .with_fingerprint_strategy(FingerprintStrategy::Id(id))
-            .build_encoder::<AvroSoeFormat>()
-            .map_err(|e| ConnectorError::Encode(format!("AVRO: {e}")))?;
+        let body = body_encoder(&schema, id)?;
         Ok(Self { schema, body, fill: Some(fill) })
     }
 }
@@ -580,10 +582,7 @@ pub fn encode_json(schema_text: &str, id: u32, values: &[Value]) -> Result<Vec<O
     }
     let metadata = HashMap::from([(SCHEMA_METADATA_KEY.to_string(), wrapped)]);
     let schema = Schema::new_with_metadata(arrow_schema.fields().clone(), metadata);
-    let mut body = WriterBuilder::new(schema.clone())
-        .with_fingerprint_strategy(FingerprintStrategy::Id(id))
-        .build_encoder::<AvroSoeFormat>()
-        .map_err(|e| ConnectorError::Encode(format!("AVRO: {e}")))?;
+    let mut body = body_encoder(&schema, id)?;
     let columns = cast_to(decoded.batch.columns(), schema.fields())?;
     let batch = RecordBatch::try_new_with_options(
         Arc::new(schema),

@@ -17,6 +17,9 @@ pub(crate) struct JsonDecoder {
     schema: SchemaRef,
     unwrapped: bool,
     shape: Shape,
+    /// Whether the general path copies records through [`normalize`] (struct field names to
+    /// respell, or strings that may be given objects).
+    rewrites: bool,
     buf: Vec<u8>,
     decoder: ArrowJsonDecoder,
     /// Flat schemas: the field names as the data spells them, learned from the records.
@@ -52,7 +55,8 @@ impl JsonDecoder {
         };
         let spelled = (!unwrapped && flat && distinct)
             .then(|| Spelled { names: schema.fields().iter().map(|f| f.name().clone()).collect(), decoder: None });
-        Ok(Self { schema, unwrapped, shape, buf: Vec::new(), decoder, spelled })
+        let rewrites = shape.has_structs() || shape.has_text();
+        Ok(Self { schema, unwrapped, shape, rewrites, buf: Vec::new(), decoder, spelled })
     }
 
     /// Decodes `values` as spelled so far. Err(Some(row)) when that record is spelled otherwise,
@@ -118,8 +122,7 @@ impl JsonDecoder {
     }
 
     fn push_value(&mut self, v: &[u8]) {
-        let rewrites = self.shape.has_structs() || self.shape.has_text();
-        if !rewrites || !normalize(v, &self.shape, &mut self.buf) {
+        if !self.rewrites || !normalize(v, &self.shape, &mut self.buf) {
             self.buf.extend_from_slice(v);
         }
         self.buf.push(b'\n');

@@ -13,7 +13,8 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::compute::kernels::cast_utils::parse_decimal;
+use arrow::datatypes::{DataType, Decimal128Type, DecimalType, Schema, SchemaRef};
 use bytes::Bytes;
 use prost::Message as _;
 use prost_reflect::{DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, ReflectMessage, SerializeOptions};
@@ -503,17 +504,10 @@ fn to_decimal_message(x: &Value) -> Option<Value> {
         Value::Number(n) => n.as_f64().map(|f| f.to_string()).unwrap_or_else(|| n.to_string()),
         _ => return None,
     };
+    // arrow reads the text (at the scale it is written with) and writes it back below.
     let text = text.trim();
-    let (negative, digits) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text.strip_prefix('+').unwrap_or(text)),
-    };
-    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
-    if whole.is_empty() && fraction.is_empty() || !(whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit())) {
-        return None;
-    }
-    let unscaled: i128 = format!("{whole}{fraction}").parse().ok()?;
-    let unscaled = if negative { -unscaled } else { unscaled };
+    let scale = i8::try_from(text.split_once('.').map_or(0, |(_, f)| f.len())).ok()?;
+    let unscaled = parse_decimal::<Decimal128Type>(text, 38, scale).ok()?;
     let bytes = unscaled.to_be_bytes();
     // Minimal two's complement: drop leading bytes that only repeat the sign.
     let mut start = 0;
@@ -523,11 +517,11 @@ fn to_decimal_message(x: &Value) -> Option<Value> {
     {
         start += 1;
     }
-    let precision = whole.trim_start_matches('0').len() + fraction.len();
+    let precision = unscaled.unsigned_abs().to_string().len().max(scale as usize);
     Some(serde_json::json!({
         "value": base64::engine::general_purpose::STANDARD.encode(&bytes[start..]),
-        "precision": precision.max(1),
-        "scale": fraction.len(),
+        "precision": precision,
+        "scale": scale,
     }))
 }
 
@@ -542,12 +536,8 @@ fn from_decimal_message(x: &Value) -> Option<String> {
     let mut full = [fill; 16];
     full[16 - bytes.len()..].copy_from_slice(&bytes);
     let unscaled = i128::from_be_bytes(full);
-    let scale = x.get("scale").and_then(Value::as_u64).unwrap_or(0) as usize;
-    let digits = unscaled.unsigned_abs().to_string();
-    let digits = format!("{digits:0>width$}", width = scale + 1);
-    let (whole, fraction) = digits.split_at(digits.len() - scale);
-    let sign = if unscaled < 0 { "-" } else { "" };
-    Some(if scale == 0 { format!("{sign}{whole}") } else { format!("{sign}{whole}.{fraction}") })
+    let scale = i8::try_from(x.get("scale").and_then(Value::as_u64).unwrap_or(0)).ok()?;
+    Some(Decimal128Type::format_decimal(unscaled, 38, scale))
 }
 
 /// Renames object keys to the fields they name case-insensitively (also in nested messages).
@@ -594,17 +584,25 @@ pub fn decode_json(registry: &dyn SchemaRegistry, proto: Option<&str>, value: &[
         Some(p) => (first_message(p, None)?, value),
         None => {
             let (id, indexes, body) = split_frame(value).map_err(ConnectorError::Decode)?;
-            let text = registry
-                .schema(id)?
-                .ok_or_else(|| ConnectorError::Decode(format!("Schema id {id} is not registered")))?;
-            let first = first_message(&text, Some(registry))?;
-            let desc = message_at(&first, &indexes)
-                .ok_or_else(|| ConnectorError::Decode(format!("Schema id {id} has no message at {indexes:?}")))?;
-            (desc, body)
+            (registered_message(registry, id, &indexes)?, body)
         }
     };
     let m = DynamicMessage::decode(desc, body).map_err(|e| ConnectorError::Decode(e.to_string()))?;
     to_value(&m, Way::Read { exact: false })
+}
+
+/// The `.proto` text registered as `id`.
+fn registered_text(registry: &dyn SchemaRegistry, id: u32) -> Result<String> {
+    registry
+        .schema(id)?
+        .ok_or_else(|| ConnectorError::Unsupported(format!("Schema id {id} is not in the schema registry")))
+}
+
+/// The message a record names by its schema `id` and message `indexes`.
+fn registered_message(registry: &dyn SchemaRegistry, id: u32, indexes: &[usize]) -> Result<MessageDescriptor> {
+    let first = first_message(&registered_text(registry, id)?, Some(registry))?;
+    message_at(&first, indexes)
+        .ok_or_else(|| ConnectorError::Decode(format!("Schema id {id} has no message at {indexes:?}")))
 }
 
 fn frame(m: &DynamicMessage, id: Option<u32>) -> Result<Bytes> {
@@ -655,13 +653,7 @@ impl ProtobufDecoder {
                 let desc = match self.by_id.entry((id, indexes)) {
                     std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
                     std::collections::hash_map::Entry::Vacant(e) => {
-                        let text = registry
-                            .schema(id)
-                            .map_err(|e| e.to_string())?
-                            .ok_or_else(|| format!("Schema id {id} is not in the schema registry"))?;
-                        let first = first_message(&text, Some(registry.as_ref())).map_err(|e| e.to_string())?;
-                        let desc = message_at(&first, &e.key().1)
-                            .ok_or_else(|| format!("Schema id {id} has no message at {:?}", e.key().1))?;
+                        let desc = registered_message(registry.as_ref(), id, &e.key().1).map_err(|e| e.to_string())?;
                         e.insert(desc).clone()
                     }
                 };
@@ -726,9 +718,7 @@ impl ProtobufEncoder {
         id: u32,
         name: Option<&str>,
     ) -> Result<Self> {
-        let proto = registry
-            .schema(id)?
-            .ok_or_else(|| ConnectorError::Unsupported(format!("Schema id {id} is not in the schema registry")))?;
+        let proto = registered_text(registry, id)?;
         Self::with_message(schema, named_message(&proto, Some(registry), name)?, Some(id))
     }
 

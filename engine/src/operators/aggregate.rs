@@ -929,7 +929,8 @@ impl AggregateOperator {
             }
             panes.restore(&keys, (&starts, &ends, &max_ts), &states)?;
             let (wm, delay) = (self.watermark, self.cfg.window.map_or(0, |w| close_delay(&w)));
-            return panes.skip_closed(|end| end.saturating_add(delay) <= wm);
+            panes.skip_closed(|end| end.saturating_add(delay) <= wm);
+            return Ok(());
         }
         let session = matches!(self.cfg.window.map(|w| w.kind), Some(WindowKind::Session { .. }));
         self.groups.clear();

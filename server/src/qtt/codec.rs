@@ -9,7 +9,7 @@
 //! big-endian) to the inner key; a session window appends the end, then the start.
 
 use base64::Engine as _;
-use rill_connectors::format::{self, FormatKind};
+use rill_connectors::format::{self, Format, FormatKind};
 use rill_connectors::SchemaRegistry;
 use rill_sql::types::SqlType;
 use serde_json::Value;
@@ -19,12 +19,8 @@ use super::load::WindowNode;
 /// How one side (key or value) of a topic's records is laid out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Layout {
-    /// The format.
-    pub kind: FormatKind,
-    /// How PROTOBUF_NOSR carries nulls (its schema is the columns').
-    pub protobuf_nullable: format::ProtobufNullable,
-    /// The registered schema's message (`*_SCHEMA_FULL_NAME`).
-    pub full_name: Option<String>,
+    /// The format and its options (PROTOBUF's nullable representation and message name).
+    pub format: Format,
     /// The column types on this side, in order.
     pub types: Vec<SqlType>,
     /// The column names on this side, in order.
@@ -42,7 +38,7 @@ pub fn encode(layout: Option<&Layout>, v: &Value, registry: &dyn SchemaRegistry)
         return Ok(None);
     }
     let Some(layout) = layout else { return Ok(Some(plain(v))) };
-    match layout.kind {
+    match layout.format.kind {
         FormatKind::Json => serde_json::to_vec(v).map(Some).map_err(|e| e.to_string()),
         FormatKind::Delimited => Ok(Some(plain(v))),
         FormatKind::None => Ok(None),
@@ -53,7 +49,7 @@ pub fn encode(layout: Option<&Layout>, v: &Value, registry: &dyn SchemaRegistry)
                 .ok_or_else(|| format!("no schema registered for subject {}", layout.subject))?;
             let mut out = format::protobuf_encode_json(
                 registry,
-                (&schema, layout.full_name.as_deref()),
+                (&schema, layout.format.schema_full_name.as_deref()),
                 Some(id),
                 std::slice::from_ref(v),
             )
@@ -99,7 +95,7 @@ fn columns_proto(layout: &Layout) -> Result<String, String> {
         .zip(&layout.types)
         .map(|(n, t)| arrow::datatypes::Field::new(n, t.to_arrow(), true))
         .collect();
-    format::protobuf_schema_for(&arrow::datatypes::Schema::new(fields), layout.protobuf_nullable)
+    format::protobuf_schema_for(&arrow::datatypes::Schema::new(fields), layout.format.protobuf_nullable)
         .map_err(|e| e.to_string())
 }
 
@@ -135,7 +131,7 @@ pub fn decode(layout: Option<&Layout>, bytes: Option<&[u8]>, registry: &dyn Sche
     let Some(layout) = layout else {
         return Ok(serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(lossy(bytes))));
     };
-    match layout.kind {
+    match layout.format.kind {
         FormatKind::Json => serde_json::from_slice(bytes).map_err(|e| format!("not JSON ({e}): {}", lossy(bytes))),
         FormatKind::Delimited => Ok(Value::String(lossy(bytes))),
         FormatKind::None => Ok(Value::Null),
@@ -241,9 +237,7 @@ mod tests {
 
     fn kafka(t: SqlType) -> Layout {
         Layout {
-            kind: FormatKind::Kafka,
-            protobuf_nullable: Default::default(),
-            full_name: None,
+            format: Format::new(FormatKind::Kafka),
             types: vec![t],
             names: vec!["V".into()],
             subject: "t-value".into(),
@@ -257,14 +251,8 @@ mod tests {
     #[test]
     fn avro_uses_the_latest_registered_schema() {
         let r = no_registry();
-        let l = Layout {
-            kind: FormatKind::Avro,
-            protobuf_nullable: Default::default(),
-            full_name: None,
-            types: vec![],
-            names: vec![],
-            subject: "t-value".into(),
-        };
+        let l =
+            Layout { format: Format::new(FormatKind::Avro), types: vec![], names: vec![], subject: "t-value".into() };
         assert!(encode(Some(&l), &serde_json::json!(1), &r).unwrap_err().contains("no schema registered"));
         r.register("t-value", r#"{"type": "record", "name": "x", "fields": [{"name": "A", "type": "long"}]}"#).unwrap();
         let v = serde_json::json!({"A": 7});
@@ -294,14 +282,8 @@ mod tests {
     #[test]
     fn json_delimited_none_and_nulls() {
         let r = no_registry();
-        let layout = |kind| Layout {
-            kind,
-            protobuf_nullable: Default::default(),
-            full_name: None,
-            types: vec![],
-            names: vec![],
-            subject: "t-value".into(),
-        };
+        let layout =
+            |kind| Layout { format: Format::new(kind), types: vec![], names: vec![], subject: "t-value".into() };
         let json = layout(FormatKind::Json);
         let v = serde_json::json!({"B": 1, "A": [1.0, "x"]});
         let bytes = encode(Some(&json), &v, &r).unwrap().unwrap();

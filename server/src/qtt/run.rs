@@ -158,17 +158,13 @@ fn layouts(source: Option<&SourceDef>) -> (Option<Layout>, Option<Layout>) {
         None => (None, None),
         Some(s) => (
             Some(Layout {
-                kind: s.key_format.kind,
-                protobuf_nullable: s.key_format.protobuf_nullable,
-                full_name: s.key_format.schema_full_name.clone(),
+                format: s.key_format.clone(),
                 types: s.key_columns().map(|c| c.sql_type.clone()).collect(),
                 names: s.key_columns().map(|c| c.name.clone()).collect(),
                 subject: subject(&s.topic, true),
             }),
             Some(Layout {
-                kind: s.value_format.kind,
-                protobuf_nullable: s.value_format.protobuf_nullable,
-                full_name: s.value_format.schema_full_name.clone(),
+                format: s.value_format.clone(),
                 types: s.value_columns().map(|c| c.sql_type.clone()).collect(),
                 names: s.value_columns().map(|c| c.name.clone()).collect(),
                 subject: subject(&s.topic, false),
