@@ -487,6 +487,50 @@ async fn alter_stream_adds_columns_that_survive_a_restart() {
     server.stop();
 }
 
+/// `CREATE TYPE` names a type for later statements (the same request's too), in column
+/// definitions and casts; `SHOW TYPES` lists them; they survive a restart; `DROP TYPE` removes one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_types_name_types_for_later_statements() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let created = server
+        .ok("CREATE TYPE address AS STRUCT<number INT, city STRING>; \
+             CREATE STREAM people (id STRING KEY, home ADDRESS) WITH (kafka_topic='people', value_format='JSON', partitions=1);")
+        .await;
+    assert_eq!(
+        created[0]["commandStatus"]["message"],
+        "Registered custom type with name 'ADDRESS' and SQL type STRUCT<`NUMBER` INTEGER, `CITY` STRING>",
+        "{created:#}"
+    );
+    let (status, e) = server.ksql("CREATE TYPE address AS STRING;").await;
+    assert_eq!(status, 400, "{e:#}");
+    assert!(e["message"].as_str().unwrap().contains("already registered"), "{e:#}");
+    let (status, e) =
+        server.ksql("CREATE STREAM s (id STRING KEY, x ADRESS) WITH (kafka_topic='s', value_format='JSON');").await;
+    assert_eq!(status, 400, "{e:#}");
+    assert!(e["message"].as_str().unwrap().contains("Unknown type: ADRESS"), "{e:#}");
+    server.ok("INSERT INTO people (id, home) VALUES ('a', STRUCT(number := 7, city := 'Oslo'));").await;
+    let (_, body) = server
+        .query("SELECT id, home->city, CAST(STRUCT(number := 1, city := 'x') AS address) AS c FROM people EMIT CHANGES LIMIT 1;")
+        .await;
+    assert_eq!(Server::rows(&body), vec![json!(["a", "Oslo", {"NUMBER": 1, "CITY": "x"}])]);
+    server.stop();
+
+    let server = Server::start(dir.path());
+    let (_, types) = server.ksql("SHOW TYPES;").await;
+    assert_eq!(types[0]["@type"], "type_list", "{types:#}");
+    assert_eq!(types[0]["types"]["ADDRESS"]["type"], "STRUCT", "{types:#}");
+    assert_eq!(types[0]["types"]["ADDRESS"]["fields"][1]["name"], "CITY", "{types:#}");
+    let (_, d) = server.ksql("DESCRIBE people;").await;
+    assert_eq!(d[0]["sourceDescription"]["fields"][1]["schema"]["type"], "STRUCT", "{d:#}");
+    let dropped = server.ok("DROP TYPE address;").await;
+    assert_eq!(dropped[0]["commandStatus"]["message"], "Dropped type 'ADDRESS'");
+    let (status, _) = server.ksql("DROP TYPE address;").await;
+    assert_eq!(status, 400);
+    server.ok("DROP TYPE IF EXISTS address;").await;
+    server.stop();
+}
+
 /// Lambdas work in every shape of query: a filter with a projection, the projection of an
 /// aggregation (over its output, which carries hidden columns), a table-table join and a pull
 /// query over its result.

@@ -209,6 +209,23 @@ pub enum Statement {
         /// EXTENDED
         extended: bool,
     },
+    /// CREATE TYPE [IF NOT EXISTS] name AS type: a name for a type, usable wherever a type is
+    /// written in later statements.
+    CreateType {
+        /// IF NOT EXISTS
+        if_not_exists: bool,
+        /// Name (upper case unless quoted).
+        name: String,
+        /// The type it names.
+        sql_type: SqlType,
+    },
+    /// DROP TYPE [IF EXISTS] name
+    DropType {
+        /// IF EXISTS
+        if_exists: bool,
+        /// Name.
+        name: String,
+    },
     /// DROP STREAM|TABLE [IF EXISTS] name [DELETE TOPIC]
     Drop {
         /// Which.
@@ -284,6 +301,8 @@ pub enum ShowWhat {
     Queries,
     /// Properties.
     Properties,
+    /// Custom types (`CREATE TYPE`).
+    Types,
 }
 
 /// A statement with its text.
@@ -293,4 +312,7 @@ pub struct ParsedStatement {
     pub statement: Statement,
     /// The statement's text, as the user wrote it, with the trailing `;`.
     pub text: String,
+    /// It names a type that is not built in, taken on trust: parse `text` again with the
+    /// registered types ([`crate::parser::parse_with_types`]) before running it.
+    pub custom_types: bool,
 }

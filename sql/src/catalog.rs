@@ -172,4 +172,6 @@ pub struct Catalog {
     pub sources: BTreeMap<String, SourceDef>,
     /// Persistent queries by id.
     pub queries: BTreeMap<String, QueryDef>,
+    /// Types registered by `CREATE TYPE`, by name.
+    pub types: crate::parser::CustomTypes,
 }

@@ -235,6 +235,12 @@ impl KsqlEngine {
         props: &mut Properties,
         replay: Option<u64>,
     ) -> Result<StatementResult> {
+        // Custom type names resolve as the statement runs: an earlier statement of the same
+        // request (or command topic) may have registered them.
+        let p = match p.custom_types {
+            true => parser::parse_with_types(&p.text, &catalog.types)?.into_iter().next().unwrap_or(p),
+            false => p,
+        };
         let text = p.text.clone();
         let mut statement = p.statement;
         if let Statement::CreateSource { query: Some(q), .. }
@@ -404,7 +410,39 @@ impl KsqlEngine {
                     statement: text,
                     properties: props.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                 },
+                ShowWhat::Types => StatementResult::Types {
+                    statement: text,
+                    types: catalog.types.iter().map(|(n, t)| (n.clone(), t.clone())).collect(),
+                },
             }),
+            Statement::CreateType { if_not_exists, name, sql_type } => {
+                if let Some(existing) = catalog.types.get(&name) {
+                    let message = format!(
+                        "Cannot register custom type '{name}' since it is already registered with type: {existing}"
+                    );
+                    return match if_not_exists {
+                        true => Ok(self.status(&text, message, None)),
+                        false => Err(SqlError::AlreadyExists(message)),
+                    };
+                }
+                let sequence = self.record(&text, props, replay)?;
+                let message = format!("Registered custom type with name '{name}' and SQL type {sql_type}");
+                catalog.types.insert(name, sql_type);
+                Ok(StatementResult::CommandStatus { statement: text, message, query_id: None, sequence })
+            }
+            Statement::DropType { if_exists, name } => {
+                if !catalog.types.contains_key(&name) {
+                    let message = format!("Type {name} does not exist.");
+                    return match if_exists {
+                        true => Ok(self.status(&text, message, None)),
+                        false => Err(SqlError::NotFound(message)),
+                    };
+                }
+                let sequence = self.record(&text, props, replay)?;
+                catalog.types.remove(&name);
+                let message = format!("Dropped type '{name}'");
+                Ok(StatementResult::CommandStatus { statement: text, message, query_id: None, sequence })
+            }
             Statement::Describe { name, extended } => {
                 let Some(s) = catalog.sources.get(&name) else {
                     return Err(SqlError::NotFound(format!("Could not find STREAM/TABLE '{name}' in the Metastore")));
@@ -810,7 +848,7 @@ impl KsqlEngine {
         if window.is_some() && !cols.iter().any(|c| c.key) {
             return Err(SqlError::plan("Windowed sources require a key column."));
         }
-        let def = SourceDef {
+        let mut def = SourceDef {
             name: name.to_string(),
             kind,
             read_only,
@@ -825,6 +863,7 @@ impl KsqlEngine {
             written_by: vec![],
             window,
         };
+        wrap_config(&mut def, with, props);
         check_formats(&def)?;
         let partitions = self.ensure_topic(&topic, with.get("PARTITIONS"), kind == SourceKind::Table)?;
         self.register_schemas(&def)?;
@@ -1115,6 +1154,7 @@ impl KsqlEngine {
             written_by: vec![],
             window: None,
         };
+        wrap_config(&mut sink, with, props);
         check_formats(&sink)?;
         self.use_registered_schemas(&mut sink, with)?;
         sink.partitions = self.ensure_topic(&topic, partitions.as_ref(), plan.is_table)?;
@@ -1676,6 +1716,18 @@ fn upper_fields(t: SqlType) -> SqlType {
 
 /// What the key and value formats can carry, with ksqlDB's messages (the one place CREATE
 /// statements check it; the codecs refuse the same schemas at run time).
+/// `ksql.persistence.wrap.single.values=false` writes and reads a single value column of a
+/// format that can do so (JSON, JSON_SR, AVRO) unwrapped, unless the statement's
+/// `WRAP_SINGLE_VALUE` says otherwise (ksqlDB's default for the property).
+fn wrap_config(def: &mut SourceDef, with: &Props, props: &Properties) {
+    let off = props.get("ksql.persistence.wrap.single.values").is_some_and(|v| v.eq_ignore_ascii_case("false"));
+    let single = def.columns.iter().filter(|c| !c.key && c.header.is_none()).count() == 1;
+    let can = matches!(def.value_format.kind, FormatKind::Json | FormatKind::JsonSr | FormatKind::Avro);
+    if off && single && can && !with.contains_key("WRAP_SINGLE_VALUE") {
+        def.value_format.wrap_single_value = false;
+    }
+}
+
 fn check_formats(def: &SourceDef) -> Result<()> {
     let show =
         |cols: &[&Column]| format!("[{}]", column_list(cols.iter().map(|c| (c.name.as_str(), &c.sql_type, c.key))));

@@ -112,8 +112,33 @@ fn lambda_parameters(parser: &mut Parser) -> Option<Vec<String>> {
 /// The field name `s->*` is parsed with: every field of the struct `s` (see the planner).
 pub const STRUCT_ALL: &str = "__RILL_STRUCT_ALL";
 
-/// Parses one or more `;`-separated statements.
+/// Types registered by `CREATE TYPE`, by upper-case name.
+pub type CustomTypes = std::collections::BTreeMap<String, SqlType>;
+
+static NO_CUSTOM_TYPES: CustomTypes = CustomTypes::new();
+
+/// How a parser resolves a type name that is not built in.
+#[derive(Clone, Copy)]
+enum TypeNames<'a> {
+    /// As one of these registered types (or not at all).
+    Known(&'a CustomTypes),
+    /// Later (see [`ParsedStatement::custom_types`]): a request's statements are all checked
+    /// for syntax before the first runs, and the first may register a type a later one uses.
+    Deferred,
+}
+
+/// Parses one or more `;`-separated statements. A type name that is not built in is taken to
+/// be a custom type, resolved when the statement runs ([`parse_with_types`] of its text).
 pub fn parse(sql: &str) -> Result<Vec<ParsedStatement>> {
+    parse_names(sql, TypeNames::Deferred)
+}
+
+/// Parses statements whose custom type names (`CREATE TYPE`) resolve through `types`.
+pub fn parse_with_types(sql: &str, types: &CustomTypes) -> Result<Vec<ParsedStatement>> {
+    parse_names(sql, TypeNames::Known(types))
+}
+
+fn parse_names(sql: &str, names: TypeNames) -> Result<Vec<ParsedStatement>> {
     let tokens = Tokenizer::new(&KsqlDialect, sql).tokenize_with_location().map_err(|e| SqlError::Parse {
         position: Position { line: e.location.line, column: e.location.column },
         message: format!("Syntax error: {}", e.message),
@@ -132,15 +157,17 @@ pub fn parse(sql: &str) -> Result<Vec<ParsedStatement>> {
             None => sql.len(),
         };
         let text = sql.get(start..stop).unwrap_or(sql).trim().to_string();
-        complex_casts(current)?;
-        let statement = StatementParser::new(std::mem::take(current)).statement().map_err(|e| match e {
+        let mut custom_types = complex_casts(current, names)?;
+        let mut parser = StatementParser::with_names(std::mem::take(current), names);
+        let statement = parser.statement().map_err(|e| match e {
             // ANTLR-style "Expecting {...}" messages name the statement, as ksqlDB's do.
             SqlError::Parse { position, message } if message.starts_with("Expecting ") => {
                 SqlError::Parse { position, message: format!("{message}\nStatement: {text}") }
             }
             other => other,
         })?;
-        out.push(ParsedStatement { statement, text });
+        custom_types |= parser.deferred;
+        out.push(ParsedStatement { statement, text, custom_types });
         Ok(())
     };
     for mut t in tokens {
@@ -183,9 +210,11 @@ pub fn parse_type(text: &str) -> Result<SqlType> {
     Ok(t)
 }
 
-/// `CAST(x AS ARRAY<..> | MAP<..> | STRUCT<..>)` becomes `RILL_CAST(x, 'type')` (see
-/// [`crate::castfn`]); other casts stay as they are.
-fn complex_casts(toks: &mut Vec<TokenWithSpan>) -> Result<()> {
+/// `CAST(x AS ARRAY<..> | MAP<..> | STRUCT<..> | custom type)` becomes `RILL_CAST(x, 'type')`
+/// (see [`crate::castfn`]); other casts stay as they are. Returns whether a custom type name
+/// was left to resolve later.
+fn complex_casts(toks: &mut Vec<TokenWithSpan>, names: TypeNames) -> Result<bool> {
+    let mut deferred = false;
     let mut i = 0;
     while i + 1 < toks.len() {
         if !(is_word(&toks[i].token, "CAST") && toks[i + 1].token == Token::LParen) {
@@ -208,10 +237,16 @@ fn complex_casts(toks: &mut Vec<TokenWithSpan>) -> Result<()> {
             }
         }
         let (Some(a), Some(c)) = (as_at, close) else { break };
+        let custom = match (&toks[a + 1].token, names) {
+            (Token::Word(w), TypeNames::Known(types)) => types.contains_key(&w.value),
+            (Token::Word(w), TypeNames::Deferred) => may_name_custom_type(w),
+            _ => false,
+        };
         let complex = ["ARRAY", "MAP", "STRUCT"].iter().any(|k| a + 1 < c && is_word(&toks[a + 1].token, k));
-        if complex {
-            let mut p = StatementParser::new(toks[a + 1..c].to_vec());
+        if complex || (custom && a + 2 == c) {
+            let mut p = StatementParser::with_names(toks[a + 1..c].to_vec(), names);
             let sql_type = p.sql_type()?;
+            deferred |= p.deferred;
             let span = toks[a].span;
             let replacement = [
                 TokenWithSpan { token: Token::Comma, span },
@@ -224,7 +259,34 @@ fn complex_casts(toks: &mut Vec<TokenWithSpan>) -> Result<()> {
         }
         i += 1;
     }
-    Ok(())
+    Ok(deferred)
+}
+
+/// Whether a word may name a custom type: not a built-in type, not a literal.
+fn may_name_custom_type(w: &sqlparser::tokenizer::Word) -> bool {
+    w.quote_style.is_some() || !(is_builtin_type(&w.value) || matches!(w.value.as_str(), "NULL" | "TRUE" | "FALSE"))
+}
+
+/// Whether `name` (upper case) is one of ksqlDB's own type names.
+fn is_builtin_type(name: &str) -> bool {
+    matches!(
+        name,
+        "BOOLEAN"
+            | "INT"
+            | "INTEGER"
+            | "BIGINT"
+            | "DOUBLE"
+            | "STRING"
+            | "VARCHAR"
+            | "BYTES"
+            | "TIMESTAMP"
+            | "DATE"
+            | "TIME"
+            | "DECIMAL"
+            | "ARRAY"
+            | "MAP"
+            | "STRUCT"
+    )
 }
 
 fn line_starts(sql: &str) -> Vec<usize> {
@@ -247,14 +309,21 @@ fn is_word(t: &Token, kw: &str) -> bool {
     matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value == kw)
 }
 
-struct StatementParser {
+struct StatementParser<'a> {
     toks: Vec<TokenWithSpan>,
     pos: usize,
+    names: TypeNames<'a>,
+    /// A custom type name was taken on trust ([`TypeNames::Deferred`]).
+    deferred: bool,
 }
 
-impl StatementParser {
+impl<'a> StatementParser<'a> {
     fn new(toks: Vec<TokenWithSpan>) -> Self {
-        Self { toks, pos: 0 }
+        Self::with_names(toks, TypeNames::Known(&NO_CUSTOM_TYPES))
+    }
+
+    fn with_names(toks: Vec<TokenWithSpan>, names: TypeNames<'a>) -> Self {
+        Self { toks, pos: 0, names, deferred: false }
     }
 
     fn peek(&self) -> &Token {
@@ -434,6 +503,13 @@ impl StatementParser {
         self.expect_kw("CREATE")?;
         let or_replace = self.eat_kws(&["OR", "REPLACE"]);
         let read_only = self.eat_kw("SOURCE");
+        if !or_replace && !read_only && self.eat_kw("TYPE") {
+            let if_not_exists = self.eat_kws(&["IF", "NOT", "EXISTS"]);
+            let name = self.ident()?;
+            self.expect_kw("AS")?;
+            let sql_type = self.sql_type()?;
+            return Ok(Statement::CreateType { if_not_exists, name, sql_type });
+        }
         if self.is_kw("TYPE") || self.is_kw("CONNECTOR") {
             return Err(SqlError::Unsupported(format!("CREATE {} is not supported yet", self.peek())));
         }
@@ -564,10 +640,17 @@ impl StatementParser {
                 }
                 SqlType::Struct(fields)
             }
-            other => {
-                self.pos -= 1;
-                return self.error(format!("Unknown type: {other}"));
-            }
+            other => match self.names {
+                TypeNames::Known(types) if types.contains_key(other) => types[other].clone(),
+                TypeNames::Deferred if !matches!(other, "NULL" | "TRUE" | "FALSE") => {
+                    self.deferred = true;
+                    SqlType::String
+                }
+                _ => {
+                    self.pos -= 1;
+                    return self.error(format!("Unknown type: {other}"));
+                }
+            },
         })
     }
 
@@ -668,11 +751,12 @@ impl StatementParser {
             "TOPICS" => ShowWhat::Topics,
             "QUERIES" => ShowWhat::Queries,
             "PROPERTIES" => ShowWhat::Properties,
+            "TYPES" => ShowWhat::Types,
             "ALL" if self.eat_kw("TOPICS") => ShowWhat::Topics,
             other => {
                 self.pos -= 1;
                 return self.error(format!(
-                    "Syntax error at or near '{other}': expected STREAMS, TABLES, TOPICS, QUERIES or PROPERTIES"
+                    "Syntax error at or near '{other}': expected STREAMS, TABLES, TOPICS, QUERIES, PROPERTIES or TYPES"
                 ));
             }
         };
@@ -711,6 +795,10 @@ impl StatementParser {
 
     fn drop(&mut self) -> Result<Statement> {
         self.expect_kw("DROP")?;
+        if self.eat_kw("TYPE") {
+            let if_exists = self.eat_kws(&["IF", "EXISTS"]);
+            return Ok(Statement::DropType { if_exists, name: self.ident()? });
+        }
         let kind = self.stream_or_table()?;
         let if_exists = self.eat_kws(&["IF", "EXISTS"]);
         let name = self.ident()?;
@@ -1169,6 +1257,27 @@ mod tests {
         );
         let e = parse("CREATE STREAM I (K VARCHAR(STRING) (KEY)) WITH (kafka_topic='i');").unwrap_err().to_string();
         assert!(e.contains("line 1:36: Syntax Error\nExpecting {',', ')'}"), "{e}");
+    }
+
+    #[test]
+    fn custom_type_names_resolve_when_the_statement_runs() {
+        let v =
+            parse("CREATE TYPE A AS STRUCT<x INT>; CREATE STREAM s (k A) WITH (kafka_topic='s'); SHOW TYPES;").unwrap();
+        let Statement::CreateType { name, sql_type, if_not_exists: false } = &v[0].statement else { panic!() };
+        assert_eq!((name.as_str(), sql_type), ("A", &SqlType::Struct(vec![("X".into(), SqlType::Int)])));
+        assert_eq!(v.iter().map(|p| p.custom_types).collect::<Vec<_>>(), vec![false, true, false]);
+        let types: CustomTypes = [("A".to_string(), SqlType::Array(Box::new(SqlType::Int)))].into();
+        let again = parse_with_types(&v[1].text, &types).unwrap();
+        let Statement::CreateSource { columns, .. } = &again[0].statement else { panic!() };
+        assert_eq!(columns[0].sql_type, SqlType::Array(Box::new(SqlType::Int)));
+        assert!(!again[0].custom_types);
+        let e = parse_with_types(&v[1].text, &CustomTypes::new()).unwrap_err().to_string();
+        assert!(e.contains("Unknown type: A"), "{e}");
+        // A cast to a custom type is a cast to the type it names.
+        let cast = parse_with_types("SELECT CAST(x AS a) FROM s EMIT CHANGES;", &types).unwrap();
+        let Statement::Select(q) = &cast[0].statement else { panic!() };
+        assert!(q.query.to_string().contains("'ARRAY<INTEGER>'"), "{}", q.query);
+        assert!(matches!(one("DROP TYPE IF EXISTS A;"), Statement::DropType { if_exists: true, .. }));
     }
 
     #[test]

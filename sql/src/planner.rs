@@ -3767,12 +3767,6 @@ pub fn ksql_expressions<V: sp::VisitMut>(node: &mut V) {
 
 /// `left->right` (a field name) as DataFusion field access.
 fn arrow_access(left: sp::Expr, right: sp::Expr) -> sp::Expr {
-    // `S.B->C`: DataFusion resolves `S.B.C` (a qualified column, then its field).
-    if let (sp::Expr::CompoundIdentifier(ids), sp::Expr::Identifier(field)) = (&left, &right) {
-        let mut ids = ids.clone();
-        ids.push(field.clone());
-        return sp::Expr::CompoundIdentifier(ids);
-    }
     // DataFusion takes a field named by an identifier only right after a (qualified) column
     // name; after a subscript (`H[1]->KEY`), a field named by a string, or on a computed value
     // (`EXPLODE(a)->F1`) it takes one named by a string. A column's own field is named by a

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 
 use crate::catalog::Column;
 use crate::planner::OutputColumn;
+use crate::types::SqlType;
 
 /// A stream or table, as SHOW and DESCRIBE list it.
 #[derive(Clone, Debug)]
@@ -126,6 +127,13 @@ pub enum StatementResult {
         statement: String,
         /// Name/value pairs.
         properties: Vec<(String, String)>,
+    },
+    /// SHOW TYPES.
+    Types {
+        /// The statement.
+        statement: String,
+        /// Custom types by name.
+        types: Vec<(String, SqlType)>,
     },
     /// DESCRIBE.
     Description {

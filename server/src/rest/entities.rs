@@ -45,6 +45,10 @@ pub fn entity(r: StatementResult, _engine: &KsqlEngine) -> Option<Value> {
             "overwrittenProperties": properties.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
             "defaultProperties": [],
         }),
+        StatementResult::Types { statement, types } => json!({
+            "@type": "type_list", "statementText": statement, "warnings": [],
+            "types": types.iter().map(|(n, t)| (n.clone(), schema(t))).collect::<serde_json::Map<_, _>>(),
+        }),
         StatementResult::Description { statement, source, extended } => json!({
             "@type": "sourceDescription", "statementText": statement, "warnings": [],
             "sourceDescription": description(&source, extended),
