@@ -874,13 +874,17 @@ impl AggregateOperator {
         columns.push(Arc::new(Int64Array::from_iter_values(groups.iter().map(|g| g.window.1))));
         columns.push(Arc::new(Int64Array::from_iter_values(groups.iter().map(|g| g.max_ts))));
         columns.push(Arc::new(BooleanArray::from_iter(groups.iter().map(|g| Some(g.emitted)))));
-        for (a, agg) in aggregates.iter().enumerate() {
-            let fields = agg.state_fields()?;
-            let mut states: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(n); fields.len()];
-            let intact = STATE_LEAVES_ACCUMULATOR.contains(&agg.fun().name()) && !agg.is_distinct();
-            for g in groups.iter_mut() {
+        let fields = aggregates.iter().map(|a| Ok(a.state_fields()?)).collect::<Result<Vec<_>>>()?;
+        let intact: Vec<bool> =
+            aggregates.iter().map(|a| STATE_LEAVES_ACCUMULATOR.contains(&a.fun().name()) && !a.is_distinct()).collect();
+        // Per aggregate, per state field, the groups' values. Group by group (each group's
+        // accumulators are visited once: the walk is bound by memory, not by `state()`).
+        let mut states: Vec<Vec<Vec<ScalarValue>>> =
+            fields.iter().map(|f| vec![Vec::with_capacity(n); f.len()]).collect();
+        for g in groups.iter_mut() {
+            for (a, agg) in aggregates.iter().enumerate() {
                 let state = g.accs[a].state()?;
-                if !intact {
+                if !intact[a] {
                     // DataFusion may move values out of an accumulator in `state()` (it is
                     // meant for the end of an aggregation): go on with a fresh one merged from it.
                     let arrays = state.iter().map(|v| Ok(v.to_array()?)).collect::<Result<Vec<ArrayRef>>>()?;
@@ -888,19 +892,17 @@ impl AggregateOperator {
                     fresh.merge_batch(&arrays)?;
                     g.accs[a] = fresh;
                 }
-                for (f, v) in state.into_iter().enumerate() {
-                    if let Some(col) = states.get_mut(f) {
-                        col.push(v);
-                    }
+                for (col, v) in states[a].iter_mut().zip(state) {
+                    col.push(v);
                 }
             }
-            for (field, values) in fields.iter().zip(states) {
-                let array = if values.is_empty() {
-                    arrow::array::new_empty_array(field.data_type())
-                } else {
-                    ScalarValue::iter_to_array(values)?
-                };
-                columns.push(array);
+        }
+        for (fields, values) in fields.iter().zip(states) {
+            for (field, values) in fields.iter().zip(values) {
+                columns.push(match values.is_empty() {
+                    true => arrow::array::new_empty_array(field.data_type()),
+                    false => ScalarValue::iter_to_array(values)?,
+                });
             }
         }
         Ok(vec![crate::state::batch(columns, n)?, watermark])
