@@ -185,6 +185,17 @@ impl Committer {
         (self.last_cost * 10).max(Duration::from_millis(5)).min(self.spec.interval)
     }
 
+    /// The longest time between checkpoints while input keeps coming: `interval`; with
+    /// exactly-once, whose output is visible only once checkpointed, sooner when checkpoints are
+    /// cheap: every 100 ms (Kafka Streams' commit interval under exactly-once), or twenty times
+    /// the last checkpoint's duration if longer (a twentieth of the time at most).
+    fn busy_wait(&self) -> Duration {
+        match self.spec.exactly_once {
+            true => (self.last_cost * 20).max(Duration::from_millis(100)).min(self.spec.interval),
+            false => self.spec.interval,
+        }
+    }
+
     /// How long input must have stopped before a checkpoint is taken sooner than
     /// [`Committer::idle_wait`]: at least 5 ms, and as long as the last checkpoint took (a burst
     /// of input has ended; a trickle with shorter gaps waits for `idle_wait`).
@@ -203,7 +214,7 @@ impl Committer {
             return false;
         }
         let elapsed = self.last.elapsed();
-        elapsed >= self.spec.interval
+        elapsed >= self.busy_wait()
             || (idle && (elapsed >= self.idle_wait() || self.last_work.elapsed() >= self.quiet()))
     }
 
@@ -281,6 +292,34 @@ mod tests {
         let now = tokio::time::Instant::now();
         assert!(deadline <= now + Duration::from_secs(1), "{:?}", deadline - now);
         assert!(deadline > now + Duration::from_millis(900), "{:?}", deadline - now);
+    }
+
+    /// Under steady input, exactly-once checkpoints come every 100 ms while they are cheap
+    /// (results become visible), and no more than a twentieth of the time when they are not;
+    /// at-least-once ones wait for the interval.
+    #[test]
+    fn exactly_once_checkpoints_often_while_they_are_cheap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn TopicStore> =
+            Arc::new(rill_connectors::EmbeddedStore::open(&dir.path().join("log")).unwrap());
+        let spec =
+            CheckpointSpec { dir: dir.path().join("ckpt"), interval: Duration::from_secs(2), exactly_once: true };
+        let mut c = Committer::new(store.clone(), spec.clone(), "Q", "stage", vec![]);
+        c.last_cost = Duration::from_millis(2);
+        assert_eq!(c.busy_wait(), Duration::from_millis(100));
+        c.last_cost = Duration::from_millis(30);
+        assert_eq!(c.busy_wait(), Duration::from_millis(600));
+        c.last_cost = Duration::from_millis(500);
+        assert_eq!(c.busy_wait(), Duration::from_secs(2), "never longer than the interval");
+        let mut c = Committer::new(store, CheckpointSpec { exactly_once: false, ..spec }, "Q", "stage", vec![]);
+        c.last_cost = Duration::from_millis(2);
+        assert_eq!(c.busy_wait(), Duration::from_secs(2));
+        c.mark_dirty();
+        c.last = Instant::now() - Duration::from_millis(150);
+        c.last_work = Instant::now();
+        assert!(!c.due(false), "at-least-once waits for the interval");
+        c.spec.exactly_once = true;
+        assert!(c.due(false), "exactly-once checkpoints after 100 ms of steady input");
     }
 
     #[test]

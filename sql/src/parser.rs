@@ -161,7 +161,7 @@ fn parse_names(sql: &str, names: TypeNames) -> Result<Vec<ParsedStatement>> {
         let mut parser = StatementParser::with_names(std::mem::take(current), names);
         let statement = parser.statement().map_err(|e| match e {
             // ANTLR-style "Expecting {...}" messages name the statement, as ksqlDB's do.
-            SqlError::Parse { position, message } if message.starts_with("Expecting ") => {
+            SqlError::Parse { position, message } if message.starts_with("Expecting ") || message.is_empty() => {
                 SqlError::Parse { position, message: format!("{message}\nStatement: {text}") }
             }
             other => other,
@@ -1048,6 +1048,14 @@ impl<'a> StatementParser<'a> {
                 message: format!("Syntax error at or near '{}'", t.token),
             });
         }
+        // ksqlDB's grammar has no ORDER BY: it fails at the BY (ORDER reads as an alias).
+        if query.order_by.is_some() {
+            let by = rest.windows(2).find(|w| is_word(&w[0].token, "ORDER") && is_word(&w[1].token, "BY"));
+            return Err(SqlError::Parse {
+                position: by.map(|w| Position::of(w[1].span.start)).unwrap_or(pos),
+                message: String::new(),
+            });
+        }
         group_by_values(&query, &rest)?;
         Ok(Select { query: *query, window, within, partition_by, emit, limit })
     }
@@ -1230,6 +1238,8 @@ mod tests {
             panic!()
         };
         assert!(matches!(s.window, Some(WindowSpec::Session { .. })));
+        let e = parse("SELECT * FROM S1 ORDER BY MYKEY DESC;").unwrap_err().to_string();
+        assert_eq!(e, "line 1:24: Syntax Error\n\nStatement: SELECT * FROM S1 ORDER BY MYKEY DESC;");
         let e = parse("SELECT * FROM s LIMIT 2.5;").unwrap_err().to_string();
         assert!(e.contains("Value must be integer for command: LIMIT"), "{e}");
         let e = parse("SELECT * FROM s LIMIT -1;").unwrap_err().to_string();

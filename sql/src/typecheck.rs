@@ -128,7 +128,30 @@ fn predicate(p: &Expr, schema: &DFSchema, clause: &str, names: &Names) -> Option
 /// The first comparison in `e` of incomparable types or with NULL, or arithmetic with NULL.
 fn comparisons(e: &Expr, schema: &DFSchema, names: &Names, clause: Option<&str>) -> Option<SqlError> {
     let mut found = None;
+    let wrap = |m: String| {
+        SqlError::plan(match clause {
+            Some(c) => format!("Error in {c} expression: {m}\nStatement: {}", names.text(e)),
+            None => m,
+        })
+    };
     let _ = e.apply(|x| {
+        // `x BETWEEN a AND b` compares as `x >= a AND x <= b` (ksqlDB's message for it is
+        // an invalid expression, whatever the clause).
+        if let Expr::Between(between) = x {
+            for (bound, op) in [(&between.low, "GREATER_THAN_OR_EQUAL"), (&between.high, "LESS_THAN_OR_EQUAL")] {
+                let (Ok(lt), Ok(rt)) = (between.expr.get_type(schema), bound.get_type(schema)) else { continue };
+                if lt != DataType::Null && rt != DataType::Null && !comparable(&lt, &rt) {
+                    found = Some(SqlError::plan(format!(
+                        "Invalid expression: Cannot compare {} ({}) to {} ({}) with {op}.",
+                        names.text(&between.expr),
+                        type_name(&between.expr, &lt),
+                        names.text(bound),
+                        type_name(bound, &rt)
+                    )));
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+        }
         let Expr::BinaryExpr(b) = x else { return Ok(TreeNodeRecursion::Continue) };
         let (Ok(lt), Ok(rt)) = (b.left.get_type(schema), b.right.get_type(schema)) else {
             return Ok(TreeNodeRecursion::Continue);
@@ -163,10 +186,7 @@ fn comparisons(e: &Expr, schema: &DFSchema, names: &Names, clause: Option<&str>)
         };
         Ok(match message {
             Some(m) => {
-                found = Some(SqlError::plan(match clause {
-                    Some(c) => format!("Error in {c} expression: {m}\nStatement: {}", names.text(e)),
-                    None => m,
-                }));
+                found = Some(wrap(m));
                 TreeNodeRecursion::Stop
             }
             None => TreeNodeRecursion::Continue,
@@ -436,6 +456,9 @@ mod tests {
         );
         let got = verdict(r#"SELECT "ID" FROM "T" GROUP BY "ID" HAVING SUM("ID") > '100'"#).await;
         assert!(got.contains("Error in HAVING expression: Cannot compare SUM(ID) (BIGINT) to '100' (STRING)"), "{got}");
+        let got = verdict(r#"SELECT * FROM "T" WHERE "NAME" BETWEEN 10 AND 'b'"#).await;
+        assert!(got.contains("Cannot compare NAME (STRING) to 10 (INTEGER) with GREATER_THAN_OR_EQUAL."), "{got}");
+        assert_eq!(verdict(r#"SELECT * FROM "T" WHERE "NAME" BETWEEN 'a' AND 'b'"#).await, "ok");
         let got = verdict(r#"SELECT NULL <> NULL FROM "T""#).await;
         assert!(got.contains("Comparison with NULL not supported: NULL <> NULL"), "{got}");
         let got = verdict(r#"SELECT 1 + NULL FROM "T""#).await;
