@@ -272,14 +272,18 @@ mod tests {
 
     /// Once input stops, a checkpoint comes after a quiet spell as long as the last checkpoint
     /// took (at least 5 ms), not after ten times it: the end of a burst is committed soon.
+    /// A committer over a fresh embedded log in `dir`.
+    fn committer(dir: &tempfile::TempDir, interval: Duration, exactly_once: bool) -> Committer {
+        let store: Arc<dyn TopicStore> =
+            Arc::new(rill_connectors::EmbeddedStore::open(&dir.path().join("log")).unwrap());
+        let spec = CheckpointSpec { dir: dir.path().join("ckpt"), interval, exactly_once };
+        Committer::new(store, spec, "Q", "stage", vec![])
+    }
+
     #[test]
     fn a_burst_is_committed_after_a_short_quiet_spell() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn TopicStore> =
-            Arc::new(rill_connectors::EmbeddedStore::open(&dir.path().join("log")).unwrap());
-        let spec =
-            CheckpointSpec { dir: dir.path().join("ckpt"), interval: Duration::from_secs(60), exactly_once: true };
-        let mut c = Committer::new(store, spec, "Q", "stage", vec![]);
+        let mut c = committer(&dir, Duration::from_secs(60), true);
         assert!(!c.due(true), "nothing to checkpoint");
         c.mark_dirty();
         c.checkpoint(|| Ok(vec![]), vec![], serde_json::Value::Null).unwrap();
@@ -300,18 +304,15 @@ mod tests {
     #[test]
     fn exactly_once_checkpoints_often_while_they_are_cheap() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn TopicStore> =
-            Arc::new(rill_connectors::EmbeddedStore::open(&dir.path().join("log")).unwrap());
-        let spec =
-            CheckpointSpec { dir: dir.path().join("ckpt"), interval: Duration::from_secs(2), exactly_once: true };
-        let mut c = Committer::new(store.clone(), spec.clone(), "Q", "stage", vec![]);
+        let mut c = committer(&dir, Duration::from_secs(2), true);
         c.last_cost = Duration::from_millis(2);
         assert_eq!(c.busy_wait(), Duration::from_millis(100));
         c.last_cost = Duration::from_millis(30);
         assert_eq!(c.busy_wait(), Duration::from_millis(600));
         c.last_cost = Duration::from_millis(500);
         assert_eq!(c.busy_wait(), Duration::from_secs(2), "never longer than the interval");
-        let mut c = Committer::new(store, CheckpointSpec { exactly_once: false, ..spec }, "Q", "stage", vec![]);
+        let other = tempfile::tempdir().unwrap();
+        let mut c = committer(&other, Duration::from_secs(2), false);
         c.last_cost = Duration::from_millis(2);
         assert_eq!(c.busy_wait(), Duration::from_secs(2));
         c.mark_dirty();
