@@ -189,6 +189,48 @@ fn java_text(v: &ScalarValue) -> Result<String> {
     })
 }
 
+/// The function a STRING's cast to DATE reads it through: ksqlDB takes partial dates, a year
+/// (`'1970'`) or a year and month (`'1970-01'`), as their first day.
+pub const PARTIAL_DATE: &str = "rill_partial_date";
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PartialDate {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for PartialDate {
+    fn name(&self) -> &str {
+        PARTIAL_DATE
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let array = arrow::compute::cast(&args.args[0].to_array(args.number_rows)?, &DataType::Utf8)?;
+        let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+        let out: arrow::array::StringArray = array
+            .as_string::<i32>()
+            .iter()
+            .map(|v| {
+                v.map(|t| match (t.len(), t.split_once('-')) {
+                    (4, None) if digits(t) => format!("{t}-01-01"),
+                    (7, Some((y, m))) if y.len() == 4 && digits(y) && digits(m) => format!("{t}-01"),
+                    _ => t.to_string(),
+                })
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// The partial-date UDF (see [`PARTIAL_DATE`]).
+pub fn partial_date_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(PartialDate { signature: Signature::any(1, Volatility::Immutable) })
+}
+
 /// The Java-text UDF, for registration.
 pub fn java_text_udf() -> ScalarUDF {
     ScalarUDF::new_from_impl(JavaText { signature: Signature::any(1, Volatility::Immutable) })

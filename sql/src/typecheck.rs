@@ -252,6 +252,7 @@ pub fn typed_rules(plan: LogicalPlan) -> Result<LogicalPlan> {
         let mapped = node.map_expressions(|e| {
             e.transform_up(|e| {
                 java_text_cast(e, &input)?
+                    .transform_data(|e| partial_date_cast(e, &input))?
                     .transform_data(|e| extreme(e, &input))?
                     .transform_data(|e| constructor_literals(e, &input))
             })
@@ -334,6 +335,22 @@ fn constructor_literals(e: Expr, schema: &DFSchema) -> datafusion::common::Resul
     }
     let e = Expr::ScalarFunction(f);
     Ok(if changed { Transformed::yes(e) } else { Transformed::no(e) })
+}
+
+/// `CAST(s AS DATE)` of a STRING `s` reads partial dates as ksqlDB does (see
+/// [`crate::castfn::PARTIAL_DATE`]).
+fn partial_date_cast(e: Expr, schema: &DFSchema) -> datafusion::common::Result<Transformed<Expr>> {
+    let mut c = match e {
+        Expr::Cast(c) if c.field.data_type() == &DataType::Date32 => c,
+        other => return Ok(Transformed::no(other)),
+    };
+    if !matches!(c.expr.get_type(schema)?, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8) {
+        return Ok(Transformed::no(Expr::Cast(c)));
+    }
+    let udf = std::sync::Arc::new(crate::castfn::partial_date_udf());
+    c.expr =
+        Box::new(Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(udf, vec![*c.expr])));
+    Ok(Transformed::yes(Expr::Cast(c)))
 }
 
 /// `CAST(x AS STRING)` of a STRUCT or MAP `x` is [`crate::castfn::java_text_udf`] of `x`.
@@ -482,6 +499,22 @@ mod tests {
             }
             Err(e) => e.to_string(),
         }
+    }
+
+    /// A STRING cast to DATE takes a year, or a year and month, as their first day.
+    #[tokio::test]
+    async fn partial_dates_cast_to_their_first_day() {
+        let ctx = SessionContext::new();
+        let sql = "SELECT CAST(column1 AS DATE) AS d FROM (VALUES ('1970-01'), ('1971'), ('1970-01-10'))";
+        let plan = typed_rules(ctx.state().create_logical_plan(sql).await.unwrap()).unwrap();
+        let batches = ctx.execute_logical_plan(plan).await.unwrap().collect().await.unwrap();
+        let days: Vec<i32> = batches
+            .iter()
+            .flat_map(|b| {
+                arrow::array::AsArray::as_primitive::<arrow::datatypes::Date32Type>(b.column(0)).values().to_vec()
+            })
+            .collect();
+        assert_eq!(days, vec![0, 365, 9]);
     }
 
     #[tokio::test]
