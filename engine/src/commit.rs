@@ -270,8 +270,6 @@ impl Committer {
 mod tests {
     use super::*;
 
-    /// Once input stops, a checkpoint comes after a quiet spell as long as the last checkpoint
-    /// took (at least 5 ms), not after ten times it: the end of a burst is committed soon.
     /// A committer over a fresh embedded log in `dir`.
     fn committer(dir: &tempfile::TempDir, interval: Duration, exactly_once: bool) -> Committer {
         let store: Arc<dyn TopicStore> =
@@ -280,6 +278,8 @@ mod tests {
         Committer::new(store, spec, "Q", "stage", vec![])
     }
 
+    /// Once input stops, a checkpoint comes after a quiet spell as long as the last checkpoint
+    /// took (at least 5 ms), not after ten times it: the end of a burst is committed soon.
     #[test]
     fn a_burst_is_committed_after_a_short_quiet_spell() {
         let dir = tempfile::tempdir().unwrap();

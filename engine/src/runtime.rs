@@ -1134,26 +1134,21 @@ impl StageTask {
         let shards = &mut self.shards;
         let snapshot = || {
             let mut state = Vec::new();
-            if shards.len() > 1 {
-                // Each shard's state is its own: snapshot them side by side, in shard order (a
-                // thread costs tens of microseconds; a checkpoint's fsyncs milliseconds).
-                std::thread::scope(|scope| -> Result<()> {
-                    let (first, rest) = shards.split_first_mut().expect("several shards");
-                    let others: Vec<_> = rest.iter_mut().map(|s| scope.spawn(move || s.chain.snapshot())).collect();
-                    state.extend(first.chain.snapshot()?);
-                    for other in others {
-                        let snapshot = other.join().map_err(|_| {
-                            EngineError::Internal("a shard's snapshot panicked (this is a bug in Rill)".into())
-                        })?;
-                        state.extend(snapshot?);
-                    }
-                    Ok(())
-                })?;
-            } else {
-                for shard in shards.iter_mut() {
-                    state.extend(shard.chain.snapshot()?);
+            let Some((first, rest)) = shards.split_first_mut() else { return Ok(state) };
+            // Each shard's state is its own: the others snapshot side by side with the first,
+            // a thread each (tens of microseconds; a checkpoint's fsyncs take milliseconds), and
+            // the parts are kept in shard order.
+            std::thread::scope(|scope| -> Result<()> {
+                let others: Vec<_> = rest.iter_mut().map(|s| scope.spawn(move || s.chain.snapshot())).collect();
+                state.extend(first.chain.snapshot()?);
+                for other in others {
+                    let snapshot = other.join().map_err(|_| {
+                        EngineError::Internal("a shard's snapshot panicked (this is a bug in Rill)".into())
+                    })?;
+                    state.extend(snapshot?);
                 }
-            }
+                Ok(())
+            })?;
             Ok(state)
         };
         c.checkpoint(snapshot, self.processed.clone(), task)?;

@@ -1714,20 +1714,20 @@ fn upper_fields(t: SqlType) -> SqlType {
     }
 }
 
-/// What the key and value formats can carry, with ksqlDB's messages (the one place CREATE
-/// statements check it; the codecs refuse the same schemas at run time).
 /// `ksql.persistence.wrap.single.values=false` writes and reads a single value column of a
 /// format that can do so (JSON, JSON_SR, AVRO) unwrapped, unless the statement's
 /// `WRAP_SINGLE_VALUE` says otherwise (ksqlDB's default for the property).
 fn wrap_config(def: &mut SourceDef, with: &Props, props: &Properties) {
     let off = props.get("ksql.persistence.wrap.single.values").is_some_and(|v| v.eq_ignore_ascii_case("false"));
-    let single = def.columns.iter().filter(|c| !c.key && c.header.is_none()).count() == 1;
+    let single = def.value_columns().filter(|c| c.header.is_none()).count() == 1;
     let can = matches!(def.value_format.kind, FormatKind::Json | FormatKind::JsonSr | FormatKind::Avro);
     if off && single && can && !with.contains_key("WRAP_SINGLE_VALUE") {
         def.value_format.wrap_single_value = false;
     }
 }
 
+/// What the key and value formats can carry, with ksqlDB's messages (the one place CREATE
+/// statements check it; the codecs refuse the same schemas at run time).
 fn check_formats(def: &SourceDef) -> Result<()> {
     let show =
         |cols: &[&Column]| format!("[{}]", column_list(cols.iter().map(|c| (c.name.as_str(), &c.sql_type, c.key))));

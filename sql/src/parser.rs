@@ -264,7 +264,12 @@ fn complex_casts(toks: &mut Vec<TokenWithSpan>, names: TypeNames) -> Result<bool
 
 /// Whether a word may name a custom type: not a built-in type, not a literal.
 fn may_name_custom_type(w: &sqlparser::tokenizer::Word) -> bool {
-    w.quote_style.is_some() || !(is_builtin_type(&w.value) || matches!(w.value.as_str(), "NULL" | "TRUE" | "FALSE"))
+    w.quote_style.is_some() || !(is_builtin_type(&w.value) || is_literal_word(&w.value))
+}
+
+/// Whether `name` (upper case) is a literal's word, which names no type (`CAST(x AS NULL)`).
+fn is_literal_word(name: &str) -> bool {
+    matches!(name, "NULL" | "TRUE" | "FALSE")
 }
 
 /// Whether `name` (upper case) is one of ksqlDB's own type names.
@@ -642,7 +647,7 @@ impl<'a> StatementParser<'a> {
             }
             other => match self.names {
                 TypeNames::Known(types) if types.contains_key(other) => types[other].clone(),
-                TypeNames::Deferred if !matches!(other, "NULL" | "TRUE" | "FALSE") => {
+                TypeNames::Deferred if !is_literal_word(other) => {
                     self.deferred = true;
                     SqlType::String
                 }

@@ -138,15 +138,16 @@ fn comparisons(e: &Expr, schema: &DFSchema, names: &Names, clause: Option<&str>)
         // `x BETWEEN a AND b` compares as `x >= a AND x <= b` (ksqlDB's message for it is
         // an invalid expression, whatever the clause).
         if let Expr::Between(between) = x {
-            for (bound, op) in [(&between.low, "GREATER_THAN_OR_EQUAL"), (&between.high, "LESS_THAN_OR_EQUAL")] {
+            for (bound, op) in [(&between.low, Operator::GtEq), (&between.high, Operator::LtEq)] {
                 let (Ok(lt), Ok(rt)) = (between.expr.get_type(schema), bound.get_type(schema)) else { continue };
                 if lt != DataType::Null && rt != DataType::Null && !comparable(&lt, &rt) {
                     found = Some(SqlError::plan(format!(
-                        "Invalid expression: Cannot compare {} ({}) to {} ({}) with {op}.",
+                        "Invalid expression: Cannot compare {} ({}) to {} ({}) with {}.",
                         names.text(&between.expr),
                         type_name(&between.expr, &lt),
                         names.text(bound),
-                        type_name(bound, &rt)
+                        type_name(bound, &rt),
+                        ksql_operator(&op).unwrap_or_default()
                     )));
                     return Ok(TreeNodeRecursion::Stop);
                 }
@@ -344,7 +345,9 @@ fn partial_date_cast(e: Expr, schema: &DFSchema) -> datafusion::common::Result<T
         Expr::Cast(c) if c.field.data_type() == &DataType::Date32 => c,
         other => return Ok(Transformed::no(other)),
     };
-    if !matches!(c.expr.get_type(schema)?, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8) {
+    // Once only, should the rules run over the plan again.
+    let read = matches!(c.expr.as_ref(), Expr::ScalarFunction(f) if f.func.name() == crate::castfn::PARTIAL_DATE);
+    if read || !matches!(c.expr.get_type(schema)?, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8) {
         return Ok(Transformed::no(Expr::Cast(c)));
     }
     let udf = std::sync::Arc::new(crate::castfn::partial_date_udf());

@@ -447,9 +447,7 @@ impl AvroEncoder {
     /// Encodes rows of `rows` with the schema registered as `id` (a sink's `VALUE_SCHEMA_ID`):
     /// its fields take the row columns of their names; the others their default, else null.
     pub(crate) fn with_schema_id(rows: &Schema, registry: &dyn SchemaRegistry, id: u32) -> Result<Self> {
-        let text = registry
-            .schema(id)?
-            .ok_or_else(|| ConnectorError::Unsupported(format!("Schema id {id} is not in the schema registry")))?;
+        let text = super::registered_schema(registry, id)?;
         let avro: Value = serde_json::from_str(&text)
             .map_err(|e| ConnectorError::Unsupported(format!("Invalid Avro schema ({e}): {text}")))?;
         let record = as_record(&avro);

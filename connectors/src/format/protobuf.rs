@@ -591,16 +591,9 @@ pub fn decode_json(registry: &dyn SchemaRegistry, proto: Option<&str>, value: &[
     to_value(&m, Way::Read { exact: false })
 }
 
-/// The `.proto` text registered as `id`.
-fn registered_text(registry: &dyn SchemaRegistry, id: u32) -> Result<String> {
-    registry
-        .schema(id)?
-        .ok_or_else(|| ConnectorError::Unsupported(format!("Schema id {id} is not in the schema registry")))
-}
-
 /// The message a record names by its schema `id` and message `indexes`.
 fn registered_message(registry: &dyn SchemaRegistry, id: u32, indexes: &[usize]) -> Result<MessageDescriptor> {
-    let first = first_message(&registered_text(registry, id)?, Some(registry))?;
+    let first = first_message(&super::registered_schema(registry, id)?, Some(registry))?;
     message_at(&first, indexes)
         .ok_or_else(|| ConnectorError::Decode(format!("Schema id {id} has no message at {indexes:?}")))
 }
@@ -718,7 +711,7 @@ impl ProtobufEncoder {
         id: u32,
         name: Option<&str>,
     ) -> Result<Self> {
-        let proto = registered_text(registry, id)?;
+        let proto = super::registered_schema(registry, id)?;
         Self::with_message(schema, named_message(&proto, Some(registry), name)?, Some(id))
     }
 
