@@ -18,11 +18,15 @@
 //!
 //! Cost model: a checkpoint costs one state snapshot and two small fsynced file writes per
 //! partition written. Checkpoints are taken at most every `interval` while input keeps coming,
-//! and sooner when the task runs out of input: once no input came for as long as the last
-//! checkpoint took (at least 5 ms: a burst has ended), or ten times that since the last
-//! checkpoint (at least 5 ms: a trickle then spends at most about a tenth of the time on them):
-//! quiet queries with small state publish results within milliseconds (exactly-once output is
-//! visible only once committed), busy ones amortise the cost over `interval`.
+//! and sooner when the task runs out of input: once no input came for as long as a checkpoint
+//! takes (at least 5 ms: a burst has ended), or, with exactly-once, ten times that since the
+//! last checkpoint (at least 5 ms: a trickle then spends at most about a tenth of the time on
+//! them): quiet queries with small state publish results within milliseconds (exactly-once
+//! output is visible only once committed), busy ones amortise the cost over `interval`.
+//! At-least-once output is visible when appended, so a trickle of input waits for `interval`:
+//! its checkpoints would only move the restart position, and their fsyncs would compete with the
+//! output's. "As long as a checkpoint takes" is the median of the last few, so that one slow
+//! checkpoint (a disk stall) does not hold back the next ones' results.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -35,6 +39,9 @@ use rill_connectors::store::{Record, TopicStore, TxnEnd};
 use crate::checkpoint::{Checkpoint, CheckpointFile, CheckpointMeta};
 use crate::operator::Chain;
 use crate::Result;
+
+/// How many checkpoint durations [`Committer::cost`] takes the median of.
+const COSTS_KEPT: usize = 5;
 
 /// How a persistent query checkpoints.
 #[derive(Clone, Debug)]
@@ -72,7 +79,8 @@ pub struct Committer {
     /// Topics the task writes to (to resolve transactions left open by a crash).
     outputs: Vec<String>,
     last: Instant,
-    last_cost: Duration,
+    /// The durations of the last few checkpoints (see [`Committer::cost`]).
+    costs: std::collections::VecDeque<Duration>,
     /// When the task last finished processing input.
     last_work: Instant,
     dirty: bool,
@@ -97,7 +105,7 @@ impl Committer {
             touched: BTreeSet::new(),
             outputs,
             last: Instant::now(),
-            last_cost: Duration::ZERO,
+            costs: Default::default(),
             last_work: Instant::now(),
             dirty: false,
         }
@@ -178,29 +186,41 @@ impl Committer {
         self.last_work = Instant::now();
     }
 
-    /// The shortest time between checkpoints when the task runs out of input: ten times the
-    /// last checkpoint's duration, and at least 5 ms (Kafka Streams commits every 100 ms under
-    /// exactly-once), never more than `interval`.
+    /// What a checkpoint costs: the median of the last [`COSTS_KEPT`] checkpoints' durations
+    /// (one slow checkpoint does not stretch the waits after it).
+    fn cost(&self) -> Duration {
+        let mut costs: Vec<Duration> = self.costs.iter().copied().collect();
+        costs.sort_unstable();
+        costs.get(costs.len() / 2).copied().unwrap_or_default()
+    }
+
+    /// The shortest time between checkpoints when the task runs out of input: with
+    /// exactly-once, ten times what a checkpoint costs, and at least 5 ms (Kafka Streams commits
+    /// every 100 ms under exactly-once), never more than `interval`; at-least-once output is
+    /// visible already, so it waits for `interval` (or for input to stop, [`Committer::quiet`]).
     fn idle_wait(&self) -> Duration {
-        (self.last_cost * 10).max(Duration::from_millis(5)).min(self.spec.interval)
+        match self.spec.exactly_once {
+            true => (self.cost() * 10).max(Duration::from_millis(5)).min(self.spec.interval),
+            false => self.spec.interval,
+        }
     }
 
     /// The longest time between checkpoints while input keeps coming: `interval`; with
     /// exactly-once, whose output is visible only once checkpointed, sooner when checkpoints are
     /// cheap: every 100 ms (Kafka Streams' commit interval under exactly-once), or twenty times
-    /// the last checkpoint's duration if longer (a twentieth of the time at most).
+    /// what a checkpoint costs if longer (a twentieth of the time at most).
     fn busy_wait(&self) -> Duration {
         match self.spec.exactly_once {
-            true => (self.last_cost * 20).max(Duration::from_millis(100)).min(self.spec.interval),
+            true => (self.cost() * 20).max(Duration::from_millis(100)).min(self.spec.interval),
             false => self.spec.interval,
         }
     }
 
     /// How long input must have stopped before a checkpoint is taken sooner than
-    /// [`Committer::idle_wait`]: at least 5 ms, and as long as the last checkpoint took (a burst
-    /// of input has ended; a trickle with shorter gaps waits for `idle_wait`).
+    /// [`Committer::idle_wait`]: at least 5 ms, and as long as a checkpoint costs (a burst of
+    /// input has ended; a trickle with shorter gaps waits for `idle_wait`).
     fn quiet(&self) -> Duration {
-        self.last_cost.max(Duration::from_millis(5))
+        self.cost().max(Duration::from_millis(5))
     }
 
     /// When a checkpoint is due if no more input arrives.
@@ -247,14 +267,18 @@ impl Committer {
         self.epoch += 1;
         self.dirty = false;
         self.last = Instant::now();
-        self.last_cost = started.elapsed();
+        let cost = started.elapsed();
+        if self.costs.len() == COSTS_KEPT {
+            self.costs.pop_front();
+        }
+        self.costs.push_back(cost);
         tracing::debug!(
             task = %self.task,
             epoch,
             snapshot_us,
             synced_us,
             written_us,
-            cost_us = self.last_cost.as_micros() as u64,
+            cost_us = cost.as_micros() as u64,
             "checkpoint"
         );
         Ok(epoch)
@@ -287,8 +311,8 @@ mod tests {
         assert!(!c.due(true), "nothing to checkpoint");
         c.mark_dirty();
         c.checkpoint(|| Ok(vec![]), vec![], serde_json::Value::Null).unwrap();
-        // Pretend the checkpoint was expensive: the trickle rule alone would wait 10 s.
-        c.last_cost = Duration::from_secs(1);
+        // Pretend checkpoints are expensive: the trickle rule alone would wait 10 s.
+        c.costs = [Duration::from_secs(1)].into();
         c.mark_dirty();
         c.worked();
         assert!(!c.due(true), "input has just been processed");
@@ -305,15 +329,15 @@ mod tests {
     fn exactly_once_checkpoints_often_while_they_are_cheap() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = committer(&dir, Duration::from_secs(2), true);
-        c.last_cost = Duration::from_millis(2);
+        c.costs = [Duration::from_millis(2)].into();
         assert_eq!(c.busy_wait(), Duration::from_millis(100));
-        c.last_cost = Duration::from_millis(30);
+        c.costs = [Duration::from_millis(30)].into();
         assert_eq!(c.busy_wait(), Duration::from_millis(600));
-        c.last_cost = Duration::from_millis(500);
+        c.costs = [Duration::from_millis(500)].into();
         assert_eq!(c.busy_wait(), Duration::from_secs(2), "never longer than the interval");
         let other = tempfile::tempdir().unwrap();
         let mut c = committer(&other, Duration::from_secs(2), false);
-        c.last_cost = Duration::from_millis(2);
+        c.costs = [Duration::from_millis(2)].into();
         assert_eq!(c.busy_wait(), Duration::from_secs(2));
         c.mark_dirty();
         c.last = Instant::now() - Duration::from_millis(150);
@@ -321,6 +345,42 @@ mod tests {
         assert!(!c.due(false), "at-least-once waits for the interval");
         c.spec.exactly_once = true;
         assert!(c.due(false), "exactly-once checkpoints after 100 ms of steady input");
+    }
+
+    /// One slow checkpoint among cheap ones (a disk stall) does not stretch the waits after it;
+    /// checkpoints that are all slow do.
+    #[test]
+    fn one_slow_checkpoint_does_not_stretch_the_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = committer(&dir, Duration::from_secs(2), true);
+        for _ in 0..COSTS_KEPT + 2 {
+            c.mark_dirty();
+            c.checkpoint(|| Ok(vec![]), vec![], serde_json::Value::Null).unwrap();
+        }
+        assert_eq!(c.costs.len(), COSTS_KEPT, "only the last few are kept");
+        c.costs = [2, 3, 900, 2, 2].map(Duration::from_millis).into();
+        assert_eq!(c.busy_wait(), Duration::from_millis(100));
+        assert_eq!(c.idle_wait(), Duration::from_millis(20));
+        c.costs = [50, 60, 900, 70, 80].map(Duration::from_millis).into();
+        assert_eq!(c.busy_wait(), Duration::from_millis(1400));
+    }
+
+    /// At-least-once output is visible when appended: a trickle of input is checkpointed at the
+    /// interval, not every ten checkpoint durations; when input stops, after the quiet spell.
+    #[test]
+    fn at_least_once_trickles_wait_for_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = committer(&dir, Duration::from_secs(2), false);
+        c.costs = [Duration::from_millis(1)].into();
+        c.mark_dirty();
+        c.last = Instant::now() - Duration::from_millis(50);
+        c.worked();
+        assert!(!c.due(true), "a trickle (input 0 ms ago) waits");
+        c.last_work = Instant::now() - Duration::from_millis(6);
+        assert!(c.due(true), "input stopped 6 ms ago: checkpoint now");
+        c.spec.exactly_once = true;
+        c.worked();
+        assert!(c.due(true), "exactly-once checkpoints a trickle after ten checkpoint durations");
     }
 
     #[test]

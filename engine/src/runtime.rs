@@ -1378,6 +1378,10 @@ fn commit_result(joined: std::result::Result<Result<()>, tokio::task::JoinError>
     }
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 /// What a partition's prefetcher hands its task.
 enum Fetched {
     /// The next fetch, decoded.
@@ -1441,7 +1445,11 @@ impl Prefetch {
                 })?;
                 self.readers.push(reader);
                 self.caught_up = false;
-                return Ok(Fetched::Read(read?));
+                let read = read?;
+                if let Some(t) = read.max_event_time {
+                    tracing::trace!(target: "rill_engine::latency", stage = "decoded", lag_ms = now_ms() - t, partition = self.partition);
+                }
+                return Ok(Fetched::Read(read));
             }
             if !self.caught_up {
                 // Tell the task before waiting (it may have a checkpoint to write meanwhile).
@@ -1671,6 +1679,12 @@ impl PartitionTask {
                 }
             };
             self.idle = false;
+            let traced = read
+                .max_event_time
+                .filter(|_| tracing::enabled!(target: "rill_engine::latency", tracing::Level::TRACE));
+            if let Some(t) = traced {
+                tracing::trace!(target: "rill_engine::latency", stage = "received", lag_ms = now_ms() - t, partition = self.partition);
+            }
             let mut messages = Vec::new();
             let mut dead = read.dead;
             if let Some(batch) = read.batch {
@@ -1719,6 +1733,9 @@ impl PartitionTask {
                 let refused = sink.take_refused();
                 let refused = self.dead_letter_records(refused);
                 write_dead_letters(&self.stats, self.committer.as_mut(), self.store.as_ref(), &refused).await?;
+            }
+            if let Some(t) = traced {
+                tracing::trace!(target: "rill_engine::latency", stage = "written", lag_ms = now_ms() - t, partition = self.partition);
             }
             self.after_output()?;
         }

@@ -32,7 +32,7 @@ use rill_connectors::TopicStore;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::pipeline::{cpu_seconds, load, peak_rss_mb, percentile, read_values, Pipeline};
+use super::pipeline::{cpu_seconds, load, peak_rss_mb, read_values, Pipeline};
 
 /// Options.
 pub struct Options {
@@ -80,7 +80,9 @@ pub struct Report {
     /// The latency run's rate (`--latency-at` times the measured rate; half by default), events/s.
     pub latency_events_per_s: Option<f64>,
     /// Latency percentiles at that rate (stateless queries), ms, with
-    /// `processing.guarantee = at_least_once` (output visible once appended).
+    /// `processing.guarantee = at_least_once` (output visible once appended): from a bid's
+    /// append (its event time, the wall clock when sent) to its result's, over ten seconds after
+    /// one of warm-up; the producer and the reader are a thread and a task of this process.
     pub p50_latency_ms: Option<f64>,
     /// p99 of the same.
     pub p99_latency_ms: Option<f64>,
@@ -459,8 +461,13 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
 
     let latency_rate = (spec.latency && !opts.no_latency).then(|| events as f64 / wall * opts.latency_at);
     let (p50, p99, p99_eo) = if let Some(rate) = latency_rate {
-        let (p50, p99) = latency(&ddl, &query, spec.output, rate, opts.partitions, "at_least_once").await?;
-        let (_, p99_eo) = latency(&ddl, &query, spec.output, rate, opts.partitions, "exactly_once").await?;
+        // Both runs' data stays until both are done: deleting a run's gigabytes stalls the
+        // file system's fsyncs (ext4 discards them) for as long as half a second.
+        let dirs = (tempfile::tempdir()?, tempfile::tempdir()?);
+        let (p50, p99) =
+            latency(dirs.0.path(), &ddl, &query, spec.output, rate, opts.partitions, "at_least_once").await?;
+        let (_, p99_eo) =
+            latency(dirs.1.path(), &ddl, &query, spec.output, rate, opts.partitions, "exactly_once").await?;
         (Some(p50), Some(p99), Some(p99_eo))
     } else {
         (None, None, None)
@@ -489,9 +496,11 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     })
 }
 
-/// Latency at `rate` events/s: bids appended with the wall clock as event time, the output
-/// tailed; returns (p50, p99) of visible time minus event time, in ms.
+/// Latency at `rate` events/s, on a fresh log in `dir`: bids appended with the wall clock as event time, the output
+/// tailed (with `RILL_BENCH_TRACE`, `/tmp/rill-latency-<guarantee>.tsv` gets, per 100 ms of the
+/// run, the records read, their largest latency and the producer's slowest append); returns (p50, p99) of visible time minus event time, in ms.
 async fn latency(
+    dir: &Path,
     ddl: &str,
     query: &str,
     output: &str,
@@ -499,8 +508,7 @@ async fn latency(
     partitions: u32,
     guarantee: &str,
 ) -> anyhow::Result<(f64, f64)> {
-    let dir = tempfile::tempdir()?;
-    let (p, _) = Pipeline::open(dir.path()).await?;
+    let (p, _) = Pipeline::open(dir).await?;
     for topic in ["person", "auction", "bid"] {
         p.store.create_topic(topic, rill_log::TopicConfig { partitions, ..Default::default() })?;
     }
@@ -510,10 +518,15 @@ async fn latency(
     let topic = p.engine.source(output).await.map(|s| s.topic).ok_or_else(|| anyhow!("no output {output}"))?;
     let now_ms =
         || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
-    // Producer: every millisecond, the bids due by then, spread over the partitions. The bids
+    // Producer: every millisecond, the bids due by then, to each partition in turn. The bids
     // are formatted beforehand with a 13-digit time field that is filled in when sent, so that
-    // the producer costs little next to the query it measures.
-    let run_for = Duration::from_secs(5);
+    // the producer costs little next to the query it measures. It runs on a thread and runtime
+    // of its own, as a client would in a process of its own: on the query's runtime its ticks
+    // would wait for the query's tasks, and come late and large.
+    // Ten seconds measured after one of warm-up (the query's first fetches fault in fresh
+    // memory and take several times as long as the steady state's).
+    let (warm_up, run_for) = (Duration::from_secs(1), Duration::from_secs(11));
+    let measured_from = now_ms() + warm_up.as_millis() as i64;
     let store = p.store.clone();
     const TIME: &str = "0000000000000";
     let templates: Vec<(Vec<u8>, usize)> = (0..10_000u64)
@@ -528,9 +541,12 @@ async fn latency(
             (v.into_bytes(), at)
         })
         .collect();
-    let producer = tokio::spawn(async move {
+    let producer = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let started = Instant::now();
-        let mut sent = 0u64;
+        let (mut sent, mut tick) = (0u64, 0u64);
+        // Per 100 ms: the slowest append, µs (RILL_BENCH_TRACE).
+        let mut slowest_append = vec![0u64; (run_for.as_millis() / 100 + 1) as usize];
         while started.elapsed() < run_for {
             let due = (started.elapsed().as_secs_f64() * rate) as u64;
             let n = due.saturating_sub(sent);
@@ -545,18 +561,28 @@ async fn latency(
                         Record { timestamp: t, key: None, value: Some(v.into()), headers: vec![] }
                     })
                     .collect();
-                let part = (sent % partitions as u64) as u32;
-                store.append("bid", part, &records).await?;
+                let part = (tick % u64::from(partitions)) as u32;
+                let appending = Instant::now();
+                rt.block_on(store.append("bid", part, &records))?;
+                if let Some(slot) = slowest_append.get_mut((started.elapsed().as_millis() / 100) as usize) {
+                    *slot = (*slot).max(appending.elapsed().as_micros() as u64);
+                }
                 sent += n;
+                tick += 1;
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            std::thread::sleep(Duration::from_millis(1));
         }
-        anyhow::Ok(sent)
+        anyhow::Ok((sent, slowest_append))
     });
     // Reader: tails every output partition; latency = now - record time (the bid's event time).
     let cfg = p.store.topic_config(&topic)?;
     let mut offsets: Vec<u64> = vec![0; cfg.partitions as usize];
-    let mut samples: Vec<f64> = Vec::new();
+    // Latencies in whole milliseconds (the record time's unit) are counted in a histogram, so
+    // that the reader never stops to grow a vector (a stall that would show as latency).
+    let mut histogram = LatencyHistogram::default();
+    // Per 100 ms of the run: the records read and their largest latency (RILL_BENCH_TRACE).
+    let mut timeline: Vec<(u64, i64)> = vec![(0, 0); (run_for.as_millis() / 100 + 60) as usize];
+    let started = Instant::now();
     let deadline = Instant::now() + run_for + Duration::from_secs(5);
     loop {
         let mut any = false;
@@ -564,7 +590,13 @@ async fn latency(
             let f = p.store.read(&topic, part, offsets[part as usize], 1 << 20)?;
             let now = now_ms();
             for r in f.records() {
-                samples.push((now - r.timestamp) as f64);
+                let latency = now - r.timestamp;
+                if r.timestamp >= measured_from {
+                    histogram.add(latency);
+                }
+                if let Some(slot) = timeline.get_mut((started.elapsed().as_millis() / 100) as usize) {
+                    *slot = (slot.0 + 1, slot.1.max(latency));
+                }
                 any = true;
             }
             offsets[part as usize] = f.next_offset().max(offsets[part as usize]);
@@ -576,20 +608,87 @@ async fn latency(
             break;
         }
         if !any {
-            tokio::time::sleep(Duration::from_micros(200)).await;
+            // Long-poll, as a consumer does: woken by the next append to any output partition.
+            let waits = (0..cfg.partitions).map(|part| {
+                let (store, topic, offset) = (p.store.clone(), topic.clone(), offsets[part as usize]);
+                Box::pin(async move { store.wait_for(&topic, part, offset).await })
+            });
+            let _ = tokio::time::timeout(Duration::from_millis(50), futures::future::select_all(waits)).await;
         }
     }
-    let sent = producer.await??;
+    let (sent, slowest_append) = producer.join().map_err(|_| anyhow!("the latency run's producer panicked"))??;
     p.shutdown().await;
-    if samples.is_empty() {
-        bail!("no output records in the latency run ({sent} sent)");
+    if std::env::var_os("RILL_BENCH_TRACE").is_some() {
+        let mut out = String::new();
+        for (i, (records, max)) in timeline.iter().enumerate().filter(|(_, t)| t.0 > 0) {
+            let append_us = slowest_append.get(i).copied().unwrap_or_default();
+            out.push_str(&format!("{}\t{records}\t{max}\t{append_us}\n", i * 100));
+        }
+        std::fs::write(format!("/tmp/rill-latency-{guarantee}.tsv"), out)?;
     }
-    Ok((percentile(&mut samples, 0.50), percentile(&mut samples, 0.99)))
+    match (histogram.percentile(0.50), histogram.percentile(0.99)) {
+        (Some(p50), Some(p99)) => Ok((p50, p99)),
+        _ => bail!("no output records in the latency run ({sent} sent)"),
+    }
+}
+
+/// Counts of latencies by whole millisecond, up to a minute (longer ones count as a minute).
+struct LatencyHistogram {
+    counts: Vec<u64>,
+    total: u64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self { counts: vec![0; 60_001], total: 0 }
+    }
+}
+
+impl LatencyHistogram {
+    fn add(&mut self, ms: i64) {
+        let slot = ms.clamp(0, self.counts.len() as i64 - 1) as usize;
+        self.counts[slot] += 1;
+        self.total += 1;
+    }
+
+    /// The latency that a fraction `q` of the samples do not exceed (as `percentile` picks it).
+    fn percentile(&self, q: f64) -> Option<f64> {
+        let rank = ((self.total.checked_sub(1)?) as f64 * q) as u64;
+        let mut seen = 0;
+        for (ms, n) in self.counts.iter().enumerate() {
+            seen += n;
+            if seen > rank {
+                return Some(ms as f64);
+            }
+        }
+        None
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::pipeline::percentile;
     use super::*;
+
+    /// The histogram's percentiles are those of the samples, sorted, as `percentile` picks them.
+    #[test]
+    fn latency_histogram_percentiles_match_sorted_samples() {
+        let mut h = LatencyHistogram::default();
+        assert_eq!(h.percentile(0.5), None);
+        let mut samples: Vec<f64> = Vec::new();
+        for i in 0..1000i64 {
+            let ms = (i * 7919) % 97 + if i % 100 == 0 { 400 } else { 0 };
+            h.add(ms);
+            samples.push(ms as f64);
+        }
+        h.add(-3);
+        samples.push(0.0);
+        for q in [0.0, 0.5, 0.9, 0.99, 1.0] {
+            assert_eq!(h.percentile(q), Some(percentile(&mut samples, q)), "q = {q}");
+        }
+        h.add(90_000);
+        assert_eq!(h.percentile(1.0), Some(60_000.0), "longer than a minute counts as a minute");
+    }
 
     /// Every saved benchmark query is accepted over its sources' DDL (no data needed): a change
     /// to the SQL rules that refuses one shows here, not in the next benchmark run.
