@@ -41,6 +41,9 @@ pub struct SinkSpec {
     /// A column of each row's record headers (`ARRAY<STRUCT<KEY, VALUE>>`, see
     /// [`crate::source::HEADERS`]) to write with it.
     pub headers_column: Option<usize>,
+    /// The key columns are the input record's key as read (no GROUP BY, PARTITION BY or
+    /// join chose them): when all are null the input record had no key, nor has the output.
+    pub key_from_input: bool,
 }
 
 /// Row `i` of a headers column as record headers.
@@ -108,11 +111,12 @@ impl Sink {
         } else {
             let key_batch = batch.project(&self.spec.key_columns)?;
             self.key_encoder.encode(&key_batch, &mut keys)?;
-            // A null single-column key is a null key, whatever the format.
-            if key_batch.num_columns() == 1 {
-                let c = key_batch.column(0);
+            // A null single-column key is a null key, whatever the format; so is a key of
+            // several columns, all null, that is the input's key as read (a record without one).
+            let columns = key_batch.columns();
+            if (columns.len() == 1 || self.spec.key_from_input) && columns.iter().all(|c| c.null_count() > 0) {
                 for (i, k) in keys.iter_mut().enumerate() {
-                    if c.is_null(i) {
+                    if columns.iter().all(|c| c.is_null(i)) {
                         *k = None;
                     }
                 }
@@ -238,6 +242,7 @@ mod tests {
             delete_column: None,
             window: None,
             headers_column: None,
+            key_from_input: false,
         };
         let mut sink = Sink::try_new(spec, store).unwrap();
         let batch = RecordBatch::try_new(
@@ -292,6 +297,7 @@ mod tests {
             delete_column: None,
             window: None,
             headers_column: Some(1),
+            key_from_input: false,
         };
         let mut sink = Sink::try_new(spec, store).unwrap();
         let batch =
@@ -303,5 +309,54 @@ mod tests {
             vec![("a".to_string(), Some(Bytes::from_static(b"1"))), ("b".to_string(), None)]
         );
         assert_eq!(written[1].value.as_deref(), Some(&br#"{"ID":2}"#[..]), "the headers are not in the value");
+    }
+
+    /// A key of several columns, all null, is written as no key when it is the input's key as
+    /// read (the input record had none), and as its null columns when a query chose it.
+    #[test]
+    fn an_all_null_key_read_from_the_input_is_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn TopicStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        store.create_topic("out", rill_log::TopicConfig::default()).unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("K1", DataType::Utf8, true),
+            Field::new("K2", DataType::Int64, true),
+            Field::new("V", DataType::Int64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![Some("a"), None, None])),
+                Arc::new(Int64Array::from(vec![Some(1), Some(2), None])),
+                Arc::new(Int64Array::from(vec![10, 20, 30])),
+            ],
+        )
+        .unwrap();
+        let keys = |key_from_input: bool| -> Vec<Option<Bytes>> {
+            let spec = SinkSpec {
+                topic: "out".into(),
+                key_format: Format::new(FormatKind::Json),
+                value_format: Format::new(FormatKind::Json),
+                key_columns: vec![0, 1],
+                value_columns: vec![2],
+                timestamp_column: 2,
+                timestamp_format: None,
+                input_schema: schema.clone(),
+                delete_column: None,
+                window: None,
+                headers_column: None,
+                key_from_input,
+            };
+            let mut sink = Sink::try_new(spec, store.clone()).unwrap();
+            let mut written: Vec<Record> = sink.encode(&batch).unwrap().into_values().flatten().collect();
+            written.sort_by_key(|r| r.timestamp);
+            written.into_iter().map(|r| r.key).collect()
+        };
+        let from_input = keys(true);
+        assert_eq!(from_input[0].as_deref(), Some(&br#"{"K1":"a","K2":1}"#[..]));
+        assert_eq!(from_input[1].as_deref(), Some(&br#"{"K1":null,"K2":2}"#[..]), "one null column is a key");
+        assert_eq!(from_input[2], None);
+        let chosen = keys(false);
+        assert_eq!(chosen[2].as_deref(), Some(&br#"{"K1":null,"K2":null}"#[..]));
     }
 }

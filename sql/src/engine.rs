@@ -1241,6 +1241,7 @@ impl KsqlEngine {
                 session: matches!(kind, WindowKind::Session { .. }),
             }),
             headers_column: plan.headers_column,
+            key_from_input: plan.stage.is_none() && !plan.rekeyed,
         };
         let spec = QuerySpec {
             id: id.to_string(),
@@ -1438,6 +1439,7 @@ impl KsqlEngine {
             delete_column: None,
             window: None,
             headers_column: None,
+            key_from_input: false,
         };
         Ok(Sink::try_new(spec, self.store.clone())?)
     }
