@@ -1378,6 +1378,9 @@ fn commit_result(joined: std::result::Result<Result<()>, tokio::task::JoinError>
     }
 }
 
+/// The wall clock in milliseconds since the epoch (event times' unit), for the latency traces
+/// (`RUST_LOG=rill_engine::latency=trace`: each fetch's newest event's age when decoded, received
+/// by its task and written).
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

@@ -221,29 +221,40 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn rows_with_a_bad_output_time_become_dead_letters() {
-        let dir = tempfile::tempdir().unwrap();
+    /// An embedded log in `dir` with the topic "out".
+    fn out_store(dir: &tempfile::TempDir) -> Arc<dyn TopicStore> {
         let store: Arc<dyn TopicStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
         store.create_topic("out", rill_log::TopicConfig::default()).unwrap();
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("ID", DataType::Int64, true),
-            Field::new("TS", DataType::Utf8, true),
-        ]));
-        let spec = SinkSpec {
+        store
+    }
+
+    /// A sink spec for topic "out" with JSON values, no key, no window and no headers.
+    fn spec(schema: &SchemaRef, value_columns: Vec<usize>, timestamp_column: usize) -> SinkSpec {
+        SinkSpec {
             topic: "out".into(),
             key_format: Format::new(FormatKind::Kafka),
             value_format: Format::new(FormatKind::Json),
             key_columns: vec![],
-            value_columns: vec![0, 1],
-            timestamp_column: 1,
-            timestamp_format: Some("%Y-%m-%dT%H:%M:%S%z".into()),
+            value_columns,
+            timestamp_column,
+            timestamp_format: None,
             input_schema: schema.clone(),
             delete_column: None,
             window: None,
             headers_column: None,
             key_from_input: false,
-        };
+        }
+    }
+
+    #[test]
+    fn rows_with_a_bad_output_time_become_dead_letters() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = out_store(&dir);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ID", DataType::Int64, true),
+            Field::new("TS", DataType::Utf8, true),
+        ]));
+        let spec = SinkSpec { timestamp_format: Some("%Y-%m-%dT%H:%M:%S%z".into()), ..spec(&schema, vec![0, 1], 1) };
         let mut sink = Sink::try_new(spec, store).unwrap();
         let batch = RecordBatch::try_new(
             schema,
@@ -270,8 +281,7 @@ mod tests {
         use arrow::array::{BinaryArray, ListArray, StructArray};
         use arrow::buffer::OffsetBuffer;
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn TopicStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-        store.create_topic("out", rill_log::TopicConfig::default()).unwrap();
+        let store = out_store(&dir);
         let headers_type = crate::source::headers_type();
         let DataType::List(item) = &headers_type else { unreachable!() };
         let DataType::Struct(fields) = item.data_type() else { unreachable!() };
@@ -285,20 +295,7 @@ mod tests {
             Field::new("ID", DataType::Int64, true),
             Field::new(crate::source::HEADERS, headers_type.clone(), true),
         ]));
-        let spec = SinkSpec {
-            topic: "out".into(),
-            key_format: Format::new(FormatKind::Kafka),
-            value_format: Format::new(FormatKind::Json),
-            key_columns: vec![],
-            value_columns: vec![0],
-            timestamp_column: 0,
-            timestamp_format: None,
-            input_schema: schema.clone(),
-            delete_column: None,
-            window: None,
-            headers_column: Some(1),
-            key_from_input: false,
-        };
+        let spec = SinkSpec { headers_column: Some(1), ..spec(&schema, vec![0], 0) };
         let mut sink = Sink::try_new(spec, store).unwrap();
         let batch =
             RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2])), Arc::new(headers)]).unwrap();
@@ -316,8 +313,7 @@ mod tests {
     #[test]
     fn an_all_null_key_read_from_the_input_is_no_key() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn TopicStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-        store.create_topic("out", rill_log::TopicConfig::default()).unwrap();
+        let store = out_store(&dir);
         let schema = Arc::new(Schema::new(vec![
             Field::new("K1", DataType::Utf8, true),
             Field::new("K2", DataType::Int64, true),
@@ -334,18 +330,10 @@ mod tests {
         .unwrap();
         let keys = |key_from_input: bool| -> Vec<Option<Bytes>> {
             let spec = SinkSpec {
-                topic: "out".into(),
                 key_format: Format::new(FormatKind::Json),
-                value_format: Format::new(FormatKind::Json),
                 key_columns: vec![0, 1],
-                value_columns: vec![2],
-                timestamp_column: 2,
-                timestamp_format: None,
-                input_schema: schema.clone(),
-                delete_column: None,
-                window: None,
-                headers_column: None,
                 key_from_input,
+                ..spec(&schema, vec![2], 2)
             };
             let mut sink = Sink::try_new(spec, store.clone()).unwrap();
             let mut written: Vec<Record> = sink.encode(&batch).unwrap().into_values().flatten().collect();
