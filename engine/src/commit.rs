@@ -188,10 +188,15 @@ impl Committer {
 
     /// What a checkpoint costs: the median of the last [`COSTS_KEPT`] checkpoints' durations
     /// (one slow checkpoint does not stretch the waits after it).
+    /// Asked after every fetch, so it sorts a copy on the stack rather than allocating one.
     fn cost(&self) -> Duration {
-        let mut costs: Vec<Duration> = self.costs.iter().copied().collect();
-        costs.sort_unstable();
-        costs.get(costs.len() / 2).copied().unwrap_or_default()
+        let mut costs = [Duration::ZERO; COSTS_KEPT];
+        let n = self.costs.len().min(COSTS_KEPT);
+        for (slot, c) in costs.iter_mut().zip(&self.costs) {
+            *slot = *c;
+        }
+        costs[..n].sort_unstable();
+        costs[..n].get(n / 2).copied().unwrap_or_default()
     }
 
     /// The shortest time between checkpoints when the task runs out of input: with

@@ -1097,7 +1097,7 @@ impl KsqlEngine {
                 "Key missing from projection (ie, SELECT). See https://cnfl.io/2LV7ouS.\nThe query used to build `{name}` must include the grouping expression(s) in its projection (eg, SELECT <grouping expressions>...)."
             )));
         }
-        if plan.stage.is_none() && !plan.rekeyed {
+        if plan.keeps_input_key() {
             check_key_projection(&plan, name)?;
         }
         if !plan.columns.iter().any(|c| !c.key) {
@@ -1241,7 +1241,7 @@ impl KsqlEngine {
                 session: matches!(kind, WindowKind::Session { .. }),
             }),
             headers_column: plan.headers_column,
-            key_from_input: plan.stage.is_none() && !plan.rekeyed,
+            key_from_input: plan.keeps_input_key(),
         };
         let spec = QuerySpec {
             id: id.to_string(),
@@ -2204,9 +2204,8 @@ fn is_scalable_push(plan: &planner::QueryPlan, props: &Properties) -> bool {
     let set = |name: &str, value: &str| props.get(name).is_some_and(|v| v.trim().eq_ignore_ascii_case(value));
     set("ksql.query.push.v2.enabled", "true")
         && set("auto.offset.reset", "latest")
-        && plan.stage.is_none()
+        && plan.keeps_input_key()
         && plan.side_sources.is_empty()
-        && !plan.rekeyed
         && !plan.source.written_by.is_empty()
 }
 

@@ -95,6 +95,14 @@ pub struct QueryPlan {
     pub key_hint: Option<String>,
 }
 
+impl QueryPlan {
+    /// The output's key is the input record's key as read: no stage (GROUP BY, join) and no
+    /// PARTITION BY chose another.
+    pub fn keeps_input_key(&self) -> bool {
+        self.stage.is_none() && !self.rekeyed
+    }
+}
+
 /// Plans `select` over the catalog's sources.
 pub async fn plan_select(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> Result<QueryPlan> {
     plan_query(ctx, catalog, select, false).await

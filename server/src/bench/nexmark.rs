@@ -496,9 +496,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     })
 }
 
-/// Latency at `rate` events/s, on a fresh log in `dir`: bids appended with the wall clock as event time, the output
-/// tailed (with `RILL_BENCH_TRACE`, `/tmp/rill-latency-<guarantee>.tsv` gets, per 100 ms of the
-/// run, the records read, their largest latency and the producer's slowest append); returns (p50, p99) of visible time minus event time, in ms.
+/// Latency at `rate` events/s, on a fresh log in `dir`: bids appended with the wall clock as
+/// event time, the output tailed (with `RILL_BENCH_TRACE`, `/tmp/rill-latency-<guarantee>.tsv`
+/// gets, per 100 ms of the run, the records read, their largest latency and the producer's
+/// slowest append); returns (p50, p99) of visible time minus event time, in ms.
 async fn latency(
     dir: &Path,
     ddl: &str,
@@ -518,15 +519,15 @@ async fn latency(
     let topic = p.engine.source(output).await.map(|s| s.topic).ok_or_else(|| anyhow!("no output {output}"))?;
     let now_ms =
         || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+    // Ten seconds measured after one of warm-up (the query's first fetches fault in fresh
+    // memory and take several times as long as the steady state's).
+    let (warm_up, run_for) = (Duration::from_secs(1), Duration::from_secs(11));
+    let measured_from = now_ms() + warm_up.as_millis() as i64;
     // Producer: every millisecond, the bids due by then, to each partition in turn. The bids
     // are formatted beforehand with a 13-digit time field that is filled in when sent, so that
     // the producer costs little next to the query it measures. It runs on a thread and runtime
     // of its own, as a client would in a process of its own: on the query's runtime its ticks
     // would wait for the query's tasks, and come late and large.
-    // Ten seconds measured after one of warm-up (the query's first fetches fault in fresh
-    // memory and take several times as long as the steady state's).
-    let (warm_up, run_for) = (Duration::from_secs(1), Duration::from_secs(11));
-    let measured_from = now_ms() + warm_up.as_millis() as i64;
     let store = p.store.clone();
     const TIME: &str = "0000000000000";
     let templates: Vec<(Vec<u8>, usize)> = (0..10_000u64)
