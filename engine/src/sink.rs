@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Int64Type, SchemaRef};
+use arrow::compute::CastOptions;
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use bytes::Bytes;
 use rill_connectors::format::{self, Encoder, Format, Registered};
 use rill_connectors::registry::subject;
@@ -44,6 +45,23 @@ pub struct SinkSpec {
     /// The key columns are the input record's key as read (no GROUP BY, PARTITION BY or
     /// join chose them): when all are null the input record had no key, nor has the output.
     pub key_from_input: bool,
+    /// Columns written as a narrower type than the batch carries them in, with that type:
+    /// DECIMALs whose declared precision is less than computed (ksqlDB's `SUM` of a
+    /// `DECIMAL(p, s)` is a `DECIMAL(p, s)`; DataFusion sums in a wider one). A row whose value
+    /// does not fit is not written: it goes to the dead-letter topic ("Numeric field overflow").
+    pub narrow: Vec<(usize, DataType)>,
+}
+
+/// The input schema with the `narrow` columns' types as written.
+fn written_schema(spec: &SinkSpec) -> SchemaRef {
+    if spec.narrow.is_empty() {
+        return spec.input_schema.clone();
+    }
+    let mut fields: Vec<Field> = spec.input_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for (c, to) in &spec.narrow {
+        fields[*c] = fields[*c].clone().with_data_type(to.clone());
+    }
+    Arc::new(Schema::new_with_metadata(fields, spec.input_schema.metadata().clone()))
 }
 
 /// Row `i` of a headers column as record headers.
@@ -87,8 +105,9 @@ pub struct Sink {
 impl Sink {
     /// A sink for `spec` on `store`.
     pub fn try_new(spec: SinkSpec, store: Arc<dyn TopicStore>) -> Result<Self> {
-        let key_schema = Arc::new(spec.input_schema.project(&spec.key_columns)?);
-        let value_schema = Arc::new(spec.input_schema.project(&spec.value_columns)?);
+        let written = written_schema(&spec);
+        let key_schema = Arc::new(written.project(&spec.key_columns)?);
+        let value_schema = Arc::new(written.project(&spec.value_columns)?);
         let on = |key: bool| Registered { registry: store.schema_registry(), subject: subject(&spec.topic, key) };
         let key_encoder = format::encoder(&spec.key_format, key_schema, Some(&on(true)))?;
         let value_encoder = format::encoder(&spec.value_format, value_schema, Some(&on(false)))?;
@@ -104,6 +123,15 @@ impl Sink {
     /// Encodes `batch` into records, grouped by output partition.
     pub fn encode(&mut self, batch: &RecordBatch) -> Result<BTreeMap<u32, Vec<Record>>> {
         let n = batch.num_rows();
+        // Why a row cannot be written: its time, or a value that does not fit its column.
+        let mut refused_why: Vec<Option<String>> = vec![None; n];
+        let narrowed;
+        let batch = if self.spec.narrow.is_empty() {
+            batch
+        } else {
+            narrowed = self.narrow(batch, &mut refused_why)?;
+            &narrowed
+        };
         let mut keys: Vec<Option<Bytes>> = Vec::with_capacity(n);
         let mut values: Vec<Option<Bytes>> = Vec::with_capacity(n);
         if self.spec.key_columns.is_empty() {
@@ -124,26 +152,22 @@ impl Sink {
         }
         self.value_encoder.encode(&batch.project(&self.spec.value_columns)?, &mut values)?;
         let ts_column = batch.column(self.spec.timestamp_column);
-        // Each row's time, and why a row has none it can be written with.
-        let mut refused_time: Vec<Option<String>> = vec![None; n];
         let ts = match (ts_column.data_type(), &self.spec.timestamp_format) {
-            (arrow::datatypes::DataType::Utf8, Some(format)) => {
+            (DataType::Utf8, Some(format)) => {
                 let (ts, errors) = crate::source::parse_timestamps(ts_column.as_string::<i32>(), format);
                 for (i, e) in errors {
-                    refused_time[i] = Some(e);
+                    refused_why[i].get_or_insert(e);
                 }
                 ts
             }
-            _ => {
-                arrow::compute::cast(ts_column, &arrow::datatypes::DataType::Int64)?.as_primitive::<Int64Type>().clone()
-            }
+            _ => arrow::compute::cast(ts_column, &DataType::Int64)?.as_primitive::<Int64Type>().clone(),
         };
         let delete = self.spec.delete_column.map(|c| batch.column(c).as_boolean().clone());
         let headers = self.spec.headers_column.map(|c| batch.column(c).as_list::<i32>().clone());
         let window = match self.spec.window {
             Some(w) => Some((
-                arrow::compute::cast(batch.column(w.start), &arrow::datatypes::DataType::Int64)?,
-                arrow::compute::cast(batch.column(w.end), &arrow::datatypes::DataType::Int64)?,
+                arrow::compute::cast(batch.column(w.start), &DataType::Int64)?,
+                arrow::compute::cast(batch.column(w.end), &DataType::Int64)?,
                 w.session,
             )),
             None => None,
@@ -170,7 +194,7 @@ impl Sink {
                 value = None;
             }
             let timestamp = if ts.is_null(i) { 0 } else { ts.value(i) };
-            let why = match &refused_time[i] {
+            let why = match &refused_why[i] {
                 Some(e) => Some(e.clone()),
                 None if timestamp < 0 => {
                     Some(format!("the record's time ({timestamp}) is negative: it must be 0 or later"))
@@ -193,6 +217,32 @@ impl Sink {
             by_partition.entry(p).or_default().push(Record { timestamp, key, value, headers });
         }
         Ok(by_partition)
+    }
+
+    /// `batch` with the `narrow` columns cast to their written types; a value that does not fit
+    /// becomes null and its row is marked refused.
+    fn narrow(&self, batch: &RecordBatch, refused: &mut [Option<String>]) -> Result<RecordBatch> {
+        let mut columns = batch.columns().to_vec();
+        let safe = CastOptions { safe: true, ..Default::default() };
+        for (c, to) in &self.spec.narrow {
+            let from = &columns[*c];
+            let cast = arrow::compute::cast_with_options(from, to, &safe)?;
+            if cast.null_count() > from.null_count() {
+                let to = match to {
+                    DataType::Decimal128(p, s) => format!("DECIMAL({p}, {s})"),
+                    other => other.to_string(),
+                };
+                let name = batch.schema().field(*c).name().clone();
+                let shown = arrow::util::display::ArrayFormatter::try_new(from.as_ref(), &Default::default())?;
+                for i in (0..cast.len()).filter(|&i| cast.is_null(i) && !from.is_null(i)) {
+                    refused[i].get_or_insert_with(|| {
+                        format!("Numeric field overflow: {name} = {} does not fit {to}", shown.value(i))
+                    });
+                }
+            }
+            columns[*c] = cast;
+        }
+        Ok(RecordBatch::try_new(written_schema(&self.spec), columns)?)
     }
 
     /// The output topic.
@@ -243,6 +293,7 @@ mod tests {
             window: None,
             headers_column: None,
             key_from_input: false,
+            narrow: vec![],
         }
     }
 
@@ -273,6 +324,35 @@ mod tests {
         assert!(refused[1].error.contains("negative"), "{}", refused[1].error);
         assert!(refused[1].value.as_deref().is_some_and(|v| v.contains("\"ID\":3")));
         assert!(sink.take_refused().is_empty(), "taken once");
+    }
+
+    /// A DECIMAL written narrower than computed (ksqlDB's SUM type): a value that fits is written
+    /// in the narrow type, one that does not goes to the dead-letter topic with its value.
+    #[test]
+    fn decimals_that_do_not_fit_their_column_become_dead_letters() {
+        use arrow::array::Decimal128Array;
+        let dir = tempfile::tempdir().unwrap();
+        let store = out_store(&dir);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("SUM", DataType::Decimal128(14, 1), true),
+            Field::new("TS", DataType::Int64, true),
+        ]));
+        let spec = SinkSpec { narrow: vec![(0, DataType::Decimal128(4, 1))], ..spec(&schema, vec![0], 1) };
+        let mut sink = Sink::try_new(spec, store).unwrap();
+        let sums = Decimal128Array::from(vec![Some(1055), Some(12025), None]).with_precision_and_scale(14, 1).unwrap();
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(sums), Arc::new(Int64Array::from(vec![1, 2, 3]))]).unwrap();
+        let written: Vec<Record> = sink.encode(&batch).unwrap().into_values().flatten().collect();
+        let values: Vec<String> =
+            written.iter().map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap()).into_owned()).collect();
+        assert_eq!(values, [r#"{"SUM":105.5}"#, r#"{"SUM":null}"#], "the fitting sum and the null one");
+        let refused = sink.take_refused();
+        assert_eq!(refused.len(), 1);
+        assert!(
+            refused[0].error.contains("Numeric field overflow: SUM = 1202.5 does not fit DECIMAL(4, 1)"),
+            "{}",
+            refused[0].error
+        );
     }
 
     /// A row's headers column becomes its record's headers, in order, null values kept.

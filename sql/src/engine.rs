@@ -1219,6 +1219,15 @@ impl KsqlEngine {
         let index = |name: &str| input_schema.index_of(name).map_err(|e| SqlError::Internal(e.to_string()));
         let key_columns = sink.key_columns().map(|c| index(&c.name)).collect::<Result<Vec<_>>>()?;
         let value_columns = sink.value_columns().map(|c| index(&c.name)).collect::<Result<Vec<_>>>()?;
+        // DECIMALs declared narrower than computed (a DECIMAL SUM): the sink checks they fit.
+        let mut narrow = Vec::new();
+        for c in sink.key_columns().chain(sink.value_columns()) {
+            let (i, to) = (index(&c.name)?, c.sql_type.to_arrow());
+            if matches!((input_schema.field(i).data_type(), &to), (DataType::Decimal128(a, _), DataType::Decimal128(b, _)) if b < a)
+            {
+                narrow.push((i, to));
+            }
+        }
         let sink_spec = SinkSpec {
             topic: sink.topic.clone(),
             key_format: sink.key_format.clone(),
@@ -1242,6 +1251,7 @@ impl KsqlEngine {
             }),
             headers_column: plan.headers_column,
             key_from_input: plan.keeps_input_key(),
+            narrow,
         };
         let spec = QuerySpec {
             id: id.to_string(),
@@ -1440,6 +1450,7 @@ impl KsqlEngine {
             window: None,
             headers_column: None,
             key_from_input: false,
+            narrow: vec![],
         };
         Ok(Sink::try_new(spec, self.store.clone())?)
     }

@@ -1502,7 +1502,8 @@ fn plan_aggregate(
         )));
     }
     let agg_schema = aggregate.schema.clone();
-    let projection = &int_sums(projection, aggregate)?;
+    let (projection, narrow) = ksql_sums(projection, aggregate)?;
+    let projection = &projection;
     let having = having.map(|h| create_physical_expr(h, &agg_schema, props, pctx)).transpose()?;
     let output_schema: SchemaRef = Arc::new(agg_schema.as_arrow().clone());
     let group_names: Vec<String> = agg_schema.fields().iter().take(user_groups).map(|f| f.name().clone()).collect();
@@ -1515,6 +1516,11 @@ fn plan_aggregate(
     let post_physical = |e: &Expr| create_physical_expr(e, &post_input, props, pctx).map_err(SqlError::from);
     let (mut exprs, mut columns, mut fields) =
         output_columns(projection, &post_physical, |c| group_names.iter().any(|g| g == c))?;
+    for c in columns.iter_mut() {
+        if let Some(t) = narrow.iter().find(|(n, _)| *n == c.name).and_then(|(_, t)| SqlType::from_arrow(t)) {
+            c.sql_type = t;
+        }
+    }
     // Key columns are ordered as in GROUP BY, not as in the projection.
     let key_order = |c: &OutputColumn| {
         c.origin.as_ref().and_then(|o| group_names.iter().position(|g| g == o)).unwrap_or(usize::MAX)
@@ -1605,50 +1611,79 @@ fn plan_aggregate(
     })
 }
 
-/// ksqlDB's SUM of INT values is an INT (DataFusion's is a BIGINT): the projection casts such
-/// sums back where it outputs them as they are. (Inside an expression the sum stays a BIGINT,
-/// as the analyzer typed the expression: `F0 * SUM(F1)` is computed and written as BIGINT.)
-fn int_sums(
+/// ksqlDB types a SUM as its argument: an INT sum is an INT (DataFusion's is a BIGINT), and a
+/// `DECIMAL(p, s)` sum a `DECIMAL(p, s)` (DataFusion's has ten more digits). The projection
+/// casts INT sums back where it outputs them as they are (inside an expression the sum stays a
+/// BIGINT, as the analyzer typed the expression: `F0 * SUM(F1)` is computed and written as
+/// BIGINT). DECIMAL sums output as they are are returned by name with their declared type: the
+/// sink narrows them, sending a row whose sum does not fit to the dead-letter topic.
+fn ksql_sums(
     projection: &datafusion::logical_expr::Projection,
     aggregate: &datafusion::logical_expr::Aggregate,
-) -> Result<datafusion::logical_expr::Projection> {
+) -> Result<(datafusion::logical_expr::Projection, Vec<(String, DataType)>)> {
     use datafusion::logical_expr::ExprSchemable;
     let groups = aggregate.group_expr.len();
     let mut int_sums = Vec::new();
+    let mut decimal_sums = Vec::new();
     for (i, e) in aggregate.aggr_expr.iter().enumerate() {
         if let Expr::AggregateFunction(f) = e.clone().unalias() {
+            if !f.func.name().eq_ignore_ascii_case("sum") {
+                continue;
+            }
+            let name = aggregate.schema.qualified_field(groups + i).1.name().clone();
+            let arg = f.params.args.first();
+            if let Some(DataType::Decimal128(p, s)) = arg.map(|a| a.get_type(aggregate.input.schema())).transpose()? {
+                decimal_sums.push((name, DataType::Decimal128(p, s)));
+                continue;
+            }
             // The analyzer widens SUM's argument: look under its cast.
-            let arg = f.params.args.first().map(|a| match a {
+            let arg = arg.map(|a| match a {
                 Expr::Cast(c) => c.expr.as_ref(),
                 other => other,
             });
-            let int_arg = arg.map(|a| a.get_type(aggregate.input.schema())).transpose()?;
-            if f.func.name().eq_ignore_ascii_case("sum") && int_arg == Some(DataType::Int32) {
-                int_sums.push(aggregate.schema.qualified_field(groups + i).1.name().clone());
+            if arg.map(|a| a.get_type(aggregate.input.schema())).transpose()? == Some(DataType::Int32) {
+                int_sums.push(name);
             }
         }
     }
+    // The sum itself, or ksqlDB's `COALESCE(SUM(x), 0)` of it (simplified to a CASE).
+    let sum_of = |x: &Expr, names: &[String]| {
+        let is_sum = |mut x: &Expr| {
+            // (under the casts that coalescing with a literal adds)
+            while let Expr::Cast(c) = x {
+                x = c.expr.as_ref();
+            }
+            matches!(x, Expr::Column(c) if names.contains(&c.name))
+        };
+        match x {
+            Expr::ScalarFunction(f) if f.func.name() == "coalesce" => f.args.first().is_some_and(is_sum),
+            Expr::Case(c) => c.when_then_expr.len() == 1 && is_sum(&c.when_then_expr[0].1),
+            other => is_sum(other),
+        }
+    };
+    let unaliased = |e: &Expr| match e {
+        Expr::Alias(a) => a.expr.as_ref().clone(),
+        other => other.clone(),
+    };
+    let mut narrow = Vec::new();
+    for (e, (_, field)) in projection.expr.iter().zip(projection.schema.iter()) {
+        let e = unaliased(e);
+        if let Some((_, t)) = decimal_sums.iter().find(|(n, _)| sum_of(&e, std::slice::from_ref(n))) {
+            narrow.push((field.name().clone(), t.clone()));
+        }
+    }
     if int_sums.is_empty() {
-        return Ok(projection.clone());
+        return Ok((projection.clone(), narrow));
     }
     let exprs = projection
         .expr
         .iter()
-        .map(|e| {
-            // The sum itself, or ksqlDB's `COALESCE(SUM(x), 0)` of it (simplified to a CASE).
-            let is_sum = |x: &Expr| matches!(x, Expr::Column(c) if int_sums.contains(&c.name));
-            let int_sum = |x: &Expr| match x {
-                Expr::ScalarFunction(f) if f.func.name() == "coalesce" => f.args.first().is_some_and(is_sum),
-                Expr::Case(c) => c.when_then_expr.len() == 1 && is_sum(&c.when_then_expr[0].1),
-                other => is_sum(other),
-            };
-            match e {
-                x if int_sum(x) => datafusion::logical_expr::cast(x.clone(), DataType::Int32),
-                Expr::Alias(a) if int_sum(&a.expr) => {
-                    datafusion::logical_expr::cast(a.expr.as_ref().clone(), DataType::Int32).alias(a.name.clone())
-                }
-                other => other.clone(),
+        .map(|e| match e {
+            x if sum_of(x, &int_sums) => datafusion::logical_expr::cast(x.clone(), DataType::Int32),
+            Expr::Alias(a) if sum_of(&a.expr, &int_sums) => {
+                datafusion::logical_expr::cast(a.expr.as_ref().clone(), DataType::Int32).alias(a.name.clone())
             }
+            other => other.clone(),
         })
         .collect::<Vec<_>>();
     // Keep each item's name (a bare `SUM(x)` would otherwise be renamed by the cast).
@@ -1657,7 +1692,7 @@ fn int_sums(
         .zip(projection.schema.fields())
         .map(|(e, f)| if e.schema_name().to_string() == *f.name() { e } else { e.alias(f.name()) })
         .collect();
-    Ok(datafusion::logical_expr::Projection::try_new(named, projection.input.clone())?)
+    Ok((datafusion::logical_expr::Projection::try_new(named, projection.input.clone())?, narrow))
 }
 
 /// The visible output columns of a projection: physical expressions, column descriptions, fields.

@@ -192,12 +192,28 @@ impl TopicNode {
     }
 }
 
-/// `expectedException` (its `type`, a Java class name, is not compared).
-#[derive(Debug, Deserialize)]
+/// `expectedException`. Its `type`, a Java class name, is not compared; it tells a statement
+/// refused from a query failing on a record (see [`ExpectedException::at_run_time`]).
+#[derive(Debug, Default, Deserialize)]
 pub struct ExpectedException {
     /// Text the error message must contain.
     #[serde(default)]
     pub message: Option<String>,
+    /// The Java class of the error.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// The message of the error's cause (a query failing on a record: what went wrong).
+    #[serde(default, rename = "causeMessage")]
+    pub cause_message: Option<String>,
+}
+
+impl ExpectedException {
+    /// The error stops a running query on a record (Kafka Streams' `StreamsException`) rather
+    /// than refusing a statement: what the record's dead letter must say, if so.
+    pub fn at_run_time(&self) -> Option<&str> {
+        self.kind.as_deref().filter(|k| k.ends_with(".StreamsException"))?;
+        self.cause_message.as_deref().or(self.message.as_deref())
+    }
 }
 
 /// `post`.

@@ -51,7 +51,11 @@ pub async fn run_case(run: &Run, dir: &Path) -> Result<(), String> {
     if let Err((done, e)) = engine.execute(&run.statements.join("\n"), &props).await {
         return refused(case.expected_exception.as_ref(), done.len(), &e.error.to_string());
     }
-    if let Some(ee) = &case.expected_exception {
+    // ksqlDB stops a query on a record it cannot process; Rill sends the record to the
+    // dead-letter topic and goes on: such a case passes when the outputs before it match and a
+    // dead letter gives ksqlDB's reason.
+    let dead_letter = case.expected_exception.as_ref().and_then(ExpectedException::at_run_time);
+    if let (Some(ee), None) = (&case.expected_exception, dead_letter) {
         return Err(format!("expected an error{}, but every statement succeeded", expected_text(ee)));
     }
 
@@ -75,7 +79,36 @@ pub async fn run_case(run: &Run, dir: &Path) -> Result<(), String> {
     if let Some(post) = &case.post {
         super::post::check(post, &engine).await?;
     }
+    if let Some(reason) = dead_letter {
+        let errors = dead_letter_errors(store.as_ref())?;
+        if !errors.iter().any(|e| e.contains(reason)) {
+            return Err(format!("expected a dead letter saying \"{reason}\", got {errors:?}"));
+        }
+    }
     Ok(())
+}
+
+/// The reasons of every record in the dead-letter topic.
+fn dead_letter_errors(store: &dyn TopicStore) -> Result<Vec<String>, String> {
+    let topic = rill_engine::runtime::DEAD_LETTER_TOPIC;
+    let mut errors = Vec::new();
+    let Ok(config) = store.topic_config(topic) else { return Ok(errors) };
+    for p in 0..config.partitions {
+        let mut pos = 0;
+        let end = store.end_offset(topic, p).map_err(|e| format!("runner: reading '{topic}': {e}"))?;
+        while pos < end {
+            let fetch = store.read(topic, p, pos, 1 << 20).map_err(|e| format!("runner: reading '{topic}': {e}"))?;
+            for r in fetch.records().filter(|r| r.offset >= pos) {
+                let value: serde_json::Value = r.value.and_then(|v| serde_json::from_slice(v).ok()).unwrap_or_default();
+                errors.push(value["error"].as_str().unwrap_or_default().to_string());
+            }
+            if fetch.next_offset() <= pos {
+                break;
+            }
+            pos = fetch.next_offset();
+        }
+    }
+    Ok(errors)
 }
 
 fn expected_text(ee: &ExpectedException) -> String {
@@ -383,11 +416,28 @@ mod tests {
 
     #[test]
     fn expected_errors_match_by_substring() {
-        let ee = ExpectedException { message: Some("does not exist".into()) };
+        let ee = ExpectedException { message: Some("does not exist".into()), ..Default::default() };
         assert!(refused(Some(&ee), 1, "Source FOO does not exist.").is_ok());
         let msg = refused(Some(&ee), 1, "something else").unwrap_err();
         assert_eq!(msg, "expected an error containing \"does not exist\", got: something else");
-        assert!(refused(Some(&ExpectedException { message: None }), 0, "any").is_ok());
+        assert!(refused(Some(&ExpectedException::default()), 0, "any").is_ok());
         assert_eq!(refused(None, 2, "boom").unwrap_err(), "statement 2 failed: boom");
+    }
+
+    /// A Kafka Streams failure is a query stopping on a record: its cause is what the record's
+    /// dead letter must say; other errors are statements refused.
+    #[test]
+    fn streams_exceptions_are_expected_at_run_time() {
+        let kind = |k: &str| Some(k.to_string());
+        let ee = ExpectedException {
+            message: Some("Exception caught in process".into()),
+            kind: kind("org.apache.kafka.streams.errors.StreamsException"),
+            cause_message: Some("Numeric field overflow".into()),
+        };
+        assert_eq!(ee.at_run_time(), Some("Numeric field overflow"));
+        let ee = ExpectedException { cause_message: None, ..ee };
+        assert_eq!(ee.at_run_time(), Some("Exception caught in process"));
+        let ee = ExpectedException { kind: kind("io.confluent.ksql.util.KsqlStatementException"), ..ee };
+        assert_eq!(ee.at_run_time(), None);
     }
 }
