@@ -56,11 +56,38 @@ pub fn check(body: &sp::Select, limit: Option<u64>, source: &SourceDef, props: &
     }
     let keys: Vec<&Column> = source.key_columns().collect();
     key_in_lists(selection, &keys)?;
-    if !enabled(props, "ksql.query.pull.table.scan.enabled") {
+    let scans = enabled(props, "ksql.query.pull.table.scan.enabled");
+    like_conditions(selection, &source.columns, scans)?;
+    if !scans {
         let range_scans = enabled(props, "ksql.query.pull.range.scan.enabled");
         by_key_only_with(selection, &keys, source.window.is_some(), range_scans)?;
     }
     Ok(())
+}
+
+/// `C LIKE pattern`: `C` must be a STRING column; without table scans (a LIKE is no key
+/// lookup) the left side must be a column at all.
+fn like_conditions(selection: &sp::Expr, columns: &[Column], scans: bool) -> Result<()> {
+    let mut problem = None;
+    let _ = sp::visit_expressions(selection, |e: &sp::Expr| {
+        let (sp::Expr::Like { expr, .. } | sp::Expr::ILike { expr, .. }) = e else {
+            return std::ops::ControlFlow::Continue(());
+        };
+        let column = column_name(expr).and_then(|n| columns.iter().find(|c| c.name.eq_ignore_ascii_case(n)));
+        problem = match column {
+            Some(c) if c.sql_type != SqlType::String => {
+                Some(format!("The column type for Like condition must be VARCHAR. The column type is {}", c.sql_type))
+            }
+            None if !scans => Some("Like condition must be between strings".to_string()),
+            _ => None,
+        };
+        if problem.is_some() {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    });
+    problem.map_or(Ok(()), |m| Err(SqlError::plan(m)))
 }
 
 /// A boolean property, `true` unless set to something else.
@@ -280,6 +307,20 @@ pub(crate) mod tests {
             Ok(()) => "ok".into(),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn like_takes_a_string_column() {
+        let columns = [key("ID", SqlType::Int), Column { key: false, ..key("V", SqlType::String) }];
+        let like = |sql: &str, scans: bool| match like_conditions(&where_clause(sql), &columns, scans) {
+            Ok(()) => "ok".to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(like("V LIKE 'a%'", false), "ok");
+        assert!(like("ID LIKE 12", true)
+            .contains("The column type for Like condition must be VARCHAR. The column type is INTEGER"));
+        assert!(like("'12' LIKE '12'", false).contains("Like condition must be between strings"));
+        assert_eq!(like("'12' LIKE '12'", true), "ok", "a scan evaluates it");
     }
 
     #[test]
