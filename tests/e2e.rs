@@ -448,6 +448,39 @@ async fn group_by_a_value_column_goes_through_a_repartition_topic() {
     assert_eq!(repartition_topics(dir.path()), Vec::<String>::new(), "the topic goes with its query");
 }
 
+/// A source of one partition is one stage shard: a GROUP BY of a value column needs no
+/// repartition topic (every key is in that shard), and counts each row once across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_partition_source_groups_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server
+        .ok("CREATE STREAM clicks (user_id STRING, page STRING) WITH (kafka_topic='clicks', value_format='JSON', partitions=1);")
+        .await;
+    server.ok("CREATE TABLE per_page AS SELECT page, COUNT(*) AS n FROM clicks GROUP BY page;").await;
+    for (user, page) in [("a", "/home"), ("b", "/home"), ("c", "/buy")] {
+        server.ok(&format!("INSERT INTO clicks VALUES ('{user}', '{page}');")).await;
+    }
+    server.query("PRINT 'PER_PAGE' FROM BEGINNING LIMIT 3;").await;
+    let (_, queries) = server.ksql("SHOW QUERIES;").await;
+    let id = queries[0]["queries"][0]["id"].as_str().unwrap().to_string();
+    let (_, explained) = server.ksql(&format!("EXPLAIN {id};")).await;
+    let plan = explained[0]["queryDescription"]["executionPlan"].as_str().unwrap_or_default().to_string();
+    assert!(plan.contains("REPARTITION Aggregate-GroupBy by key in process (one stage shard)"), "{plan}");
+    server.stop();
+    let log = rill_log::Log::open(dir.path()).unwrap();
+    let topics: Vec<String> = log.topic_names().into_iter().filter(|t| t.ends_with("-repartition")).collect();
+    assert!(topics.is_empty(), "{topics:?}");
+    drop(log);
+
+    let server = Server::start(dir.path());
+    server.ok("INSERT INTO clicks VALUES ('d', '/home');").await;
+    server.query("PRINT 'PER_PAGE' FROM BEGINNING LIMIT 4;").await;
+    let (_, body) = server.query("SELECT * FROM per_page WHERE page = '/home';").await;
+    assert_eq!(Server::rows(&body), vec![json!(["/home", 3])], "each row counted once across the restart");
+    server.stop();
+}
+
 /// ALTER STREAM ADD COLUMN widens a stream's schema for the queries that follow; records
 /// written before read the new column as null; the change survives a restart; a stream made by
 /// a query and a read-only source stream cannot be altered.

@@ -70,10 +70,14 @@ pub struct QuerySpec {
     /// minimum over the partitions (idle partitions excluded). `None` for stateless queries.
     pub stage: Option<ChainFactory>,
     /// The stage's key per input when its state is keyed (see [`crate::shard`]): the stage
-    /// then runs as up to `parallelism` shards side by side. `None`: one chain.
+    /// then runs as several shards side by side. `None`: one chain.
     pub shard_keys: Option<Arc<ShardKeys>>,
-    /// Shards of a keyed stage on a fresh start (a restart keeps its checkpoint's number).
-    pub parallelism: usize,
+    /// Shards of a keyed stage on a fresh start (`num.stream.threads`; a restart keeps its
+    /// checkpoint's number). By default one per core (at most 8) when the inputs are partitioned
+    /// by the key, and one per input partition when they go through repartition topics, as
+    /// Kafka Streams' tasks follow partitions (see [`plan_repartition`]); a number set here
+    /// raises the latter.
+    pub parallelism: Option<usize>,
     /// Further inputs of the stage (the table of a stream-table join): their batches reach the
     /// stage's first operator through `Operator::process_side_batch(1.., ..)`; their event time
     /// does not drive the watermark.
@@ -259,7 +263,7 @@ pub fn start(store: Arc<dyn TopicStore>, spec: QuerySpec) -> Result<RunningQuery
             let sources = partitions.iter().sum::<u32>() as usize;
             let mut shards = match (per_shard, &spec.shard_keys) {
                 (true, _) => shuffle.partitions as usize,
-                (false, Some(_)) => spec.parallelism.max(1),
+                (false, Some(_)) => spec.parallelism.unwrap_or_else(default_parallelism).max(1),
                 (false, None) => 1,
             };
             let mut trackers = vec![WatermarkTracker::new(sources); if per_shard { shards } else { 1 }];
@@ -505,11 +509,18 @@ struct Shuffle {
     partitions: u32,
 }
 
+/// One shard per core, at most 8.
+fn default_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+}
+
 /// Decides (and creates) a query's repartition topics: persistent queries whose keyed stage has
 /// inputs not partitioned by the key (see [`crate::repartition`]). A stage checkpoint says what
 /// its positions refer to: a query checkpointed without repartition topics (before Rill had
-/// them) goes on without. Topics get one partition per shard: the most partitions of any
-/// input, and at least `parallelism`; an existing topic keeps its count.
+/// them, or with one shard) goes on without. Topics get one partition per shard: the most
+/// partitions of any input, and at least `parallelism` when set; an existing topic keeps its
+/// count. With one shard there is no topic: it would only copy the rows through the log, as
+/// the one shard holds every key; the inputs reach it in process.
 fn plan_repartition(
     store: &Arc<dyn TopicStore>,
     spec: &QuerySpec,
@@ -532,8 +543,11 @@ fn plan_repartition(
     // An existing topic (a restart) keeps its count; new ones get one partition per shard.
     let count = match topics.iter().flatten().find_map(|t| store.topic_config(t).ok()) {
         Some(existing) => existing.partitions,
-        None => partitions.iter().copied().max().unwrap_or(1).max(spec.parallelism as u32).max(1),
+        None => partitions.iter().copied().max().unwrap_or(1).max(spec.parallelism.unwrap_or(1) as u32).max(1),
     };
+    if count == 1 && checkpoint.is_none() {
+        return Ok(none);
+    }
     for t in topics.iter().flatten() {
         store.create_topic(t, crate::repartition::topic_config(count))?;
         if store.topic_config(t)?.partitions != count {
