@@ -73,24 +73,29 @@ impl CheckpointFile {
         let mut meta = ckpt.meta.clone();
         meta.parts = ckpt.state.iter().map(Vec::len).collect();
         let json = serde_json::to_vec(&meta).map_err(|e| EngineError::Checkpoint(e.to_string()))?;
-        let mut buf = Vec::with_capacity(4096);
-        buf.extend_from_slice(MAGIC);
-        buf.extend_from_slice(&(json.len() as u32).to_le_bytes());
-        buf.extend_from_slice(&json);
-        for part in ckpt.state.iter().flatten() {
-            let mut ipc = Vec::new();
-            {
-                let mut w = StreamWriter::try_new(&mut ipc, &part.schema())?;
-                w.write(part)?;
-                w.finish()?;
-            }
-            buf.extend_from_slice(&(ipc.len() as u64).to_le_bytes());
-            buf.extend_from_slice(&ipc);
-        }
         let tmp = self.path.with_extension("ckpt.tmp");
+        let writing = io(format!("writing {}", tmp.display()));
         {
-            let mut f = fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-            f.write_all(&buf).map_err(io(format!("writing {}", tmp.display())))?;
+            let f = fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+            let mut f = std::io::BufWriter::with_capacity(1 << 20, f);
+            let mut header = Vec::with_capacity(12 + json.len());
+            header.extend_from_slice(MAGIC);
+            header.extend_from_slice(&(json.len() as u32).to_le_bytes());
+            header.extend_from_slice(&json);
+            f.write_all(&header).map_err(io(format!("writing {}", tmp.display())))?;
+            for part in ckpt.state.iter().flatten() {
+                // Sized up front: a state of hundreds of MB is not copied as its buffer grows.
+                let mut ipc = Vec::with_capacity(part.get_array_memory_size() + 4096);
+                {
+                    let mut w = StreamWriter::try_new(&mut ipc, &part.schema())?;
+                    w.write(part)?;
+                    w.finish()?;
+                }
+                f.write_all(&(ipc.len() as u64).to_le_bytes())
+                    .and_then(|_| f.write_all(&ipc))
+                    .map_err(io(format!("writing {}", tmp.display())))?;
+            }
+            let f = f.into_inner().map_err(|e| writing(e.into_error()))?;
             f.sync_all().map_err(io(format!("fsyncing {}", tmp.display())))?;
         }
         fs::rename(&tmp, &self.path).map_err(io(format!("renaming {}", tmp.display())))?;

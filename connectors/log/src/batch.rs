@@ -314,6 +314,16 @@ impl Encoded {
 /// Fails (with a message for the user) if a single record exceeds [`MAX_BATCH_BYTES`].
 pub(crate) fn encode(records: &[Record], meta: &ProducerMeta) -> Result<Encoded, String> {
     let mut out = Encoded::default();
+    // Room for all of them at once (an upper bound per record: its bytes and its varints), so
+    // that a large append is not copied as its buffer grows.
+    let payload: usize = records
+        .iter()
+        .map(|r| {
+            let headers: usize = r.headers.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()) + 10).sum();
+            r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len()) + headers + 40
+        })
+        .sum();
+    out.buf.reserve(payload + HEADER_LEN * (payload / TARGET_BATCH_BYTES + 1));
     let mut i = 0;
     while i < records.len() {
         // Choose how many records go into this batch.
