@@ -448,8 +448,9 @@ async fn group_by_a_value_column_goes_through_a_repartition_topic() {
     assert_eq!(repartition_topics(dir.path()), Vec::<String>::new(), "the topic goes with its query");
 }
 
-/// A source of one partition is one stage shard: a GROUP BY of a value column needs no
-/// repartition topic (every key is in that shard), and counts each row once across a restart.
+/// A source of one partition is read by one task: a GROUP BY of a value column routes its rows
+/// to the stage's shards in process, without a repartition topic, and counts each row once
+/// across a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_partition_source_groups_in_process() {
     let dir = tempfile::tempdir().unwrap();
@@ -466,7 +467,10 @@ async fn a_single_partition_source_groups_in_process() {
     let id = queries[0]["queries"][0]["id"].as_str().unwrap().to_string();
     let (_, explained) = server.ksql(&format!("EXPLAIN {id};")).await;
     let plan = explained[0]["queryDescription"]["executionPlan"].as_str().unwrap_or_default().to_string();
-    assert!(plan.contains("REPARTITION Aggregate-GroupBy by key in process (one stage shard)"), "{plan}");
+    assert!(
+        plan.contains("REPARTITION Aggregate-GroupBy by key in process (single-partition inputs: no topic)"),
+        "{plan}"
+    );
     server.stop();
     let log = rill_log::Log::open(dir.path()).unwrap();
     let topics: Vec<String> = log.topic_names().into_iter().filter(|t| t.ends_with("-repartition")).collect();

@@ -73,10 +73,9 @@ pub struct QuerySpec {
     /// then runs as several shards side by side. `None`: one chain.
     pub shard_keys: Option<Arc<ShardKeys>>,
     /// Shards of a keyed stage on a fresh start (`num.stream.threads`; a restart keeps its
-    /// checkpoint's number). By default one per core (at most 8) when the inputs are partitioned
-    /// by the key, and one per input partition when they go through repartition topics, as
-    /// Kafka Streams' tasks follow partitions (see [`plan_repartition`]); a number set here
-    /// raises the latter.
+    /// checkpoint's number). By default one per core (at most 8); when inputs go through
+    /// repartition topics, one per partition of the most partitioned input (as Kafka Streams'
+    /// tasks follow partitions), raised by a number set here (see [`plan_repartition`]).
     pub parallelism: Option<usize>,
     /// Further inputs of the stage (the table of a stream-table join): their batches reach the
     /// stage's first operator through `Operator::process_side_batch(1.., ..)`; their event time
@@ -515,12 +514,12 @@ fn default_parallelism() -> usize {
 }
 
 /// Decides (and creates) a query's repartition topics: persistent queries whose keyed stage has
-/// inputs not partitioned by the key (see [`crate::repartition`]). A stage checkpoint says what
-/// its positions refer to: a query checkpointed without repartition topics (before Rill had
-/// them, or with one shard) goes on without. Topics get one partition per shard: the most
-/// partitions of any input, and at least `parallelism` when set; an existing topic keeps its
-/// count. With one shard there is no topic: it would only copy the rows through the log, as
-/// the one shard holds every key; the inputs reach it in process.
+/// inputs not partitioned by the key (see [`crate::repartition`]), unless every input has one
+/// partition: one task reads it, so its rows go to the shards in process, as rows of inputs
+/// partitioned by the key do (a topic would only copy them through the log). A stage checkpoint
+/// says what its positions refer to: a query checkpointed without repartition topics goes on
+/// without. Topics get one partition per shard: the most partitions of any input, and at least
+/// `parallelism` when set; an existing topic keeps its count.
 fn plan_repartition(
     store: &Arc<dyn TopicStore>,
     spec: &QuerySpec,
@@ -536,6 +535,7 @@ fn plan_repartition(
             }
             None => return Ok(none),
         },
+        None if partitions.iter().all(|p| *p <= 1) => return Ok(none),
         None => (0..partitions.len())
             .map(|i| keys.repartition.get(i).copied().flatten().map(|s| crate::repartition::topic_name(&spec.id, s)))
             .collect(),
@@ -545,9 +545,6 @@ fn plan_repartition(
         Some(existing) => existing.partitions,
         None => partitions.iter().copied().max().unwrap_or(1).max(spec.parallelism.unwrap_or(1) as u32).max(1),
     };
-    if count == 1 && checkpoint.is_none() {
-        return Ok(none);
-    }
     for t in topics.iter().flatten() {
         store.create_topic(t, crate::repartition::topic_config(count))?;
         if store.topic_config(t)?.partitions != count {

@@ -608,7 +608,7 @@ impl KsqlEngine {
                         statement: text.clone(),
                         id: None,
                         query_text: text.trim_start_matches(|c: char| c.is_alphabetic() && c != ' ').trim().to_string(),
-                        plan: explain(&plan, sink.as_deref(), None, parallelism(props)?)?,
+                        plan: explain(&plan, sink.as_deref(), None)?,
                         sources: vec![plan.source.name.clone()],
                         sinks: sink.into_iter().collect(),
                         state: "NOT RUNNING",
@@ -1266,7 +1266,7 @@ impl KsqlEngine {
             commit_group: Some(format!("rill-query-{id}")),
             checkpoint: Some(self.checkpoint_spec(id, props)?),
         };
-        let plan_text = explain(&plan, Some(&sink.name), Some(id), parallelism(props)?)?;
+        let plan_text = explain(&plan, Some(&sink.name), Some(id))?;
         let signature = state_signature(&plan)?;
         let running = if replay.is_some() {
             let topics = std::iter::once(plan.source.topic.clone())
@@ -1557,7 +1557,7 @@ impl KsqlEngine {
 }
 
 /// The operator graph of a plan, with each operator's state and whether it stays bounded.
-fn explain(plan: &QueryPlan, sink: Option<&str>, query: Option<&str>, shards_set: Option<usize>) -> Result<String> {
+fn explain(plan: &QueryPlan, sink: Option<&str>, query: Option<&str>) -> Result<String> {
     let mut lines = vec![format!(
         "SOURCE {} (topic '{}', {} partition{}, event time {})",
         plan.source.name,
@@ -1579,13 +1579,12 @@ fn explain(plan: &QueryPlan, sink: Option<&str>, query: Option<&str>, shards_set
         lines.push(describe(op.as_ref(), "one task per source partition"));
     }
     // Persistent queries: inputs not partitioned by the stage's key go through a topic, unless
-    // the stage is one shard (one per input partition, or as set).
+    // every input has one partition (see `rill_engine::runtime`).
     let partitions = plan.side_sources.iter().map(|(s, _)| s.partitions).fold(plan.source.partitions, u32::max);
-    let shards = (partitions as usize).max(shards_set.unwrap_or(1));
     let steps = plan.shard_keys.iter().flat_map(|k| k.repartition.iter().flatten());
     for step in steps.filter(|_| sink.is_some()) {
-        lines.push(match shards {
-            1 => format!("  > REPARTITION {step} by key in process (one stage shard)"),
+        lines.push(match partitions {
+            0 | 1 => format!("  > REPARTITION {step} by key in process (single-partition inputs: no topic)"),
             _ => format!(
                 "  > REPARTITION {step} by key through topic '{}' (one partition per stage shard)",
                 rill_engine::repartition::topic_name(query.unwrap_or("<id>"), step)
@@ -2200,7 +2199,7 @@ impl KsqlEngine {
 
 /// How many shards a query's keyed stage runs as (see `rill_engine::shard`), if set: ksqlDB's
 /// `num.stream.threads` (also with the `ksql.streams.` prefix). The engine's default follows
-/// the cores or the input partitions (`QuerySpec::parallelism`).
+/// the cores, or the input partitions through repartition topics (`QuerySpec::parallelism`).
 fn parallelism(props: &Properties) -> Result<Option<usize>> {
     let name = "num.stream.threads";
     match props.get(name).or_else(|| props.get(&format!("ksql.streams.{name}"))) {
