@@ -24,15 +24,15 @@ pub fn check(plan: &LogicalPlan) -> Result<()> {
     let _ = plan.apply(|node| {
         let found = match node {
             LogicalPlan::Filter(f) => {
-                let (clause, outputs) = match f.input.as_ref() {
-                    LogicalPlan::Aggregate(a) => ("HAVING", aggregate_outputs(a)),
-                    _ => ("WHERE", HashMap::new()),
+                let (clause, outputs, int_sums) = match f.input.as_ref() {
+                    LogicalPlan::Aggregate(a) => ("HAVING", aggregate_outputs(a), int_sums(a)),
+                    _ => ("WHERE", HashMap::new(), Vec::new()),
                 };
-                let names = Names { join, outputs };
+                let names = Names { join, outputs, int_sums };
                 predicate(&f.predicate, f.input.schema(), clause, &names)
             }
             LogicalPlan::Projection(p) => {
-                let names = Names { join, outputs: HashMap::new() };
+                let names = Names { join, outputs: HashMap::new(), int_sums: Vec::new() };
                 p.expr.iter().find_map(|e| comparisons(e, p.input.schema(), &names, None))
             }
             _ => None,
@@ -53,9 +53,32 @@ pub fn check(plan: &LogicalPlan) -> Result<()> {
 struct Names {
     join: bool,
     outputs: HashMap<String, Expr>,
+    /// Output columns of SUMs of INT values, which ksqlDB types INT (DataFusion's are BIGINT).
+    int_sums: Vec<String>,
 }
 
 impl Names {
+    /// The ksqlDB type name of `e`, of type `t`.
+    fn type_name(&self, e: &Expr, t: &DataType) -> String {
+        match self.is_int_sum(e) {
+            true => "INTEGER".into(),
+            false => type_name(e, t),
+        }
+    }
+
+    /// `e` is an INT sum, or Rill's `COALESCE(SUM(x), 0)` of one (perhaps simplified to a CASE).
+    fn is_int_sum(&self, e: &Expr) -> bool {
+        match e {
+            Expr::Column(c) => self.int_sums.contains(&c.name),
+            Expr::Cast(c) => self.is_int_sum(&c.expr),
+            Expr::ScalarFunction(f) if f.func.name() == "coalesce" => {
+                f.args.first().is_some_and(|a| self.is_int_sum(a))
+            }
+            Expr::Case(c) => c.when_then_expr.len() == 1 && self.is_int_sum(&c.when_then_expr[0].1),
+            _ => false,
+        }
+    }
+
     fn text(&self, e: &Expr) -> String {
         let rewritten = e
             .clone()
@@ -101,6 +124,26 @@ impl Names {
             .unwrap_or_else(|_| e.clone());
         ksql_text(&rewritten, &|_| None)
     }
+}
+
+/// The output columns of an aggregate's SUMs of INT values (the analyzer casts their argument).
+fn int_sums(a: &datafusion::logical_expr::Aggregate) -> Vec<String> {
+    let groups = a.group_expr.len();
+    a.aggr_expr
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| match (*e).clone().unalias() {
+            Expr::AggregateFunction(f) if f.func.name().eq_ignore_ascii_case("sum") => {
+                let arg = f.params.args.first().map(|x| match x {
+                    Expr::Cast(c) => c.expr.as_ref().clone(),
+                    other => other.clone(),
+                });
+                arg.and_then(|x| x.get_type(a.input.schema()).ok()) == Some(DataType::Int32)
+            }
+            _ => false,
+        })
+        .map(|(i, _)| a.schema.qualified_field(groups + i).1.name().clone())
+        .collect()
 }
 
 /// An aggregate's output column names and the expressions that compute them.
@@ -174,7 +217,7 @@ fn comparisons(e: &Expr, schema: &DFSchema, names: &Names, clause: Option<&str>)
         {
             return Ok(TreeNodeRecursion::Continue);
         }
-        let (ln, rn) = (type_name(&b.left, &lt), type_name(&b.right, &rt));
+        let (ln, rn) = (names.type_name(&b.left, &lt), names.type_name(&b.right, &rt));
         let message = if lt == DataType::Null || rt == DataType::Null {
             let symbol = if b.op == Operator::NotEq { "<>".to_string() } else { b.op.to_string() };
             Some(format!(
@@ -475,7 +518,7 @@ mod tests {
             "{got}"
         );
         let got = verdict(r#"SELECT "ID" FROM "T" GROUP BY "ID" HAVING SUM("ID") > '100'"#).await;
-        assert!(got.contains("Error in HAVING expression: Cannot compare SUM(ID) (BIGINT) to '100' (STRING)"), "{got}");
+        assert!(got.contains("Error in HAVING expression: Cannot compare SUM(ID) (INTEGER) to '100' (STRING)"), "{got}");
         let got = verdict(r#"SELECT * FROM "T" WHERE "NAME" BETWEEN 10 AND 'b'"#).await;
         assert!(got.contains("Cannot compare NAME (STRING) to 10 (INTEGER) with GREATER_THAN_OR_EQUAL."), "{got}");
         assert_eq!(verdict(r#"SELECT * FROM "T" WHERE "NAME" BETWEEN 'a' AND 'b'"#).await, "ok");
