@@ -298,7 +298,8 @@ pub fn typed_rules(plan: LogicalPlan) -> Result<LogicalPlan> {
                 java_text_cast(e, &input)?
                     .transform_data(|e| partial_date_cast(e, &input))?
                     .transform_data(|e| extreme(e, &input))?
-                    .transform_data(|e| constructor_literals(e, &input))
+                    .transform_data(|e| constructor_literals(e, &input))?
+                    .transform_data(|e| map_null_keys(e, &input))
             })
         })?;
         if mapped.transformed {
@@ -315,6 +316,33 @@ pub fn typed_rules(plan: LogicalPlan) -> Result<LogicalPlan> {
 /// is 20); one that does not read so refuses the statement ("invalid input syntax for type
 /// INTEGER"). (Text beside booleans cannot be planned yet: DataFusion refuses to unify them
 /// before these rules run.)
+/// `MAP(k := v, ...)` with a STRING key that is null: ksqlDB keeps the entry, its key written
+/// `"null"` (Java's text for it); Arrow maps have no null keys, so the key becomes that text.
+fn map_null_keys(e: Expr, schema: &DFSchema) -> datafusion::common::Result<Transformed<Expr>> {
+    let mut f = match e {
+        Expr::ScalarFunction(f) if f.func.name() == "map" && f.args.len() == 2 => f,
+        other => return Ok(Transformed::no(other)),
+    };
+    let Expr::ScalarFunction(keys) = &mut f.args[0] else { return Ok(Transformed::no(Expr::ScalarFunction(f))) };
+    if keys.func.name() != "make_array" {
+        return Ok(Transformed::no(Expr::ScalarFunction(f)));
+    }
+    let mut changed = false;
+    for k in keys.args.iter_mut() {
+        let nullable_text = match &*k {
+            Expr::Literal(v, _) => v.is_null() && matches!(v.data_type(), DataType::Utf8 | DataType::Null),
+            other => matches!(other.get_type(schema)?, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8),
+        };
+        if nullable_text {
+            let text = Expr::Literal(ScalarValue::Utf8(Some("null".into())), None);
+            let key = std::mem::replace(k, text.clone());
+            *k = datafusion::functions::core::expr_fn::coalesce(vec![key, text]);
+            changed = true;
+        }
+    }
+    Ok(if changed { Transformed::yes(Expr::ScalarFunction(f)) } else { Transformed::no(Expr::ScalarFunction(f)) })
+}
+
 fn constructor_literals(e: Expr, schema: &DFSchema) -> datafusion::common::Result<Transformed<Expr>> {
     let mut f = match e {
         Expr::ScalarFunction(f) if f.func.name() == "make_array" => f,
@@ -518,7 +546,10 @@ mod tests {
             "{got}"
         );
         let got = verdict(r#"SELECT "ID" FROM "T" GROUP BY "ID" HAVING SUM("ID") > '100'"#).await;
-        assert!(got.contains("Error in HAVING expression: Cannot compare SUM(ID) (INTEGER) to '100' (STRING)"), "{got}");
+        assert!(
+            got.contains("Error in HAVING expression: Cannot compare SUM(ID) (INTEGER) to '100' (STRING)"),
+            "{got}"
+        );
         let got = verdict(r#"SELECT * FROM "T" WHERE "NAME" BETWEEN 10 AND 'b'"#).await;
         assert!(got.contains("Cannot compare NAME (STRING) to 10 (INTEGER) with GREATER_THAN_OR_EQUAL."), "{got}");
         assert_eq!(verdict(r#"SELECT * FROM "T" WHERE "NAME" BETWEEN 'a' AND 'b'"#).await, "ok");
