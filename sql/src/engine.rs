@@ -1367,6 +1367,8 @@ impl KsqlEngine {
             .state()
             .statement_to_plan(DfStatement::Statement(Box::new(sp::Statement::Query(Box::new(query)))))
             .await?;
+        // The same typed rules as in queries (constructors, GREATEST/LEAST, casts to text).
+        let plan = crate::typecheck::typed_rules(plan)?;
         let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
         let row = batches.first().ok_or_else(|| SqlError::Internal("VALUES produced no row".into()))?;
         let mut fields = Vec::new();
