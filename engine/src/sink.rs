@@ -100,6 +100,8 @@ pub struct Sink {
     key_encoder: Box<dyn Encoder>,
     value_encoder: Box<dyn Encoder>,
     refused: Vec<DeadLetter>,
+    /// The input schema with the `narrow` columns' types as written.
+    written: SchemaRef,
 }
 
 impl Sink {
@@ -111,7 +113,7 @@ impl Sink {
         let on = |key: bool| Registered { registry: store.schema_registry(), subject: subject(&spec.topic, key) };
         let key_encoder = format::encoder(&spec.key_format, key_schema, Some(&on(true)))?;
         let value_encoder = format::encoder(&spec.value_format, value_schema, Some(&on(false)))?;
-        Ok(Self { spec, store, key_encoder, value_encoder, refused: Vec::new() })
+        Ok(Self { spec, store, key_encoder, value_encoder, refused: Vec::new(), written })
     }
 
     /// Rows [`Sink::encode`] did not turn into records (see `timestamp_column`), since the last
@@ -242,7 +244,7 @@ impl Sink {
             }
             columns[*c] = cast;
         }
-        Ok(RecordBatch::try_new(written_schema(&self.spec), columns)?)
+        Ok(RecordBatch::try_new(self.written.clone(), columns)?)
     }
 
     /// The output topic.
