@@ -451,9 +451,20 @@ async fn plan_single_query(ctx: &SessionContext, source: SourceDef, select: &Sel
     let reference = TableReference::bare(source.name.clone());
     let _ = ctx.deregister_table(reference.clone());
     ctx.register_table(reference.clone(), Arc::new(table))?;
+    let rewritten_items = match query.body.as_ref() {
+        sp::SetExpr::Select(b) => b.projection.clone(),
+        _ => vec![],
+    };
     let statement = DfStatement::Statement(Box::new(sp::Statement::Query(Box::new(query))));
     let state = ctx.state();
-    let plan = state.statement_to_plan(statement).await;
+    let mut plan = state.statement_to_plan(statement).await;
+    if let (Err(e), Some((items, _))) = (&plan, &written) {
+        if e.to_string().contains("Cannot get result type for arithmetic operation") {
+            if let Some(m) = null_arithmetic(ctx, &source.name, items, &rewritten_items).await {
+                plan = Err(datafusion::error::DataFusionError::Plan(m));
+            }
+        }
+    }
     let _ = ctx.deregister_table(reference);
     // GROUP BY expressions as written (the window bounds added above left out).
     let group_texts: Vec<String> = match &written {
@@ -1609,6 +1620,64 @@ fn plan_aggregate(
         headers_column: None,
         read_columns: None,
     })
+}
+
+/// ksqlDB's message for arithmetic with a bare NULL on a type DataFusion has no arithmetic for
+/// (`MAP(1:='cat') + NULL`): the first such item's operation as written, and the other operand's
+/// type (planned alone from its rewritten form). `None` if there is none.
+async fn null_arithmetic(
+    ctx: &SessionContext,
+    source: &str,
+    written: &[sp::SelectItem],
+    rewritten: &[sp::SelectItem],
+) -> Option<String> {
+    let item_expr = |i: &sp::SelectItem| match i {
+        sp::SelectItem::UnnamedExpr(e) | sp::SelectItem::ExprWithAlias { expr: e, .. } => Some(e.clone()),
+        _ => None,
+    };
+    let is_null = |e: &sp::Expr| matches!(e, sp::Expr::Value(v) if v.value == sp::Value::Null);
+    // (left, op, right) of the first arithmetic with a NULL side, in an item.
+    let find = |e: &sp::Expr| {
+        let mut found = None;
+        let _ = sp::visit_expressions(e, |x: &sp::Expr| {
+            if let sp::Expr::BinaryOp { left, op, right } = x {
+                let arithmetic = matches!(
+                    op,
+                    sp::BinaryOperator::Plus
+                        | sp::BinaryOperator::Minus
+                        | sp::BinaryOperator::Multiply
+                        | sp::BinaryOperator::Divide
+                        | sp::BinaryOperator::Modulo
+                );
+                if arithmetic && (is_null(left) ^ is_null(right)) {
+                    found = Some((left.as_ref().clone(), op.clone(), right.as_ref().clone()));
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        });
+        found
+    };
+    for (w, r) in written.iter().zip(rewritten) {
+        let (Some((wl, op, wr)), Some((rl, _, rr))) =
+            (item_expr(w).and_then(|e| find(&e)), item_expr(r).and_then(|e| find(&e)))
+        else {
+            continue;
+        };
+        let operand = if is_null(&rl) { rr } else { rl };
+        let sql = format!("SELECT {operand} FROM \"{source}\"");
+        let plan = ctx.state().create_logical_plan(&sql).await.ok()?;
+        let t = plan.schema().field(0).data_type().clone();
+        let t = SqlType::from_arrow(&t).map_or_else(|| t.to_string(), |s| s.to_string());
+        let text = |e: &sp::Expr| if is_null(e) { "null".to_string() } else { ksql_ast_text(e) };
+        let types = if is_null(&wl) { format!("null and {t}") } else { format!("{t} and null") };
+        return Some(format!(
+            "Error processing expression: ({} {op} {}). Arithmetic on types {types} are not supported.",
+            text(&wl),
+            text(&wr)
+        ));
+    }
+    None
 }
 
 /// ksqlDB types a SUM as its argument: an INT sum is an INT (DataFusion's is a BIGINT), and a
