@@ -395,15 +395,17 @@ async fn create_or_replace_keeps_state_when_compatible() {
     server.stop();
 }
 
+/// The repartition topics in the log under `dir` (its server stopped).
+fn repartition_topics(dir: &std::path::Path) -> Vec<String> {
+    let log = rill_log::Log::open(dir).unwrap();
+    log.topic_names().into_iter().filter(|t| t.ends_with("-repartition")).collect()
+}
+
 /// Repartition topics: a GROUP BY of a value column reads its rows through one (a GROUP BY of
 /// the key needs none), resumes from it after a restart, and goes with its query.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_by_a_value_column_goes_through_a_repartition_topic() {
     let dir = tempfile::tempdir().unwrap();
-    let repartition_topics = |dir: &std::path::Path| -> Vec<String> {
-        let log = rill_log::Log::open(dir).unwrap();
-        log.topic_names().into_iter().filter(|t| t.ends_with("-repartition")).collect()
-    };
     let server = Server::start(dir.path());
     server.ok(PAGEVIEWS).await;
     server.ok("CREATE TABLE per_user AS SELECT user_id, COUNT(*) AS n FROM pageviews GROUP BY user_id;").await;
@@ -472,10 +474,7 @@ async fn a_single_partition_source_groups_in_process() {
         "{plan}"
     );
     server.stop();
-    let log = rill_log::Log::open(dir.path()).unwrap();
-    let topics: Vec<String> = log.topic_names().into_iter().filter(|t| t.ends_with("-repartition")).collect();
-    assert!(topics.is_empty(), "{topics:?}");
-    drop(log);
+    assert_eq!(repartition_topics(dir.path()), Vec::<String>::new());
 
     let server = Server::start(dir.path());
     server.ok("INSERT INTO clicks VALUES ('d', '/home');").await;

@@ -74,15 +74,14 @@ impl CheckpointFile {
         meta.parts = ckpt.state.iter().map(Vec::len).collect();
         let json = serde_json::to_vec(&meta).map_err(|e| EngineError::Checkpoint(e.to_string()))?;
         let tmp = self.path.with_extension("ckpt.tmp");
-        let writing = io(format!("writing {}", tmp.display()));
+        let writing = || io(format!("writing {}", tmp.display()));
         {
             let f = fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
             let mut f = std::io::BufWriter::with_capacity(1 << 20, f);
-            let mut header = Vec::with_capacity(12 + json.len());
-            header.extend_from_slice(MAGIC);
-            header.extend_from_slice(&(json.len() as u32).to_le_bytes());
-            header.extend_from_slice(&json);
-            f.write_all(&header).map_err(io(format!("writing {}", tmp.display())))?;
+            f.write_all(MAGIC)
+                .and_then(|_| f.write_all(&(json.len() as u32).to_le_bytes()))
+                .and_then(|_| f.write_all(&json))
+                .map_err(writing())?;
             for part in ckpt.state.iter().flatten() {
                 // Sized up front: a state of hundreds of MB is not copied as its buffer grows.
                 let mut ipc = Vec::with_capacity(part.get_array_memory_size() + 4096);
@@ -91,11 +90,9 @@ impl CheckpointFile {
                     w.write(part)?;
                     w.finish()?;
                 }
-                f.write_all(&(ipc.len() as u64).to_le_bytes())
-                    .and_then(|_| f.write_all(&ipc))
-                    .map_err(io(format!("writing {}", tmp.display())))?;
+                f.write_all(&(ipc.len() as u64).to_le_bytes()).and_then(|_| f.write_all(&ipc)).map_err(writing())?;
             }
-            let f = f.into_inner().map_err(|e| writing(e.into_error()))?;
+            let f = f.into_inner().map_err(|e| writing()(e.into_error()))?;
             f.sync_all().map_err(io(format!("fsyncing {}", tmp.display())))?;
         }
         fs::rename(&tmp, &self.path).map_err(io(format!("renaming {}", tmp.display())))?;

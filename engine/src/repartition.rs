@@ -50,6 +50,13 @@ const FROM: &str = "rill-from";
 const WATERMARK: &str = "rill-wm";
 const IDLE: &str = "rill-idle";
 
+/// Whether a keyed stage whose inputs have these partition counts reads re-keyed rows through
+/// repartition topics: not when every input has one partition, which one task reads whole, so
+/// its rows go to the shards in process (a topic would only copy them through the log).
+pub fn through_topics(partitions: &[u32]) -> bool {
+    partitions.iter().any(|p| *p > 1)
+}
+
 /// The repartition topic of `step` (e.g. `Aggregate-GroupBy`) of query `query`, named as
 /// ksqlDB names its own (`_confluent-ksql-<service>query_<id>-<step>-repartition`).
 pub fn topic_name(query: &str, step: &str) -> String {

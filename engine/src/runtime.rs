@@ -515,8 +515,7 @@ fn default_parallelism() -> usize {
 
 /// Decides (and creates) a query's repartition topics: persistent queries whose keyed stage has
 /// inputs not partitioned by the key (see [`crate::repartition`]), unless every input has one
-/// partition: one task reads it, so its rows go to the shards in process, as rows of inputs
-/// partitioned by the key do (a topic would only copy them through the log). A stage checkpoint
+/// partition ([`crate::repartition::through_topics`]). A stage checkpoint
 /// says what its positions refer to: a query checkpointed without repartition topics goes on
 /// without. Topics get one partition per shard: the most partitions of any input, and at least
 /// `parallelism` when set; an existing topic keeps its count.
@@ -535,7 +534,7 @@ fn plan_repartition(
             }
             None => return Ok(none),
         },
-        None if partitions.iter().all(|p| *p <= 1) => return Ok(none),
+        None if !crate::repartition::through_topics(partitions) => return Ok(none),
         None => (0..partitions.len())
             .map(|i| keys.repartition.get(i).copied().flatten().map(|s| crate::repartition::topic_name(&spec.id, s)))
             .collect(),

@@ -1581,13 +1581,14 @@ fn explain(plan: &QueryPlan, sink: Option<&str>, query: Option<&str>) -> Result<
         lines.push(describe(op.as_ref(), "one task per source partition"));
     }
     // Persistent queries: inputs not partitioned by the stage's key go through a topic, unless
-    // every input has one partition (see `rill_engine::runtime`).
-    let partitions = plan.side_sources.iter().map(|(s, _)| s.partitions).fold(plan.source.partitions, u32::max);
+    // every input has one partition.
+    let partitions: Vec<u32> =
+        std::iter::once(plan.source.partitions).chain(plan.side_sources.iter().map(|(s, _)| s.partitions)).collect();
     let steps = plan.shard_keys.iter().flat_map(|k| k.repartition.iter().flatten());
     for step in steps.filter(|_| sink.is_some()) {
-        lines.push(match partitions {
-            0 | 1 => format!("  > REPARTITION {step} by key in process (single-partition inputs: no topic)"),
-            _ => format!(
+        lines.push(match rill_engine::repartition::through_topics(&partitions) {
+            false => format!("  > REPARTITION {step} by key in process (single-partition inputs: no topic)"),
+            true => format!(
                 "  > REPARTITION {step} by key through topic '{}' (one partition per stage shard)",
                 rill_engine::repartition::topic_name(query.unwrap_or("<id>"), step)
             ),

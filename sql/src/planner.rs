@@ -1680,16 +1680,12 @@ async fn null_arithmetic(
     None
 }
 
-/// ksqlDB types a SUM as its argument: an INT sum is an INT (DataFusion's is a BIGINT), and a
-/// `DECIMAL(p, s)` sum a `DECIMAL(p, s)` (DataFusion's has ten more digits). The projection
-/// casts INT sums back where it outputs them as they are (inside an expression the sum stays a
-/// BIGINT, as the analyzer typed the expression: `F0 * SUM(F1)` is computed and written as
-/// BIGINT). DECIMAL sums output as they are are returned by name with their declared type: the
-/// sink narrows them, sending a row whose sum does not fit to the dead-letter topic.
-fn ksql_sums(
-    projection: &datafusion::logical_expr::Projection,
-    aggregate: &datafusion::logical_expr::Aggregate,
-) -> Result<(datafusion::logical_expr::Projection, Vec<(String, DataType)>)> {
+/// [`typed_sums`]: INT sums' output names, DECIMAL sums' with their types.
+pub(crate) type TypedSums = (Vec<String>, Vec<(String, DataType)>);
+
+/// The SUMs among an aggregate's outputs that ksqlDB types as their argument: the output names
+/// of INT sums (the analyzer casts their argument to BIGINT), and of DECIMAL sums with their type.
+pub(crate) fn typed_sums(aggregate: &datafusion::logical_expr::Aggregate) -> Result<TypedSums> {
     use datafusion::logical_expr::ExprSchemable;
     let groups = aggregate.group_expr.len();
     let mut int_sums = Vec::new();
@@ -1715,21 +1711,35 @@ fn ksql_sums(
             }
         }
     }
-    // The sum itself, or ksqlDB's `COALESCE(SUM(x), 0)` of it (simplified to a CASE).
-    let sum_of = |x: &Expr, names: &[String]| {
-        let is_sum = |mut x: &Expr| {
-            // (under the casts that coalescing with a literal adds)
-            while let Expr::Cast(c) = x {
-                x = c.expr.as_ref();
-            }
-            matches!(x, Expr::Column(c) if names.contains(&c.name))
-        };
-        match x {
-            Expr::ScalarFunction(f) if f.func.name() == "coalesce" => f.args.first().is_some_and(is_sum),
-            Expr::Case(c) => c.when_then_expr.len() == 1 && is_sum(&c.when_then_expr[0].1),
-            other => is_sum(other),
+    Ok((int_sums, decimal_sums))
+}
+
+/// `x` is one of the aggregate outputs `names`, or Rill's `COALESCE(SUM(x), 0)` of one
+/// (perhaps simplified to a CASE; the sum under the casts that coalescing with a literal adds).
+pub(crate) fn is_sum_of(x: &Expr, names: &[String]) -> bool {
+    let is_sum = |mut x: &Expr| {
+        while let Expr::Cast(c) = x {
+            x = c.expr.as_ref();
         }
+        matches!(x, Expr::Column(c) if names.contains(&c.name))
     };
+    match x {
+        Expr::ScalarFunction(f) if f.func.name() == "coalesce" => f.args.first().is_some_and(is_sum),
+        Expr::Case(c) => c.when_then_expr.len() == 1 && is_sum(&c.when_then_expr[0].1),
+        other => is_sum(other),
+    }
+}
+
+/// ksqlDB types a SUM as its argument ([`typed_sums`]). The projection casts INT sums back to
+/// INT where it outputs them as they are (inside an expression the sum stays a BIGINT, as the
+/// analyzer typed the expression: `F0 * SUM(F1)` is computed and written as BIGINT). DECIMAL
+/// sums output as they are are returned by name with their declared type: the sink narrows
+/// them, sending a row whose sum does not fit to the dead-letter topic.
+fn ksql_sums(
+    projection: &datafusion::logical_expr::Projection,
+    aggregate: &datafusion::logical_expr::Aggregate,
+) -> Result<(datafusion::logical_expr::Projection, Vec<(String, DataType)>)> {
+    let (int_sums, decimal_sums) = typed_sums(aggregate)?;
     let unaliased = |e: &Expr| match e {
         Expr::Alias(a) => a.expr.as_ref().clone(),
         other => other.clone(),
@@ -1737,7 +1747,7 @@ fn ksql_sums(
     let mut narrow = Vec::new();
     for (e, (_, field)) in projection.expr.iter().zip(projection.schema.iter()) {
         let e = unaliased(e);
-        if let Some((_, t)) = decimal_sums.iter().find(|(n, _)| sum_of(&e, std::slice::from_ref(n))) {
+        if let Some((_, t)) = decimal_sums.iter().find(|(n, _)| is_sum_of(&e, std::slice::from_ref(n))) {
             narrow.push((field.name().clone(), t.clone()));
         }
     }
@@ -1748,8 +1758,8 @@ fn ksql_sums(
         .expr
         .iter()
         .map(|e| match e {
-            x if sum_of(x, &int_sums) => datafusion::logical_expr::cast(x.clone(), DataType::Int32),
-            Expr::Alias(a) if sum_of(&a.expr, &int_sums) => {
+            x if is_sum_of(x, &int_sums) => datafusion::logical_expr::cast(x.clone(), DataType::Int32),
+            Expr::Alias(a) if is_sum_of(&a.expr, &int_sums) => {
                 datafusion::logical_expr::cast(a.expr.as_ref().clone(), DataType::Int32).alias(a.name.clone())
             }
             other => other.clone(),

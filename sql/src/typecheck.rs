@@ -25,7 +25,10 @@ pub fn check(plan: &LogicalPlan) -> Result<()> {
         let found = match node {
             LogicalPlan::Filter(f) => {
                 let (clause, outputs, int_sums) = match f.input.as_ref() {
-                    LogicalPlan::Aggregate(a) => ("HAVING", aggregate_outputs(a), int_sums(a)),
+                    LogicalPlan::Aggregate(a) => {
+                        let int_sums = crate::planner::typed_sums(a).map(|(ints, _)| ints).unwrap_or_default();
+                        ("HAVING", aggregate_outputs(a), int_sums)
+                    }
                     _ => ("WHERE", HashMap::new(), Vec::new()),
                 };
                 let names = Names { join, outputs, int_sums };
@@ -60,22 +63,9 @@ struct Names {
 impl Names {
     /// The ksqlDB type name of `e`, of type `t`.
     fn type_name(&self, e: &Expr, t: &DataType) -> String {
-        match self.is_int_sum(e) {
+        match crate::planner::is_sum_of(e, &self.int_sums) {
             true => "INTEGER".into(),
             false => type_name(e, t),
-        }
-    }
-
-    /// `e` is an INT sum, or Rill's `COALESCE(SUM(x), 0)` of one (perhaps simplified to a CASE).
-    fn is_int_sum(&self, e: &Expr) -> bool {
-        match e {
-            Expr::Column(c) => self.int_sums.contains(&c.name),
-            Expr::Cast(c) => self.is_int_sum(&c.expr),
-            Expr::ScalarFunction(f) if f.func.name() == "coalesce" => {
-                f.args.first().is_some_and(|a| self.is_int_sum(a))
-            }
-            Expr::Case(c) => c.when_then_expr.len() == 1 && self.is_int_sum(&c.when_then_expr[0].1),
-            _ => false,
         }
     }
 
@@ -124,26 +114,6 @@ impl Names {
             .unwrap_or_else(|_| e.clone());
         ksql_text(&rewritten, &|_| None)
     }
-}
-
-/// The output columns of an aggregate's SUMs of INT values (the analyzer casts their argument).
-fn int_sums(a: &datafusion::logical_expr::Aggregate) -> Vec<String> {
-    let groups = a.group_expr.len();
-    a.aggr_expr
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| match (*e).clone().unalias() {
-            Expr::AggregateFunction(f) if f.func.name().eq_ignore_ascii_case("sum") => {
-                let arg = f.params.args.first().map(|x| match x {
-                    Expr::Cast(c) => c.expr.as_ref().clone(),
-                    other => other.clone(),
-                });
-                arg.and_then(|x| x.get_type(a.input.schema()).ok()) == Some(DataType::Int32)
-            }
-            _ => false,
-        })
-        .map(|(i, _)| a.schema.qualified_field(groups + i).1.name().clone())
-        .collect()
 }
 
 /// An aggregate's output column names and the expressions that compute them.
@@ -311,11 +281,6 @@ pub fn typed_rules(plan: LogicalPlan) -> Result<LogicalPlan> {
     Ok(out.data)
 }
 
-/// ksqlDB's `ARRAY[...]` (and `MAP(...)`'s keys and values, each an array here): text literals
-/// beside numbers are numbers of their type, read as ksqlDB reads them (`'2e1'` beside integers
-/// is 20); one that does not read so refuses the statement ("invalid input syntax for type
-/// INTEGER"). (Text beside booleans cannot be planned yet: DataFusion refuses to unify them
-/// before these rules run.)
 /// `MAP(k := v, ...)` with a STRING key that is null: ksqlDB keeps the entry, its key written
 /// `"null"` (Java's text for it); Arrow maps have no null keys, so the key becomes that text.
 fn map_null_keys(e: Expr, schema: &DFSchema) -> datafusion::common::Result<Transformed<Expr>> {
@@ -343,6 +308,11 @@ fn map_null_keys(e: Expr, schema: &DFSchema) -> datafusion::common::Result<Trans
     Ok(if changed { Transformed::yes(Expr::ScalarFunction(f)) } else { Transformed::no(Expr::ScalarFunction(f)) })
 }
 
+/// ksqlDB's `ARRAY[...]` (and `MAP(...)`'s keys and values, each an array here): text literals
+/// beside numbers are numbers of their type, read as ksqlDB reads them (`'2e1'` beside integers
+/// is 20); one that does not read so refuses the statement ("invalid input syntax for type
+/// INTEGER"). (Text beside booleans cannot be planned yet: DataFusion refuses to unify them
+/// before these rules run.)
 fn constructor_literals(e: Expr, schema: &DFSchema) -> datafusion::common::Result<Transformed<Expr>> {
     let mut f = match e {
         Expr::ScalarFunction(f) if f.func.name() == "make_array" => f,

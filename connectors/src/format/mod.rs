@@ -240,8 +240,6 @@ pub fn decoder(format: &Format, schema: SchemaRef, registry: Option<&Registered>
     }
 }
 
-/// An encoder for rows of `schema` in `format` (`registry`: for AVRO, which registers the rows'
-/// schema under its subject).
 /// The schema text registered as `id` (a statement's `*_SCHEMA_ID`, a record's frame).
 pub(crate) fn registered_schema(registry: &dyn SchemaRegistry, id: u32) -> Result<String> {
     registry
@@ -249,6 +247,8 @@ pub(crate) fn registered_schema(registry: &dyn SchemaRegistry, id: u32) -> Resul
         .ok_or_else(|| ConnectorError::Unsupported(format!("Schema id {id} is not in the schema registry")))
 }
 
+/// An encoder for rows of `schema` in `format` (`registry`: for AVRO, which registers the rows'
+/// schema under its subject).
 pub fn encoder(format: &Format, schema: SchemaRef, registry: Option<&Registered>) -> Result<Box<dyn Encoder>> {
     let text = matches!(format.kind, FormatKind::Json | FormatKind::Delimited);
     if text && schema.fields().iter().any(|f| base64_bytes::has_bytes(f.data_type())) {

@@ -94,21 +94,35 @@ fn dead_letter_errors(store: &dyn TopicStore) -> Result<Vec<String>, String> {
     let mut errors = Vec::new();
     let Ok(config) = store.topic_config(topic) else { return Ok(errors) };
     for p in 0..config.partitions {
-        let mut pos = 0;
-        let end = store.end_offset(topic, p).map_err(|e| format!("runner: reading '{topic}': {e}"))?;
-        while pos < end {
-            let fetch = store.read(topic, p, pos, 1 << 20).map_err(|e| format!("runner: reading '{topic}': {e}"))?;
-            for r in fetch.records().filter(|r| r.offset >= pos) {
-                let value: serde_json::Value = r.value.and_then(|v| serde_json::from_slice(v).ok()).unwrap_or_default();
-                errors.push(value["error"].as_str().unwrap_or_default().to_string());
-            }
-            if fetch.next_offset() <= pos {
-                break;
-            }
-            pos = fetch.next_offset();
-        }
+        read_partition(store, topic, p, 0, |r| {
+            let value: serde_json::Value = r.value.and_then(|v| serde_json::from_slice(v).ok()).unwrap_or_default();
+            errors.push(value["error"].as_str().unwrap_or_default().to_string());
+        })?;
     }
     Ok(errors)
+}
+
+/// Hands each record of partition `p` of `topic` from offset `from` to its end to `each`;
+/// returns the offset after them.
+fn read_partition(
+    store: &dyn TopicStore,
+    topic: &str,
+    p: u32,
+    from: u64,
+    mut each: impl FnMut(rill_log::RecordRef<'_>),
+) -> Result<u64, String> {
+    let failed = |e| format!("runner: reading '{topic}': {e}");
+    let end = store.end_offset(topic, p).map_err(failed)?;
+    let mut pos = from;
+    while pos < end {
+        let fetch = store.read(topic, p, pos, 1 << 20).map_err(failed)?;
+        fetch.records().filter(|r| r.offset >= pos).for_each(&mut each);
+        if fetch.next_offset() <= pos {
+            break;
+        }
+        pos = fetch.next_offset();
+    }
+    Ok(pos)
 }
 
 fn expected_text(ee: &ExpectedException) -> String {
@@ -324,29 +338,18 @@ impl Collector {
             let Ok(config) = store.topic_config(topic) else { continue };
             for p in 0..config.partitions {
                 let pos = self.positions.entry((topic.clone(), p)).or_insert(0);
-                let end = store.end_offset(topic, p).map_err(|e| format!("runner: reading '{topic}': {e}"))?;
-                while *pos < end {
-                    let fetch =
-                        store.read(topic, p, *pos, 1 << 20).map_err(|e| format!("runner: reading '{topic}': {e}"))?;
-                    for r in fetch.records() {
-                        if r.offset < *pos {
-                            continue;
-                        }
-                        self.records.entry(topic.clone()).or_default().push(Raw {
-                            step,
-                            partition: p,
-                            offset: r.offset,
-                            timestamp: r.timestamp,
-                            key: r.key.map(<[u8]>::to_vec),
-                            value: r.value.map(<[u8]>::to_vec),
-                            headers: r.headers().map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec))).collect(),
-                        });
-                    }
-                    if fetch.next_offset() <= *pos {
-                        break;
-                    }
-                    *pos = fetch.next_offset();
-                }
+                let records = self.records.entry(topic.clone()).or_default();
+                *pos = read_partition(store, topic, p, *pos, |r| {
+                    records.push(Raw {
+                        step,
+                        partition: p,
+                        offset: r.offset,
+                        timestamp: r.timestamp,
+                        key: r.key.map(<[u8]>::to_vec),
+                        value: r.value.map(<[u8]>::to_vec),
+                        headers: r.headers().map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec))).collect(),
+                    })
+                })?;
             }
         }
         Ok(())
