@@ -2092,7 +2092,13 @@ fn formats(with: &Props, inherit: Option<(&Format, &Format)>, props: &Properties
 fn side_inputs(plan: &QueryPlan) -> Vec<runtime::SideInput> {
     plan.side_sources
         .iter()
-        .map(|(s, chain)| runtime::SideInput { source: s.source_spec(), chain: chain.clone() })
+        .map(|(s, chain)| {
+            let mut source = s.source_spec();
+            // A plan carrying headers carries those of every stream it joins (tables' rows
+            // produce no output of their own in the joins that do).
+            source.carry_headers = plan.headers_column.is_some() && s.kind == SourceKind::Stream;
+            runtime::SideInput { source, chain: chain.clone() }
+        })
         .collect()
 }
 

@@ -210,7 +210,7 @@ async fn plan_query_as_written(
         return Err(SqlError::plan("A query must read FROM exactly one source (use JOIN to combine sources)"));
     }
     if !body.from[0].joins.is_empty() {
-        return plan_joins(ctx, catalog, select).await;
+        return plan_joins(ctx, catalog, select, true).await;
     }
     let (source_name, alias) = match &body.from[0].relation {
         sp::TableFactor::Table { name, alias, .. } => {
@@ -1314,7 +1314,7 @@ fn plan_stateless(
     // over the batch as it comes, headers included (a lambda's parameters are numbered after
     // the batch's columns).
     let carries_headers = source.name != JOINED;
-    let headers = Field::new(rill_engine::source::HEADERS, rill_engine::source::headers_type(), true);
+    let headers = headers_field();
     let exec_schema = match carries_headers {
         true => scan_schema.join(&DFSchema::try_from(Schema::new(vec![headers.clone()]))?)?,
         false => scan_schema.clone(),
@@ -2259,8 +2259,9 @@ type Side = (String, String, SourceDef);
 /// becomes a derived source, and the rest of the query (the last join of several; or GROUP BY,
 /// WINDOW, PARTITION BY) is planned over it with its column references rewritten to those names.
 /// Both run as one stage: the first part's operators, then the rest's; a later join's table
-/// or stream reaches its own join operator (see [`Chain::with_side_routes`]).
-async fn plan_joins(ctx: &SessionContext, catalog: &Catalog, select: &Select) -> Result<QueryPlan> {
+/// or stream reaches its own join operator (see [`Chain::with_side_routes`]). `headers`: the
+/// output carries record headers (one join of a stream alone: see [`plan_join`]).
+async fn plan_joins(ctx: &SessionContext, catalog: &Catalog, select: &Select, headers: bool) -> Result<QueryPlan> {
     let sp::SetExpr::Select(body) = select.query.body.as_ref() else {
         return Err(SqlError::Unsupported("Only simple SELECT statements are supported".into()));
     };
@@ -2287,7 +2288,7 @@ async fn plan_joins(ctx: &SessionContext, catalog: &Catalog, select: &Select) ->
     let grouped = !matches!(body.group_by, sp::GroupByExpr::Expressions(ref e, _) if e.is_empty());
     let more = grouped || select.window.is_some() || !select.partition_by.is_empty();
     if sides.len() == 2 && !more {
-        return plan_join(ctx, catalog, None, select).await;
+        return plan_join(ctx, catalog, None, select, headers).await;
     }
     // With more after the joins, the first part is every join; otherwise all but the last.
     let first = if more { sides.len() } else { sides.len() - 1 };
@@ -2314,7 +2315,7 @@ async fn plan_joins(ctx: &SessionContext, catalog: &Catalog, select: &Select) ->
             b.selection = None;
         }
     }
-    let joined = Box::pin(plan_joins(ctx, catalog, &inner)).await?;
+    let joined = Box::pin(plan_joins(ctx, catalog, &inner, false)).await?;
     let (derived, adapt) = derived_source(&joined, &sides[0].2)?;
     let rows = derived.row_schema();
     let mut outer = select.clone();
@@ -2328,7 +2329,7 @@ async fn plan_joins(ctx: &SessionContext, catalog: &Catalog, select: &Select) ->
     let rest = if more {
         plan_single(ctx, derived.clone(), &outer, false).await?
     } else {
-        plan_join(ctx, catalog, Some(&derived), &outer).await?
+        plan_join(ctx, catalog, Some(&derived), &outer, false).await?
     };
     // One stage: the first part's stage, the adapter, the rest's partition chain and stage.
     let join_stage = joined.stage.clone().ok_or_else(|| SqlError::Internal("a join without a stage".into()))?;
@@ -2515,11 +2516,15 @@ fn side_pseudo_columns<'a>(source: &SourceDef) -> impl Iterator<Item = &'a str> 
 
 /// A stream-table join: `FROM stream [LEFT] JOIN table ON <stream expr> = table.<key>`.
 /// `derived`: the derived source named [`JOINED`] (the joins before this one), if any.
+/// `headers`: output rows of a stream's join carry the record headers of the stream row that
+/// produced them (a join that is part of a longer query does not: Rill does not carry them
+/// from one join to the next or into an aggregation yet).
 async fn plan_join(
     ctx: &SessionContext,
     catalog: &Catalog,
     derived: Option<&SourceDef>,
     select: &Select,
+    headers: bool,
 ) -> Result<QueryPlan> {
     let mut query = select.query.clone();
     let sp::SetExpr::Select(body) = query.body.as_mut() else {
@@ -2832,18 +2837,21 @@ async fn plan_join(
     let pctx = PhysicalPlanningContext::default();
     let left_schema = join.left.schema();
     let mut stream_key = vec![create_physical_expr(&stream_on, left_schema, &props, &pctx)?];
-    // Windowed streams join per key and window: the window bounds are part of the key, and the
-    // output keeps the (left) window.
+    // Windowed streams join per key and window: the window is part of the key (as ksqlDB
+    // serialises it: a time window by its start, a session by both bounds), and the output keeps
+    // the (left) window.
     let windowed = match (left.window, right.window) {
         (Some(kind), Some(_)) if stream_stream => Some(kind),
         _ => None,
     };
-    let window_columns = |schema: &DFSchema| -> Result<Vec<Arc<dyn PhysicalExpr>>> {
-        [WINDOWSTART, WINDOWEND]
-            .iter()
-            .map(|w| Ok(Arc::new(PhysColumn::new(w, index_in(schema, w)?)) as Arc<dyn PhysicalExpr>))
-            .collect()
+    let key_bounds: &[&str] = match windowed {
+        Some(WindowKind::Session { .. }) => &[WINDOWSTART, WINDOWEND],
+        _ => &[WINDOWSTART],
     };
+    let columns_of = |schema: &DFSchema, names: &[&str]| -> Result<Vec<Arc<dyn PhysicalExpr>>> {
+        names.iter().map(|w| Ok(Arc::new(PhysColumn::new(w, index_in(schema, w)?)) as Arc<dyn PhysicalExpr>)).collect()
+    };
+    let window_columns = |schema: &DFSchema| columns_of(schema, key_bounds);
     if windowed.is_some() {
         stream_key.extend(window_columns(left_schema)?);
     }
@@ -2925,7 +2933,7 @@ async fn plan_join(
     if let Some(kind) = windowed {
         // Hidden window bounds before the time column (the sink writes them into the key).
         let ts = (exprs.pop(), fields.pop());
-        let bounds = window_columns(left_schema)?;
+        let bounds = columns_of(left_schema, &[WINDOWSTART, WINDOWEND])?;
         for (e, name) in bounds.into_iter().zip(["__RILL_WINDOWSTART", "__RILL_WINDOWEND"]) {
             exprs.push(e);
             fields.push(Field::new(name, DataType::Int64, true));
@@ -2936,13 +2944,33 @@ async fn plan_join(
             fields.push(f);
         }
     }
+    // Stream-stream and stream-table joins write the record headers of the stream row that
+    // produced an output row on it, as Kafka Streams does: the streams' rows are read with their
+    // headers (a last column), which the join operator moves after the join's columns, and the
+    // output carries them on (before the time column).
+    let carries_headers = headers && left.kind == SourceKind::Stream;
+    let rows_of = |s: &SourceDef| match carries_headers && s.kind == SourceKind::Stream {
+        true => with_headers(&s.row_schema()),
+        false => s.row_schema(),
+    };
+    let mut headers_column = None;
+    let mut operator_schema = output_schema.clone();
+    if carries_headers {
+        operator_schema = with_headers(&output_schema);
+        let ts = (exprs.pop(), fields.pop());
+        exprs.push(Arc::new(PhysColumn::new(rill_engine::source::HEADERS, output_schema.fields().len())));
+        fields.push(headers_field());
+        headers_column = Some(fields.len() - 1);
+        exprs.extend(ts.0);
+        fields.extend(ts.1);
+    }
     let mut rowtime_column = fields.len() - 1;
     let mut schema = Arc::new(Schema::new(fields.clone()));
     // Per stream partition: drop null values (they take no part in joins); tables keep deletes.
     let chain = if left.kind == SourceKind::Table {
         Arc::new(|| Ok(Chain::new(vec![]))) as ChainFactory
     } else {
-        drop_null_values(left.row_schema())?
+        drop_null_values(rows_of(&left))?
     };
     let post_schema = schema.clone();
     let table_key_columns = table_keys.len();
@@ -3028,7 +3056,7 @@ async fn plan_join(
         }
         let right_time =
             right_rows.index_of(rill_engine::source::ROWTIME).map_err(|e| SqlError::Internal(e.to_string()))?;
-        let left_rows = left.row_schema();
+        let (left_rows, right_rows) = (rows_of(&left), rows_of(&right));
         let grace = w.grace.map(|g| g.millis).unwrap_or(24 * 3_600_000);
         let eager_outer = w.grace.is_none();
         // Rows of different keys never meet: the stage may be split by join key.
@@ -3057,12 +3085,13 @@ async fn plan_join(
                 grace,
                 kind,
                 eager_outer,
-                output_schema: output_schema.clone(),
+                output_schema: operator_schema.clone(),
+                headers: carries_headers,
             })?;
             let post = CalcOperator::try_new(where_filter.clone(), exprs.clone(), post_schema.clone())?;
             Ok(Chain::new(vec![Box::new(join), Box::new(post)]))
         });
-        (stage, drop_null_values(right.row_schema())?)
+        (stage, drop_null_values(rows_of(&right))?)
     } else {
         let stage: ChainFactory = Arc::new(move || {
             let join = StreamTableJoinOperator::try_new(StreamTableJoinConfig {
@@ -3071,7 +3100,8 @@ async fn plan_join(
                 table_key_columns,
                 table_delete,
                 left_outer,
-                output_schema: output_schema.clone(),
+                output_schema: operator_schema.clone(),
+                stream_headers: carries_headers,
             })?;
             let post = CalcOperator::try_new(where_filter.clone(), exprs.clone(), post_schema.clone())?;
             Ok(Chain::new(vec![Box::new(join), Box::new(post)]))
@@ -3092,7 +3122,7 @@ async fn plan_join(
         rekeyed: true,
         side_sources: vec![(right, side_chain)],
         key_hint: if foreign_key || has_key { None } else { key_hint },
-        headers_column: None,
+        headers_column,
         read_columns,
     })
 }
@@ -3248,7 +3278,12 @@ fn check_join_sources(op: &sp::JoinOperator, sides: [(&String, &String, &SourceD
             if tables && one_key {
                 return Err(SqlError::plan("Foreign-key table-table joins are not supported on windowed tables."));
             }
-            if size(l) != size(r) || !(key_of(a, left) && key_of(b, right) || key_of(a, right) && key_of(b, left)) {
+            // Windows of different sizes meet where their keys serialise alike: schema-registry
+            // key formats write a time window's start only (ksqlDB repartitions both sides and
+            // matches the keys byte for byte); other key formats are refused.
+            let registry_keys = left.key_format.kind.uses_registry() && right.key_format.kind.uses_registry();
+            let sizes_meet = size(l) == size(r) || registry_keys;
+            if !sizes_meet || !(key_of(a, left) && key_of(b, right) || key_of(a, right) && key_of(b, left)) {
                 return Err(SqlError::plan(
                     "Implicit repartitioning of windowed sources is not supported. See https://github.com/confluentinc/ksql/issues/4385.",
                 ));
@@ -3386,6 +3421,18 @@ fn drop_null_values(rows: SchemaRef) -> Result<ChainFactory> {
 /// The index of a column the planner itself added (a missing one is a bug).
 fn index_of(schema: &Schema, name: &str) -> Result<usize> {
     schema.index_of(name).map_err(|e| SqlError::Internal(e.to_string()))
+}
+
+/// The column of record headers rows carry to their output records.
+fn headers_field() -> Field {
+    Field::new(rill_engine::source::HEADERS, rill_engine::source::headers_type(), true)
+}
+
+/// `rows` followed by the record headers column (see [`rill_engine::source::SourceSpec::carry_headers`]).
+fn with_headers(rows: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = rows.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(headers_field());
+    Arc::new(Schema::new(fields))
 }
 
 /// One column reference per field: a projection that passes rows through unchanged.

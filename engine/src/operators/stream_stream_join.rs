@@ -68,8 +68,13 @@ pub struct StreamStreamJoinConfig {
     /// Emit an outer row with nulls as soon as a row arrives without a match (ksqlDB's
     /// semantics when no GRACE PERIOD is given); otherwise only once its window has closed.
     pub eager_outer: bool,
-    /// Left columns then right columns.
+    /// Left columns then right columns (then the record headers, with `headers`).
     pub output_schema: SchemaRef,
+    /// Rows of both sides end with their record headers (a column after the side's columns of
+    /// the join): each output row carries the headers of the row that produced it (the row
+    /// being processed; for an outer row with nulls, its one row) as its last column, as Kafka
+    /// Streams writes the triggering record's headers on the join's output.
+    pub headers: bool,
 }
 
 /// A buffered row: where it is stored, and its time.
@@ -342,8 +347,14 @@ impl StreamStreamJoinOperator {
             return Ok(None);
         }
         let cur = |left: bool| current.filter(|c| c.1 == left).map(|c| c.0);
-        let mut columns = gather(&self.cfg.left_schema, cur(true), &self.left, pairs.iter().map(|p| p.0))?;
-        columns.extend(gather(&self.cfg.right_schema, cur(false), &self.right, pairs.iter().map(|p| p.1))?);
+        // With headers, each side's last column is its rows' headers: gathered apart.
+        let data = |schema: &SchemaRef| schema.fields().len() - usize::from(self.cfg.headers);
+        let (left_n, right_n) = (data(&self.cfg.left_schema), data(&self.cfg.right_schema));
+        let mut columns = gather(&self.cfg.left_schema, left_n, cur(true), &self.left, pairs.iter().map(|p| p.0))?;
+        columns.extend(gather(&self.cfg.right_schema, right_n, cur(false), &self.right, pairs.iter().map(|p| p.1))?);
+        if self.cfg.headers {
+            columns.push(self.producing_headers(pairs, current, left_n, right_n)?);
+        }
         let schema = &self.cfg.output_schema;
         for (c, f) in columns.iter_mut().zip(schema.fields()) {
             if c.data_type() != f.data_type() {
@@ -355,10 +366,60 @@ impl StreamStreamJoinOperator {
     }
 }
 
-/// One side's columns for output rows picked from the batch being processed, the side's
-/// buffer, or nulls (`None`).
+impl StreamStreamJoinOperator {
+    /// The headers column of output rows: per pair, the headers of the row that produced it
+    /// (the row of the batch being processed; at expiry, the one row present). When none of
+    /// the rows involved has headers, empty lists without gathering.
+    fn producing_headers(
+        &self,
+        pairs: &[Pair],
+        current: Option<(&RecordBatch, bool)>,
+        left_n: usize,
+        right_n: usize,
+    ) -> Result<ArrayRef> {
+        let mut arrays: Vec<&dyn Array> = Vec::new();
+        let mut slot_of: HashMap<(bool, u64), usize> = HashMap::default();
+        let mut idx: Vec<(usize, usize)> = Vec::with_capacity(pairs.len());
+        if let Some((batch, from_left)) = current {
+            arrays.push(batch.column(if from_left { left_n } else { right_n }).as_ref());
+        }
+        for p in pairs {
+            let (from_left, src) = match (current, p) {
+                (Some((_, from_left)), _) => (from_left, if from_left { p.0 } else { p.1 }),
+                (None, (Some(l), _)) => (true, Some(*l)),
+                (None, (None, r)) => (false, *r),
+            };
+            idx.push(match src {
+                Some(Src::Batch(i)) => (0, i as usize),
+                Some(Src::Kept(id, row)) => {
+                    let next = arrays.len();
+                    let slot = *slot_of.entry((from_left, id)).or_insert(next);
+                    if slot == next {
+                        let (buffer, n) = if from_left { (&self.left, left_n) } else { (&self.right, right_n) };
+                        arrays.push(buffer.get(id).batch.column(n).as_ref());
+                    }
+                    (slot, row as usize)
+                }
+                None => return Err(EngineError::Internal("a join output row without its producing row".into())),
+            });
+        }
+        let field = self.cfg.output_schema.fields().last().ok_or_else(|| EngineError::Internal("no columns".into()))?;
+        if arrays.iter().all(|a| a.as_list_opt::<i32>().is_some_and(|l| l.values().is_empty() && l.null_count() == 0)) {
+            if let DataType::List(item) = field.data_type() {
+                let empty = arrow::array::new_empty_array(item.data_type());
+                let offsets = arrow::buffer::OffsetBuffer::new_zeroed(pairs.len());
+                return Ok(Arc::new(arrow::array::ListArray::try_new(item.clone(), offsets, empty, None)?));
+            }
+        }
+        Ok(interleave(&arrays, &idx)?)
+    }
+}
+
+/// One side's first `columns` columns for output rows picked from the batch being processed,
+/// the side's buffer, or nulls (`None`).
 fn gather(
     schema: &SchemaRef,
+    columns: usize,
     current: Option<&RecordBatch>,
     buffer: &Buffer,
     picks: impl Iterator<Item = Option<Src>>,
@@ -386,7 +447,7 @@ fn gather(
         });
     }
     if sources.is_empty() {
-        return Ok(schema.fields().iter().map(|f| new_null_array(f.data_type(), idx.len())).collect());
+        return Ok(schema.fields()[..columns].iter().map(|f| new_null_array(f.data_type(), idx.len())).collect());
     }
     let null_slot = sources.len();
     if nulls {
@@ -394,7 +455,7 @@ fn gather(
             i.0 = null_slot;
         }
     }
-    (0..schema.fields().len())
+    (0..columns)
         .map(|c| {
             let null = nulls.then(|| new_null_array(schema.field(c).data_type(), 1));
             let mut arrays: Vec<&dyn Array> = sources.iter().map(|b| b.column(c).as_ref()).collect();
@@ -615,6 +676,7 @@ mod tests {
             kind,
             eager_outer: false,
             output_schema: Arc::new(Schema::new(fields)),
+            headers: false,
         })
         .unwrap()
     }
@@ -668,5 +730,58 @@ mod tests {
         let expected = run(&mut original, &left, &right, 1000);
         assert!(expected.contains('a') && expected.contains('d'), "{expected}");
         assert_eq!(run(&mut restored, &left, &right, 1000), expected);
+    }
+
+    /// With headers, each side's last column stands for its records' headers: an output row
+    /// carries the producing row's (the one being processed; an outer row's own at expiry).
+    #[test]
+    fn output_rows_carry_the_producing_rows_headers() {
+        let side = |p: &str| {
+            let mut fields: Vec<Field> = side_schema(p).fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(Field::new(format!("{p}_H"), DataType::Utf8, true));
+            Arc::new(Schema::new(fields))
+        };
+        let (l, r) = (side("L"), side("R"));
+        let mut fields: Vec<Field> = l.fields()[..2].iter().map(|f| f.as_ref().clone()).collect();
+        fields.extend(r.fields()[..2].iter().map(|f| f.as_ref().clone()));
+        fields.push(Field::new("H", DataType::Utf8, true));
+        let mut op = StreamStreamJoinOperator::try_new(StreamStreamJoinConfig {
+            left_key: vec![col("L_K", &l).unwrap()],
+            right_key: vec![col("R_K", &r).unwrap()],
+            left_schema: l.clone(),
+            right_schema: r.clone(),
+            left_time: 1,
+            right_time: 1,
+            before: 100,
+            after: 100,
+            grace: 50,
+            kind: JoinKind::Full,
+            eager_outer: false,
+            output_schema: Arc::new(Schema::new(fields)),
+            headers: true,
+        })
+        .unwrap();
+        let batch = |schema: &SchemaRef, rows: &[(&str, i64, &str)]| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+                    Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+                    Arc::new(StringArray::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+                ],
+            )
+            .unwrap()
+        };
+        let mut out = Vec::new();
+        op.process_batch(batch(&l, &[("k", 100, "left k"), ("a", 100, "left a")]), &mut out).unwrap();
+        op.process_side_batch(1, batch(&r, &[("k", 120, "right k"), ("b", 130, "right b")]), &mut out).unwrap();
+        op.handle_watermark(Watermark::EventTime(1000), &mut out).unwrap();
+        let batches: Vec<RecordBatch> =
+            out.into_iter().filter_map(|m| if let Message::Data(b) = m { Some(b) } else { None }).collect();
+        let text = pretty_format_batches(&batches).unwrap().to_string();
+        assert_eq!(batches.iter().map(|b| b.num_columns()).max(), Some(5), "{text}");
+        assert!(text.contains("| k   | 100 | k   | 120 | right k |"), "{text}");
+        assert!(text.contains("| a   | 100 |     |     | left a  |"), "{text}");
+        assert!(text.contains("|     |     | b   | 130 | right b |"), "{text}");
     }
 }

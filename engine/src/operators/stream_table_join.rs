@@ -32,8 +32,12 @@ pub struct StreamTableJoinConfig {
     pub table_delete: usize,
     /// LEFT join (keep unmatched stream rows).
     pub left_outer: bool,
-    /// Stream columns then table columns.
+    /// Stream columns then table columns (then the record headers, with `stream_headers`).
     pub output_schema: SchemaRef,
+    /// Stream rows end with their record headers (a column after the stream's columns of the
+    /// join): each output row carries its stream row's as its last column, as Kafka Streams
+    /// writes the triggering record's headers on the join's output.
+    pub stream_headers: bool,
 }
 
 /// See the module docs.
@@ -128,6 +132,7 @@ impl Operator for StreamTableJoinOperator {
         let stream_idx = UInt32Array::from(stream_rows);
         let mut columns =
             batch.columns().iter().map(|c| Ok(take(c.as_ref(), &stream_idx, None)?)).collect::<Result<Vec<_>>>()?;
+        let headers = if self.cfg.stream_headers { columns.pop() } else { None };
         let right = if table_rows.is_empty() {
             self.cfg.table_schema.fields().iter().map(|f| arrow::array::new_null_array(f.data_type(), 0)).collect()
         } else {
@@ -137,6 +142,7 @@ impl Operator for StreamTableJoinOperator {
         for c in right {
             columns.push(take(c.as_ref(), &right_idx, None)?);
         }
+        columns.extend(headers);
         let schema: &Schema = &self.cfg.output_schema;
         for (c, f) in columns.iter_mut().zip(schema.fields()) {
             if c.data_type() != f.data_type() {
