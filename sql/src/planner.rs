@@ -1411,10 +1411,15 @@ fn plan_aggregate(
 ) -> Result<QueryPlan> {
     let (filter, scan_schema) = filter_over_scan(&aggregate.input)?;
     let scan_physical = |e: &Expr| create_physical_expr(e, scan_schema, props, pctx).map_err(SqlError::from);
-    // Per partition: WHERE, passing the source row through.
-    let row_schema = source.row_schema();
     let delete_index = index_in(scan_schema, rill_engine::source::DELETE)?;
     let from_table = source.kind == SourceKind::Table;
+    // Per partition: WHERE, passing the source row through. With EMIT CHANGES, rows come with
+    // their record headers (a last column), which the aggregation writes on the rows they
+    // produce (final results, produced by time, carry none; nor do joins' rows yet).
+    let source_rows = source.row_schema();
+    let carries_headers = !emit_final && source.name != JOINED;
+    let headers_index = carries_headers.then_some(source_rows.fields().len());
+    let row_schema = if carries_headers { with_headers(&source_rows) } else { source_rows.clone() };
     let pre_filter = if from_table {
         // A table's filtered-out rows become deletes; TableDiffOperator turns them into retractions.
         filter.map(scan_physical).transpose()?
@@ -1486,8 +1491,9 @@ fn plan_aggregate(
         a.order_bys().iter().for_each(|o| reads(&o.expr));
         f.iter().for_each(&mut reads);
     }
+    read.extend(headers_index);
     let mut identity = identity_exprs(&row_schema);
-    if !from_table && scan_schema.fields().len() == row_schema.fields().len() {
+    if !from_table && scan_schema.fields().len() == source_rows.fields().len() {
         for (i, e) in identity.iter_mut().enumerate().filter(|(i, _)| !read.contains(i)) {
             if let Ok(null) = datafusion::common::ScalarValue::try_from(row_schema.field(i).data_type()) {
                 *e = Arc::new(datafusion::physical_expr::expressions::Literal::new(null));
@@ -1518,12 +1524,12 @@ fn plan_aggregate(
     let having = having.map(|h| create_physical_expr(h, &agg_schema, props, pctx)).transpose()?;
     let output_schema: SchemaRef = Arc::new(agg_schema.as_arrow().clone());
     let group_names: Vec<String> = agg_schema.fields().iter().take(user_groups).map(|f| f.name().clone()).collect();
-    // The projection reads the aggregation's output batches: its columns, then the delete flag
-    // and the row time (a lambda's parameters are numbered after all of them).
-    let post_input = agg_schema.join(&DFSchema::try_from(Schema::new(vec![
-        Field::new(DELETE_COLUMN, DataType::Boolean, true),
-        Field::new(HIDDEN_TS, DataType::Int64, true),
-    ]))?)?;
+    // The projection reads the aggregation's output batches: its columns, then the delete flag,
+    // the row time and the headers (a lambda's parameters are numbered after all of them).
+    let mut hidden =
+        vec![Field::new(DELETE_COLUMN, DataType::Boolean, true), Field::new(HIDDEN_TS, DataType::Int64, true)];
+    hidden.extend(headers_index.map(|_| headers_field()));
+    let post_input = agg_schema.join(&DFSchema::try_from(Schema::new(hidden))?)?;
     let post_physical = |e: &Expr| create_physical_expr(e, &post_input, props, pctx).map_err(SqlError::from);
     let (mut exprs, mut columns, mut fields) =
         output_columns(projection, &post_physical, |c| group_names.iter().any(|g| g == c))?;
@@ -1559,6 +1565,12 @@ fn plan_aggregate(
     exprs.push(Arc::new(PhysColumn::new(DELETE_COLUMN, n_out)));
     fields.push(Field::new(DELETE_COLUMN, DataType::Boolean, true));
     let delete_column = Some(fields.len() - 1);
+    let mut headers_column = None;
+    if headers_index.is_some() {
+        exprs.push(Arc::new(PhysColumn::new(rill_engine::source::HEADERS, n_out + 2)));
+        fields.push(headers_field());
+        headers_column = Some(fields.len() - 1);
+    }
     exprs.push(Arc::new(PhysColumn::new(HIDDEN_TS, n_out + 1)));
     fields.push(Field::new(HIDDEN_TS, DataType::Int64, true));
     let rowtime_column = fields.len() - 1;
@@ -1592,6 +1604,7 @@ fn plan_aggregate(
             offset_index,
             partition_index,
             retract_index,
+            headers_index,
         };
         let agg = AggregateOperator::try_new(cfg, &row_schema)?;
         let post = CalcOperator::try_new(None, exprs.clone(), post_schema.clone())?;
@@ -1617,7 +1630,7 @@ fn plan_aggregate(
         rekeyed: false,
         side_sources: vec![],
         key_hint: None,
-        headers_column: None,
+        headers_column,
         read_columns: None,
     })
 }

@@ -129,6 +129,10 @@ pub struct AggregateConfig {
     /// A BOOLEAN input column marking rows to retract (aggregations over tables, fed by
     /// `TableDiffOperator`); accumulators are then created in their retractable form.
     pub retract_index: Option<usize>,
+    /// The input's record-headers column: each output row carries the headers of the input row
+    /// that produced it (a last column, after the row time), as Kafka Streams writes the
+    /// triggering record's headers; rows that time produces (final results) carry none.
+    pub headers_index: Option<usize>,
 }
 
 /// Rows of a batch per group (key, window start): window end, rows to add, rows to retract.
@@ -158,6 +162,8 @@ struct Emit {
     ts: i64,
     delete: bool,
     was_emitted: bool,
+    /// The input row that produced it (none for rows that time produces).
+    row: Option<u32>,
 }
 
 /// `GROUP BY` with optional windows; see the module docs.
@@ -198,6 +204,9 @@ impl AggregateOperator {
         let mut fields: Vec<Field> = cfg.output_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.push(Field::new(DELETE_COLUMN, DataType::Boolean, false));
         fields.push(Field::new(ROWTIME_COLUMN, DataType::Int64, true));
+        if let Some(h) = cfg.headers_index {
+            fields.push(input_schema.field(h).clone().with_nullable(true));
+        }
         let time_windows =
             matches!(cfg.window.map(|w| w.kind), Some(WindowKind::Tumbling { .. } | WindowKind::Hopping { .. }));
         let panes =
@@ -529,6 +538,9 @@ impl AggregateOperator {
         }
         columns.push(Arc::new(BooleanArray::from(vec![false; kept])));
         columns.push(ts);
+        if self.cfg.headers_index.is_some() {
+            columns.push(self.headers_of(None, &vec![None; kept])?);
+        }
         out.push(Message::Data(RecordBatch::try_new(self.schema.clone(), columns)?));
         Ok(())
     }
@@ -615,12 +627,13 @@ impl AggregateOperator {
                         ts: group.max_ts,
                         delete: false,
                         was_emitted: group.emitted,
+                        row: Some(r),
                     },
                 ));
             }
         }
         emits.sort_by_key(|(r, _)| *r);
-        self.emit(emits.into_iter().map(|(_, e)| e).collect(), out)
+        self.emit(emits.into_iter().map(|(_, e)| e).collect(), Some(batch), out)
     }
 
     fn process_sessions(&mut self, batch: &RecordBatch, gap: i64, out: &mut Vec<Message>) -> Result<()> {
@@ -669,6 +682,7 @@ impl AggregateOperator {
                         ts: old.max_ts,
                         delete: true,
                         was_emitted: true,
+                        row: Some(i as u32),
                     });
                 }
             }
@@ -683,6 +697,7 @@ impl AggregateOperator {
                     ts: max_ts,
                     delete: false,
                     was_emitted: false,
+                    row: Some(i as u32),
                 });
                 group.emitted = true;
             }
@@ -690,11 +705,32 @@ impl AggregateOperator {
             self.session_ends.entry(end).or_default().push(key.clone());
             self.sessions.insert(key, kept);
         }
-        self.emit(emits, out)
+        self.emit(emits, Some(batch), out)
     }
 
-    /// Builds output rows, applies HAVING (turning rows that stop matching into tombstones).
-    fn emit(&mut self, emits: Vec<Emit>, out: &mut Vec<Message>) -> Result<()> {
+    /// The headers column of output rows produced by these rows of `input` (none: no headers).
+    fn headers_of(&self, input: Option<&RecordBatch>, rows: &[Option<u32>]) -> Result<ArrayRef> {
+        let column = self.schema.fields().len() - 1;
+        let field = self.schema.field(column);
+        match (input, self.cfg.headers_index) {
+            (Some(batch), Some(h)) if rows.iter().any(Option::is_some) => {
+                Ok(take(batch.column(h).as_ref(), &UInt32Array::from(rows.to_vec()), None)?)
+            }
+            _ => match field.data_type() {
+                DataType::List(item) => Ok(Arc::new(arrow::array::ListArray::try_new(
+                    item.clone(),
+                    arrow::buffer::OffsetBuffer::new_zeroed(rows.len()),
+                    arrow::array::new_empty_array(item.data_type()),
+                    None,
+                )?)),
+                other => Err(EngineError::Internal(format!("headers column of type {other}"))),
+            },
+        }
+    }
+
+    /// Builds output rows, applies HAVING (turning rows that stop matching into tombstones);
+    /// `input`: the batch whose rows produced them, if any.
+    fn emit(&mut self, emits: Vec<Emit>, input: Option<&RecordBatch>, out: &mut Vec<Message>) -> Result<()> {
         if emits.is_empty() {
             return Ok(());
         }
@@ -769,6 +805,10 @@ impl AggregateOperator {
         let mut cols = columns.iter().map(|c| Ok(take(c.as_ref(), &idx, None)?)).collect::<Result<Vec<_>>>()?;
         cols.push(Arc::new(BooleanArray::from(delete)));
         cols.push(Arc::new(Int64Array::from_iter_values(keep.iter().map(|i| emits[*i as usize].ts))));
+        if self.cfg.headers_index.is_some() {
+            let rows: Vec<Option<u32>> = keep.iter().map(|i| emits[*i as usize].row).collect();
+            cols.push(self.headers_of(input, &rows)?);
+        }
         out.push(Message::Data(RecordBatch::try_new(self.schema.clone(), cols)?));
         Ok(())
     }
@@ -807,6 +847,7 @@ impl AggregateOperator {
                     ts: g.max_ts,
                     delete: false,
                     was_emitted: false,
+                    row: None,
                 });
             }
             // A total order (window start, key), Kafka Streams' order of final results: the
@@ -818,7 +859,7 @@ impl AggregateOperator {
             self.groups.retain(|_, g| !closed(g.window.1, retention));
             self.close_sessions(&w, retention);
         }
-        self.emit(finals, out)
+        self.emit(finals, None, out)
     }
 
     /// Removes and returns the sessions that close `delay` after their end, visiting only the
@@ -1144,8 +1185,47 @@ mod tests {
             offset_index: None,
             partition_index: None,
             retract_index: None,
+            headers_index: None,
         };
         AggregateOperator::try_new(cfg, &schema).unwrap()
+    }
+
+    /// With a headers column (here V stands in for it), each EMIT CHANGES row carries the one of
+    /// the input row that produced it, in input order within a batch.
+    #[test]
+    fn changes_carry_their_input_rows_headers() {
+        let schema = input_schema();
+        let v = col("V", &schema).unwrap();
+        let count = AggregateExprBuilder::new(count_udaf(), vec![v]).schema(schema.clone()).alias("C").build().unwrap();
+        let output_schema =
+            Arc::new(Schema::new(vec![Field::new("K", DataType::Utf8, true), Field::new("C", DataType::Int64, true)]));
+        let cfg = AggregateConfig {
+            window: None,
+            emit_final: false,
+            group_exprs: vec![col("K", &schema).unwrap()],
+            aggregates: vec![Arc::new(count)],
+            aggregate_filters: vec![None],
+            having: None,
+            output_schema,
+            rowtime_index: 2,
+            offset_index: None,
+            partition_index: None,
+            retract_index: None,
+            headers_index: Some(1),
+        };
+        let mut op = AggregateOperator::try_new(cfg, &schema).unwrap();
+        assert_eq!(op.output_schema().fields().last().map(|f| f.name().as_str()), Some("V"));
+        let out = run(&mut op, &[In::Rows(&[("a", 7, 10), ("b", 8, 11), ("a", 9, 12)])]);
+        let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("| a") || l.starts_with("| b")).collect();
+        assert_eq!(
+            rows,
+            [
+                "| a | 1 | false         | 10             | 7 |",
+                "| b | 1 | false         | 11             | 8 |",
+                "| a | 2 | false         | 12             | 9 |"
+            ],
+            "{out}"
+        );
     }
 
     enum In<'a> {
