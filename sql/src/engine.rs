@@ -632,6 +632,10 @@ impl KsqlEngine {
         };
         let source =
             catalog.sources.get(&name).cloned().ok_or_else(|| SqlError::NotFound(format!("{name} does not exist.")))?;
+        // ksqlDB checks the result's schema first (a table that is not queryable comes after).
+        if let Some(e) = planner::duplicate_column_error(&self.ctx, catalog, select, false).await {
+            return Err(e);
+        }
         crate::pull::check(body, select.limit, &source, props)?;
         let rows = match source.kind {
             SourceKind::Table => self.view_rows(&source, body.selection.as_ref())?,

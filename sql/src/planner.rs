@@ -167,8 +167,9 @@ fn non_boolean_where(select: &Select, message: &str) -> Option<SqlError> {
 
 /// ksqlDB's message for a SELECT list naming two columns alike (`SELECT A AS X, B AS X`):
 /// "Duplicate value columns found in schema: `X` TYPE", of the second. Its type comes from
-/// planning the query again with that column renamed.
-async fn duplicate_column_error(
+/// planning the query again with that column renamed. `None` when no two are named alike
+/// (found without planning).
+pub(crate) async fn duplicate_column_error(
     ctx: &SessionContext,
     catalog: &Catalog,
     select: &Select,
