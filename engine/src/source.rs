@@ -39,6 +39,19 @@ pub fn headers_type() -> DataType {
     );
     DataType::List(Arc::new(Field::new("item", entry, true)))
 }
+
+/// A headers column of `n` records without headers (empty lists).
+pub fn no_headers(n: usize) -> Result<ArrayRef> {
+    let DataType::List(item) = headers_type() else {
+        return Err(EngineError::Internal("the headers type is not a list".into()));
+    };
+    let empty = arrow::array::new_empty_array(item.data_type());
+    let offsets = OffsetBuffer::new_zeroed(n);
+    ListArray::try_new(item, offsets, empty, None)
+        .map(|a| Arc::new(a) as ArrayRef)
+        .map_err(|e| EngineError::Internal(format!("an empty headers column: {e}")))
+}
+
 /// Window start column of windowed sources (a key column).
 pub const WINDOWSTART: &str = "WINDOWSTART";
 /// Window end column of windowed sources (a key column).

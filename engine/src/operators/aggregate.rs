@@ -710,21 +710,11 @@ impl AggregateOperator {
 
     /// The headers column of output rows produced by these rows of `input` (none: no headers).
     fn headers_of(&self, input: Option<&RecordBatch>, rows: &[Option<u32>]) -> Result<ArrayRef> {
-        let column = self.schema.fields().len() - 1;
-        let field = self.schema.field(column);
         match (input, self.cfg.headers_index) {
             (Some(batch), Some(h)) if rows.iter().any(Option::is_some) => {
                 Ok(take(batch.column(h).as_ref(), &UInt32Array::from(rows.to_vec()), None)?)
             }
-            _ => match field.data_type() {
-                DataType::List(item) => Ok(Arc::new(arrow::array::ListArray::try_new(
-                    item.clone(),
-                    arrow::buffer::OffsetBuffer::new_zeroed(rows.len()),
-                    arrow::array::new_empty_array(item.data_type()),
-                    None,
-                )?)),
-                other => Err(EngineError::Internal(format!("headers column of type {other}"))),
-            },
+            _ => crate::source::no_headers(rows.len()),
         }
     }
 

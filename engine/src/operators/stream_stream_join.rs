@@ -403,13 +403,10 @@ impl StreamStreamJoinOperator {
                 None => return Err(EngineError::Internal("a join output row without its producing row".into())),
             });
         }
-        let field = self.cfg.output_schema.fields().last().ok_or_else(|| EngineError::Internal("no columns".into()))?;
-        if arrays.iter().all(|a| a.as_list_opt::<i32>().is_some_and(|l| l.values().is_empty() && l.null_count() == 0)) {
-            if let DataType::List(item) = field.data_type() {
-                let empty = arrow::array::new_empty_array(item.data_type());
-                let offsets = arrow::buffer::OffsetBuffer::new_zeroed(pairs.len());
-                return Ok(Arc::new(arrow::array::ListArray::try_new(item.clone(), offsets, empty, None)?));
-            }
+        let no_headers =
+            |a: &&dyn Array| a.as_list_opt::<i32>().is_some_and(|l| l.values().is_empty() && l.null_count() == 0);
+        if arrays.iter().all(no_headers) {
+            return crate::source::no_headers(pairs.len());
         }
         Ok(interleave(&arrays, &idx)?)
     }
