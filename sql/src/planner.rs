@@ -2958,12 +2958,14 @@ async fn plan_join(
             fields.push(f);
         }
     }
-    // Stream-stream and stream-table joins write the record headers of the stream row that
-    // produced an output row on it, as Kafka Streams does: the streams' rows are read with their
-    // headers (a last column), which the join operator moves after the join's columns, and the
-    // output carries them on (before the time column).
-    let carries_headers = headers && left.kind == SourceKind::Stream;
-    let rows_of = |s: &SourceDef| match carries_headers && s.kind == SourceKind::Stream {
+    // Joins write the record headers of the row that produced an output row on it, as Kafka
+    // Streams does: a stream's, or in a table-table join either table's, rows are read with
+    // their headers (a last column), which the join operator moves after the join's columns (and
+    // a table-table join's delete marker), and the output carries them on (before the time
+    // column). Not yet: foreign-key joins.
+    let tables_carry = table_table && !foreign_key;
+    let carries_headers = headers && (left.kind == SourceKind::Stream || tables_carry);
+    let rows_of = |s: &SourceDef| match carries_headers && (s.kind == SourceKind::Stream || tables_carry) {
         true => with_headers(&s.row_schema()),
         false => s.row_schema(),
     };
@@ -2972,7 +2974,8 @@ async fn plan_join(
     if carries_headers {
         operator_schema = with_headers(&output_schema);
         let ts = (exprs.pop(), fields.pop());
-        exprs.push(Arc::new(PhysColumn::new(rill_engine::source::HEADERS, output_schema.fields().len())));
+        let at = output_schema.fields().len() + usize::from(tables_carry);
+        exprs.push(Arc::new(PhysColumn::new(rill_engine::source::HEADERS, at)));
         fields.push(headers_field());
         headers_column = Some(fields.len() - 1);
         exprs.extend(ts.0);
@@ -3040,8 +3043,7 @@ async fn plan_join(
         rowtime_column = time_out;
         schema = Arc::new(Schema::new(fields.clone()));
         let post_schema = schema.clone();
-        let left_rows = left.row_schema();
-        let right_rows = right.row_schema();
+        let (left_rows, right_rows) = (rows_of(&left), rows_of(&right));
         let left_delete = index_of(&left_rows, rill_engine::source::DELETE)?;
         let right_delete = index_of(&right_rows, rill_engine::source::DELETE)?;
         let exprs = exprs.clone();
@@ -3054,6 +3056,7 @@ async fn plan_join(
                 right_delete,
                 kind,
                 join_schema: output_schema.clone(),
+                headers: carries_headers,
             })?;
             let post = CalcOperator::try_new(where_filter.clone(), exprs.clone(), post_schema.clone())?
                 .with_table_deletes(join_len, delete_out)

@@ -9,8 +9,8 @@
 use crate::state::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
-use arrow::compute::cast;
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter, SortField};
 
@@ -37,12 +37,19 @@ pub struct TableTableJoinConfig {
     pub kind: JoinKind,
     /// Left columns then right columns (the delete column is appended by the operator).
     pub join_schema: SchemaRef,
+    /// Rows of both sides end with their record headers (a column after the side's columns of
+    /// the join, not kept in the state): each output row carries the headers of the change that
+    /// produced it, as a last column after the delete column.
+    pub headers: bool,
 }
 
 /// See the module docs.
 pub struct TableTableJoinOperator {
     cfg: TableTableJoinConfig,
     schema: SchemaRef,
+    /// Each side's columns of the join (its rows without the headers column).
+    left_data: SchemaRef,
+    right_data: SchemaRef,
     keys: RowConverter,
     key_types: Vec<DataType>,
     left_rows: RowConverter,
@@ -58,14 +65,24 @@ impl TableTableJoinOperator {
         let key_types: Vec<DataType> =
             cfg.left_schema.fields().iter().take(cfg.key_columns).map(|f| f.data_type().clone()).collect();
         let keys = RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?;
+        let data = |s: &SchemaRef| -> SchemaRef {
+            let n = s.fields().len() - usize::from(cfg.headers);
+            Arc::new(Schema::new(s.fields()[..n].to_vec()))
+        };
+        let (left_data, right_data) = (data(&cfg.left_schema), data(&cfg.right_schema));
         let fields = |s: &SchemaRef| s.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
-        let left_rows = RowConverter::new(fields(&cfg.left_schema))?;
-        let right_rows = RowConverter::new(fields(&cfg.right_schema))?;
+        let left_rows = RowConverter::new(fields(&left_data))?;
+        let right_rows = RowConverter::new(fields(&right_data))?;
         let mut out: Vec<Field> =
             cfg.join_schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
         out.push(Field::new(DELETE_COLUMN, DataType::Boolean, false));
+        if cfg.headers {
+            out.push(Field::new(crate::source::HEADERS, crate::source::headers_type(), true));
+        }
         Ok(Self {
             schema: Arc::new(Schema::new(out)),
+            left_data,
+            right_data,
             cfg,
             keys,
             key_types,
@@ -85,10 +102,11 @@ impl TableTableJoinOperator {
             .map(|(a, t)| Ok(if a.data_type() == t { a.clone() } else { cast(a, t)? }))
             .collect::<Result<Vec<ArrayRef>>>()?;
         let keys = self.keys.convert_columns(&key_arrays)?;
+        let data = batch.num_columns() - usize::from(self.cfg.headers);
         let rows = if from_left {
-            self.left_rows.convert_columns(batch.columns())?
+            self.left_rows.convert_columns(&batch.columns()[..data])?
         } else {
-            self.right_rows.convert_columns(batch.columns())?
+            self.right_rows.convert_columns(&batch.columns()[..data])?
         };
         let deletes =
             batch.column(if from_left { self.cfg.left_delete } else { self.cfg.right_delete }).as_boolean().clone();
@@ -98,8 +116,9 @@ impl TableTableJoinOperator {
             JoinKind::Right => (false, true),
             JoinKind::Full => (true, true),
         };
-        // (left row, right row, delete) per output row.
+        // (left row, right row, delete) per output row, and the input row producing it.
         let mut outputs: Vec<(Option<OwnedRow>, Option<OwnedRow>, bool)> = Vec::new();
+        let mut producers: Vec<u32> = Vec::new();
         for i in 0..n {
             let key = keys.row(i).owned();
             let side = if from_left { &mut self.left } else { &mut self.right };
@@ -119,11 +138,13 @@ impl TableTableJoinOperator {
             if keep {
                 self.emitted.insert(key);
                 outputs.push((l, r, false));
+                producers.push(i as u32);
             } else if self.emitted.remove(&key) {
                 // The key had a joined row: delete it. Its key comes from whichever side
                 // still (or last) has it; the input row carries it for this side.
                 let row = rows.row(i).owned();
                 outputs.push(if from_left { (Some(row), None, true) } else { (None, Some(row), true) });
+                producers.push(i as u32);
             }
         }
         if outputs.is_empty() {
@@ -131,20 +152,24 @@ impl TableTableJoinOperator {
         }
         let count = outputs.len();
         let deletes: ArrayRef = Arc::new(BooleanArray::from(outputs.iter().map(|o| o.2).collect::<Vec<_>>()));
+        let mut extra = vec![deletes];
+        if self.cfg.headers {
+            extra.push(take(batch.column(data).as_ref(), &UInt32Array::from(producers), None)?);
+        }
         out.push(Message::Data(joined_batch(
             Side {
                 rows: &self.left_rows,
-                schema: &self.cfg.left_schema,
+                schema: &self.left_data,
                 picked: outputs.iter().map(|o| o.0.as_ref().map(|r| r.row())),
             },
             Side {
                 rows: &self.right_rows,
-                schema: &self.cfg.right_schema,
+                schema: &self.right_data,
                 picked: outputs.iter().map(|o| o.1.as_ref().map(|r| r.row())),
             },
             count,
             &self.schema,
-            vec![deletes],
+            extra,
         )?));
         Ok(())
     }
@@ -188,5 +213,79 @@ impl Operator for TableTableJoinOperator {
             bytes: self.left.iter().chain(self.right.iter()).map(|(k, v)| k.as_ref().len() + v.as_ref().len()).sum(),
             description: "the latest row per key of both tables".into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{BinaryArray, Int64Array, ListArray, StringArray, StructArray};
+    use arrow::buffer::OffsetBuffer;
+    use arrow::util::pretty::pretty_format_batches;
+
+    use super::*;
+
+    /// A headers column: per row, one header `h` with the given value.
+    fn headers(values: &[&str]) -> ArrayRef {
+        let DataType::List(item) = crate::source::headers_type() else { panic!("headers are a list") };
+        let DataType::Struct(fields) = item.data_type() else { panic!("header entries are structs") };
+        let keys: ArrayRef = Arc::new(StringArray::from(vec!["h"; values.len()]));
+        let bytes: ArrayRef = Arc::new(BinaryArray::from_iter_values(values.iter().map(|v| v.as_bytes())));
+        let entries = StructArray::try_new(fields.clone(), vec![keys, bytes], None).unwrap();
+        Arc::new(ListArray::new(item, OffsetBuffer::from_lengths(vec![1; values.len()]), Arc::new(entries), None))
+    }
+
+    fn side(prefix: &str) -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new(format!("{prefix}_K"), DataType::Utf8, true),
+            Field::new(format!("{prefix}_V"), DataType::Int64, true),
+            Field::new(format!("{prefix}_DELETE"), DataType::Boolean, true),
+            Field::new(crate::source::HEADERS, crate::source::headers_type(), true),
+        ]))
+    }
+
+    fn rows(schema: &SchemaRef, rows: &[(&str, Option<i64>, &str)]) -> RecordBatch {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+            Arc::new(BooleanArray::from(rows.iter().map(|r| r.1.is_none()).collect::<Vec<_>>())),
+            headers(&rows.iter().map(|r| r.2).collect::<Vec<_>>()),
+        ];
+        RecordBatch::try_new(schema.clone(), columns).unwrap()
+    }
+
+    /// With headers, each output row (joined, or the delete of a joined row) carries the
+    /// headers of the change that produced it; the state keeps only the join's columns.
+    #[test]
+    fn changes_carry_their_records_headers() {
+        let (l, r) = (side("L"), side("R"));
+        let join_fields: Vec<Field> =
+            l.fields()[..3].iter().chain(r.fields()[..3].iter()).map(|f| f.as_ref().clone()).collect();
+        let mut op = TableTableJoinOperator::try_new(TableTableJoinConfig {
+            left_schema: l.clone(),
+            right_schema: r.clone(),
+            key_columns: 1,
+            left_delete: 2,
+            right_delete: 2,
+            kind: JoinKind::Inner,
+            join_schema: Arc::new(Schema::new(join_fields)),
+            headers: true,
+        })
+        .unwrap();
+        let mut out = Vec::new();
+        op.process_batch(rows(&l, &[("a", Some(1), "left a")]), &mut out).unwrap();
+        op.process_side_batch(1, rows(&r, &[("a", Some(2), "right a")]), &mut out).unwrap();
+        op.process_batch(rows(&l, &[("a", None, "left delete")]), &mut out).unwrap();
+        let batches: Vec<RecordBatch> =
+            out.into_iter().filter_map(|m| if let Message::Data(b) = m { Some(b) } else { None }).collect();
+        let text = pretty_format_batches(&batches).unwrap().to_string();
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("| a")).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].contains("| 2 ")
+                && lines[0].contains("false")
+                && lines[0].contains("{KEY: h, VALUE: 72696768742061}"),
+            "{text}"
+        );
+        assert!(lines[1].contains("true") && lines[1].contains("{KEY: h, VALUE: 6c6566742064656c657465}"), "{text}");
     }
 }
