@@ -2962,8 +2962,8 @@ async fn plan_join(
     // Streams does: a stream's, or in a table-table join either table's, rows are read with
     // their headers (a last column), which the join operator moves after the join's columns (and
     // a table-table join's delete marker), and the output carries them on (before the time
-    // column). Not yet: foreign-key joins.
-    let tables_carry = table_table && !foreign_key;
+    // column).
+    let tables_carry = table_table;
     let carries_headers = headers && (left.kind == SourceKind::Stream || tables_carry);
     let rows_of = |s: &SourceDef| match carries_headers && (s.kind == SourceKind::Stream || tables_carry) {
         true => with_headers(&s.row_schema()),
@@ -2974,7 +2974,9 @@ async fn plan_join(
     if carries_headers {
         operator_schema = with_headers(&output_schema);
         let ts = (exprs.pop(), fields.pop());
-        let at = output_schema.fields().len() + usize::from(tables_carry);
+        // After the join's columns come a table-table join's delete marker and a foreign-key
+        // join's time.
+        let at = output_schema.fields().len() + usize::from(table_table) + usize::from(foreign_key);
         exprs.push(Arc::new(PhysColumn::new(rill_engine::source::HEADERS, at)));
         fields.push(headers_field());
         headers_column = Some(fields.len() - 1);
@@ -3003,8 +3005,7 @@ async fn plan_join(
         rowtime_column = time_out;
         schema = Arc::new(Schema::new(fields.clone()));
         let post_schema = schema.clone();
-        let left_rows = left.row_schema();
-        let right_rows = right.row_schema();
+        let (left_rows, right_rows) = (rows_of(&left), rows_of(&right));
         let left_delete = index_of(&left_rows, rill_engine::source::DELETE)?;
         let right_delete = index_of(&right_rows, rill_engine::source::DELETE)?;
         let left_time = index_of(&left_rows, rill_engine::source::ROWTIME)?;
@@ -3025,6 +3026,7 @@ async fn plan_join(
                 right_time,
                 left_outer,
                 join_schema: output_schema.clone(),
+                headers: carries_headers,
             })?;
             let mut post = CalcOperator::try_new(where_filter.clone(), exprs.clone(), post_schema.clone())?
                 .with_table_deletes(join_len, delete_out);

@@ -19,8 +19,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch};
-use arrow::compute::cast;
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array};
+use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
@@ -57,12 +57,19 @@ pub struct ForeignKeyJoinConfig {
     pub left_outer: bool,
     /// Left columns then right columns (the operator appends the delete and time columns).
     pub join_schema: SchemaRef,
+    /// Rows of both tables end with their record headers (a column after the table's columns of
+    /// the join, not kept in the state): each output row carries the headers of the change that
+    /// produced it, as a last column after the time column.
+    pub headers: bool,
 }
 
 /// See the module docs.
 pub struct ForeignKeyJoinOperator {
     cfg: ForeignKeyJoinConfig,
     schema: SchemaRef,
+    /// Each table's columns of the join (its rows without the headers column).
+    left_data: SchemaRef,
+    right_data: SchemaRef,
     left_keys: RowConverter,
     right_key_type: DataType,
     foreign_keys: RowConverter,
@@ -78,8 +85,8 @@ pub struct ForeignKeyJoinOperator {
     subscriptions: HashMap<OwnedRow, BTreeSet<OwnedRow>>,
 }
 
-/// One output row: left row, right row (absent: null), delete, time.
-type Out = (OwnedRow, Option<OwnedRow>, bool, i64);
+/// One output row: left row, right row (absent: null), delete, time, the input row producing it.
+type Out = (OwnedRow, Option<OwnedRow>, bool, i64, u32);
 
 impl ForeignKeyJoinOperator {
     /// A join per `cfg`.
@@ -92,13 +99,23 @@ impl ForeignKeyJoinOperator {
             cfg.join_schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
         out.push(Field::new(DELETE_COLUMN, DataType::Boolean, false));
         out.push(Field::new(JOIN_TIME_COLUMN, DataType::Int64, true));
+        if cfg.headers {
+            out.push(Field::new(crate::source::HEADERS, crate::source::headers_type(), true));
+        }
+        let data = |s: &SchemaRef| -> SchemaRef {
+            let n = s.fields().len() - usize::from(cfg.headers);
+            Arc::new(Schema::new(s.fields()[..n].to_vec()))
+        };
+        let (left_data, right_data) = (data(&cfg.left_schema), data(&cfg.right_schema));
         Ok(Self {
             schema: Arc::new(Schema::new(out)),
             left_keys: RowConverter::new(sort_fields(&cfg.left_schema, cfg.left_key_columns))?,
             foreign_keys: RowConverter::new(vec![SortField::new(right_key_type.clone())])?,
             right_key_type,
-            left_rows: RowConverter::new(sort_fields(&cfg.left_schema, usize::MAX))?,
-            right_rows: RowConverter::new(sort_fields(&cfg.right_schema, usize::MAX))?,
+            left_rows: RowConverter::new(sort_fields(&left_data, usize::MAX))?,
+            right_rows: RowConverter::new(sort_fields(&right_data, usize::MAX))?,
+            left_data,
+            right_data,
             cfg,
             left: HashMap::default(),
             left_fk: HashMap::default(),
@@ -120,7 +137,7 @@ impl ForeignKeyJoinOperator {
 
     fn process_left(&mut self, batch: &RecordBatch) -> Result<Vec<Out>> {
         let keys = self.left_keys.convert_columns(&batch.columns()[..self.cfg.left_key_columns])?;
-        let rows = self.left_rows.convert_columns(batch.columns())?;
+        let rows = self.left_rows.convert_columns(&batch.columns()[..self.left_data.fields().len()])?;
         let mut fk = self.cfg.foreign_key.evaluate(batch)?.into_array(batch.num_rows())?;
         if fk.data_type() != &self.right_key_type {
             fk = cast(&fk, &self.right_key_type)?;
@@ -136,7 +153,7 @@ impl ForeignKeyJoinOperator {
             self.unsubscribe(&key);
             if deletes.is_valid(i) && deletes.value(i) {
                 if self.left.remove(&key).is_some() {
-                    outputs.push((row, None, true, time));
+                    outputs.push((row, None, true, time, i as u32));
                 }
                 continue;
             }
@@ -150,10 +167,11 @@ impl ForeignKeyJoinOperator {
             } else {
                 None
             };
+            let i = i as u32;
             match matched {
-                Some(r) => outputs.push((row, Some(r), false, time)),
-                None if self.cfg.left_outer => outputs.push((row, None, false, time)),
-                None if existed => outputs.push((row, None, true, time)),
+                Some(r) => outputs.push((row, Some(r), false, time, i)),
+                None if self.cfg.left_outer => outputs.push((row, None, false, time, i)),
+                None if existed => outputs.push((row, None, true, time, i)),
                 None => {}
             }
         }
@@ -166,7 +184,7 @@ impl ForeignKeyJoinOperator {
             key = cast(&key, &self.right_key_type)?;
         }
         let keys = self.foreign_keys.convert_columns(&[key])?;
-        let rows = self.right_rows.convert_columns(batch.columns())?;
+        let rows = self.right_rows.convert_columns(&batch.columns()[..self.right_data.fields().len()])?;
         let deletes = batch.column(self.cfg.right_delete).as_boolean();
         let times = batch.column(self.cfg.right_time).as_primitive::<Int64Type>();
         let mut outputs = Vec::new();
@@ -184,36 +202,39 @@ impl ForeignKeyJoinOperator {
             let Some(subscribers) = self.subscriptions.get(&key) else { continue };
             for left_key in subscribers {
                 let Some(left) = self.left.get(left_key) else { continue };
+                let i = i as u32;
                 match &right {
-                    Some(r) => outputs.push((left.clone(), Some(r.clone()), false, time)),
-                    None => outputs.push((left.clone(), None, !self.cfg.left_outer, time)),
+                    Some(r) => outputs.push((left.clone(), Some(r.clone()), false, time, i)),
+                    None => outputs.push((left.clone(), None, !self.cfg.left_outer, time, i)),
                 }
             }
         }
         Ok(outputs)
     }
 
-    fn emit(&self, outputs: Vec<Out>, out: &mut Vec<Message>) -> Result<()> {
+    /// Emits `outputs`, produced by rows of `input`.
+    fn emit(&self, outputs: Vec<Out>, input: &RecordBatch, out: &mut Vec<Message>) -> Result<()> {
         if outputs.is_empty() {
             return Ok(());
         }
         let count = outputs.len();
         let deletes: ArrayRef = Arc::new(BooleanArray::from(outputs.iter().map(|o| o.2).collect::<Vec<_>>()));
         let times: ArrayRef = Arc::new(Int64Array::from(outputs.iter().map(|o| o.3).collect::<Vec<_>>()));
+        let mut extra = vec![deletes, times];
+        if self.cfg.headers {
+            let producers = UInt32Array::from(outputs.iter().map(|o| o.4).collect::<Vec<_>>());
+            extra.push(take(input.column(input.num_columns() - 1).as_ref(), &producers, None)?);
+        }
         out.push(Message::Data(joined_batch(
-            Side {
-                rows: &self.left_rows,
-                schema: &self.cfg.left_schema,
-                picked: outputs.iter().map(|o| Some(o.0.row())),
-            },
+            Side { rows: &self.left_rows, schema: &self.left_data, picked: outputs.iter().map(|o| Some(o.0.row())) },
             Side {
                 rows: &self.right_rows,
-                schema: &self.cfg.right_schema,
+                schema: &self.right_data,
                 picked: outputs.iter().map(|o| o.1.as_ref().map(|r| r.row())),
             },
             count,
             &self.schema,
-            vec![deletes, times],
+            extra,
         )?));
         Ok(())
     }
@@ -230,12 +251,12 @@ impl Operator for ForeignKeyJoinOperator {
 
     fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
         let outputs = self.process_left(&batch)?;
-        self.emit(outputs, out)
+        self.emit(outputs, &batch, out)
     }
 
     fn process_side_batch(&mut self, _input: usize, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
         let outputs = self.process_right(&batch)?;
-        self.emit(outputs, out)
+        self.emit(outputs, &batch, out)
     }
 
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
@@ -316,6 +337,7 @@ mod tests {
             right_time: 2,
             left_outer,
             join_schema: Arc::new(Schema::new(fields)),
+            headers: false,
         })
         .unwrap()
     }
@@ -363,6 +385,53 @@ mod tests {
             }
         }
         v
+    }
+
+    /// With headers, each output row carries the headers of the change that produced it: a left
+    /// row's, or the right row's for the left rows it re-joins.
+    #[test]
+    fn changes_carry_their_records_headers() {
+        let with_headers = |s: SchemaRef| {
+            let mut fields: Vec<Field> = s.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(Field::new(crate::source::HEADERS, crate::source::headers_type(), true));
+            Arc::new(Schema::new(fields))
+        };
+        let (left, right) = schemas();
+        let fields: Vec<Field> = left.fields().iter().chain(right.fields()).map(|f| f.as_ref().clone()).collect();
+        let (left, right) = (with_headers(left), with_headers(right));
+        let mut op = ForeignKeyJoinOperator::try_new(ForeignKeyJoinConfig {
+            left_schema: left.clone(),
+            left_key_columns: 1,
+            foreign_key: Arc::new(Column::new("FK", 1)),
+            right_schema: right.clone(),
+            left_delete: 3,
+            right_delete: 3,
+            left_time: 2,
+            right_time: 2,
+            left_outer: false,
+            join_schema: Arc::new(Schema::new(fields)),
+            headers: true,
+        })
+        .unwrap();
+        let headed = |schema: &SchemaRef, row: RecordBatch, h: &str| {
+            let mut columns = row.columns().to_vec();
+            columns.push(crate::operators::table_table_join::tests::headers(&[h]));
+            RecordBatch::try_new(schema.clone(), columns).unwrap()
+        };
+        let mut out = Vec::new();
+        op.process_side_batch(1, headed(&right, right_row(0, "x", 0, false), "right 0"), &mut out).unwrap();
+        op.process_batch(headed(&left, left_row(1, Some(0), 10, false), "left 1"), &mut out).unwrap();
+        op.process_side_batch(1, headed(&right, right_row(0, "y", 15, false), "right 0 again"), &mut out).unwrap();
+        assert_eq!(rows(&out), ["1,x,false@10", "1,y,false@15"]);
+        let values: Vec<String> = out
+            .iter()
+            .filter_map(|m| if let Message::Data(b) = m { Some(b.clone()) } else { None })
+            .map(|b| {
+                let list = b.column(b.num_columns() - 1).as_list::<i32>().value(0);
+                String::from_utf8(list.as_struct().column(1).as_binary::<i32>().value(0).to_vec()).unwrap()
+            })
+            .collect();
+        assert_eq!(values, ["left 1", "right 0 again"]);
     }
 
     /// The sequence of ksqlDB's "inner join with left value-column expression" case.

@@ -217,7 +217,7 @@ impl Operator for TableTableJoinOperator {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use arrow::array::{BinaryArray, Int64Array, ListArray, StringArray, StructArray};
     use arrow::buffer::OffsetBuffer;
     use arrow::util::pretty::pretty_format_batches;
@@ -225,7 +225,7 @@ mod tests {
     use super::*;
 
     /// A headers column: per row, one header `h` with the given value.
-    fn headers(values: &[&str]) -> ArrayRef {
+    pub(crate) fn headers(values: &[&str]) -> ArrayRef {
         let DataType::List(item) = crate::source::headers_type() else { panic!("headers are a list") };
         let DataType::Struct(fields) = item.data_type() else { panic!("header entries are structs") };
         let keys: ArrayRef = Arc::new(StringArray::from(vec!["h"; values.len()]));
