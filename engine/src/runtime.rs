@@ -515,10 +515,10 @@ fn default_parallelism() -> usize {
 
 /// Decides (and creates) a query's repartition topics: persistent queries whose keyed stage has
 /// inputs not partitioned by the key (see [`crate::repartition`]), unless every input has one
-/// partition ([`crate::repartition::through_topics`]). A stage checkpoint
-/// says what its positions refer to: a query checkpointed without repartition topics goes on
-/// without. Topics get one partition per shard: the most partitions of any input, and at least
-/// `parallelism` when set; an existing topic keeps its count.
+/// partition ([`crate::repartition::through_topics`]). A stage checkpoint says what its
+/// positions refer to: a query checkpointed without repartition topics goes on without. Topics
+/// get one partition per shard: the most partitions of any input, and at least `parallelism`
+/// when set; an existing topic keeps its count.
 fn plan_repartition(
     store: &Arc<dyn TopicStore>,
     spec: &QuerySpec,

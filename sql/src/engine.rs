@@ -2098,10 +2098,7 @@ fn side_inputs(plan: &QueryPlan) -> Vec<runtime::SideInput> {
         .iter()
         .map(|(s, chain)| {
             let mut source = s.source_spec();
-            // A plan carrying headers carries those of every stream it joins, and of the other
-            // table of a table-table join (a stream-table join's table produces no rows).
-            source.carry_headers = plan.headers_column.is_some()
-                && (s.kind == SourceKind::Stream || plan.source.kind == SourceKind::Table);
+            source.carry_headers = plan.side_headers;
             runtime::SideInput { source, chain: chain.clone() }
         })
         .collect()

@@ -77,9 +77,12 @@ pub struct QueryPlan {
     pub delete_column: Option<usize>,
     /// Hidden window bound columns and the window kind (windowed aggregations).
     pub window: Option<(usize, usize, WindowKind)>,
-    /// Hidden column with each row's input record headers (stateless queries of a source:
-    /// its reader must carry them, see `SourceSpec::carry_headers`); sinks write them.
+    /// Hidden column with each row's input record headers (its source's reader must carry
+    /// them, see `SourceSpec::carry_headers`); sinks write them.
     pub headers_column: Option<usize>,
+    /// The side sources' readers must carry record headers too (their rows are planned with
+    /// them: a join's streams, or both tables of a table-table join).
+    pub side_headers: bool,
     /// The source's columns the query reads, when known (a single source); the reader may
     /// leave the others undecoded (see `SourceSpec::read_values`).
     pub read_columns: Option<Vec<String>>,
@@ -1298,6 +1301,7 @@ fn plan_unnest(
         side_sources: vec![],
         key_hint: None,
         headers_column: None,
+        side_headers: false,
         read_columns: None,
     })
 }
@@ -1395,6 +1399,7 @@ fn plan_stateless(
         side_sources: vec![],
         key_hint: None,
         headers_column,
+        side_headers: false,
         read_columns: None,
     })
 }
@@ -1632,6 +1637,7 @@ fn plan_aggregate(
         side_sources: vec![],
         key_hint: None,
         headers_column,
+        side_headers: false,
         read_columns: None,
     })
 }
@@ -2373,6 +2379,7 @@ async fn plan_joins(ctx: &SessionContext, catalog: &Catalog, select: &Select, he
         shard_keys: None,
         side_sources,
         headers_column: None,
+        side_headers: false,
         read_columns: None,
         ..rest
     })
@@ -2963,9 +2970,10 @@ async fn plan_join(
     // their headers (a last column), which the join operator moves after the join's columns (and
     // a table-table join's delete marker), and the output carries them on (before the time
     // column).
-    let tables_carry = table_table;
-    let carries_headers = headers && (left.kind == SourceKind::Stream || tables_carry);
-    let rows_of = |s: &SourceDef| match carries_headers && (s.kind == SourceKind::Stream || tables_carry) {
+    let carries_headers = headers && (left.kind == SourceKind::Stream || table_table);
+    let with_headers_of = |s: &SourceDef| carries_headers && (s.kind == SourceKind::Stream || table_table);
+    let side_headers = with_headers_of(&right);
+    let rows_of = |s: &SourceDef| match with_headers_of(s) {
         true => with_headers(&s.row_schema()),
         false => s.row_schema(),
     };
@@ -3142,6 +3150,7 @@ async fn plan_join(
         side_sources: vec![(right, side_chain)],
         key_hint: if foreign_key || has_key { None } else { key_hint },
         headers_column,
+        side_headers,
         read_columns,
     })
 }

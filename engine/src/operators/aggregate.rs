@@ -539,7 +539,7 @@ impl AggregateOperator {
         columns.push(Arc::new(BooleanArray::from(vec![false; kept])));
         columns.push(ts);
         if self.cfg.headers_index.is_some() {
-            columns.push(self.headers_of(None, &vec![None; kept])?);
+            columns.push(crate::source::no_headers(kept)?);
         }
         out.push(Message::Data(RecordBatch::try_new(self.schema.clone(), columns)?));
         Ok(())

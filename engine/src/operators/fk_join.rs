@@ -28,7 +28,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use crate::message::Message;
 use crate::operator::{Operator, StateInfo};
 use crate::operators::aggregate::DELETE_COLUMN;
-use crate::operators::stream_stream_join::{joined_batch, Side};
+use crate::operators::stream_stream_join::{join_columns, joined_batch, Side};
 use crate::state::HashMap;
 use crate::Result;
 
@@ -102,11 +102,8 @@ impl ForeignKeyJoinOperator {
         if cfg.headers {
             out.push(Field::new(crate::source::HEADERS, crate::source::headers_type(), true));
         }
-        let data = |s: &SchemaRef| -> SchemaRef {
-            let n = s.fields().len() - usize::from(cfg.headers);
-            Arc::new(Schema::new(s.fields()[..n].to_vec()))
-        };
-        let (left_data, right_data) = (data(&cfg.left_schema), data(&cfg.right_schema));
+        let (left_data, right_data) =
+            (join_columns(&cfg.left_schema, cfg.headers), join_columns(&cfg.right_schema, cfg.headers));
         Ok(Self {
             schema: Arc::new(Schema::new(out)),
             left_keys: RowConverter::new(sort_fields(&cfg.left_schema, cfg.left_key_columns))?,

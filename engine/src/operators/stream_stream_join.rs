@@ -464,6 +464,13 @@ fn gather(
         .collect()
 }
 
+/// A join side's columns of the join: its rows' schema without the record-headers column they
+/// end with when `headers`.
+pub(crate) fn join_columns(rows: &SchemaRef, headers: bool) -> SchemaRef {
+    let n = rows.fields().len() - usize::from(headers);
+    Arc::new(arrow::datatypes::Schema::new(rows.fields()[..n].to_vec()))
+}
+
 /// One side of a join's output rows: its row converter and schema, and per output row its row
 /// (in the converter's format) or `None` where the side is absent.
 pub(crate) struct Side<'a, I: Iterator<Item = Option<arrow::row::Row<'a>>>> {

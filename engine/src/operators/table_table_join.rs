@@ -17,7 +17,7 @@ use arrow::row::{OwnedRow, RowConverter, SortField};
 use crate::message::Message;
 use crate::operator::{Operator, StateInfo};
 use crate::operators::aggregate::DELETE_COLUMN;
-use crate::operators::stream_stream_join::{joined_batch, Side};
+use crate::operators::stream_stream_join::{join_columns, joined_batch, Side};
 use crate::operators::JoinKind;
 use crate::Result;
 
@@ -65,11 +65,8 @@ impl TableTableJoinOperator {
         let key_types: Vec<DataType> =
             cfg.left_schema.fields().iter().take(cfg.key_columns).map(|f| f.data_type().clone()).collect();
         let keys = RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?;
-        let data = |s: &SchemaRef| -> SchemaRef {
-            let n = s.fields().len() - usize::from(cfg.headers);
-            Arc::new(Schema::new(s.fields()[..n].to_vec()))
-        };
-        let (left_data, right_data) = (data(&cfg.left_schema), data(&cfg.right_schema));
+        let (left_data, right_data) =
+            (join_columns(&cfg.left_schema, cfg.headers), join_columns(&cfg.right_schema, cfg.headers));
         let fields = |s: &SchemaRef| s.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
         let left_rows = RowConverter::new(fields(&left_data))?;
         let right_rows = RowConverter::new(fields(&right_data))?;
